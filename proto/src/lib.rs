@@ -1,0 +1,15 @@
+//! txlog's wire protocol: the `.proto` definitions and their generated code, nothing else.
+//!
+//! Version 1 of the protocol lives in package `txlog.v1`. Peer messages
+//! (`RaftMessage`, `SnapshotChunk`) carry a CRC32 of their body; the Raft
+//! layer checks it on receipt.
+
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("txlog.v1");
+}
+
+pub use v1::*;
+
+/// Version stamped in every `RaftMessage`.
+pub const RAFT_MESSAGE_VERSION: u32 = 1;

@@ -1,0 +1,424 @@
+//! The replicated state machine: applies batch entries to the sled record store.
+//!
+//! Invariants:
+//! * Apply is idempotent by log index: an entry at or below the applied log id
+//!   is skipped, so openraft may re-apply from the WAL after sled lost its
+//!   last writes in a crash.
+//! * One `apply` call is one atomic sled batch, including the applied log id
+//!   and membership, so sled is always at some applied prefix.
+//! * Responses are sent only after that batch is in sled, so a client that
+//!   hears "ok" can read its record from this node.
+//! * A snapshot is a fsynced file before openraft learns of it (and so before
+//!   it may purge the WAL behind it). On open, if the newest snapshot file is
+//!   ahead of sled (sled lost writes the WAL no longer holds), the store is
+//!   rebuilt from that file.
+
+use std::io;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use futures::Stream;
+use futures::StreamExt;
+use openraft::entry::RaftEntry;
+use openraft::storage::EntryResponder;
+use openraft::storage::RaftStateMachine;
+use openraft::EntryPayload;
+use openraft::RaftSnapshotBuilder;
+use tokio::sync::watch;
+use txlog_storage::snapshot_file;
+use txlog_storage::RecordStore;
+
+use crate::type_config::BatchResponse;
+use crate::type_config::LogId;
+use crate::type_config::SnapshotMeta;
+use crate::type_config::StoredMembership;
+use crate::type_config::TypeConfig;
+
+const META_APPLIED: &str = "applied";
+const META_MEMBERSHIP: &str = "membership";
+const SNAPSHOT_SUFFIX: &str = ".snap";
+const SNAPSHOT_READ_CHUNK: usize = 4096;
+
+/// A snapshot's data: a verified snapshot file on local disk.
+#[derive(Debug, Clone)]
+pub struct SnapshotFile {
+    pub path: PathBuf,
+}
+
+pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFile>;
+
+#[derive(Debug, Clone, Default)]
+struct AppliedState {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    last_seq: u64,
+}
+
+struct Shared {
+    store: RecordStore,
+    snapshot_dir: PathBuf,
+    applied: Mutex<AppliedState>,
+    current_snapshot: Mutex<Option<(SnapshotMeta, PathBuf)>>,
+    last_seq_tx: watch::Sender<u64>,
+    /// Serialises snapshot builds with each other and with installs.
+    snapshot_lock: tokio::sync::Mutex<()>,
+}
+
+/// The state machine. Clones share state; openraft owns one, the services hold
+/// a [`StateMachineReader`].
+pub struct StateMachine {
+    shared: Arc<Shared>,
+}
+
+/// Read access to the applied records, for the client services.
+#[derive(Clone)]
+pub struct StateMachineReader {
+    shared: Arc<Shared>,
+}
+
+impl StateMachineReader {
+    pub fn store(&self) -> &RecordStore {
+        &self.shared.store
+    }
+
+    /// Watch the highest applied sequence (for subscriptions).
+    pub fn watch_last_seq(&self) -> watch::Receiver<u64> {
+        self.shared.last_seq_tx.subscribe()
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        *self.shared.last_seq_tx.borrow()
+    }
+
+    pub fn last_applied(&self) -> Option<LogId> {
+        self.shared.applied.lock().expect("sm lock poisoned").last_applied
+    }
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_allocvec(value).expect("encoding an in-memory value cannot fail")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> io::Result<T> {
+    postcard::from_bytes(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("decode {what}: {e}")))
+}
+
+fn snapshot_name(meta: &SnapshotMeta) -> String {
+    match &meta.last_log_id {
+        Some(id) => format!("{:020}-{:010}{SNAPSHOT_SUFFIX}", id.index, id.leader_id.term),
+        None => format!("{:020}-{:010}{SNAPSHOT_SUFFIX}", 0, 0),
+    }
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+impl StateMachine {
+    /// Open the record store in `dir/records` and snapshots in `dir/snapshots`.
+    pub fn open(dir: impl AsRef<Path>) -> io::Result<Self> {
+        let dir = dir.as_ref();
+        let store = RecordStore::open(dir.join("records"))?;
+        let snapshot_dir = dir.join("snapshots");
+        std::fs::create_dir_all(&snapshot_dir)?;
+
+        let last_applied: Option<LogId> = store.meta(META_APPLIED)?.map(|b| decode("applied", &b)).transpose()?;
+        let membership: StoredMembership = store
+            .meta(META_MEMBERSHIP)?
+            .map(|b| decode("membership", &b))
+            .transpose()?
+            .unwrap_or_default();
+        let last_seq = store.last_seq()?;
+        let (last_seq_tx, _) = watch::channel(last_seq);
+        let shared = Arc::new(Shared {
+            store,
+            snapshot_dir,
+            applied: Mutex::new(AppliedState {
+                last_applied,
+                membership,
+                last_seq,
+            }),
+            current_snapshot: Mutex::new(None),
+            last_seq_tx,
+            snapshot_lock: tokio::sync::Mutex::new(()),
+        });
+        let sm = StateMachine { shared };
+        sm.recover_snapshot()?;
+        Ok(sm)
+    }
+
+    pub fn reader(&self) -> StateMachineReader {
+        StateMachineReader {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Snapshot files live here; received snapshots are staged here too.
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.shared.snapshot_dir.clone()
+    }
+
+    /// Find the newest valid snapshot; rebuild sled from it if sled is behind it.
+    fn recover_snapshot(&self) -> io::Result<()> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.shared.snapshot_dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        for name in names.iter().filter(|n| !n.ends_with(SNAPSHOT_SUFFIX)) {
+            // Leftovers of an interrupted write or transfer.
+            let _ = std::fs::remove_file(self.shared.snapshot_dir.join(name));
+        }
+        let Some(newest) = names.iter().rev().find(|n| n.ends_with(SNAPSHOT_SUFFIX)) else {
+            return Ok(());
+        };
+        let path = self.shared.snapshot_dir.join(newest);
+        let info = match snapshot_file::verify(&path) {
+            Ok(info) => info,
+            Err(err) => {
+                tracing::error!(path = %path.display(), %err, "newest snapshot is damaged; ignoring it");
+                return Ok(());
+            }
+        };
+        let meta: SnapshotMeta = decode("snapshot meta", &info.meta)?;
+        let applied = self.shared.applied.lock().expect("sm lock poisoned").last_applied;
+        if meta.last_log_id > applied {
+            tracing::warn!(
+                snapshot = ?meta.last_log_id,
+                applied = ?applied,
+                "record store is behind the newest snapshot; rebuilding it from the snapshot"
+            );
+            self.rebuild_from(&meta, &path)?;
+        }
+        *self.shared.current_snapshot.lock().expect("sm lock poisoned") = Some((meta, path));
+        Ok(())
+    }
+
+    /// Replace the record store's contents with the snapshot at `path`.
+    fn rebuild_from(&self, meta: &SnapshotMeta, path: &Path) -> io::Result<()> {
+        let store = &self.shared.store;
+        store.clear()?;
+        let mut batch = store.batch()?;
+        let mut pending = 0usize;
+        snapshot_file::for_each_record(path, |record| {
+            batch.restore(&record);
+            pending += 1;
+            if pending >= SNAPSHOT_READ_CHUNK {
+                let next = store.batch()?;
+                std::mem::replace(&mut batch, next).commit()?;
+                pending = 0;
+            }
+            Ok(())
+        })?;
+        // Applied id and membership go in the last batch: until then a crash
+        // leaves the store looking empty, and the next open rebuilds again.
+        batch.set_meta(META_APPLIED, &encode(&meta.last_log_id));
+        batch.set_meta(META_MEMBERSHIP, &encode(&meta.last_membership));
+        let last_seq = batch.commit()?;
+        {
+            let mut applied = self.shared.applied.lock().expect("sm lock poisoned");
+            applied.last_applied = meta.last_log_id;
+            applied.membership = meta.last_membership.clone();
+            applied.last_seq = last_seq;
+        }
+        self.shared.last_seq_tx.send_replace(last_seq);
+        Ok(())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotFile;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
+        let applied = self.shared.applied.lock().expect("sm lock poisoned");
+        Ok((applied.last_applied, applied.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
+    where
+        Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + Send,
+    {
+        let mut state = self.shared.applied.lock().expect("sm lock poisoned").clone();
+        let mut batch = self.shared.store.batch()?;
+        let mut responses = Vec::new();
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let log_id = entry.log_id();
+            if state.last_applied.is_some_and(|applied| log_id.index <= applied.index) {
+                // Already in sled: a re-apply after restart. Never apply twice.
+                if let Some(responder) = responder {
+                    responder.send(BatchResponse {
+                        outcomes: Vec::new(),
+                        error: Some("entry was already applied".into()),
+                    });
+                }
+                continue;
+            }
+            if let Some(last) = state.last_applied {
+                assert_eq!(log_id.index, last.index + 1, "applied log indexes must be contiguous");
+            }
+            let response = match &entry.payload {
+                EntryPayload::Blank => BatchResponse::default(),
+                EntryPayload::Membership(membership) => {
+                    state.membership = StoredMembership::new(Some(log_id), membership.clone());
+                    BatchResponse::default()
+                }
+                EntryPayload::Normal(frame) => match frame.decode() {
+                    Ok(decoded) => {
+                        let mut outcomes = Vec::with_capacity(decoded.body.records.len());
+                        for record in decoded.body.records {
+                            outcomes.push(batch.append(
+                                record,
+                                log_id.index,
+                                log_id.leader_id.term,
+                                decoded.origin_node,
+                                decoded.body.created_ns,
+                            )?);
+                        }
+                        BatchResponse { outcomes, error: None }
+                    }
+                    Err(err) => {
+                        tracing::error!(log_id = %log_id, %err, "rejecting undecodable batch entry");
+                        BatchResponse {
+                            outcomes: Vec::new(),
+                            error: Some(err),
+                        }
+                    }
+                },
+            };
+            state.last_applied = Some(log_id);
+            if let Some(responder) = responder {
+                responses.push((responder, response));
+            }
+        }
+        batch.set_meta(META_APPLIED, &encode(&state.last_applied));
+        batch.set_meta(META_MEMBERSHIP, &encode(&state.membership));
+        state.last_seq = batch.commit()?;
+        let last_seq = state.last_seq;
+        *self.shared.applied.lock().expect("sm lock poisoned") = state;
+        self.shared.last_seq_tx.send_replace(last_seq);
+        for (responder, response) in responses {
+            responder.send(response);
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            shared: self.shared.clone(),
+        }
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> io::Result<()> {
+        let _guard = self.shared.snapshot_lock.lock().await;
+        let info = snapshot_file::verify(&snapshot.path)?;
+        let file_meta: SnapshotMeta = decode("snapshot meta", &info.meta)?;
+        if &file_meta != meta {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "snapshot file metadata does not match the installed metadata",
+            ));
+        }
+        // Keep a durable copy under our own name before touching the store, so
+        // a crash mid-install is repaired from it on the next open.
+        let target = self.shared.snapshot_dir.join(snapshot_name(meta));
+        if snapshot.path != target {
+            let staging = target.with_extension("partial");
+            std::fs::copy(&snapshot.path, &staging)?;
+            std::fs::File::open(&staging)?.sync_all()?;
+            std::fs::rename(&staging, &target)?;
+            txlog_storage::fsync_dir(&self.shared.snapshot_dir)?;
+        }
+        let machine = StateMachine {
+            shared: self.shared.clone(),
+        };
+        machine.rebuild_from(meta, &target)?;
+        remove_older_snapshots(&self.shared.snapshot_dir, &target);
+        *self.shared.current_snapshot.lock().expect("sm lock poisoned") = Some((meta.clone(), target));
+        tracing::info!(last_log_id = ?meta.last_log_id, records = info.record_count, "snapshot installed");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
+        let current = self.shared.current_snapshot.lock().expect("sm lock poisoned").clone();
+        Ok(current.map(|(meta, path)| Snapshot {
+            meta,
+            snapshot: SnapshotFile { path },
+        }))
+    }
+}
+
+fn remove_older_snapshots(dir: &Path, keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let path = entry.path();
+        let is_snapshot = path.extension().is_some_and(|e| e == "snap");
+        if is_snapshot && path.file_name() < keep.file_name() {
+            if let Err(err) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), %err, "could not remove old snapshot");
+            }
+        }
+    }
+}
+
+/// Builds a snapshot file from the records applied so far.
+pub struct SnapshotBuilder {
+    shared: Arc<Shared>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotFile;
+
+    async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
+        let _guard = self.shared.snapshot_lock.lock().await;
+        let state = self.shared.applied.lock().expect("sm lock poisoned").clone();
+        let meta = SnapshotMeta {
+            last_log_id: state.last_applied,
+            last_membership: state.membership.clone(),
+        };
+        let path = self.shared.snapshot_dir.join(snapshot_name(&meta));
+        let shared = self.shared.clone();
+        let meta_bytes = encode(&meta);
+        // Records up to `last_seq` are immutable, so reading them while later
+        // applies run still yields exactly the state at `last_applied`.
+        let built = tokio::task::spawn_blocking(move || -> io::Result<PathBuf> {
+            let mut writer = snapshot_file::SnapshotWriter::create(&path, &meta_bytes)?;
+            let mut next = 1u64;
+            while next <= state.last_seq {
+                let limit = ((state.last_seq - next + 1) as usize).min(SNAPSHOT_READ_CHUNK);
+                let records = shared.store.read(next, limit, usize::MAX, None)?;
+                if records.is_empty() {
+                    return Err(io::Error::other(format!("record {next} missing while building snapshot")));
+                }
+                for record in &records {
+                    assert_eq!(record.seq, next, "records must be dense");
+                    writer.append(record)?;
+                    next += 1;
+                }
+            }
+            Ok(writer.finish()?)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        remove_older_snapshots(&self.shared.snapshot_dir, &built);
+        *self.shared.current_snapshot.lock().expect("sm lock poisoned") = Some((meta.clone(), built.clone()));
+        tracing::info!(last_log_id = ?meta.last_log_id, last_seq = state.last_seq, "snapshot built");
+        Ok(Snapshot {
+            meta,
+            snapshot: SnapshotFile { path: built },
+        })
+    }
+}
+
+/// Current time in nanoseconds since the Unix epoch (for batch timestamps).
+pub fn wall_clock_ns() -> u64 {
+    now_ns()
+}

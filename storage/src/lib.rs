@@ -1,0 +1,69 @@
+//! txlog's durable primitives.
+//!
+//! This crate owns every byte txlog keeps on disk:
+//!
+//! * [`LogStore`] — the **segmented Raft write-ahead log** behind openraft's
+//!   `RaftLogStorage`. Records are `len | crc32 | body` frames in segment files
+//!   that each open with a versioned header. Appends are written at once and
+//!   made durable by one `fdatasync` per group of appends (group commit) on a
+//!   dedicated flusher thread; openraft's IO callback fires only after that
+//!   sync. The vote is written to its own file and fsynced (file and
+//!   directory) before `save_vote` returns. `purge` records the purge point
+//!   durably before it deletes any segment; `truncate_after` uses `ftruncate`
+//!   and fsyncs. Opening a log cuts a torn tail off the last segment and logs
+//!   it; damage anywhere else is reported as [`Error::Corruption`] and the log
+//!   refuses to open — it never guesses.
+//! * [`RecordStore`] — the **sled-backed** state-machine store: committed
+//!   records by sequence, txid → sequence, a per-channel index, and small
+//!   metadata blobs. sled is treated as a rebuildable cache of the WAL: each
+//!   apply is one atomic sled batch that includes the applied log id, so after
+//!   a crash the store is at some earlier applied point and openraft re-applies
+//!   the rest from the WAL. sled's `flush` is not an fsync (sled#1452), which
+//!   is why nothing here relies on it for durability.
+//! * [`snapshot_file`] — snapshot files: written to a temporary name, fsynced,
+//!   renamed, directory fsynced; checked end to end by CRC32 when read.
+//!
+//! Deliberately left out: compression, encryption and signatures (they live in
+//! the batch frame, in `txlog-raft`), and any notion of Raft terms beyond what
+//! openraft hands us.
+//!
+//! A failed `fsync` is fatal: the process aborts, because the page cache may
+//! already have dropped the data and retrying would report a lie.
+
+mod durable_file;
+mod error;
+mod frame;
+mod log_store;
+mod record_store;
+mod segment;
+pub mod snapshot_file;
+
+pub use durable_file::fsync_dir;
+pub use error::Error;
+pub use error::Result;
+pub use log_store::LogStore;
+pub use log_store::FsyncObserver;
+pub use log_store::LogStoreReader;
+pub use log_store::WalOptions;
+pub use record_store::AppendOutcome;
+pub use record_store::ApplyBatch;
+pub use record_store::ChannelName;
+pub use record_store::NewRecord;
+pub use record_store::RecordStore;
+pub use record_store::StoredRecord;
+
+/// Default size at which the active WAL segment is closed and a new one opened.
+pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
+
+/// Largest single WAL record body accepted on read or write. A length field
+/// above this is treated as damage, never used to size an allocation.
+pub const WAL_RECORD_BYTES_MAX: u32 = 64 * 1024 * 1024;
+
+/// Abort the process after a failed fsync. Retrying an fsync after failure is
+/// unsound on Linux (the dirty pages may already be dropped), so the only
+/// honest reaction is to stop and let recovery run from what is really on disk.
+pub fn fatal_fsync_failure(what: &str, err: &std::io::Error) -> ! {
+    tracing::error!(%err, what, "fsync failed; aborting so recovery can run from what is durable");
+    eprintln!("txlog: fatal: fsync of {what} failed: {err}");
+    std::process::abort()
+}

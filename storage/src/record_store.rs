@@ -1,0 +1,433 @@
+//! The sled-backed record store: the state machine's data.
+//!
+//! One sled tree, `records`, with one-byte key prefixes so that every apply
+//! is a single atomic `sled::Batch`:
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `r` + seq (u64 BE) | `StoredRecord` (version byte + postcard) |
+//! | `t` + txid | seq (u64 BE) |
+//! | `c` + channel + `0x00` + seq (u64 BE) | channel_seq (u64 BE) |
+//! | `h` + channel | last channel_seq (u64 BE) |
+//! | `m` + name | metadata blob (applied log id, membership, last seq) |
+//!
+//! Records are immutable once written and keyed by a dense sequence, so a
+//! reader that stops at a known `last_seq` sees a consistent prefix even while
+//! later applies run. Channel names cannot contain `0x00` (see
+//! [`ChannelName`]), which keeps the channel index unambiguous.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::error::Result;
+
+const RECORD_FORMAT_VERSION: u8 = 1;
+const META_LAST_SEQ: &str = "last_seq";
+
+/// A validated channel name: `[a-z0-9][a-z0-9._-]{0,63}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ChannelName(String);
+
+impl ChannelName {
+    /// Longest channel name accepted.
+    pub const BYTES_MAX: usize = 64;
+
+    pub fn parse(name: &str) -> Result<Self> {
+        let bytes = name.as_bytes();
+        let valid_char = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-');
+        if bytes.is_empty() || bytes.len() > Self::BYTES_MAX {
+            return Err(Error::InvalidInput(format!(
+                "channel name must be 1..={} bytes, got {}",
+                Self::BYTES_MAX,
+                bytes.len()
+            )));
+        }
+        if !(bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit()) || !bytes.iter().all(|&b| valid_char(b)) {
+            return Err(Error::InvalidInput(format!(
+                "channel name {name:?} must match [a-z0-9][a-z0-9._-]*"
+            )));
+        }
+        Ok(ChannelName(name.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A record as a client submitted it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewRecord {
+    pub txid: Vec<u8>,
+    pub channel: String,
+    pub payload: Vec<u8>,
+    pub client_time_ns: u64,
+}
+
+/// A committed record as stored and served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredRecord {
+    pub seq: u64,
+    pub channel_seq: u64,
+    pub txid: Vec<u8>,
+    pub channel: String,
+    pub payload: Vec<u8>,
+    pub client_time_ns: u64,
+    pub commit_time_ns: u64,
+    pub log_index: u64,
+    pub log_term: u64,
+    pub origin_node: u64,
+}
+
+impl StoredRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let out = vec![RECORD_FORMAT_VERSION];
+        postcard::to_extend(self, out).expect("encoding a record cannot fail")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        match bytes.split_first() {
+            Some((&RECORD_FORMAT_VERSION, body)) => postcard::from_bytes(body).map_err(|e| Error::Decode {
+                what: "record",
+                detail: e.to_string(),
+            }),
+            Some((v, _)) => Err(Error::Decode {
+                what: "record",
+                detail: format!("unknown record version {v}"),
+            }),
+            None => Err(Error::Decode {
+                what: "record",
+                detail: "empty".to_string(),
+            }),
+        }
+    }
+
+    /// Approximate bytes this record occupies on the wire.
+    pub fn size_bytes(&self) -> usize {
+        self.payload.len() + self.txid.len() + self.channel.len() + 64
+    }
+}
+
+/// Result of appending one record inside an [`ApplyBatch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendOutcome {
+    pub seq: u64,
+    pub channel_seq: u64,
+    /// The txid was already committed; `seq` is the original.
+    pub duplicate: bool,
+}
+
+fn seq_key(seq: u64) -> [u8; 9] {
+    let mut key = [b'r'; 9];
+    key[1..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn txid_key(txid: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + txid.len());
+    key.push(b't');
+    key.extend_from_slice(txid);
+    key
+}
+
+fn channel_key(channel: &str, seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(10 + channel.len());
+    key.push(b'c');
+    key.extend_from_slice(channel.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn head_key(channel: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + channel.len());
+    key.push(b'h');
+    key.extend_from_slice(channel.as_bytes());
+    key
+}
+
+fn meta_key(name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + name.len());
+    key.push(b'm');
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+fn be_u64(what: &'static str, bytes: &[u8]) -> Result<u64> {
+    let arr: [u8; 8] = bytes.try_into().map_err(|_| Error::Decode {
+        what,
+        detail: format!("expected 8 bytes, got {}", bytes.len()),
+    })?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+/// The state machine's sled store.
+#[derive(Clone)]
+pub struct RecordStore {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+impl RecordStore {
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let db = sled::Config::new()
+            .path(dir.as_ref())
+            .cache_capacity(64 * 1024 * 1024)
+            .flush_every_ms(Some(500))
+            .open()?;
+        let tree = db.open_tree("records")?;
+        Ok(RecordStore { db, tree })
+    }
+
+    /// Highest sequence applied (0 when empty).
+    pub fn last_seq(&self) -> Result<u64> {
+        match self.tree.get(meta_key(META_LAST_SEQ))? {
+            Some(v) => be_u64("last_seq", &v),
+            None => Ok(0),
+        }
+    }
+
+    pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.tree.get(meta_key(name))?.map(|v| v.to_vec()))
+    }
+
+    pub fn get(&self, seq: u64) -> Result<Option<StoredRecord>> {
+        self.tree.get(seq_key(seq))?.map(|v| StoredRecord::decode(&v)).transpose()
+    }
+
+    pub fn lookup_txid(&self, txid: &[u8]) -> Result<Option<StoredRecord>> {
+        match self.tree.get(txid_key(txid))? {
+            Some(seq) => self.get(be_u64("txid seq", &seq)?),
+            None => Ok(None),
+        }
+    }
+
+    /// Records with `seq >= from_seq` (optionally only `channel`), at most
+    /// `limit` of them and about `bytes_max` bytes (always at least one).
+    pub fn read(&self, from_seq: u64, limit: usize, bytes_max: usize, channel: Option<&str>) -> Result<Vec<StoredRecord>> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut push = |record: StoredRecord, out: &mut Vec<StoredRecord>| -> bool {
+            bytes += record.size_bytes();
+            out.push(record);
+            out.len() < limit && bytes < bytes_max
+        };
+        if limit == 0 {
+            return Ok(out);
+        }
+        match channel {
+            None => {
+                for item in self.tree.range(seq_key(from_seq.max(1))..=seq_key(u64::MAX)) {
+                    let (_, value) = item?;
+                    if !push(StoredRecord::decode(&value)?, &mut out) {
+                        break;
+                    }
+                }
+            }
+            Some(channel) => {
+                let start = channel_key(channel, from_seq.max(1));
+                let end = channel_key(channel, u64::MAX);
+                for item in self.tree.range(start..=end) {
+                    let (key, _) = item?;
+                    let seq = be_u64("channel index seq", &key[key.len() - 8..])?;
+                    let record = self.get(seq)?.ok_or_else(|| Error::Decode {
+                        what: "channel index",
+                        detail: format!("seq {seq} indexed but missing"),
+                    })?;
+                    if !push(record, &mut out) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Start an atomic group of changes.
+    pub fn batch(&self) -> Result<ApplyBatch<'_>> {
+        Ok(ApplyBatch {
+            store: self,
+            batch: sled::Batch::default(),
+            last_seq: self.last_seq()?,
+            pending_txids: HashMap::new(),
+            channel_heads: HashMap::new(),
+        })
+    }
+
+    /// Remove everything (before installing a snapshot).
+    pub fn clear(&self) -> Result<()> {
+        self.tree.clear()?;
+        Ok(())
+    }
+
+    /// Ask sled to write its buffers out. Not an fsync (sled#1452); used to
+    /// shorten, not to close, the window a crash can lose.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn channel_head(&self, channel: &str) -> Result<u64> {
+        match self.tree.get(head_key(channel))? {
+            Some(v) => be_u64("channel head", &v),
+            None => Ok(0),
+        }
+    }
+}
+
+/// Changes applied atomically by [`ApplyBatch::commit`].
+pub struct ApplyBatch<'a> {
+    store: &'a RecordStore,
+    batch: sled::Batch,
+    last_seq: u64,
+    pending_txids: HashMap<Vec<u8>, AppendOutcome>,
+    channel_heads: HashMap<String, u64>,
+}
+
+impl ApplyBatch<'_> {
+    /// Assign the next sequence to `record`, unless its txid is already
+    /// committed (or earlier in this batch): then return the original seq.
+    pub fn append(
+        &mut self,
+        record: NewRecord,
+        log_index: u64,
+        log_term: u64,
+        origin_node: u64,
+        commit_time_ns: u64,
+    ) -> Result<AppendOutcome> {
+        if let Some(outcome) = self.pending_txids.get(&record.txid) {
+            return Ok(AppendOutcome {
+                duplicate: true,
+                ..*outcome
+            });
+        }
+        if let Some(existing) = self.store.lookup_txid(&record.txid)? {
+            return Ok(AppendOutcome {
+                seq: existing.seq,
+                channel_seq: existing.channel_seq,
+                duplicate: true,
+            });
+        }
+        let head = match self.channel_heads.get(&record.channel) {
+            Some(h) => *h,
+            None => self.store.channel_head(&record.channel)?,
+        };
+        let seq = self.last_seq + 1;
+        let channel_seq = head + 1;
+        let stored = StoredRecord {
+            seq,
+            channel_seq,
+            txid: record.txid,
+            channel: record.channel,
+            payload: record.payload,
+            client_time_ns: record.client_time_ns,
+            commit_time_ns,
+            log_index,
+            log_term,
+            origin_node,
+        };
+        self.insert(&stored);
+        let outcome = AppendOutcome {
+            seq,
+            channel_seq,
+            duplicate: false,
+        };
+        self.pending_txids.insert(stored.txid, outcome);
+        Ok(outcome)
+    }
+
+    /// Insert an already-sequenced record (snapshot install). Sequences must be dense.
+    pub fn restore(&mut self, record: &StoredRecord) {
+        assert_eq!(record.seq, self.last_seq + 1, "snapshot records must be dense");
+        self.insert(record);
+    }
+
+    fn insert(&mut self, record: &StoredRecord) {
+        self.batch.insert(&seq_key(record.seq), record.encode());
+        self.batch.insert(txid_key(&record.txid), &record.seq.to_be_bytes());
+        self.batch.insert(channel_key(&record.channel, record.seq), &record.channel_seq.to_be_bytes());
+        self.batch.insert(head_key(&record.channel), &record.channel_seq.to_be_bytes());
+        self.channel_heads.insert(record.channel.clone(), record.channel_seq);
+        self.last_seq = record.seq;
+    }
+
+    pub fn set_meta(&mut self, name: &str, value: &[u8]) {
+        assert_ne!(name, META_LAST_SEQ, "last_seq is maintained by the batch");
+        self.batch.insert(meta_key(name), value);
+    }
+
+    /// Sequence the next appended record would get.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Apply every change at once: a crash leaves all of them or none.
+    pub fn commit(mut self) -> Result<u64> {
+        self.batch.insert(meta_key(META_LAST_SEQ), &self.last_seq.to_be_bytes());
+        self.store.tree.apply_batch(self.batch)?;
+        Ok(self.last_seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(txid: &str, channel: &str) -> NewRecord {
+        NewRecord {
+            txid: txid.as_bytes().to_vec(),
+            channel: channel.to_string(),
+            payload: format!("payload-{txid}").into_bytes(),
+            client_time_ns: 0,
+        }
+    }
+
+    /// Sequences are dense across batches, channel sequences count per channel, and a repeated txid returns the original seq.
+    #[test]
+    fn dense_sequences_and_txid_dedup() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordStore::open(dir.path()).unwrap();
+        let mut batch = store.batch().unwrap();
+        let a = batch.append(rec("a", "orders"), 1, 1, 1, 0).unwrap();
+        let b = batch.append(rec("b", "fills"), 1, 1, 1, 0).unwrap();
+        let a_again = batch.append(rec("a", "orders"), 1, 1, 1, 0).unwrap();
+        assert_eq!(batch.commit().unwrap(), 2);
+        assert_eq!((a.seq, a.channel_seq, a.duplicate), (1, 1, false));
+        assert_eq!((b.seq, b.channel_seq), (2, 1));
+        assert_eq!((a_again.seq, a_again.duplicate), (1, true));
+
+        let mut batch = store.batch().unwrap();
+        let c = batch.append(rec("c", "orders"), 2, 1, 1, 0).unwrap();
+        let b_again = batch.append(rec("b", "fills"), 2, 1, 1, 0).unwrap();
+        batch.commit().unwrap();
+        assert_eq!((c.seq, c.channel_seq), (3, 2));
+        assert_eq!((b_again.seq, b_again.duplicate), (2, true));
+
+        let all: Vec<u64> = store.read(1, 100, usize::MAX, None).unwrap().iter().map(|r| r.seq).collect();
+        assert_eq!(all, vec![1, 2, 3]);
+        let orders: Vec<u64> = store.read(1, 100, usize::MAX, Some("orders")).unwrap().iter().map(|r| r.seq).collect();
+        assert_eq!(orders, vec![1, 3]);
+        let from2: Vec<u64> = store.read(2, 100, usize::MAX, Some("orders")).unwrap().iter().map(|r| r.seq).collect();
+        assert_eq!(from2, vec![3]);
+        assert_eq!(store.lookup_txid(b"c").unwrap().unwrap().seq, 3);
+        assert!(store.lookup_txid(b"zz").unwrap().is_none());
+        assert_eq!(store.read(1, 2, usize::MAX, None).unwrap().len(), 2, "limit is respected");
+        assert_eq!(store.read(1, 100, 1, None).unwrap().len(), 1, "byte cap returns at least one record");
+    }
+
+    /// Channel names outside [a-z0-9][a-z0-9._-]{0,63} are rejected.
+    #[test]
+    fn channel_name_validation() {
+        for ok in ["market-data", "order-book", "execution", "a", "x.y_z-1"] {
+            assert!(ChannelName::parse(ok).is_ok(), "{ok}");
+        }
+        let long = "a".repeat(65);
+        for bad in ["", "-x", "Upper", "with space", "nul\0", "é", long.as_str()] {
+            assert!(ChannelName::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}
