@@ -1,1 +1,408 @@
-fn main() {}
+//! The `txlog` command: run nodes, a local dev cluster, and talk to a cluster.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use clap::Parser;
+use clap::Subcommand;
+use tokio_util::sync::CancellationToken;
+use txlog::client::Client;
+use txlog::client::ClientError;
+use txlog::config::FileConfig;
+use txlog::config::NodeConfig;
+use txlog_proto::CommittedRecord;
+
+#[derive(Parser)]
+#[command(
+    name = "txlog",
+    version,
+    about = "A replicated, durable, append-only transaction log",
+    long_about = "txlog keeps one totally ordered log on a Raft group. Every append is fsynced on a \
+                  quorum of nodes before it is acknowledged; every record gets a dense global \
+                  sequence number; a retried txid returns its original sequence.\n\n\
+                  Start a local three-region cluster with `txlog dev`, then use `txlog append`, \
+                  `read`, `lookup`, `tail` and `status` against it (they default to that cluster)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ClusterArgs {
+    /// Comma-separated node addresses (HOST:PORT, `http://` optional).
+    #[arg(long, env = "TXLOG_CLUSTER", default_value = txlog::DEV_CLUSTER)]
+    cluster: String,
+    /// Print JSON instead of human-readable text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a local three-region cluster (paris, frankfurt, lyon) on loopback.
+    Dev {
+        /// Where the three nodes keep their data (one subdirectory per region).
+        #[arg(long, env = "TXLOG_DEV_DATA_DIR", default_value = "txlog-dev-data")]
+        data_dir: PathBuf,
+        /// Client port of node 1; nodes 2 and 3 use the next two ports.
+        #[arg(long, default_value_t = 7401)]
+        base_port: u16,
+        /// Metrics port of node 1; nodes 2 and 3 use the next two ports (0 = off).
+        #[arg(long, default_value_t = 9401)]
+        metrics_base_port: u16,
+    },
+    /// Run one node.
+    Node(Box<NodeArgs>),
+    /// Append one record and print its sequence number.
+    Append {
+        /// Channel name, e.g. order-book ([a-z0-9][a-z0-9._-]*).
+        #[arg(long, short)]
+        channel: String,
+        /// Client transaction id (1-64 bytes); retrying with it never duplicates.
+        #[arg(long, short)]
+        txid: String,
+        /// Record payload (UTF-8 text); use --payload-file for bytes.
+        #[arg(required_unless_present = "payload_file")]
+        payload: Option<String>,
+        /// Read the payload from this file instead.
+        #[arg(long, conflicts_with = "payload")]
+        payload_file: Option<PathBuf>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Read committed records by sequence number.
+    Read {
+        /// First sequence number to read.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Most records to return (server maximum 10000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Only this channel.
+        #[arg(long)]
+        channel: Option<String>,
+        /// Read from any node without confirming leadership (may lag).
+        #[arg(long)]
+        stale: bool,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Find a committed record by transaction id.
+    Lookup {
+        #[arg(long, short)]
+        txid: String,
+        #[arg(long)]
+        stale: bool,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Print committed records as they arrive (history first, then live).
+    Tail {
+        #[arg(long)]
+        channel: Option<String>,
+        /// Start at this sequence (default: only new records).
+        #[arg(long)]
+        from: Option<u64>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Show the leader, term, commit index and every node's role and region.
+    Status {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Load generator: appends against a running cluster and reports throughput and latency.
+    Bench(txlog::bench::BenchArgs),
+}
+
+/// Flags of `txlog node`; each also reads `TXLOG_<NAME>` and overrides the config file.
+#[derive(Args)]
+struct NodeArgs {
+    /// TOML config file.
+    #[arg(long, env = "TXLOG_CONFIG")]
+    config: Option<PathBuf>,
+    /// Node id (1 or more, unique in the cluster).
+    #[arg(long, env = "TXLOG_ID")]
+    id: Option<u64>,
+    /// Region name, e.g. paris.
+    #[arg(long, env = "TXLOG_REGION")]
+    region: Option<String>,
+    /// Address to listen on for clients, operators and peers.
+    #[arg(long, env = "TXLOG_LISTEN")]
+    listen: Option<String>,
+    /// Address others use to reach this node (default: --listen).
+    #[arg(long, env = "TXLOG_ADVERTISE")]
+    advertise: Option<String>,
+    /// Data directory (WAL, state machine, snapshots).
+    #[arg(long, env = "TXLOG_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Initial members, comma-separated ID=REGION@HOST:PORT. The lowest id initialises a fresh cluster.
+    #[arg(long, env = "TXLOG_PEERS")]
+    peers: Option<String>,
+    /// Address for the Prometheus /metrics endpoint ("off" to disable).
+    #[arg(long, env = "TXLOG_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+    /// Timing profile: lan (10 ms heartbeat, 50-100 ms election) or wan.
+    #[arg(long, env = "TXLOG_TIMING")]
+    timing: Option<String>,
+    #[arg(long, env = "TXLOG_HEARTBEAT_INTERVAL_MS")]
+    heartbeat_interval_ms: Option<u64>,
+    #[arg(long, env = "TXLOG_ELECTION_TIMEOUT_MS_MIN")]
+    election_timeout_ms_min: Option<u64>,
+    #[arg(long, env = "TXLOG_ELECTION_TIMEOUT_MS_MAX")]
+    election_timeout_ms_max: Option<u64>,
+    /// Largest record payload accepted (bytes).
+    #[arg(long, env = "TXLOG_PAYLOAD_BYTES_MAX")]
+    payload_bytes_max: Option<usize>,
+    /// Most bytes grouped into one Raft entry.
+    #[arg(long, env = "TXLOG_BATCH_BYTES_MAX")]
+    batch_bytes_max: Option<usize>,
+    /// Most records grouped into one Raft entry.
+    #[arg(long, env = "TXLOG_BATCH_RECORDS_MAX")]
+    batch_records_max: Option<usize>,
+    /// Build a snapshot after this many log entries.
+    #[arg(long, env = "TXLOG_SNAPSHOT_LOGS_SINCE_LAST")]
+    snapshot_logs_since_last: Option<u64>,
+    /// WAL segment size before rolling to a new file (bytes).
+    #[arg(long, env = "TXLOG_SEGMENT_BYTES_MAX")]
+    segment_bytes_max: Option<u64>,
+}
+
+impl NodeArgs {
+    fn into_configs(self) -> anyhow::Result<(FileConfig, FileConfig)> {
+        let file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let overrides = FileConfig {
+            id: self.id,
+            region: self.region,
+            listen: self.listen,
+            advertise: self.advertise,
+            data_dir: self.data_dir,
+            peers: self.peers.map(|p| vec![p]),
+            metrics_listen: self.metrics_listen,
+            timing: self.timing,
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+            election_timeout_ms_min: self.election_timeout_ms_min,
+            election_timeout_ms_max: self.election_timeout_ms_max,
+            payload_bytes_max: self.payload_bytes_max,
+            batch_bytes_max: self.batch_bytes_max,
+            batch_records_max: self.batch_records_max,
+            snapshot_logs_since_last: self.snapshot_logs_since_last,
+            segment_bytes_max: self.segment_bytes_max,
+        };
+        Ok((file, overrides))
+    }
+}
+
+fn init_tracing(default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TXLOG_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default_level},openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Cancel `token` on SIGTERM or SIGINT.
+fn cancel_on_signals(token: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::signal;
+    use tokio::signal::unix::SignalKind;
+    let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        token.cancel();
+    });
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("txlog: cannot start the async runtime: {err}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("txlog: error: {err:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+fn client(args: &ClusterArgs) -> anyhow::Result<Client> {
+    Ok(Client::connect(&args.cluster)?)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Dev {
+            data_dir,
+            base_port,
+            metrics_base_port,
+        } => {
+            init_tracing("info");
+            let token = CancellationToken::new();
+            cancel_on_signals(token.clone())?;
+            txlog::dev::run(txlog::dev::DevOptions {
+                data_dir,
+                base_port,
+                metrics_base_port,
+                shutdown: token,
+            })
+            .await
+        }
+        Command::Node(args) => {
+            init_tracing("info");
+            let (file, overrides) = args.into_configs()?;
+            let config = NodeConfig::resolve(file, overrides)?;
+            let token = CancellationToken::new();
+            cancel_on_signals(token.clone())?;
+            let node = txlog::node::Node::start(config, token).await?;
+            node.run_until_shutdown().await?;
+            Ok(())
+        }
+        Command::Append {
+            channel,
+            txid,
+            payload,
+            payload_file,
+            cluster,
+        } => {
+            init_tracing("warn");
+            let payload = match (payload, payload_file) {
+                (Some(p), _) => p.into_bytes(),
+                (None, Some(path)) => std::fs::read(&path).with_context(|| format!("read {}", path.display()))?,
+                (None, None) => unreachable!("clap requires one"),
+            };
+            let result = client(&cluster)?.append_one(&channel, txid.as_bytes(), &payload).await?;
+            if cluster.json {
+                let value = serde_json::json!({"records": [{"txid": txid, "channel": channel, "seq": result.seq, "channel_seq": result.channel_seq, "duplicate": result.duplicate}]});
+                println!("{value}");
+            } else if result.duplicate {
+                println!("seq {} (txid {txid:?} was already committed; nothing new written)", result.seq);
+            } else {
+                println!("seq {}", result.seq);
+            }
+            Ok(())
+        }
+        Command::Read {
+            from,
+            limit,
+            channel,
+            stale,
+            cluster,
+        } => {
+            init_tracing("warn");
+            let response = client(&cluster)?.read(from, limit, channel.as_deref(), stale).await?;
+            if cluster.json {
+                let records: Vec<_> = response.records.iter().map(record_json).collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"records": records, "next_seq": response.next_seq, "last_seq": response.last_seq})
+                );
+            } else {
+                for record in &response.records {
+                    println!("{}", record_line(record));
+                }
+                if response.records.is_empty() {
+                    println!("(no records from seq {from}; last committed seq is {})", response.last_seq);
+                }
+            }
+            Ok(())
+        }
+        Command::Lookup { txid, stale, cluster } => {
+            init_tracing("warn");
+            match client(&cluster)?.lookup(txid.as_bytes(), stale).await? {
+                Some(record) if cluster.json => println!("{}", record_json(&record)),
+                Some(record) => println!("{}", record_line(&record)),
+                None => {
+                    anyhow::bail!("no committed record with txid {txid:?}");
+                }
+            }
+            Ok(())
+        }
+        Command::Tail { channel, from, cluster } => {
+            init_tracing("warn");
+            let client = client(&cluster)?;
+            let from = match from {
+                Some(f) => f,
+                None => client.read(1, 1, None, false).await?.last_seq + 1,
+            };
+            let mut stream = client.subscribe(from, channel.as_deref()).await?;
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                    next = stream.message() => match next {
+                        Ok(Some(record)) if cluster.json => println!("{}", record_json(&record)),
+                        Ok(Some(record)) => println!("{}", record_line(&record)),
+                        Ok(None) => anyhow::bail!("the node closed the stream"),
+                        Err(status) => return Err(ClientError::Status(status).into()),
+                    }
+                }
+            }
+        }
+        Command::Status { cluster } => {
+            init_tracing("warn");
+            let status = client(&cluster)?.cluster_status().await?;
+            if cluster.json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                match status.leader_id {
+                    Some(id) => println!("leader: node {id}   term: {}   commit index: {}   last seq: {}", status.term, status.commit_index, status.last_seq),
+                    None => println!("leader: none (election in progress)   term: {}", status.term),
+                }
+                println!("{:<4} {:<10} {:<22} {:<9} {:>11} {:>11} {:>10}", "ID", "REGION", "ADDRESS", "ROLE", "MATCH_INDEX", "APPLIED", "LAST_SEQ");
+                for n in &status.nodes {
+                    println!(
+                        "{:<4} {:<10} {:<22} {:<9} {:>11} {:>11} {:>10}",
+                        n.id, n.region, n.address, n.role, n.match_index, n.applied_index, n.last_seq
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Bench(args) => {
+            init_tracing("warn");
+            txlog::bench::run(args).await
+        }
+    }
+}
+
+fn record_line(r: &CommittedRecord) -> String {
+    format!(
+        "seq={} channel={} channel_seq={} txid={} payload={}",
+        r.seq,
+        r.channel,
+        r.channel_seq,
+        String::from_utf8_lossy(&r.txid),
+        String::from_utf8_lossy(&r.payload)
+    )
+}
+
+fn record_json(r: &CommittedRecord) -> serde_json::Value {
+    serde_json::json!({
+        "seq": r.seq,
+        "channel": r.channel,
+        "channel_seq": r.channel_seq,
+        "txid": String::from_utf8_lossy(&r.txid),
+        "payload": String::from_utf8_lossy(&r.payload),
+        "commit_time_ns": r.commit_time_ns,
+        "log_index": r.log_index,
+        "log_term": r.log_term,
+        "origin_node": r.origin_node,
+    })
+}
+

@@ -1,0 +1,197 @@
+//! Group commit on the leader.
+//!
+//! Appends from all client connections queue here. The batcher takes what is
+//! queued (up to `batch_records_max` records / `batch_bytes_max` bytes),
+//! seals it into one [`BatchFrame`] and proposes it as one Raft entry. While
+//! a batch is in flight the next one fills up, so under load one fsync on a
+//! quorum covers many records; with one client, a batch is one record and
+//! nothing waits on a timer. At most `INFLIGHT_BATCHES_MAX` batches are in
+//! flight; past that, appends queue (bounded) and callers feel backpressure.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use txlog_raft::openraft::error::ClientWriteError;
+use txlog_raft::openraft::error::RaftError;
+use txlog_raft::BatchBody;
+use txlog_raft::BatchFrame;
+use txlog_raft::Raft;
+use txlog_storage::AppendOutcome;
+use txlog_storage::NewRecord;
+
+use crate::error::not_leader;
+use crate::metrics::Metrics;
+use crate::Error;
+use crate::Result;
+
+/// Batches proposed but not yet committed, at most.
+pub const INFLIGHT_BATCHES_MAX: usize = 64;
+/// Append requests waiting for a batch, at most.
+pub const QUEUE_REQUESTS_MAX: usize = 16 * 1024;
+
+struct Pending {
+    records: Vec<NewRecord>,
+    bytes: usize,
+    reply: oneshot::Sender<Result<Vec<AppendOutcome>>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    pub batch_records_max: usize,
+    pub batch_bytes_max: usize,
+}
+
+/// Handle to the batching task.
+#[derive(Clone)]
+pub struct Batcher {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl Batcher {
+    pub fn start(
+        raft: Raft,
+        node_id: u64,
+        limits: BatchLimits,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE_REQUESTS_MAX);
+        tracker.spawn(run(raft, node_id, limits, metrics, shutdown, rx, tracker.clone()));
+        Batcher { tx }
+    }
+
+    /// Propose `records`; resolves once they are committed and applied.
+    pub async fn append(&self, records: Vec<NewRecord>) -> Result<Vec<AppendOutcome>> {
+        let bytes = records.iter().map(|r| r.payload.len() + r.txid.len() + r.channel.len()).sum();
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Pending { records, bytes, reply })
+            .await
+            .map_err(|_| Error::Unavailable("node is shutting down".into()))?;
+        rx.await
+            .map_err(|_| Error::Unavailable("node is shutting down".into()))?
+    }
+}
+
+async fn run(
+    raft: Raft,
+    node_id: u64,
+    limits: BatchLimits,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    mut rx: mpsc::Receiver<Pending>,
+    tracker: TaskTracker,
+) {
+    let inflight = Arc::new(Semaphore::new(INFLIGHT_BATCHES_MAX));
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            next = rx.recv() => match next {
+                Some(p) => p,
+                None => break,
+            },
+        };
+        // Waiting for a slot is when the next batch fills up.
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = inflight.clone().acquire_owned() => permit.expect("semaphore never closes"),
+        };
+        let mut records = first.records.len();
+        let mut bytes = first.bytes;
+        let mut group = vec![first];
+        while records < limits.batch_records_max && bytes < limits.batch_bytes_max {
+            match rx.try_recv() {
+                Ok(p) => {
+                    records += p.records.len();
+                    bytes += p.bytes;
+                    group.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        let metrics = metrics.clone();
+        tracker.spawn(async move {
+            commit(&raft, node_id, &metrics, group).await;
+            drop(permit);
+        });
+    }
+    // Whatever is still queued is answered, never dropped silently.
+    rx.close();
+    while let Ok(p) = rx.try_recv() {
+        let _ = p.reply.send(Err(Error::Unavailable("node is shutting down".into())));
+    }
+}
+
+async fn commit(raft: &Raft, node_id: u64, metrics: &Metrics, group: Vec<Pending>) {
+    let counts: Vec<usize> = group.iter().map(|p| p.records.len()).collect();
+    let mut replies = Vec::with_capacity(group.len());
+    let mut records = Vec::with_capacity(counts.iter().sum());
+    for p in group {
+        records.extend(p.records);
+        replies.push(p.reply);
+    }
+    let total = records.len();
+    let frame = BatchFrame::encode(
+        node_id,
+        &BatchBody {
+            created_ns: txlog_raft::wall_clock_ns(),
+            records,
+        },
+    );
+    let started = Instant::now();
+    metrics.append_batches.inc();
+    metrics.batch_records.observe(total as f64);
+    let result = raft.client_write(frame).await;
+    let outcome: Result<Vec<AppendOutcome>> = match result {
+        Ok(response) => match response.data.error {
+            None if response.data.outcomes.len() == total => Ok(response.data.outcomes),
+            None => Err(Error::Internal(format!(
+                "batch of {total} records produced {} outcomes",
+                response.data.outcomes.len()
+            ))),
+            Some(err) => Err(Error::Internal(format!("batch rejected by the state machine: {err}"))),
+        },
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => Err(not_leader(&forward)),
+        Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => Err(Error::Unavailable(
+            "leader changed before the batch committed; its outcome is unknown, retry with the same txids".into(),
+        )),
+        Err(RaftError::APIError(other)) => Err(Error::Unavailable(other.to_string())),
+        Err(RaftError::Fatal(fatal)) => Err(Error::Unavailable(format!("raft stopped: {fatal}"))),
+    };
+    match outcome {
+        Ok(mut outcomes) => {
+            metrics.commit_latency_seconds.observe(started.elapsed().as_secs_f64());
+            let duplicates = outcomes.iter().filter(|o| o.duplicate).count();
+            metrics.appended_records.inc_by((total - duplicates) as u64);
+            metrics.duplicate_records.inc_by(duplicates as u64);
+            // Hand each caller its slice, in order.
+            for (reply, count) in replies.into_iter().zip(counts).rev() {
+                let tail = outcomes.split_off(outcomes.len() - count);
+                let _ = reply.send(Ok(tail));
+            }
+        }
+        Err(err) => {
+            let shared = err.to_string();
+            let retryable = err.is_retryable();
+            let leader = match &err {
+                Error::NotLeader { leader } => leader.clone(),
+                _ => None,
+            };
+            for reply in replies {
+                let e = match (&leader, retryable) {
+                    (_, true) if matches!(err, Error::NotLeader { .. }) => Error::NotLeader { leader: leader.clone() },
+                    (_, true) => Error::Unavailable(shared.clone()),
+                    _ => Error::Internal(shared.clone()),
+                };
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+}

@@ -1,0 +1,443 @@
+//! The txlog client library, used by the CLI, the bench and the tests.
+//!
+//! A [`Client`] knows a list of node addresses. Calls that need the leader go
+//! to the last leader seen; an `UNAVAILABLE` answer carrying the leader's
+//! address (metadata `txlog-leader`) redirects at once, any other transient
+//! failure moves to the next node after a bounded, growing backoff. Every
+//! unary call has a deadline and every retry loop a maximum.
+//!
+//! Retrying an append is safe: records carry txids, and a txid that already
+//! committed returns its original sequence instead of writing again.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tonic::transport::Channel;
+use tonic::transport::Endpoint;
+use tonic::Code;
+use tonic::Status;
+use txlog_proto::admin_service_client::AdminServiceClient;
+use txlog_proto::log_service_client::LogServiceClient;
+use txlog_proto::AppendRequest;
+use txlog_proto::AppendResult;
+use txlog_proto::CommittedRecord;
+use txlog_proto::LookupRequest;
+use txlog_proto::NodeStatus;
+use txlog_proto::ReadRequest;
+use txlog_proto::ReadResponse;
+use txlog_proto::Record;
+use txlog_proto::StatusRequest;
+use txlog_proto::SubscribeRequest;
+
+/// Client errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("bad cluster address list: {0}")]
+    BadCluster(String),
+    /// The server answered with a non-retryable status.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(Status),
+    /// Every attempt failed with a retryable error.
+    #[error("gave up after {attempts} attempts; last error: {}: {}", last.code(), last.message())]
+    Exhausted { attempts: u32, last: Status },
+}
+
+impl ClientError {
+    pub fn code(&self) -> Code {
+        match self {
+            ClientError::BadCluster(_) => Code::InvalidArgument,
+            ClientError::Status(s) => s.code(),
+            ClientError::Exhausted { last, .. } => last.code(),
+        }
+    }
+}
+
+/// Retry and deadline settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientOptions {
+    pub rpc_timeout: Duration,
+    pub attempts_max: u32,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            rpc_timeout: Duration::from_secs(5),
+            attempts_max: 40,
+            backoff_initial: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(500),
+            connect_timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+struct State {
+    /// Index into `endpoints` of the node to try first.
+    preferred: usize,
+}
+
+/// A connection to a txlog cluster.
+#[derive(Clone)]
+pub struct Client {
+    endpoints: Arc<Vec<String>>,
+    channels: Arc<Mutex<Vec<(String, Channel)>>>,
+    state: Arc<Mutex<State>>,
+    options: ClientOptions,
+}
+
+/// Normalise one address: strip `http://`, require `host:port`.
+pub fn normalize_address(address: &str) -> Result<String, ClientError> {
+    let trimmed = address.trim();
+    let bare = trimmed
+        .strip_prefix("http://")
+        .unwrap_or(trimmed)
+        .trim_end_matches('/');
+    match bare.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(bare.to_string()),
+        _ => Err(ClientError::BadCluster(format!("{address:?} is not HOST:PORT"))),
+    }
+}
+
+fn is_retryable(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::ResourceExhausted | Code::Aborted
+    )
+}
+
+fn leader_hint(status: &Status) -> Option<String> {
+    status
+        .metadata()
+        .get(crate::LEADER_METADATA_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.to_string())
+}
+
+impl Client {
+    /// `cluster` is a comma-separated list of `HOST:PORT`, `http://` optional.
+    pub fn new(cluster: &str, options: ClientOptions) -> Result<Client, ClientError> {
+        let endpoints = cluster
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(normalize_address)
+            .collect::<Result<Vec<_>, _>>()?;
+        if endpoints.is_empty() {
+            return Err(ClientError::BadCluster("no addresses given".into()));
+        }
+        Ok(Client {
+            endpoints: Arc::new(endpoints),
+            channels: Arc::new(Mutex::new(Vec::new())),
+            state: Arc::new(Mutex::new(State { preferred: 0 })),
+            options,
+        })
+    }
+
+    pub fn connect(cluster: &str) -> Result<Client, ClientError> {
+        Self::new(cluster, ClientOptions::default())
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    fn channel(&self, address: &str) -> Result<Channel, ClientError> {
+        let mut channels = self.channels.lock().expect("client lock poisoned");
+        if let Some((_, c)) = channels.iter().find(|(a, _)| a == address) {
+            return Ok(c.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| ClientError::BadCluster(format!("{address}: {e}")))?
+            .connect_timeout(self.options.connect_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.push((address.to_string(), channel.clone()));
+        Ok(channel)
+    }
+
+    fn log_client(&self, address: &str) -> Result<LogServiceClient<Channel>, ClientError> {
+        Ok(LogServiceClient::new(self.channel(address)?)
+            .max_decoding_message_size(crate::validate::MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(crate::validate::MESSAGE_BYTES_MAX))
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.options.rpc_timeout);
+        request
+    }
+
+    /// Run `call` against the leader, following redirects and retrying with backoff.
+    async fn with_leader<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(LogServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let mut backoff = self.options.backoff_initial;
+        let mut last = Status::unavailable("no attempt made");
+        for attempt in 1..=self.options.attempts_max {
+            let (index, address) = {
+                let state = self.state.lock().expect("client lock poisoned");
+                (state.preferred, self.endpoints[state.preferred % self.endpoints.len()].clone())
+            };
+            let result = call(self.log_client(&address)?).await;
+            match result {
+                Ok(value) => return Ok(value),
+                Err(status) if !is_retryable(&status) => return Err(ClientError::Status(status)),
+                Err(status) => {
+                    let hint = leader_hint(&status).and_then(|h| normalize_address(&h).ok());
+                    let mut state = self.state.lock().expect("client lock poisoned");
+                    match hint.and_then(|h| self.endpoints.iter().position(|e| *e == h)) {
+                        Some(leader) if leader != index => {
+                            // A redirect to a known node: go there at once.
+                            state.preferred = leader;
+                            last = status;
+                            continue;
+                        }
+                        _ => state.preferred = (index + 1) % self.endpoints.len(),
+                    }
+                    drop(state);
+                    tracing::debug!(attempt, %address, code = ?status.code(), msg = status.message(), "retrying");
+                    last = status;
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(self.options.backoff_max);
+        }
+        Err(ClientError::Exhausted {
+            attempts: self.options.attempts_max,
+            last,
+        })
+    }
+
+    /// Append records; one result per record, in order.
+    pub async fn append(&self, records: Vec<Record>) -> Result<Vec<AppendResult>, ClientError> {
+        let request = AppendRequest { records };
+        self.with_leader(|mut client| {
+            let request = self.request(request.clone());
+            async move { client.append(request).await.map(|r| r.into_inner().results) }
+        })
+        .await
+    }
+
+    /// Append one record.
+    pub async fn append_one(&self, channel: &str, txid: &[u8], payload: &[u8]) -> Result<AppendResult, ClientError> {
+        let record = Record {
+            txid: txid.to_vec().into(),
+            channel: channel.to_string(),
+            payload: payload.to_vec().into(),
+            client_time_ns: now_ns(),
+        };
+        let mut results = self.append(vec![record]).await?;
+        results
+            .pop()
+            .ok_or_else(|| ClientError::Status(Status::internal("append returned no result")))
+    }
+
+    /// Read from the leader (linearizable) or, with `stale`, from any node.
+    pub async fn read(&self, from_seq: u64, limit: u32, channel: Option<&str>, stale: bool) -> Result<ReadResponse, ClientError> {
+        let request = ReadRequest {
+            from_seq,
+            limit,
+            channel: channel.map(str::to_string),
+            stale,
+        };
+        self.with_leader(|mut client| {
+            let request = self.request(request.clone());
+            async move { client.read(request).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    /// Read from one specific node without retries (stale reads per node).
+    pub async fn read_at(&self, address: &str, from_seq: u64, limit: u32, stale: bool) -> Result<ReadResponse, ClientError> {
+        let mut client = self.log_client(&normalize_address(address)?)?;
+        let request = self.request(ReadRequest {
+            from_seq,
+            limit,
+            channel: None,
+            stale,
+        });
+        client
+            .read(request)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(ClientError::Status)
+    }
+
+    pub async fn lookup(&self, txid: &[u8], stale: bool) -> Result<Option<CommittedRecord>, ClientError> {
+        let request = LookupRequest {
+            txid: txid.to_vec().into(),
+            stale,
+        };
+        let result = self
+            .with_leader(|mut client| {
+                let request = self.request(request.clone());
+                async move { client.lookup(request).await.map(|r| r.into_inner().record) }
+            })
+            .await;
+        match result {
+            Err(ClientError::Status(s)) if s.code() == Code::NotFound => Ok(None),
+            other => other,
+        }
+    }
+
+    /// Stream committed records from `from_seq`, then live ones, from the first reachable node.
+    pub async fn subscribe(
+        &self,
+        from_seq: u64,
+        channel: Option<&str>,
+    ) -> Result<tonic::Streaming<CommittedRecord>, ClientError> {
+        let request = SubscribeRequest {
+            from_seq,
+            channel: channel.map(str::to_string),
+        };
+        self.with_leader(|mut client| {
+            let request = request.clone();
+            async move { client.subscribe(request).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    /// One node's own status, no retries.
+    pub async fn node_status(&self, address: &str) -> Result<NodeStatus, ClientError> {
+        let channel = self.channel(&normalize_address(address)?)?;
+        let mut client = AdminServiceClient::new(channel);
+        let mut request = tonic::Request::new(StatusRequest {});
+        request.set_timeout(Duration::from_millis(1000));
+        client
+            .status(request)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(ClientError::Status)
+    }
+
+    /// Status of every node: asks each known address (plus every member the
+    /// cluster reports) and marks the ones that do not answer as down.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, ClientError> {
+        let mut addresses: Vec<String> = self.endpoints.to_vec();
+        let mut answers: Vec<(String, Result<NodeStatus, ClientError>)> = Vec::new();
+        let mut i = 0;
+        while i < addresses.len() {
+            let address = addresses[i].clone();
+            let answer = self.node_status(&address).await;
+            if let Ok(status) = &answer {
+                for member in &status.members {
+                    if !addresses.contains(&member.address) {
+                        addresses.push(member.address.clone());
+                    }
+                }
+            }
+            answers.push((address, answer));
+            i += 1;
+        }
+        let reachable: Vec<&NodeStatus> = answers.iter().filter_map(|(_, a)| a.as_ref().ok()).collect();
+        if reachable.is_empty() {
+            let last = answers.into_iter().last().and_then(|(_, a)| a.err());
+            return Err(last.unwrap_or_else(|| ClientError::BadCluster("no nodes".into())));
+        }
+        // Prefer the leader's own view of membership and progress.
+        let view = reachable
+            .iter()
+            .find(|s| s.role == "leader")
+            .or_else(|| reachable.iter().max_by_key(|s| s.term))
+            .copied()
+            .expect("non-empty");
+        let mut nodes = Vec::new();
+        for member in &view.members {
+            let answer = answers
+                .iter()
+                .find(|(a, _)| *a == member.address)
+                .and_then(|(_, a)| a.as_ref().ok());
+            let role = match answer {
+                None => "down".to_string(),
+                Some(s) if s.role == "leader" => "leader".to_string(),
+                Some(_) if member.kind == "learner" => "learner".to_string(),
+                Some(s) if s.role == "candidate" || s.role == "shutdown" => s.role.clone(),
+                Some(_) => "follower".to_string(),
+            };
+            nodes.push(NodeView {
+                id: member.id,
+                region: member.region.clone(),
+                address: member.address.clone(),
+                role,
+                match_index: member.match_index,
+                applied_index: answer.map(|s| s.applied_index).unwrap_or(0),
+                last_seq: answer.map(|s| s.last_seq).unwrap_or(0),
+                term: answer.map(|s| s.term).unwrap_or(0),
+            });
+        }
+        Ok(ClusterStatus {
+            leader_id: if view.leader_id == 0 { None } else { Some(view.leader_id) },
+            term: view.term,
+            commit_index: view.commit_index,
+            last_seq: view.last_seq,
+            nodes,
+        })
+    }
+
+    /// Wait until some node reports a leader, up to `timeout`.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<ClusterStatus, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.cluster_status().await {
+                Ok(status) if status.leader_id.is_some() && status.nodes.iter().any(|n| n.role == "leader") => return Ok(status),
+                Ok(_) | Err(_) if tokio::time::Instant::now() >= deadline => {
+                    return Err(ClientError::Exhausted {
+                        attempts: 0,
+                        last: Status::unavailable(format!("no leader elected within {timeout:?}")),
+                    })
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+}
+
+/// The cluster as `txlog status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClusterStatus {
+    pub leader_id: Option<u64>,
+    pub term: u64,
+    pub commit_index: u64,
+    pub last_seq: u64,
+    pub nodes: Vec<NodeView>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeView {
+    pub id: u64,
+    pub region: String,
+    pub address: String,
+    /// leader | follower | learner | candidate | down
+    pub role: String,
+    pub match_index: u64,
+    pub applied_index: u64,
+    pub last_seq: u64,
+    pub term: u64,
+}
+
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Addresses with or without http:// are accepted; garbage is a clear error.
+    #[test]
+    fn cluster_address_parsing() {
+        let c = Client::connect("http://127.0.0.1:7401, 127.0.0.1:7402/").unwrap();
+        assert_eq!(c.endpoints(), &["127.0.0.1:7401".to_string(), "127.0.0.1:7402".to_string()]);
+        assert!(Client::connect("").is_err());
+        assert!(Client::connect("localhost").is_err());
+        assert!(Client::connect("host:notaport").is_err());
+    }
+}

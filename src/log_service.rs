@@ -1,0 +1,257 @@
+//! `LogService`: the client API.
+//!
+//! * `Append` validates every record, then (on the leader) hands them to the
+//!   [`Batcher`]; the reply carries one committed `seq` per record. A
+//!   follower answers `UNAVAILABLE` with the leader's address in the
+//!   `txlog-leader` metadata; the client library retries there.
+//! * `Read` / `Lookup` confirm leadership through a read index first
+//!   (linearizable) unless `stale` is set, in which case this node's state
+//!   machine answers and the response's `last_seq` says how far it has got.
+//! * `Subscribe` streams history from this node's state machine, then waits
+//!   on the applied sequence and streams new records as they are applied.
+//!   The stream is bounded: a slow subscriber slows only itself.
+
+use txlog_raft::openraft::type_config::async_runtime::WatchReceiver;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+use txlog_proto::log_service_server::LogService;
+use txlog_proto::AppendRequest;
+use txlog_proto::AppendResponse;
+use txlog_proto::AppendResult;
+use txlog_proto::CommittedRecord;
+use txlog_proto::LookupRequest;
+use txlog_proto::LookupResponse;
+use txlog_proto::ReadRequest;
+use txlog_proto::ReadResponse;
+use txlog_proto::SubscribeRequest;
+use txlog_raft::openraft::error::LinearizableReadError;
+use txlog_raft::openraft::error::RaftError;
+use txlog_raft::openraft::ReadPolicy;
+use txlog_raft::Raft;
+use txlog_raft::StateMachineReader;
+use txlog_storage::NewRecord;
+use txlog_storage::StoredRecord;
+
+use crate::batcher::Batcher;
+use crate::error::not_leader;
+use crate::metrics::Metrics;
+use crate::validate;
+use crate::Error;
+use crate::Result;
+
+/// Records buffered per subscriber before the stream pushes back.
+pub const SUBSCRIBE_BUFFER_RECORDS: usize = 1024;
+/// Records read from the store per step of a subscription.
+const SUBSCRIBE_READ_RECORDS: usize = 512;
+
+pub struct LogServer {
+    pub node_id: u64,
+    pub raft: Raft,
+    pub reader: StateMachineReader,
+    pub batcher: Batcher,
+    pub metrics: Arc<Metrics>,
+    pub payload_bytes_max: usize,
+    pub shutdown: CancellationToken,
+}
+
+pub fn to_proto(r: StoredRecord) -> CommittedRecord {
+    CommittedRecord {
+        seq: r.seq,
+        channel_seq: r.channel_seq,
+        txid: r.txid.into(),
+        channel: r.channel,
+        payload: r.payload.into(),
+        client_time_ns: r.client_time_ns,
+        commit_time_ns: r.commit_time_ns,
+        log_index: r.log_index,
+        log_term: r.log_term,
+        origin_node: r.origin_node,
+    }
+}
+
+/// The leader as this node currently knows it: `(id, address)`.
+pub fn known_leader(raft: &Raft) -> Option<(u64, String)> {
+    let metrics = raft.metrics().borrow_watched().clone();
+    let leader = metrics.current_leader?;
+    let address = metrics
+        .membership_config
+        .membership()
+        .get_node(&leader)
+        .map(|n| n.address.clone())
+        .unwrap_or_default();
+    Some((leader, address))
+}
+
+impl LogServer {
+    fn reject(&self, err: Error) -> Status {
+        if matches!(err, Error::InvalidInput(_)) {
+            self.metrics.rejected_requests.inc();
+        }
+        err.to_status()
+    }
+
+    fn check_leader(&self) -> Result<()> {
+        match known_leader(&self.raft) {
+            Some((id, _)) if id == self.node_id => Ok(()),
+            Some((_, address)) => Err(Error::NotLeader {
+                leader: Some(address).filter(|a| !a.is_empty()),
+            }),
+            None => Err(Error::Unavailable("no leader is known yet (election in progress)".into())),
+        }
+    }
+
+    /// Wait until this node may serve a linearizable read.
+    async fn linearize(&self) -> Result<()> {
+        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward))) => Err(not_leader(&forward)),
+            Err(RaftError::APIError(other)) => Err(Error::Unavailable(other.to_string())),
+            Err(RaftError::Fatal(fatal)) => Err(Error::Unavailable(format!("raft stopped: {fatal}"))),
+        }
+    }
+
+    fn validate_append(&self, request: AppendRequest) -> Result<Vec<NewRecord>> {
+        if request.records.is_empty() {
+            return Err(Error::InvalidInput("append needs at least one record".into()));
+        }
+        if request.records.len() > validate::APPEND_RECORDS_MAX {
+            return Err(Error::InvalidInput(format!(
+                "{} records in one append; the maximum is {}",
+                request.records.len(),
+                validate::APPEND_RECORDS_MAX
+            )));
+        }
+        let mut out = Vec::with_capacity(request.records.len());
+        for (i, r) in request.records.into_iter().enumerate() {
+            let wrap = |e: Error| match e {
+                Error::InvalidInput(m) => Error::InvalidInput(format!("record {i}: {m}")),
+                other => other,
+            };
+            validate::txid(&r.txid).map_err(wrap)?;
+            validate::channel(&r.channel).map_err(wrap)?;
+            validate::payload(&r.payload, self.payload_bytes_max).map_err(wrap)?;
+            out.push(NewRecord {
+                txid: r.txid.to_vec(),
+                channel: r.channel,
+                payload: r.payload.to_vec(),
+                client_time_ns: r.client_time_ns,
+            });
+        }
+        Ok(out)
+    }
+}
+
+type SubscribeStream = Pin<Box<dyn Stream<Item = std::result::Result<CommittedRecord, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl LogService for LogServer {
+    async fn append(&self, request: Request<AppendRequest>) -> std::result::Result<Response<AppendResponse>, Status> {
+        let records = self.validate_append(request.into_inner()).map_err(|e| self.reject(e))?;
+        self.check_leader().map_err(|e| self.reject(e))?;
+        let outcomes = self.batcher.append(records).await.map_err(|e| self.reject(e))?;
+        let results = outcomes
+            .into_iter()
+            .map(|o| AppendResult {
+                seq: o.seq,
+                channel_seq: o.channel_seq,
+                duplicate: o.duplicate,
+            })
+            .collect();
+        Ok(Response::new(AppendResponse { results }))
+    }
+
+    async fn read(&self, request: Request<ReadRequest>) -> std::result::Result<Response<ReadResponse>, Status> {
+        let request = request.into_inner();
+        let limit = validate::read_limit(request.limit).map_err(|e| self.reject(e))?;
+        if let Some(channel) = &request.channel {
+            validate::channel(channel).map_err(|e| self.reject(e))?;
+        }
+        if !request.stale {
+            self.linearize().await.map_err(|e| self.reject(e))?;
+        }
+        let last_seq = self.reader.last_seq();
+        let from = request.from_seq.max(1);
+        let records = self
+            .reader
+            .store()
+            .read(from, limit, validate::READ_BYTES_MAX, request.channel.as_deref())
+            .map_err(|e| self.reject(e.into()))?;
+        let next_seq = records.last().map(|r| r.seq + 1).unwrap_or(from);
+        Ok(Response::new(ReadResponse {
+            records: records.into_iter().map(to_proto).collect(),
+            next_seq,
+            last_seq,
+        }))
+    }
+
+    async fn lookup(&self, request: Request<LookupRequest>) -> std::result::Result<Response<LookupResponse>, Status> {
+        let request = request.into_inner();
+        validate::txid(&request.txid).map_err(|e| self.reject(e))?;
+        if !request.stale {
+            self.linearize().await.map_err(|e| self.reject(e))?;
+        }
+        match self.reader.store().lookup_txid(&request.txid).map_err(|e| self.reject(e.into()))? {
+            Some(record) => Ok(Response::new(LookupResponse {
+                record: Some(to_proto(record)),
+            })),
+            None => Err(Error::NotFound(format!(
+                "no committed record with txid {:?}",
+                String::from_utf8_lossy(&request.txid)
+            ))
+            .to_status()),
+        }
+    }
+
+    type SubscribeStream = SubscribeStream;
+
+    async fn subscribe(&self, request: Request<SubscribeRequest>) -> std::result::Result<Response<SubscribeStream>, Status> {
+        let request = request.into_inner();
+        if let Some(channel) = &request.channel {
+            validate::channel(channel).map_err(|e| self.reject(e))?;
+        }
+        let (tx, rx) = mpsc::channel(SUBSCRIBE_BUFFER_RECORDS);
+        let reader = self.reader.clone();
+        let shutdown = self.shutdown.clone();
+        let channel = request.channel;
+        let mut next = request.from_seq.max(1);
+        tokio::spawn(async move {
+            let mut applied = reader.watch_last_seq();
+            loop {
+                // Mark the current applied sequence as seen *before* reading,
+                // so an apply that lands after the read still wakes us.
+                applied.borrow_and_update();
+                let records = match reader.store().read(next, SUBSCRIBE_READ_RECORDS, validate::READ_BYTES_MAX, channel.as_deref()) {
+                    Ok(r) => r,
+                    Err(err) => {
+                        let _ = tx.send(Err(Error::from(err).to_status())).await;
+                        return;
+                    }
+                };
+                if records.is_empty() {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tx.closed() => return,
+                        changed = applied.changed() => if changed.is_err() { return },
+                    }
+                    continue;
+                }
+                for record in records {
+                    next = record.seq + 1;
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        sent = tx.send(Ok(to_proto(record))) => if sent.is_err() { return },
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,143 @@
+//! Prometheus metrics and a minimal `/metrics` HTTP endpoint.
+//!
+//! Every number an operator would graph at 3 a.m.: appended records, batches
+//! and their sizes, commit latency, WAL fsync latency, term, leader changes,
+//! commit and applied indexes, and the last sequence.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::exponential_buckets;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const REQUEST_BYTES_MAX: usize = 8 * 1024;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// All of a node's metrics.
+pub struct Metrics {
+    registry: Registry,
+    pub appended_records: Counter,
+    pub duplicate_records: Counter,
+    pub append_batches: Counter,
+    pub rejected_requests: Counter,
+    pub batch_records: Histogram,
+    pub commit_latency_seconds: Histogram,
+    pub wal_fsync_seconds: Histogram,
+    pub term: Gauge,
+    pub leader_changes: Counter,
+    pub is_leader: Gauge,
+    pub commit_index: Gauge,
+    pub applied_index: Gauge,
+    pub last_seq: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("txlog");
+        let m = Metrics {
+            appended_records: Counter::default(),
+            duplicate_records: Counter::default(),
+            append_batches: Counter::default(),
+            rejected_requests: Counter::default(),
+            batch_records: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            commit_latency_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
+            wal_fsync_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 18)),
+            term: Gauge::default(),
+            leader_changes: Counter::default(),
+            is_leader: Gauge::default(),
+            commit_index: Gauge::default(),
+            applied_index: Gauge::default(),
+            last_seq: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("appended_records", "Records committed by appends on this node (leader)", m.appended_records.clone());
+        registry.register("duplicate_records", "Appends answered from the txid dedup index", m.duplicate_records.clone());
+        registry.register("append_batches", "Raft entries (batches) proposed by this node", m.append_batches.clone());
+        registry.register("rejected_requests", "Client requests rejected as invalid", m.rejected_requests.clone());
+        registry.register("batch_records", "Records per proposed batch", m.batch_records.clone());
+        registry.register(
+            "commit_latency_seconds",
+            "Time from proposing a batch to its commit and apply",
+            m.commit_latency_seconds.clone(),
+        );
+        registry.register("wal_fsync_seconds", "Duration of each WAL group-commit fdatasync", m.wal_fsync_seconds.clone());
+        registry.register("raft_term", "Current Raft term", m.term.clone());
+        registry.register("raft_leader_changes", "Times the known leader changed", m.leader_changes.clone());
+        registry.register("raft_is_leader", "1 when this node is the leader", m.is_leader.clone());
+        registry.register("raft_commit_index", "Highest committed log index known here", m.commit_index.clone());
+        registry.register("raft_applied_index", "Highest log index applied to the state machine", m.applied_index.clone());
+        registry.register("last_seq", "Highest record sequence applied here", m.last_seq.clone());
+        Metrics { registry, ..m }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Serve `GET /metrics` until `shutdown` fires.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let Ok((mut socket, _)) = accepted else { continue };
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; REQUEST_BYTES_MAX];
+                let mut len = 0;
+                let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
+                    while len < buf.len() {
+                        let n = socket.read(&mut buf[len..]).await?;
+                        if n == 0 {
+                            break;
+                        }
+                        len += n;
+                        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                            break;
+                        }
+                    }
+                    Ok::<(), std::io::Error>(())
+                })
+                .await;
+                if !matches!(read, Ok(Ok(()))) {
+                    return;
+                }
+                let request = String::from_utf8_lossy(&buf[..len]);
+                let (status, content_type, body) = if request.starts_with("GET /metrics") {
+                    ("200 OK", "text/plain; version=0.0.4", metrics.render())
+                } else {
+                    ("404 Not Found", "text/plain", "try /metrics\n".to_string())
+                };
+                let response = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    Ok(bound)
+}

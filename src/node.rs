@@ -1,0 +1,231 @@
+//! One txlog node: storage, Raft, services, metrics, shutdown.
+//!
+//! Start-up order: open the WAL (recovering a torn tail), open the state
+//! machine (rebuilding sled from the newest snapshot if sled is behind it),
+//! build Raft, start the gRPC server (clients, admin and peers share one
+//! port), then — on a fresh cluster — the lowest-numbered peer initialises
+//! the membership from `peers`. Shutdown (SIGTERM/SIGINT or the token): stop
+//! accepting RPCs, stop Raft, flush sled, return.
+
+use txlog_raft::openraft::type_config::async_runtime::WatchReceiver;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Server;
+use txlog_proto::admin_service_server::AdminServiceServer;
+use txlog_proto::log_service_server::LogServiceServer;
+use txlog_raft::openraft::ServerState;
+use txlog_raft::LogStore;
+use txlog_raft::Network;
+use txlog_raft::Raft;
+use txlog_raft::RaftServer;
+use txlog_raft::StateMachine;
+use txlog_storage::WalOptions;
+
+use crate::admin_service::AdminServer;
+use crate::batcher::BatchLimits;
+use crate::batcher::Batcher;
+use crate::config::NodeConfig;
+use crate::log_service::LogServer;
+use crate::metrics::Metrics;
+use crate::validate;
+use crate::Error;
+use crate::Result;
+
+/// A running node.
+pub struct Node {
+    pub raft: Raft,
+    pub config: NodeConfig,
+    pub metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    reader: txlog_raft::StateMachineReader,
+}
+
+impl Node {
+    /// Open storage, start Raft and serve on `config.listen`.
+    pub async fn start(config: NodeConfig, shutdown: CancellationToken) -> Result<Node> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| Error::Config(format!("cannot create data dir {}: {e}", config.data_dir.display())))?;
+        let metrics = Arc::new(Metrics::new());
+        let fsync_hist = metrics.wal_fsync_seconds.clone();
+        let wal_options = WalOptions {
+            segment_bytes_max: config.segment_bytes_max,
+            fsync_observer: Some(Arc::new(move |d: Duration| fsync_hist.observe(d.as_secs_f64()))),
+        };
+        let log_store = LogStore::open(config.data_dir.join("wal"), wal_options)?;
+        let state_machine = StateMachine::open(config.data_dir.join("state"))?;
+        let reader = state_machine.reader();
+        let snapshot_dir = state_machine.snapshot_dir();
+
+        let raft_config = config
+            .timing
+            .to_openraft_config(config.snapshot_logs_since_last)
+            .map_err(Error::Config)?;
+        let raft = Raft::new(config.id, Arc::new(raft_config), Network::new(), log_store, state_machine)
+            .await
+            .map_err(|e| Error::Internal(format!("raft failed to start: {e}")))?;
+
+        let tracker = TaskTracker::new();
+        let batcher = Batcher::start(
+            raft.clone(),
+            config.id,
+            BatchLimits {
+                batch_records_max: config.batch_records_max,
+                batch_bytes_max: config.batch_bytes_max,
+            },
+            metrics.clone(),
+            shutdown.clone(),
+            &tracker,
+        );
+        let log_server = LogServer {
+            node_id: config.id,
+            raft: raft.clone(),
+            reader: reader.clone(),
+            batcher,
+            metrics: metrics.clone(),
+            payload_bytes_max: config.payload_bytes_max,
+            shutdown: shutdown.clone(),
+        };
+        let admin_server = AdminServer {
+            node_id: config.id,
+            region: config.region.clone(),
+            address: config.advertise.clone(),
+            raft: raft.clone(),
+            reader: reader.clone(),
+        };
+        let raft_server = RaftServer::new(raft.clone(), snapshot_dir);
+
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", config.listen)))?;
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let server_shutdown = shutdown.clone();
+        let router = Server::builder()
+            .tcp_nodelay(true)
+            .add_service(
+                LogServiceServer::new(log_server)
+                    .max_decoding_message_size(validate::MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(validate::MESSAGE_BYTES_MAX),
+            )
+            .add_service(AdminServiceServer::new(admin_server))
+            .add_service(raft_server.into_service());
+        tracker.spawn(async move {
+            if let Err(err) = router
+                .serve_with_incoming_shutdown(incoming, server_shutdown.cancelled_owned())
+                .await
+            {
+                tracing::error!(%err, "grpc server failed");
+            }
+        });
+
+        if let Some(addr) = config.metrics_listen {
+            let bound = crate::metrics::serve(addr, metrics.clone(), shutdown.clone())
+                .await
+                .map_err(|e| Error::Config(format!("cannot serve metrics on {addr}: {e}")))?;
+            tracing::info!(%bound, "metrics at http://{bound}/metrics");
+        }
+
+        tracker.spawn(watch_raft(raft.clone(), reader.clone(), metrics.clone(), shutdown.clone()));
+
+        let node = Node {
+            raft,
+            config,
+            metrics,
+            shutdown,
+            tracker,
+            reader,
+        };
+        node.bootstrap().await?;
+        tracing::info!(
+            id = node.config.id,
+            region = %node.config.region,
+            listen = %node.config.listen,
+            data_dir = %node.config.data_dir.display(),
+            "node started"
+        );
+        Ok(node)
+    }
+
+    /// On a fresh cluster, the lowest peer id initialises the membership.
+    async fn bootstrap(&self) -> Result<()> {
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        if initialized || self.config.peers.is_empty() {
+            return Ok(());
+        }
+        let lowest = *self.config.peers.keys().next().expect("non-empty");
+        if lowest != self.config.id {
+            tracing::info!(initializer = lowest, "waiting to be contacted by the cluster");
+            return Ok(());
+        }
+        tracing::info!(peers = ?self.config.peers.keys().collect::<Vec<_>>(), "initializing a new cluster");
+        match self.raft.initialize(self.config.peers.clone()).await {
+            Ok(()) => Ok(()),
+            Err(err) => {
+                tracing::warn!(%err, "initialize refused (already initialized elsewhere?)");
+                Ok(())
+            }
+        }
+    }
+
+    pub fn reader(&self) -> &txlog_raft::StateMachineReader {
+        &self.reader
+    }
+
+    /// Run until `shutdown` fires, then stop everything.
+    pub async fn run_until_shutdown(self) -> Result<()> {
+        self.shutdown.cancelled().await;
+        self.stop().await
+    }
+
+    pub async fn stop(self) -> Result<()> {
+        tracing::info!(id = self.config.id, "node stopping");
+        self.shutdown.cancel();
+        if let Err(err) = self.raft.shutdown().await {
+            tracing::warn!(%err, "raft shutdown reported an error");
+        }
+        self.tracker.close();
+        if tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await.is_err() {
+            tracing::warn!("some tasks did not stop within 5s");
+        }
+        self.reader.store().flush()?;
+        tracing::info!(id = self.config.id, "node stopped");
+        Ok(())
+    }
+}
+
+/// Mirror Raft's metrics into Prometheus and log role/term/leader changes.
+async fn watch_raft(raft: Raft, reader: txlog_raft::StateMachineReader, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let mut rx = raft.metrics();
+    let mut last_leader = None;
+    let mut last_state = None;
+    loop {
+        {
+            let m = rx.borrow_and_update().clone();
+            metrics.term.set(m.current_term as i64);
+            metrics.is_leader.set(i64::from(m.state == ServerState::Leader));
+            metrics.commit_index.set(m.local_committed.map(|l| l.index as i64).unwrap_or(0));
+            metrics.applied_index.set(m.last_applied.map(|l| l.index as i64).unwrap_or(0));
+            metrics.last_seq.set(reader.last_seq() as i64);
+            if m.current_leader != last_leader {
+                metrics.leader_changes.inc();
+                tracing::info!(leader = ?m.current_leader, term = m.current_term, "leader changed");
+                last_leader = m.current_leader;
+            }
+            if Some(m.state) != last_state {
+                tracing::info!(role = ?m.state, term = m.current_term, "role changed");
+                last_state = Some(m.state);
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = rx.changed() => if changed.is_err() { return },
+        }
+    }
+}
