@@ -16,6 +16,7 @@
 //! batch_bytes_max = 4194304
 //! batch_records_max = 8192
 //! snapshot_logs_since_last = 10000
+//! log_entries_kept_after_snapshot = 1000
 //! segment_bytes_max = 67108864
 //! ```
 
@@ -91,6 +92,7 @@ pub struct FileConfig {
     pub batch_bytes_max: Option<usize>,
     pub batch_records_max: Option<usize>,
     pub snapshot_logs_since_last: Option<u64>,
+    pub log_entries_kept_after_snapshot: Option<u64>,
     pub segment_bytes_max: Option<u64>,
 }
 
@@ -118,6 +120,8 @@ pub struct NodeConfig {
     pub batch_bytes_max: usize,
     pub batch_records_max: usize,
     pub snapshot_logs_since_last: u64,
+    /// Log entries kept behind a snapshot so lagging followers catch up without one.
+    pub log_entries_kept_after_snapshot: u64,
     pub segment_bytes_max: u64,
 }
 
@@ -189,6 +193,7 @@ impl NodeConfig {
             return Err(Error::Config("batch limits must be positive".into()));
         }
         let snapshot_logs_since_last = pick!(snapshot_logs_since_last).unwrap_or(10_000);
+        let log_entries_kept_after_snapshot = pick!(log_entries_kept_after_snapshot).unwrap_or(1000);
         let segment_bytes_max = pick!(segment_bytes_max).unwrap_or(txlog_storage::SEGMENT_BYTES_MAX_DEFAULT);
         if segment_bytes_max < 4096 {
             return Err(Error::Config("segment_bytes_max must be at least 4096".into()));
@@ -206,6 +211,7 @@ impl NodeConfig {
             batch_bytes_max,
             batch_records_max,
             snapshot_logs_since_last,
+            log_entries_kept_after_snapshot,
             segment_bytes_max,
         })
     }

@@ -165,6 +165,9 @@ struct NodeArgs {
     /// Build a snapshot after this many log entries.
     #[arg(long, env = "TXLOG_SNAPSHOT_LOGS_SINCE_LAST")]
     snapshot_logs_since_last: Option<u64>,
+    /// Log entries kept behind a snapshot, so a briefly lagging follower catches up from the log.
+    #[arg(long, env = "TXLOG_LOG_ENTRIES_KEPT_AFTER_SNAPSHOT")]
+    log_entries_kept_after_snapshot: Option<u64>,
     /// WAL segment size before rolling to a new file (bytes).
     #[arg(long, env = "TXLOG_SEGMENT_BYTES_MAX")]
     segment_bytes_max: Option<u64>,
@@ -192,6 +195,7 @@ impl NodeArgs {
             batch_bytes_max: self.batch_bytes_max,
             batch_records_max: self.batch_records_max,
             snapshot_logs_since_last: self.snapshot_logs_since_last,
+            log_entries_kept_after_snapshot: self.log_entries_kept_after_snapshot,
             segment_bytes_max: self.segment_bytes_max,
         };
         Ok((file, overrides))
@@ -201,8 +205,10 @@ impl NodeArgs {
 fn init_tracing(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TXLOG_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default_level},openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn")));
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();

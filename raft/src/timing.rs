@@ -53,7 +53,7 @@ impl Timing {
     }
 
     /// openraft's config for this timing, with txlog's other Raft settings.
-    pub fn to_openraft_config(&self, snapshot_logs_since_last: u64) -> Result<openraft::Config, String> {
+    pub fn to_openraft_config(&self, snapshot_logs_since_last: u64, logs_kept_after_snapshot: u64) -> Result<openraft::Config, String> {
         self.validate()?;
         let config = openraft::Config {
             cluster_name: "txlog".to_string(),
@@ -64,7 +64,7 @@ impl Timing {
             install_snapshot_timeout: 2_000,
             max_payload_entries: 256,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_logs_since_last),
-            max_in_snapshot_log_to_keep: 1_000,
+            max_in_snapshot_log_to_keep: logs_kept_after_snapshot,
             enable_pre_vote: Some(true),
             ..Default::default()
         };
@@ -80,7 +80,7 @@ mod tests {
     #[test]
     fn profiles_validate() {
         for t in [Timing::LAN, Timing::WAN] {
-            let c = t.to_openraft_config(10_000).unwrap();
+            let c = t.to_openraft_config(10_000, 1_000).unwrap();
             assert_eq!(c.heartbeat_interval, t.heartbeat_interval_ms);
         }
         let bad = Timing {
