@@ -2,7 +2,6 @@
 //! view of the cluster (role, term, leader, indexes, members with their
 //! replication progress when this node leads).
 
-use txlog_raft::openraft::type_config::async_runtime::WatchReceiver;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
@@ -10,6 +9,7 @@ use txlog_proto::admin_service_server::AdminService;
 use txlog_proto::Member;
 use txlog_proto::NodeStatus;
 use txlog_proto::StatusRequest;
+use txlog_raft::openraft::type_config::async_runtime::WatchReceiver;
 use txlog_raft::openraft::ServerState;
 use txlog_raft::Raft;
 use txlog_raft::StateMachineReader;

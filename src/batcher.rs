@@ -68,7 +68,10 @@ impl Batcher {
 
     /// Propose `records`; resolves once they are committed and applied.
     pub async fn append(&self, records: Vec<NewRecord>) -> Result<Vec<AppendOutcome>> {
-        let bytes = records.iter().map(|r| r.payload.len() + r.txid.len() + r.channel.len()).sum();
+        let bytes = records
+            .iter()
+            .map(|r| r.payload.len() + r.txid.len() + r.channel.len())
+            .sum();
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Pending { records, bytes, reply })

@@ -92,10 +92,7 @@ pub struct Client {
 /// Normalise one address: strip `http://`, require `host:port`.
 pub fn normalize_address(address: &str) -> Result<String, ClientError> {
     let trimmed = address.trim();
-    let bare = trimmed
-        .strip_prefix("http://")
-        .unwrap_or(trimmed)
-        .trim_end_matches('/');
+    let bare = trimmed.strip_prefix("http://").unwrap_or(trimmed).trim_end_matches('/');
     match bare.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(bare.to_string()),
         _ => Err(ClientError::BadCluster(format!("{address:?} is not HOST:PORT"))),
@@ -105,7 +102,12 @@ pub fn normalize_address(address: &str) -> Result<String, ClientError> {
 fn is_retryable(status: &Status) -> bool {
     matches!(
         status.code(),
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::ResourceExhausted | Code::Aborted
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Unknown
+            | Code::ResourceExhausted
+            | Code::Aborted
     )
 }
 
@@ -181,7 +183,10 @@ impl Client {
         for attempt in 1..=self.options.attempts_max {
             let (index, address) = {
                 let state = self.state.lock().expect("client lock poisoned");
-                (state.preferred, self.endpoints[state.preferred % self.endpoints.len()].clone())
+                (
+                    state.preferred,
+                    self.endpoints[state.preferred % self.endpoints.len()].clone(),
+                )
             };
             let result = call(self.log_client(&address)?).await;
             match result {
@@ -238,7 +243,13 @@ impl Client {
     }
 
     /// Read from the leader (linearizable) or, with `stale`, from any node.
-    pub async fn read(&self, from_seq: u64, limit: u32, channel: Option<&str>, stale: bool) -> Result<ReadResponse, ClientError> {
+    pub async fn read(
+        &self,
+        from_seq: u64,
+        limit: u32,
+        channel: Option<&str>,
+        stale: bool,
+    ) -> Result<ReadResponse, ClientError> {
         let request = ReadRequest {
             from_seq,
             limit,
@@ -253,7 +264,13 @@ impl Client {
     }
 
     /// Read from one specific node without retries (stale reads per node).
-    pub async fn read_at(&self, address: &str, from_seq: u64, limit: u32, stale: bool) -> Result<ReadResponse, ClientError> {
+    pub async fn read_at(
+        &self,
+        address: &str,
+        from_seq: u64,
+        limit: u32,
+        stale: bool,
+    ) -> Result<ReadResponse, ClientError> {
         let mut client = self.log_client(&normalize_address(address)?)?;
         let request = self.request(ReadRequest {
             from_seq,
@@ -371,7 +388,11 @@ impl Client {
             });
         }
         Ok(ClusterStatus {
-            leader_id: if view.leader_id == 0 { None } else { Some(view.leader_id) },
+            leader_id: if view.leader_id == 0 {
+                None
+            } else {
+                Some(view.leader_id)
+            },
             term: view.term,
             commit_index: view.commit_index,
             last_seq: view.last_seq,
@@ -384,7 +405,9 @@ impl Client {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match self.cluster_status().await {
-                Ok(status) if status.leader_id.is_some() && status.nodes.iter().any(|n| n.role == "leader") => return Ok(status),
+                Ok(status) if status.leader_id.is_some() && status.nodes.iter().any(|n| n.role == "leader") => {
+                    return Ok(status)
+                }
                 Ok(_) | Err(_) if tokio::time::Instant::now() >= deadline => {
                     return Err(ClientError::Exhausted {
                         attempts: 0,
@@ -435,7 +458,10 @@ mod tests {
     #[test]
     fn cluster_address_parsing() {
         let c = Client::connect("http://127.0.0.1:7401, 127.0.0.1:7402/").unwrap();
-        assert_eq!(c.endpoints(), &["127.0.0.1:7401".to_string(), "127.0.0.1:7402".to_string()]);
+        assert_eq!(
+            c.endpoints(),
+            &["127.0.0.1:7401".to_string(), "127.0.0.1:7402".to_string()]
+        );
         assert!(Client::connect("").is_err());
         assert!(Client::connect("localhost").is_err());
         assert!(Client::connect("host:notaport").is_err());

@@ -45,7 +45,10 @@ impl std::str::FromStr for Peer {
         let (id, rest) = s
             .split_once('=')
             .ok_or_else(|| format!("peer {s:?} must look like ID=REGION@HOST:PORT"))?;
-        let id: u64 = id.trim().parse().map_err(|_| format!("peer id {id:?} is not a number"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("peer id {id:?} is not a number"))?;
         if id == 0 {
             return Err("peer id 0 is reserved".into());
         }
@@ -133,7 +136,8 @@ impl NodeConfig {
                 overrides.$field.clone().or(file.$field.clone())
             };
         }
-        let id = pick!(id).ok_or_else(|| Error::Config("node id is required (--id or `id` in the config file)".into()))?;
+        let id =
+            pick!(id).ok_or_else(|| Error::Config("node id is required (--id or `id` in the config file)".into()))?;
         if id == 0 {
             return Err(Error::Config("node id 0 is reserved; use 1 or more".into()));
         }
@@ -171,8 +175,8 @@ impl NodeConfig {
             None => None,
         };
         let profile = pick!(timing).unwrap_or_else(|| "lan".to_string());
-        let mut timing =
-            Timing::profile(&profile).ok_or_else(|| Error::Config(format!("unknown timing profile {profile:?}; use lan or wan")))?;
+        let mut timing = Timing::profile(&profile)
+            .ok_or_else(|| Error::Config(format!("unknown timing profile {profile:?}; use lan or wan")))?;
         if let Some(v) = pick!(heartbeat_interval_ms) {
             timing.heartbeat_interval_ms = v;
         }
@@ -242,10 +246,16 @@ mod tests {
         let config = NodeConfig::resolve(file, overrides).unwrap();
         assert_eq!(config.region, "lyon");
         assert_eq!(config.timing.heartbeat_interval_ms, 50);
-        assert_eq!(config.timing.election_timeout_ms_min, Timing::WAN.election_timeout_ms_min);
+        assert_eq!(
+            config.timing.election_timeout_ms_min,
+            Timing::WAN.election_timeout_ms_min
+        );
         assert_eq!(config.peers[&2].region, "frankfurt");
 
-        assert!(NodeConfig::resolve(FileConfig::default(), FileConfig::default()).is_err(), "id is required");
+        assert!(
+            NodeConfig::resolve(FileConfig::default(), FileConfig::default()).is_err(),
+            "id is required"
+        );
         let bad_peer = FileConfig {
             id: Some(1),
             peers: Some(vec!["x=127.0.0.1:1".into()]),
@@ -258,6 +268,9 @@ mod tests {
             ..Default::default()
         };
         assert!(NodeConfig::resolve(bad_timing, FileConfig::default()).is_err());
-        assert!(toml::from_str::<FileConfig>("idd = 1").is_err(), "unknown keys are rejected");
+        assert!(
+            toml::from_str::<FileConfig>("idd = 1").is_err(),
+            "unknown keys are rejected"
+        );
     }
 }

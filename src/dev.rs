@@ -64,7 +64,12 @@ impl DevNode {
             .stdout(log.try_clone()?)
             .stderr(log);
         let child = command.spawn().context("start txlog node")?;
-        tracing::info!(id = self.id, region = self.region, pid = child.id(), "node process started");
+        tracing::info!(
+            id = self.id,
+            region = self.region,
+            pid = child.id(),
+            "node process started"
+        );
         self.child = Some(child);
         Ok(())
     }
@@ -83,7 +88,8 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
             id: i as u64 + 1,
             region: REGIONS[i],
             address: format!("127.0.0.1:{}", options.base_port + i as u16),
-            metrics: (options.metrics_base_port != 0).then(|| format!("127.0.0.1:{}", options.metrics_base_port + i as u16)),
+            metrics: (options.metrics_base_port != 0)
+                .then(|| format!("127.0.0.1:{}", options.metrics_base_port + i as u16)),
             data_dir: options.data_dir.join(REGIONS[i]),
             child: None,
             restarts: 0,
@@ -106,12 +112,28 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     };
     match status {
         Some(Ok(status)) => {
-            println!("txlog dev cluster is up ({} ms), data in {}", started.elapsed().as_millis(), options.data_dir.display());
+            println!(
+                "txlog dev cluster is up ({} ms), data in {}",
+                started.elapsed().as_millis(),
+                options.data_dir.display()
+            );
             for node in &nodes {
-                let role = status.nodes.iter().find(|n| n.id == node.id).map(|n| n.role.as_str()).unwrap_or("?");
+                let role = status
+                    .nodes
+                    .iter()
+                    .find(|n| n.id == node.id)
+                    .map(|n| n.role.as_str())
+                    .unwrap_or("?");
                 let pid = node.child.as_ref().map(|c| c.id()).unwrap_or(0);
-                let metrics = node.metrics.as_ref().map(|m| format!("  metrics http://{m}/metrics")).unwrap_or_default();
-                println!("  node {} {:<10} {}  pid {:<7} {:<8}{}", node.id, node.region, node.address, pid, role, metrics);
+                let metrics = node
+                    .metrics
+                    .as_ref()
+                    .map(|m| format!("  metrics http://{m}/metrics"))
+                    .unwrap_or_default();
+                println!(
+                    "  node {} {:<10} {}  pid {:<7} {:<8}{}",
+                    node.id, node.region, node.address, pid, role, metrics
+                );
             }
             println!();
             println!("try:");
@@ -123,7 +145,10 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
             println!("logs: {}/<region>/node.log    stop: Ctrl-C", options.data_dir.display());
         }
         Some(Err(err)) => {
-            eprintln!("txlog dev: no leader after {LEADER_WAIT:?}: {err}; see {}/*/node.log", options.data_dir.display());
+            eprintln!(
+                "txlog dev: no leader after {LEADER_WAIT:?}: {err}; see {}/*/node.log",
+                options.data_dir.display()
+            );
             stop_all(&mut nodes).await;
             anyhow::bail!("cluster did not come up");
         }
@@ -144,23 +169,40 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
             if let Some(status) = exited {
                 node.child = None;
                 if node.restarts >= RESTARTS_MAX {
-                    eprintln!("txlog dev: node {} ({}) exited ({status}) too often; leaving it down", node.id, node.region);
+                    eprintln!(
+                        "txlog dev: node {} ({}) exited ({status}) too often; leaving it down",
+                        node.id, node.region
+                    );
                     continue;
                 }
                 node.restarts += 1;
-                eprintln!("txlog dev: node {} ({}) exited ({status}); restarting in 1s", node.id, node.region);
+                eprintln!(
+                    "txlog dev: node {} ({}) exited ({status}); restarting in 1s",
+                    node.id, node.region
+                );
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 node.spawn(&peers)?;
                 if let Some(child) = &node.child {
-                    eprintln!("txlog dev: node {} ({}) restarted, pid {}", node.id, node.region, child.id());
+                    eprintln!(
+                        "txlog dev: node {} ({}) restarted, pid {}",
+                        node.id,
+                        node.region,
+                        child.id()
+                    );
                 }
             }
         }
     }
-    println!("stopping the dev cluster...");
+    // The terminal may be gone by now (closed pipe): never panic on output.
+    say(format_args!("stopping the dev cluster..."));
     stop_all(&mut nodes).await;
-    println!("stopped; data kept in {}", options.data_dir.display());
+    say(format_args!("stopped; data kept in {}", options.data_dir.display()));
     Ok(())
+}
+
+fn say(message: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{message}");
 }
 
 async fn stop_all(nodes: &mut [DevNode]) {

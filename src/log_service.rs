@@ -11,9 +11,9 @@
 //!   on the applied sequence and streams new records as they are applied.
 //!   The stream is bounded: a slow subscriber slows only itself.
 
-use txlog_raft::openraft::type_config::async_runtime::WatchReceiver;
 use std::pin::Pin;
 use std::sync::Arc;
+use txlog_raft::openraft::type_config::async_runtime::WatchReceiver;
 
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -104,7 +104,9 @@ impl LogServer {
             Some((_, address)) => Err(Error::NotLeader {
                 leader: Some(address).filter(|a| !a.is_empty()),
             }),
-            None => Err(Error::Unavailable("no leader is known yet (election in progress)".into())),
+            None => Err(Error::Unavailable(
+                "no leader is known yet (election in progress)".into(),
+            )),
         }
     }
 
@@ -198,7 +200,12 @@ impl LogService for LogServer {
         if !request.stale {
             self.linearize().await.map_err(|e| self.reject(e))?;
         }
-        match self.reader.store().lookup_txid(&request.txid).map_err(|e| self.reject(e.into()))? {
+        match self
+            .reader
+            .store()
+            .lookup_txid(&request.txid)
+            .map_err(|e| self.reject(e.into()))?
+        {
             Some(record) => Ok(Response::new(LookupResponse {
                 record: Some(to_proto(record)),
             })),
@@ -212,7 +219,10 @@ impl LogService for LogServer {
 
     type SubscribeStream = SubscribeStream;
 
-    async fn subscribe(&self, request: Request<SubscribeRequest>) -> std::result::Result<Response<SubscribeStream>, Status> {
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> std::result::Result<Response<SubscribeStream>, Status> {
         let request = request.into_inner();
         if let Some(channel) = &request.channel {
             validate::channel(channel).map_err(|e| self.reject(e))?;
@@ -228,7 +238,12 @@ impl LogService for LogServer {
                 // Mark the current applied sequence as seen *before* reading,
                 // so an apply that lands after the read still wakes us.
                 applied.borrow_and_update();
-                let records = match reader.store().read(next, SUBSCRIBE_READ_RECORDS, validate::READ_BYTES_MAX, channel.as_deref()) {
+                let records = match reader.store().read(
+                    next,
+                    SUBSCRIBE_READ_RECORDS,
+                    validate::READ_BYTES_MAX,
+                    channel.as_deref(),
+                ) {
                     Ok(r) => r,
                     Err(err) => {
                         let _ = tx.send(Err(Error::from(err).to_status())).await;

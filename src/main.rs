@@ -203,8 +203,11 @@ impl NodeArgs {
 }
 
 fn init_tracing(default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TXLOG_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default_level},openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn")));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TXLOG_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "{default_level},openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn"
+        ))
+    });
     use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -293,12 +296,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, Some(path)) => std::fs::read(&path).with_context(|| format!("read {}", path.display()))?,
                 (None, None) => unreachable!("clap requires one"),
             };
-            let result = client(&cluster)?.append_one(&channel, txid.as_bytes(), &payload).await?;
+            let result = client(&cluster)?
+                .append_one(&channel, txid.as_bytes(), &payload)
+                .await?;
             if cluster.json {
                 let value = serde_json::json!({"records": [{"txid": txid, "channel": channel, "seq": result.seq, "channel_seq": result.channel_seq, "duplicate": result.duplicate}]});
                 println!("{value}");
             } else if result.duplicate {
-                println!("seq {} (txid {txid:?} was already committed; nothing new written)", result.seq);
+                println!(
+                    "seq {} (txid {txid:?} was already committed; nothing new written)",
+                    result.seq
+                );
             } else {
                 println!("seq {}", result.seq);
             }
@@ -324,7 +332,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("{}", record_line(record));
                 }
                 if response.records.is_empty() {
-                    println!("(no records from seq {from}; last committed seq is {})", response.last_seq);
+                    println!(
+                        "(no records from seq {from}; last committed seq is {})",
+                        response.last_seq
+                    );
                 }
             }
             Ok(())
@@ -367,10 +378,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
                 match status.leader_id {
-                    Some(id) => println!("leader: node {id}   term: {}   commit index: {}   last seq: {}", status.term, status.commit_index, status.last_seq),
+                    Some(id) => println!(
+                        "leader: node {id}   term: {}   commit index: {}   last seq: {}",
+                        status.term, status.commit_index, status.last_seq
+                    ),
                     None => println!("leader: none (election in progress)   term: {}", status.term),
                 }
-                println!("{:<4} {:<10} {:<22} {:<9} {:>11} {:>11} {:>10}", "ID", "REGION", "ADDRESS", "ROLE", "MATCH_INDEX", "APPLIED", "LAST_SEQ");
+                println!(
+                    "{:<4} {:<10} {:<22} {:<9} {:>11} {:>11} {:>10}",
+                    "ID", "REGION", "ADDRESS", "ROLE", "MATCH_INDEX", "APPLIED", "LAST_SEQ"
+                );
                 for n in &status.nodes {
                     println!(
                         "{:<4} {:<10} {:<22} {:<9} {:>11} {:>11} {:>10}",
@@ -411,4 +428,3 @@ fn record_json(r: &CommittedRecord) -> serde_json::Value {
         "origin_node": r.origin_node,
     })
 }
-

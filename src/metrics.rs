@@ -65,22 +65,54 @@ impl Metrics {
             last_seq: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register("appended_records", "Records committed by appends on this node (leader)", m.appended_records.clone());
-        registry.register("duplicate_records", "Appends answered from the txid dedup index", m.duplicate_records.clone());
-        registry.register("append_batches", "Raft entries (batches) proposed by this node", m.append_batches.clone());
-        registry.register("rejected_requests", "Client requests rejected as invalid", m.rejected_requests.clone());
+        registry.register(
+            "appended_records",
+            "Records committed by appends on this node (leader)",
+            m.appended_records.clone(),
+        );
+        registry.register(
+            "duplicate_records",
+            "Appends answered from the txid dedup index",
+            m.duplicate_records.clone(),
+        );
+        registry.register(
+            "append_batches",
+            "Raft entries (batches) proposed by this node",
+            m.append_batches.clone(),
+        );
+        registry.register(
+            "rejected_requests",
+            "Client requests rejected as invalid",
+            m.rejected_requests.clone(),
+        );
         registry.register("batch_records", "Records per proposed batch", m.batch_records.clone());
         registry.register(
             "commit_latency_seconds",
             "Time from proposing a batch to its commit and apply",
             m.commit_latency_seconds.clone(),
         );
-        registry.register("wal_fsync_seconds", "Duration of each WAL group-commit fdatasync", m.wal_fsync_seconds.clone());
+        registry.register(
+            "wal_fsync_seconds",
+            "Duration of each WAL group-commit fdatasync",
+            m.wal_fsync_seconds.clone(),
+        );
         registry.register("raft_term", "Current Raft term", m.term.clone());
-        registry.register("raft_leader_changes", "Times the known leader changed", m.leader_changes.clone());
+        registry.register(
+            "raft_leader_changes",
+            "Times the known leader changed",
+            m.leader_changes.clone(),
+        );
         registry.register("raft_is_leader", "1 when this node is the leader", m.is_leader.clone());
-        registry.register("raft_commit_index", "Highest committed log index known here", m.commit_index.clone());
-        registry.register("raft_applied_index", "Highest log index applied to the state machine", m.applied_index.clone());
+        registry.register(
+            "raft_commit_index",
+            "Highest committed log index known here",
+            m.commit_index.clone(),
+        );
+        registry.register(
+            "raft_applied_index",
+            "Highest log index applied to the state machine",
+            m.applied_index.clone(),
+        );
         registry.register("last_seq", "Highest record sequence applied here", m.last_seq.clone());
         Metrics { registry, ..m }
     }
@@ -93,7 +125,11 @@ impl Metrics {
 }
 
 /// Serve `GET /metrics` until `shutdown` fires.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {

@@ -7,9 +7,9 @@
 //! the membership from `peers`. Shutdown (SIGTERM/SIGINT or the token): stop
 //! accepting RPCs, stop Raft, flush sled, return.
 
-use txlog_raft::openraft::type_config::async_runtime::WatchReceiver;
 use std::sync::Arc;
 use std::time::Duration;
+use txlog_raft::openraft::type_config::async_runtime::WatchReceiver;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -64,9 +64,15 @@ impl Node {
             .timing
             .to_openraft_config(config.snapshot_logs_since_last, config.log_entries_kept_after_snapshot)
             .map_err(Error::Config)?;
-        let raft = Raft::new(config.id, Arc::new(raft_config), Network::new(), log_store, state_machine)
-            .await
-            .map_err(|e| Error::Internal(format!("raft failed to start: {e}")))?;
+        let raft = Raft::new(
+            config.id,
+            Arc::new(raft_config),
+            Network::new(),
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|e| Error::Internal(format!("raft failed to start: {e}")))?;
 
         let tracker = TaskTracker::new();
         let batcher = Batcher::start(
@@ -128,7 +134,12 @@ impl Node {
             tracing::info!(%bound, "metrics at http://{bound}/metrics");
         }
 
-        tracker.spawn(watch_raft(raft.clone(), reader.clone(), metrics.clone(), shutdown.clone()));
+        tracker.spawn(watch_raft(
+            raft.clone(),
+            reader.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
 
         let node = Node {
             raft,
@@ -191,7 +202,10 @@ impl Node {
             tracing::warn!(%err, "raft shutdown reported an error");
         }
         self.tracker.close();
-        if tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), self.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("some tasks did not stop within 5s");
         }
         self.reader.store().flush()?;
@@ -201,7 +215,12 @@ impl Node {
 }
 
 /// Mirror Raft's metrics into Prometheus and log role/term/leader changes.
-async fn watch_raft(raft: Raft, reader: txlog_raft::StateMachineReader, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+async fn watch_raft(
+    raft: Raft,
+    reader: txlog_raft::StateMachineReader,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     let mut rx = raft.metrics();
     let mut last_leader = None;
     let mut last_state = None;
@@ -210,8 +229,12 @@ async fn watch_raft(raft: Raft, reader: txlog_raft::StateMachineReader, metrics:
             let m = rx.borrow_and_update().clone();
             metrics.term.set(m.current_term as i64);
             metrics.is_leader.set(i64::from(m.state == ServerState::Leader));
-            metrics.commit_index.set(m.local_committed.map(|l| l.index as i64).unwrap_or(0));
-            metrics.applied_index.set(m.last_applied.map(|l| l.index as i64).unwrap_or(0));
+            metrics
+                .commit_index
+                .set(m.local_committed.map(|l| l.index as i64).unwrap_or(0));
+            metrics
+                .applied_index
+                .set(m.last_applied.map(|l| l.index as i64).unwrap_or(0));
             metrics.last_seq.set(reader.last_seq() as i64);
             if m.current_leader != last_leader {
                 metrics.leader_changes.inc();

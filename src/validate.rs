@@ -49,7 +49,9 @@ pub fn payload(payload: &[u8], payload_bytes_max: usize) -> Result<(), Error> {
 pub fn read_limit(limit: u32) -> Result<usize, Error> {
     match limit {
         0 => Ok(READ_LIMIT_DEFAULT as usize),
-        l if l > READ_LIMIT_MAX => Err(Error::InvalidInput(format!("limit {l} is over the maximum of {READ_LIMIT_MAX}"))),
+        l if l > READ_LIMIT_MAX => Err(Error::InvalidInput(format!(
+            "limit {l} is over the maximum of {READ_LIMIT_MAX}"
+        ))),
         l => Ok(l as usize),
     }
 }

@@ -60,11 +60,19 @@ async fn check_logs(cluster: &TestCluster, ids: &[u64], acks: &BTreeMap<String, 
         }
         let mut seen = HashSet::new();
         for (_, txid) in &log {
-            assert!(seen.insert(txid.clone()), "node {id}: txid {:?} appears twice", String::from_utf8_lossy(txid));
+            assert!(
+                seen.insert(txid.clone()),
+                "node {id}: txid {:?} appears twice",
+                String::from_utf8_lossy(txid)
+            );
         }
         for (txid, seq) in acks {
             let found = log.get(*seq as usize - 1).map(|(_, t)| t.as_slice());
-            assert_eq!(found, Some(txid.as_bytes()), "node {id}: acknowledged {txid} missing at seq {seq}");
+            assert_eq!(
+                found,
+                Some(txid.as_bytes()),
+                "node {id}: acknowledged {txid} missing at seq {seq}"
+            );
         }
         match &reference {
             None => reference = Some(log),
@@ -79,16 +87,29 @@ async fn check_logs(cluster: &TestCluster, ids: &[u64], acks: &BTreeMap<String, 
 /// as its log was purged); killing every node at once loses nothing acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicated_appends_survive_leader_kill_and_full_restart() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     // Frequent snapshots with nothing kept behind them, so a node that was down needs a snapshot.
-    let mut cluster = TestCluster::start(3, &["--snapshot-logs-since-last", "50", "--log-entries-kept-after-snapshot", "0"]);
+    let mut cluster = TestCluster::start(
+        3,
+        &[
+            "--snapshot-logs-since-last",
+            "50",
+            "--log-entries-kept-after-snapshot",
+            "0",
+        ],
+    );
     let first_leader = cluster.wait_for_leader(LEADER_WAIT).await;
 
     // Phase 1: 1,000 records from 8 concurrent clients.
     let acks: Acks = Arc::default();
     let mut tasks = Vec::new();
     for worker in 0..8 {
-        tasks.push(tokio::spawn(append_many(cluster.client(), format!("w{worker}"), 125, acks.clone())));
+        tasks.push(tokio::spawn(append_many(
+            cluster.client(),
+            format!("w{worker}"),
+            125,
+            acks.clone(),
+        )));
     }
     for task in tasks {
         task.await.unwrap();
@@ -112,7 +133,12 @@ async fn replicated_appends_survive_leader_kill_and_full_restart() {
     let stop = Instant::now() + Duration::from_secs(4);
     let mut writers = Vec::new();
     for worker in 0..4 {
-        writers.push(tokio::spawn(append_until(cluster.client(), format!("f{worker}"), stop, acks.clone())));
+        writers.push(tokio::spawn(append_until(
+            cluster.client(),
+            format!("f{worker}"),
+            stop,
+            acks.clone(),
+        )));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     cluster.kill(first_leader);
@@ -122,14 +148,26 @@ async fn replicated_appends_survive_leader_kill_and_full_restart() {
     }
     let new_leader = cluster.wait_for_leader(LEADER_WAIT).await;
     assert_ne!(new_leader, first_leader, "a new leader is elected");
-    let after = cluster.client().append_one("orders", b"after-failover", b"x").await.unwrap();
+    let after = cluster
+        .client()
+        .append_one("orders", b"after-failover", b"x")
+        .await
+        .unwrap();
     acks.lock().unwrap().insert("after-failover".into(), after.seq);
-    eprintln!("failover: first append after kill acknowledged {:?} after the kill", killed_at.elapsed());
+    eprintln!(
+        "failover: first append after kill acknowledged {:?} after the kill",
+        killed_at.elapsed()
+    );
 
     // More entries while the killed node is down, so snapshots purge the log it would need.
     let mut tasks = Vec::new();
     for worker in 0..4 {
-        tasks.push(tokio::spawn(append_many(cluster.client(), format!("down{worker}"), 50, acks.clone())));
+        tasks.push(tokio::spawn(append_many(
+            cluster.client(),
+            format!("down{worker}"),
+            50,
+            acks.clone(),
+        )));
     }
     for task in tasks {
         task.await.unwrap();
@@ -159,7 +197,11 @@ async fn replicated_appends_survive_leader_kill_and_full_restart() {
         cluster.start_node(id);
     }
     cluster.wait_for_leader(LEADER_WAIT).await;
-    let last_after = cluster.client().append_one("orders", b"after-full-restart", b"x").await.unwrap();
+    let last_after = cluster
+        .client()
+        .append_one("orders", b"after-full-restart", b"x")
+        .await
+        .unwrap();
     acks.lock().unwrap().insert("after-full-restart".into(), last_after.seq);
     let acked = acks.lock().unwrap().clone();
     for id in 1..=3 {
@@ -171,7 +213,7 @@ async fn replicated_appends_survive_leader_kill_and_full_restart() {
 /// Malformed requests are INVALID_ARGUMENT with a clear message and change nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_inputs_are_rejected_and_change_nothing() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let cluster = TestCluster::start(3, &["--payload-bytes-max", "1024"]);
     cluster.wait_for_leader(LEADER_WAIT).await;
     let client = cluster.client();
@@ -192,7 +234,10 @@ async fn bad_inputs_are_rejected_and_change_nothing() {
         ("empty channel", vec![record(b"x2", "", 1)]),
         ("payload over limit", vec![record(b"x3", "orders", 1025)]),
         ("no records", vec![]),
-        ("one bad record among good ones", vec![record(b"x4", "orders", 1), record(b"", "orders", 1)]),
+        (
+            "one bad record among good ones",
+            vec![record(b"x4", "orders", 1), record(b"", "orders", 1)],
+        ),
     ];
     for (name, records) in cases {
         let err = client.append(records).await.expect_err(name);
@@ -200,7 +245,10 @@ async fn bad_inputs_are_rejected_and_change_nothing() {
     }
     let err = client.read(1, 10_001, None, false).await.expect_err("limit");
     assert_eq!(err.code(), Code::InvalidArgument);
-    let err = client.read(1, 10, Some("BAD CHANNEL"), false).await.expect_err("channel");
+    let err = client
+        .read(1, 10, Some("BAD CHANNEL"), false)
+        .await
+        .expect_err("channel");
     assert_eq!(err.code(), Code::InvalidArgument);
     let err = client.lookup(b"", false).await.expect_err("empty txid lookup");
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -219,27 +267,41 @@ async fn bad_inputs_are_rejected_and_change_nothing() {
 /// Subscribe delivers history, then live records, in order, filtered by channel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn subscribe_streams_history_then_live() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let cluster = TestCluster::start(3, &[]);
     cluster.wait_for_leader(LEADER_WAIT).await;
     let client = cluster.client();
     for i in 0..5 {
         let channel = if i % 2 == 0 { "fills" } else { "orders" };
-        client.append_one(channel, format!("h{i}").as_bytes(), b"history").await.unwrap();
+        client
+            .append_one(channel, format!("h{i}").as_bytes(), b"history")
+            .await
+            .unwrap();
     }
     let mut all = client.subscribe(1, None).await.unwrap();
     let mut fills = client.subscribe(1, Some("fills")).await.unwrap();
     for i in 5..10 {
         let channel = if i % 2 == 0 { "fills" } else { "orders" };
-        client.append_one(channel, format!("h{i}").as_bytes(), b"live").await.unwrap();
+        client
+            .append_one(channel, format!("h{i}").as_bytes(), b"live")
+            .await
+            .unwrap();
     }
     for expected in 1..=10u64 {
-        let record = tokio::time::timeout(Duration::from_secs(10), all.message()).await.unwrap().unwrap().unwrap();
+        let record = tokio::time::timeout(Duration::from_secs(10), all.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(record.seq, expected);
     }
     let mut fill_seqs = Vec::new();
     for _ in 0..5 {
-        let record = tokio::time::timeout(Duration::from_secs(10), fills.message()).await.unwrap().unwrap().unwrap();
+        let record = tokio::time::timeout(Duration::from_secs(10), fills.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(record.channel, "fills");
         fill_seqs.push(record.channel_seq);
     }

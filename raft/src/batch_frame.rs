@@ -110,7 +110,11 @@ impl BatchFrame {
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         let frame = BatchFrame(out);
-        debug_assert_eq!(frame.decode().map(|d| d.body).as_ref(), Ok(body), "frame must round-trip");
+        debug_assert_eq!(
+            frame.decode().map(|d| d.body).as_ref(),
+            Ok(body),
+            "frame must round-trip"
+        );
         frame
     }
 
@@ -144,7 +148,10 @@ impl BatchFrame {
         let body: BatchBody =
             postcard::from_bytes(&b[HEADER_BYTES..HEADER_BYTES + len]).map_err(|e| format!("batch body: {e}"))?;
         if body.records.len() != count {
-            return Err(format!("batch header says {count} records, body has {}", body.records.len()));
+            return Err(format!(
+                "batch header says {count} records, body has {}",
+                body.records.len()
+            ));
         }
         Ok(DecodedBatch {
             origin_node,

@@ -45,10 +45,7 @@ mod tests {
             ..message.clone()
         };
         assert!(decode::<(u64, String)>(&damaged).is_err());
-        let future = RaftMessage {
-            version: 99,
-            ..message
-        };
+        let future = RaftMessage { version: 99, ..message };
         assert!(decode::<(u64, String)>(&future).is_err());
     }
 }

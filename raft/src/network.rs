@@ -119,7 +119,12 @@ impl PeerClient {
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&PeerError(e))))
     }
 
-    async fn unary<Req, Resp, F, Fut>(&self, req: &Req, option: &RPCOption, call: F) -> Result<Resp, RPCError<TypeConfig>>
+    async fn unary<Req, Resp, F, Fut>(
+        &self,
+        req: &Req,
+        option: &RPCOption,
+        call: F,
+    ) -> Result<Resp, RPCError<TypeConfig>>
     where
         Req: serde::Serialize,
         Resp: serde::de::DeserializeOwned,
@@ -170,7 +175,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> openraft::base::BoxFuture<
         's,
-        Result<openraft::base::BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
+        Result<
+            openraft::base::BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
     >
     where
         S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
@@ -198,7 +206,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(&rpc, &option, |mut c, m| async move { c.vote(m).await }).await
+        self.unary(&rpc, &option, |mut c, m| async move { c.vote(m).await })
+            .await
     }
 
     async fn pre_vote(
@@ -206,7 +215,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(&rpc, &option, |mut c, m| async move { c.pre_vote(m).await }).await
+        self.unary(&rpc, &option, |mut c, m| async move { c.pre_vote(m).await })
+            .await
     }
 
     async fn transfer_leader(
@@ -231,9 +241,9 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         })?;
         let path = snapshot.snapshot.path.clone();
         let header = postcard::to_allocvec(&(vote, snapshot.meta.clone())).expect("encode snapshot header");
-        let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
-            StreamingError::Network(NetworkError::new(&PeerError(format!("read snapshot file: {e}"))))
-        })?;
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| StreamingError::Network(NetworkError::new(&PeerError(format!("read snapshot file: {e}")))))?;
         // Chunks are produced lazily, so a slow peer applies backpressure to the file read.
         let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
         let producer = async move {

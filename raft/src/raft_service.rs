@@ -125,9 +125,10 @@ impl RaftService for RaftServer {
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftMessage>, Status> {
         let mut chunks = request.into_inner();
-        let staging = self
-            .snapshot_dir
-            .join(format!("incoming-{}.partial", std::process::id() as u64 ^ rand_suffix()));
+        let staging = self.snapshot_dir.join(format!(
+            "incoming-{}.partial",
+            std::process::id() as u64 ^ rand_suffix()
+        ));
         let result = receive_snapshot(&mut chunks, &staging).await;
         let (vote, meta) = match result {
             Ok(parts) => parts,
@@ -178,17 +179,24 @@ async fn receive_snapshot(
         hasher.update(&chunk.header);
         hasher.update(&chunk.data);
         if hasher.finalize() != chunk.crc32 {
-            return Err(Status::data_loss(format!("snapshot chunk at offset {} failed its checksum", chunk.offset)));
+            return Err(Status::data_loss(format!(
+                "snapshot chunk at offset {} failed its checksum",
+                chunk.offset
+            )));
         }
         if chunk.offset != offset {
-            return Err(Status::invalid_argument(format!("snapshot chunk offset {} where {offset} was expected", chunk.offset)));
+            return Err(Status::invalid_argument(format!(
+                "snapshot chunk offset {} where {offset} was expected",
+                chunk.offset
+            )));
         }
         if header.is_none() {
             if chunk.header.is_empty() {
                 return Err(Status::invalid_argument("first snapshot chunk has no header"));
             }
             header = Some(
-                postcard::from_bytes(&chunk.header).map_err(|e| Status::invalid_argument(format!("snapshot header: {e}")))?,
+                postcard::from_bytes(&chunk.header)
+                    .map_err(|e| Status::invalid_argument(format!("snapshot header: {e}")))?,
             );
         }
         offset += chunk.data.len() as u64;
@@ -219,7 +227,9 @@ async fn receive_snapshot(
     let file_meta: SnapshotMeta =
         postcard::from_bytes(&info.meta).map_err(|e| Status::data_loss(format!("snapshot meta: {e}")))?;
     if file_meta != meta {
-        return Err(Status::invalid_argument("snapshot header does not match the file's metadata"));
+        return Err(Status::invalid_argument(
+            "snapshot header does not match the file's metadata",
+        ));
     }
     tracing::info!(bytes = offset, records = info.record_count, "snapshot received");
     Ok((vote, meta))

@@ -401,7 +401,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 let limit = ((state.last_seq - next + 1) as usize).min(SNAPSHOT_READ_CHUNK);
                 let records = shared.store.read(next, limit, usize::MAX, None)?;
                 if records.is_empty() {
-                    return Err(io::Error::other(format!("record {next} missing while building snapshot")));
+                    return Err(io::Error::other(format!(
+                        "record {next} missing while building snapshot"
+                    )));
                 }
                 for record in &records {
                     assert_eq!(record.seq, next, "records must be dense");

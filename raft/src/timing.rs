@@ -53,7 +53,11 @@ impl Timing {
     }
 
     /// openraft's config for this timing, with txlog's other Raft settings.
-    pub fn to_openraft_config(&self, snapshot_logs_since_last: u64, logs_kept_after_snapshot: u64) -> Result<openraft::Config, String> {
+    pub fn to_openraft_config(
+        &self,
+        snapshot_logs_since_last: u64,
+        logs_kept_after_snapshot: u64,
+    ) -> Result<openraft::Config, String> {
         self.validate()?;
         let config = openraft::Config {
             cluster_name: "txlog".to_string(),

@@ -22,7 +22,13 @@ fn record(txid: &str, channel: &str) -> NewRecord {
 }
 
 fn batch_entry(index: u64, records: Vec<NewRecord>) -> Entry {
-    let frame = BatchFrame::encode(1, &BatchBody { created_ns: 1000 + index, records });
+    let frame = BatchFrame::encode(
+        1,
+        &BatchBody {
+            created_ns: 1000 + index,
+            records,
+        },
+    );
     Entry {
         log_id: log_id::<TypeConfig>(1, 1, index),
         payload: openraft::EntryPayload::Normal(frame),
@@ -42,7 +48,7 @@ fn entries() -> Vec<Entry> {
     vec![
         batch_entry(1, vec![record("a", "orders"), record("b", "fills")]),
         batch_entry(2, vec![record("c", "orders"), record("a", "orders")]), // "a" retried
-        batch_entry(3, vec![record("d", "fills"), record("d", "fills")]),  // duplicate within one batch
+        batch_entry(3, vec![record("d", "fills"), record("d", "fills")]),   // duplicate within one batch
         batch_entry(4, vec![record("e", "orders")]),
     ]
 }
@@ -57,9 +63,16 @@ async fn dense_sequences_and_dedup() {
     let txids: Vec<&[u8]> = records.iter().map(|r| r.txid.as_slice()).collect();
     assert_eq!(txids, vec![&b"a"[..], b"b", b"c", b"d", b"e"]);
     assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
-    let orders: Vec<u64> = records.iter().filter(|r| r.channel == "orders").map(|r| r.channel_seq).collect();
+    let orders: Vec<u64> = records
+        .iter()
+        .filter(|r| r.channel == "orders")
+        .map(|r| r.channel_seq)
+        .collect();
     assert_eq!(orders, vec![1, 2, 3]);
-    assert_eq!(records[0].commit_time_ns, 1001, "commit time comes from the batch, identical on every node");
+    assert_eq!(
+        records[0].commit_time_ns, 1001,
+        "commit time comes from the batch, identical on every node"
+    );
     assert_eq!(sm.reader().last_seq(), 5);
     let (applied, _) = sm.applied_state().await.unwrap();
     assert_eq!(applied.unwrap().index, 4);
@@ -95,14 +108,25 @@ async fn snapshot_build_install_round_trip() {
 
     let follower_dir = tempfile::tempdir().unwrap();
     let mut follower = StateMachine::open(follower_dir.path()).unwrap();
-    follower.install_snapshot(&snapshot.meta, snapshot.snapshot.clone()).await.unwrap();
+    follower
+        .install_snapshot(&snapshot.meta, snapshot.snapshot.clone())
+        .await
+        .unwrap();
     assert_eq!(all(&follower), all(&leader));
     assert_eq!(follower.reader().store().lookup_txid(b"c").unwrap().unwrap().seq, 3);
-    let orders = follower.reader().store().read(1, 100, usize::MAX, Some("orders")).unwrap();
+    let orders = follower
+        .reader()
+        .store()
+        .read(1, 100, usize::MAX, Some("orders"))
+        .unwrap();
     assert_eq!(orders.len(), 3);
     assert_eq!(follower.applied_state().await.unwrap().0, snapshot.meta.last_log_id);
     // Appends after the install continue the dense sequence and still dedup old txids.
-    apply(&mut follower, vec![batch_entry(5, vec![record("a", "orders"), record("f", "orders")])]).await;
+    apply(
+        &mut follower,
+        vec![batch_entry(5, vec![record("a", "orders"), record("f", "orders")])],
+    )
+    .await;
     let seqs: Vec<u64> = all(&follower).iter().map(|r| r.seq).collect();
     assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6]);
     let current = follower.get_current_snapshot().await.unwrap().unwrap();

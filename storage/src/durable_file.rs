@@ -27,7 +27,10 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
 
 /// Durably replace `path` with `body`. Returns only after file and directory are fsynced.
 pub(crate) fn write_atomic(path: &Path, magic: &[u8; 8], body: &[u8]) -> Result<()> {
-    assert!(body.len() as u64 <= u64::from(BODY_BYTES_MAX), "durable file body too large");
+    assert!(
+        body.len() as u64 <= u64::from(BODY_BYTES_MAX),
+        "durable file body too large"
+    );
     let tmp = path.with_extension("tmp");
     let bytes = frame_bytes(magic, body);
     {
@@ -96,7 +99,10 @@ fn read_inner(path: &Path, magic: &[u8; 8], allow_trailing: bool) -> Result<Opti
         bytes.len() == 20 + len as usize
     };
     if len > BODY_BYTES_MAX || !size_ok {
-        return Err(Error::corruption(path, format!("length {len} does not match file size {}", bytes.len())));
+        return Err(Error::corruption(
+            path,
+            format!("length {len} does not match file size {}", bytes.len()),
+        ));
     }
     let body = &bytes[16..16 + len as usize];
     let crc_at = 16 + len as usize;

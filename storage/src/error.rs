@@ -62,7 +62,9 @@ impl From<Error> for io::Error {
     fn from(err: Error) -> io::Error {
         match err {
             Error::Io { source, .. } => source,
-            Error::Corruption { .. } | Error::Decode { .. } => io::Error::new(io::ErrorKind::InvalidData, err.to_string()),
+            Error::Corruption { .. } | Error::Decode { .. } => {
+                io::Error::new(io::ErrorKind::InvalidData, err.to_string())
+            }
             Error::InvalidInput(_) => io::Error::new(io::ErrorKind::InvalidInput, err.to_string()),
             Error::Sled(_) => io::Error::other(err.to_string()),
         }

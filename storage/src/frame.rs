@@ -9,7 +9,11 @@ pub(crate) const FRAME_HEADER_BYTES: usize = 8;
 
 /// Append one framed record to `out`.
 pub(crate) fn encode_into(out: &mut Vec<u8>, body: &[u8]) {
-    assert!(!body.is_empty() && body.len() <= WAL_RECORD_BYTES_MAX as usize, "wal record too large: {}", body.len());
+    assert!(
+        !body.is_empty() && body.len() <= WAL_RECORD_BYTES_MAX as usize,
+        "wal record too large: {}",
+        body.len()
+    );
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
     out.extend_from_slice(body);
@@ -67,7 +71,13 @@ mod tests {
         for cut in 0..buf.len() {
             assert_eq!(decode(&buf[..cut]), Decoded::Incomplete, "cut at {cut}");
         }
-        assert_eq!(decode(&buf), Decoded::Frame { body: b"hello wal", frame_bytes: buf.len() });
+        assert_eq!(
+            decode(&buf),
+            Decoded::Frame {
+                body: b"hello wal",
+                frame_bytes: buf.len()
+            }
+        );
         buf[10] ^= 1;
         assert!(matches!(decode(&buf), Decoded::Invalid { .. }));
     }

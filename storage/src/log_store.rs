@@ -321,7 +321,10 @@ where
                     cut_bytes = scan.file_bytes - scan.valid_bytes,
                     "cutting torn tail of the wal"
                 );
-                let file = OpenOptions::new().write(true).open(&path).map_err(|e| Error::io(&path, e))?;
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| Error::io(&path, e))?;
                 file.set_len(scan.valid_bytes).map_err(|e| Error::io(&path, e))?;
                 if let Err(err) = file.sync_all() {
                     crate::fatal_fsync_failure(&path.display().to_string(), &err);
@@ -394,7 +397,11 @@ where
     }
 
     fn active(&self) -> (u64, &Segment) {
-        let (first, seg) = self.segments.iter().next_back().expect("wal always has an active segment");
+        let (first, seg) = self
+            .segments
+            .iter()
+            .next_back()
+            .expect("wal always has an active segment");
         (*first, seg)
     }
 
@@ -436,7 +443,9 @@ where
             });
         }
         let path = segment::segment_path(&self.dir, segment_first);
-        seg.file.write_all_at(&buf, seg.bytes).map_err(|e| Error::io(&path, e))?;
+        seg.file
+            .write_all_at(&buf, seg.bytes)
+            .map_err(|e| Error::io(&path, e))?;
         let file = seg.file.clone();
         self.segments.get_mut(&segment_first).expect("active segment").bytes += buf.len() as u64;
         self.entries.extend(locations);
@@ -532,7 +541,12 @@ where
         let mut out = Vec::with_capacity((end - start) as usize);
         for i in start..end {
             let loc = &self.entries[(i - first) as usize];
-            let file = self.segments.get(&loc.segment).expect("segment of a present entry").file.clone();
+            let file = self
+                .segments
+                .get(&loc.segment)
+                .expect("segment of a present entry")
+                .file
+                .clone();
             out.push((loc.clone(), file));
         }
         out

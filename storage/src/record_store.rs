@@ -196,7 +196,10 @@ impl RecordStore {
     }
 
     pub fn get(&self, seq: u64) -> Result<Option<StoredRecord>> {
-        self.tree.get(seq_key(seq))?.map(|v| StoredRecord::decode(&v)).transpose()
+        self.tree
+            .get(seq_key(seq))?
+            .map(|v| StoredRecord::decode(&v))
+            .transpose()
     }
 
     pub fn lookup_txid(&self, txid: &[u8]) -> Result<Option<StoredRecord>> {
@@ -208,7 +211,13 @@ impl RecordStore {
 
     /// Records with `seq >= from_seq` (optionally only `channel`), at most
     /// `limit` of them and about `bytes_max` bytes (always at least one).
-    pub fn read(&self, from_seq: u64, limit: usize, bytes_max: usize, channel: Option<&str>) -> Result<Vec<StoredRecord>> {
+    pub fn read(
+        &self,
+        from_seq: u64,
+        limit: usize,
+        bytes_max: usize,
+        channel: Option<&str>,
+    ) -> Result<Vec<StoredRecord>> {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         let mut push = |record: StoredRecord, out: &mut Vec<StoredRecord>| -> bool {
@@ -349,8 +358,12 @@ impl ApplyBatch<'_> {
     fn insert(&mut self, record: &StoredRecord) {
         self.batch.insert(&seq_key(record.seq), record.encode());
         self.batch.insert(txid_key(&record.txid), &record.seq.to_be_bytes());
-        self.batch.insert(channel_key(&record.channel, record.seq), &record.channel_seq.to_be_bytes());
-        self.batch.insert(head_key(&record.channel), &record.channel_seq.to_be_bytes());
+        self.batch.insert(
+            channel_key(&record.channel, record.seq),
+            &record.channel_seq.to_be_bytes(),
+        );
+        self.batch
+            .insert(head_key(&record.channel), &record.channel_seq.to_be_bytes());
         self.channel_heads.insert(record.channel.clone(), record.channel_seq);
         self.last_seq = record.seq;
     }
@@ -407,16 +420,39 @@ mod tests {
         assert_eq!((c.seq, c.channel_seq), (3, 2));
         assert_eq!((b_again.seq, b_again.duplicate), (2, true));
 
-        let all: Vec<u64> = store.read(1, 100, usize::MAX, None).unwrap().iter().map(|r| r.seq).collect();
+        let all: Vec<u64> = store
+            .read(1, 100, usize::MAX, None)
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
         assert_eq!(all, vec![1, 2, 3]);
-        let orders: Vec<u64> = store.read(1, 100, usize::MAX, Some("orders")).unwrap().iter().map(|r| r.seq).collect();
+        let orders: Vec<u64> = store
+            .read(1, 100, usize::MAX, Some("orders"))
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
         assert_eq!(orders, vec![1, 3]);
-        let from2: Vec<u64> = store.read(2, 100, usize::MAX, Some("orders")).unwrap().iter().map(|r| r.seq).collect();
+        let from2: Vec<u64> = store
+            .read(2, 100, usize::MAX, Some("orders"))
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
         assert_eq!(from2, vec![3]);
         assert_eq!(store.lookup_txid(b"c").unwrap().unwrap().seq, 3);
         assert!(store.lookup_txid(b"zz").unwrap().is_none());
-        assert_eq!(store.read(1, 2, usize::MAX, None).unwrap().len(), 2, "limit is respected");
-        assert_eq!(store.read(1, 100, 1, None).unwrap().len(), 1, "byte cap returns at least one record");
+        assert_eq!(
+            store.read(1, 2, usize::MAX, None).unwrap().len(),
+            2,
+            "limit is respected"
+        );
+        assert_eq!(
+            store.read(1, 100, 1, None).unwrap().len(),
+            1,
+            "byte cap returns at least one record"
+        );
     }
 
     /// Channel names outside [a-z0-9][a-z0-9._-]{0,63} are rejected.

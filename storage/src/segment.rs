@@ -107,7 +107,10 @@ pub(crate) fn scan(path: &Path, expected_first_index: u64) -> Result<(Header, Sc
     }
     let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
     if version != SEGMENT_VERSION {
-        return Err(Error::corruption(path, format!("unsupported segment version {version}")));
+        return Err(Error::corruption(
+            path,
+            format!("unsupported segment version {version}"),
+        ));
     }
     let first_index = u64::from_le_bytes(header[16..24].try_into().expect("8 bytes"));
     if first_index != expected_first_index {
@@ -135,7 +138,10 @@ pub(crate) fn scan(path: &Path, expected_first_index: u64) -> Result<(Header, Sc
             }
             frame::Decoded::Invalid { detail, frame_end } => {
                 if offset + frame_end < bytes.len() {
-                    return Err(Error::corruption(path, format!("{detail} at offset {offset}, with data after it")));
+                    return Err(Error::corruption(
+                        path,
+                        format!("{detail} at offset {offset}, with data after it"),
+                    ));
                 }
                 scan.tail_problem = Some(format!("{detail} at offset {offset}"));
                 break;

@@ -121,11 +121,17 @@ fn read_header(path: &Path, reader: &mut impl Read, crc: &mut crc32fast::Hasher)
     }
     let version = u32::from_le_bytes(fixed[8..12].try_into().expect("4 bytes"));
     if version != VERSION {
-        return Err(Error::corruption(path, format!("unsupported snapshot version {version}")));
+        return Err(Error::corruption(
+            path,
+            format!("unsupported snapshot version {version}"),
+        ));
     }
     let meta_len = u32::from_le_bytes(fixed[12..16].try_into().expect("4 bytes"));
     if meta_len > META_BYTES_MAX {
-        return Err(Error::corruption(path, format!("snapshot meta length {meta_len} over limit")));
+        return Err(Error::corruption(
+            path,
+            format!("snapshot meta length {meta_len} over limit"),
+        ));
     }
     let mut meta = vec![0u8; meta_len as usize + 4];
     reader
@@ -150,11 +156,15 @@ pub fn verify(path: &Path) -> Result<SnapshotInfo> {
 /// Visit every record of a verified snapshot, in sequence order.
 pub fn for_each_record(path: &Path, mut visit: impl FnMut(StoredRecord) -> Result<()>) -> Result<SnapshotInfo> {
     let mut info = None;
-    read_all(path, |r| visit(r), &mut info)?;
+    read_all(path, &mut visit, &mut info)?;
     Ok(info.expect("read_all sets info on success"))
 }
 
-fn read_all(path: &Path, mut visit: impl FnMut(StoredRecord) -> Result<()>, info: &mut Option<SnapshotInfo>) -> Result<()> {
+fn read_all(
+    path: &Path,
+    mut visit: impl FnMut(StoredRecord) -> Result<()>,
+    info: &mut Option<SnapshotInfo>,
+) -> Result<()> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let file_bytes = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut reader = BufReader::with_capacity(1 << 20, file);
@@ -175,7 +185,10 @@ fn read_all(path: &Path, mut visit: impl FnMut(StoredRecord) -> Result<()>, info
             let expected_count = u64::from_le_bytes(rest[0..8].try_into().expect("8 bytes"));
             let expected_crc = u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes"));
             if expected_count != count {
-                return Err(Error::corruption(path, format!("trailer says {expected_count} records, found {count}")));
+                return Err(Error::corruption(
+                    path,
+                    format!("trailer says {expected_count} records, found {count}"),
+                ));
             }
             if expected_crc != crc.finalize() {
                 return Err(Error::corruption(path, "snapshot checksum mismatch"));
@@ -189,7 +202,10 @@ fn read_all(path: &Path, mut visit: impl FnMut(StoredRecord) -> Result<()>, info
         }
         let len = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes"));
         if len == 0 || len > crate::WAL_RECORD_BYTES_MAX || position + 8 + u64::from(len) + TRAILER_BYTES > file_bytes {
-            return Err(Error::corruption(path, format!("record length {len} at offset {position} out of range")));
+            return Err(Error::corruption(
+                path,
+                format!("record length {len} at offset {position} out of range"),
+            ));
         }
         let mut body = vec![0u8; len as usize];
         reader.read_exact(&mut body).map_err(|e| Error::io(path, e))?;
@@ -198,12 +214,18 @@ fn read_all(path: &Path, mut visit: impl FnMut(StoredRecord) -> Result<()>, info
         let mut framed = head.to_vec();
         framed.extend_from_slice(&body);
         let frame::Decoded::Frame { body, .. } = frame::decode(&framed) else {
-            return Err(Error::corruption(path, format!("record checksum mismatch at offset {position}")));
+            return Err(Error::corruption(
+                path,
+                format!("record checksum mismatch at offset {position}"),
+            ));
         };
         let record = StoredRecord::decode(body)?;
         if let Some(last) = last_seq {
             if record.seq != last + 1 {
-                return Err(Error::corruption(path, format!("record seq {} follows {last}", record.seq)));
+                return Err(Error::corruption(
+                    path,
+                    format!("record seq {} follows {last}", record.seq),
+                ));
             }
         }
         last_seq = Some(record.seq);

@@ -22,7 +22,10 @@ type Entry = openraft::type_config::alias::EntryOf<TestConfig>;
 type Vote = openraft::type_config::alias::VoteOf<TestConfig>;
 
 fn entry(index: u64) -> Entry {
-    Entry::new_normal(log_id::<TestConfig>(1, 1, index), format!("payload-{index}-{}", "x".repeat((index % 7) as usize)))
+    Entry::new_normal(
+        log_id::<TestConfig>(1, 1, index),
+        format!("payload-{index}-{}", "x".repeat((index % 7) as usize)),
+    )
 }
 
 fn open(dir: &Path, segment_bytes_max: u64) -> LogStore<TestConfig> {
@@ -92,7 +95,11 @@ async fn truncation_at_every_byte_keeps_a_valid_prefix() {
         append_durable(&mut store, vec![entry(next)]).await;
         drop(store);
         let mut reopened = open(dir.path(), 1 << 30);
-        assert_eq!(all_entries(&mut reopened).await.len(), expected + 1, "cut at byte {cut}: append after recovery");
+        assert_eq!(
+            all_entries(&mut reopened).await.len(),
+            expected + 1,
+            "cut at byte {cut}: append after recovery"
+        );
     }
 }
 
@@ -125,7 +132,10 @@ async fn purge_truncate_reopen() {
     let segments_before = segment_files(dir.path()).len();
     assert!(segments_before > 3, "small segments should roll: {segments_before}");
 
-    store.truncate_after(Some(log_id::<TestConfig>(1, 1, 250))).await.unwrap();
+    store
+        .truncate_after(Some(log_id::<TestConfig>(1, 1, 250)))
+        .await
+        .unwrap();
     store.purge(log_id::<TestConfig>(1, 1, 100)).await.unwrap();
     let segments_after = segment_files(dir.path()).len();
     assert!(segments_after < segments_before, "purge deletes whole segments");
@@ -153,7 +163,11 @@ async fn purge_truncate_reopen() {
     let state = store.get_log_state().await.unwrap();
     assert_eq!(state.last_log_id, Some(log_id::<TestConfig>(2, 2, 251)));
     assert!(all_entries(&mut store).await.is_empty());
-    append_durable(&mut store, vec![Entry::new_normal(log_id::<TestConfig>(2, 2, 252), "after".into())]).await;
+    append_durable(
+        &mut store,
+        vec![Entry::new_normal(log_id::<TestConfig>(2, 2, 252), "after".into())],
+    )
+    .await;
     drop(store);
     let mut store = open(dir.path(), 1024);
     assert_eq!(all_entries(&mut store).await.len(), 1);

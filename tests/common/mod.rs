@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::process::Command;
 use std::process::Stdio;
-use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -16,7 +15,7 @@ use txlog::client::Client;
 use txlog::client::ClientOptions;
 
 /// Clusters are heavy on a two-core machine: run one at a time.
-pub static SERIAL: Mutex<()> = Mutex::new(());
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 pub const REGIONS: [&str; 5] = ["paris", "frankfurt", "lyon", "london", "milan"];
 
@@ -113,7 +112,11 @@ impl TestCluster {
     }
 
     pub fn addresses(&self) -> String {
-        self.nodes.iter().map(|n| n.address.clone()).collect::<Vec<_>>().join(",")
+        self.nodes
+            .iter()
+            .map(|n| n.address.clone())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     pub fn client(&self) -> Client {

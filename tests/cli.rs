@@ -1,0 +1,198 @@
+//! The README's path through the real binary: `txlog dev`, then append, read,
+//! lookup, status (human and --json), then SIGTERM stops all three nodes, and
+//! a second `txlog dev` on the same data dir still has every record.
+
+mod common;
+
+use std::io::BufRead;
+use std::io::BufReader;
+use std::net::TcpListener;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::time::Duration;
+use std::time::Instant;
+
+use common::SERIAL;
+
+fn txlog(cluster: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_txlog"))
+        .args(args)
+        .env("TXLOG_CLUSTER", cluster)
+        .output()
+        .expect("run txlog");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Three consecutive free ports (best effort: probed, then released).
+fn free_port_block() -> u16 {
+    for _ in 0..200 {
+        let base = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if base > 65000 {
+            continue;
+        }
+        let all_free = (0..3).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no block of three free ports");
+}
+
+/// Start `txlog dev` and wait for its "cluster is up" line.
+fn start_dev(data_dir: &std::path::Path, base_port: u16) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_txlog"))
+        .arg("dev")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--base-port", &base_port.to_string(), "--metrics-base-port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn txlog dev");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Keep draining after the banner so txlog dev never writes to a closed pipe.
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut banner = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            banner.push_str(&line);
+            banner.push('\n');
+            if line.starts_with("logs:") {
+                return (child, banner);
+            }
+        }
+    }
+    let _ = child.kill();
+    panic!("txlog dev did not come up; output so far:\n{banner}");
+}
+
+fn stop_dev(mut child: Child) {
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "txlog dev exited with {status}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "txlog dev did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_cluster_through_the_cli() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("dev");
+    let base = free_port_block();
+    let cluster = format!(
+        "127.0.0.1:{},http://127.0.0.1:{},127.0.0.1:{}",
+        base,
+        base + 1,
+        base + 2
+    );
+
+    let (dev, banner) = start_dev(&data_dir, base);
+    for region in ["paris", "frankfurt", "lyon"] {
+        assert!(banner.contains(region), "banner lists {region}:\n{banner}");
+    }
+    assert!(banner.contains("leader"), "banner shows the leader:\n{banner}");
+
+    let (ok, out, err) = txlog(
+        &cluster,
+        &[
+            "append",
+            "--channel",
+            "order-book",
+            "--txid",
+            "order-1",
+            "BUY 100 EURUSD",
+        ],
+    );
+    assert!(ok, "append failed: {err}");
+    assert_eq!(out.trim(), "seq 1");
+    let (ok, out, _) = txlog(
+        &cluster,
+        &[
+            "append",
+            "--channel",
+            "order-book",
+            "--txid",
+            "order-1",
+            "BUY 100 EURUSD",
+            "--json",
+        ],
+    );
+    assert!(ok);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["records"][0]["seq"], 1, "a retried txid keeps its seq");
+    assert_eq!(json["records"][0]["duplicate"], true);
+    let (ok, out, _) = txlog(
+        &cluster,
+        &["append", "-c", "execution", "-t", "exec-1", "FILLED", "--json"],
+    );
+    assert!(ok);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["records"][0]["seq"], 2);
+
+    let (ok, out, _) = txlog(&cluster, &["read", "--from", "1"]);
+    assert!(ok);
+    assert!(
+        out.contains("seq=1 channel=order-book") && out.contains("seq=2 channel=execution"),
+        "{out}"
+    );
+    let (ok, out, _) = txlog(&cluster, &["lookup", "--txid", "exec-1", "--json"]);
+    assert!(ok);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["seq"], 2);
+    let (ok, _, err) = txlog(&cluster, &["lookup", "--txid", "missing"]);
+    assert!(!ok && err.contains("no committed record"), "{err}");
+    let (ok, _, err) = txlog(&cluster, &["append", "-c", "Bad Channel", "-t", "x", "p"]);
+    assert!(!ok && err.contains("channel name"), "{err}");
+
+    let (ok, out, _) = txlog(&cluster, &["status", "--json"]);
+    assert!(ok);
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let nodes = status["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    let roles: Vec<&str> = nodes.iter().map(|n| n["role"].as_str().unwrap()).collect();
+    assert_eq!(roles.iter().filter(|r| **r == "leader").count(), 1, "{roles:?}");
+    assert_eq!(roles.iter().filter(|r| **r == "follower").count(), 2, "{roles:?}");
+    for node in nodes {
+        assert!(node["id"].is_u64() && node["region"].is_string() && node["address"].is_string());
+    }
+    let (ok, out, _) = txlog(&cluster, &["status"]);
+    assert!(ok && out.contains("leader: node"), "{out}");
+
+    stop_dev(dev);
+    let (ok, _, _) = txlog(&cluster, &["status"]);
+    assert!(!ok, "no node answers after txlog dev stopped");
+
+    // Same data dir again: every record is still there.
+    let (dev, _) = start_dev(&data_dir, base);
+    let (ok, out, err) = txlog(&cluster, &["read", "--from", "1", "--json"]);
+    assert!(ok, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let txids: Vec<&str> = json["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["txid"].as_str().unwrap())
+        .collect();
+    assert_eq!(txids, vec!["order-1", "exec-1"]);
+    stop_dev(dev);
+}
