@@ -30,7 +30,7 @@ use crate::Error;
 use crate::Result;
 
 /// Batches proposed but not yet committed, at most.
-pub const INFLIGHT_BATCHES_MAX: usize = 64;
+pub const INFLIGHT_BATCHES_MAX: usize = 8;
 /// Append requests waiting for a batch, at most.
 pub const QUEUE_REQUESTS_MAX: usize = 16 * 1024;
 

@@ -2,8 +2,13 @@
 //!
 //! One lazily-connected tonic channel per peer address is cached and shared
 //! by every replication stream to that peer. Every unary RPC runs under the
-//! deadline openraft passes in `RPCOption`; replication uses the
-//! `StreamAppend` bidirectional stream so appends are pipelined.
+//! deadline openraft passes in `RPCOption`.
+//!
+//! Replication uses unary `AppendEntries` (openraft's default sequential
+//! `stream_append`). A bidirectional-stream `stream_append` over gRPC was
+//! built and measured: with openraft 0.10.0-alpha.37 each batch then waited
+//! for the next heartbeat before it committed (single-client commit p50
+//! 10.9 ms vs 1.4 ms unary, heartbeat 10 ms), so it was removed.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -11,7 +16,6 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use futures::StreamExt;
 use openraft::error::NetworkError;
 use openraft::error::RPCError;
 use openraft::error::ReplicationClosed;
@@ -23,7 +27,6 @@ use openraft::network::RaftNetworkFactory;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::AppendEntriesResponse;
 use openraft::raft::SnapshotResponse;
-use openraft::raft::StreamAppendResult;
 use openraft::raft::TransferLeaderRequest;
 use openraft::raft::TransferLeaderResponse;
 use openraft::raft::VoteRequest;
@@ -167,38 +170,6 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.unary(&rpc, &option, |mut c, m| async move { c.append_entries(m).await })
             .await
-    }
-
-    fn stream_append<'s, S>(
-        &'s mut self,
-        input: S,
-        option: RPCOption,
-    ) -> openraft::base::BoxFuture<
-        's,
-        Result<
-            openraft::base::BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
-            RPCError<TypeConfig>,
-        >,
-    >
-    where
-        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
-    {
-        Box::pin(async move {
-            let mut client = self.client()?;
-            let requests = input.map(|req| codec::encode(&req));
-            let ttl = option.hard_ttl();
-            let response = match tokio::time::timeout(ttl, client.stream_append(requests)).await {
-                Ok(Ok(response)) => response,
-                Ok(Err(status)) => return Err(status_to_rpc(status)),
-                Err(_) => return Err(RPCError::Timeout(Timeout::new_from_timeout(self.target, ttl))),
-            };
-            let stream = response.into_inner().map(|item| match item {
-                Ok(message) => codec::decode::<StreamAppendResult<TypeConfig>>(&message).map_err(decode_error),
-                Err(status) => Err(status_to_rpc(status)),
-            });
-            let boxed: openraft::base::BoxStream<'s, _> = Box::pin(stream);
-            Ok(boxed)
-        })
     }
 
     async fn vote(

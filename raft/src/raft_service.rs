@@ -6,9 +6,7 @@
 //! directory, bounded in size, verified end to end, and only then installed.
 
 use std::path::PathBuf;
-use std::pin::Pin;
 
-use futures::Stream;
 use futures::StreamExt;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::TransferLeaderRequest;
@@ -61,8 +59,6 @@ fn raft_failed(err: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("raft: {err}"))
 }
 
-type ResponseStream = Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + Send + 'static>>;
-
 #[tonic::async_trait]
 impl RaftService for RaftServer {
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
@@ -81,43 +77,6 @@ impl RaftService for RaftServer {
         let req: VoteRequest<TypeConfig> = codec::decode(request.get_ref()).map_err(bad_message)?;
         let resp = self.raft.pre_vote(req).await.map_err(raft_failed)?;
         Ok(Response::new(codec::encode(&resp)))
-    }
-
-    type StreamAppendStream = ResponseStream;
-
-    async fn stream_append(
-        &self,
-        request: Request<Streaming<RaftMessage>>,
-    ) -> Result<Response<Self::StreamAppendStream>, Status> {
-        let incoming = request.into_inner();
-        // Decode until the first bad message or transport error; the peer
-        // reconnects and resends from its last acknowledged position.
-        let requests = incoming
-            .take_while(|item| {
-                let keep = item.is_ok();
-                async move { keep }
-            })
-            .filter_map(|item| async move {
-                let message = item.ok()?;
-                match codec::decode::<AppendEntriesRequest<TypeConfig>>(&message) {
-                    Ok(req) => Some(Ok(req)),
-                    Err(err) => Some(Err(err)),
-                }
-            })
-            .take_while(|item| {
-                if let Err(err) = item {
-                    tracing::warn!(%err, "dropping stream_append after a bad message");
-                }
-                let keep = item.is_ok();
-                async move { keep }
-            })
-            .filter_map(|item| async move { item.ok() });
-        let results = self.raft.stream_append(Box::pin(requests));
-        let out = results.map(|item| match item {
-            Ok(result) => Ok(codec::encode(&result)),
-            Err(fatal) => Err(raft_failed(fatal)),
-        });
-        Ok(Response::new(Box::pin(out)))
     }
 
     async fn install_snapshot(

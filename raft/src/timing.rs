@@ -70,6 +70,9 @@ impl Timing {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_logs_since_last),
             max_in_snapshot_log_to_keep: logs_kept_after_snapshot,
             enable_pre_vote: Some(true),
+            // Replicate an entry as soon as it is written locally, in parallel
+            // with the local fsync, instead of after it.
+            broadcast_submitted_on_append: Some(true),
             ..Default::default()
         };
         config.validate().map_err(|e| e.to_string())
