@@ -74,6 +74,7 @@ fn start_dev(data_dir: &std::path::Path, base_port: u16) -> (Child, String) {
         }
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("txlog dev did not come up; output so far:\n{banner}");
 }
 
