@@ -373,7 +373,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Status { cluster } => {
             init_tracing("warn");
-            let status = client(&cluster)?.cluster_status().await?;
+            let status = client(&cluster)?
+                .cluster_status()
+                .await
+                .with_context(|| format!("no node of {} answered", cluster.cluster))?;
             if cluster.json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
