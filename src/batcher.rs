@@ -181,19 +181,15 @@ async fn commit(raft: &Raft, node_id: u64, metrics: &Metrics, group: Vec<Pending
             }
         }
         Err(err) => {
-            let shared = err.to_string();
-            let retryable = err.is_retryable();
-            let leader = match &err {
-                Error::NotLeader { leader } => leader.clone(),
-                _ => None,
-            };
+            // Error is not Clone (it can wrap io errors); every waiter gets the same variant and message.
             for reply in replies {
-                let e = match (&leader, retryable) {
-                    (_, true) if matches!(err, Error::NotLeader { .. }) => Error::NotLeader { leader: leader.clone() },
-                    (_, true) => Error::Unavailable(shared.clone()),
-                    _ => Error::Internal(shared.clone()),
+                let copy = match &err {
+                    Error::NotLeader { leader } => Error::NotLeader { leader: leader.clone() },
+                    Error::Unavailable(m) => Error::Unavailable(m.clone()),
+                    Error::Internal(m) => Error::Internal(m.clone()),
+                    other => Error::Internal(other.to_string()),
                 };
-                let _ = reply.send(Err(e));
+                let _ = reply.send(Err(copy));
             }
         }
     }

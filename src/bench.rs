@@ -85,7 +85,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .context("no leader in the cluster")?;
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
-    let run_id = crate::client::now_ns();
+    let run_id = txlog_raft::wall_clock_ns();
     let started = Instant::now();
     let deadline = started + args.duration;
     let mut tasks = Vec::new();

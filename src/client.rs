@@ -234,7 +234,7 @@ impl Client {
             txid: txid.to_vec().into(),
             channel: channel.to_string(),
             payload: payload.to_vec().into(),
-            client_time_ns: now_ns(),
+            client_time_ns: txlog_raft::wall_clock_ns(),
         };
         let mut results = self.append(vec![record]).await?;
         results
@@ -441,13 +441,6 @@ pub struct NodeView {
     pub applied_index: u64,
     pub last_seq: u64,
     pub term: u64,
-}
-
-pub fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -79,7 +79,8 @@ pub fn to_proto(r: StoredRecord) -> CommittedRecord {
 
 /// The leader as this node currently knows it: `(id, address)`.
 pub fn known_leader(raft: &Raft) -> Option<(u64, String)> {
-    let metrics = raft.metrics().borrow_watched().clone();
+    let receiver = raft.metrics();
+    let metrics = receiver.borrow_watched();
     let leader = metrics.current_leader?;
     let address = metrics
         .membership_config

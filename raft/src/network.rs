@@ -32,6 +32,7 @@ use openraft::raft::TransferLeaderResponse;
 use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
 use openraft::OptionalSend;
+use openraft::RPCTypes;
 use openraft::RaftNetworkV2;
 use tokio::io::AsyncReadExt;
 use tonic::transport::Channel;
@@ -124,6 +125,7 @@ impl PeerClient {
 
     async fn unary<Req, Resp, F, Fut>(
         &self,
+        action: RPCTypes,
         req: &Req,
         option: &RPCOption,
         call: F,
@@ -140,23 +142,24 @@ impl PeerClient {
         match tokio::time::timeout(ttl, call(client, message)).await {
             Ok(Ok(response)) => codec::decode(response.get_ref()).map_err(decode_error),
             Ok(Err(status)) => Err(status_to_rpc(status)),
-            Err(_) => Err(RPCError::Timeout(Timeout::new_from_timeout(self.target, ttl))),
+            Err(_) => Err(RPCError::Timeout(timeout_error(action, self.target, ttl))),
         }
     }
 }
 
-trait TimeoutExt {
-    fn new_from_timeout(target: u64, ttl: Duration) -> Self;
+fn timeout_error(action: RPCTypes, target: u64, ttl: Duration) -> Timeout<TypeConfig> {
+    Timeout {
+        action,
+        id: 0,
+        target,
+        timeout: ttl,
+    }
 }
 
-impl TimeoutExt for Timeout<TypeConfig> {
-    fn new_from_timeout(target: u64, ttl: Duration) -> Self {
-        Timeout {
-            action: openraft::RPCTypes::AppendEntries,
-            id: 0,
-            target,
-            timeout: ttl,
-        }
+fn streaming_error(err: RPCError<TypeConfig>) -> StreamingError<TypeConfig> {
+    match err {
+        RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+        other => StreamingError::Network(NetworkError::new(&PeerError(other.to_string()))),
     }
 }
 
@@ -168,8 +171,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(&rpc, &option, |mut c, m| async move { c.append_entries(m).await })
-            .await
+        self.unary(RPCTypes::AppendEntries, &rpc, &option, |mut c, m| async move {
+            c.append_entries(m).await
+        })
+        .await
     }
 
     async fn vote(
@@ -177,7 +182,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(&rpc, &option, |mut c, m| async move { c.vote(m).await })
+        self.unary(RPCTypes::Vote, &rpc, &option, |mut c, m| async move { c.vote(m).await })
             .await
     }
 
@@ -186,8 +191,13 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(&rpc, &option, |mut c, m| async move { c.pre_vote(m).await })
-            .await
+        self.unary(
+            RPCTypes::Vote,
+            &rpc,
+            &option,
+            |mut c, m| async move { c.pre_vote(m).await },
+        )
+        .await
     }
 
     async fn transfer_leader(
@@ -195,8 +205,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(&req, &option, |mut c, m| async move { c.transfer_leader(m).await })
-            .await
+        self.unary(RPCTypes::TransferLeader, &req, &option, |mut c, m| async move {
+            c.transfer_leader(m).await
+        })
+        .await
     }
 
     async fn full_snapshot(
@@ -206,10 +218,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let mut client = self.client().map_err(|e| match e {
-            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
-            other => StreamingError::Network(NetworkError::new(&PeerError(other.to_string()))),
-        })?;
+        let mut client = self.client().map_err(streaming_error)?;
         let path = snapshot.snapshot.path.clone();
         let header = postcard::to_allocvec(&(vote, snapshot.meta.clone())).expect("encode snapshot header");
         let mut file = tokio::fs::File::open(&path)
@@ -261,16 +270,13 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
             outcome = tokio::time::timeout(ttl, work) => match outcome {
-                Err(_) => Err(StreamingError::Timeout(Timeout::new_from_timeout(self.target, ttl))),
+                Err(_) => Err(StreamingError::Timeout(timeout_error(RPCTypes::InstallSnapshot, self.target, ttl))),
                 Ok((Err(io), _)) => Err(StreamingError::Network(NetworkError::new(&PeerError(format!("read snapshot file: {io}"))))),
                 Ok((Ok(bytes), Ok(response))) => {
                     tracing::info!(target_node = self.target, bytes, "full snapshot sent");
                     codec::decode(response.get_ref()).map_err(|e| StreamingError::Network(NetworkError::new(&PeerError(e))))
                 }
-                Ok((Ok(_), Err(status))) => Err(match status_to_rpc(status) {
-                    RPCError::Unreachable(u) => StreamingError::Unreachable(u),
-                    other => StreamingError::Network(NetworkError::new(&PeerError(other.to_string()))),
-                }),
+                Ok((Ok(_), Err(status))) => Err(streaming_error(status_to_rpc(status))),
             }
         }
     }

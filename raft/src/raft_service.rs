@@ -6,6 +6,8 @@
 //! directory, bounded in size, verified end to end, and only then installed.
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 
 use futures::StreamExt;
 use openraft::raft::AppendEntriesRequest;
@@ -29,6 +31,9 @@ use crate::type_config::Raft;
 use crate::type_config::SnapshotMeta;
 use crate::type_config::TypeConfig;
 use crate::type_config::Vote;
+
+/// Names concurrent incoming snapshots apart; leftovers are removed on open.
+static STAGING_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Largest snapshot a peer may send us.
 pub const SNAPSHOT_BYTES_MAX: u64 = 64 * 1024 * 1024 * 1024;
@@ -86,7 +91,7 @@ impl RaftService for RaftServer {
         let mut chunks = request.into_inner();
         let staging = self.snapshot_dir.join(format!(
             "incoming-{}.partial",
-            std::process::id() as u64 ^ rand_suffix()
+            STAGING_COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
         let result = receive_snapshot(&mut chunks, &staging).await;
         let (vote, meta) = match result {
@@ -111,14 +116,6 @@ impl RaftService for RaftServer {
         let resp = self.raft.handle_transfer_leader(req).await.map_err(raft_failed)?;
         Ok(Response::new(codec::encode(&resp)))
     }
-}
-
-fn rand_suffix() -> u64 {
-    use std::time::SystemTime;
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 /// Write the chunks to `staging`, checking order, CRCs and size; verify the file.

@@ -112,7 +112,8 @@ fn snapshot_name(meta: &SnapshotMeta) -> String {
     }
 }
 
-fn now_ns() -> u64 {
+/// Current time in nanoseconds since the Unix epoch (for batch timestamps).
+pub fn wall_clock_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -423,9 +424,4 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshot: SnapshotFile { path: built },
         })
     }
-}
-
-/// Current time in nanoseconds since the Unix epoch (for batch timestamps).
-pub fn wall_clock_ns() -> u64 {
-    now_ns()
 }
