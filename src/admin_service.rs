@@ -1,18 +1,66 @@
-//! `AdminService`: what operators ask a node. Today: `Status`, this node's
-//! view of the cluster (role, term, leader, indexes, members with their
-//! replication progress when this node leads).
+//! `AdminService`: membership, leadership, snapshots and status.
+//!
+//! Membership changes run on the leader; any other node forwards the call
+//! to the leader it knows. One change at a time: a second one while a join
+//! or removal is running gets `FAILED_PRECONDITION`, as does anything that
+//! would leave the cluster without a voter. Removed nodes leave the
+//! membership entirely (openraft's `retain = false`), so they do not linger
+//! as learners that the leader keeps replicating to.
 
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tonic::transport::Endpoint;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
+use txlog_proto::admin_service_client::AdminServiceClient;
 use txlog_proto::admin_service_server::AdminService;
+use txlog_proto::CompactRequest;
+use txlog_proto::CompactResponse;
+use txlog_proto::JoinProgress;
+use txlog_proto::JoinRequest;
 use txlog_proto::Member;
+use txlog_proto::MembershipResponse;
 use txlog_proto::NodeStatus;
+use txlog_proto::RemoveRequest;
+use txlog_proto::ResyncCounters;
+use txlog_proto::SnapshotRequest;
+use txlog_proto::SnapshotResponse;
 use txlog_proto::StatusRequest;
+use txlog_proto::TransferLeaderRequest;
+use txlog_raft::openraft::error::ChangeMembershipError;
+use txlog_raft::openraft::error::ClientWriteError;
+use txlog_raft::openraft::error::RaftError;
 use txlog_raft::openraft::type_config::async_runtime::WatchReceiver;
+use txlog_raft::openraft::ChangeMembers;
+use txlog_raft::openraft::Instant as _;
+use txlog_raft::openraft::RaftMetrics;
 use txlog_raft::openraft::ServerState;
+use txlog_raft::timing::Timing;
+use txlog_raft::NodeInfo;
 use txlog_raft::Raft;
+use txlog_raft::ResyncStats;
 use txlog_raft::StateMachineReader;
+use txlog_raft::TypeConfig;
+
+use crate::error::not_leader;
+use crate::log_service::known_leader;
+use crate::Error;
+
+/// A learner this close to the leader's last log index is promoted.
+pub const JOIN_LAG_MAX: u64 = 64;
+const JOIN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(120);
+const JOIN_PROGRESS_EVERY: Duration = Duration::from_millis(500);
+const LEADER_CHANGE_WAIT: Duration = Duration::from_secs(3);
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(120);
+const PURGE_WAIT: Duration = Duration::from_secs(10);
+const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 pub struct AdminServer {
     pub node_id: u64,
@@ -20,6 +68,10 @@ pub struct AdminServer {
     pub address: String,
     pub raft: Raft,
     pub reader: StateMachineReader,
+    pub timing: Timing,
+    pub resync: Arc<ResyncStats>,
+    /// Held for the whole of a join or removal on the leader.
+    pub membership_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 pub fn role_name(state: ServerState, is_learner: bool) -> &'static str {
@@ -33,27 +85,178 @@ pub fn role_name(state: ServerState, is_learner: bool) -> &'static str {
     }
 }
 
-#[tonic::async_trait]
-impl AdminService for AdminServer {
-    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<NodeStatus>, Status> {
-        let metrics = self.raft.metrics().borrow_watched().clone();
-        let membership = metrics.membership_config.membership();
-        let voters: Vec<u64> = membership.voter_ids().collect();
-        let is_learner = !voters.contains(&self.node_id);
-        let replication = metrics.replication.clone().unwrap_or_default();
-        let members = membership
-            .nodes()
-            .map(|(id, node)| Member {
+type Metrics = RaftMetrics<TypeConfig>;
+type JoinStream = Pin<Box<dyn Stream<Item = Result<JoinProgress, Status>> + Send>>;
+
+/// A member is shown `down` when it has not acknowledged the leader for this long.
+pub fn down_after(timing: &Timing) -> Duration {
+    Duration::from_millis((timing.election_timeout_ms_max * 3).max(300))
+}
+
+/// Per-member view; roles, lag and heartbeat ages only when `metrics` is a leader's.
+fn members(metrics: &Metrics, self_id: u64, timing: &Timing) -> Vec<Member> {
+    let membership = metrics.membership_config.membership();
+    let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    let leading = metrics.state == ServerState::Leader;
+    let replication = metrics.replication.clone().unwrap_or_default();
+    let heartbeat = metrics.heartbeat.clone().unwrap_or_default();
+    let last_log_index = metrics.last_log_index.unwrap_or(0);
+    membership
+        .nodes()
+        .map(|(id, node)| {
+            let match_index = if *id == self_id && leading {
+                last_log_index
+            } else {
+                replication.get(id).and_then(|m| m.map(|l| l.index)).unwrap_or(0)
+            };
+            let age = heartbeat
+                .get(id)
+                .and_then(|t| t.clone())
+                .map(|t| t.into_inner().elapsed());
+            let role = match () {
+                _ if !leading => "",
+                _ if *id == self_id => "leader",
+                _ if age.is_none_or(|a| a > down_after(timing)) => "down",
+                _ if !voters.contains(id) => "learner",
+                _ => "follower",
+            };
+            Member {
                 id: *id,
                 region: node.region.clone(),
                 address: node.address.clone(),
                 kind: if voters.contains(id) { "voter" } else { "learner" }.to_string(),
-                match_index: replication
-                    .get(id)
-                    .and_then(|m| m.as_ref().map(|l| l.index))
-                    .unwrap_or(0),
-            })
-            .collect();
+                match_index,
+                role: role.to_string(),
+                lag: if leading {
+                    last_log_index.saturating_sub(match_index)
+                } else {
+                    0
+                },
+                heartbeat_age_ms: match (leading, age) {
+                    (true, _) if *id == self_id => 0,
+                    (true, Some(a)) => a.as_millis() as i64,
+                    _ => -1,
+                },
+            }
+        })
+        .collect()
+}
+
+fn write_error<E: std::fmt::Display>(err: RaftError<TypeConfig, ClientWriteError<TypeConfig>>, what: E) -> Status {
+    let err = match err {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => not_leader(&forward),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(p))) => {
+            Error::FailedPrecondition(format!("{what}: another membership change is in progress ({p})"))
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::EmptyMembership(e))) => {
+            Error::FailedPrecondition(format!("{what}: {e}"))
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::LearnerNotFound(e))) => {
+            Error::NotFound(format!("{what}: {e}"))
+        }
+        RaftError::APIError(other) => Error::Unavailable(format!("{what}: {other}")),
+        RaftError::Fatal(fatal) => Error::Unavailable(format!("{what}: raft stopped: {fatal}")),
+    };
+    err.to_status()
+}
+
+fn progress(phase: &str, matched: u64, target: u64, done: bool, message: String) -> JoinProgress {
+    JoinProgress {
+        phase: phase.to_string(),
+        matched_index: matched,
+        target_index: target,
+        lag: target.saturating_sub(matched),
+        done,
+        message,
+    }
+}
+
+fn validate_region(region: &str) -> Result<(), Status> {
+    let ok = !region.is_empty()
+        && region.len() <= 64
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "region {region:?} must be 1..=64 characters of [a-z0-9_-]"
+        )))
+    }
+}
+
+fn validate_id(id: u64) -> Result<(), Status> {
+    if id == 0 {
+        return Err(Status::invalid_argument("node id 0 is reserved; use 1 or more"));
+    }
+    Ok(())
+}
+
+/// A client for another node's AdminService (forwarding to the leader).
+pub fn admin_client(address: &str) -> Result<AdminServiceClient<Channel>, Status> {
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| Status::internal(format!("bad leader address {address:?}: {e}")))?
+        .connect_timeout(FORWARD_CONNECT_TIMEOUT)
+        .tcp_nodelay(true);
+    Ok(AdminServiceClient::new(endpoint.connect_lazy()))
+}
+
+impl AdminServer {
+    fn metrics(&self) -> Metrics {
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    /// `None` when this node leads; otherwise the leader's address to forward to.
+    fn leader_elsewhere(&self) -> Result<Option<String>, Status> {
+        match known_leader(&self.raft) {
+            Some((id, _)) if id == self.node_id => Ok(None),
+            Some((_, address)) if !address.is_empty() => Ok(Some(address)),
+            _ => Err(Status::unavailable(
+                "no leader is known yet (election in progress); retry",
+            )),
+        }
+    }
+
+    fn lock(&self, what: &str) -> Result<tokio::sync::OwnedMutexGuard<()>, Status> {
+        self.membership_lock.clone().try_lock_owned().map_err(|_| {
+            Status::failed_precondition(format!(
+                "{what}: another membership change is in progress on the leader; retry when it has finished"
+            ))
+        })
+    }
+
+    fn membership_response(&self, message: String) -> MembershipResponse {
+        let metrics = self.metrics();
+        MembershipResponse {
+            leader_id: metrics.current_leader.unwrap_or(0),
+            members: members(&metrics, self.node_id, &self.timing),
+            message,
+        }
+    }
+
+    /// Wait until `done(metrics)` holds or `timeout` passes.
+    async fn wait_for(&self, timeout: Duration, done: impl Fn(&Metrics) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if done(&self.metrics()) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminServer {
+    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<NodeStatus>, Status> {
+        let metrics = self.metrics();
+        let membership = metrics.membership_config.membership();
+        let is_learner = !membership.voter_ids().any(|v| v == self.node_id);
+        let resync = self.resync.counts();
         Ok(Response::new(NodeStatus {
             id: self.node_id,
             region: self.region.clone(),
@@ -65,7 +268,313 @@ impl AdminService for AdminServer {
             applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
             last_log_index: metrics.last_log_index.unwrap_or(0),
             last_seq: self.reader.last_seq(),
-            members,
+            members: members(&metrics, self.node_id, &self.timing),
+            pid: std::process::id(),
+            snapshot_index: metrics.snapshot.map(|l| l.index).unwrap_or(0),
+            purged_index: metrics.purged.map(|l| l.index).unwrap_or(0),
+            resync_sent: Some(ResyncCounters {
+                delta_transfers: resync.delta_transfers,
+                delta_bytes: resync.delta_bytes,
+                full_transfers: resync.full_transfers,
+                full_bytes: resync.full_bytes,
+                delta_refused: resync.delta_refused,
+            }),
         }))
     }
+
+    type JoinStream = JoinStream;
+
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinStream>, Status> {
+        let req = request.into_inner();
+        validate_id(req.node_id)?;
+        crate::config::validate_address(&req.address).map_err(Status::invalid_argument)?;
+        validate_region(&req.region)?;
+        if let Some(leader) = self.leader_elsewhere()? {
+            let stream = admin_client(&leader)?.join(req).await?.into_inner();
+            return Ok(Response::new(Box::pin(stream)));
+        }
+        let guard = self.lock(&format!("join of node {}", req.node_id))?;
+        let metrics = self.metrics();
+        let membership = metrics.membership_config.membership();
+        if let Some(node) = membership.get_node(&req.node_id) {
+            if node.address != req.address {
+                return Err(Status::already_exists(format!(
+                    "node {} is already a member at {} ({}); remove it first or pick another id",
+                    req.node_id, node.address, node.region
+                )));
+            }
+        } else if let Some((other, _)) = membership.nodes().find(|(_, n)| n.address == req.address) {
+            return Err(Status::already_exists(format!(
+                "address {} already belongs to node {other}",
+                req.address
+            )));
+        }
+        let is_member = membership.get_node(&req.node_id).is_some();
+        let is_voter = membership.voter_ids().any(|v| v == req.node_id);
+        let (tx, rx) = mpsc::channel(16);
+        let raft = self.raft.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let outcome = run_join(&raft, &req, is_member, is_voter, &tx).await;
+            let last = outcome.map(|message| progress("done", 0, 0, true, message));
+            let _ = tx.send(last).await;
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn remove(&self, request: Request<RemoveRequest>) -> Result<Response<MembershipResponse>, Status> {
+        let req = request.into_inner();
+        validate_id(req.node_id)?;
+        if let Some(leader) = self.leader_elsewhere()? {
+            return admin_client(&leader)?.remove(req).await;
+        }
+        let id = req.node_id;
+        let guard = self.lock(&format!("removal of node {id}"))?;
+        let metrics = self.metrics();
+        let membership = metrics.membership_config.membership();
+        if membership.get_node(&id).is_none() {
+            let known: Vec<String> = membership.nodes().map(|(i, n)| format!("{i} ({})", n.region)).collect();
+            return Err(Status::not_found(format!(
+                "node {id} is not a member; members are {}",
+                known.join(", ")
+            )));
+        }
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        if voters.contains(&id) && voters.len() == 1 {
+            return Err(Status::failed_precondition(format!(
+                "node {id} is the last voter; removing it would leave no one to commit"
+            )));
+        }
+        if id == self.node_id {
+            // Hand leadership to the most caught-up other voter, then let the
+            // new leader remove this node.
+            drop(guard);
+            let replication = metrics.replication.clone().unwrap_or_default();
+            let target = voters
+                .iter()
+                .filter(|v| **v != id)
+                .max_by_key(|v| replication.get(v).and_then(|m| m.map(|l| l.index)))
+                .copied()
+                .ok_or_else(|| Status::failed_precondition("no other voter to hand leadership to"))?;
+            tracing::info!(target, "removing the leader: transferring leadership first");
+            self.raft
+                .trigger()
+                .transfer_leader(target)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            if !self
+                .wait_for(LEADER_CHANGE_WAIT, |m| m.current_leader.is_some_and(|l| l != id))
+                .await
+            {
+                return Err(Status::unavailable(format!(
+                    "node {id} is the leader and could not hand leadership to node {target} within {LEADER_CHANGE_WAIT:?}; retry"
+                )));
+            }
+            let leader = self
+                .leader_elsewhere()?
+                .ok_or_else(|| Status::unavailable("leadership came back to the node being removed; retry"))?;
+            return admin_client(&leader)?.remove(req).await;
+        }
+        let what = format!("remove node {id}");
+        if voters.contains(&id) {
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+                .map_err(|e| write_error(e, &what))?;
+        }
+        let still_listed = self.metrics().membership_config.membership().get_node(&id).is_some();
+        if still_listed {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await
+                .map_err(|e| write_error(e, &what))?;
+        }
+        tracing::info!(node = id, "node removed from the cluster");
+        Ok(Response::new(self.membership_response(format!("node {id} removed"))))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<TransferLeaderRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
+        let req = request.into_inner();
+        validate_id(req.node_id)?;
+        let id = req.node_id;
+        let metrics = self.metrics();
+        let membership = metrics.membership_config.membership();
+        if !membership.voter_ids().any(|v| v == id) {
+            return Err(if membership.get_node(&id).is_some() {
+                Status::failed_precondition(format!("node {id} is a learner; only voters can lead"))
+            } else {
+                Status::not_found(format!("node {id} is not a member"))
+            });
+        }
+        if let Some(leader) = self.leader_elsewhere()? {
+            if metrics.current_leader == Some(id) {
+                return Ok(Response::new(
+                    self.membership_response(format!("node {id} already leads")),
+                ));
+            }
+            return admin_client(&leader)?.transfer_leader(req).await;
+        }
+        if id == self.node_id {
+            return Ok(Response::new(
+                self.membership_response(format!("node {id} already leads")),
+            ));
+        }
+        self.raft
+            .trigger()
+            .transfer_leader(id)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        if !self
+            .wait_for(LEADER_CHANGE_WAIT, |m| m.current_leader == Some(id))
+            .await
+        {
+            return Err(Status::deadline_exceeded(format!(
+                "node {id} did not take over within {LEADER_CHANGE_WAIT:?}; is it caught up and reachable?"
+            )));
+        }
+        Ok(Response::new(self.membership_response(format!("node {id} now leads"))))
+    }
+
+    async fn snapshot(&self, _request: Request<SnapshotRequest>) -> Result<Response<SnapshotResponse>, Status> {
+        let applied = self.metrics().last_applied.map(|l| l.index).unwrap_or(0);
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let built = self
+            .wait_for(SNAPSHOT_WAIT, |m| m.snapshot.map(|l| l.index).unwrap_or(0) >= applied)
+            .await;
+        if !built {
+            return Err(Status::deadline_exceeded(format!(
+                "no snapshot covering index {applied} after {SNAPSHOT_WAIT:?}"
+            )));
+        }
+        Ok(Response::new(SnapshotResponse {
+            snapshot_index: self.metrics().snapshot.map(|l| l.index).unwrap_or(0),
+            last_seq: self.reader.last_seq(),
+        }))
+    }
+
+    async fn compact(&self, _request: Request<CompactRequest>) -> Result<Response<CompactResponse>, Status> {
+        let Some(snapshot) = self.metrics().snapshot else {
+            return Err(Status::failed_precondition(
+                "no snapshot yet: nothing to compact behind (run `txlog admin snapshot` first)",
+            ));
+        };
+        self.raft
+            .trigger()
+            .purge_log(snapshot.index)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        self.wait_for(PURGE_WAIT, |m| m.purged.map(|l| l.index).unwrap_or(0) >= snapshot.index)
+            .await;
+        Ok(Response::new(CompactResponse {
+            purged_index: self.metrics().purged.map(|l| l.index).unwrap_or(0),
+            snapshot_index: snapshot.index,
+        }))
+    }
+}
+
+/// Leader side of a join: learner, catch up, promote. Returns the final message.
+async fn run_join(
+    raft: &Raft,
+    req: &JoinRequest,
+    is_member: bool,
+    is_voter: bool,
+    tx: &mpsc::Sender<Result<JoinProgress, Status>>,
+) -> Result<String, Status> {
+    let id = req.node_id;
+    if is_voter {
+        return Ok(format!("node {id} is already a voter"));
+    }
+    let what = format!("join node {id}");
+    if !is_member {
+        let _ = tx
+            .send(Ok(progress(
+                "adding",
+                0,
+                0,
+                false,
+                format!("adding node {id} as a learner"),
+            )))
+            .await;
+        let node = NodeInfo {
+            address: req.address.clone(),
+            region: req.region.clone(),
+        };
+        raft.add_learner(id, node, false)
+            .await
+            .map_err(|e| write_error(e, &what))?;
+        tracing::info!(node = id, address = %req.address, region = %req.region, "learner added");
+    }
+    let timeout = match req.timeout_ms {
+        0 => JOIN_TIMEOUT_DEFAULT,
+        ms => Duration::from_millis(u64::from(ms)),
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_report = None::<tokio::time::Instant>;
+    loop {
+        let metrics = raft.metrics().borrow_watched().clone();
+        if metrics.state != ServerState::Leader {
+            return Err(Status::unavailable(format!(
+                "{what}: this node stopped leading during the join; node {id} stays a learner — retry the join"
+            )));
+        }
+        let target = metrics.last_log_index.unwrap_or(0);
+        let matched = metrics
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&id).cloned().flatten())
+            .map(|l| l.index);
+        let lag = target.saturating_sub(matched.unwrap_or(0));
+        if matched.is_some() && lag <= JOIN_LAG_MAX {
+            break;
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(Status::deadline_exceeded(format!(
+                "{what}: not caught up within {timeout:?} ({lag} entries behind); it stays a learner — is it running at {}?",
+                req.address
+            )));
+        }
+        if last_report.is_none_or(|t| now.duration_since(t) >= JOIN_PROGRESS_EVERY) {
+            last_report = Some(now);
+            let message = format!("node {id} at index {} of {target}", matched.unwrap_or(0));
+            if tx
+                .send(Ok(progress(
+                    "catching-up",
+                    matched.unwrap_or(0),
+                    target,
+                    false,
+                    message,
+                )))
+                .await
+                .is_err()
+            {
+                tracing::info!(node = id, "join caller went away; continuing the join");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if req.learner_only {
+        return Ok(format!("node {id} has caught up and stays a learner"));
+    }
+    let _ = tx
+        .send(Ok(progress(
+            "promoting",
+            0,
+            0,
+            false,
+            format!("promoting node {id} to voter"),
+        )))
+        .await;
+    raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+        .await
+        .map_err(|e| write_error(e, &what))?;
+    tracing::info!(node = id, "node promoted to voter");
+    Ok(format!("node {id} is a voter"))
 }

@@ -1,4 +1,6 @@
-//! `txlog bench`: an append load generator against a running cluster.
+//! `txlog bench`: an append load generator against a running cluster
+//! (`txlog bench` / `txlog bench append`); `failover` and `resync` are in
+//! [`crate::bench_cluster`].
 //!
 //! N concurrent clients each append one record at a time (a new unique txid
 //! per record) for a fixed duration. Each append's latency is from send to
@@ -16,6 +18,35 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 
 use crate::client::Client;
+
+/// `txlog bench [append] …`, `txlog bench failover …`, `txlog bench resync …`.
+#[derive(clap::Args, Debug, Clone)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchCommand {
+    #[command(subcommand)]
+    pub mode: Option<BenchMode>,
+    #[command(flatten)]
+    pub append: BenchArgs,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum BenchMode {
+    /// Append load against a running cluster (the default).
+    Append(BenchArgs),
+    /// Kill -9 the leader of a local 3-node cluster N times; time until an append commits under a new leader.
+    Failover(crate::bench_cluster::FailoverArgs),
+    /// Catch-up time and bytes for a node that missed M records: delta path vs wiped (full) path.
+    Resync(crate::bench_cluster::ResyncArgs),
+}
+
+pub async fn run_command(command: BenchCommand) -> anyhow::Result<()> {
+    match command.mode {
+        None => run(command.append).await,
+        Some(BenchMode::Append(args)) => run(args).await,
+        Some(BenchMode::Failover(args)) => crate::bench_cluster::failover(args).await,
+        Some(BenchMode::Resync(args)) => crate::bench_cluster::resync(args).await,
+    }
+}
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {

@@ -22,13 +22,22 @@ use txlog_proto::log_service_client::LogServiceClient;
 use txlog_proto::AppendRequest;
 use txlog_proto::AppendResult;
 use txlog_proto::CommittedRecord;
+use txlog_proto::CompactRequest;
+use txlog_proto::CompactResponse;
+use txlog_proto::JoinProgress;
+use txlog_proto::JoinRequest;
 use txlog_proto::LookupRequest;
+use txlog_proto::MembershipResponse;
 use txlog_proto::NodeStatus;
 use txlog_proto::ReadRequest;
 use txlog_proto::ReadResponse;
 use txlog_proto::Record;
+use txlog_proto::RemoveRequest;
+use txlog_proto::SnapshotRequest;
+use txlog_proto::SnapshotResponse;
 use txlog_proto::StatusRequest;
 use txlog_proto::SubscribeRequest;
+use txlog_proto::TransferLeaderRequest;
 
 /// Client errors.
 #[derive(Debug, thiserror::Error)]
@@ -332,6 +341,81 @@ impl Client {
             .map_err(ClientError::Status)
     }
 
+    fn admin_client(&self, address: &str) -> Result<AdminServiceClient<Channel>, ClientError> {
+        Ok(AdminServiceClient::new(self.channel(&normalize_address(address)?)?))
+    }
+
+    /// Run an admin call on any node that answers (members forward
+    /// membership calls to the leader), retrying transient failures.
+    async fn with_any_node<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(AdminServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let mut backoff = self.options.backoff_initial;
+        let mut last = Status::unavailable("no attempt made");
+        for attempt in 0..self.options.attempts_max {
+            let address = self.endpoints[attempt as usize % self.endpoints.len()].clone();
+            match call(self.admin_client(&address)?).await {
+                Ok(value) => return Ok(value),
+                Err(status) if status.code() != Code::Unavailable => return Err(ClientError::Status(status)),
+                Err(status) => last = status,
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(self.options.backoff_max);
+        }
+        Err(ClientError::Exhausted {
+            attempts: self.options.attempts_max,
+            last,
+        })
+    }
+
+    /// Start a join; progress messages follow, the last one has `done`.
+    pub async fn join(&self, request: JoinRequest) -> Result<tonic::Streaming<JoinProgress>, ClientError> {
+        self.with_any_node(|mut client| {
+            let request = request.clone();
+            async move { client.join(request).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn remove_node(&self, node_id: u64) -> Result<MembershipResponse, ClientError> {
+        self.with_any_node(|mut client| async move {
+            client.remove(RemoveRequest { node_id }).await.map(|r| r.into_inner())
+        })
+        .await
+    }
+
+    pub async fn transfer_leader(&self, node_id: u64) -> Result<MembershipResponse, ClientError> {
+        self.with_any_node(|mut client| async move {
+            client
+                .transfer_leader(TransferLeaderRequest { node_id })
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+    }
+
+    /// Build a snapshot on the node at `address` now.
+    pub async fn snapshot_node(&self, address: &str) -> Result<SnapshotResponse, ClientError> {
+        let mut client = self.admin_client(address)?;
+        client
+            .snapshot(SnapshotRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(ClientError::Status)
+    }
+
+    /// Purge the WAL of the node at `address` behind its latest snapshot.
+    pub async fn compact_node(&self, address: &str) -> Result<CompactResponse, ClientError> {
+        let mut client = self.admin_client(address)?;
+        client
+            .compact(CompactRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(ClientError::Status)
+    }
+
     /// Status of every node: asks each known address (plus every member the
     /// cluster reports) and marks the ones that do not answer as down.
     pub async fn cluster_status(&self) -> Result<ClusterStatus, ClientError> {
@@ -371,6 +455,7 @@ impl Client {
                 .and_then(|(_, a)| a.as_ref().ok());
             let role = match answer {
                 None => "down".to_string(),
+                Some(_) if !member.role.is_empty() => member.role.clone(),
                 Some(s) if s.role == "leader" => "leader".to_string(),
                 Some(_) if member.kind == "learner" => "learner".to_string(),
                 Some(s) if s.role == "candidate" || s.role == "shutdown" => s.role.clone(),
@@ -381,7 +466,13 @@ impl Client {
                 region: member.region.clone(),
                 address: member.address.clone(),
                 role,
+                kind: member.kind.clone(),
                 match_index: member.match_index,
+                lag: member.lag,
+                heartbeat_age_ms: (member.heartbeat_age_ms >= 0).then_some(member.heartbeat_age_ms as u64),
+                pid: answer.map(|s| s.pid).unwrap_or(0),
+                snapshot_index: answer.map(|s| s.snapshot_index).unwrap_or(0),
+                purged_index: answer.map(|s| s.purged_index).unwrap_or(0),
                 applied_index: answer.map(|s| s.applied_index).unwrap_or(0),
                 last_seq: answer.map(|s| s.last_seq).unwrap_or(0),
                 term: answer.map(|s| s.term).unwrap_or(0),
@@ -396,6 +487,13 @@ impl Client {
             term: view.term,
             commit_index: view.commit_index,
             last_seq: view.last_seq,
+            resync_sent: view.resync_sent.map(|r| ResyncSent {
+                delta_transfers: r.delta_transfers,
+                delta_bytes: r.delta_bytes,
+                full_transfers: r.full_transfers,
+                full_bytes: r.full_bytes,
+                delta_refused: r.delta_refused,
+            }),
             nodes,
         })
     }
@@ -427,7 +525,18 @@ pub struct ClusterStatus {
     pub term: u64,
     pub commit_index: u64,
     pub last_seq: u64,
+    /// Snapshot transfers sent by the node whose view this is (the leader).
+    pub resync_sent: Option<ResyncSent>,
     pub nodes: Vec<NodeView>,
+}
+
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct ResyncSent {
+    pub delta_transfers: u64,
+    pub delta_bytes: u64,
+    pub full_transfers: u64,
+    pub full_bytes: u64,
+    pub delta_refused: u64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -437,7 +546,16 @@ pub struct NodeView {
     pub address: String,
     /// leader | follower | learner | candidate | down
     pub role: String,
+    /// voter | learner
+    pub kind: String,
     pub match_index: u64,
+    /// Entries behind the leader's last log index (leader's view).
+    pub lag: u64,
+    /// Milliseconds since the node last acknowledged the leader (None: never / unknown).
+    pub heartbeat_age_ms: Option<u64>,
+    pub pid: u32,
+    pub snapshot_index: u64,
+    pub purged_index: u64,
     pub applied_index: u64,
     pub last_seq: u64,
     pub term: u64,

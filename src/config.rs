@@ -7,6 +7,8 @@
 //! listen = "127.0.0.1:7401"
 //! data_dir = "/var/lib/txlog"
 //! peers = ["1=paris@127.0.0.1:7401", "2=frankfurt@127.0.0.1:7402", "3=lyon@127.0.0.1:7403"]
+//! # join = "127.0.0.1:7401"  # instead of peers: join a running cluster through any member
+//! # prefer_region = "paris"  # move leadership back to this region when it is healthy
 //! metrics_listen = "127.0.0.1:9401"
 //! timing = "lan"            # or "wan"; the *_ms fields below override it
 //! # heartbeat_interval_ms = 10
@@ -64,7 +66,7 @@ impl std::str::FromStr for Peer {
     }
 }
 
-fn validate_address(address: &str) -> std::result::Result<(), String> {
+pub fn validate_address(address: &str) -> std::result::Result<(), String> {
     let (host, port) = address
         .rsplit_once(':')
         .ok_or_else(|| format!("address {address:?} must be HOST:PORT"))?;
@@ -86,6 +88,8 @@ pub struct FileConfig {
     pub advertise: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub peers: Option<Vec<String>>,
+    pub join: Option<String>,
+    pub prefer_region: Option<String>,
     pub metrics_listen: Option<String>,
     pub timing: Option<String>,
     pub heartbeat_interval_ms: Option<u64>,
@@ -117,6 +121,10 @@ pub struct NodeConfig {
     pub advertise: String,
     pub data_dir: PathBuf,
     pub peers: BTreeMap<u64, NodeInfo>,
+    /// A member to ask for admission (`txlog node --join`).
+    pub join: Option<String>,
+    /// Leadership is handed back to a healthy voter of this region.
+    pub prefer_region: Option<String>,
     pub metrics_listen: Option<SocketAddr>,
     pub timing: Timing,
     pub payload_bytes_max: usize,
@@ -166,6 +174,16 @@ impl NodeConfig {
                 )));
             }
         }
+        let join = pick!(join).filter(|j| !j.trim().is_empty());
+        if let Some(join) = &join {
+            validate_address(join).map_err(|e| Error::Config(format!("--join: {e}")))?;
+            if !peers.is_empty() {
+                return Err(Error::Config(
+                    "give either peers (to found a cluster) or join (to enter a running one), not both".into(),
+                ));
+            }
+        }
+        let prefer_region = pick!(prefer_region).filter(|r| !r.trim().is_empty());
         let metrics_listen = match pick!(metrics_listen) {
             Some(text) if text.is_empty() || text == "off" => None,
             Some(text) => Some(
@@ -209,6 +227,8 @@ impl NodeConfig {
             advertise,
             data_dir,
             peers,
+            join,
+            prefer_region,
             metrics_listen,
             timing,
             payload_bytes_max,

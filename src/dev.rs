@@ -3,18 +3,15 @@
 //! `kill -9` of one shows failover and catch-up); Ctrl-C or SIGTERM stops all
 //! three with SIGTERM, escalating to SIGKILL after a grace period.
 
-use std::fs::OpenOptions;
 use std::path::PathBuf;
-use std::process::Child;
-use std::process::Command;
-use std::process::Stdio;
 use std::time::Duration;
 use std::time::Instant;
 
-use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Client;
+use crate::local_cluster::LocalCluster;
+use crate::local_cluster::NodeSpec;
 
 /// The dev cluster's regions, by node id 1, 2, 3.
 pub const REGIONS: [&str; 3] = ["paris", "frankfurt", "lyon"];
@@ -30,81 +27,24 @@ pub struct DevOptions {
     pub shutdown: CancellationToken,
 }
 
-struct DevNode {
-    id: u64,
-    region: &'static str,
-    address: String,
-    metrics: Option<String>,
-    data_dir: PathBuf,
-    child: Option<Child>,
-    restarts: u32,
-}
-
-impl DevNode {
-    fn spawn(&mut self, peers: &str) -> anyhow::Result<()> {
-        std::fs::create_dir_all(&self.data_dir).with_context(|| format!("create {}", self.data_dir.display()))?;
-        let log_path = self.data_dir.join("node.log");
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("open {}", log_path.display()))?;
-        let exe = std::env::current_exe().context("locate the txlog binary")?;
-        let mut command = Command::new(exe);
-        command
-            .arg("node")
-            .args(["--id", &self.id.to_string()])
-            .args(["--region", self.region])
-            .args(["--listen", &self.address])
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(["--peers", peers])
-            .args(["--metrics-listen", self.metrics.as_deref().unwrap_or("off")])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let child = command.spawn().context("start txlog node")?;
-        tracing::info!(
-            id = self.id,
-            region = self.region,
-            pid = child.id(),
-            "node process started"
-        );
-        self.child = Some(child);
-        Ok(())
-    }
-}
-
-fn signal(child: &Child, sig: i32) {
-    // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
-    unsafe {
-        libc::kill(child.id() as i32, sig);
-    }
-}
-
 pub async fn run(options: DevOptions) -> anyhow::Result<()> {
-    let mut nodes: Vec<DevNode> = (0..3)
-        .map(|i| DevNode {
+    let specs = (0..3)
+        .map(|i| NodeSpec {
             id: i as u64 + 1,
-            region: REGIONS[i],
+            region: REGIONS[i].to_string(),
             address: format!("127.0.0.1:{}", options.base_port + i as u16),
             metrics: (options.metrics_base_port != 0)
                 .then(|| format!("127.0.0.1:{}", options.metrics_base_port + i as u16)),
             data_dir: options.data_dir.join(REGIONS[i]),
-            child: None,
-            restarts: 0,
+            // Leadership returns to paris when it is healthy again.
+            extra_args: vec!["--prefer-region".into(), REGIONS[0].into()],
         })
         .collect();
-    let peers = nodes
-        .iter()
-        .map(|n| format!("{}={}@{}", n.id, n.region, n.address))
-        .collect::<Vec<_>>()
-        .join(",");
-    for node in &mut nodes {
-        node.spawn(&peers)?;
+    let mut nodes = LocalCluster::new(specs)?;
+    for i in 0..nodes.nodes.len() {
+        nodes.start(i)?;
     }
-    let cluster = nodes.iter().map(|n| n.address.clone()).collect::<Vec<_>>().join(",");
-    let client = Client::connect(&cluster)?;
+    let client = Client::connect(&nodes.addresses())?;
     let started = Instant::now();
     let status = tokio::select! {
         _ = options.shutdown.cancelled() => None,
@@ -117,14 +57,15 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
                 started.elapsed().as_millis(),
                 options.data_dir.display()
             );
-            for node in &nodes {
+            for (i, node) in nodes.nodes.iter().enumerate() {
+                let node = &node.spec;
                 let role = status
                     .nodes
                     .iter()
                     .find(|n| n.id == node.id)
                     .map(|n| n.role.as_str())
                     .unwrap_or("?");
-                let pid = node.child.as_ref().map(|c| c.id()).unwrap_or(0);
+                let pid = nodes.pid(i).unwrap_or(0);
                 let metrics = node
                     .metrics
                     .as_ref()
@@ -149,7 +90,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
                 "txlog dev: no leader after {LEADER_WAIT:?}: {err}; see {}/*/node.log",
                 options.data_dir.display()
             );
-            stop_all(&mut nodes).await;
+            nodes.stop_all(STOP_GRACE).await;
             anyhow::bail!("cluster did not come up");
         }
         None => {}
@@ -161,41 +102,23 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
             _ = options.shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        for node in &mut nodes {
-            let exited = match node.child.as_mut().map(|c| c.try_wait()) {
-                Some(Ok(Some(status))) => Some(status),
-                _ => None,
-            };
-            if let Some(status) = exited {
-                node.child = None;
-                if node.restarts >= RESTARTS_MAX {
-                    eprintln!(
-                        "txlog dev: node {} ({}) exited ({status}) too often; leaving it down",
-                        node.id, node.region
-                    );
-                    continue;
-                }
-                node.restarts += 1;
-                eprintln!(
-                    "txlog dev: node {} ({}) exited ({status}); restarting in 1s",
-                    node.id, node.region
-                );
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                node.spawn(&peers)?;
-                if let Some(child) = &node.child {
-                    eprintln!(
-                        "txlog dev: node {} ({}) restarted, pid {}",
-                        node.id,
-                        node.region,
-                        child.id()
-                    );
-                }
+        for i in 0..nodes.nodes.len() {
+            let Some(status) = nodes.exited(i) else { continue };
+            let (id, region) = (nodes.nodes[i].spec.id, nodes.nodes[i].spec.region.clone());
+            if nodes.nodes[i].restarts >= RESTARTS_MAX {
+                eprintln!("txlog dev: node {id} ({region}) exited ({status}) too often; leaving it down");
+                continue;
             }
+            nodes.nodes[i].restarts += 1;
+            eprintln!("txlog dev: node {id} ({region}) exited ({status}); restarting in 1s");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let pid = nodes.start(i)?;
+            eprintln!("txlog dev: node {id} ({region}) restarted, pid {pid}");
         }
     }
     // The terminal may be gone by now (closed pipe): never panic on output.
     say(format_args!("stopping the dev cluster..."));
-    stop_all(&mut nodes).await;
+    nodes.stop_all(STOP_GRACE).await;
     say(format_args!("stopped; data kept in {}", options.data_dir.display()));
     Ok(())
 }
@@ -203,29 +126,4 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
 fn say(message: std::fmt::Arguments<'_>) {
     use std::io::Write;
     let _ = writeln!(std::io::stdout(), "{message}");
-}
-
-async fn stop_all(nodes: &mut [DevNode]) {
-    for node in nodes.iter() {
-        if let Some(child) = &node.child {
-            signal(child, libc::SIGTERM);
-        }
-    }
-    let deadline = Instant::now() + STOP_GRACE;
-    for node in nodes.iter_mut() {
-        let Some(child) = node.child.as_mut() else { continue };
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
-                _ => {
-                    eprintln!("txlog dev: node {} did not stop in {STOP_GRACE:?}; killing it", node.id);
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-            }
-        }
-        node.child = None;
-    }
 }

@@ -21,6 +21,15 @@ pub enum Error {
     #[error("not found: {0}")]
     NotFound(String),
 
+    /// The thing to create exists already (e.g. a node id at another address).
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+
+    /// The cluster is not in a state where this can be done (last voter,
+    /// another membership change in progress).
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+
     /// Durable data failed a check.
     #[error("corruption: {0}")]
     Corruption(String),
@@ -60,6 +69,8 @@ impl Error {
             }
             Error::Unavailable(m) => Status::unavailable(m.clone()),
             Error::NotFound(m) => Status::not_found(m.clone()),
+            Error::AlreadyExists(m) => Status::already_exists(m.clone()),
+            Error::FailedPrecondition(m) => Status::failed_precondition(m.clone()),
             Error::Corruption(m) => Status::data_loss(m.clone()),
             Error::Storage(e) => match e {
                 txlog_storage::Error::InvalidInput(m) => Status::invalid_argument(m.clone()),

@@ -21,11 +21,14 @@
 pub mod admin_service;
 pub mod batcher;
 pub mod bench;
+pub mod bench_cluster;
 pub mod client;
 pub mod config;
 pub mod dev;
 mod error;
+pub mod local_cluster;
 pub mod log_service;
+pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod validate;

@@ -113,8 +113,77 @@ enum Command {
         #[command(flatten)]
         cluster: ClusterArgs,
     },
-    /// Load generator: appends against a running cluster and reports throughput and latency.
-    Bench(txlog::bench::BenchArgs),
+    /// Membership and maintenance: join, remove, transfer-leader, status, snapshot, compact.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Benchmarks: append load (default), failover time, resync bandwidth.
+    Bench(txlog::bench::BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Add a node: it becomes a learner, catches up, then a voter (unless --learner).
+    /// The node must be running (e.g. `txlog node --id 4 --region lyon ...`); prefer
+    /// `txlog node --join`, which does this by itself.
+    Join {
+        /// The new node's id.
+        #[arg(long)]
+        id: u64,
+        /// HOST:PORT the cluster reaches it at.
+        #[arg(long)]
+        address: String,
+        /// Its region, e.g. lyon.
+        #[arg(long)]
+        region: String,
+        /// Keep it a learner (replicated to, no vote).
+        #[arg(long)]
+        learner: bool,
+        /// Give up waiting for it to catch up after this long (it stays a learner).
+        #[arg(long, default_value = "120s", value_parser = txlog::bench::parse_duration)]
+        timeout: std::time::Duration,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Take a node out of the cluster (voter or learner). Removing the leader first hands
+    /// leadership to another voter.
+    Remove {
+        #[arg(long)]
+        id: u64,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Make another voter the leader.
+    TransferLeader {
+        /// Id of the voter to lead.
+        #[arg(long)]
+        to: u64,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Every node with role, match index, lag, heartbeat age, snapshot and WAL purge point,
+    /// and the snapshot bytes the leader sent (delta vs full).
+    Status {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Build a snapshot now on one node (--node) or on every member.
+    Snapshot {
+        /// HOST:PORT of one node (default: every member).
+        #[arg(long)]
+        node: Option<String>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Purge the WAL behind the latest durable snapshot on one node (--node) or every member.
+    Compact {
+        /// HOST:PORT of one node (default: every member).
+        #[arg(long)]
+        node: Option<String>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
 }
 
 /// Flags of `txlog node`; each also reads `TXLOG_<NAME>` and overrides the config file.
@@ -141,6 +210,15 @@ struct NodeArgs {
     /// Initial members, comma-separated ID=REGION@HOST:PORT. The lowest id initialises a fresh cluster.
     #[arg(long, env = "TXLOG_PEERS")]
     peers: Option<String>,
+    /// Join a running cluster through this member (HOST:PORT) instead of --peers: the node
+    /// starts empty, is added as a learner, catches up and becomes a voter. Harmless on
+    /// restart: a node that is already a voter is left as it is.
+    #[arg(long, env = "TXLOG_JOIN")]
+    join: Option<String>,
+    /// Hand leadership back to a healthy voter in this region (e.g. paris) whenever
+    /// another region leads.
+    #[arg(long, env = "TXLOG_PREFER_REGION")]
+    prefer_region: Option<String>,
     /// Address for the Prometheus /metrics endpoint ("off" to disable).
     #[arg(long, env = "TXLOG_METRICS_LISTEN")]
     metrics_listen: Option<String>,
@@ -186,6 +264,8 @@ impl NodeArgs {
             advertise: self.advertise,
             data_dir: self.data_dir,
             peers: self.peers.map(|p| vec![p]),
+            join: self.join,
+            prefer_region: self.prefer_region,
             metrics_listen: self.metrics_listen,
             timing: self.timing,
             heartbeat_interval_ms: self.heartbeat_interval_ms,
@@ -373,37 +453,161 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Status { cluster } => {
             init_tracing("warn");
-            let status = client(&cluster)?
-                .cluster_status()
-                .await
-                .with_context(|| format!("no node of {} answered", cluster.cluster))?;
-            if cluster.json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                match status.leader_id {
-                    Some(id) => println!(
-                        "leader: node {id}   term: {}   commit index: {}   last seq: {}",
-                        status.term, status.commit_index, status.last_seq
-                    ),
-                    None => println!("leader: none (election in progress)   term: {}", status.term),
+            print_status(&cluster, false).await
+        }
+        Command::Admin { command } => {
+            init_tracing("warn");
+            admin(command).await
+        }
+        Command::Bench(command) => {
+            init_tracing("warn");
+            txlog::bench::run_command(command).await
+        }
+    }
+}
+
+async fn print_status(cluster: &ClusterArgs, detailed: bool) -> anyhow::Result<()> {
+    let status = client(cluster)?
+        .cluster_status()
+        .await
+        .with_context(|| format!("no node of {} answered", cluster.cluster))?;
+    if cluster.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    match status.leader_id {
+        Some(id) => println!(
+            "leader: node {id}   term: {}   commit index: {}   last seq: {}",
+            status.term, status.commit_index, status.last_seq
+        ),
+        None => println!("leader: none (election in progress)   term: {}", status.term),
+    }
+    println!(
+        "{:<4} {:<10} {:<22} {:<9} {:<8} {:>10} {:>7} {:>9} {:>10} {:>10}",
+        "ID", "REGION", "ADDRESS", "ROLE", "KIND", "MATCH", "LAG", "HEARTBEAT", "APPLIED", "LAST_SEQ"
+    );
+    for n in &status.nodes {
+        let heartbeat = match n.heartbeat_age_ms {
+            Some(_) if n.role == "leader" => "-".to_string(),
+            Some(ms) => format!("{ms}ms"),
+            None => "never".to_string(),
+        };
+        println!(
+            "{:<4} {:<10} {:<22} {:<9} {:<8} {:>10} {:>7} {:>9} {:>10} {:>10}",
+            n.id, n.region, n.address, n.role, n.kind, n.match_index, n.lag, heartbeat, n.applied_index, n.last_seq
+        );
+    }
+    if detailed {
+        println!();
+        println!(
+            "{:<4} {:>8} {:>14} {:>12}",
+            "ID", "PID", "SNAPSHOT_INDEX", "PURGED_INDEX"
+        );
+        for n in &status.nodes {
+            println!(
+                "{:<4} {:>8} {:>14} {:>12}",
+                n.id, n.pid, n.snapshot_index, n.purged_index
+            );
+        }
+        if let Some(r) = status.resync_sent {
+            println!();
+            println!(
+                "snapshots sent by the leader: delta {} ({} bytes), full {} ({} bytes), deltas refused {}",
+                r.delta_transfers, r.delta_bytes, r.full_transfers, r.full_bytes, r.delta_refused
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn admin(command: AdminCommand) -> anyhow::Result<()> {
+    match command {
+        AdminCommand::Join {
+            id,
+            address,
+            region,
+            learner,
+            timeout,
+            cluster,
+        } => {
+            let request = txlog_proto::JoinRequest {
+                node_id: id,
+                address,
+                region,
+                learner_only: learner,
+                timeout_ms: timeout.as_millis().min(u128::from(u32::MAX)) as u32,
+            };
+            let mut progress = client(&cluster)?.join(request).await?;
+            loop {
+                match progress.message().await {
+                    Ok(Some(p)) if p.done => {
+                        println!("{}", p.message);
+                        return Ok(());
+                    }
+                    Ok(Some(p)) => eprintln!("[{}] {} (lag {})", p.phase, p.message, p.lag),
+                    Ok(None) => anyhow::bail!("the join ended without an outcome (leader changed?); run it again"),
+                    Err(status) => return Err(ClientError::Status(status).into()),
                 }
-                println!(
-                    "{:<4} {:<10} {:<22} {:<9} {:>11} {:>11} {:>10}",
-                    "ID", "REGION", "ADDRESS", "ROLE", "MATCH_INDEX", "APPLIED", "LAST_SEQ"
-                );
-                for n in &status.nodes {
-                    println!(
-                        "{:<4} {:<10} {:<22} {:<9} {:>11} {:>11} {:>10}",
-                        n.id, n.region, n.address, n.role, n.match_index, n.applied_index, n.last_seq
-                    );
+            }
+        }
+        AdminCommand::Remove { id, cluster } => {
+            let response = client(&cluster)?.remove_node(id).await?;
+            println!("{}", response.message);
+            print_members(&response);
+            Ok(())
+        }
+        AdminCommand::TransferLeader { to, cluster } => {
+            let response = client(&cluster)?.transfer_leader(to).await?;
+            println!("{}", response.message);
+            Ok(())
+        }
+        AdminCommand::Status { cluster } => print_status(&cluster, true).await,
+        AdminCommand::Snapshot { node, cluster } => {
+            let client = client(&cluster)?;
+            for address in target_nodes(&client, node).await? {
+                match client.snapshot_node(&address).await {
+                    Ok(r) => println!(
+                        "{address}: snapshot at log index {} (last seq {})",
+                        r.snapshot_index, r.last_seq
+                    ),
+                    Err(err) => println!("{address}: failed: {err}"),
                 }
             }
             Ok(())
         }
-        Command::Bench(args) => {
-            init_tracing("warn");
-            txlog::bench::run(args).await
+        AdminCommand::Compact { node, cluster } => {
+            let client = client(&cluster)?;
+            for address in target_nodes(&client, node).await? {
+                match client.compact_node(&address).await {
+                    Ok(r) => println!(
+                        "{address}: WAL purged through index {} (latest snapshot {})",
+                        r.purged_index, r.snapshot_index
+                    ),
+                    Err(err) => println!("{address}: failed: {err}"),
+                }
+            }
+            Ok(())
         }
+    }
+}
+
+/// `--node` if given, otherwise every member that is not down.
+async fn target_nodes(client: &Client, node: Option<String>) -> anyhow::Result<Vec<String>> {
+    if let Some(node) = node {
+        return Ok(vec![txlog::client::normalize_address(&node)?]);
+    }
+    let status = client.cluster_status().await?;
+    Ok(status
+        .nodes
+        .iter()
+        .filter(|n| n.role != "down")
+        .map(|n| n.address.clone())
+        .collect())
+}
+
+fn print_members(response: &txlog_proto::MembershipResponse) {
+    for m in &response.members {
+        println!("  node {} {:<10} {:<22} {}", m.id, m.region, m.address, m.kind);
     }
 }
 

@@ -38,6 +38,12 @@ pub struct Metrics {
     pub commit_index: Gauge,
     pub applied_index: Gauge,
     pub last_seq: Gauge,
+    pub resync_delta_bytes: Counter,
+    pub resync_full_bytes: Counter,
+    pub resync_delta_transfers: Counter,
+    pub resync_full_transfers: Counter,
+    pub resync_delta_refused: Counter,
+    resync_seen: std::sync::Mutex<txlog_raft::ResyncCounts>,
 }
 
 impl Default for Metrics {
@@ -47,6 +53,19 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Bring the resync counters up to `now` (the network keeps the source counts).
+    pub fn observe_resync(&self, now: txlog_raft::ResyncCounts) {
+        let mut seen = self.resync_seen.lock().expect("metrics lock poisoned");
+        self.resync_delta_bytes.inc_by(now.delta_bytes - seen.delta_bytes);
+        self.resync_full_bytes.inc_by(now.full_bytes - seen.full_bytes);
+        self.resync_delta_transfers
+            .inc_by(now.delta_transfers - seen.delta_transfers);
+        self.resync_full_transfers
+            .inc_by(now.full_transfers - seen.full_transfers);
+        self.resync_delta_refused.inc_by(now.delta_refused - seen.delta_refused);
+        *seen = now;
+    }
+
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("txlog");
         let m = Metrics {
@@ -63,6 +82,12 @@ impl Metrics {
             commit_index: Gauge::default(),
             applied_index: Gauge::default(),
             last_seq: Gauge::default(),
+            resync_delta_bytes: Counter::default(),
+            resync_full_bytes: Counter::default(),
+            resync_delta_transfers: Counter::default(),
+            resync_full_transfers: Counter::default(),
+            resync_delta_refused: Counter::default(),
+            resync_seen: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -101,6 +126,31 @@ impl Metrics {
             "raft_leader_changes",
             "Times the known leader changed",
             m.leader_changes.clone(),
+        );
+        registry.register(
+            "resync_delta_bytes",
+            "Bytes sent to lagging followers as delta snapshots (records they were missing)",
+            m.resync_delta_bytes.clone(),
+        );
+        registry.register(
+            "resync_full_bytes",
+            "Bytes sent to lagging followers as full snapshots",
+            m.resync_full_bytes.clone(),
+        );
+        registry.register(
+            "resync_delta_transfers",
+            "Delta snapshots delivered",
+            m.resync_delta_transfers.clone(),
+        );
+        registry.register(
+            "resync_full_transfers",
+            "Full snapshots delivered",
+            m.resync_full_transfers.clone(),
+        );
+        registry.register(
+            "resync_delta_refused",
+            "Deltas refused by a follower whose records diverged (a full snapshot followed)",
+            m.resync_delta_refused.clone(),
         );
         registry.register("raft_is_leader", "1 when this node is the leader", m.is_leader.clone());
         registry.register(

@@ -58,7 +58,7 @@ impl Node {
         let log_store = LogStore::open(config.data_dir.join("wal"), wal_options)?;
         let state_machine = StateMachine::open(config.data_dir.join("state"))?;
         let reader = state_machine.reader();
-        let snapshot_dir = state_machine.snapshot_dir();
+        let resync_stats = txlog_raft::ResyncStats::new();
 
         let raft_config = config
             .timing
@@ -67,7 +67,7 @@ impl Node {
         let raft = Raft::new(
             config.id,
             Arc::new(raft_config),
-            Network::new(),
+            Network::new(reader.clone(), resync_stats.clone()),
             log_store,
             state_machine,
         )
@@ -101,8 +101,12 @@ impl Node {
             address: config.advertise.clone(),
             raft: raft.clone(),
             reader: reader.clone(),
+            timing: config.timing,
+            resync: resync_stats.clone(),
+            membership_lock: Arc::default(),
         };
-        let raft_server = RaftServer::new(raft.clone(), snapshot_dir);
+        let contact = txlog_raft::LeaderContact::default();
+        let raft_server = RaftServer::new(raft.clone(), reader.clone(), contact.clone());
 
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -138,8 +142,34 @@ impl Node {
             raft.clone(),
             reader.clone(),
             metrics.clone(),
+            resync_stats,
             shutdown.clone(),
         ));
+        tracker.spawn(crate::membership::failure_detector(
+            raft.clone(),
+            config.id,
+            contact,
+            config.timing,
+            shutdown.clone(),
+        ));
+        if let Some(region) = config.prefer_region.clone() {
+            tracker.spawn(crate::membership::prefer_region(
+                raft.clone(),
+                config.id,
+                region,
+                config.timing,
+                shutdown.clone(),
+            ));
+        }
+        if let Some(join) = config.join.clone() {
+            tracker.spawn(crate::membership::join_cluster(
+                join,
+                config.id,
+                config.advertise.clone(),
+                config.region.clone(),
+                shutdown.clone(),
+            ));
+        }
 
         let node = Node {
             raft,
@@ -219,6 +249,7 @@ async fn watch_raft(
     raft: Raft,
     reader: txlog_raft::StateMachineReader,
     metrics: Arc<Metrics>,
+    resync: Arc<txlog_raft::ResyncStats>,
     shutdown: CancellationToken,
 ) {
     let mut rx = raft.metrics();
@@ -236,6 +267,7 @@ async fn watch_raft(
                 .applied_index
                 .set(m.last_applied.map(|l| l.index as i64).unwrap_or(0));
             metrics.last_seq.set(reader.last_seq() as i64);
+            metrics.observe_resync(resync.counts());
             if m.current_leader != last_leader {
                 metrics.leader_changes.inc();
                 tracing::info!(leader = ?m.current_leader, term = m.current_term, "leader changed");

@@ -7,7 +7,8 @@
 //!   log index; snapshots are fsynced files.
 //! * [`Network`] / [`RaftServer`] — the peer transport over tonic, one cached
 //!   channel per peer, CRC32 on every message, a deadline on every RPC,
-//!   pipelined appends over a bidirectional stream.
+//!   unary appends; full snapshots and delta resync ([`resync`]) are chunked
+//!   streams.
 //! * [`timing`] — the LAN and WAN timing profiles.
 //!
 //! openraft's types stay behind this crate: the rest of txlog sees our
@@ -20,6 +21,7 @@ mod batch_frame;
 mod codec;
 mod network;
 mod raft_service;
+pub mod resync;
 mod state_machine;
 pub mod timing;
 mod type_config;
@@ -30,7 +32,10 @@ pub use batch_frame::DecodedBatch;
 pub use batch_frame::BATCH_BYTES_MAX;
 pub use network::Network;
 pub use network::SNAPSHOT_CHUNK_BYTES;
+pub use raft_service::LeaderContact;
 pub use raft_service::RaftServer;
+pub use resync::ResyncCounts;
+pub use resync::ResyncStats;
 pub use state_machine::wall_clock_ns;
 pub use state_machine::Snapshot;
 pub use state_machine::SnapshotFile;

@@ -25,12 +25,14 @@ use txlog_proto::SnapshotChunk;
 use txlog_storage::snapshot_file;
 
 use crate::codec;
+use crate::resync;
 use crate::state_machine::Snapshot;
 use crate::state_machine::SnapshotFile;
 use crate::type_config::Raft;
 use crate::type_config::SnapshotMeta;
 use crate::type_config::TypeConfig;
 use crate::type_config::Vote;
+use crate::StateMachineReader;
 
 /// Names concurrent incoming snapshots apart; leftovers are removed on open.
 static STAGING_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -41,12 +43,51 @@ pub const SNAPSHOT_BYTES_MAX: u64 = 64 * 1024 * 1024 * 1024;
 /// Serves openraft's peer RPCs for one node.
 pub struct RaftServer {
     raft: Raft,
+    reader: StateMachineReader,
     snapshot_dir: PathBuf,
+    contact: LeaderContact,
+}
+
+/// When this node last heard from a leader (any AppendEntries, heartbeats
+/// included), for the failure detector.
+#[derive(Clone, Default)]
+pub struct LeaderContact {
+    started: std::sync::Arc<std::sync::OnceLock<std::time::Instant>>,
+    last_ns: std::sync::Arc<AtomicU64>,
+}
+
+impl LeaderContact {
+    fn epoch(&self) -> std::time::Instant {
+        *self.started.get_or_init(std::time::Instant::now)
+    }
+
+    pub fn touch(&self) {
+        let ns = self.epoch().elapsed().as_nanos() as u64;
+        self.last_ns.store(ns.max(1), Ordering::Relaxed);
+    }
+
+    /// Time since the last contact; `None` before the first one.
+    pub fn silence(&self) -> Option<std::time::Duration> {
+        match self.last_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(
+                self.epoch()
+                    .elapsed()
+                    .saturating_sub(std::time::Duration::from_nanos(ns)),
+            ),
+        }
+    }
 }
 
 impl RaftServer {
-    pub fn new(raft: Raft, snapshot_dir: PathBuf) -> Self {
-        RaftServer { raft, snapshot_dir }
+    pub fn new(raft: Raft, reader: StateMachineReader, contact: LeaderContact) -> Self {
+        let snapshot_dir = reader.snapshot_dir().to_path_buf();
+        RaftServer {
+            raft,
+            reader,
+            snapshot_dir,
+            contact,
+        }
     }
 
     pub fn into_service(self) -> RaftServiceServer<Self> {
@@ -69,6 +110,9 @@ impl RaftService for RaftServer {
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let req: AppendEntriesRequest<TypeConfig> = codec::decode(request.get_ref()).map_err(bad_message)?;
         let resp = self.raft.append_entries(req).await.map_err(raft_failed)?;
+        if !matches!(resp, openraft::raft::AppendEntriesResponse::HigherVote(_)) {
+            self.contact.touch();
+        }
         Ok(Response::new(codec::encode(&resp)))
     }
 
@@ -103,7 +147,10 @@ impl RaftService for RaftServer {
         };
         let snapshot = Snapshot {
             meta,
-            snapshot: SnapshotFile { path: staging.clone() },
+            snapshot: SnapshotFile {
+                path: staging.clone(),
+                delta_base: None,
+            },
         };
         let resp = self.raft.install_full_snapshot(vote, snapshot).await;
         let _ = tokio::fs::remove_file(&staging).await;
@@ -114,6 +161,17 @@ impl RaftService for RaftServer {
     async fn transfer_leader(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let req: TransferLeaderRequest<TypeConfig> = codec::decode(request.get_ref()).map_err(bad_message)?;
         let resp = self.raft.handle_transfer_leader(req).await.map_err(raft_failed)?;
+        Ok(Response::new(codec::encode(&resp)))
+    }
+
+    async fn resync_probe(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let req: resync::ProbeRequest = codec::decode(request.get_ref()).map_err(bad_message)?;
+        let resp = resync::answer_probe(&self.reader, &req)?;
+        Ok(Response::new(codec::encode(&resp)))
+    }
+
+    async fn install_delta(&self, request: Request<Streaming<SnapshotChunk>>) -> Result<Response<RaftMessage>, Status> {
+        let resp = resync::receive_delta(&self.raft, &self.reader, request.into_inner()).await?;
         Ok(Response::new(codec::encode(&resp)))
     }
 }

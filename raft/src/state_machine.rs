@@ -45,6 +45,10 @@ const SNAPSHOT_READ_CHUNK: usize = 4096;
 #[derive(Debug, Clone)]
 pub struct SnapshotFile {
     pub path: PathBuf,
+    /// Set when the file was assembled by a delta resync from this node's
+    /// own first `delta_base` records plus the leader's records after them:
+    /// installing then only has to add the records after `delta_base`.
+    pub delta_base: Option<u64>,
 }
 
 pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFile>;
@@ -64,6 +68,8 @@ struct Shared {
     last_seq_tx: watch::Sender<u64>,
     /// Serialises snapshot builds with each other and with installs.
     snapshot_lock: tokio::sync::Mutex<()>,
+    /// Follower-side delta resync state.
+    pub(crate) resync: Mutex<crate::resync::FollowerResync>,
 }
 
 /// The state machine. Clones share state; openraft owns one, the services hold
@@ -95,9 +101,17 @@ impl StateMachineReader {
     pub fn last_applied(&self) -> Option<LogId> {
         self.shared.applied.lock().expect("sm lock poisoned").last_applied
     }
+
+    pub fn snapshot_dir(&self) -> &Path {
+        &self.shared.snapshot_dir
+    }
+
+    pub(crate) fn resync(&self) -> std::sync::MutexGuard<'_, crate::resync::FollowerResync> {
+        self.shared.resync.lock().expect("resync lock poisoned")
+    }
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     postcard::to_allocvec(value).expect("encoding an in-memory value cannot fail")
 }
 
@@ -105,7 +119,7 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> io::Resul
     postcard::from_bytes(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("decode {what}: {e}")))
 }
 
-fn snapshot_name(meta: &SnapshotMeta) -> String {
+pub(crate) fn snapshot_name(meta: &SnapshotMeta) -> String {
     match &meta.last_log_id {
         Some(id) => format!("{:020}-{:010}{SNAPSHOT_SUFFIX}", id.index, id.leader_id.term),
         None => format!("{:020}-{:010}{SNAPSHOT_SUFFIX}", 0, 0),
@@ -147,6 +161,7 @@ impl StateMachine {
             current_snapshot: Mutex::new(None),
             last_seq_tx,
             snapshot_lock: tokio::sync::Mutex::new(()),
+            resync: Mutex::new(Default::default()),
         });
         let sm = StateMachine { shared };
         sm.recover_snapshot()?;
@@ -197,6 +212,41 @@ impl StateMachine {
             self.rebuild_from(&meta, &path)?;
         }
         *self.shared.current_snapshot.lock().expect("sm lock poisoned") = Some((meta, path));
+        Ok(())
+    }
+
+    /// Add the records after `base` from the snapshot at `path` to a store
+    /// that already holds (and has verified) records `1..=base`. A crash
+    /// part-way leaves sled behind the snapshot file, so the next open
+    /// rebuilds from the file.
+    fn apply_delta(&self, meta: &SnapshotMeta, path: &Path, base: u64) -> io::Result<()> {
+        let store = &self.shared.store;
+        let mut batch = store.batch()?;
+        let mut pending = 0usize;
+        snapshot_file::for_each_record(path, |record| {
+            if record.seq <= base {
+                return Ok(());
+            }
+            batch.restore(&record);
+            pending += 1;
+            if pending >= SNAPSHOT_READ_CHUNK {
+                let next = store.batch()?;
+                std::mem::replace(&mut batch, next).commit()?;
+                pending = 0;
+            }
+            Ok(())
+        })?;
+        batch.set_meta(META_APPLIED, &encode(&meta.last_log_id));
+        batch.set_meta(META_MEMBERSHIP, &encode(&meta.last_membership));
+        let last_seq = batch.commit()?;
+        {
+            let mut applied = self.shared.applied.lock().expect("sm lock poisoned");
+            applied.last_applied = meta.last_log_id;
+            applied.membership = meta.last_membership.clone();
+            applied.last_seq = last_seq;
+        }
+        self.shared.last_seq_tx.send_replace(last_seq);
+        tracing::info!(base, last_seq, "delta applied on top of the local records");
         Ok(())
     }
 
@@ -344,7 +394,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let machine = StateMachine {
             shared: self.shared.clone(),
         };
-        machine.rebuild_from(meta, &target)?;
+        let local_seq = self.shared.store.last_seq()?;
+        match snapshot.delta_base {
+            Some(base) if base == local_seq => machine.apply_delta(meta, &target, base)?,
+            _ => {
+                machine.rebuild_from(meta, &target)?;
+                self.shared.resync.lock().expect("resync lock poisoned").force_full = false;
+            }
+        }
         remove_older_snapshots(&self.shared.snapshot_dir, &target);
         *self.shared.current_snapshot.lock().expect("sm lock poisoned") = Some((meta.clone(), target));
         tracing::info!(last_log_id = ?meta.last_log_id, records = info.record_count, "snapshot installed");
@@ -355,7 +412,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let current = self.shared.current_snapshot.lock().expect("sm lock poisoned").clone();
         Ok(current.map(|(meta, path)| Snapshot {
             meta,
-            snapshot: SnapshotFile { path },
+            snapshot: SnapshotFile { path, delta_base: None },
         }))
     }
 }
@@ -421,7 +478,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         tracing::info!(last_log_id = ?meta.last_log_id, last_seq = state.last_seq, "snapshot built");
         Ok(Snapshot {
             meta,
-            snapshot: SnapshotFile { path: built },
+            snapshot: SnapshotFile {
+                path: built,
+                delta_base: None,
+            },
         })
     }
 }

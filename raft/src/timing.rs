@@ -1,9 +1,17 @@
 //! Raft timing profiles. All durations carry their unit in the name.
 //!
-//! * **LAN** (default): heartbeat every 10 ms, election timeout 50–100 ms, so
-//!   a dead leader is noticed within ~50–100 ms on a healthy network.
+//! * **LAN** (default): heartbeat every 10 ms, election timeout 25–50 ms.
 //! * **WAN**: heartbeat 100 ms, election timeout 500–1000 ms, for links
 //!   with tens of milliseconds of latency and jitter.
+//!
+//! openraft gives every follower a leader lease of `election_timeout_ms_max`
+//! after each heartbeat: until it runs out the follower refuses to vote for
+//! anyone else, and its own election timer only fires after lease + a random
+//! election timeout (75–100 ms with LAN timings). txlog's failure detector
+//! (in the node) does not wait for that timer: a follower that has heard
+//! nothing for `failure_detect_ms` (lease + a small per-node jitter), starts
+//! a pre-vote round at once. With LAN timings a dead leader is noticed 50–60 ms
+//! after its last heartbeat.
 //!
 //! Pre-vote is on in both: a node that was partitioned away cannot bump the
 //! term and unseat a healthy leader when it comes back.
@@ -21,8 +29,8 @@ pub struct Timing {
 impl Timing {
     pub const LAN: Timing = Timing {
         heartbeat_interval_ms: 10,
-        election_timeout_ms_min: 50,
-        election_timeout_ms_max: 100,
+        election_timeout_ms_min: 25,
+        election_timeout_ms_max: 50,
     };
     pub const WAN: Timing = Timing {
         heartbeat_interval_ms: 100,
@@ -36,6 +44,14 @@ impl Timing {
             "wan" => Some(Self::WAN),
             _ => None,
         }
+    }
+
+    /// Silence after which a follower considers the leader dead and starts a
+    /// pre-vote: the leader lease (`election_timeout_ms_max`), plus a jitter
+    /// of up to one heartbeat so that two followers rarely campaign at once.
+    pub fn failure_detect(&self, jitter_seed: u64) -> std::time::Duration {
+        let jitter = jitter_seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) % self.heartbeat_interval_ms.max(1);
+        std::time::Duration::from_millis(self.election_timeout_ms_max + jitter)
     }
 
     /// Check the relations Raft needs between the timings.

@@ -30,6 +30,7 @@
 //! A failed `fsync` is fatal: the process aborts, because the page cache may
 //! already have dropped the data and retrying would report a lie.
 
+pub mod delta_file;
 mod durable_file;
 mod error;
 mod frame;
@@ -45,8 +46,10 @@ pub use log_store::FsyncObserver;
 pub use log_store::LogStore;
 pub use log_store::LogStoreReader;
 pub use log_store::WalOptions;
+pub use record_store::chain_next;
 pub use record_store::AppendOutcome;
 pub use record_store::ApplyBatch;
+pub use record_store::ChainHash;
 pub use record_store::ChannelName;
 pub use record_store::NewRecord;
 pub use record_store::RecordStore;

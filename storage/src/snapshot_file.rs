@@ -160,6 +160,25 @@ pub fn for_each_record(path: &Path, mut visit: impl FnMut(StoredRecord) -> Resul
     Ok(info.expect("read_all sets info on success"))
 }
 
+/// Records in a whole snapshot file, read from its trailer without
+/// verifying the file (records are `1..=count`, dense).
+pub fn record_count(path: &Path) -> Result<u64> {
+    use std::io::Seek;
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    if len < TRAILER_BYTES {
+        return Err(Error::corruption(path, "snapshot has no trailer"));
+    }
+    file.seek(std::io::SeekFrom::Start(len - TRAILER_BYTES))
+        .map_err(|e| Error::io(path, e))?;
+    let mut trailer = [0u8; TRAILER_BYTES as usize];
+    file.read_exact(&mut trailer).map_err(|e| Error::io(path, e))?;
+    if &trailer[0..8] != TRAILER_MAGIC {
+        return Err(Error::corruption(path, "bad snapshot trailer magic"));
+    }
+    Ok(u64::from_le_bytes(trailer[8..16].try_into().expect("8 bytes")))
+}
+
 fn read_all(
     path: &Path,
     mut visit: impl FnMut(StoredRecord) -> Result<()>,

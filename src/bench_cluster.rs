@@ -1,0 +1,508 @@
+//! Benchmarks that need to kill and restart nodes, so they start their own
+//! local three-node cluster (real `txlog node` processes on free loopback
+//! ports, data in a fresh temporary directory, removed afterwards unless
+//! `--keep-data`):
+//!
+//! * `txlog bench failover --rounds N`: `kill -9` the leader, measure from the
+//!   kill to the first append that commits under a new leader, restart the
+//!   killed node and let it catch up; repeat.
+//! * `txlog bench resync --records M`: build a history, stop a follower,
+//!   append M records, snapshot and compact the others so the follower must
+//!   resync past the purge point; restart it (delta path), then wipe its data
+//!   dir and restart it again (full path). Reports catch-up time and snapshot
+//!   bytes the cluster sent for each.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+
+use crate::bench::parse_duration;
+use crate::client::Client;
+use crate::client::ClientOptions;
+use crate::client::ResyncSent;
+use crate::local_cluster::free_port;
+use crate::local_cluster::LocalCluster;
+use crate::local_cluster::NodeSpec;
+use txlog_proto::Record;
+
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct FailoverArgs {
+    /// Leader kills to measure.
+    #[arg(long, default_value_t = 20)]
+    pub rounds: u32,
+    /// Timing profile of the nodes: lan or wan.
+    #[arg(long, default_value = "lan")]
+    pub timing: String,
+    /// Where the nodes keep their data (default: a new temporary directory).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Keep the data directory afterwards.
+    #[arg(long)]
+    pub keep_data: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ResyncArgs {
+    /// Records appended while the follower is down.
+    #[arg(long, default_value_t = 200_000)]
+    pub records: u64,
+    /// Records appended before the follower goes down (its common prefix).
+    #[arg(long, default_value_t = 600_000)]
+    pub history_records: u64,
+    /// Payload bytes per record.
+    #[arg(long, default_value_t = 256)]
+    pub record_bytes: usize,
+    /// Concurrent appenders loading the cluster.
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// Records per append request.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Give up waiting for the catch-up after this long.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub timeout: Duration,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub keep_data: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A temporary cluster and the directory it lives in.
+struct BenchCluster {
+    nodes: LocalCluster,
+    client: Client,
+    dir: PathBuf,
+    keep: bool,
+}
+
+impl BenchCluster {
+    fn start(name: &str, data_dir: Option<PathBuf>, keep: bool, extra_args: Vec<String>) -> anyhow::Result<Self> {
+        let dir = match data_dir {
+            Some(d) => d,
+            None => std::env::temp_dir().join(format!("txlog-bench-{name}-{}", std::process::id())),
+        };
+        if dir.exists() {
+            anyhow::ensure!(
+                std::fs::read_dir(&dir)?.next().is_none(),
+                "{} is not empty; the bench needs a fresh directory",
+                dir.display()
+            );
+        }
+        let mut specs = Vec::new();
+        for (i, region) in crate::dev::REGIONS.iter().enumerate() {
+            specs.push(NodeSpec {
+                id: i as u64 + 1,
+                region: region.to_string(),
+                address: format!("127.0.0.1:{}", free_port()?),
+                metrics: None,
+                data_dir: dir.join(region),
+                extra_args: extra_args.clone(),
+            });
+        }
+        let mut nodes = LocalCluster::new(specs)?;
+        for i in 0..3 {
+            nodes.start(i)?;
+        }
+        let client = Client::new(
+            &nodes.addresses(),
+            ClientOptions {
+                rpc_timeout: Duration::from_millis(2000),
+                attempts_max: 100_000,
+                backoff_initial: Duration::from_millis(1),
+                backoff_max: Duration::from_millis(5),
+                connect_timeout: Duration::from_millis(200),
+            },
+        )?;
+        eprintln!("cluster of 3 nodes starting in {}", dir.display());
+        Ok(BenchCluster {
+            nodes,
+            client,
+            dir,
+            keep,
+        })
+    }
+
+    async fn finish(mut self) {
+        self.nodes.stop_all(STOP_GRACE).await;
+        if self.keep {
+            eprintln!("data kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// Wait until a leader is known and every running node has applied the same last seq.
+    async fn wait_converged(&self, timeout: Duration) -> anyhow::Result<crate::client::ClusterStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(status) = self.client.cluster_status().await {
+                let up: Vec<_> = status.nodes.iter().filter(|n| n.role != "down").collect();
+                if status.leader_id.is_some() && up.len() == 3 && up.iter().all(|n| n.last_seq == status.last_seq) {
+                    return Ok(status);
+                }
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the cluster did not converge within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sum of every node's snapshot-sent counters.
+    async fn resync_sent(&self) -> ResyncSent {
+        let mut total = ResyncSent::default();
+        for node in &self.nodes.nodes {
+            if let Ok(s) = self.client.node_status(&node.spec.address).await {
+                if let Some(r) = s.resync_sent {
+                    total.delta_transfers += r.delta_transfers;
+                    total.delta_bytes += r.delta_bytes;
+                    total.full_transfers += r.full_transfers;
+                    total.full_bytes += r.full_bytes;
+                    total.delta_refused += r.delta_refused;
+                }
+            }
+        }
+        total
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[derive(Debug, serde::Serialize)]
+struct FailoverReport {
+    rounds: u32,
+    timing: String,
+    failover_ms: Vec<f64>,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    min_ms: f64,
+}
+
+pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.rounds >= 1 && args.rounds <= 1000, "--rounds must be 1..=1000");
+    let mut cluster = BenchCluster::start(
+        "failover",
+        args.data_dir.clone(),
+        args.keep_data,
+        vec!["--timing".into(), args.timing.clone()],
+    )?;
+    let result = failover_rounds(&mut cluster, &args).await;
+    cluster.finish().await;
+    let times = result?;
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
+    for t in &times {
+        histogram.record(t.as_micros().max(1) as u64)?;
+    }
+    let report = FailoverReport {
+        rounds: args.rounds,
+        timing: args.timing.clone(),
+        failover_ms: times.iter().map(|t| (ms(*t) * 10.0).round() / 10.0).collect(),
+        p50_ms: histogram.value_at_quantile(0.50) as f64 / 1000.0,
+        p99_ms: histogram.value_at_quantile(0.99) as f64 / 1000.0,
+        max_ms: histogram.max() as f64 / 1000.0,
+        min_ms: histogram.min() as f64 / 1000.0,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "failover ({} timing, {} rounds): kill -9 of the leader -> first append committed by a new leader",
+            report.timing, report.rounds
+        );
+        println!(
+            "  p50 {:.1} ms   p99 {:.1} ms   max {:.1} ms   min {:.1} ms",
+            report.p50_ms, report.p99_ms, report.max_ms, report.min_ms
+        );
+    }
+    Ok(())
+}
+
+async fn failover_rounds(cluster: &mut BenchCluster, args: &FailoverArgs) -> anyhow::Result<Vec<Duration>> {
+    let payload = vec![b'f'; 256];
+    let run_id = txlog_raft::wall_clock_ns();
+    let mut times = Vec::new();
+    let mut n = 0u64;
+    for round in 1..=args.rounds {
+        let status = cluster.wait_converged(Duration::from_secs(60)).await?;
+        let leader_id = status.leader_id.expect("converged means a leader");
+        let leader = cluster.nodes.index_of(leader_id).context("leader is not one of ours")?;
+        // The leader serves appends right now.
+        for _ in 0..10 {
+            n += 1;
+            cluster
+                .client
+                .append_one("failover", format!("fo-{run_id}-{n}").as_bytes(), &payload)
+                .await?;
+        }
+        let killed = Instant::now();
+        tracing::info!(round, leader_id, "killing the leader");
+        cluster.nodes.kill(leader);
+        n += 1;
+        cluster
+            .client
+            .append_one("failover", format!("fo-{run_id}-{n}").as_bytes(), &payload)
+            .await
+            .context("append after the kill")?;
+        let took = killed.elapsed();
+        times.push(took);
+        let new_leader = cluster.client.cluster_status().await.ok().and_then(|s| s.leader_id);
+        eprintln!(
+            "  round {round:>3}/{}: killed leader {leader_id}, new leader {}, first commit after {:.1} ms",
+            args.rounds,
+            new_leader.map(|l| l.to_string()).unwrap_or_else(|| "?".into()),
+            ms(took)
+        );
+        cluster.nodes.start(leader)?;
+    }
+    Ok(times)
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ResyncPath {
+    path: &'static str,
+    catch_up_ms: f64,
+    bytes_sent: u64,
+    delta_transfers: u64,
+    full_transfers: u64,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ResyncReport {
+    history_records: u64,
+    records: u64,
+    record_bytes: usize,
+    last_seq: u64,
+    delta: ResyncPath,
+    full: ResyncPath,
+    bandwidth_saved_percent: f64,
+}
+
+/// Append `count` records with `clients` concurrent appenders of `batch` records each.
+async fn load(
+    client: &Client,
+    count: u64,
+    record_bytes: usize,
+    clients: usize,
+    batch: usize,
+    tag: &str,
+) -> anyhow::Result<()> {
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let run_id = txlog_raft::wall_clock_ns();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (client, next, tag) = (client.clone(), next.clone(), tag.to_string());
+        let payload = bytes::Bytes::from(vec![b'r'; record_bytes]);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let first = next.fetch_add(batch as u64, std::sync::atomic::Ordering::Relaxed);
+                if first >= count {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                let records = (first..(first + batch as u64).min(count))
+                    .map(|i| Record {
+                        txid: format!("{tag}-{run_id}-{i}").into_bytes().into(),
+                        channel: "resync".into(),
+                        payload: payload.clone(),
+                        client_time_ns: 0,
+                    })
+                    .collect();
+                client.append(records).await?;
+            }
+        }));
+    }
+    let progress = {
+        let next = next.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let done = next.load(std::sync::atomic::Ordering::Relaxed).min(count);
+                eprintln!(
+                    "    {done}/{count} records ({:.0} records/s)",
+                    done as f64 / started.elapsed().as_secs_f64()
+                );
+            }
+        })
+    };
+    for task in tasks {
+        task.await??;
+    }
+    progress.abort();
+    Ok(())
+}
+
+/// Restart node `i` and wait until its last seq reaches `target`.
+async fn catch_up(cluster: &mut BenchCluster, i: usize, target: u64, timeout: Duration) -> anyhow::Result<Duration> {
+    let address = cluster.nodes.nodes[i].spec.address.clone();
+    let started = Instant::now();
+    cluster.nodes.start(i)?;
+    let mut last_report = Instant::now();
+    loop {
+        if let Ok(s) = cluster.client.node_status(&address).await {
+            if s.last_seq >= target {
+                return Ok(started.elapsed());
+            }
+            if last_report.elapsed() >= Duration::from_secs(2) {
+                eprintln!("    node {} at seq {} of {target}", s.id, s.last_seq);
+                last_report = Instant::now();
+            }
+        }
+        anyhow::ensure!(started.elapsed() < timeout, "node did not catch up within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub async fn resync(args: ResyncArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.records >= 1, "--records must be at least 1");
+    anyhow::ensure!(args.batch >= 1 && args.batch <= 10_000, "--batch must be 1..=10000");
+    anyhow::ensure!(args.clients >= 1 && args.clients <= 1024, "--clients must be 1..=1024");
+    anyhow::ensure!(args.record_bytes <= 64 * 1024, "--record-bytes must be at most 64 KiB");
+    let mut cluster = BenchCluster::start(
+        "resync",
+        args.data_dir.clone(),
+        args.keep_data,
+        // Snapshots and purges happen when the bench asks, not in between.
+        vec![
+            "--snapshot-logs-since-last".into(),
+            "100000000".into(),
+            "--log-entries-kept-after-snapshot".into(),
+            "0".into(),
+        ],
+    )?;
+    let result = resync_paths(&mut cluster, &args).await;
+    cluster.finish().await;
+    let report = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "resync of a follower that missed {} records of {} B (common prefix {} records, {} in all)",
+            report.records, report.record_bytes, report.history_records, report.last_seq
+        );
+        for p in [&report.delta, &report.full] {
+            println!(
+                "  {:<5} catch-up {:>8.0} ms   bytes sent {:>12}   ({} delta / {} full transfers)",
+                p.path, p.catch_up_ms, p.bytes_sent, p.delta_transfers, p.full_transfers
+            );
+        }
+        println!(
+            "  delta used {:.1} % less bandwidth than full",
+            report.bandwidth_saved_percent
+        );
+    }
+    Ok(())
+}
+
+async fn resync_paths(cluster: &mut BenchCluster, args: &ResyncArgs) -> anyhow::Result<ResyncReport> {
+    cluster.wait_converged(Duration::from_secs(60)).await?;
+    eprintln!("appending the {} record history", args.history_records);
+    load(
+        &cluster.client,
+        args.history_records,
+        args.record_bytes,
+        args.clients,
+        args.batch,
+        "history",
+    )
+    .await?;
+    let status = cluster.wait_converged(Duration::from_secs(120)).await?;
+    let leader_id = status.leader_id.expect("converged");
+    let follower = cluster
+        .nodes
+        .nodes
+        .iter()
+        .position(|n| n.spec.id != leader_id)
+        .expect("three nodes");
+    let follower_id = cluster.nodes.nodes[follower].spec.id;
+    eprintln!(
+        "stopping node {follower_id}; appending {} records without it",
+        args.records
+    );
+    cluster.nodes.stop(follower, STOP_GRACE).await;
+    load(
+        &cluster.client,
+        args.records,
+        args.record_bytes,
+        args.clients,
+        args.batch,
+        "missed",
+    )
+    .await?;
+    let target = cluster.client.cluster_status().await?.last_seq;
+    compact_live(cluster, follower).await?;
+
+    eprintln!("restarting node {follower_id} on its data dir (delta path expected)");
+    let before = cluster.resync_sent().await;
+    let delta_time = catch_up(cluster, follower, target, args.timeout).await?;
+    let after = cluster.resync_sent().await;
+    let delta = path_report("delta", delta_time, &before, &after);
+
+    eprintln!("stopping node {follower_id}, wiping its data dir, restarting it (full path)");
+    cluster.nodes.stop(follower, STOP_GRACE).await;
+    let dir = cluster.nodes.nodes[follower].spec.data_dir.clone();
+    for name in ["wal", "state"] {
+        let _ = std::fs::remove_dir_all(dir.join(name));
+    }
+    let before = cluster.resync_sent().await;
+    let full_time = catch_up(cluster, follower, target, args.timeout).await?;
+    let after = cluster.resync_sent().await;
+    let full = path_report("full", full_time, &before, &after);
+    anyhow::ensure!(
+        delta.delta_transfers >= 1 && full.full_transfers >= 1,
+        "expected one delta and one full transfer, saw {delta:?} and {full:?}"
+    );
+    let saved = 100.0 * (1.0 - delta.bytes_sent as f64 / full.bytes_sent.max(1) as f64);
+    Ok(ResyncReport {
+        history_records: args.history_records,
+        records: args.records,
+        record_bytes: args.record_bytes,
+        last_seq: target,
+        delta,
+        full,
+        bandwidth_saved_percent: (saved * 10.0).round() / 10.0,
+    })
+}
+
+/// Snapshot and purge the WAL on every running node except `skip`.
+async fn compact_live(cluster: &BenchCluster, skip: usize) -> anyhow::Result<()> {
+    for (i, node) in cluster.nodes.nodes.iter().enumerate() {
+        if i == skip {
+            continue;
+        }
+        let address = &node.spec.address;
+        let snap = cluster.client.snapshot_node(address).await?;
+        let compact = cluster.client.compact_node(address).await?;
+        eprintln!(
+            "  node {}: snapshot at index {}, WAL purged through {}",
+            node.spec.id, snap.snapshot_index, compact.purged_index
+        );
+    }
+    Ok(())
+}
+
+fn path_report(path: &'static str, took: Duration, before: &ResyncSent, after: &ResyncSent) -> ResyncPath {
+    ResyncPath {
+        path,
+        catch_up_ms: ms(took).round(),
+        bytes_sent: (after.delta_bytes + after.full_bytes) - (before.delta_bytes + before.full_bytes),
+        delta_transfers: after.delta_transfers - before.delta_transfers,
+        full_transfers: after.full_transfers - before.full_transfers,
+    }
+}
