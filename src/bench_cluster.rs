@@ -160,6 +160,20 @@ impl BenchCluster {
         }
     }
 
+    /// Counters once the sender has recorded a finished transfer after `before`
+    /// (the follower may report its records before the sender hears back).
+    async fn resync_sent_after(&self, before: &ResyncSent) -> ResyncSent {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = self.resync_sent().await;
+            let finished = now.delta_transfers + now.full_transfers > before.delta_transfers + before.full_transfers;
+            if finished || Instant::now() >= deadline {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Sum of every node's snapshot-sent counters.
     async fn resync_sent(&self) -> ResyncSent {
         let mut total = ResyncSent::default();
@@ -348,14 +362,40 @@ async fn load(
     Ok(())
 }
 
-/// Restart node `i` and wait until its last seq reaches `target`.
+/// Restart node `i` and wait until its last seq reaches `target`. A trickle
+/// of appends (one every 50 ms) runs meanwhile, as in production: openraft
+/// re-probes an idle follower's log only when there is something to send.
 async fn catch_up(cluster: &mut BenchCluster, i: usize, target: u64, timeout: Duration) -> anyhow::Result<Duration> {
     let address = cluster.nodes.nodes[i].spec.address.clone();
     let started = Instant::now();
     cluster.nodes.start(i)?;
+    let trickle = {
+        let client = cluster.client.clone();
+        let run_id = txlog_raft::wall_clock_ns();
+        tokio::spawn(async move {
+            for n in 0u64.. {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = client
+                    .append_one("trickle", format!("trickle-{run_id}-{n}").as_bytes(), b"t")
+                    .await;
+            }
+        })
+    };
+    let result = wait_for_seq(cluster, &address, target, started, timeout).await;
+    trickle.abort();
+    result
+}
+
+async fn wait_for_seq(
+    cluster: &BenchCluster,
+    address: &str,
+    target: u64,
+    started: Instant,
+    timeout: Duration,
+) -> anyhow::Result<Duration> {
     let mut last_report = Instant::now();
     loop {
-        if let Ok(s) = cluster.client.node_status(&address).await {
+        if let Ok(s) = cluster.client.node_status(address).await {
             if s.last_seq >= target {
                 return Ok(started.elapsed());
             }
@@ -451,7 +491,7 @@ async fn resync_paths(cluster: &mut BenchCluster, args: &ResyncArgs) -> anyhow::
     eprintln!("restarting node {follower_id} on its data dir (delta path expected)");
     let before = cluster.resync_sent().await;
     let delta_time = catch_up(cluster, follower, target, args.timeout).await?;
-    let after = cluster.resync_sent().await;
+    let after = cluster.resync_sent_after(&before).await;
     let delta = path_report("delta", delta_time, &before, &after);
 
     eprintln!("stopping node {follower_id}, wiping its data dir, restarting it (full path)");
@@ -462,7 +502,7 @@ async fn resync_paths(cluster: &mut BenchCluster, args: &ResyncArgs) -> anyhow::
     }
     let before = cluster.resync_sent().await;
     let full_time = catch_up(cluster, follower, target, args.timeout).await?;
-    let after = cluster.resync_sent().await;
+    let after = cluster.resync_sent_after(&before).await;
     let full = path_report("full", full_time, &before, &after);
     anyhow::ensure!(
         delta.delta_transfers >= 1 && full.full_transfers >= 1,

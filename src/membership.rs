@@ -118,8 +118,13 @@ pub async fn failure_detector(
         if last_attempt.is_some_and(|t| now.duration_since(t) < Duration::from_millis(timing.election_timeout_ms_min)) {
             continue;
         }
+        if last_attempt.is_none_or(|t| now.duration_since(t) > silence) {
+            // First attempt of this silence: worth a line in the log.
+            tracing::info!(?silence, leader = ?leader, "leader silent; starting a pre-vote");
+        } else {
+            tracing::debug!(?silence, "leader still silent; pre-vote again");
+        }
         last_attempt = Some(now);
-        tracing::info!(?silence, leader = ?leader, "leader silent; starting a pre-vote");
         if let Err(err) = raft.trigger().elect(true).await {
             tracing::warn!(%err, "could not start an election");
             return;

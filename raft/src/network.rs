@@ -250,7 +250,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let ttl = option.hard_ttl().max(SNAPSHOT_TTL_MIN);
         let work = async {
-            let plan = self.plan_resync(&snapshot).await;
+            let plan = self.plan_resync(&snapshot).await?;
             if let resync::Plan::Delta { .. } = &plan {
                 match self.send_delta(&vote, &snapshot, &plan).await {
                     Ok(response) => return Ok(response),
@@ -286,25 +286,28 @@ fn network_error(detail: String) -> StreamingError<TypeConfig> {
 
 impl PeerClient {
     /// Ask the follower where its records end; decide delta or full.
-    async fn plan_resync(&self, snapshot: &Snapshot) -> resync::Plan {
+    /// An unreachable follower is an error (openraft retries later); any
+    /// other probe failure falls back to the full snapshot.
+    async fn plan_resync(&self, snapshot: &Snapshot) -> Result<resync::Plan, StreamingError<TypeConfig>> {
         let name = snapshot_name(&snapshot.meta);
         let path = snapshot.snapshot.path.clone();
         let last_seq = match tokio::task::spawn_blocking(move || snapshot_file::record_count(&path)).await {
             Ok(Ok(n)) => n,
-            Ok(Err(err)) => return resync::Plan::Full(format!("reading the snapshot trailer: {err}")),
-            Err(err) => return resync::Plan::Full(err.to_string()),
+            Ok(Err(err)) => return Ok(resync::Plan::Full(format!("reading the snapshot trailer: {err}"))),
+            Err(err) => return Ok(resync::Plan::Full(err.to_string())),
         };
-        let Ok(mut client) = self.client() else {
-            return resync::Plan::Full("no client".into());
-        };
+        let mut client = self.client().map_err(streaming_error)?;
         let mut request = tonic::Request::new(codec::encode(&resync::ProbeRequest { snapshot: name.clone() }));
         request.set_timeout(PROBE_TIMEOUT);
         let probe: resync::ProbeResponse = match client.resync_probe(request).await {
             Ok(response) => match codec::decode(response.get_ref()) {
                 Ok(probe) => probe,
-                Err(err) => return resync::Plan::Full(format!("bad probe answer: {err}")),
+                Err(err) => return Ok(resync::Plan::Full(format!("bad probe answer: {err}"))),
             },
-            Err(status) => return resync::Plan::Full(format!("probe failed: {}", status.message())),
+            Err(status) if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) => {
+                return Err(streaming_error(status_to_rpc(status)))
+            }
+            Err(status) => return Ok(resync::Plan::Full(format!("probe failed: {}", status.message()))),
         };
         let plan = resync::plan(&self.reader, &probe, last_seq, &name);
         tracing::info!(
@@ -314,7 +317,7 @@ impl PeerClient {
             ?plan,
             "resync plan"
         );
-        plan
+        Ok(plan)
     }
 
     async fn send_delta(

@@ -109,10 +109,12 @@ fn raft_failed(err: impl std::fmt::Display) -> Status {
 impl RaftService for RaftServer {
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let req: AppendEntriesRequest<TypeConfig> = codec::decode(request.get_ref()).map_err(bad_message)?;
+        // Counted on receipt: a busy follower may answer after the leader's
+        // short heartbeat deadline (the call is then dropped), yet it has
+        // heard from a live leader. A deposed leader's message is answered
+        // with a higher vote and stops at once.
+        self.contact.touch();
         let resp = self.raft.append_entries(req).await.map_err(raft_failed)?;
-        if !matches!(resp, openraft::raft::AppendEntriesResponse::HigherVote(_)) {
-            self.contact.touch();
-        }
         Ok(Response::new(codec::encode(&resp)))
     }
 

@@ -220,54 +220,41 @@ impl StateMachine {
     /// part-way leaves sled behind the snapshot file, so the next open
     /// rebuilds from the file.
     fn apply_delta(&self, meta: &SnapshotMeta, path: &Path, base: u64) -> io::Result<()> {
-        let store = &self.shared.store;
-        let mut batch = store.batch()?;
-        let mut pending = 0usize;
-        snapshot_file::for_each_record(path, |record| {
-            if record.seq <= base {
-                return Ok(());
-            }
-            batch.restore(&record);
-            pending += 1;
-            if pending >= SNAPSHOT_READ_CHUNK {
-                let next = store.batch()?;
-                std::mem::replace(&mut batch, next).commit()?;
-                pending = 0;
-            }
-            Ok(())
-        })?;
-        batch.set_meta(META_APPLIED, &encode(&meta.last_log_id));
-        batch.set_meta(META_MEMBERSHIP, &encode(&meta.last_membership));
-        let last_seq = batch.commit()?;
-        {
-            let mut applied = self.shared.applied.lock().expect("sm lock poisoned");
-            applied.last_applied = meta.last_log_id;
-            applied.membership = meta.last_membership.clone();
-            applied.last_seq = last_seq;
-        }
-        self.shared.last_seq_tx.send_replace(last_seq);
-        tracing::info!(base, last_seq, "delta applied on top of the local records");
+        self.restore_after(meta, path, base)?;
+        tracing::info!(base, "delta applied on top of the local records");
         Ok(())
     }
 
     /// Replace the record store's contents with the snapshot at `path`.
     fn rebuild_from(&self, meta: &SnapshotMeta, path: &Path) -> io::Result<()> {
+        self.shared.store.clear()?;
+        self.restore_after(meta, path, 0)
+    }
+
+    /// Restore the snapshot's records after `after_seq`, in batches of
+    /// [`SNAPSHOT_READ_CHUNK`]. Applied id and membership go in the last
+    /// batch: until then a crash leaves the store looking as before, and the
+    /// next open rebuilds from the snapshot file.
+    fn restore_after(&self, meta: &SnapshotMeta, path: &Path, after_seq: u64) -> io::Result<()> {
         let store = &self.shared.store;
-        store.clear()?;
-        let mut batch = store.batch()?;
+        let mut batch = Some(store.batch()?);
         let mut pending = 0usize;
         snapshot_file::for_each_record(path, |record| {
-            batch.restore(&record);
+            if record.seq <= after_seq {
+                return Ok(());
+            }
+            batch.as_mut().expect("a batch is open").restore(&record);
             pending += 1;
             if pending >= SNAPSHOT_READ_CHUNK {
-                let next = store.batch()?;
-                std::mem::replace(&mut batch, next).commit()?;
+                // Commit before opening the next batch: a batch starts from
+                // the store's last seq and chain.
+                batch.take().expect("a batch is open").commit()?;
+                batch = Some(store.batch()?);
                 pending = 0;
             }
             Ok(())
         })?;
-        // Applied id and membership go in the last batch: until then a crash
-        // leaves the store looking empty, and the next open rebuilds again.
+        let mut batch = batch.expect("a batch is open");
         batch.set_meta(META_APPLIED, &encode(&meta.last_log_id));
         batch.set_meta(META_MEMBERSHIP, &encode(&meta.last_membership));
         let last_seq = batch.commit()?;

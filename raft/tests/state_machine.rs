@@ -151,3 +151,63 @@ async fn open_rebuilds_from_a_newer_snapshot() {
     assert_eq!(all(&reopened), all(&source));
     assert_eq!(reopened.applied_state().await.unwrap().0, snapshot.meta.last_log_id);
 }
+
+fn many_entries(count: u64, per_entry: usize) -> Vec<Entry> {
+    (1..=count)
+        .map(|i| {
+            let records = (0..per_entry)
+                .map(|j| record(&format!("tx-{i}-{j}"), if j % 2 == 0 { "orders" } else { "fills" }))
+                .collect();
+            batch_entry(i, records)
+        })
+        .collect()
+}
+
+/// Snapshots bigger than one restore batch (4096 records) install whole — full and delta —
+/// and leave the follower's hash chain equal to the leader's.
+#[tokio::test]
+async fn large_snapshot_full_and_delta_install() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let mut leader = StateMachine::open(leader_dir.path()).unwrap();
+    let entries = many_entries(20, 500); // 10,000 records
+    apply(&mut leader, entries.clone()).await;
+    let snapshot = leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let leader_store = leader.reader().store().clone();
+    let leader_all = leader_store.read(1, 20_000, usize::MAX, None).unwrap();
+    assert_eq!(leader_all.len(), 10_000);
+
+    // Full: an empty follower.
+    let full_dir = tempfile::tempdir().unwrap();
+    let mut full = StateMachine::open(full_dir.path()).unwrap();
+    full.install_snapshot(&snapshot.meta, snapshot.snapshot.clone())
+        .await
+        .unwrap();
+    let full_store = full.reader().store().clone();
+    assert_eq!(full_store.read(1, 20_000, usize::MAX, None).unwrap(), leader_all);
+    assert_eq!(
+        full_store.chain_at(10_000).unwrap(),
+        leader_store.chain_at(10_000).unwrap()
+    );
+
+    // Delta: a follower that applied the first 3 entries (1,500 records) gets the rest.
+    let delta_dir = tempfile::tempdir().unwrap();
+    let mut delta = StateMachine::open(delta_dir.path()).unwrap();
+    apply(&mut delta, entries[..3].to_vec()).await;
+    let base = delta.reader().last_seq();
+    assert_eq!(base, 1_500);
+    assert_eq!(
+        delta.reader().store().chain_at(base).unwrap(),
+        leader_store.chain_at(base).unwrap(),
+        "same records, same chain"
+    );
+    let mut file = snapshot.snapshot.clone();
+    file.delta_base = Some(base);
+    delta.install_snapshot(&snapshot.meta, file).await.unwrap();
+    let delta_store = delta.reader().store().clone();
+    assert_eq!(delta_store.read(1, 20_000, usize::MAX, None).unwrap(), leader_all);
+    assert_eq!(
+        delta_store.chain_at(10_000).unwrap(),
+        leader_store.chain_at(10_000).unwrap()
+    );
+    assert_eq!(delta.applied_state().await.unwrap().0, snapshot.meta.last_log_id);
+}
