@@ -63,6 +63,8 @@ use crate::StateMachineReader;
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deadline for an AppendEntries that carries entries (see `append_entries`).
+const APPEND_ENTRIES_TTL_MIN: Duration = Duration::from_secs(2);
 /// Snapshot transfers get at least this long, whatever openraft's deadline.
 const SNAPSHOT_TTL_MIN: Duration = Duration::from_secs(120);
 
@@ -201,6 +203,15 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        // openraft gives every AppendEntries the heartbeat interval (10 ms on
+        // LAN) as its deadline. That suits heartbeats, but a batch of entries
+        // on a busy follower (fsync, apply) can take longer, and timing it out
+        // only makes the leader resend it: the follower would never catch up.
+        let option = if rpc.entries.is_empty() {
+            option
+        } else {
+            RPCOption::new(option.hard_ttl().max(APPEND_ENTRIES_TTL_MIN))
+        };
         self.unary(RPCTypes::AppendEntries, &rpc, &option, |mut c, m| async move {
             c.append_entries(m).await
         })

@@ -24,6 +24,8 @@ pub struct TestNode {
     pub address: String,
     pub data_dir: PathBuf,
     pub child: Option<Child>,
+    /// Started with `--join <this>` instead of `--peers`.
+    pub join: Option<String>,
 }
 
 pub struct TestCluster {
@@ -49,6 +51,7 @@ impl TestCluster {
                 address: format!("127.0.0.1:{}", free_port()),
                 data_dir: dir.path().join(REGIONS[i]),
                 child: None,
+                join: None,
             })
             .collect();
         let peers = nodes
@@ -72,10 +75,36 @@ impl TestCluster {
         &self.nodes[id as usize - 1]
     }
 
+    /// Add node `id` (a new, empty node) that joins through `via` with `--join`.
+    pub fn start_joining(&mut self, id: u64, region: &str, via: u64) {
+        assert_eq!(id as usize, self.nodes.len() + 1, "joining nodes get the next id");
+        let via = self.node(via).address.clone();
+        self.nodes.push(TestNode {
+            id,
+            address: format!("127.0.0.1:{}", free_port()),
+            data_dir: self.dir.path().join(format!("{region}-{id}")),
+            child: None,
+            join: Some(via),
+        });
+        self.spawn(id, Some(region));
+    }
+
     pub fn start_node(&mut self, id: u64) {
+        self.spawn(id, None);
+    }
+
+    fn spawn(&mut self, id: u64, region: Option<&str>) {
         let peers = self.peers.clone();
         let extra = self.extra_args.clone();
         let node = &mut self.nodes[id as usize - 1];
+        let region = region
+            .map(str::to_string)
+            .or_else(|| REGIONS.get(id as usize - 1).map(|r| r.to_string()))
+            .expect("region");
+        let membership = match &node.join {
+            Some(via) => ["--join".to_string(), via.clone()],
+            None => ["--peers".to_string(), peers],
+        };
         assert!(node.child.is_none(), "node {id} already running");
         std::fs::create_dir_all(&node.data_dir).unwrap();
         let log = OpenOptions::new()
@@ -86,11 +115,11 @@ impl TestCluster {
         let child = Command::new(env!("CARGO_BIN_EXE_txlog"))
             .arg("node")
             .args(["--id", &id.to_string()])
-            .args(["--region", REGIONS[id as usize - 1]])
+            .args(["--region", &region])
             .args(["--listen", &node.address])
             .arg("--data-dir")
             .arg(&node.data_dir)
-            .args(["--peers", &peers])
+            .args(&membership)
             .args(["--metrics-listen", "off"])
             .args(&extra)
             .env("TXLOG_LOG", "info")
@@ -108,6 +137,76 @@ impl TestCluster {
         if let Some(mut child) = node.child.take() {
             child.kill().expect("SIGKILL");
             child.wait().expect("reap");
+        }
+    }
+
+    /// Wipe node `id`'s WAL and state (it must be stopped).
+    pub fn wipe(&mut self, id: u64) {
+        let node = &self.nodes[id as usize - 1];
+        assert!(node.child.is_none(), "stop node {id} before wiping it");
+        for name in ["wal", "state"] {
+            let _ = std::fs::remove_dir_all(node.data_dir.join(name));
+        }
+    }
+
+    /// Append `count` records (100 per request) with txids `{prefix}-{i}`.
+    pub async fn append_many(&self, prefix: &str, count: usize) -> Vec<u64> {
+        let client = self.client();
+        let mut seqs = Vec::new();
+        for start in (0..count).step_by(100) {
+            let records = (start..(start + 100).min(count))
+                .map(|i| txlog_proto::Record {
+                    txid: format!("{prefix}-{i}").into_bytes().into(),
+                    channel: "load".into(),
+                    payload: vec![b'p'; 200].into(),
+                    client_time_ns: 0,
+                })
+                .collect();
+            let results = client.append(records).await.unwrap_or_else(|e| panic!("append: {e}\n{}", self.logs()));
+            seqs.extend(results.iter().map(|r| r.seq));
+        }
+        seqs
+    }
+
+    /// Wait for node `id` to reach the leader's last seq, with a trickle of
+    /// appends meanwhile (an idle leader has no reason to re-probe a follower).
+    pub async fn catch_up_with_trickle(&self, id: u64, timeout: Duration) {
+        let client = self.client();
+        let target = client.cluster_status().await.expect("status").last_seq;
+        let trickle = {
+            let client = client.clone();
+            tokio::spawn(async move {
+                for n in 0u64.. {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let _ = client.append_one("trickle", format!("trickle-{n}").as_bytes(), b"t").await;
+                }
+            })
+        };
+        self.wait_for_seq(id, target, timeout).await;
+        trickle.abort();
+    }
+
+    /// Voter ids in the leader's membership.
+    pub async fn voters(&self) -> Vec<u64> {
+        let status = self.client().cluster_status().await.expect("status");
+        status.nodes.iter().filter(|n| n.kind == "voter").map(|n| n.id).collect()
+    }
+
+    /// Wait until the voter set is `expected`.
+    pub async fn wait_for_voters(&self, expected: &[u64], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(status) = self.client().cluster_status().await {
+                let mut voters: Vec<u64> = status.nodes.iter().filter(|n| n.kind == "voter").map(|n| n.id).collect();
+                voters.sort();
+                if status.leader_id.is_some() && voters == expected {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("voters never became {expected:?}\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
