@@ -109,10 +109,7 @@ fn members(metrics: &Metrics, self_id: u64, timing: &Timing) -> Vec<Member> {
             } else {
                 replication.get(id).and_then(|m| m.map(|l| l.index)).unwrap_or(0)
             };
-            let age = heartbeat
-                .get(id)
-                .and_then(|t| t.clone())
-                .map(|t| t.into_inner().elapsed());
+            let age = heartbeat.get(id).and_then(|t| *t).map(|t| t.into_inner().elapsed());
             let role = match () {
                 _ if !leading => "",
                 _ if *id == self_id => "leader",

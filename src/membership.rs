@@ -164,7 +164,7 @@ pub async fn prefer_region(raft: Raft, self_id: u64, preferred: String, timing: 
             let matched = replication.get(&id).and_then(|m| m.map(|l| l.index)).unwrap_or(0);
             let fresh = heartbeat
                 .get(&id)
-                .and_then(|t| t.clone())
+                .and_then(|t| *t)
                 .is_some_and(|t| t.into_inner().elapsed() < responsive);
             if fresh && last_log_index.saturating_sub(matched) <= JOIN_LAG_MAX {
                 let since = *healthy_since.entry(id).or_insert(now);

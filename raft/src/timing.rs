@@ -89,6 +89,10 @@ impl Timing {
             // Replicate an entry as soon as it is written locally, in parallel
             // with the local fsync, instead of after it.
             broadcast_submitted_on_append: Some(true),
+            // A follower whose data dir was wiped comes back with an empty
+            // log. Without this the leader panics on seeing the reversion;
+            // with it, the leader resyncs the follower (full snapshot).
+            allow_log_reversion: Some(true),
             ..Default::default()
         };
         config.validate().map_err(|e| e.to_string())

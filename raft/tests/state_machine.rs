@@ -211,3 +211,40 @@ async fn large_snapshot_full_and_delta_install() {
     );
     assert_eq!(delta.applied_state().await.unwrap().0, snapshot.meta.last_log_id);
 }
+
+/// The leader plans a delta only when the follower's hash chain at its last seq equals
+/// its own; a follower whose chain diverges (tampered here) gets a full snapshot.
+#[tokio::test]
+async fn diverged_chain_gets_a_full_snapshot() {
+    use txlog_raft::resync;
+    let leader_dir = tempfile::tempdir().unwrap();
+    let mut leader = StateMachine::open(leader_dir.path()).unwrap();
+    let entries = many_entries(6, 10);
+    apply(&mut leader, entries.clone()).await;
+    let follower_dir = tempfile::tempdir().unwrap();
+    let mut follower = StateMachine::open(follower_dir.path()).unwrap();
+    apply(&mut follower, entries[..2].to_vec()).await;
+    let request = resync::ProbeRequest { snapshot: "s".into() };
+
+    let probe = resync::answer_probe(&follower.reader(), &request).unwrap();
+    assert_eq!(probe.last_seq, 20);
+    assert_eq!(
+        resync::plan(&leader.reader(), &probe, 60, "s"),
+        resync::Plan::Delta {
+            base_seq: 20,
+            base_chain: probe.chain,
+            first_seq: 21,
+            last_seq: 60
+        }
+    );
+
+    follower.reader().store().set_chain_at(20, [7u8; 32]).unwrap();
+    let probe = resync::answer_probe(&follower.reader(), &request).unwrap();
+    match resync::plan(&leader.reader(), &probe, 60, "s") {
+        resync::Plan::Full(reason) => assert!(reason.contains("hash chains differ at seq 20"), "{reason}"),
+        other => panic!("a diverged follower got {other:?}"),
+    }
+    // A chain damaged below the last seq is caught when the follower re-verifies its prefix.
+    let verdict = follower.reader().store().verify_chain(20, |_| Ok(())).unwrap();
+    assert!(verdict.is_err(), "{verdict:?}");
+}

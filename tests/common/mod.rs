@@ -140,6 +140,18 @@ impl TestCluster {
         }
     }
 
+    /// SIGTERM one node and wait for it to exit (it flushes sled on the way out).
+    pub fn stop(&mut self, id: u64) {
+        let node = &mut self.nodes[id as usize - 1];
+        if let Some(mut child) = node.child.take() {
+            // SAFETY: kill(2) on a child we spawned and have not reaped.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            child.wait().expect("reap");
+        }
+    }
+
     /// Wipe node `id`'s WAL and state (it must be stopped).
     pub fn wipe(&mut self, id: u64) {
         let node = &self.nodes[id as usize - 1];
@@ -162,7 +174,10 @@ impl TestCluster {
                     client_time_ns: 0,
                 })
                 .collect();
-            let results = client.append(records).await.unwrap_or_else(|e| panic!("append: {e}\n{}", self.logs()));
+            let results = client
+                .append(records)
+                .await
+                .unwrap_or_else(|e| panic!("append: {e}\n{}", self.logs()));
             seqs.extend(results.iter().map(|r| r.seq));
         }
         seqs
@@ -178,7 +193,9 @@ impl TestCluster {
             tokio::spawn(async move {
                 for n in 0u64.. {
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    let _ = client.append_one("trickle", format!("trickle-{n}").as_bytes(), b"t").await;
+                    let _ = client
+                        .append_one("trickle", format!("trickle-{n}").as_bytes(), b"t")
+                        .await;
                 }
             })
         };
@@ -189,7 +206,12 @@ impl TestCluster {
     /// Voter ids in the leader's membership.
     pub async fn voters(&self) -> Vec<u64> {
         let status = self.client().cluster_status().await.expect("status");
-        status.nodes.iter().filter(|n| n.kind == "voter").map(|n| n.id).collect()
+        status
+            .nodes
+            .iter()
+            .filter(|n| n.kind == "voter")
+            .map(|n| n.id)
+            .collect()
     }
 
     /// Wait until the voter set is `expected`.
@@ -197,7 +219,12 @@ impl TestCluster {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(status) = self.client().cluster_status().await {
-                let mut voters: Vec<u64> = status.nodes.iter().filter(|n| n.kind == "voter").map(|n| n.id).collect();
+                let mut voters: Vec<u64> = status
+                    .nodes
+                    .iter()
+                    .filter(|n| n.kind == "voter")
+                    .map(|n| n.id)
+                    .collect();
                 voters.sort();
                 if status.leader_id.is_some() && voters == expected {
                     return;
@@ -280,6 +307,14 @@ impl TestCluster {
         for node in &self.nodes {
             let text = std::fs::read_to_string(node.data_dir.join("node.log")).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
+            if let Some(at) = lines.iter().position(|l| l.contains("panicked at")) {
+                let end = (at + 4).min(lines.len());
+                out.push_str(&format!(
+                    "--- node {} PANIC ---\n{}\n",
+                    node.id,
+                    lines[at..end].join("\n")
+                ));
+            }
             let tail = &lines[lines.len().saturating_sub(25)..];
             out.push_str(&format!("--- node {} log tail ---\n{}\n", node.id, tail.join("\n")));
         }
@@ -289,6 +324,10 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
+        if std::env::var_os("TXLOG_TEST_KEEP").is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+            eprintln!("test data kept in {}", dir.keep().display());
+        }
         for node in &mut self.nodes {
             if let Some(mut child) = node.child.take() {
                 let _ = child.kill();
