@@ -3,7 +3,9 @@
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tonic::Status;
 use txlog_proto::RaftMessage;
+use txlog_proto::SnapshotChunk;
 use txlog_proto::RAFT_MESSAGE_VERSION;
 
 /// Largest peer message accepted or sent (an append carrying many batches,
@@ -27,6 +29,36 @@ pub fn decode<T: DeserializeOwned>(message: &RaftMessage) -> Result<T, String> {
         return Err("raft message checksum mismatch".to_string());
     }
     postcard::from_bytes(&message.body).map_err(|e| format!("raft message body: {e}"))
+}
+
+/// CRC32 of a snapshot or delta chunk: its header followed by its data.
+pub fn chunk_crc(header: &[u8], data: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(header);
+    hasher.update(data);
+    hasher.finalize()
+}
+
+/// A CRC'd chunk; `header` is non-empty on the first chunk of a stream only.
+pub fn chunk(header: Vec<u8>, offset: u64, data: Vec<u8>, done: bool) -> SnapshotChunk {
+    SnapshotChunk {
+        crc32: chunk_crc(&header, &data),
+        header: header.into(),
+        offset,
+        data: data.into(),
+        done,
+    }
+}
+
+/// Refuse a received chunk whose checksum does not match.
+pub fn check_chunk(chunk: &SnapshotChunk) -> Result<(), Status> {
+    if chunk_crc(&chunk.header, &chunk.data) != chunk.crc32 {
+        return Err(Status::data_loss(format!(
+            "snapshot chunk at offset {} failed its checksum",
+            chunk.offset
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -368,7 +368,7 @@ impl PeerClient {
             let mut chunk_seq = first_seq;
             let mut send = |data: &mut Vec<u8>, chunk_seq: u64, done: bool| -> bool {
                 let header = first.take().unwrap_or_default();
-                let chunk = chunk(header, chunk_seq, std::mem::take(data), done);
+                let chunk = codec::chunk(header, chunk_seq, std::mem::take(data), done);
                 counter.fetch_add((chunk.header.len() + chunk.data.len()) as u64, Ordering::Relaxed);
                 tx.blocking_send(chunk).is_ok()
             };
@@ -446,7 +446,7 @@ impl PeerClient {
                 }
                 data.truncate(filled);
                 let done = filled < SNAPSHOT_CHUNK_BYTES;
-                let chunk = chunk(first.take().unwrap_or_default(), offset, data, done);
+                let chunk = codec::chunk(first.take().unwrap_or_default(), offset, data, done);
                 stats
                     .full_bytes
                     .fetch_add((chunk.header.len() + chunk.data.len()) as u64, Ordering::Relaxed);
@@ -469,19 +469,5 @@ impl PeerClient {
             }
             (Ok(_), Err(status)) => Err(streaming_error(status_to_rpc(status))),
         }
-    }
-}
-
-/// One CRC'd chunk; `header` is non-empty on the first chunk only.
-fn chunk(header: Vec<u8>, offset: u64, data: Vec<u8>, done: bool) -> SnapshotChunk {
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&header);
-    hasher.update(&data);
-    SnapshotChunk {
-        header: header.into(),
-        offset,
-        crc32: hasher.finalize(),
-        data: data.into(),
-        done,
     }
 }

@@ -191,15 +191,7 @@ async fn receive_snapshot(
     let mut done = false;
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk?;
-        let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&chunk.header);
-        hasher.update(&chunk.data);
-        if hasher.finalize() != chunk.crc32 {
-            return Err(Status::data_loss(format!(
-                "snapshot chunk at offset {} failed its checksum",
-                chunk.offset
-            )));
-        }
+        codec::check_chunk(&chunk)?;
         if chunk.offset != offset {
             return Err(Status::invalid_argument(format!(
                 "snapshot chunk offset {} where {offset} was expected",

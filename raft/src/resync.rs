@@ -209,7 +209,7 @@ where
         .next()
         .await
         .ok_or_else(|| Status::invalid_argument("empty delta stream"))??;
-    check_crc(&first)?;
+    crate::codec::check_chunk(&first)?;
     if first.header.is_empty() {
         return Err(Status::invalid_argument("first delta chunk has no header"));
     }
@@ -256,7 +256,7 @@ where
     let mut done = false;
     let mut received = 0u64;
     while let Some(current) = chunk.take() {
-        check_crc(&current)?;
+        crate::codec::check_chunk(&current)?;
         if current.offset != writer.last_seq() + 1 && !current.data.is_empty() {
             return Err(Status::invalid_argument(format!(
                 "delta chunk starts at seq {} where {} was expected",
@@ -332,19 +332,6 @@ where
     raft.install_full_snapshot(header.vote, snapshot)
         .await
         .map_err(|e| Status::unavailable(format!("raft: {e}")))
-}
-
-fn check_crc(chunk: &SnapshotChunk) -> Result<(), Status> {
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&chunk.header);
-    hasher.update(&chunk.data);
-    if hasher.finalize() != chunk.crc32 {
-        return Err(Status::data_loss(format!(
-            "chunk at offset {} failed its checksum",
-            chunk.offset
-        )));
-    }
-    Ok(())
 }
 
 enum MergeError {
