@@ -39,6 +39,13 @@ pub struct FailoverArgs {
     /// Timing profile of the nodes: lan or wan.
     #[arg(long, default_value = "lan")]
     pub timing: String,
+    #[command(flatten)]
+    pub common: ClusterBenchArgs,
+}
+
+/// Flags every cluster benchmark takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClusterBenchArgs {
     /// Where the nodes keep their data (default: a new temporary directory).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -70,12 +77,8 @@ pub struct ResyncArgs {
     /// Give up waiting for the catch-up after this long.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub timeout: Duration,
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    #[arg(long)]
-    pub keep_data: bool,
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub common: ClusterBenchArgs,
 }
 
 /// A temporary cluster and the directory it lives in.
@@ -87,8 +90,9 @@ struct BenchCluster {
 }
 
 impl BenchCluster {
-    fn start(name: &str, data_dir: Option<PathBuf>, keep: bool, extra_args: Vec<String>) -> anyhow::Result<Self> {
-        let dir = match data_dir {
+    fn start(name: &str, common: &ClusterBenchArgs, extra_args: Vec<String>) -> anyhow::Result<Self> {
+        let keep = common.keep_data;
+        let dir = match common.data_dir.clone() {
             Some(d) => d,
             None => std::env::temp_dir().join(format!("txlog-bench-{name}-{}", std::process::id())),
         };
@@ -209,12 +213,7 @@ struct FailoverReport {
 
 pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.rounds >= 1 && args.rounds <= 1000, "--rounds must be 1..=1000");
-    let mut cluster = BenchCluster::start(
-        "failover",
-        args.data_dir.clone(),
-        args.keep_data,
-        vec!["--timing".into(), args.timing.clone()],
-    )?;
+    let mut cluster = BenchCluster::start("failover", &args.common, vec!["--timing".into(), args.timing.clone()])?;
     let result = failover_rounds(&mut cluster, &args).await;
     cluster.finish().await;
     let times = result?;
@@ -231,7 +230,7 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
         max_ms: histogram.max() as f64 / 1000.0,
         min_ms: histogram.min() as f64 / 1000.0,
     };
-    if args.json {
+    if args.common.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
@@ -416,8 +415,7 @@ pub async fn resync(args: ResyncArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.record_bytes <= 64 * 1024, "--record-bytes must be at most 64 KiB");
     let mut cluster = BenchCluster::start(
         "resync",
-        args.data_dir.clone(),
-        args.keep_data,
+        &args.common,
         // Snapshots and purges happen when the bench asks, not in between.
         vec![
             "--snapshot-logs-since-last".into(),
@@ -429,7 +427,7 @@ pub async fn resync(args: ResyncArgs) -> anyhow::Result<()> {
     let result = resync_paths(&mut cluster, &args).await;
     cluster.finish().await;
     let report = result?;
-    if args.json {
+    if args.common.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(

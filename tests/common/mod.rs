@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::fs::OpenOptions;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Child;
 use std::process::Command;
@@ -38,7 +37,7 @@ pub struct TestCluster {
 /// A free loopback port. The OS may hand it to someone else before the node
 /// binds it; the window is small and the nodes fail loudly if it happens.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    txlog::local_cluster::free_port().expect("free port")
 }
 
 impl TestCluster {
