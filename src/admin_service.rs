@@ -8,6 +8,7 @@
 //! as learners that the leader keeps replicating to.
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,6 +71,8 @@ pub struct AdminServer {
     pub reader: StateMachineReader,
     pub timing: Timing,
     pub resync: Arc<ResyncStats>,
+    /// Local IP for forwarded requests (the node's listen IP, when it has one).
+    pub source_address: Option<IpAddr>,
     /// Held for the whole of a join or removal on the leader.
     pub membership_lock: Arc<tokio::sync::Mutex<()>>,
 }
@@ -191,11 +194,13 @@ fn validate_id(id: u64) -> Result<(), Status> {
 }
 
 /// A client for another node's AdminService (forwarding to the leader).
-pub fn admin_client(address: &str) -> Result<AdminServiceClient<Channel>, Status> {
+/// `source` binds the connection to this node's listen IP (see `Network::with_source_address`).
+pub fn admin_client(address: &str, source: Option<IpAddr>) -> Result<AdminServiceClient<Channel>, Status> {
     let endpoint = Endpoint::from_shared(format!("http://{address}"))
         .map_err(|e| Status::internal(format!("bad leader address {address:?}: {e}")))?
         .connect_timeout(FORWARD_CONNECT_TIMEOUT)
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        .local_address(source);
     Ok(AdminServiceClient::new(endpoint.connect_lazy()))
 }
 
@@ -287,7 +292,10 @@ impl AdminService for AdminServer {
         crate::config::validate_address(&req.address).map_err(Status::invalid_argument)?;
         validate_region(&req.region)?;
         if let Some(leader) = self.leader_elsewhere()? {
-            let stream = admin_client(&leader)?.join(req).await?.into_inner();
+            let stream = admin_client(&leader, self.source_address)?
+                .join(req)
+                .await?
+                .into_inner();
             return Ok(Response::new(Box::pin(stream)));
         }
         let guard = self.lock(&format!("join of node {}", req.node_id))?;
@@ -323,7 +331,7 @@ impl AdminService for AdminServer {
         let req = request.into_inner();
         validate_id(req.node_id)?;
         if let Some(leader) = self.leader_elsewhere()? {
-            return admin_client(&leader)?.remove(req).await;
+            return admin_client(&leader, self.source_address)?.remove(req).await;
         }
         let id = req.node_id;
         let guard = self.lock(&format!("removal of node {id}"))?;
@@ -370,7 +378,7 @@ impl AdminService for AdminServer {
             let leader = self
                 .leader_elsewhere()?
                 .ok_or_else(|| Status::unavailable("leadership came back to the node being removed; retry"))?;
-            return admin_client(&leader)?.remove(req).await;
+            return admin_client(&leader, self.source_address)?.remove(req).await;
         }
         let what = format!("remove node {id}");
         if voters.contains(&id) {
@@ -412,7 +420,7 @@ impl AdminService for AdminServer {
                     self.membership_response(format!("node {id} already leads")),
                 ));
             }
-            return admin_client(&leader)?.transfer_leader(req).await;
+            return admin_client(&leader, self.source_address)?.transfer_leader(req).await;
         }
         if id == self.node_id {
             return Ok(Response::new(

@@ -4,6 +4,7 @@
 //! openraft's (longer) election timer.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -27,10 +28,17 @@ const TRANSFER_INTERVAL_MIN: Duration = Duration::from_secs(5);
 
 /// Ask `via` (any member) to admit this node; retry until admitted, refused
 /// for good, or shut down. A node that is already a voter is told so at once.
-pub async fn join_cluster(via: String, id: u64, address: String, region: String, shutdown: CancellationToken) {
+pub async fn join_cluster(
+    via: String,
+    id: u64,
+    address: String,
+    region: String,
+    source: Option<IpAddr>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        let attempt = join_once(&via, id, &address, &region);
+        let attempt = join_once(&via, id, &address, &region, source);
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
             outcome = attempt => outcome,
@@ -61,8 +69,14 @@ pub async fn join_cluster(via: String, id: u64, address: String, region: String,
     }
 }
 
-async fn join_once(via: &str, id: u64, address: &str, region: &str) -> Result<String, tonic::Status> {
-    let mut client = admin_client(via)?;
+async fn join_once(
+    via: &str,
+    id: u64,
+    address: &str,
+    region: &str,
+    source: Option<IpAddr>,
+) -> Result<String, tonic::Status> {
+    let mut client = admin_client(via, source)?;
     let request = JoinRequest {
         node_id: id,
         address: address.to_string(),

@@ -60,6 +60,8 @@ impl Node {
         let reader = state_machine.reader();
         let resync_stats = txlog_raft::ResyncStats::new();
 
+        // Peer traffic leaves from the listen IP unless the node listens on all interfaces.
+        let source_address = Some(config.listen.ip()).filter(|ip| !ip.is_unspecified());
         let raft_config = config
             .timing
             .to_openraft_config(config.snapshot_logs_since_last, config.log_entries_kept_after_snapshot)
@@ -67,7 +69,7 @@ impl Node {
         let raft = Raft::new(
             config.id,
             Arc::new(raft_config),
-            Network::new(reader.clone(), resync_stats.clone()),
+            Network::new(reader.clone(), resync_stats.clone()).with_source_address(source_address),
             log_store,
             state_machine,
         )
@@ -103,6 +105,7 @@ impl Node {
             reader: reader.clone(),
             timing: config.timing,
             resync: resync_stats.clone(),
+            source_address,
             membership_lock: Arc::default(),
         };
         let contact = txlog_raft::LeaderContact::default();
@@ -167,6 +170,7 @@ impl Node {
                 config.id,
                 config.advertise.clone(),
                 config.region.clone(),
+                source_address,
                 shutdown.clone(),
             ));
         }

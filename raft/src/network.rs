@@ -16,6 +16,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -74,6 +75,8 @@ pub struct Network {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     reader: StateMachineReader,
     stats: Arc<ResyncStats>,
+    /// Local address outgoing peer connections are bound to (see `with_source_address`).
+    source_address: Option<IpAddr>,
 }
 
 impl Network {
@@ -84,7 +87,16 @@ impl Network {
             channels: Arc::default(),
             reader,
             stats,
+            source_address: None,
         }
+    }
+
+    /// Bind outgoing peer connections to `address` (the node's listen IP), so
+    /// peers — and firewall rules — see this node's traffic come from the
+    /// address it listens on, also when several nodes share a host.
+    pub fn with_source_address(mut self, address: Option<IpAddr>) -> Self {
+        self.source_address = address;
+        self
     }
 
     fn channel(&self, address: &str) -> Result<Channel, String> {
@@ -96,6 +108,7 @@ impl Network {
             .map_err(|e| format!("bad peer address {address:?}: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
+            .local_address(self.source_address)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
         let channel = endpoint.connect_lazy();
