@@ -2,6 +2,7 @@
 //! failover/resync benchmarks run real nodes through this.
 
 use std::fs::OpenOptions;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Child;
 use std::process::Command;
@@ -37,6 +38,19 @@ pub struct LocalCluster {
     exe: PathBuf,
 }
 
+/// How one start of a node differs from the plain command (chaos runs use
+/// this for clock skew and network namespaces).
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// Extra environment (e.g. `LD_PRELOAD` + `FAKETIME`).
+    pub env: Vec<(String, String)>,
+    /// A command the node runs under, e.g. `ip netns exec NS` (it must exec,
+    /// so the pid stays the node's).
+    pub wrapper: Vec<String>,
+    /// Flags added for this start only (e.g. `--join`).
+    pub args: Vec<String>,
+}
+
 /// A free loopback port (bound, then released; good enough for local runs).
 pub fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("find a free port")?;
@@ -51,9 +65,14 @@ fn signal(pid: u32, sig: i32) {
 }
 
 impl LocalCluster {
-    /// Nodes run `exe node …`; `exe` is normally this very binary.
+    /// Nodes run `exe node …` with this very binary.
     pub fn new(specs: Vec<NodeSpec>) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("locate the txlog binary")?;
+        Ok(Self::with_exe(specs, exe))
+    }
+
+    /// Nodes run `exe node …`.
+    pub fn with_exe(specs: Vec<NodeSpec>, exe: PathBuf) -> Self {
         let peers = specs
             .iter()
             .map(|n| format!("{}={}@{}", n.id, n.region, n.address))
@@ -67,7 +86,7 @@ impl LocalCluster {
                 restarts: 0,
             })
             .collect();
-        Ok(LocalCluster { nodes, peers, exe })
+        LocalCluster { nodes, peers, exe }
     }
 
     /// Comma-separated client addresses of every node.
@@ -85,6 +104,11 @@ impl LocalCluster {
 
     /// Start node `i` (appending its output to `<data_dir>/node.log`).
     pub fn start(&mut self, i: usize) -> anyhow::Result<u32> {
+        self.start_with(i, &Launch::default())
+    }
+
+    /// Start node `i` with `launch`'s environment, wrapper and flags.
+    pub fn start_with(&mut self, i: usize, launch: &Launch) -> anyhow::Result<u32> {
         let node = &mut self.nodes[i];
         let spec = &node.spec;
         std::fs::create_dir_all(&spec.data_dir).with_context(|| format!("create {}", spec.data_dir.display()))?;
@@ -94,7 +118,14 @@ impl LocalCluster {
             .append(true)
             .open(&log_path)
             .with_context(|| format!("open {}", log_path.display()))?;
-        let mut command = Command::new(&self.exe);
+        let mut command = match launch.wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(&self.exe);
+                c
+            }
+            None => Command::new(&self.exe),
+        };
         command
             .arg("node")
             .args(["--id", &spec.id.to_string()])
@@ -105,6 +136,12 @@ impl LocalCluster {
             .args(["--peers", &self.peers])
             .args(["--metrics-listen", spec.metrics.as_deref().unwrap_or("off")])
             .args(&spec.extra_args)
+            .args(&launch.args)
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
+            // Own process group: a Ctrl-C in the terminal reaches the
+            // parent, which stops the nodes itself (and a chaos run keeps
+            // its nodes up while it heals and reads them).
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -117,6 +154,20 @@ impl LocalCluster {
 
     pub fn pid(&self, i: usize) -> Option<u32> {
         self.nodes[i].child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGSTOP node `i` (it keeps its sockets; peers see silence).
+    pub fn pause(&self, i: usize) {
+        if let Some(pid) = self.pid(i) {
+            signal(pid, libc::SIGSTOP);
+        }
+    }
+
+    /// SIGCONT node `i`.
+    pub fn resume(&self, i: usize) {
+        if let Some(pid) = self.pid(i) {
+            signal(pid, libc::SIGCONT);
+        }
     }
 
     /// `kill -9` node `i` and reap it.

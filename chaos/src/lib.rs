@@ -17,5 +17,12 @@
 //! channel, so the log's global order is what is checked).
 
 pub mod checker;
+pub mod cluster;
 pub mod history;
+pub mod nemesis;
+pub mod net;
+pub mod netns;
+pub mod report;
+pub mod run;
 pub mod synthetic;
+pub mod workload;

@@ -1,0 +1,151 @@
+//! The cluster under test: real `txlog node` processes, each on its own IP
+//! (127.0.0.N, or its namespace's address), started and killed through the
+//! txlog library's `LocalCluster`.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use txlog::client::Client;
+use txlog::client::ClientOptions;
+use txlog::local_cluster::Launch;
+use txlog::local_cluster::LocalCluster;
+use txlog::local_cluster::NodeSpec;
+
+/// libfaketime, from Debian's `faketime` package.
+pub const FAKETIME_LIBRARY: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+const REGIONS: [&str; 5] = ["paris", "frankfurt", "lyon", "paris", "frankfurt"];
+
+/// Where each node lives.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub ips: Vec<Ipv4Addr>,
+    pub ports: Vec<u16>,
+    /// Command prefix per node (`ip netns exec NS`), empty on loopback.
+    pub wrappers: Vec<Vec<String>>,
+}
+
+impl Placement {
+    /// Node i on 127.0.0.(10 + i), on a port free on that address.
+    pub fn loopback(nodes: usize) -> anyhow::Result<Placement> {
+        let mut ips = Vec::new();
+        let mut ports = Vec::new();
+        for i in 0..nodes {
+            let ip = Ipv4Addr::new(127, 0, 0, 10 + i as u8);
+            let listener = std::net::TcpListener::bind((ip, 0)).with_context(|| format!("bind a port on {ip}"))?;
+            ips.push(ip);
+            ports.push(listener.local_addr()?.port());
+        }
+        Ok(Placement {
+            ips,
+            ports,
+            wrappers: vec![Vec::new(); nodes],
+        })
+    }
+}
+
+pub struct Cluster {
+    pub local: LocalCluster,
+    pub placement: Placement,
+    /// The FAKETIME spec each node currently runs under.
+    pub clock: Vec<Option<String>>,
+    pub client: Client,
+}
+
+impl Cluster {
+    pub fn new(exe: PathBuf, placement: Placement, dir: &Path) -> anyhow::Result<Cluster> {
+        let nodes = placement.ips.len();
+        let specs: Vec<NodeSpec> = (0..nodes)
+            .map(|i| NodeSpec {
+                id: i as u64 + 1,
+                region: REGIONS[i % REGIONS.len()].to_string(),
+                address: format!("{}:{}", placement.ips[i], placement.ports[i]),
+                metrics: None,
+                data_dir: dir.join(format!("n{}", i + 1)),
+                // Snapshots and purges happen during the run, so restarted
+                // nodes also catch up through (delta) snapshots.
+                extra_args: [
+                    "--snapshot-logs-since-last",
+                    "2000",
+                    "--log-entries-kept-after-snapshot",
+                    "500",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            })
+            .collect();
+        let local = LocalCluster::with_exe(specs, exe);
+        let client = Client::new(
+            &local.addresses(),
+            ClientOptions {
+                rpc_timeout: Duration::from_secs(1),
+                attempts_max: 3,
+                backoff_initial: Duration::from_millis(20),
+                backoff_max: Duration::from_millis(100),
+                connect_timeout: Duration::from_millis(300),
+            },
+        )?;
+        Ok(Cluster {
+            local,
+            placement,
+            clock: vec![None; nodes],
+            client,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.placement.ips.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.placement.ips.is_empty()
+    }
+
+    pub fn id(&self, i: usize) -> u64 {
+        self.local.nodes[i].spec.id
+    }
+
+    pub fn address(&self, i: usize) -> String {
+        self.local.nodes[i].spec.address.clone()
+    }
+
+    pub fn region(&self, i: usize) -> String {
+        self.local.nodes[i].spec.region.clone()
+    }
+
+    /// Start node `i`, under libfaketime when `clock` is set.
+    pub fn start(&mut self, i: usize, clock: Option<String>) -> anyhow::Result<()> {
+        let mut launch = Launch {
+            wrapper: self.placement.wrappers[i].clone(),
+            ..Launch::default()
+        };
+        if let Some(spec) = &clock {
+            launch.env = vec![
+                ("LD_PRELOAD".into(), FAKETIME_LIBRARY.into()),
+                ("FAKETIME".into(), spec.clone()),
+                ("FAKETIME_NO_CACHE".into(), "1".into()),
+            ];
+        }
+        self.local.start_with(i, &launch)?;
+        self.clock[i] = clock;
+        Ok(())
+    }
+
+    pub fn running(&self, i: usize) -> bool {
+        self.local.pid(i).is_some()
+    }
+
+    /// The leader's index, asking the nodes (None when there is none or no answer).
+    pub async fn leader(&self) -> Option<usize> {
+        let status = tokio::time::timeout(Duration::from_secs(2), self.client.cluster_status())
+            .await
+            .ok()?
+            .ok()?;
+        let id = status.leader_id?;
+        (0..self.len()).find(|&i| self.id(i) == id)
+    }
+}

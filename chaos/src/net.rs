@@ -1,0 +1,250 @@
+//! Network faults: links cut and delayed with iptables.
+//!
+//! Every node has its own IP (127.0.0.N on loopback, or its namespace's
+//! address) and binds its outgoing peer connections to it, so a rule on
+//! (source IP, destination IP) cuts exactly one direction of one link.
+//! Rules go in a chain of their own, hooked into INPUT: a cut drops
+//! packets silently at the receiver (peers see timeouts, not resets).
+//! Latency sends a link's packets through NFQUEUE to a thread here that
+//! holds each packet for the delay before accepting it.
+//!
+//! The chain (and its hook) is removed when the [`Firewall`] is dropped —
+//! at the end of a run, on an error, and while unwinding from a panic.
+
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::bail;
+use anyhow::Context;
+
+/// The NFQUEUE number delayed packets go through.
+const DELAY_QUEUE: u16 = 4711;
+/// Packets held at once; beyond this the queue lets packets through.
+const DELAY_QUEUE_PACKETS_MAX: u32 = 65_536;
+
+/// Where the rules live: one chain in this namespace (loopback placement),
+/// or one chain per node namespace.
+#[derive(Debug, Clone)]
+pub enum RulePlace {
+    Loopback,
+    /// `namespaces[i]` is node i's network namespace.
+    Namespaces(Vec<String>),
+}
+
+pub struct Firewall {
+    chain: String,
+    place: RulePlace,
+    ips: Vec<Ipv4Addr>,
+    delayer: Option<Delayer>,
+}
+
+fn iptables(namespace: Option<&str>, args: &[&str]) -> anyhow::Result<()> {
+    let mut command = match namespace {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "iptables"]);
+            c
+        }
+        None => Command::new("iptables"),
+    };
+    let output = command
+        .args(["-w", "5"])
+        .args(args)
+        .output()
+        .context("run iptables (is the iptables package installed?)")?;
+    if !output.status.success() {
+        bail!(
+            "iptables {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// True when iptables can be used here (installed, and we may change rules).
+pub fn iptables_usable() -> bool {
+    Command::new("iptables")
+        .args(["-w", "5", "-S", "INPUT"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+impl Firewall {
+    /// Create the chain(s) and hook them into INPUT. Chains left behind by
+    /// runs that were killed outright (named after a pid that is gone) are
+    /// removed first.
+    pub fn install(place: RulePlace, ips: Vec<Ipv4Addr>) -> anyhow::Result<Firewall> {
+        let chain = format!("TXLOG-CHAOS-{}", std::process::id());
+        if matches!(place, RulePlace::Loopback) {
+            remove_stale_chains();
+        }
+        let firewall = Firewall {
+            chain,
+            place,
+            ips,
+            delayer: None,
+        };
+        for ns in firewall.namespaces() {
+            iptables(ns, &["-N", &firewall.chain])?;
+            iptables(ns, &["-I", "INPUT", "1", "-j", &firewall.chain])?;
+        }
+        Ok(firewall)
+    }
+
+    fn namespaces(&self) -> Vec<Option<&str>> {
+        match &self.place {
+            RulePlace::Loopback => vec![None],
+            RulePlace::Namespaces(names) => names.iter().map(|n| Some(n.as_str())).collect(),
+        }
+    }
+
+    /// Where the rule for packets `from → to` goes, and its match arguments.
+    fn rule(&self, from: usize, to: usize) -> (Option<&str>, Vec<String>) {
+        let source = self.ips[from].to_string();
+        match &self.place {
+            RulePlace::Loopback => (None, vec!["-s".into(), source, "-d".into(), self.ips[to].to_string()]),
+            RulePlace::Namespaces(names) => (Some(names[to].as_str()), vec!["-s".into(), source]),
+        }
+    }
+
+    /// Drop every packet from node `from` to node `to` (one direction).
+    pub fn cut(&self, from: usize, to: usize) -> anyhow::Result<()> {
+        let (ns, matches) = self.rule(from, to);
+        let mut args = vec!["-A", &self.chain];
+        args.extend(matches.iter().map(String::as_str));
+        args.extend(["-j", "DROP"]);
+        iptables(ns, &args)
+    }
+
+    /// Hold packets from `from` to `to` for `delay` (loopback placement only).
+    pub fn delay(&mut self, from: usize, to: usize, delay: Duration) -> anyhow::Result<()> {
+        if !matches!(self.place, RulePlace::Loopback) {
+            bail!("the latency fault needs --net loopback");
+        }
+        match &self.delayer {
+            Some(d) if d.delay == delay => {}
+            _ => {
+                self.delayer = None;
+                self.delayer = Some(Delayer::start(delay)?);
+            }
+        }
+        let (ns, matches) = self.rule(from, to);
+        let queue = DELAY_QUEUE.to_string();
+        let mut args = vec!["-A", &self.chain];
+        args.extend(matches.iter().map(String::as_str));
+        args.extend(["-j", "NFQUEUE", "--queue-num", &queue, "--queue-bypass"]);
+        iptables(ns, &args)
+    }
+
+    /// Remove every rule: all links whole again, no delay.
+    pub fn heal(&mut self) -> anyhow::Result<()> {
+        for ns in self.namespaces() {
+            iptables(ns, &["-F", &self.chain])?;
+        }
+        // Packets still held are released by the delayer before it stops.
+        self.delayer = None;
+        Ok(())
+    }
+}
+
+impl Drop for Firewall {
+    fn drop(&mut self) {
+        self.delayer = None;
+        for ns in self.namespaces() {
+            let _ = iptables(ns, &["-D", "INPUT", "-j", &self.chain]);
+            let _ = iptables(ns, &["-F", &self.chain]);
+            let _ = iptables(ns, &["-X", &self.chain]);
+        }
+    }
+}
+
+fn remove_stale_chains() {
+    let Ok(output) = Command::new("iptables").args(["-w", "5", "-S"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Some(chain) = line.strip_prefix("-N ") else {
+            continue;
+        };
+        let Some(pid) = chain.strip_prefix("TXLOG-CHAOS-").and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks whether the pid exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        if !alive {
+            let _ = iptables(None, &["-D", "INPUT", "-j", chain]);
+            let _ = iptables(None, &["-F", chain]);
+            let _ = iptables(None, &["-X", chain]);
+        }
+    }
+}
+
+/// The NFQUEUE reader that delays packets.
+struct Delayer {
+    delay: Duration,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Delayer {
+    fn start(delay: Duration) -> anyhow::Result<Delayer> {
+        let mut queue = nfq::Queue::open().context("open an NFQUEUE socket (needs root)")?;
+        queue
+            .bind(DELAY_QUEUE)
+            .context("bind NFQUEUE (is the nfnetlink_queue module available?)")?;
+        queue.set_queue_max_len(DELAY_QUEUE, DELAY_QUEUE_PACKETS_MAX)?;
+        queue.set_fail_open(DELAY_QUEUE, true)?;
+        queue.set_copy_range(DELAY_QUEUE, 64)?;
+        queue.set_nonblocking(true);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("nfqueue-delay".into())
+            .spawn(move || {
+                let mut held: VecDeque<(Instant, nfq::Message)> = VecDeque::new();
+                loop {
+                    let stopping = stopping.load(Ordering::Relaxed);
+                    while let Ok(message) = queue.recv() {
+                        held.push_back((Instant::now() + delay, message));
+                    }
+                    let now = Instant::now();
+                    while let Some((due, _)) = held.front() {
+                        if *due > now && !stopping {
+                            break;
+                        }
+                        let (_, mut message) = held.pop_front().expect("front exists");
+                        message.set_verdict(nfq::Verdict::Accept);
+                        let _ = queue.verdict(message);
+                    }
+                    if stopping {
+                        let _ = queue.unbind(DELAY_QUEUE);
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            })?;
+        Ok(Delayer {
+            delay,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Delayer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

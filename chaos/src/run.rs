@@ -1,0 +1,503 @@
+//! One chaos run from start to verdict: start the cluster, run the clients
+//! and the nemesis for the given time, heal everything, wait for the nodes
+//! to converge, read every node's log, check, report.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::bail;
+use anyhow::Context;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio_util::sync::CancellationToken;
+use txlog::client::Client;
+use txlog::client::ClientOptions;
+
+use crate::checker::check;
+use crate::checker::Verdict;
+use crate::cluster::Cluster;
+use crate::cluster::Placement;
+use crate::cluster::FAKETIME_LIBRARY;
+use crate::history::Event;
+use crate::history::Function;
+use crate::history::HistoryWriter;
+use crate::history::Kind;
+use crate::history::ReadValue;
+use crate::history::FINAL_PROCESS;
+use crate::history::NEMESIS_PROCESS;
+use crate::nemesis;
+use crate::nemesis::FaultKind;
+use crate::net::Firewall;
+use crate::net::RulePlace;
+use crate::netns;
+use crate::report;
+use crate::report::RunFacts;
+use crate::workload;
+use crate::workload::Recorder;
+use crate::workload::WorkloadOptions;
+
+/// How long the cluster gets to elect a leader at start and to converge after healing.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Records per page of a final read.
+const FINAL_READ_PAGE: u32 = 1_000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Net {
+    Loopback,
+    /// Running inside the control namespace; node i lives in `names[i]`.
+    Netns(Vec<String>),
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub txlog: PathBuf,
+    pub out: PathBuf,
+    pub seed: u64,
+    pub nemesis: Vec<FaultKind>,
+    pub time: Duration,
+    pub interval: Duration,
+    pub nodes: usize,
+    pub clients: usize,
+    pub rate: f64,
+    pub op_timeout: Duration,
+    pub read_fraction: f64,
+    pub net: Net,
+    pub keep_data: bool,
+}
+
+pub struct Outcome {
+    pub verdict: Verdict,
+    pub facts: RunFacts,
+}
+
+fn nemesis_event(kind: Kind, fault: String) -> Event {
+    let mut e = Event::new(0, NEMESIS_PROCESS, kind, Function::Nemesis);
+    e.fault = Some(fault);
+    e
+}
+
+fn progress(line: &str) {
+    eprintln!("{line}");
+}
+
+/// Check the options against this machine before starting anything.
+pub fn preflight(options: &RunOptions) -> anyhow::Result<()> {
+    if !(1..=5).contains(&options.nodes) {
+        bail!("--nodes must be 1 to 5, not {}", options.nodes);
+    }
+    if options.clients == 0 || options.clients > 100 {
+        bail!("--clients must be 1 to 100, not {}", options.clients);
+    }
+    if !(options.rate > 0.0 && options.rate <= 10_000.0) {
+        bail!("--rate must be above 0 and at most 10000 operations per second");
+    }
+    if !(0.0..=1.0).contains(&options.read_fraction) {
+        bail!("--read-fraction must be between 0 and 1");
+    }
+    if !options.txlog.is_file() {
+        bail!(
+            "txlog binary {} not found; build it (cargo build --release) or pass --txlog PATH",
+            options.txlog.display()
+        );
+    }
+    let needs_firewall = options.nemesis.iter().any(|k| k.needs_firewall());
+    if (needs_firewall || options.net != Net::Loopback) && !crate::net::iptables_usable() {
+        bail!("the partition and latency faults and --net netns need iptables and root; run as root with the iptables package installed, or drop them from --nemesis");
+    }
+    if options.nemesis.contains(&FaultKind::Latency) && options.net != Net::Loopback {
+        bail!("the latency fault works with --net loopback only");
+    }
+    if options.nemesis.contains(&FaultKind::Clock) && !std::path::Path::new(FAKETIME_LIBRARY).exists() {
+        bail!("the clock fault needs libfaketime ({FAKETIME_LIBRARY}); install the faketime package");
+    }
+    if options.nemesis.contains(&FaultKind::Membership) && options.nodes < 3 {
+        bail!("the membership fault needs at least 3 nodes");
+    }
+    Ok(())
+}
+
+pub async fn run(options: RunOptions, interrupt: CancellationToken) -> anyhow::Result<Outcome> {
+    preflight(&options)?;
+    std::fs::create_dir_all(&options.out).with_context(|| format!("create {}", options.out.display()))?;
+    let steps = nemesis::schedule(
+        options.seed,
+        &options.nemesis,
+        options.nodes,
+        options.time,
+        options.interval,
+    );
+    std::fs::write(options.out.join("schedule.json"), serde_json::to_vec_pretty(&steps)?)?;
+
+    let (placement, place) = match &options.net {
+        Net::Netns(names) => (netns::placement(names), RulePlace::Namespaces(names.clone())),
+        Net::Loopback => (Placement::loopback(options.nodes)?, RulePlace::Loopback),
+    };
+    let mut firewall = if options.nemesis.iter().any(|k| k.needs_firewall()) {
+        Some(Firewall::install(place, placement.ips.clone())?)
+    } else {
+        None
+    };
+    let mut cluster = Cluster::new(options.txlog.clone(), placement, &options.out.join("nodes"))?;
+    for i in 0..cluster.len() {
+        cluster.start(i, None)?;
+    }
+    progress(&format!(
+        "started {} nodes ({}); waiting for a leader",
+        cluster.len(),
+        cluster.local.addresses()
+    ));
+    cluster
+        .client
+        .wait_for_leader(SETTLE_TIMEOUT)
+        .await
+        .context("the cluster elected no leader")?;
+
+    let recorder = Arc::new(Recorder::new(HistoryWriter::create(
+        &options.out.join("history.jsonl"),
+    )?));
+    let stop = CancellationToken::new();
+    let workload_options = WorkloadOptions {
+        clients: options.clients,
+        rate: options.rate,
+        op_timeout: options.op_timeout,
+        read_fraction: options.read_fraction,
+        seed: options.seed,
+    };
+    let next_value = Arc::new(AtomicU64::new(1));
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..options.clients {
+        let client = worker_client(&cluster.local.addresses())?;
+        workers.spawn(workload::worker(
+            w,
+            workload_options,
+            client,
+            recorder.clone(),
+            next_value.clone(),
+            stop.clone(),
+        ));
+    }
+
+    // The nemesis runs here, between progress lines; the clients run on their own.
+    let mut rng = StdRng::seed_from_u64(options.seed ^ 0x5eed);
+    let mut facts = RunFacts {
+        seed: options.seed,
+        nemesis: options
+            .nemesis
+            .iter()
+            .map(|k| {
+                serde_json::to_value(k)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            })
+            .collect(),
+        time_s: options.time.as_secs_f64(),
+        nodes: options.nodes,
+        clients: options.clients,
+        rate: options.rate,
+        net: match options.net {
+            Net::Loopback => "loopback".into(),
+            Net::Netns(_) => "netns".into(),
+        },
+        faults_injected: 0,
+        fault_errors: Vec::new(),
+        interrupted: false,
+    };
+    // The fault in force: what to undo, its label, when to heal it.
+    let mut current: Option<(nemesis::Injected, String, Duration)> = None;
+    let mut steps = steps.into_iter().peekable();
+    let mut last_progress = Duration::ZERO;
+    loop {
+        let now = recorder.elapsed();
+        if now >= options.time {
+            break;
+        }
+        if interrupt.is_cancelled() {
+            facts.interrupted = true;
+            break;
+        }
+        // Heal the current fault when its time is up.
+        if let Some((injected, label, heal_at)) = current.take() {
+            if now >= heal_at {
+                heal_with_retries(&mut cluster, firewall.as_mut(), &injected, &label, &mut facts).await;
+                recorder.record(nemesis_event(Kind::Ok, label));
+            } else {
+                current = Some((injected, label, heal_at));
+            }
+        }
+        if current.is_none() {
+            if let Some(step) = steps.peek() {
+                if now >= Duration::from_millis(step.at_ms) {
+                    let step = steps.next().expect("peeked");
+                    let mut label = step.fault.to_string();
+                    recorder.record(nemesis_event(Kind::Invoke, label.clone()));
+                    match nemesis::inject(&mut cluster, firewall.as_mut(), &step.fault, &mut rng).await {
+                        Ok((injected, detail)) => {
+                            if !detail.is_empty() {
+                                label = format!("{label} ({detail})");
+                            }
+                            facts.faults_injected += 1;
+                            progress(&format!("[{:>5.1}s] fault: {label}", now.as_secs_f64()));
+                            current = Some((injected, label, now + Duration::from_millis(step.duration_ms)));
+                        }
+                        Err(e) => {
+                            facts.fault_errors.push(format!("{label}: {e:#}"));
+                            progress(&format!(
+                                "[{:>5.1}s] fault {label} could not be injected: {e:#}",
+                                now.as_secs_f64()
+                            ));
+                            recorder.record(nemesis_event(Kind::Ok, label));
+                        }
+                    }
+                }
+            }
+        }
+        if now >= last_progress + Duration::from_secs(5) {
+            last_progress = now;
+            progress(&format!(
+                "[{:>5.1}s / {:.0}s] ok {}  info {}  fail {}{}",
+                now.as_secs_f64(),
+                options.time.as_secs_f64(),
+                recorder.ok.load(Ordering::Relaxed),
+                recorder.info.load(Ordering::Relaxed),
+                recorder.fail.load(Ordering::Relaxed),
+                current
+                    .as_ref()
+                    .map(|(_, l, _)| format!("  · under: {l}"))
+                    .unwrap_or_default()
+            ));
+        }
+        tokio::select! {
+            _ = interrupt.cancelled() => {}
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+
+    // Stop the clients (each finishes or times out its operation in flight).
+    stop.cancel();
+    while workers.join_next().await.is_some() {}
+    if let Some((injected, label, _)) = current.take() {
+        heal_with_retries(&mut cluster, firewall.as_mut(), &injected, &label, &mut facts).await;
+        recorder.record(nemesis_event(Kind::Ok, label));
+    }
+    progress(&format!(
+        "[{:>5.1}s] clients stopped; healing everything and waiting for the nodes to converge",
+        recorder.elapsed().as_secs_f64()
+    ));
+    heal_all(&mut cluster, firewall.as_mut(), &mut facts).await;
+    let converged = converge(&cluster).await;
+    if let Err(e) = &converged {
+        progress(&format!("nodes did not converge: {e:#}; reading what they have"));
+        facts.fault_errors.push(format!("convergence: {e:#}"));
+    }
+    final_reads(&cluster, &recorder).await;
+    cluster.local.stop_all(Duration::from_secs(10)).await;
+    drop(firewall);
+
+    let recorder = Arc::try_unwrap(recorder).map_err(|_| anyhow::anyhow!("a worker still holds the recorder"))?;
+    let events = recorder.finish()?;
+    let verdict = check(&events)?;
+    report::write_results(&options.out, &facts, &verdict)?;
+    let title = format!(
+        "txlog chaos: seed {}, nemesis {}, {} nodes — operation latency",
+        options.seed,
+        facts.nemesis.join(","),
+        options.nodes
+    );
+    report::plot_latency(
+        &options.out.join("latency.svg"),
+        &events,
+        options.op_timeout.as_secs_f64() * 1e3,
+        &title,
+    )?;
+    if verdict.valid && !options.keep_data {
+        remove_node_data(&options.out.join("nodes"));
+    }
+    Ok(Outcome { verdict, facts })
+}
+
+fn worker_client(addresses: &str) -> anyhow::Result<Client> {
+    Ok(Client::new(
+        addresses,
+        ClientOptions {
+            rpc_timeout: Duration::from_secs(1),
+            attempts_max: 6,
+            backoff_initial: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(200),
+            connect_timeout: Duration::from_millis(300),
+        },
+    )?)
+}
+
+async fn heal_with_retries(
+    cluster: &mut Cluster,
+    mut firewall: Option<&mut Firewall>,
+    injected: &nemesis::Injected,
+    label: &str,
+    facts: &mut RunFacts,
+) {
+    for attempt in 1..=5 {
+        match nemesis::heal(cluster, firewall.as_deref_mut(), injected).await {
+            Ok(()) => return,
+            Err(e) if attempt == 5 => {
+                facts.fault_errors.push(format!("healing {label}: {e:#}"));
+                progress(&format!("healing {label} failed: {e:#}"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}
+
+/// Undo anything that may still be wrong: rules, paused or dead nodes,
+/// skewed clocks, nodes missing from the membership.
+async fn heal_all(cluster: &mut Cluster, firewall: Option<&mut Firewall>, facts: &mut RunFacts) {
+    if let Some(fw) = firewall {
+        if let Err(e) = fw.heal() {
+            facts.fault_errors.push(format!("final heal of the firewall: {e:#}"));
+        }
+    }
+    for i in 0..cluster.len() {
+        cluster.local.resume(i);
+        let exited = cluster.local.exited(i);
+        if let Some(status) = exited {
+            facts
+                .fault_errors
+                .push(format!("n{} had exited on its own ({status})", i + 1));
+        }
+        if !cluster.running(i) || cluster.clock[i].is_some() {
+            cluster.local.kill(i);
+            if let Err(e) = cluster.start(i, None) {
+                facts.fault_errors.push(format!("restarting n{}: {e:#}", i + 1));
+            }
+        }
+    }
+    let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let missing: Vec<usize> = match cluster.client.cluster_status().await {
+            Ok(status) => (0..cluster.len())
+                .filter(|&i| !status.nodes.iter().any(|n| n.id == cluster.id(i) && n.kind == "voter"))
+                .collect(),
+            Err(_) => (0..cluster.len()).collect(),
+        };
+        if missing.is_empty() {
+            return;
+        }
+        for i in missing {
+            let _ = nemesis::readd(cluster, i).await;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            facts
+                .fault_errors
+                .push("some nodes could not be made voters again before the final read".into());
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Wait until every node reports the same last sequence, twice in a row.
+async fn converge(cluster: &Cluster) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+    let mut previous: Option<u64> = None;
+    loop {
+        let mut seqs = Vec::new();
+        for i in 0..cluster.len() {
+            let status = tokio::time::timeout(Duration::from_secs(2), cluster.client.node_status(&cluster.address(i)))
+                .await
+                .ok()
+                .and_then(Result::ok);
+            seqs.push(status.map(|s| s.last_seq));
+        }
+        let agreed = seqs.iter().all(|s| s.is_some() && *s == seqs[0]);
+        if agreed && previous == seqs[0] {
+            return Ok(());
+        }
+        previous = if agreed { seqs[0] } else { None };
+        if tokio::time::Instant::now() >= deadline {
+            bail!("last sequences still differ after {SETTLE_TIMEOUT:?}: {seqs:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Read each node's whole log from that node (stale read: the node's own state).
+async fn final_reads(cluster: &Cluster, recorder: &Recorder) {
+    for i in 0..cluster.len() {
+        let mut invoke = Event::new(0, FINAL_PROCESS, Kind::Invoke, Function::FinalRead);
+        invoke.node = Some(cluster.id(i));
+        recorder.record(invoke);
+        let mut done = Event::new(0, FINAL_PROCESS, Kind::Ok, Function::FinalRead);
+        done.node = Some(cluster.id(i));
+        match read_whole_log(cluster, i).await {
+            Ok(values) => {
+                let last = values.len() as u64;
+                done.read = Some(ReadValue { from: 1, values, last });
+            }
+            Err(e) => {
+                done.kind = Kind::Fail;
+                done.error = Some(format!("{e:#}"));
+                progress(&format!("final read of n{} failed: {e:#}", i + 1));
+            }
+        }
+        recorder.record(done);
+    }
+}
+
+async fn read_whole_log(cluster: &Cluster, i: usize) -> anyhow::Result<Vec<u64>> {
+    let address = cluster.address(i);
+    let mut values = Vec::new();
+    let mut next = 1;
+    let mut failures = 0;
+    loop {
+        let response = match cluster.client.read_at(&address, next, FINAL_READ_PAGE, true).await {
+            Ok(r) => r,
+            Err(e) => {
+                failures += 1;
+                if failures >= 20 {
+                    return Err(e.into());
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+        };
+        for record in &response.records {
+            if record.seq != next {
+                bail!("n{} returned seq {} where {next} was expected", i + 1, record.seq);
+            }
+            let value = std::str::from_utf8(&record.payload)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(0);
+            values.push(value);
+            next += 1;
+        }
+        if response.records.is_empty() || next > response.last_seq {
+            return Ok(values);
+        }
+    }
+}
+
+/// Keep the logs, drop the data files of a valid run.
+fn remove_node_data(nodes_dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(nodes_dir) else {
+        return;
+    };
+    for node in entries.flatten() {
+        let Ok(files) = std::fs::read_dir(node.path()) else {
+            continue;
+        };
+        for file in files.flatten() {
+            if file.file_name() != "node.log" {
+                let path = file.path();
+                let _ = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+            }
+        }
+    }
+}
