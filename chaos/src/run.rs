@@ -121,6 +121,13 @@ pub fn preflight(options: &RunOptions) -> anyhow::Result<()> {
 
 pub async fn run(options: RunOptions, interrupt: CancellationToken) -> anyhow::Result<Outcome> {
     preflight(&options)?;
+    // Old node data in the report directory would be mixed into this run.
+    if std::fs::read_dir(&options.out).is_ok_and(|mut d| d.next().is_some()) {
+        bail!(
+            "report directory {} already exists and is not empty; pick another --out or remove it",
+            options.out.display()
+        );
+    }
     std::fs::create_dir_all(&options.out).with_context(|| format!("create {}", options.out.display()))?;
     let steps = nemesis::schedule(
         options.seed,
