@@ -109,6 +109,7 @@ impl BenchCluster {
                 id: i as u64 + 1,
                 region: region.to_string(),
                 address: format!("127.0.0.1:{}", free_port()?),
+                listen: None,
                 metrics: None,
                 data_dir: dir.join(region),
                 extra_args: extra_args.clone(),

@@ -33,6 +33,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
             id: i as u64 + 1,
             region: REGIONS[i].to_string(),
             address: format!("127.0.0.1:{}", options.base_port + i as u16),
+            listen: None,
             metrics: (options.metrics_base_port != 0)
                 .then(|| format!("127.0.0.1:{}", options.metrics_base_port + i as u16)),
             data_dir: options.data_dir.join(REGIONS[i]),

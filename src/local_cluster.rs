@@ -18,7 +18,10 @@ use anyhow::Context;
 pub struct NodeSpec {
     pub id: u64,
     pub region: String,
+    /// The address peers and clients use (`--advertise`, and this node's `--peers` entry).
     pub address: String,
+    /// Where the node listens, when not at `address` (e.g. behind a fault proxy).
+    pub listen: Option<String>,
     pub metrics: Option<String>,
     pub data_dir: PathBuf,
     /// More `txlog node` flags (timing, snapshot policy, ...).
@@ -130,7 +133,8 @@ impl LocalCluster {
             .arg("node")
             .args(["--id", &spec.id.to_string()])
             .args(["--region", &spec.region])
-            .args(["--listen", &spec.address])
+            .args(["--listen", spec.listen.as_deref().unwrap_or(&spec.address)])
+            .args(["--advertise", &spec.address])
             .arg("--data-dir")
             .arg(&spec.data_dir)
             .args(["--peers", &self.peers])

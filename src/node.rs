@@ -35,6 +35,9 @@ use crate::Error;
 use crate::Result;
 
 /// A running node.
+/// Resets of not-yet-accepted HTTP/2 streams tolerated per connection (h2's default is 20).
+const HTTP2_PENDING_RESETS_MAX: usize = 1_000;
+
 pub struct Node {
     pub raft: Raft,
     pub config: NodeConfig,
@@ -118,6 +121,12 @@ impl Node {
         let server_shutdown = shutdown.clone();
         let router = Server::builder()
             .tcp_nodelay(true)
+            // Peers cancel RPCs that miss openraft's deadline (a heartbeat
+            // gets 10 ms on LAN), and each cancel is an HTTP/2 reset. h2's
+            // default allows 20 resets of not-yet-accepted streams before it
+            // drops the whole connection — every in-flight RPC with it —
+            // which turned brief CPU stalls into replication stalls.
+            .http2_max_pending_accept_reset_streams(Some(HTTP2_PENDING_RESETS_MAX))
             .add_service(
                 LogServiceServer::new(log_server)
                     .max_decoding_message_size(validate::MESSAGE_BYTES_MAX)

@@ -23,27 +23,62 @@ const REGIONS: [&str; 5] = ["paris", "frankfurt", "lyon", "paris", "frankfurt"];
 #[derive(Debug, Clone)]
 pub struct Placement {
     pub ips: Vec<Ipv4Addr>,
+    /// The port peers and clients use.
     pub ports: Vec<u16>,
+    /// Where nodes really listen when a fault proxy owns `ports`.
+    pub backend_ports: Option<Vec<u16>>,
     /// Command prefix per node (`ip netns exec NS`), empty on loopback.
     pub wrappers: Vec<Vec<String>>,
 }
 
 impl Placement {
-    /// Node i on 127.0.0.(10 + i), on a port free on that address.
-    pub fn loopback(nodes: usize) -> anyhow::Result<Placement> {
-        let mut ips = Vec::new();
-        let mut ports = Vec::new();
-        for i in 0..nodes {
-            let ip = Ipv4Addr::new(127, 0, 0, 10 + i as u8);
+    /// Node i on 127.0.0.(10 + i), on a port free on that address (and a
+    /// second one behind the fault proxy when `proxied`).
+    pub fn loopback(nodes: usize, proxied: bool) -> anyhow::Result<Placement> {
+        // Ports are bound, then released: good enough on a test host.
+        let free_port = |ip: Ipv4Addr| -> anyhow::Result<u16> {
             let listener = std::net::TcpListener::bind((ip, 0)).with_context(|| format!("bind a port on {ip}"))?;
-            ips.push(ip);
-            ports.push(listener.local_addr()?.port());
-        }
+            Ok(listener.local_addr()?.port())
+        };
+        let ips: Vec<Ipv4Addr> = (0..nodes).map(|i| Ipv4Addr::new(127, 0, 0, 10 + i as u8)).collect();
+        let ports = ips
+            .iter()
+            .map(|&ip| free_port(ip))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let backend_ports = if proxied {
+            Some(
+                ips.iter()
+                    .map(|&ip| free_port(ip))
+                    .collect::<anyhow::Result<Vec<_>>>()?,
+            )
+        } else {
+            None
+        };
         Ok(Placement {
             ips,
             ports,
+            backend_ports,
             wrappers: vec![Vec::new(); nodes],
         })
+    }
+
+    pub fn public_addresses(&self) -> Vec<std::net::SocketAddr> {
+        self.ips
+            .iter()
+            .zip(&self.ports)
+            .map(|(&ip, &port)| (ip, port).into())
+            .collect()
+    }
+
+    pub fn backend_addresses(&self) -> Option<Vec<std::net::SocketAddr>> {
+        let ports = self.backend_ports.as_ref()?;
+        Some(
+            self.ips
+                .iter()
+                .zip(ports)
+                .map(|(&ip, &port)| (ip, port).into())
+                .collect(),
+        )
     }
 }
 
@@ -56,13 +91,18 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(exe: PathBuf, placement: Placement, dir: &Path) -> anyhow::Result<Cluster> {
+    /// `timing` is the nodes' `--timing` profile (lan or wan).
+    pub fn new(exe: PathBuf, placement: Placement, dir: &Path, timing: &str) -> anyhow::Result<Cluster> {
         let nodes = placement.ips.len();
         let specs: Vec<NodeSpec> = (0..nodes)
             .map(|i| NodeSpec {
                 id: i as u64 + 1,
                 region: REGIONS[i % REGIONS.len()].to_string(),
                 address: format!("{}:{}", placement.ips[i], placement.ports[i]),
+                listen: placement
+                    .backend_ports
+                    .as_ref()
+                    .map(|ports| format!("{}:{}", placement.ips[i], ports[i])),
                 metrics: None,
                 data_dir: dir.join(format!("n{}", i + 1)),
                 // Snapshots and purges happen during the run, so restarted
@@ -72,6 +112,8 @@ impl Cluster {
                     "2000",
                     "--log-entries-kept-after-snapshot",
                     "500",
+                    "--timing",
+                    timing,
                 ]
                 .iter()
                 .map(|s| s.to_string())

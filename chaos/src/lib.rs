@@ -22,6 +22,7 @@ pub mod history;
 pub mod nemesis;
 pub mod net;
 pub mod netns;
+pub mod proxy;
 pub mod report;
 pub mod run;
 pub mod synthetic;

@@ -15,6 +15,7 @@ use txlog_chaos::history;
 use txlog_chaos::nemesis::FaultKind;
 use txlog_chaos::netns;
 use txlog_chaos::report;
+use txlog_chaos::run::LinkFaults;
 use txlog_chaos::run::Net;
 use txlog_chaos::run::RunOptions;
 use txlog_chaos::synthetic;
@@ -92,6 +93,12 @@ struct RunArgs {
     /// Node placement: loopback (127.0.0.N per node) or netns (a network namespace per node; root).
     #[arg(long, default_value = "loopback", value_parser = ["loopback", "netns"])]
     net: String,
+    /// How partitions and latency are made on loopback: iptables (root), a user-space proxy in front of each node, or auto (iptables when usable).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "iptables", "proxy"])]
+    link_faults: String,
+    /// The nodes' timing profile: lan (10 ms heartbeat, 25-50 ms elections) or wan (100 ms, 500-1000 ms).
+    #[arg(long, default_value = "lan", value_parser = ["lan", "wan"])]
+    timing: String,
     /// The txlog binary to run; default: `txlog` next to this program.
     #[arg(long)]
     txlog: Option<PathBuf>,
@@ -215,6 +222,12 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         op_timeout: args.op_timeout,
         read_fraction: args.read_fraction,
         net,
+        link_faults: match args.link_faults.as_str() {
+            "iptables" => LinkFaults::Iptables,
+            "proxy" => LinkFaults::Proxy,
+            _ => LinkFaults::Auto,
+        },
+        timing: args.timing.clone(),
         keep_data: args.keep_data,
     };
     txlog_chaos::run::preflight(&options)?;

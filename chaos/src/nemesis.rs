@@ -13,7 +13,7 @@ use rand::SeedableRng;
 use serde::Serialize;
 
 use crate::cluster::Cluster;
-use crate::net::Firewall;
+use crate::net::Links;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -237,8 +237,8 @@ impl fmt::Display for Fault {
     }
 }
 
-fn need(firewall: Option<&mut Firewall>) -> anyhow::Result<&mut Firewall> {
-    firewall.ok_or_else(|| anyhow::anyhow!("this fault needs iptables (run as root with the iptables package)"))
+fn need(firewall: Option<&mut Links>) -> anyhow::Result<&mut Links> {
+    firewall.ok_or_else(|| anyhow::anyhow!("this fault needs a way to cut links (iptables or the fault proxy)"))
 }
 
 /// What was done, so it can be undone.
@@ -264,7 +264,7 @@ async fn resolve(cluster: &Cluster, target: Target, rng: &mut StdRng) -> usize {
 /// Inject `fault`; returns what to heal and a description of the node(s) hit.
 pub async fn inject(
     cluster: &mut Cluster,
-    firewall: Option<&mut Firewall>,
+    firewall: Option<&mut Links>,
     fault: &Fault,
     rng: &mut StdRng,
 ) -> anyhow::Result<(Injected, String)> {
@@ -345,7 +345,7 @@ pub async fn inject(
 }
 
 /// Undo one injected fault. Errors are returned so the caller can retry.
-pub async fn heal(cluster: &mut Cluster, firewall: Option<&mut Firewall>, injected: &Injected) -> anyhow::Result<()> {
+pub async fn heal(cluster: &mut Cluster, firewall: Option<&mut Links>, injected: &Injected) -> anyhow::Result<()> {
     match injected {
         Injected::Nothing => Ok(()),
         Injected::Killed(i) => {

@@ -248,3 +248,43 @@ impl Drop for Delayer {
         }
     }
 }
+
+/// Whatever cuts and delays links in this run.
+pub enum Links {
+    Firewall(Firewall),
+    Proxy(crate::proxy::Proxy),
+}
+
+impl Links {
+    /// Cut the direction `from → to`.
+    pub fn cut(&mut self, from: usize, to: usize) -> anyhow::Result<()> {
+        match self {
+            Links::Firewall(f) => f.cut(from, to),
+            Links::Proxy(p) => {
+                p.cut(from, to);
+                Ok(())
+            }
+        }
+    }
+
+    /// Delay the direction `from → to`.
+    pub fn delay(&mut self, from: usize, to: usize, delay: Duration) -> anyhow::Result<()> {
+        match self {
+            Links::Firewall(f) => f.delay(from, to, delay),
+            Links::Proxy(p) => {
+                p.delay(from, to, delay);
+                Ok(())
+            }
+        }
+    }
+
+    pub fn heal(&mut self) -> anyhow::Result<()> {
+        match self {
+            Links::Firewall(f) => f.heal(),
+            Links::Proxy(p) => {
+                p.heal();
+                Ok(())
+            }
+        }
+    }
+}

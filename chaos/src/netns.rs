@@ -43,6 +43,7 @@ pub fn placement(names: &[String]) -> Placement {
     Placement {
         ips: (0..names.len()).map(node_ip).collect(),
         ports: vec![NODE_PORT; names.len()],
+        backend_ports: None,
         wrappers: names
             .iter()
             .map(|n| vec!["ip".to_string(), "netns".to_string(), "exec".to_string(), n.clone()])

@@ -23,6 +23,9 @@ pub struct RunFacts {
     pub clients: usize,
     pub rate: f64,
     pub net: String,
+    /// iptables, proxy, or none (no fault needed link control).
+    pub link_faults: String,
+    pub timing: String,
     pub faults_injected: usize,
     /// Faults that could not be injected or healed cleanly, with the reason.
     pub fault_errors: Vec<String>,
@@ -144,7 +147,7 @@ pub fn summary(facts: &RunFacts, verdict: &Verdict, dir: &Path) -> String {
     line(
         &mut out,
         format!(
-            "seed {}  ·  {:.0} s  ·  nemesis {}  ·  {} nodes ({})  ·  {} clients at {}/s{}",
+            "seed {}  ·  {:.0} s  ·  nemesis {}  ·  {} nodes ({}, links via {}, {} timing)  ·  {} clients at {}/s{}",
             facts.seed,
             facts.time_s,
             if facts.nemesis.is_empty() {
@@ -154,6 +157,8 @@ pub fn summary(facts: &RunFacts, verdict: &Verdict, dir: &Path) -> String {
             },
             facts.nodes,
             facts.net,
+            facts.link_faults,
+            facts.timing,
             facts.clients,
             facts.rate,
             if facts.interrupted { "  ·  INTERRUPTED" } else { "" }

@@ -31,8 +31,10 @@ use crate::history::NEMESIS_PROCESS;
 use crate::nemesis;
 use crate::nemesis::FaultKind;
 use crate::net::Firewall;
+use crate::net::Links;
 use crate::net::RulePlace;
 use crate::netns;
+use crate::proxy::Proxy;
 use crate::report;
 use crate::report::RunFacts;
 use crate::workload;
@@ -43,6 +45,15 @@ use crate::workload::WorkloadOptions;
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Records per page of a final read.
 const FINAL_READ_PAGE: u32 = 1_000;
+
+/// How partitions and latency are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkFaults {
+    /// iptables when usable (root), else the proxy.
+    Auto,
+    Iptables,
+    Proxy,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Net {
@@ -65,7 +76,25 @@ pub struct RunOptions {
     pub op_timeout: Duration,
     pub read_fraction: f64,
     pub net: Net,
+    pub link_faults: LinkFaults,
+    /// The nodes' timing profile: lan or wan.
+    pub timing: String,
     pub keep_data: bool,
+}
+
+impl RunOptions {
+    /// The link-fault mechanism this run uses, if any fault needs one.
+    pub fn resolved_link_faults(&self) -> Option<LinkFaults> {
+        if !self.nemesis.iter().any(|k| k.needs_firewall()) {
+            return None;
+        }
+        Some(match (&self.net, self.link_faults) {
+            (Net::Netns(_), _) => LinkFaults::Iptables,
+            (Net::Loopback, LinkFaults::Auto) if crate::net::iptables_usable() => LinkFaults::Iptables,
+            (Net::Loopback, LinkFaults::Auto) => LinkFaults::Proxy,
+            (Net::Loopback, explicit) => explicit,
+        })
+    }
 }
 
 pub struct Outcome {
@@ -103,12 +132,15 @@ pub fn preflight(options: &RunOptions) -> anyhow::Result<()> {
             options.txlog.display()
         );
     }
-    let needs_firewall = options.nemesis.iter().any(|k| k.needs_firewall());
-    if (needs_firewall || options.net != Net::Loopback) && !crate::net::iptables_usable() {
-        bail!("the partition and latency faults and --net netns need iptables and root; run as root with the iptables package installed, or drop them from --nemesis");
+    let iptables = options.resolved_link_faults() == Some(LinkFaults::Iptables);
+    if (iptables || options.net != Net::Loopback) && !crate::net::iptables_usable() {
+        bail!("iptables is not usable here (needs root and the iptables package); --net netns needs it, and on loopback --link-faults proxy needs neither");
     }
     if options.nemesis.contains(&FaultKind::Latency) && options.net != Net::Loopback {
         bail!("the latency fault works with --net loopback only");
+    }
+    if options.link_faults == LinkFaults::Proxy && options.net != Net::Loopback {
+        bail!("--link-faults proxy works with --net loopback only");
     }
     if options.nemesis.contains(&FaultKind::Clock) && !std::path::Path::new(FAKETIME_LIBRARY).exists() {
         bail!("the clock fault needs libfaketime ({FAKETIME_LIBRARY}); install the faketime package");
@@ -138,16 +170,37 @@ pub async fn run(options: RunOptions, interrupt: CancellationToken) -> anyhow::R
     );
     std::fs::write(options.out.join("schedule.json"), serde_json::to_vec_pretty(&steps)?)?;
 
+    let link_faults = options.resolved_link_faults();
     let (placement, place) = match &options.net {
         Net::Netns(names) => (netns::placement(names), RulePlace::Namespaces(names.clone())),
-        Net::Loopback => (Placement::loopback(options.nodes)?, RulePlace::Loopback),
+        Net::Loopback => (
+            Placement::loopback(options.nodes, link_faults == Some(LinkFaults::Proxy))?,
+            RulePlace::Loopback,
+        ),
     };
-    let mut firewall = if options.nemesis.iter().any(|k| k.needs_firewall()) {
-        Some(Firewall::install(place, placement.ips.clone())?)
-    } else {
-        None
+    let mut firewall = match (link_faults, placement.backend_addresses()) {
+        (Some(LinkFaults::Proxy), Some(backend)) => Some(Links::Proxy(
+            Proxy::start(&placement.public_addresses(), &backend, &placement.ips).await?,
+        )),
+        (Some(_), _) => Some(Links::Firewall(Firewall::install(place, placement.ips.clone())?)),
+        (None, _) => None,
     };
-    let mut cluster = Cluster::new(options.txlog.clone(), placement, &options.out.join("nodes"))?;
+    if let Some(mode) = link_faults {
+        progress(&format!(
+            "link faults through {}",
+            if mode == LinkFaults::Proxy {
+                "the user-space proxy"
+            } else {
+                "iptables"
+            }
+        ));
+    }
+    let mut cluster = Cluster::new(
+        options.txlog.clone(),
+        placement,
+        &options.out.join("nodes"),
+        &options.timing,
+    )?;
     for i in 0..cluster.len() {
         cluster.start(i, None)?;
     }
@@ -209,6 +262,12 @@ pub async fn run(options: RunOptions, interrupt: CancellationToken) -> anyhow::R
             Net::Loopback => "loopback".into(),
             Net::Netns(_) => "netns".into(),
         },
+        link_faults: match link_faults {
+            Some(LinkFaults::Proxy) => "proxy".into(),
+            Some(_) => "iptables".into(),
+            None => "none".into(),
+        },
+        timing: options.timing.clone(),
         faults_injected: 0,
         fault_errors: Vec::new(),
         interrupted: false,
@@ -341,7 +400,7 @@ fn worker_client(addresses: &str) -> anyhow::Result<Client> {
 
 async fn heal_with_retries(
     cluster: &mut Cluster,
-    mut firewall: Option<&mut Firewall>,
+    mut firewall: Option<&mut Links>,
     injected: &nemesis::Injected,
     label: &str,
     facts: &mut RunFacts,
@@ -360,7 +419,7 @@ async fn heal_with_retries(
 
 /// Undo anything that may still be wrong: rules, paused or dead nodes,
 /// skewed clocks, nodes missing from the membership.
-async fn heal_all(cluster: &mut Cluster, firewall: Option<&mut Firewall>, facts: &mut RunFacts) {
+async fn heal_all(cluster: &mut Cluster, firewall: Option<&mut Links>, facts: &mut RunFacts) {
     if let Some(fw) = firewall {
         if let Err(e) = fw.heal() {
             facts.fault_errors.push(format!("final heal of the firewall: {e:#}"));
