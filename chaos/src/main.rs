@@ -44,7 +44,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a cluster under faults and check the history.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check a recorded history (history.jsonl) and print the verdict as JSON.
     Check { history: PathBuf },
     /// Write a synthetic valid history (to time the checker on big histories).
@@ -138,7 +138,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Check { history } => check_file(&history),
         Command::Synth {
             operations,
