@@ -77,6 +77,10 @@ pub enum Fault {
     Kill {
         target: Target,
     },
+    /// `kill -9` a majority at once (acknowledged records must survive on disk).
+    KillMajority {
+        nodes: Vec<usize>,
+    },
     Pause {
         target: Target,
     },
@@ -117,7 +121,7 @@ pub enum Fault {
 impl Fault {
     pub fn kind(&self) -> FaultKind {
         match self {
-            Fault::Kill { .. } => FaultKind::Kill,
+            Fault::Kill { .. } | Fault::KillMajority { .. } => FaultKind::Kill,
             Fault::Pause { .. } => FaultKind::Pause,
             Fault::IsolateNode { .. } | Fault::Halves { .. } | Fault::OneWay { .. } | Fault::Bridge { .. } => {
                 FaultKind::Partition
@@ -177,6 +181,13 @@ fn draw(rng: &mut StdRng, kind: FaultKind, nodes: usize) -> Fault {
         }
     };
     match kind {
+        FaultKind::Kill if nodes >= 3 && rng.random_bool(0.2) => {
+            let mut all: Vec<usize> = (0..nodes).collect();
+            all.shuffle(rng);
+            let mut majority = all[..nodes / 2 + 1].to_vec();
+            majority.sort();
+            Fault::KillMajority { nodes: majority }
+        }
         FaultKind::Kill => Fault::Kill { target: target(rng) },
         FaultKind::Pause => Fault::Pause { target: target(rng) },
         FaultKind::Partition => match rng.random_range(0..4) {
@@ -225,6 +236,7 @@ impl fmt::Display for Fault {
         let list = |v: &[usize]| v.iter().map(|i| format!("n{}", i + 1)).collect::<Vec<_>>().join("+");
         match self {
             Fault::Kill { target: t } => write!(f, "kill -9 {}", target(t)),
+            Fault::KillMajority { nodes } => write!(f, "kill -9 {}", list(nodes)),
             Fault::Pause { target: t } => write!(f, "pause {}", target(t)),
             Fault::IsolateNode { target: t } => write!(f, "isolate {}", target(t)),
             Fault::Halves { minority } => write!(f, "partition {} | rest", list(minority)),
@@ -244,7 +256,7 @@ fn need(firewall: Option<&mut Links>) -> anyhow::Result<&mut Links> {
 /// What was done, so it can be undone.
 pub enum Injected {
     Nothing,
-    Killed(usize),
+    Killed(Vec<usize>),
     Paused(usize),
     Firewall,
     Clocked(usize),
@@ -274,7 +286,13 @@ pub async fn inject(
         Fault::Kill { target } => {
             let i = resolve(cluster, *target, rng).await;
             cluster.local.kill(i);
-            Ok((Injected::Killed(i), format!("killed n{}", i + 1)))
+            Ok((Injected::Killed(vec![i]), format!("killed n{}", i + 1)))
+        }
+        Fault::KillMajority { nodes } => {
+            for &i in nodes {
+                cluster.local.kill(i);
+            }
+            Ok((Injected::Killed(nodes.clone()), String::new()))
         }
         Fault::Pause { target } => {
             let i = resolve(cluster, *target, rng).await;
@@ -348,9 +366,11 @@ pub async fn inject(
 pub async fn heal(cluster: &mut Cluster, firewall: Option<&mut Links>, injected: &Injected) -> anyhow::Result<()> {
     match injected {
         Injected::Nothing => Ok(()),
-        Injected::Killed(i) => {
-            if !cluster.running(*i) {
-                cluster.start(*i, None)?;
+        Injected::Killed(nodes) => {
+            for &i in nodes {
+                if !cluster.running(i) {
+                    cluster.start(i, None)?;
+                }
             }
             Ok(())
         }
