@@ -45,28 +45,37 @@ pub struct Firewall {
     delayer: Option<Delayer>,
 }
 
-fn iptables(namespace: Option<&str>, args: &[&str]) -> anyhow::Result<()> {
-    let mut command = match namespace {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, "iptables"]);
+/// Run `program args…` (after `prefix`) to completion; a failure carries its stderr.
+pub(crate) fn run_tool(prefix: &[&str], program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let mut command = match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(program);
             c
         }
-        None => Command::new("iptables"),
+        None => Command::new(program),
     };
     let output = command
-        .args(["-w", "5"])
         .args(args)
         .output()
-        .context("run iptables (is the iptables package installed?)")?;
+        .with_context(|| format!("run {program} (is it installed?)"))?;
     if !output.status.success() {
         bail!(
-            "iptables {} failed: {}",
+            "{program} {} failed: {}",
             args.join(" "),
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
     Ok(())
+}
+
+fn iptables(namespace: Option<&str>, args: &[&str]) -> anyhow::Result<()> {
+    let mut all = vec!["-w", "5"];
+    all.extend_from_slice(args);
+    match namespace {
+        Some(ns) => run_tool(&["ip", "netns", "exec", ns], "iptables", &all),
+        None => run_tool(&[], "iptables", &all),
+    }
 }
 
 /// True when iptables can be used here (installed, and we may change rules).

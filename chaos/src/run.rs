@@ -533,11 +533,7 @@ async fn read_whole_log(cluster: &Cluster, i: usize) -> anyhow::Result<Vec<u64>>
             if record.seq != next {
                 bail!("n{} returned seq {} where {next} was expected", i + 1, record.seq);
             }
-            let value = std::str::from_utf8(&record.payload)
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok())
-                .unwrap_or(0);
-            values.push(value);
+            values.push(workload::payload_value(&record.payload));
             next += 1;
         }
         if response.records.is_empty() || next > response.last_seq {

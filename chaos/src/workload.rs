@@ -165,6 +165,14 @@ async fn append(
     unknown
 }
 
+/// The value a record carries; 0 (never appended, so the checker reports it) if it is not one.
+pub fn payload_value(payload: &[u8]) -> u64 {
+    std::str::from_utf8(payload)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
 /// Only a refusal of the input itself proves an append was not applied:
 /// any other error may follow an attempt that reached the leader.
 fn definitely_not_applied(e: &ClientError) -> bool {
@@ -197,11 +205,7 @@ async fn read(
                     values.push(0);
                     break;
                 }
-                let value = std::str::from_utf8(&record.payload)
-                    .ok()
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .unwrap_or(0);
-                values.push(value);
+                values.push(payload_value(&record.payload));
             }
             let last = response.last_seq.max(from + values.len() as u64 - 1);
             *last_seen = (*last_seen).max(last);
