@@ -137,28 +137,27 @@ pub fn for_each_record(path: &Path, mut visit: impl FnMut(StoredRecord) -> Resul
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut count = 0u64;
     loop {
-        let mut head = [0u8; 8];
+        let mut head = [0u8; frame::FRAME_HEADER_BYTES];
         match reader.read_exact(&mut head) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(count),
             Err(e) => return Err(Error::io(path, e)),
         }
-        let len = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes"));
-        if len == 0 || len > crate::WAL_RECORD_BYTES_MAX {
+        let Some(len) = frame::body_len(&head) else {
+            let len = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes"));
             return Err(Error::corruption(
                 path,
                 format!("delta frame length {len} out of range"),
             ));
-        }
-        let mut framed = head.to_vec();
-        framed.resize(8 + len as usize, 0);
-        reader
-            .read_exact(&mut framed[8..])
-            .map_err(|_| Error::corruption(path, "delta frame cut short"))?;
-        let frame::Decoded::Frame { body, .. } = frame::decode(&framed) else {
-            return Err(Error::corruption(path, "delta frame checksum mismatch"));
         };
-        visit(StoredRecord::decode(body)?)?;
+        let mut body = vec![0u8; len as usize];
+        reader
+            .read_exact(&mut body)
+            .map_err(|_| Error::corruption(path, "delta frame cut short"))?;
+        if !frame::body_matches(&head, &body) {
+            return Err(Error::corruption(path, "delta frame checksum mismatch"));
+        }
+        visit(StoredRecord::decode(&body)?)?;
         count += 1;
     }
 }
@@ -168,18 +167,7 @@ mod tests {
     use super::*;
 
     fn record(seq: u64) -> StoredRecord {
-        StoredRecord {
-            seq,
-            channel_seq: seq,
-            txid: format!("tx{seq}").into_bytes(),
-            channel: "orders".into(),
-            payload: vec![seq as u8; 40],
-            client_time_ns: 0,
-            commit_time_ns: 1,
-            log_index: seq,
-            log_term: 1,
-            origin_node: 1,
-        }
+        StoredRecord::for_test(seq, 40)
     }
 
     fn chunk(seqs: std::ops::RangeInclusive<u64>) -> Vec<u8> {

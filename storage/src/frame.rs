@@ -31,26 +31,39 @@ pub(crate) enum Decoded<'a> {
     Invalid { detail: String, frame_end: usize },
 }
 
+/// The body length a frame header announces, or `None` when it is out of
+/// range. Zero is never written (an entry encodes to at least one byte) and
+/// is what a zero-filled tail after a crash looks like.
+pub(crate) fn body_len(header: &[u8; FRAME_HEADER_BYTES]) -> Option<u32> {
+    let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
+    (len != 0 && len <= WAL_RECORD_BYTES_MAX).then_some(len)
+}
+
+/// Whether `body` has the checksum `header` carries (for readers that read
+/// the header and the body separately).
+pub(crate) fn body_matches(header: &[u8; FRAME_HEADER_BYTES], body: &[u8]) -> bool {
+    u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")) == crc32fast::hash(body)
+}
+
 pub(crate) fn decode(buf: &[u8]) -> Decoded<'_> {
-    if buf.len() < FRAME_HEADER_BYTES {
+    let Some(header) = buf.first_chunk::<FRAME_HEADER_BYTES>() else {
         return Decoded::Incomplete;
-    }
-    let len = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes"));
-    let crc = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
-    if len == 0 || len > WAL_RECORD_BYTES_MAX {
-        // Zero is never written (an entry encodes to at least one byte) and is
-        // what a zero-filled tail after a crash looks like.
+    };
+    let Some(len) = body_len(header) else {
         return Decoded::Invalid {
-            detail: format!("record length {len} out of range"),
+            detail: format!(
+                "record length {} out of range",
+                u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"))
+            ),
             frame_end: buf.len(),
         };
-    }
+    };
     let end = FRAME_HEADER_BYTES + len as usize;
     if buf.len() < end {
         return Decoded::Incomplete;
     }
     let body = &buf[FRAME_HEADER_BYTES..end];
-    if crc32fast::hash(body) != crc {
+    if !body_matches(header, body) {
         return Decoded::Invalid {
             detail: "record checksum mismatch".to_string(),
             frame_end: end,

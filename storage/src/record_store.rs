@@ -103,6 +103,24 @@ pub struct StoredRecord {
 }
 
 impl StoredRecord {
+    /// A record for tests: seq and channel seq `seq`, txid `tx<seq>` on
+    /// channel `orders`, `payload_bytes` bytes of payload.
+    #[cfg(test)]
+    pub(crate) fn for_test(seq: u64, payload_bytes: usize) -> StoredRecord {
+        StoredRecord {
+            seq,
+            channel_seq: seq,
+            txid: format!("tx{seq}").into_bytes(),
+            channel: "orders".into(),
+            payload: vec![seq as u8; payload_bytes],
+            client_time_ns: 0,
+            commit_time_ns: 1,
+            log_index: seq,
+            log_term: 1,
+            origin_node: 1,
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let out = vec![RECORD_FORMAT_VERSION];
         postcard::to_extend(self, out).expect("encoding a record cannot fail")

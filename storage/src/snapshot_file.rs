@@ -196,7 +196,7 @@ fn read_all(
         if position + TRAILER_BYTES > file_bytes {
             return Err(Error::corruption(path, "snapshot has no trailer"));
         }
-        let mut head = [0u8; 8];
+        let mut head = [0u8; frame::FRAME_HEADER_BYTES];
         reader.read_exact(&mut head).map_err(|e| Error::io(path, e))?;
         if &head == TRAILER_MAGIC && position + TRAILER_BYTES == file_bytes {
             let mut rest = [0u8; 12];
@@ -220,7 +220,7 @@ fn read_all(
             return Ok(());
         }
         let len = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes"));
-        if len == 0 || len > crate::WAL_RECORD_BYTES_MAX || position + 8 + u64::from(len) + TRAILER_BYTES > file_bytes {
+        if frame::body_len(&head).is_none() || position + 8 + u64::from(len) + TRAILER_BYTES > file_bytes {
             return Err(Error::corruption(
                 path,
                 format!("record length {len} at offset {position} out of range"),
@@ -230,15 +230,13 @@ fn read_all(
         reader.read_exact(&mut body).map_err(|e| Error::io(path, e))?;
         crc.update(&head);
         crc.update(&body);
-        let mut framed = head.to_vec();
-        framed.extend_from_slice(&body);
-        let frame::Decoded::Frame { body, .. } = frame::decode(&framed) else {
+        if !frame::body_matches(&head, &body) {
             return Err(Error::corruption(
                 path,
                 format!("record checksum mismatch at offset {position}"),
             ));
-        };
-        let record = StoredRecord::decode(body)?;
+        }
+        let record = StoredRecord::decode(&body)?;
         if let Some(last) = last_seq {
             if record.seq != last + 1 {
                 return Err(Error::corruption(
@@ -259,18 +257,7 @@ mod tests {
     use super::*;
 
     fn record(seq: u64) -> StoredRecord {
-        StoredRecord {
-            seq,
-            channel_seq: seq,
-            txid: format!("tx{seq}").into_bytes(),
-            channel: "orders".into(),
-            payload: vec![seq as u8; 32],
-            client_time_ns: 0,
-            commit_time_ns: 1,
-            log_index: seq,
-            log_term: 1,
-            origin_node: 1,
-        }
+        StoredRecord::for_test(seq, 32)
     }
 
     /// A written snapshot verifies and reads back; any single flipped byte is reported as corruption.
