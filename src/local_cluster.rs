@@ -56,7 +56,12 @@ pub struct Launch {
 
 /// A free loopback port (bound, then released; good enough for local runs).
 pub fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("find a free port")?;
+    free_port_on(std::net::Ipv4Addr::LOCALHOST.into())
+}
+
+/// A free port on `ip` (bound, then released).
+pub fn free_port_on(ip: std::net::IpAddr) -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind((ip, 0)).with_context(|| format!("find a free port on {ip}"))?;
     Ok(listener.local_addr()?.port())
 }
 

@@ -565,29 +565,35 @@ async fn admin(command: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Snapshot { node, cluster } => {
             let client = client(&cluster)?;
             for address in target_nodes(&client, node).await? {
-                match client.snapshot_node(&address).await {
-                    Ok(r) => println!(
-                        "{address}: snapshot at log index {} (last seq {})",
-                        r.snapshot_index, r.last_seq
-                    ),
-                    Err(err) => println!("{address}: failed: {err}"),
-                }
+                let outcome = client
+                    .snapshot_node(&address)
+                    .await
+                    .map(|r| format!("snapshot at log index {} (last seq {})", r.snapshot_index, r.last_seq));
+                print_node_outcome(&address, outcome);
             }
             Ok(())
         }
         AdminCommand::Compact { node, cluster } => {
             let client = client(&cluster)?;
             for address in target_nodes(&client, node).await? {
-                match client.compact_node(&address).await {
-                    Ok(r) => println!(
-                        "{address}: WAL purged through index {} (latest snapshot {})",
+                let outcome = client.compact_node(&address).await.map(|r| {
+                    format!(
+                        "WAL purged through index {} (latest snapshot {})",
                         r.purged_index, r.snapshot_index
-                    ),
-                    Err(err) => println!("{address}: failed: {err}"),
-                }
+                    )
+                });
+                print_node_outcome(&address, outcome);
             }
             Ok(())
         }
+    }
+}
+
+/// One line per node for the per-node admin commands.
+fn print_node_outcome(address: &str, outcome: Result<String, txlog::client::ClientError>) {
+    match outcome {
+        Ok(message) => println!("{address}: {message}"),
+        Err(err) => println!("{address}: failed: {err}"),
     }
 }
 

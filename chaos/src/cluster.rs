@@ -7,9 +7,9 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use txlog::client::Client;
 use txlog::client::ClientOptions;
+use txlog::local_cluster::free_port_on;
 use txlog::local_cluster::Launch;
 use txlog::local_cluster::LocalCluster;
 use txlog::local_cluster::NodeSpec;
@@ -35,11 +35,7 @@ impl Placement {
     /// Node i on 127.0.0.(10 + i), on a port free on that address (and a
     /// second one behind the fault proxy when `proxied`).
     pub fn loopback(nodes: usize, proxied: bool) -> anyhow::Result<Placement> {
-        // Ports are bound, then released: good enough on a test host.
-        let free_port = |ip: Ipv4Addr| -> anyhow::Result<u16> {
-            let listener = std::net::TcpListener::bind((ip, 0)).with_context(|| format!("bind a port on {ip}"))?;
-            Ok(listener.local_addr()?.port())
-        };
+        let free_port = |ip: Ipv4Addr| free_port_on(ip.into());
         let ips: Vec<Ipv4Addr> = (0..nodes).map(|i| Ipv4Addr::new(127, 0, 0, 10 + i as u8)).collect();
         let ports = ips
             .iter()

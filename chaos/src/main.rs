@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::bail;
 use anyhow::Context;
 use clap::Parser;
 use clap::Subcommand;
@@ -204,9 +203,11 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             PathBuf::from("chaos-runs").join(format!("seed-{seed}-{now}"))
         }
     };
+    // `--net netns` as started by the user: the namespaces do not exist yet.
+    let outer = args.net == "netns" && args.inside_netns.is_none();
     let net = match (args.net.as_str(), &args.inside_netns) {
-        ("netns", None) => return outer_netns(&args, seed, &out),
         ("netns", Some(names)) => Net::Netns(names.split(',').map(str::to_string).collect()),
+        ("netns", None) => Net::Netns(Vec::new()),
         _ => Net::Loopback,
     };
     let options = RunOptions {
@@ -230,13 +231,11 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         timing: args.timing.clone(),
         keep_data: args.keep_data,
     };
-    txlog_chaos::run::preflight(&options)?;
-    eprintln!(
-        "txlog-chaos: seed {seed}, {} s, nemesis {}, report in {}",
-        options.time.as_secs_f64(),
-        args.nemesis,
-        options.out.display()
-    );
+    if outer {
+        // Refuse bad options before creating any namespace.
+        txlog_chaos::run::preflight(&options)?;
+        return outer_netns(options.nodes, seed, &out);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -265,11 +264,8 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `--net netns` as started by the user: create the namespaces, run inside, clean up.
-fn outer_netns(args: &RunArgs, seed: u64, out: &std::path::Path) -> anyhow::Result<ExitCode> {
-    if !(1..=5).contains(&args.nodes) {
-        bail!("--nodes must be 1 to 5, not {}", args.nodes);
-    }
-    let namespaces = netns::Namespaces::create(args.nodes)?;
+fn outer_netns(nodes: usize, seed: u64, out: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let namespaces = netns::Namespaces::create(nodes)?;
     // Pass the resolved seed and report directory so both processes agree.
     let given: Vec<String> = std::env::args().skip(1).collect();
     let forwarded = strip_flag_values(&given, &["--seed", "--out"]);

@@ -36,21 +36,30 @@ impl FaultKind {
         FaultKind::Membership,
     ];
 
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Kill => "kill",
+            FaultKind::Pause => "pause",
+            FaultKind::Partition => "partition",
+            FaultKind::Clock => "clock",
+            FaultKind::Latency => "latency",
+            FaultKind::Membership => "membership",
+        }
+    }
+
     pub fn parse_list(text: &str) -> anyhow::Result<Vec<FaultKind>> {
         let mut kinds = Vec::new();
         for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
             match word {
                 "all" => kinds.extend(FaultKind::ALL),
                 "none" => {}
-                "kill" => kinds.push(FaultKind::Kill),
-                "pause" => kinds.push(FaultKind::Pause),
-                "partition" => kinds.push(FaultKind::Partition),
-                "clock" => kinds.push(FaultKind::Clock),
-                "latency" => kinds.push(FaultKind::Latency),
-                "membership" => kinds.push(FaultKind::Membership),
-                other => bail!(
-                    "unknown nemesis {other:?}; choose from kill, pause, partition, clock, latency, membership, all, none"
-                ),
+                name => match FaultKind::ALL.into_iter().find(|k| k.name() == name) {
+                    Some(kind) => kinds.push(kind),
+                    None => bail!(
+                        "unknown nemesis {name:?}; choose from kill, pause, partition, clock, latency, membership, all, none"
+                    ),
+                },
             }
         }
         kinds.sort_by_key(|k| *k as u8);

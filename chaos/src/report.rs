@@ -13,6 +13,7 @@ use crate::history::pair;
 use crate::history::Event;
 use crate::history::Function;
 use crate::history::Kind;
+use crate::history::Operation;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RunFacts {
@@ -49,10 +50,9 @@ pub fn write_results(dir: &Path, facts: &RunFacts, verdict: &Verdict) -> anyhow:
     std::fs::write(&path, serde_json::to_vec_pretty(&results)?).with_context(|| format!("write {}", path.display()))
 }
 
-/// Fault intervals (start s, end s, label) from the nemesis events.
-pub fn fault_intervals(events: &[Event]) -> Vec<(f64, f64, String)> {
-    let Ok(ops) = pair(events) else { return Vec::new() };
-    let end = events.last().map_or(0.0, |e| e.time_ns as f64 / 1e9);
+/// Fault intervals (start s, end s, label) from the paired nemesis
+/// operations; a fault never healed lasts until `end` (s).
+fn fault_intervals(ops: &[Operation], end: f64) -> Vec<(f64, f64, String)> {
     ops.iter()
         .filter(|op| op.f == Function::Nemesis)
         .map(|op| {
@@ -70,12 +70,13 @@ pub fn fault_intervals(events: &[Event]) -> Vec<(f64, f64, String)> {
 /// outcome (`info` points drawn at the timeout), faults shaded.
 pub fn plot_latency(path: &Path, events: &[Event], op_timeout_ms: f64, title: &str) -> anyhow::Result<()> {
     let ops = pair(events)?;
-    let faults = fault_intervals(events);
+    let end = events.last().map_or(0.0, |e| e.time_ns as f64 / 1e9);
+    let faults = fault_intervals(&ops, end);
     let client_ops: Vec<_> = ops
         .iter()
         .filter(|op| matches!(op.f, Function::Append | Function::Read))
         .collect();
-    let t_max = events.last().map_or(1.0, |e| e.time_ns as f64 / 1e9).max(1.0);
+    let t_max = end.max(1.0);
     let y_max = (op_timeout_ms * 1.5).max(10.0);
     let y_min = 0.1;
 

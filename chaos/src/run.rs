@@ -153,6 +153,17 @@ pub fn preflight(options: &RunOptions) -> anyhow::Result<()> {
 
 pub async fn run(options: RunOptions, interrupt: CancellationToken) -> anyhow::Result<Outcome> {
     preflight(&options)?;
+    progress(&format!(
+        "txlog-chaos: seed {}, {} s, nemesis {}, report in {}",
+        options.seed,
+        options.time.as_secs_f64(),
+        if options.nemesis.is_empty() {
+            "none".to_string()
+        } else {
+            options.nemesis.iter().map(|k| k.name()).collect::<Vec<_>>().join(",")
+        },
+        options.out.display()
+    ));
     // Old node data in the report directory would be mixed into this run.
     if std::fs::read_dir(&options.out).is_ok_and(|mut d| d.next().is_some()) {
         bail!(
@@ -244,16 +255,7 @@ pub async fn run(options: RunOptions, interrupt: CancellationToken) -> anyhow::R
     let mut rng = StdRng::seed_from_u64(options.seed ^ 0x5eed);
     let mut facts = RunFacts {
         seed: options.seed,
-        nemesis: options
-            .nemesis
-            .iter()
-            .map(|k| {
-                serde_json::to_value(k)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default()
-            })
-            .collect(),
+        nemesis: options.nemesis.iter().map(|k| k.name().to_string()).collect(),
         time_s: options.time.as_secs_f64(),
         nodes: options.nodes,
         clients: options.clients,
