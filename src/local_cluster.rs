@@ -50,8 +50,6 @@ pub struct Launch {
     /// A command the node runs under, e.g. `ip netns exec NS` (it must exec,
     /// so the pid stays the node's).
     pub wrapper: Vec<String>,
-    /// Flags added for this start only (e.g. `--join`).
-    pub args: Vec<String>,
 }
 
 /// A free loopback port (bound, then released; good enough for local runs).
@@ -145,7 +143,6 @@ impl LocalCluster {
             .args(["--peers", &self.peers])
             .args(["--metrics-listen", spec.metrics.as_deref().unwrap_or("off")])
             .args(&spec.extra_args)
-            .args(&launch.args)
             .envs(launch.env.iter().map(|(k, v)| (k, v)))
             // Own process group: a Ctrl-C in the terminal reaches the
             // parent, which stops the nodes itself (and a chaos run keeps

@@ -34,10 +34,10 @@ use crate::validate;
 use crate::Error;
 use crate::Result;
 
-/// A running node.
 /// Resets of not-yet-accepted HTTP/2 streams tolerated per connection (h2's default is 20).
 const HTTP2_PENDING_RESETS_MAX: usize = 1_000;
 
+/// A running node.
 pub struct Node {
     pub raft: Raft,
     pub config: NodeConfig,

@@ -288,13 +288,10 @@ pub async fn run(options: RunOptions, interrupt: CancellationToken) -> anyhow::R
             break;
         }
         // Heal the current fault when its time is up.
-        if let Some((injected, label, heal_at)) = current.take() {
-            if now >= heal_at {
-                heal_with_retries(&mut cluster, firewall.as_mut(), &injected, &label, &mut facts).await;
-                recorder.record(nemesis_event(Kind::Ok, label));
-            } else {
-                current = Some((injected, label, heal_at));
-            }
+        if current.as_ref().is_some_and(|(_, _, heal_at)| now >= *heal_at) {
+            let (injected, label, _) = current.take().expect("checked above");
+            heal_with_retries(&mut cluster, firewall.as_mut(), &injected, &label, &mut facts).await;
+            recorder.record(nemesis_event(Kind::Ok, label));
         }
         if current.is_none() {
             if let Some(step) = steps.peek() {
