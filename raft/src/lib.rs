@@ -19,6 +19,7 @@
 
 mod batch_frame;
 mod codec;
+mod meta;
 mod network;
 mod raft_service;
 pub mod resync;

@@ -232,8 +232,7 @@ async fn receive_snapshot(
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|e| Status::data_loss(format!("received snapshot is damaged: {e}")))?;
-    let file_meta: SnapshotMeta =
-        postcard::from_bytes(&info.meta).map_err(|e| Status::data_loss(format!("snapshot meta: {e}")))?;
+    let file_meta = crate::meta::decode_snapshot_meta(&info.meta).map_err(|e| Status::data_loss(e.to_string()))?;
     if file_meta != meta {
         return Err(Status::invalid_argument(
             "snapshot header does not match the file's metadata",

@@ -29,7 +29,6 @@ use txlog_storage::delta_file::DeltaWriter;
 use txlog_storage::snapshot_file::SnapshotWriter;
 use txlog_storage::ChainHash;
 
-use crate::state_machine::encode;
 use crate::state_machine::snapshot_name;
 use crate::state_machine::Snapshot;
 use crate::state_machine::SnapshotFile;
@@ -344,7 +343,8 @@ enum MergeError {
 fn merge(reader: &StateMachineReader, header: &DeltaHeader, delta: &std::path::Path) -> Result<PathBuf, MergeError> {
     let failed = |e: txlog_storage::Error| MergeError::Failed(e.to_string());
     let target = reader.snapshot_dir().join(snapshot_name(&header.meta));
-    let mut writer = SnapshotWriter::create(&target, &encode(&header.meta)).map_err(failed)?;
+    let mut writer =
+        SnapshotWriter::create(&target, &crate::meta::encode_snapshot_meta(&header.meta)).map_err(failed)?;
     let verdict = reader
         .store()
         .verify_chain(header.base_seq, |record| writer.append(record))

@@ -30,14 +30,13 @@ use tokio::sync::watch;
 use txlog_storage::snapshot_file;
 use txlog_storage::RecordStore;
 
+use crate::meta;
 use crate::type_config::BatchResponse;
 use crate::type_config::LogId;
 use crate::type_config::SnapshotMeta;
 use crate::type_config::StoredMembership;
 use crate::type_config::TypeConfig;
 
-const META_APPLIED: &str = "applied";
-const META_MEMBERSHIP: &str = "membership";
 const SNAPSHOT_SUFFIX: &str = ".snap";
 const SNAPSHOT_READ_CHUNK: usize = 4096;
 
@@ -111,14 +110,6 @@ impl StateMachineReader {
     }
 }
 
-pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    postcard::to_allocvec(value).expect("encoding an in-memory value cannot fail")
-}
-
-fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> io::Result<T> {
-    postcard::from_bytes(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("decode {what}: {e}")))
-}
-
 pub(crate) fn snapshot_name(meta: &SnapshotMeta) -> String {
     match &meta.last_log_id {
         Some(id) => format!("{:020}-{:010}{SNAPSHOT_SUFFIX}", id.index, id.leader_id.term),
@@ -142,12 +133,8 @@ impl StateMachine {
         let snapshot_dir = dir.join("snapshots");
         std::fs::create_dir_all(&snapshot_dir)?;
 
-        let last_applied: Option<LogId> = store.meta(META_APPLIED)?.map(|b| decode("applied", &b)).transpose()?;
-        let membership: StoredMembership = store
-            .meta(META_MEMBERSHIP)?
-            .map(|b| decode("membership", &b))
-            .transpose()?
-            .unwrap_or_default();
+        let last_applied = store.get_meta(&meta::APPLIED)?.flatten();
+        let membership = store.get_meta(&meta::MEMBERSHIP)?.unwrap_or_default();
         let last_seq = store.last_seq()?;
         let (last_seq_tx, _) = watch::channel(last_seq);
         let shared = Arc::new(Shared {
@@ -194,25 +181,61 @@ impl StateMachine {
             return Ok(());
         };
         let path = self.shared.snapshot_dir.join(newest);
-        let info = match snapshot_file::verify(&path) {
-            Ok(info) => info,
+        let meta = match snapshot_file::read_meta(&path)
+            .map_err(io::Error::from)
+            .and_then(|bytes| meta::decode_snapshot_meta(&bytes))
+        {
+            Ok(meta) => meta,
             Err(err) => {
                 tracing::error!(path = %path.display(), %err, "newest snapshot is damaged; ignoring it");
                 return Ok(());
             }
         };
-        let meta: SnapshotMeta = decode("snapshot meta", &info.meta)?;
         let applied = self.shared.applied.lock().expect("sm lock poisoned").last_applied;
         if meta.last_log_id > applied {
+            if let Err(err) = snapshot_file::verify(&path) {
+                tracing::error!(path = %path.display(), %err, "newest snapshot is damaged; ignoring it");
+                return Ok(());
+            }
             tracing::warn!(
                 snapshot = ?meta.last_log_id,
                 applied = ?applied,
                 "record store is behind the newest snapshot; rebuilding it from the snapshot"
             );
             self.rebuild_from(&meta, &path)?;
+        } else {
+            // The store already holds everything the snapshot does, so a
+            // start-up need not read it (1M records take about a second).
+            // It is checked in the background before anyone relies on it.
+            self.verify_in_background(path.clone());
         }
         *self.shared.current_snapshot.lock().expect("sm lock poisoned") = Some((meta, path));
         Ok(())
+    }
+
+    /// Check the snapshot at `path` end to end off the start-up path; if it
+    /// is damaged and still current, forget it so openraft builds a fresh
+    /// one instead of sending a file every follower would refuse.
+    fn verify_in_background(&self, path: PathBuf) {
+        let shared = self.shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("snapshot-verify".into())
+            .spawn(move || {
+                let Err(err) = snapshot_file::verify(&path) else {
+                    return;
+                };
+                if !path.exists() {
+                    return; // replaced by a newer snapshot meanwhile
+                }
+                tracing::error!(path = %path.display(), %err, "current snapshot is damaged; a new one will be built");
+                let mut current = shared.current_snapshot.lock().expect("sm lock poisoned");
+                if current.as_ref().is_some_and(|(_, p)| p == &path) {
+                    *current = None;
+                }
+            });
+        if let Err(err) = spawned {
+            tracing::warn!(%err, "could not start the snapshot check");
+        }
     }
 
     /// Add the records after `base` from the snapshot at `path` to a store
@@ -255,8 +278,8 @@ impl StateMachine {
             Ok(())
         })?;
         let mut batch = batch.expect("a batch is open");
-        batch.set_meta(META_APPLIED, &encode(&meta.last_log_id));
-        batch.set_meta(META_MEMBERSHIP, &encode(&meta.last_membership));
+        batch.set_meta(&meta::APPLIED, &meta.last_log_id);
+        batch.set_meta(&meta::MEMBERSHIP, &meta.last_membership);
         let last_seq = batch.commit()?;
         {
             let mut applied = self.shared.applied.lock().expect("sm lock poisoned");
@@ -340,8 +363,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 responses.push((responder, response));
             }
         }
-        batch.set_meta(META_APPLIED, &encode(&state.last_applied));
-        batch.set_meta(META_MEMBERSHIP, &encode(&state.membership));
+        batch.set_meta(&meta::APPLIED, &state.last_applied);
+        batch.set_meta(&meta::MEMBERSHIP, &state.membership);
         state.last_seq = batch.commit()?;
         let last_seq = state.last_seq;
         *self.shared.applied.lock().expect("sm lock poisoned") = state;
@@ -361,7 +384,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> io::Result<()> {
         let _guard = self.shared.snapshot_lock.lock().await;
         let info = snapshot_file::verify(&snapshot.path)?;
-        let file_meta: SnapshotMeta = decode("snapshot meta", &info.meta)?;
+        let file_meta = meta::decode_snapshot_meta(&info.meta)?;
         if &file_meta != meta {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -436,7 +459,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         let path = self.shared.snapshot_dir.join(snapshot_name(&meta));
         let shared = self.shared.clone();
-        let meta_bytes = encode(&meta);
+        let meta_bytes = meta::encode_snapshot_meta(&meta);
         // Records up to `last_seq` are immutable, so reading them while later
         // applies run still yields exactly the state at `last_applied`.
         let built = tokio::task::spawn_blocking(move || -> io::Result<PathBuf> {

@@ -22,15 +22,20 @@ fn record(txid: &str, channel: &str) -> NewRecord {
 }
 
 fn batch_entry(index: u64, records: Vec<NewRecord>) -> Entry {
+    batch_entry_from(1, index, records)
+}
+
+/// A batch entry proposed by leader `leader` in term 1.
+fn batch_entry_from(leader: u64, index: u64, records: Vec<NewRecord>) -> Entry {
     let frame = BatchFrame::encode(
-        1,
+        leader,
         &BatchBody {
             created_ns: 1000 + index,
             records,
         },
     );
     Entry {
-        log_id: log_id::<TypeConfig>(1, 1, index),
+        log_id: log_id::<TypeConfig>(1, leader, index),
         payload: openraft::EntryPayload::Normal(frame),
     }
 }
@@ -95,6 +100,39 @@ async fn reapply_is_idempotent() {
     let mut reference = StateMachine::open(reference_dir.path()).unwrap();
     apply(&mut reference, entries()).await;
     assert_eq!(all(&sm), all(&reference), "restart + re-apply equals one clean apply");
+}
+
+/// A reopened state machine reports exactly the log id it applied, whatever the leader's
+/// node id (the applied index once read back as the leader's id), re-applying changes
+/// nothing, and the next entry applies.
+#[tokio::test]
+async fn reopen_keeps_applied_log_id_for_any_leader_id() {
+    for leader in [1u64, 2, 3, 1000, 2000, 300_000, 1 << 40, u64::MAX] {
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<Entry> = (1..=120u64)
+            .map(|i| batch_entry_from(leader, i, vec![record(&format!("t{i}"), "orders")]))
+            .collect();
+        {
+            let mut sm = StateMachine::open(dir.path()).unwrap();
+            apply(&mut sm, entries[..60].to_vec()).await;
+            apply(&mut sm, entries[60..].to_vec()).await;
+        }
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied, Some(log_id::<TypeConfig>(1, leader, 120)), "leader {leader}");
+        assert_eq!(sm.reader().last_seq(), 120, "leader {leader}");
+        apply(&mut sm, entries.clone()).await;
+        assert_eq!(sm.reader().last_seq(), 120, "re-apply wrote nothing (leader {leader})");
+        apply(
+            &mut sm,
+            vec![batch_entry_from(leader, 121, vec![record("next", "orders")])],
+        )
+        .await;
+        let records = all(&sm);
+        assert_eq!(records.len(), 121, "leader {leader}");
+        assert!(records.iter().enumerate().all(|(i, r)| r.seq == i as u64 + 1));
+        assert_eq!(records[120].txid, b"next");
+    }
 }
 
 /// A built snapshot installs into an empty state machine and reproduces every record and index.

@@ -35,6 +35,7 @@ mod durable_file;
 mod error;
 mod frame;
 mod log_store;
+mod meta_key;
 mod record_store;
 mod segment;
 pub mod snapshot_file;
@@ -46,6 +47,7 @@ pub use log_store::FsyncObserver;
 pub use log_store::LogStore;
 pub use log_store::LogStoreReader;
 pub use log_store::WalOptions;
+pub use meta_key::MetaKey;
 pub use record_store::chain_next;
 pub use record_store::AppendOutcome;
 pub use record_store::ApplyBatch;
@@ -54,6 +56,8 @@ pub use record_store::ChannelName;
 pub use record_store::NewRecord;
 pub use record_store::RecordStore;
 pub use record_store::StoredRecord;
+pub use record_store::LAST_SEQ;
+pub use record_store::STORE_FORMAT;
 
 /// Default size at which the active WAL segment is closed and a new one opened.
 pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;

@@ -9,7 +9,7 @@
 //! | `t` + txid | seq (u64 BE) |
 //! | `c` + channel + `0x00` + seq (u64 BE) | channel_seq (u64 BE) |
 //! | `h` + channel | last channel_seq (u64 BE) |
-//! | `m` + name | metadata blob (applied log id, membership, last seq) |
+//! | `m` + name | metadata value: `version u8 \| postcard(T)`, typed by a [`MetaKey`] |
 //! | `x` + seq (u64 BE) | hash chain at seq: SHA-256(chain(seq-1) ‖ record) |
 //!
 //! The hash chain lets two nodes agree that their first `seq` records are
@@ -17,6 +17,12 @@
 //! Every node computes it itself, whether it applied the records or restored
 //! them from a snapshot, so a record that differs anywhere below `seq`
 //! changes `chain(seq)`.
+//!
+//! Metadata keys are declared as [`MetaKey`] constants, each with one value
+//! type used to write and to read it (the store's own: [`LAST_SEQ`],
+//! [`STORE_FORMAT`]; the state machine's live in `txlog-raft`). A store
+//! whose [`STORE_FORMAT`] is missing or differs from this build's is
+//! discarded on open and rebuilt from the snapshot and WAL, which it caches.
 //!
 //! Records are immutable once written and keyed by a dense sequence, so a
 //! reader that stops at a known `last_seq` sees a consistent prefix even while
@@ -26,15 +32,24 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde::Serialize;
 use sha2::Digest;
 
 use crate::error::Error;
 use crate::error::Result;
+use crate::meta_key::MetaKey;
 
 const RECORD_FORMAT_VERSION: u8 = 1;
-const META_LAST_SEQ: &str = "last_seq";
+
+/// Highest sequence applied; maintained by [`ApplyBatch::commit`].
+pub const LAST_SEQ: MetaKey<u64> = MetaKey::new("last_seq", 1);
+
+/// Layout version of the whole store. Version 1 (never written as a key)
+/// stored metadata without version bytes; 2 is typed [`MetaKey`] values.
+pub const STORE_FORMAT: MetaKey<u32> = MetaKey::new("store_format", 1);
+const STORE_FORMAT_VERSION: u32 = 2;
 
 /// Value of the hash chain at one sequence.
 pub type ChainHash = [u8; 32];
@@ -193,13 +208,6 @@ fn chain_key(seq: u64) -> [u8; 9] {
     key
 }
 
-fn meta_key(name: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(1 + name.len());
-    key.push(b'm');
-    key.extend_from_slice(name.as_bytes());
-    key
-}
-
 fn be_u64(what: &'static str, bytes: &[u8]) -> Result<u64> {
     let arr: [u8; 8] = bytes.try_into().map_err(|_| Error::Decode {
         what,
@@ -223,19 +231,44 @@ impl RecordStore {
             .flush_every_ms(Some(500))
             .open()?;
         let tree = db.open_tree("records")?;
-        Ok(RecordStore { db, tree })
+        let store = RecordStore { db, tree };
+        store.check_format()?;
+        Ok(store)
+    }
+
+    /// Discard a store written in another layout: it is a cache of the
+    /// snapshot and WAL, and reading it with this build's types could
+    /// misread it. An empty store just gets the current format.
+    fn check_format(&self) -> Result<()> {
+        let found = match self.tree.get(STORE_FORMAT.key())? {
+            Some(bytes) => STORE_FORMAT.decode(&bytes).ok(),
+            None => None,
+        };
+        if found == Some(STORE_FORMAT_VERSION) {
+            return Ok(());
+        }
+        if !self.tree.is_empty() {
+            tracing::warn!(
+                found = ?found,
+                expected = STORE_FORMAT_VERSION,
+                "record store has another format; discarding it to rebuild from the snapshot and wal"
+            );
+            self.tree.clear()?;
+        }
+        self.tree
+            .insert(STORE_FORMAT.key(), STORE_FORMAT.encode(&STORE_FORMAT_VERSION))?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// Highest sequence applied (0 when empty).
     pub fn last_seq(&self) -> Result<u64> {
-        match self.tree.get(meta_key(META_LAST_SEQ))? {
-            Some(v) => be_u64("last_seq", &v),
-            None => Ok(0),
-        }
+        Ok(self.get_meta(&LAST_SEQ)?.unwrap_or(0))
     }
 
-    pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.tree.get(meta_key(name))?.map(|v| v.to_vec()))
+    /// The value stored under `key`, read as the type it was written as.
+    pub fn get_meta<T: Serialize + DeserializeOwned>(&self, key: &MetaKey<T>) -> Result<Option<T>> {
+        self.tree.get(key.key())?.map(|bytes| key.decode(&bytes)).transpose()
     }
 
     pub fn get(&self, seq: u64) -> Result<Option<StoredRecord>> {
@@ -368,9 +401,12 @@ impl RecordStore {
         })
     }
 
-    /// Remove everything (before installing a snapshot).
+    /// Remove every record and metadata value (before installing a
+    /// snapshot); the store keeps its format.
     pub fn clear(&self) -> Result<()> {
         self.tree.clear()?;
+        self.tree
+            .insert(STORE_FORMAT.key(), STORE_FORMAT.encode(&STORE_FORMAT_VERSION))?;
         Ok(())
     }
 
@@ -472,9 +508,13 @@ impl ApplyBatch<'_> {
         self.last_seq = record.seq;
     }
 
-    pub fn set_meta(&mut self, name: &str, value: &[u8]) {
-        assert_ne!(name, META_LAST_SEQ, "last_seq is maintained by the batch");
-        self.batch.insert(meta_key(name), value);
+    /// Write `value` under `key` as part of this batch.
+    pub fn set_meta<T: Serialize + DeserializeOwned>(&mut self, key: &MetaKey<T>, value: &T) {
+        assert!(
+            key.name() != LAST_SEQ.name() && key.name() != STORE_FORMAT.name(),
+            "{key:?} is maintained by the store"
+        );
+        self.batch.insert(key.key(), key.encode(value));
     }
 
     /// Sequence the next appended record would get.
@@ -484,7 +524,7 @@ impl ApplyBatch<'_> {
 
     /// Apply every change at once: a crash leaves all of them or none.
     pub fn commit(mut self) -> Result<u64> {
-        self.batch.insert(meta_key(META_LAST_SEQ), &self.last_seq.to_be_bytes());
+        self.batch.insert(LAST_SEQ.key(), LAST_SEQ.encode(&self.last_seq));
         self.store.tree.apply_batch(self.batch)?;
         Ok(self.last_seq)
     }
@@ -600,6 +640,55 @@ mod tests {
         b.set_chain_at(6, [9u8; 32]).unwrap();
         let verdict = b.verify_chain(10, |_| Ok(())).unwrap();
         assert!(verdict.unwrap_err().contains("seq 6"));
+    }
+
+    /// The store's own metadata keys round-trip, and a typed key written in a batch reads back as its type.
+    #[test]
+    fn meta_keys_round_trip() {
+        for value in [0u64, 1, 56, 1 << 40, u64::MAX] {
+            assert_eq!(LAST_SEQ.decode(&LAST_SEQ.encode(&value)).unwrap(), value);
+        }
+        assert_eq!(
+            STORE_FORMAT
+                .decode(&STORE_FORMAT.encode(&STORE_FORMAT_VERSION))
+                .unwrap(),
+            STORE_FORMAT_VERSION
+        );
+        const APPLIED: MetaKey<Option<(u64, u64, u64)>> = MetaKey::new("applied", 1);
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordStore::open(dir.path()).unwrap();
+        assert_eq!(store.get_meta(&APPLIED).unwrap(), None);
+        let mut batch = store.batch().unwrap();
+        batch.append(rec("a", "orders"), 121, 1, 2000, 0).unwrap();
+        batch.set_meta(&APPLIED, &Some((1, 2000, 121)));
+        batch.commit().unwrap();
+        drop(store);
+        let store = RecordStore::open(dir.path()).unwrap();
+        assert_eq!(store.get_meta(&APPLIED).unwrap(), Some(Some((1, 2000, 121))));
+        assert_eq!(store.last_seq().unwrap(), 1);
+    }
+
+    /// A store written before metadata was versioned (no format key, bare values) is
+    /// discarded on open instead of being misread; an empty store just gets the format.
+    #[test]
+    fn store_of_another_format_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let tree = db.open_tree("records").unwrap();
+            tree.insert(b"mlast_seq", &56u64.to_be_bytes()).unwrap();
+            tree.insert(b"mapplied", &[1u8, 1, 2, 0x88, 0x0f][..]).unwrap();
+            db.flush().unwrap();
+        }
+        let store = RecordStore::open(dir.path()).unwrap();
+        assert_eq!(store.last_seq().unwrap(), 0);
+        assert_eq!(store.get_meta(&STORE_FORMAT).unwrap(), Some(STORE_FORMAT_VERSION));
+        let mut batch = store.batch().unwrap();
+        batch.append(rec("a", "orders"), 1, 1, 1, 0).unwrap();
+        batch.commit().unwrap();
+        drop(store);
+        let store = RecordStore::open(dir.path()).unwrap();
+        assert_eq!(store.last_seq().unwrap(), 1, "a current store is kept as it is");
     }
 
     /// Channel names outside [a-z0-9][a-z0-9._-]{0,63} are rejected.
