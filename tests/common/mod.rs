@@ -41,12 +41,20 @@ fn free_port() -> u16 {
 }
 
 impl TestCluster {
-    /// Start `n` nodes with extra `txlog node` flags.
+    /// Start `n` nodes (ids 1..=n) with extra `txlog node` flags.
     pub fn start(n: usize, extra_args: &[&str]) -> TestCluster {
+        let ids: Vec<u64> = (1..=n as u64).collect();
+        Self::start_with_ids(&ids, extra_args)
+    }
+
+    /// Start one node per id (regions in [`REGIONS`] order) with extra `txlog node` flags.
+    pub fn start_with_ids(ids: &[u64], extra_args: &[&str]) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let nodes: Vec<TestNode> = (0..n)
-            .map(|i| TestNode {
-                id: i as u64 + 1,
+        let nodes: Vec<TestNode> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| TestNode {
+                id,
                 address: format!("127.0.0.1:{}", free_port()),
                 data_dir: dir.path().join(REGIONS[i]),
                 child: None,
@@ -55,7 +63,8 @@ impl TestCluster {
             .collect();
         let peers = nodes
             .iter()
-            .map(|n| format!("{}={}@{}", n.id, REGIONS[n.id as usize - 1], n.address))
+            .enumerate()
+            .map(|(i, n)| format!("{}={}@{}", n.id, REGIONS[i], n.address))
             .collect::<Vec<_>>()
             .join(",");
         let mut cluster = TestCluster {
@@ -64,19 +73,30 @@ impl TestCluster {
             peers,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         };
-        for id in 1..=n as u64 {
+        for &id in ids {
             cluster.start_node(id);
         }
         cluster
     }
 
+    fn position(&self, id: u64) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.id == id)
+            .unwrap_or_else(|| panic!("no node {id} in this cluster"))
+    }
+
     pub fn node(&self, id: u64) -> &TestNode {
-        &self.nodes[id as usize - 1]
+        &self.nodes[self.position(id)]
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.id).collect()
     }
 
     /// Add node `id` (a new, empty node) that joins through `via` with `--join`.
     pub fn start_joining(&mut self, id: u64, region: &str, via: u64) {
-        assert_eq!(id as usize, self.nodes.len() + 1, "joining nodes get the next id");
+        assert!(self.nodes.iter().all(|n| n.id != id), "node {id} exists already");
         let via = self.node(via).address.clone();
         self.nodes.push(TestNode {
             id,
@@ -95,10 +115,11 @@ impl TestCluster {
     fn spawn(&mut self, id: u64, region: Option<&str>) {
         let peers = self.peers.clone();
         let extra = self.extra_args.clone();
-        let node = &mut self.nodes[id as usize - 1];
+        let position = self.position(id);
+        let node = &mut self.nodes[position];
         let region = region
             .map(str::to_string)
-            .or_else(|| REGIONS.get(id as usize - 1).map(|r| r.to_string()))
+            .or_else(|| REGIONS.get(position).map(|r| r.to_string()))
             .expect("region");
         let membership = match &node.join {
             Some(via) => ["--join".to_string(), via.clone()],
@@ -132,7 +153,8 @@ impl TestCluster {
 
     /// `kill -9` one node.
     pub fn kill(&mut self, id: u64) {
-        let node = &mut self.nodes[id as usize - 1];
+        let position = self.position(id);
+        let node = &mut self.nodes[position];
         if let Some(mut child) = node.child.take() {
             child.kill().expect("SIGKILL");
             child.wait().expect("reap");
@@ -141,7 +163,8 @@ impl TestCluster {
 
     /// SIGTERM one node and wait for it to exit (it flushes sled on the way out).
     pub fn stop(&mut self, id: u64) {
-        let node = &mut self.nodes[id as usize - 1];
+        let position = self.position(id);
+        let node = &mut self.nodes[position];
         if let Some(mut child) = node.child.take() {
             // SAFETY: kill(2) on a child we spawned and have not reaped.
             unsafe {
@@ -153,7 +176,7 @@ impl TestCluster {
 
     /// Wipe node `id`'s WAL and state (it must be stopped).
     pub fn wipe(&mut self, id: u64) {
-        let node = &self.nodes[id as usize - 1];
+        let node = self.node(id);
         assert!(node.child.is_none(), "stop node {id} before wiping it");
         for name in ["wal", "state"] {
             let _ = std::fs::remove_dir_all(node.data_dir.join(name));
