@@ -87,12 +87,16 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// `timing` is the nodes' `--timing` profile (lan or wan).
-    pub fn new(exe: PathBuf, placement: Placement, dir: &Path, timing: &str) -> anyhow::Result<Cluster> {
+    /// Node `i` runs with id `ids[i]` and keeps its data in `dir/n{i + 1}`
+    /// (by index, like its address, so a directory names the same place
+    /// whatever ids a seed drew); `timing` is the nodes' `--timing` profile
+    /// (lan or wan).
+    pub fn new(exe: PathBuf, placement: Placement, ids: &[u64], dir: &Path, timing: &str) -> anyhow::Result<Cluster> {
         let nodes = placement.ips.len();
+        assert_eq!(ids.len(), nodes, "one node id per placed node");
         let specs: Vec<NodeSpec> = (0..nodes)
             .map(|i| NodeSpec {
-                id: i as u64 + 1,
+                id: ids[i],
                 region: REGIONS[i % REGIONS.len()].to_string(),
                 address: format!("{}:{}", placement.ips[i], placement.ports[i]),
                 listen: placement
@@ -171,6 +175,42 @@ impl Cluster {
         self.local.start_with(i, &launch)?;
         self.clock[i] = clock;
         Ok(())
+    }
+
+    /// SIGTERM node `i` and wait up to `grace` for it to exit. Past that it
+    /// is killed with SIGKILL and an error says so: a node that does not
+    /// shut down on SIGTERM would hang every deploy. An exit other than
+    /// success is an error too. A node already down is left alone.
+    ///
+    /// Not `LocalCluster::stop`, which kills a slow node without telling the
+    /// caller, so the run could not report it.
+    pub async fn stop_clean(&mut self, i: usize, grace: Duration) -> anyhow::Result<()> {
+        let Some(pid) = self.local.pid(i) else {
+            return Ok(());
+        };
+        // SAFETY: kill(2) on our child, which LocalCluster has not reaped
+        // yet, so the pid cannot have been reused.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGTERM);
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            if let Some(status) = self.local.exited(i) {
+                if !status.success() {
+                    anyhow::bail!("n{} (id {}) exited with {status} after SIGTERM", i + 1, self.id(i));
+                }
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                self.local.kill(i);
+                anyhow::bail!(
+                    "n{} (id {}) did not exit within {grace:?} of SIGTERM; killed it with SIGKILL",
+                    i + 1,
+                    self.id(i)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn running(&self, i: usize) -> bool {

@@ -9,6 +9,8 @@
 //! - [`checker`]: a pure function from a history to a verdict, with Jepsen's
 //!   anomaly names;
 //! - [`synthetic`]: histories of a correct log, for tests;
+//! - [`node_ids`]: the seeded, sparse node ids of a run (node ids are
+//!   identity only; placement and labels go by index);
 //! - the rest (cluster, network faults, nemesis, workload, report) drives a
 //!   run and is used by the `txlog-chaos` binary.
 //!
@@ -22,6 +24,7 @@ pub mod history;
 pub mod nemesis;
 pub mod net;
 pub mod netns;
+pub mod node_ids;
 pub mod proxy;
 pub mod report;
 pub mod run;

@@ -13,6 +13,7 @@ use txlog_chaos::checker::check;
 use txlog_chaos::history;
 use txlog_chaos::nemesis::FaultKind;
 use txlog_chaos::netns;
+use txlog_chaos::node_ids;
 use txlog_chaos::report;
 use txlog_chaos::run::LinkFaults;
 use txlog_chaos::run::Net;
@@ -29,11 +30,12 @@ const EXIT_ERROR: u8 = 2;
     name = "txlog-chaos",
     version,
     about = "Jepsen-style chaos tests for txlog: real nodes, faults, a recorded history and a checker",
-    long_about = "Starts real `txlog node` processes, runs client workers that append unique values and \
-                  read the log, injects faults on a seeded schedule (kill -9, SIGSTOP, partitions, clock \
-                  skew, latency, membership changes), heals them, reads every node's log and checks the \
-                  history for lost, duplicated, unexpected, aborted-read, incompatible-order, stale-read \
-                  and future-read anomalies.\n\nExit code: 0 valid, 1 anomalies found, 2 the run itself failed."
+    long_about = "Starts real `txlog node` processes with node ids drawn from the seed, runs client workers \
+                  that append unique values and read the log, injects faults on a seeded schedule (kill -9, \
+                  clean restarts, SIGSTOP, partitions, clock skew, latency, membership changes), heals them, \
+                  reads every node's log and checks the history for lost, duplicated, unexpected, \
+                  aborted-read, incompatible-order, stale-read and future-read anomalies.\n\nExit code: 0 \
+                  valid, 1 anomalies found, 2 the run itself failed."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -62,7 +64,7 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Faults to inject, comma-separated: kill, pause, partition, clock, latency, membership, all, none.
+    /// Faults to inject, comma-separated: kill, restart, pause, partition, clock, latency, membership, all, none.
     #[arg(long, default_value = "kill,pause,partition")]
     nemesis: String,
     /// How long clients run (e.g. 60s, 5m).
@@ -77,6 +79,9 @@ struct RunArgs {
     /// Number of txlog nodes (1-5).
     #[arg(long, default_value_t = 3)]
     nodes: usize,
+    /// Node ids, comma-separated, one per node (e.g. 1,2,3); default: drawn from the seed (large, sparse, printed).
+    #[arg(long)]
+    node_ids: Option<String>,
     /// Concurrent client workers.
     #[arg(long, default_value_t = 5)]
     clients: usize,
@@ -187,6 +192,10 @@ fn synth(operations: usize, seed: u64, processes: u64, out: &std::path::Path) ->
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let seed = args.seed.unwrap_or_else(rand::random);
     let nemesis = FaultKind::parse_list(&args.nemesis)?;
+    let node_ids = match &args.node_ids {
+        Some(text) => node_ids::parse(text, args.nodes)?,
+        None => node_ids::draw(seed, args.nodes),
+    };
     let txlog = match &args.txlog {
         Some(path) => path.clone(),
         None => std::env::current_exe()
@@ -218,6 +227,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         time: args.time,
         interval: args.interval,
         nodes: args.nodes,
+        node_ids,
         clients: args.clients,
         rate: args.rate,
         op_timeout: args.op_timeout,

@@ -19,6 +19,7 @@ use crate::net::Links;
 #[serde(rename_all = "kebab-case")]
 pub enum FaultKind {
     Kill,
+    Restart,
     Pause,
     Partition,
     Clock,
@@ -27,8 +28,9 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 6] = [
+    pub const ALL: [FaultKind; 7] = [
         FaultKind::Kill,
+        FaultKind::Restart,
         FaultKind::Pause,
         FaultKind::Partition,
         FaultKind::Clock,
@@ -40,6 +42,7 @@ impl FaultKind {
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::Kill => "kill",
+            FaultKind::Restart => "restart",
             FaultKind::Pause => "pause",
             FaultKind::Partition => "partition",
             FaultKind::Clock => "clock",
@@ -57,7 +60,8 @@ impl FaultKind {
                 name => match FaultKind::ALL.into_iter().find(|k| k.name() == name) {
                     Some(kind) => kinds.push(kind),
                     None => bail!(
-                        "unknown nemesis {name:?}; choose from kill, pause, partition, clock, latency, membership, all, none"
+                        "unknown nemesis {name:?}; choose from {}, all, none",
+                        FaultKind::names()
                     ),
                 },
             }
@@ -65,6 +69,11 @@ impl FaultKind {
         kinds.sort_by_key(|k| *k as u8);
         kinds.dedup();
         Ok(kinds)
+    }
+
+    /// Every kind's name, comma-separated, for help and error messages.
+    pub fn names() -> String {
+        FaultKind::ALL.map(FaultKind::name).join(", ")
     }
 
     pub fn needs_firewall(self) -> bool {
@@ -89,6 +98,11 @@ pub enum Fault {
     /// `kill -9` a majority at once (acknowledged records must survive on disk).
     KillMajority {
         nodes: Vec<usize>,
+    },
+    /// SIGTERM (a clean shutdown, SIGKILL past a grace period), then start
+    /// again on the same data when healed.
+    Restart {
+        target: Target,
     },
     Pause {
         target: Target,
@@ -131,6 +145,7 @@ impl Fault {
     pub fn kind(&self) -> FaultKind {
         match self {
             Fault::Kill { .. } | Fault::KillMajority { .. } => FaultKind::Kill,
+            Fault::Restart { .. } => FaultKind::Restart,
             Fault::Pause { .. } => FaultKind::Pause,
             Fault::IsolateNode { .. } | Fault::Halves { .. } | Fault::OneWay { .. } | Fault::Bridge { .. } => {
                 FaultKind::Partition
@@ -198,6 +213,7 @@ fn draw(rng: &mut StdRng, kind: FaultKind, nodes: usize) -> Fault {
             Fault::KillMajority { nodes: majority }
         }
         FaultKind::Kill => Fault::Kill { target: target(rng) },
+        FaultKind::Restart => Fault::Restart { target: target(rng) },
         FaultKind::Pause => Fault::Pause { target: target(rng) },
         FaultKind::Partition => match rng.random_range(0..4) {
             0 => Fault::IsolateNode { target: target(rng) },
@@ -246,6 +262,7 @@ impl fmt::Display for Fault {
         match self {
             Fault::Kill { target: t } => write!(f, "kill -9 {}", target(t)),
             Fault::KillMajority { nodes } => write!(f, "kill -9 {}", list(nodes)),
+            Fault::Restart { target: t } => write!(f, "restart {}", target(t)),
             Fault::Pause { target: t } => write!(f, "pause {}", target(t)),
             Fault::IsolateNode { target: t } => write!(f, "isolate {}", target(t)),
             Fault::Halves { minority } => write!(f, "partition {} | rest", list(minority)),
@@ -262,14 +279,42 @@ fn need(firewall: Option<&mut Links>) -> anyhow::Result<&mut Links> {
     firewall.ok_or_else(|| anyhow::anyhow!("this fault needs a way to cut links (iptables or the fault proxy)"))
 }
 
+/// How long a clean restart waits for the node to exit after SIGTERM
+/// before it uses SIGKILL (and reports the fault as an error). txlog stops
+/// in well under a second; 10 s leaves room for a loaded 2-core machine.
+pub const RESTART_GRACE: Duration = Duration::from_secs(10);
+
 /// What was done, so it can be undone.
 pub enum Injected {
     Nothing,
-    Killed(Vec<usize>),
+    /// Nodes stopped (`kill -9` or a clean shutdown); healing starts them
+    /// again on the same data.
+    Down(Vec<usize>),
     Paused(usize),
     Firewall,
     Clocked(usize),
     Removed(usize),
+}
+
+/// The result of injecting one fault.
+pub struct Injection {
+    pub injected: Injected,
+    /// The node(s) hit when the schedule did not name them (e.g. "the
+    /// leader"); empty otherwise.
+    pub detail: String,
+    /// Something that went wrong while the fault still took effect (it is
+    /// healed as usual and recorded as a fault error).
+    pub error: Option<String>,
+}
+
+impl Injection {
+    fn new(injected: Injected, detail: String) -> Injection {
+        Injection {
+            injected,
+            detail,
+            error: None,
+        }
+    }
 }
 
 async fn resolve(cluster: &Cluster, target: Target, rng: &mut StdRng) -> usize {
@@ -282,60 +327,96 @@ async fn resolve(cluster: &Cluster, target: Target, rng: &mut StdRng) -> usize {
     }
 }
 
-/// Inject `fault`; returns what to heal and a description of the node(s) hit.
+/// Inject `fault`: what to heal, which node(s) it hit, and any error that
+/// did not stop it.
 pub async fn inject(
     cluster: &mut Cluster,
     firewall: Option<&mut Links>,
     fault: &Fault,
     rng: &mut StdRng,
-) -> anyhow::Result<(Injected, String)> {
-    let n = cluster.len();
-    let others = |i: usize| (0..n).filter(move |&j| j != i);
+) -> anyhow::Result<Injection> {
     match fault {
         Fault::Kill { target } => {
             let i = resolve(cluster, *target, rng).await;
             cluster.local.kill(i);
-            Ok((Injected::Killed(vec![i]), format!("killed n{}", i + 1)))
+            Ok(Injection::new(Injected::Down(vec![i]), format!("killed n{}", i + 1)))
         }
         Fault::KillMajority { nodes } => {
             for &i in nodes {
                 cluster.local.kill(i);
             }
-            Ok((Injected::Killed(nodes.clone()), String::new()))
+            Ok(Injection::new(Injected::Down(nodes.clone()), String::new()))
+        }
+        Fault::Restart { target } => {
+            let i = resolve(cluster, *target, rng).await;
+            // Even when the node had to be killed it is down: heal starts it.
+            let error = cluster.stop_clean(i, RESTART_GRACE).await.err();
+            Ok(Injection {
+                injected: Injected::Down(vec![i]),
+                detail: format!("stopped n{}", i + 1),
+                error: error.map(|e| format!("{e:#}")),
+            })
         }
         Fault::Pause { target } => {
             let i = resolve(cluster, *target, rng).await;
             cluster.local.pause(i);
-            Ok((Injected::Paused(i), format!("paused n{}", i + 1)))
+            Ok(Injection::new(Injected::Paused(i), format!("paused n{}", i + 1)))
         }
+        Fault::Clock { target, offset_s, rate } => {
+            cluster.local.kill(*target);
+            cluster.start(*target, Some(format!("{offset_s:+}s x{rate}")))?;
+            Ok(Injection::new(Injected::Clocked(*target), String::new()))
+        }
+        Fault::Membership { target } => {
+            let i = resolve(cluster, *target, rng).await;
+            let id = cluster.id(i);
+            let (injected, detail) =
+                match tokio::time::timeout(Duration::from_secs(10), cluster.client.remove_node(id)).await {
+                    Ok(Ok(_)) => (Injected::Removed(i), format!("removed n{}", i + 1)),
+                    Ok(Err(e)) => (Injected::Nothing, format!("removing n{} refused: {e}", i + 1)),
+                    Err(_) => (Injected::Removed(i), format!("removing n{} timed out", i + 1)),
+                };
+            Ok(Injection::new(injected, detail))
+        }
+        Fault::IsolateNode { .. }
+        | Fault::Halves { .. }
+        | Fault::OneWay { .. }
+        | Fault::Bridge { .. }
+        | Fault::Latency { .. } => {
+            let detail = cut_links(cluster, need(firewall)?, fault, rng).await?;
+            Ok(Injection::new(Injected::Firewall, detail))
+        }
+    }
+}
+
+/// Inject a link fault (partitions and latency); returns the node isolated
+/// when the schedule said "the leader".
+async fn cut_links(cluster: &Cluster, fw: &mut Links, fault: &Fault, rng: &mut StdRng) -> anyhow::Result<String> {
+    let n = cluster.len();
+    let others = |i: usize| (0..n).filter(move |&j| j != i);
+    match fault {
         Fault::IsolateNode { target } => {
             let i = resolve(cluster, *target, rng).await;
-            let fw = need(firewall)?;
             for j in others(i) {
                 fw.cut(i, j)?;
                 fw.cut(j, i)?;
             }
-            Ok((Injected::Firewall, format!("isolated n{}", i + 1)))
+            return Ok(format!("isolated n{}", i + 1));
         }
         Fault::Halves { minority } => {
-            let fw = need(firewall)?;
             for &i in minority {
                 for j in (0..n).filter(|j| !minority.contains(j)) {
                     fw.cut(i, j)?;
                     fw.cut(j, i)?;
                 }
             }
-            Ok((Injected::Firewall, String::new()))
         }
         Fault::OneWay { from } => {
-            let fw = need(firewall)?;
             for j in others(*from) {
                 fw.cut(*from, j)?;
             }
-            Ok((Injected::Firewall, String::new()))
         }
         Fault::Bridge { bridge, left } => {
-            let fw = need(firewall)?;
             let right: Vec<usize> = (0..n).filter(|j| j != bridge && !left.contains(j)).collect();
             for &i in left {
                 for &j in &right {
@@ -343,39 +424,24 @@ pub async fn inject(
                     fw.cut(j, i)?;
                 }
             }
-            Ok((Injected::Firewall, String::new()))
-        }
-        Fault::Clock { target, offset_s, rate } => {
-            cluster.local.kill(*target);
-            cluster.start(*target, Some(format!("{offset_s:+}s x{rate}")))?;
-            Ok((Injected::Clocked(*target), String::new()))
         }
         Fault::Latency { target, delay_ms } => {
-            let fw = need(firewall)?;
             let delay = Duration::from_millis(*delay_ms);
             for j in others(*target) {
                 fw.delay(*target, j, delay)?;
                 fw.delay(j, *target, delay)?;
             }
-            Ok((Injected::Firewall, String::new()))
         }
-        Fault::Membership { target } => {
-            let i = resolve(cluster, *target, rng).await;
-            let id = cluster.id(i);
-            match tokio::time::timeout(Duration::from_secs(10), cluster.client.remove_node(id)).await {
-                Ok(Ok(_)) => Ok((Injected::Removed(i), format!("removed n{}", i + 1))),
-                Ok(Err(e)) => Ok((Injected::Nothing, format!("removing n{} refused: {e}", i + 1))),
-                Err(_) => Ok((Injected::Removed(i), format!("removing n{} timed out", i + 1))),
-            }
-        }
+        other => unreachable!("{other} is not a link fault"),
     }
+    Ok(String::new())
 }
 
 /// Undo one injected fault. Errors are returned so the caller can retry.
 pub async fn heal(cluster: &mut Cluster, firewall: Option<&mut Links>, injected: &Injected) -> anyhow::Result<()> {
     match injected {
         Injected::Nothing => Ok(()),
-        Injected::Killed(nodes) => {
+        Injected::Down(nodes) => {
             for &i in nodes {
                 if !cluster.running(i) {
                     cluster.start(i, None)?;

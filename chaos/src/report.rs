@@ -21,6 +21,8 @@ pub struct RunFacts {
     pub nemesis: Vec<String>,
     pub time_s: f64,
     pub nodes: usize,
+    /// Node `i`'s id: `n{i + 1}` in fault labels and `nodes/n{i + 1}/`.
+    pub node_ids: Vec<u64>,
     pub clients: usize,
     pub rate: f64,
     pub net: String,
@@ -164,6 +166,10 @@ pub fn summary(facts: &RunFacts, verdict: &Verdict, dir: &Path) -> String {
             facts.rate,
             if facts.interrupted { "  ·  INTERRUPTED" } else { "" }
         ),
+    );
+    line(
+        &mut out,
+        format!("node ids   {}", crate::node_ids::describe(&facts.node_ids)),
     );
     line(
         &mut out,

@@ -12,6 +12,7 @@ use anyhow::bail;
 use anyhow::Context;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use txlog::client::Client;
 use txlog::client::ClientOptions;
@@ -34,6 +35,7 @@ use crate::net::Firewall;
 use crate::net::Links;
 use crate::net::RulePlace;
 use crate::netns;
+use crate::node_ids;
 use crate::proxy::Proxy;
 use crate::report;
 use crate::report::RunFacts;
@@ -71,6 +73,8 @@ pub struct RunOptions {
     pub time: Duration,
     pub interval: Duration,
     pub nodes: usize,
+    /// Node `i`'s id (see [`crate::node_ids`]): drawn from the seed or given.
+    pub node_ids: Vec<u64>,
     pub clients: usize,
     pub rate: f64,
     pub op_timeout: Duration,
@@ -97,6 +101,15 @@ impl RunOptions {
     }
 }
 
+/// `schedule.json`: the faults a seed drew and the node ids they hit
+/// (fault labels name nodes by index, `n1` being `node_ids[0]`).
+#[derive(Serialize)]
+struct ScheduleFile<'a> {
+    seed: u64,
+    node_ids: &'a [u64],
+    steps: &'a [nemesis::Step],
+}
+
 pub struct Outcome {
     pub verdict: Verdict,
     pub facts: RunFacts,
@@ -117,6 +130,7 @@ pub fn preflight(options: &RunOptions) -> anyhow::Result<()> {
     if !(1..=5).contains(&options.nodes) {
         bail!("--nodes must be 1 to 5, not {}", options.nodes);
     }
+    node_ids::validate(&options.node_ids, options.nodes)?;
     if options.clients == 0 || options.clients > 100 {
         bail!("--clients must be 1 to 100, not {}", options.clients);
     }
@@ -154,7 +168,7 @@ pub fn preflight(options: &RunOptions) -> anyhow::Result<()> {
 pub async fn run(options: RunOptions, interrupt: CancellationToken) -> anyhow::Result<Outcome> {
     preflight(&options)?;
     progress(&format!(
-        "txlog-chaos: seed {}, {} s, nemesis {}, report in {}",
+        "txlog-chaos: seed {}, {} s, nemesis {}, node ids {}, report in {}",
         options.seed,
         options.time.as_secs_f64(),
         if options.nemesis.is_empty() {
@@ -162,6 +176,7 @@ pub async fn run(options: RunOptions, interrupt: CancellationToken) -> anyhow::R
         } else {
             options.nemesis.iter().map(|k| k.name()).collect::<Vec<_>>().join(",")
         },
+        node_ids::describe(&options.node_ids),
         options.out.display()
     ));
     // Old node data in the report directory would be mixed into this run.
@@ -179,7 +194,15 @@ pub async fn run(options: RunOptions, interrupt: CancellationToken) -> anyhow::R
         options.time,
         options.interval,
     );
-    std::fs::write(options.out.join("schedule.json"), serde_json::to_vec_pretty(&steps)?)?;
+    let schedule_file = ScheduleFile {
+        seed: options.seed,
+        node_ids: &options.node_ids,
+        steps: &steps,
+    };
+    std::fs::write(
+        options.out.join("schedule.json"),
+        serde_json::to_vec_pretty(&schedule_file)?,
+    )?;
 
     let link_faults = options.resolved_link_faults();
     let (placement, place) = match &options.net {
@@ -209,6 +232,7 @@ pub async fn run(options: RunOptions, interrupt: CancellationToken) -> anyhow::R
     let mut cluster = Cluster::new(
         options.txlog.clone(),
         placement,
+        &options.node_ids,
         &options.out.join("nodes"),
         &options.timing,
     )?;
@@ -258,6 +282,7 @@ pub async fn run(options: RunOptions, interrupt: CancellationToken) -> anyhow::R
         nemesis: options.nemesis.iter().map(|k| k.name().to_string()).collect(),
         time_s: options.time.as_secs_f64(),
         nodes: options.nodes,
+        node_ids: options.node_ids.clone(),
         clients: options.clients,
         rate: options.rate,
         net: match options.net {
@@ -300,13 +325,18 @@ pub async fn run(options: RunOptions, interrupt: CancellationToken) -> anyhow::R
                     let mut label = step.fault.to_string();
                     recorder.record(nemesis_event(Kind::Invoke, label.clone()));
                     match nemesis::inject(&mut cluster, firewall.as_mut(), &step.fault, &mut rng).await {
-                        Ok((injected, detail)) => {
-                            if !detail.is_empty() {
-                                label = format!("{label} ({detail})");
+                        Ok(injection) => {
+                            if !injection.detail.is_empty() {
+                                label = format!("{label} ({})", injection.detail);
                             }
                             facts.faults_injected += 1;
                             progress(&format!("[{:>5.1}s] fault: {label}", now.as_secs_f64()));
-                            current = Some((injected, label, now + Duration::from_millis(step.duration_ms)));
+                            if let Some(e) = injection.error {
+                                progress(&format!("[{:>5.1}s] fault {label}: {e}", now.as_secs_f64()));
+                                facts.fault_errors.push(format!("{label}: {e}"));
+                            }
+                            let heal_at = now + Duration::from_millis(step.duration_ms);
+                            current = Some((injection.injected, label, heal_at));
                         }
                         Err(e) => {
                             facts.fault_errors.push(format!("{label}: {e:#}"));

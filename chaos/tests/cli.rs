@@ -59,12 +59,16 @@ fn check_exit_codes() {
 
 #[test]
 fn run_refuses_bad_options() {
-    // Unknown nemesis, bad duration, too many nodes, missing txlog binary: exit 2 with a reason, nothing started.
-    let cases: [(&[&str], &str); 4] = [
+    // Unknown nemesis, bad duration, too many nodes, missing txlog binary, bad --node-ids: exit 2 with a reason, nothing started.
+    let cases: [(&[&str], &str); 8] = [
         (&["--nemesis", "kill,flood"], "unknown nemesis"),
         (&["--time", "ten"], "not a duration"),
         (&["--nodes", "9", "--nemesis", "kill"], "--nodes must be 1 to 5"),
         (&["--txlog", "/nonexistent/txlog", "--nemesis", "kill"], "not found"),
+        (&["--node-ids", "1,2"], "--node-ids lists 2 ids but --nodes is 3"),
+        (&["--node-ids", "0,1,2"], "id 0 is reserved"),
+        (&["--nodes", "4", "--node-ids", "8,9,8,10"], "id 8 appears twice"),
+        (&["--node-ids", "1,two,3"], "\"two\" is not a node id"),
     ];
     for (args, expected) in cases {
         let dir = tempfile::tempdir().unwrap();
