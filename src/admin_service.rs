@@ -522,6 +522,7 @@ async fn run_join(
     };
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last_report = None::<tokio::time::Instant>;
+    let mut caller_gone = false;
     loop {
         let metrics = raft.metrics().borrow_watched().clone();
         if metrics.state != ServerState::Leader {
@@ -546,7 +547,7 @@ async fn run_join(
                 req.address
             )));
         }
-        if last_report.is_none_or(|t| now.duration_since(t) >= JOIN_PROGRESS_EVERY) {
+        if !caller_gone && last_report.is_none_or(|t| now.duration_since(t) >= JOIN_PROGRESS_EVERY) {
             last_report = Some(now);
             let message = format!("node {id} at index {} of {target}", matched.unwrap_or(0));
             if tx
@@ -560,6 +561,8 @@ async fn run_join(
                 .await
                 .is_err()
             {
+                // Said once: the join goes on, with no one left to report to.
+                caller_gone = true;
                 tracing::info!(node = id, "join caller went away; continuing the join");
             }
         }

@@ -2,9 +2,11 @@
 //!
 //! A [`Client`] knows a list of node addresses. Calls that need the leader go
 //! to the last leader seen; an `UNAVAILABLE` answer carrying the leader's
-//! address (metadata `txlog-leader`) redirects at once, any other transient
-//! failure moves to the next node after a bounded, growing backoff. Every
-//! unary call has a deadline and every retry loop a maximum.
+//! address (metadata `txlog-leader`) redirects at once — also to a leader
+//! that is not in the list, whose channel is then cached like the others.
+//! Any other transient failure, including one from a hinted leader, moves to
+//! the next listed node after a bounded, growing backoff. Every unary call
+//! has a deadline and every retry loop a maximum.
 //!
 //! Retrying an append is safe: records carry txids, and a txid that already
 //! committed returns its original sequence instead of writing again.
@@ -84,9 +86,18 @@ impl Default for ClientOptions {
     }
 }
 
+/// Redirects one call follows at once; further hints wait the backoff first,
+/// so leaders that name each other (stale views during an election) cannot
+/// spin a call through its attempts without pausing.
+pub const LEADER_REDIRECTS_MAX: u32 = 4;
+
 struct State {
     /// Index into `endpoints` of the node to try first.
     preferred: usize,
+    /// A leader named by a `txlog-leader` hint that is not in `endpoints`;
+    /// tried before `preferred` until it fails. Its channel is kept here, so
+    /// at most one such channel exists at a time.
+    hinted: Option<(String, Channel)>,
 }
 
 /// A connection to a txlog cluster.
@@ -108,15 +119,12 @@ pub fn normalize_address(address: &str) -> Result<String, ClientError> {
     }
 }
 
+/// `RESOURCE_EXHAUSTED` is not here: txlog answers it only for a message
+/// over the size limit, and sending it again cannot help.
 fn is_retryable(status: &Status) -> bool {
     matches!(
         status.code(),
-        Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Cancelled
-            | Code::Unknown
-            | Code::ResourceExhausted
-            | Code::Aborted
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::Aborted
     )
 }
 
@@ -142,7 +150,10 @@ impl Client {
         Ok(Client {
             endpoints: Arc::new(endpoints),
             channels: Arc::new(Mutex::new(Vec::new())),
-            state: Arc::new(Mutex::new(State { preferred: 0 })),
+            state: Arc::new(Mutex::new(State {
+                preferred: 0,
+                hinted: None,
+            })),
             options,
         })
     }
@@ -160,25 +171,67 @@ impl Client {
         if let Some((_, c)) = channels.iter().find(|(a, _)| a == address) {
             return Ok(c.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| ClientError::BadCluster(format!("{address}: {e}")))?
-            .connect_timeout(self.options.connect_timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = self.new_channel(address)?;
         channels.push((address.to_string(), channel.clone()));
         Ok(channel)
     }
 
+    fn new_channel(&self, address: &str) -> Result<Channel, ClientError> {
+        Ok(Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| ClientError::BadCluster(format!("{address}: {e}")))?
+            .connect_timeout(self.options.connect_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy())
+    }
+
     fn log_client(&self, address: &str) -> Result<LogServiceClient<Channel>, ClientError> {
-        Ok(LogServiceClient::new(self.channel(address)?)
-            .max_decoding_message_size(crate::validate::MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(crate::validate::MESSAGE_BYTES_MAX))
+        Ok(log_service_client(self.channel(address)?))
     }
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.options.rpc_timeout);
         request
+    }
+
+    /// Where a leader-bound call goes next: the hinted leader if there is
+    /// one, else the preferred listed node (`Some(index)`).
+    fn leader_target(&self) -> (String, Option<usize>, Option<Channel>) {
+        let state = self.state.lock().expect("client lock poisoned");
+        match &state.hinted {
+            Some((address, channel)) => (address.clone(), None, Some(channel.clone())),
+            None => {
+                let index = state.preferred % self.endpoints.len();
+                (self.endpoints[index].clone(), Some(index), None)
+            }
+        }
+    }
+
+    /// Make `leader` (a normalised hint) the next target; a listed node
+    /// becomes `preferred`, any other address the cached hinted leader.
+    /// False if no channel can be made for it.
+    fn follow_hint(&self, leader: &str) -> bool {
+        let mut state = self.state.lock().expect("client lock poisoned");
+        if let Some(index) = self.endpoints.iter().position(|e| e == leader) {
+            state.preferred = index;
+            state.hinted = None;
+        } else if state.hinted.as_ref().is_none_or(|(a, _)| a != leader) {
+            match self.new_channel(leader) {
+                Ok(channel) => state.hinted = Some((leader.to_string(), channel)),
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// After a transient failure without a usable hint: drop a failed hinted
+    /// leader (back to the listed nodes), or move on from a listed one.
+    fn move_on(&self, failed: Option<usize>) {
+        let mut state = self.state.lock().expect("client lock poisoned");
+        match failed {
+            None => state.hinted = None,
+            Some(index) => state.preferred = (index + 1) % self.endpoints.len(),
+        }
     }
 
     /// Run `call` against the leader, following redirects and retrying with backoff.
@@ -189,34 +242,30 @@ impl Client {
     {
         let mut backoff = self.options.backoff_initial;
         let mut last = Status::unavailable("no attempt made");
+        let mut redirects = 0;
         for attempt in 1..=self.options.attempts_max {
-            let (index, address) = {
-                let state = self.state.lock().expect("client lock poisoned");
-                (
-                    state.preferred,
-                    self.endpoints[state.preferred % self.endpoints.len()].clone(),
-                )
+            let (address, index, hinted) = self.leader_target();
+            let client = match hinted {
+                Some(channel) => log_service_client(channel),
+                None => self.log_client(&address)?,
             };
-            let result = call(self.log_client(&address)?).await;
-            match result {
+            let status = match call(client).await {
                 Ok(value) => return Ok(value),
                 Err(status) if !is_retryable(&status) => return Err(ClientError::Status(status)),
-                Err(status) => {
-                    let hint = leader_hint(&status).and_then(|h| normalize_address(&h).ok());
-                    let mut state = self.state.lock().expect("client lock poisoned");
-                    match hint.and_then(|h| self.endpoints.iter().position(|e| *e == h)) {
-                        Some(leader) if leader != index => {
-                            // A redirect to a known node: go there at once.
-                            state.preferred = leader;
-                            last = status;
-                            continue;
-                        }
-                        _ => state.preferred = (index + 1) % self.endpoints.len(),
-                    }
-                    drop(state);
-                    tracing::debug!(attempt, %address, code = ?status.code(), msg = status.message(), "retrying");
-                    last = status;
+                Err(status) => status,
+            };
+            let hint = leader_hint(&status)
+                .and_then(|h| normalize_address(&h).ok())
+                .filter(|h| *h != address);
+            tracing::debug!(attempt, %address, code = ?status.code(), msg = status.message(), hint = ?hint, "retrying");
+            last = status;
+            if hint.is_some_and(|leader| self.follow_hint(&leader)) {
+                redirects += 1;
+                if redirects <= LEADER_REDIRECTS_MAX {
+                    continue;
                 }
+            } else {
+                self.move_on(index);
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(self.options.backoff_max);
@@ -230,6 +279,15 @@ impl Client {
     /// Append records; one result per record, in order.
     pub async fn append(&self, records: Vec<Record>) -> Result<Vec<AppendResult>, ClientError> {
         let request = AppendRequest { records };
+        // Refused here with the status a node would give: tonic's own send
+        // limit fails mid-stream and surfaces as an opaque h2 INTERNAL error.
+        let bytes = prost::Message::encoded_len(&request);
+        if bytes > crate::validate::MESSAGE_BYTES_MAX {
+            return Err(ClientError::Status(Status::resource_exhausted(format!(
+                "request message too large: found {bytes} bytes, the limit is: {} bytes",
+                crate::validate::MESSAGE_BYTES_MAX
+            ))));
+        }
         self.with_leader(|mut client| {
             let request = self.request(request.clone());
             async move { client.append(request).await.map(|r| r.into_inner().results) }
@@ -518,6 +576,12 @@ impl Client {
     }
 }
 
+fn log_service_client(channel: Channel) -> LogServiceClient<Channel> {
+    LogServiceClient::new(channel)
+        .max_decoding_message_size(crate::validate::MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(crate::validate::MESSAGE_BYTES_MAX)
+}
+
 /// The cluster as `txlog status` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ClusterStatus {
@@ -576,5 +640,20 @@ mod tests {
         assert!(Client::connect("").is_err());
         assert!(Client::connect("localhost").is_err());
         assert!(Client::connect("host:notaport").is_err());
+    }
+
+    /// An append over the message limit fails at once with the status a
+    /// node would give, without a connection (nothing listens on port 1).
+    #[tokio::test]
+    async fn oversize_append_is_refused_locally() {
+        let client = Client::connect("127.0.0.1:1").unwrap();
+        let payload = vec![0u8; crate::validate::MESSAGE_BYTES_MAX];
+        let err = client.append_one("orders", b"big", &payload).await.unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+        assert!(
+            err.to_string()
+                .contains(&crate::validate::MESSAGE_BYTES_MAX.to_string()),
+            "{err}"
+        );
     }
 }

@@ -1,6 +1,11 @@
-//! txlog's error type and its single mapping to gRPC status.
+//! txlog's error type and its single mapping to gRPC status, plus the
+//! correction of the two statuses tonic's codec gives a request that never
+//! reaches a handler (see [`codec_status`]).
 
+use tonic::body::Body;
+use tonic::codegen::http;
 use tonic::metadata::MetadataValue;
+use tonic::Code;
 use tonic::Status;
 
 #[derive(Debug, thiserror::Error)]
@@ -89,9 +94,111 @@ impl From<Error> for Status {
     }
 }
 
+/// How prost's `DecodeError` starts its message (tonic-prost turns it into `INTERNAL`).
+const DECODE_ERROR_PREFIX: &str = "failed to decode Protobuf message";
+/// How tonic's decoder starts its message for a length prefix over the limit (`OUT_OF_RANGE`).
+const LENGTH_ERROR_PREFIX: &str = "Error, decoded message length too large";
+
+/// The status a codec error should have had, or `None` if `status` is not one.
+///
+/// tonic 0.14 answers a request whose protobuf does not decode with
+/// `INTERNAL` (tonic-prost's `from_decode_error`) and one whose length prefix
+/// is over the service's `max_decoding_message_size` with `OUT_OF_RANGE`
+/// (`codec/decode.rs`). Both are the caller's fault and permanent, so a
+/// client that trusts the codes would report a server bug or, worse, treat
+/// the first as a transient failure. The statuses carry no other marker
+/// than their text, so the text is matched here; `tests/wire_errors.rs`
+/// pins it against the tonic and prost in `Cargo.lock`. Our handlers never
+/// answer `OUT_OF_RANGE` nor start an `INTERNAL` message this way; only an
+/// admin call forwarded to a leader whose answer does not decode (a version
+/// mix) would be relabelled too.
+pub(crate) fn codec_status(status: &Status) -> Option<Status> {
+    let message = status.message();
+    match status.code() {
+        Code::Internal if message.starts_with(DECODE_ERROR_PREFIX) => Some(Status::invalid_argument(format!(
+            "request is not a valid message: {message}"
+        ))),
+        Code::OutOfRange => message
+            .strip_prefix(LENGTH_ERROR_PREFIX)
+            .map(|rest| Status::resource_exhausted(format!("request message too large{rest}"))),
+        _ => None,
+    }
+}
+
+/// Applies [`codec_status`] to every response of the gRPC server (a
+/// `tower::util::MapResponseLayer` in `node.rs`), so all services on the port
+/// answer codec errors alike.
+///
+/// tonic rejects such a request before any handler runs, with a
+/// trailers-only response (the status in the headers), so only headers are
+/// looked at; a status in trailers ends a stream a handler started.
+pub(crate) fn rewrite_codec_status(mut response: http::Response<Body>) -> http::Response<Body> {
+    let headers = response.headers();
+    let code = match headers.get("grpc-status") {
+        Some(value) => Code::from_bytes(value.as_bytes()),
+        None => return response,
+    };
+    if !matches!(code, Code::Internal | Code::OutOfRange) {
+        return response;
+    }
+    let Some(status) = Status::from_header_map(headers) else {
+        return response;
+    };
+    let Some(rewritten) = codec_status(&status) else {
+        return response;
+    };
+    let mut headers = http::HeaderMap::new();
+    if rewritten.add_header(&mut headers).is_err() {
+        return response;
+    }
+    let target = response.headers_mut();
+    target.remove("grpc-status");
+    target.remove("grpc-message");
+    target.remove("grpc-status-details-bin");
+    target.extend(headers);
+    response.extensions_mut().insert(rewritten);
+    response
+}
+
 /// Route a "not leader" answer from openraft to the client with the leader's address.
 pub(crate) fn not_leader(forward: &txlog_raft::openraft::error::ForwardToLeader<txlog_raft::TypeConfig>) -> Error {
     Error::NotLeader {
         leader: forward.leader_node.as_ref().map(|n| n.address.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+
+    /// A prost decode error and tonic's over-limit error get their proper
+    /// codes in the response headers; a handler's `INTERNAL` is left alone.
+    #[test]
+    fn codec_errors_are_rewritten() {
+        let decode = txlog_proto::AppendRequest::decode(&[0xff, 0xff, 0xff][..]).unwrap_err();
+        let response = rewrite_codec_status(Status::internal(decode.to_string()).into_http());
+        let status = Status::from_header_map(response.headers()).unwrap();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+        let too_large =
+            Status::out_of_range("Error, decoded message length too large: found 40 bytes, the limit is: 32 bytes");
+        let response = rewrite_codec_status(too_large.into_http());
+        let status = Status::from_header_map(response.headers()).unwrap();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(status.message().contains("the limit is: 32 bytes"), "{status:?}");
+        assert_eq!(
+            response.extensions().get::<Status>().map(Status::code),
+            Some(Code::ResourceExhausted)
+        );
+
+        let handler = Status::internal("sled: disk on fire");
+        let response = rewrite_codec_status(handler.into_http());
+        let status = Status::from_header_map(response.headers()).unwrap();
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::Internal, "sled: disk on fire")
+        );
     }
 }

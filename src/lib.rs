@@ -12,6 +12,8 @@
 //!   use: leader discovery, bounded retries with backoff, txid-safe retries.
 //! * [`config`] — node configuration: TOML file, flags, `TXLOG_*` variables.
 //! * [`metrics`] — Prometheus metrics and the `/metrics` endpoint.
+//! * [`log_throttle`] — one line per peer per few seconds for openraft's
+//!   per-heartbeat warnings about a peer that is down.
 //!
 //! Guarantees this crate keeps: an append is acknowledged only after its
 //! batch is committed (fsynced on a quorum) and applied here; a retried txid
@@ -28,6 +30,7 @@ pub mod dev;
 mod error;
 pub mod local_cluster;
 pub mod log_service;
+pub mod log_throttle;
 pub mod membership;
 pub mod metrics;
 pub mod node;

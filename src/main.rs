@@ -289,11 +289,15 @@ fn init_tracing(default_level: &str) {
         ))
     });
     use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_target(false)
+        .finish()
+        .with(txlog::log_throttle::OpenraftWarnings::new())
         .try_init();
 }
 

@@ -127,12 +127,21 @@ impl Node {
             // drops the whole connection — every in-flight RPC with it —
             // which turned brief CPU stalls into replication stalls.
             .http2_max_pending_accept_reset_streams(Some(HTTP2_PENDING_RESETS_MAX))
+            // tonic's codec answers an undecodable request INTERNAL and an
+            // over-size one OUT_OF_RANGE, before any handler runs; clients
+            // get INVALID_ARGUMENT and RESOURCE_EXHAUSTED instead, on every
+            // service of this port (see `error::rewrite_codec_status`).
+            .layer(tower::util::MapResponseLayer::new(crate::error::rewrite_codec_status))
             .add_service(
                 LogServiceServer::new(log_server)
                     .max_decoding_message_size(validate::MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(validate::MESSAGE_BYTES_MAX),
             )
-            .add_service(AdminServiceServer::new(admin_server))
+            .add_service(
+                AdminServiceServer::new(admin_server)
+                    .max_decoding_message_size(validate::MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(validate::MESSAGE_BYTES_MAX),
+            )
             .add_service(raft_server.into_service());
         tracker.spawn(async move {
             if let Err(err) = router

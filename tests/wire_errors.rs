@@ -1,0 +1,275 @@
+//! What a client sees at the wire, with real `txlog node` processes: the
+//! status codes for undecodable and over-size requests, the CLI reaching
+//! the leader through a follower's `txlog-leader` hint, and one throttled
+//! warning line for a joined node that never comes up.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+use std::time::Instant;
+
+use bytes::Buf;
+use bytes::BufMut;
+use bytes::Bytes;
+use tonic::codec::Codec;
+use tonic::codec::DecodeBuf;
+use tonic::codec::Decoder;
+use tonic::codec::EncodeBuf;
+use tonic::codec::Encoder;
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::transport::Channel;
+use tonic::transport::Endpoint;
+use tonic::Code;
+use tonic::Status;
+use txlog::client::Client;
+use txlog::local_cluster::LocalCluster;
+use txlog::local_cluster::NodeSpec;
+use txlog::validate::MESSAGE_BYTES_MAX;
+use txlog_proto::log_service_client::LogServiceClient;
+use txlog_proto::AppendRequest;
+use txlog_proto::JoinRequest;
+use txlog_proto::Record;
+
+/// Clusters are heavy on a two-core machine: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Running nodes, a client for all of them, and the directory their data lives in.
+struct Cluster {
+    local: LocalCluster,
+    client: Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Start nodes with these ids (not only 1, 2, 3) and wait for a leader.
+    async fn start(ids: &[u64]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let regions = ["paris", "frankfurt", "lyon", "london", "milan"];
+        let specs = ids
+            .iter()
+            .zip(regions)
+            .map(|(&id, region)| NodeSpec {
+                id,
+                region: region.to_string(),
+                address: format!("127.0.0.1:{}", txlog::local_cluster::free_port().expect("free port")),
+                listen: None,
+                metrics: None,
+                data_dir: dir.path().join(region),
+                extra_args: Vec::new(),
+            })
+            .collect();
+        let mut local = LocalCluster::with_exe(specs, PathBuf::from(env!("CARGO_BIN_EXE_txlog")));
+        for i in 0..ids.len() {
+            local.start(i).expect("start node");
+        }
+        let client = Client::connect(&local.addresses()).expect("client");
+        client.wait_for_leader(WAIT).await.expect("a leader within 30 s");
+        Cluster {
+            local,
+            client,
+            _dir: dir,
+        }
+    }
+
+    fn address(&self, id: u64) -> String {
+        let i = self.local.index_of(id).expect("member");
+        self.local.nodes[i].spec.address.clone()
+    }
+
+    /// Every node's log, one after the other.
+    fn logs(&self) -> String {
+        self.local
+            .nodes
+            .iter()
+            .map(|n| std::fs::read_to_string(n.spec.data_dir.join("node.log")).unwrap_or_default())
+            .collect()
+    }
+
+    /// A node that follows a leader it knows (leadership may have moved
+    /// since `start`).
+    async fn follower(&self) -> u64 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            for node in &self.local.nodes {
+                let id = node.spec.id;
+                if let Ok(status) = self.client.node_status(&node.spec.address).await {
+                    if status.leader_id != 0 && status.leader_id != id {
+                        return id;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no follower learned the leader");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Sends and receives message bodies as they are, so a test can put any
+/// bytes on the wire where a protobuf message belongs.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+async fn channel(address: &str) -> Channel {
+    Endpoint::from_shared(format!("http://{address}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+/// One unary call to `path` with `body` as the message bytes.
+async fn raw_unary(address: &str, path: &'static str, body: Bytes) -> Result<Bytes, Status> {
+    let mut grpc = tonic::client::Grpc::new(channel(address).await);
+    grpc.ready().await.expect("channel ready");
+    grpc.unary(tonic::Request::new(body), PathAndQuery::from_static(path), RawCodec)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Garbage where the protobuf belongs gets INVALID_ARGUMENT on both client
+/// services; an Append over the message limit gets RESOURCE_EXHAUSTED naming
+/// the limit; the node serves normally afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_and_oversize_requests() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(&[3, 7, 11]).await;
+    // Any node will do: codec errors are answered before leadership matters.
+    let node = cluster.address(7);
+
+    // An 11-byte varint: prost refuses it whatever the message type.
+    let garbage = Bytes::from_static(&[0xff; 11]);
+    for path in ["/txlog.v1.LogService/Append", "/txlog.v1.AdminService/Remove"] {
+        let status = raw_unary(&node, path, garbage.clone()).await.expect_err(path);
+        assert_eq!(status.code(), Code::InvalidArgument, "{path}: {status:?}");
+        assert!(status.message().contains("decode"), "{path}: {status:?}");
+    }
+
+    // The generated client has no send limit of its own, so the node judges.
+    let mut client = LogServiceClient::new(channel(&node).await);
+    let record = Record {
+        txid: Bytes::from_static(b"too-big"),
+        channel: "orders".to_string(),
+        payload: vec![b'x'; MESSAGE_BYTES_MAX + 1].into(),
+        client_time_ns: 0,
+    };
+    let status = client
+        .append(AppendRequest { records: vec![record] })
+        .await
+        .expect_err("an append over the message limit");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains(&MESSAGE_BYTES_MAX.to_string()), "{status:?}");
+
+    let result = cluster
+        .client
+        .append_one("orders", b"after", b"fine")
+        .await
+        .expect("append");
+    assert_eq!(result.seq, 1, "neither bad request wrote anything");
+}
+
+/// `txlog append --cluster <one follower>` reaches the leader through the
+/// follower's `txlog-leader` hint (the leader is not in the list), after a
+/// redirect or two rather than the whole retry budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_follows_the_leader_hint() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(&[2, 5, 9]).await;
+    let follower = cluster.address(cluster.follower().await);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_txlog"))
+        .args(["append", "--channel", "orders", "--txid", "via-follower", "BUY 1"])
+        .args(["--cluster", &follower])
+        .env("TXLOG_LOG", "txlog::client=debug")
+        .output()
+        .expect("run txlog");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "append through {follower} failed: {stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "seq 1");
+    let retries = stderr.lines().filter(|l| l.contains("retrying")).count();
+    assert!(
+        (1..=txlog::client::LEADER_REDIRECTS_MAX as usize).contains(&retries),
+        "expected a redirect or two, saw {retries}:\n{stderr}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_txlog"))
+        .args(["read", "--from", "1", "--cluster", &follower])
+        .output()
+        .expect("run txlog");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("seq=1 channel=orders"));
+}
+
+/// A learner joined at an address where nothing runs: the leader writes one
+/// throttled line per few seconds with a count of the failures it held back,
+/// not openraft's warning for every heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_failures_to_a_down_learner_are_throttled() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(&[4, 6, 8]).await;
+    let nowhere = format!("127.0.0.1:{}", txlog::local_cluster::free_port().expect("free port"));
+    let mut progress = cluster
+        .client
+        .join(JoinRequest {
+            node_id: 12,
+            address: nowhere,
+            region: "milan".to_string(),
+            learner_only: true,
+            timeout_ms: 500,
+        })
+        .await
+        .expect("join accepted");
+    // The join gives up after its timeout; the learner stays in the membership.
+    while let Ok(Some(_)) = progress.message().await {}
+
+    // Read every node's log: leadership may move while the test runs.
+    let deadline = Instant::now() + WAIT;
+    let summary = |l: &&str| l.contains("heartbeats to a peer are failing") && l.contains("peer=12 ");
+    let logs = loop {
+        let logs = cluster.logs();
+        if logs.lines().filter(summary).any(|l| !l.contains("suppressed=0 ")) {
+            break logs;
+        }
+        assert!(Instant::now() < deadline, "no throttled line with a count:\n{logs}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let raw = logs.lines().filter(|l| l.contains("HeartbeatWorker(")).count();
+    assert_eq!(raw, 0, "openraft's per-heartbeat warning got through:\n{logs}");
+    let summaries = logs.lines().filter(summary).count();
+    assert!(summaries <= 3, "{summaries} lines about node 12 in about 5 s:\n{logs}");
+}
