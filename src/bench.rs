@@ -37,6 +37,8 @@ pub enum BenchMode {
     Failover(crate::bench_cluster::FailoverArgs),
     /// Catch-up time and bytes for a node that missed M records: delta path vs wiped (full) path.
     Resync(crate::bench_cluster::ResyncArgs),
+    /// Restart a node holding N records (clean and kill -9); time until it serves all of them.
+    Startup(crate::bench_cluster::StartupArgs),
 }
 
 pub async fn run_command(command: BenchCommand) -> anyhow::Result<()> {
@@ -45,6 +47,7 @@ pub async fn run_command(command: BenchCommand) -> anyhow::Result<()> {
         Some(BenchMode::Append(args)) => run(args).await,
         Some(BenchMode::Failover(args)) => crate::bench_cluster::failover(args).await,
         Some(BenchMode::Resync(args)) => crate::bench_cluster::resync(args).await,
+        Some(BenchMode::Startup(args)) => crate::bench_cluster::startup(args).await,
     }
 }
 

@@ -11,6 +11,10 @@
 //!   resync past the purge point; restart it (delta path), then wipe its data
 //!   dir and restart it again (full path). Reports catch-up time and snapshot
 //!   bytes the cluster sent for each.
+//! * `txlog bench startup --records N`: append N records, then restart a
+//!   follower cleanly, `kill -9` and restart it, and restart the leader
+//!   cleanly; each time measure from the process start to the node serving
+//!   every record (no catch-up needed: nothing is appended meanwhile).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -55,6 +59,27 @@ pub struct ClusterBenchArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Node ids of the three nodes (any distinct non-zero ids).
+    #[arg(long, default_value = "1,2,3", value_delimiter = ',')]
+    pub node_ids: Vec<u64>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct StartupArgs {
+    /// Records the nodes hold when they are restarted.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub records: u64,
+    /// Payload bytes per record.
+    #[arg(long, default_value_t = 256)]
+    pub record_bytes: usize,
+    /// Concurrent appenders filling the cluster.
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// Records per append request.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    #[command(flatten)]
+    pub common: ClusterBenchArgs,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -103,10 +128,18 @@ impl BenchCluster {
                 dir.display()
             );
         }
+        let ids = &common.node_ids;
+        let mut distinct = ids.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        anyhow::ensure!(
+            ids.len() == 3 && distinct.len() == 3 && !ids.contains(&0),
+            "--node-ids needs three distinct non-zero ids, got {ids:?}"
+        );
         let mut specs = Vec::new();
         for (i, region) in crate::dev::REGIONS.iter().enumerate() {
             specs.push(NodeSpec {
-                id: i as u64 + 1,
+                id: ids[i],
                 region: region.to_string(),
                 address: format!("127.0.0.1:{}", free_port()?),
                 listen: None,
@@ -544,4 +577,101 @@ fn path_report(path: &'static str, took: Duration, before: &ResyncSent, after: &
         delta_transfers: after.delta_transfers - before.delta_transfers,
         full_transfers: after.full_transfers - before.full_transfers,
     }
+}
+
+#[derive(Debug, serde::Serialize)]
+struct StartupRound {
+    restart: &'static str,
+    node_id: u64,
+    /// From the process start to the node serving every record.
+    startup_ms: f64,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct StartupReport {
+    records: u64,
+    record_bytes: usize,
+    node_ids: Vec<u64>,
+    rounds: Vec<StartupRound>,
+}
+
+pub async fn startup(args: StartupArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.records >= 1, "--records must be at least 1");
+    anyhow::ensure!(args.batch >= 1 && args.batch <= 4096, "--batch must be 1..=4096");
+    anyhow::ensure!(args.clients >= 1 && args.clients <= 1024, "--clients must be 1..=1024");
+    anyhow::ensure!(args.record_bytes <= 64 * 1024, "--record-bytes must be at most 64 KiB");
+    let mut cluster = BenchCluster::start("startup", &args.common, Vec::new())?;
+    let result = startup_rounds(&mut cluster, &args).await;
+    cluster.finish().await;
+    let report = StartupReport {
+        records: args.records,
+        record_bytes: args.record_bytes,
+        node_ids: args.common.node_ids.clone(),
+        rounds: result?,
+    };
+    if args.common.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "startup of a node holding {} records of {} B: process start -> serving every record",
+            report.records, report.record_bytes
+        );
+        for round in &report.rounds {
+            println!(
+                "  {:<18} node {:<8} {:>8.0} ms",
+                round.restart, round.node_id, round.startup_ms
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn startup_rounds(cluster: &mut BenchCluster, args: &StartupArgs) -> anyhow::Result<Vec<StartupRound>> {
+    cluster.wait_converged(Duration::from_secs(60)).await?;
+    eprintln!("appending {} records", args.records);
+    load(
+        &cluster.client,
+        args.records,
+        args.record_bytes,
+        args.clients,
+        args.batch,
+        "startup",
+    )
+    .await?;
+    let mut rounds = Vec::new();
+    for (restart, leader) in [
+        ("follower, SIGTERM", false),
+        ("follower, kill -9", false),
+        ("leader, SIGTERM", true),
+    ] {
+        let status = cluster.wait_converged(Duration::from_secs(600)).await?;
+        let leader_id = status.leader_id.expect("converged means a leader");
+        let i = cluster
+            .nodes
+            .nodes
+            .iter()
+            .position(|n| (n.spec.id == leader_id) == leader)
+            .expect("three nodes");
+        let node_id = cluster.nodes.nodes[i].spec.id;
+        let address = cluster.nodes.nodes[i].spec.address.clone();
+        if restart.ends_with("kill -9") {
+            cluster.nodes.kill(i);
+        } else {
+            cluster.nodes.stop(i, STOP_GRACE).await;
+        }
+        let started = Instant::now();
+        cluster.nodes.start(i)?;
+        let took = wait_for_seq(cluster, &address, status.last_seq, started, Duration::from_secs(600)).await?;
+        eprintln!(
+            "  {restart}: node {node_id} serves all {} records after {:.0} ms",
+            status.last_seq,
+            ms(took)
+        );
+        rounds.push(StartupRound {
+            restart,
+            node_id,
+            startup_ms: ms(took).round(),
+        });
+    }
+    Ok(rounds)
 }

@@ -62,7 +62,11 @@ async fn append_acked(cluster: &TestCluster, acks: &mut Acks, prefix: &str, coun
             .await
             .unwrap_or_else(|e| panic!("append {prefix}: {e}\n{}", cluster.logs()));
         for (txid, result) in txids.into_iter().zip(results) {
-            assert!(acks.insert(result.seq, txid).is_none(), "seq {} acknowledged twice", result.seq);
+            assert!(
+                acks.insert(result.seq, txid).is_none(),
+                "seq {} acknowledged twice",
+                result.seq
+            );
         }
     }
 }
@@ -83,7 +87,9 @@ async fn check_every_node(cluster: &TestCluster, acks: &Acks, after: &str) {
             assert_eq!(*seq, i as u64 + 1, "{after}: node {id}: sequences must be dense");
         }
         for (seq, txid) in acks {
-            let found = log.get(*seq as usize - 1).map(|(_, t)| String::from_utf8_lossy(t).into_owned());
+            let found = log
+                .get(*seq as usize - 1)
+                .map(|(_, t)| String::from_utf8_lossy(t).into_owned());
             assert_eq!(
                 found.as_deref(),
                 Some(txid.as_str()),
@@ -141,7 +147,9 @@ async fn check_each_as_leader(cluster: &TestCluster, acks: &mut Acks) {
             log.extend(response.records);
         }
         for (seq, txid) in acks.iter() {
-            let found = log.get(*seq as usize - 1).map(|r| String::from_utf8_lossy(&r.txid).into_owned());
+            let found = log
+                .get(*seq as usize - 1)
+                .map(|r| String::from_utf8_lossy(&r.txid).into_owned());
             assert_eq!(
                 found.as_deref(),
                 Some(txid.as_str()),
@@ -198,7 +206,12 @@ async fn ids_in_the_thousands() {
 async fn ids_in_the_hundred_thousands_with_snapshots() {
     restarts_keep_acknowledged_records(
         &[300_000, 100_000, 200_000],
-        &["--snapshot-logs-since-last", "20", "--log-entries-kept-after-snapshot", "5"],
+        &[
+            "--snapshot-logs-since-last",
+            "20",
+            "--log-entries-kept-after-snapshot",
+            "5",
+        ],
     )
     .await;
 }
@@ -215,7 +228,12 @@ async fn large_random_ids() {
     }
     restarts_keep_acknowledged_records(
         &ids,
-        &["--snapshot-logs-since-last", "50", "--log-entries-kept-after-snapshot", "10"],
+        &[
+            "--snapshot-logs-since-last",
+            "50",
+            "--log-entries-kept-after-snapshot",
+            "10",
+        ],
     )
     .await;
 }

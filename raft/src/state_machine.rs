@@ -152,6 +152,12 @@ impl StateMachine {
         });
         let sm = StateMachine { shared };
         sm.recover_snapshot()?;
+        let applied = sm.shared.applied.lock().expect("sm lock poisoned").clone();
+        tracing::info!(
+            applied = ?applied.last_applied,
+            last_seq = applied.last_seq,
+            "record store opened; openraft re-applies only committed entries after the applied id"
+        );
         Ok(sm)
     }
 
