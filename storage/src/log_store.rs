@@ -301,7 +301,34 @@ where
         for (position, first_index) in first_indexes.into_iter().enumerate() {
             let is_last = position + 1 == count;
             let path = segment::segment_path(&self.dir, first_index);
-            let (header, scan) = segment::scan(&path, first_index)?;
+            let entries = &mut self.entries;
+            let (header, scan) = segment::scan(&path, first_index, |offset, body| {
+                let entry: C::Entry = decode("wal entry", body)
+                    .map_err(|e| Error::corruption(&path, format!("entry at offset {offset}: {e}")))?;
+                let log_id = entry.log_id();
+                if purged.is_some_and(|p| log_id.index() <= p) {
+                    return Ok(());
+                }
+                let expected = match entries.back() {
+                    Some(prev) => Some(prev.log_id.index() + 1),
+                    None => purged.map(|p| p + 1),
+                };
+                if let Some(expected) = expected {
+                    if log_id.index() != expected {
+                        return Err(Error::corruption(
+                            &path,
+                            format!("entry index {} where {expected} was expected", log_id.index()),
+                        ));
+                    }
+                }
+                entries.push_back(EntryLocation {
+                    log_id,
+                    segment: first_index,
+                    offset,
+                    frame_bytes: (body.len() + frame::FRAME_HEADER_BYTES) as u32,
+                });
+                Ok(())
+            })?;
             if let segment::Header::Torn = header {
                 if !is_last {
                     return Err(Error::corruption(&path, "segment shorter than its header"));
@@ -329,32 +356,6 @@ where
                 if let Err(err) = file.sync_all() {
                     crate::fatal_fsync_failure(&path.display().to_string(), &err);
                 }
-            }
-            for (offset, body) in &scan.frames {
-                let entry: C::Entry = decode("wal entry", body)
-                    .map_err(|e| Error::corruption(&path, format!("entry at offset {offset}: {e}")))?;
-                let log_id = entry.log_id();
-                if purged.is_some_and(|p| log_id.index() <= p) {
-                    continue;
-                }
-                let expected = match self.entries.back() {
-                    Some(prev) => Some(prev.log_id.index() + 1),
-                    None => purged.map(|p| p + 1),
-                };
-                if let Some(expected) = expected {
-                    if log_id.index() != expected {
-                        return Err(Error::corruption(
-                            &path,
-                            format!("entry index {} where {expected} was expected", log_id.index()),
-                        ));
-                    }
-                }
-                self.entries.push_back(EntryLocation {
-                    log_id,
-                    segment: first_index,
-                    offset: *offset,
-                    frame_bytes: (body.len() + frame::FRAME_HEADER_BYTES) as u32,
-                });
             }
             let file = OpenOptions::new()
                 .read(true)

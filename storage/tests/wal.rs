@@ -103,6 +103,66 @@ async fn truncation_at_every_byte_keeps_a_valid_prefix() {
     }
 }
 
+/// Frames larger than the 4 MiB read chunk of recovery, and frames straddling chunk
+/// boundaries: cuts around every boundary reopen to the whole frames before the cut,
+/// and damage past the first chunk with data after it is still corruption.
+#[tokio::test]
+async fn recovery_across_read_chunks() {
+    const MIB: usize = 1024 * 1024;
+    let big = |index: u64, bytes: usize| {
+        Entry::new_normal(log_id::<TestConfig>(1, 1, index), format!("{index}:{}", "b".repeat(bytes)))
+    };
+    // 3 MiB, 3 MiB (crosses 4 MiB), 5 MiB (larger than a chunk), small ones, 1 MiB.
+    let originals: Vec<Entry> = [3 * MIB, 3 * MIB, 5 * MIB, 100, 200, MIB]
+        .iter()
+        .enumerate()
+        .map(|(i, &bytes)| big(i as u64 + 1, bytes))
+        .collect();
+    let src = tempfile::tempdir().unwrap();
+    {
+        let mut store = open(src.path(), 1 << 30);
+        append_durable(&mut store, originals.clone()).await;
+    }
+    let segment = segment_files(src.path()).pop().unwrap();
+    let name = segment.file_name().unwrap().to_owned();
+    let bytes = std::fs::read(&segment).unwrap();
+    let mut ends = Vec::new();
+    let mut pos = 28usize;
+    while pos < bytes.len() {
+        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+        pos += 8 + len;
+        ends.push(pos);
+    }
+    assert_eq!(ends.len(), originals.len());
+    let mut cuts: Vec<usize> = Vec::new();
+    for &point in ends.iter().chain(&[4 * MIB, 8 * MIB, 12 * MIB]) {
+        for delta in [-9isize, -8, -1, 0, 1, 7, 8, 9] {
+            let cut = point as isize + delta;
+            if cut >= 0 && cut as usize <= bytes.len() {
+                cuts.push(cut as usize);
+            }
+        }
+    }
+    for cut in cuts {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(&name), &bytes[..cut]).unwrap();
+        let mut store = open(dir.path(), 1 << 30);
+        let survivors = all_entries(&mut store).await;
+        let expected = ends.iter().filter(|&&end| end <= cut).count();
+        assert_eq!(survivors.len(), expected, "cut at byte {cut}");
+        assert_eq!(survivors[..], originals[..expected], "cut at byte {cut}: not a prefix");
+    }
+    // A flipped byte in the 5 MiB frame (past the first chunk), with frames after it.
+    let mut damaged = bytes.clone();
+    damaged[ends[1] + 8 + MIB] ^= 0xff;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(&name), &damaged).unwrap();
+    let err = LogStore::<TestConfig>::open(dir.path(), WalOptions::default())
+        .err()
+        .expect("open must fail");
+    assert!(matches!(err, txlog_storage::Error::Corruption { .. }), "{err}");
+}
+
 /// A damaged record with valid records after it is corruption, not a torn tail: open refuses.
 #[tokio::test]
 async fn damage_before_the_tail_is_reported() {
