@@ -184,6 +184,37 @@ impl NodeSettings {
         toml::from_str(&text).map_err(|e| Error::Config(format!("config file {}: {e}", path.display())))
     }
 
+    /// Each field of `self`, or `file`'s where `self` has none.
+    fn or(self, file: NodeSettings) -> NodeSettings {
+        macro_rules! merge {
+            ($($field:ident),* $(,)?) => {
+                NodeSettings { $($field: self.$field.or(file.$field)),* }
+            };
+        }
+        merge!(
+            config,
+            id,
+            region,
+            listen,
+            advertise,
+            data_dir,
+            peers,
+            join,
+            prefer_region,
+            metrics_listen,
+            timing,
+            heartbeat_interval_ms,
+            election_timeout_ms_min,
+            election_timeout_ms_max,
+            payload_bytes_max,
+            batch_bytes_max,
+            batch_records_max,
+            snapshot_logs_since_last,
+            log_entries_kept_after_snapshot,
+            segment_bytes_max,
+        )
+    }
+
     /// These settings (flags and variables) over the file they name, if any.
     pub fn resolve(self) -> Result<NodeConfig> {
         let file = match &self.config {
@@ -222,80 +253,38 @@ pub struct NodeConfig {
 impl NodeConfig {
     /// Merge `overrides` (flags/env) over `file`, apply defaults and validate.
     pub fn resolve(file: NodeSettings, overrides: NodeSettings) -> Result<Self> {
-        macro_rules! pick {
-            ($field:ident) => {
-                overrides.$field.clone().or(file.$field.clone())
-            };
-        }
+        let s = overrides.or(file);
         let id =
-            pick!(id).ok_or_else(|| Error::Config("node id is required (--id or `id` in the config file)".into()))?;
+            s.id.ok_or_else(|| Error::Config("node id is required (--id or `id` in the config file)".into()))?;
         if id == 0 {
             return Err(Error::Config("node id 0 is reserved; use 1 or more".into()));
         }
-        let region = pick!(region).unwrap_or_else(|| REGION_DEFAULT.to_string());
-        let listen_text = pick!(listen).unwrap_or_else(|| LISTEN_DEFAULT.to_string());
+        let region = s.region.clone().unwrap_or_else(|| REGION_DEFAULT.to_string());
+        let listen_text = s.listen.clone().unwrap_or_else(|| LISTEN_DEFAULT.to_string());
         let listen: SocketAddr = listen_text
             .parse()
             .map_err(|e| Error::Config(format!("listen address {listen_text:?}: {e}")))?;
-        let advertise = pick!(advertise).unwrap_or_else(|| listen.to_string());
+        let advertise = s.advertise.clone().unwrap_or_else(|| listen.to_string());
         validate_address(&advertise).map_err(Error::Config)?;
-        let data_dir = pick!(data_dir).unwrap_or_else(|| PathBuf::from(format!("txlog-data/node-{id}")));
-        let mut peers = BTreeMap::new();
-        for text in pick!(peers).unwrap_or_default() {
-            for item in text.split(',').filter(|s| !s.trim().is_empty()) {
-                let peer: Peer = item.parse().map_err(Error::Config)?;
-                if peers.insert(peer.id, peer.info).is_some() {
-                    return Err(Error::Config(format!("peer id {} listed twice", peer.id)));
-                }
-            }
-        }
-        if let Some(me) = peers.get(&id) {
-            if me.address != advertise {
-                return Err(Error::Config(format!(
-                    "peers list node {id} at {} but this node advertises {advertise}",
-                    me.address
-                )));
-            }
-        }
-        let join = pick!(join).filter(|j| !j.trim().is_empty());
-        if let Some(join) = &join {
-            validate_address(join).map_err(|e| Error::Config(format!("--join: {e}")))?;
-            if !peers.is_empty() {
-                return Err(Error::Config(
-                    "give either peers (to found a cluster) or join (to enter a running one), not both".into(),
-                ));
-            }
-        }
-        let prefer_region = pick!(prefer_region).filter(|r| !r.trim().is_empty());
-        let metrics_listen = match pick!(metrics_listen) {
-            Some(text) if text.is_empty() || text == "off" => None,
-            Some(text) => Some(
-                text.parse()
-                    .map_err(|e| Error::Config(format!("metrics address {text:?}: {e}")))?,
-            ),
-            None => None,
-        };
-        let profile = pick!(timing).unwrap_or_else(|| TIMING_DEFAULT.to_string());
-        let mut timing = Timing::profile(&profile)
-            .ok_or_else(|| Error::Config(format!("unknown timing profile {profile:?}; use lan or wan")))?;
-        if let Some(v) = pick!(heartbeat_interval_ms) {
-            timing.heartbeat_interval_ms = v;
-        }
-        if let Some(v) = pick!(election_timeout_ms_min) {
-            timing.election_timeout_ms_min = v;
-        }
-        if let Some(v) = pick!(election_timeout_ms_max) {
-            timing.election_timeout_ms_max = v;
-        }
-        timing.validate().map_err(Error::Config)?;
-        let payload_bytes_max = pick!(payload_bytes_max).unwrap_or(crate::validate::PAYLOAD_BYTES_MAX_DEFAULT);
+        let data_dir = s
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("txlog-data/node-{id}")));
+        let peers = peers_of(&s, id, &advertise)?;
+        let join = join_of(&s, &peers)?;
+        let prefer_region = s.prefer_region.clone().filter(|r| !r.trim().is_empty());
+        let metrics_listen = metrics_listen_of(&s)?;
+        let timing = timing_of(&s)?;
+        let payload_bytes_max = s
+            .payload_bytes_max
+            .unwrap_or(crate::validate::PAYLOAD_BYTES_MAX_DEFAULT);
         if payload_bytes_max == 0 || payload_bytes_max > PAYLOAD_BYTES_MAX_LIMIT {
             return Err(Error::Config(format!(
                 "payload_bytes_max must be in 1..={PAYLOAD_BYTES_MAX_LIMIT}"
             )));
         }
-        let batch_bytes_max = pick!(batch_bytes_max).unwrap_or(BATCH_BYTES_MAX_DEFAULT);
-        let batch_records_max = pick!(batch_records_max).unwrap_or(BATCH_RECORDS_MAX_DEFAULT);
+        let batch_bytes_max = s.batch_bytes_max.unwrap_or(BATCH_BYTES_MAX_DEFAULT);
+        let batch_records_max = s.batch_records_max.unwrap_or(BATCH_RECORDS_MAX_DEFAULT);
         if batch_records_max == 0 || batch_bytes_max == 0 {
             return Err(Error::Config("batch limits must be positive".into()));
         }
@@ -308,10 +297,11 @@ impl NodeConfig {
                 "batch_bytes_max must be at most {BATCH_BYTES_MAX_LIMIT} (half the batch frame's limit)"
             )));
         }
-        let snapshot_logs_since_last = pick!(snapshot_logs_since_last).unwrap_or(SNAPSHOT_LOGS_SINCE_LAST_DEFAULT);
-        let log_entries_kept_after_snapshot =
-            pick!(log_entries_kept_after_snapshot).unwrap_or(LOG_ENTRIES_KEPT_AFTER_SNAPSHOT_DEFAULT);
-        let segment_bytes_max = pick!(segment_bytes_max).unwrap_or(txlog_storage::SEGMENT_BYTES_MAX_DEFAULT);
+        let snapshot_logs_since_last = s.snapshot_logs_since_last.unwrap_or(SNAPSHOT_LOGS_SINCE_LAST_DEFAULT);
+        let log_entries_kept_after_snapshot = s
+            .log_entries_kept_after_snapshot
+            .unwrap_or(LOG_ENTRIES_KEPT_AFTER_SNAPSHOT_DEFAULT);
+        let segment_bytes_max = s.segment_bytes_max.unwrap_or(txlog_storage::SEGMENT_BYTES_MAX_DEFAULT);
         if segment_bytes_max < SEGMENT_BYTES_MIN {
             return Err(Error::Config(format!(
                 "segment_bytes_max must be at least {SEGMENT_BYTES_MIN}"
@@ -336,6 +326,72 @@ impl NodeConfig {
             segment_bytes_max,
         })
     }
+}
+/// `peers` as a map, each listed once; this node's entry must match its advertised address.
+fn peers_of(s: &NodeSettings, id: u64, advertise: &str) -> Result<BTreeMap<u64, NodeInfo>> {
+    let mut peers = BTreeMap::new();
+    for text in s.peers.iter().flatten() {
+        for item in text.split(',').filter(|s| !s.trim().is_empty()) {
+            let peer: Peer = item.parse().map_err(Error::Config)?;
+            if peers.insert(peer.id, peer.info).is_some() {
+                return Err(Error::Config(format!("peer id {} listed twice", peer.id)));
+            }
+        }
+    }
+    if let Some(me) = peers.get(&id) {
+        if me.address != advertise {
+            return Err(Error::Config(format!(
+                "peers list node {id} at {} but this node advertises {advertise}",
+                me.address
+            )));
+        }
+    }
+    Ok(peers)
+}
+
+/// `join`, valid and not given together with `peers`.
+fn join_of(s: &NodeSettings, peers: &BTreeMap<u64, NodeInfo>) -> Result<Option<String>> {
+    let join = s.join.clone().filter(|j| !j.trim().is_empty());
+    if let Some(join) = &join {
+        validate_address(join).map_err(|e| Error::Config(format!("--join: {e}")))?;
+        if !peers.is_empty() {
+            return Err(Error::Config(
+                "give either peers (to found a cluster) or join (to enter a running one), not both".into(),
+            ));
+        }
+    }
+    Ok(join)
+}
+
+/// The metrics address, `None` when off.
+fn metrics_listen_of(s: &NodeSettings) -> Result<Option<SocketAddr>> {
+    let metrics_listen = match s.metrics_listen.clone() {
+        Some(text) if text.is_empty() || text == "off" => None,
+        Some(text) => Some(
+            text.parse()
+                .map_err(|e| Error::Config(format!("metrics address {text:?}: {e}")))?,
+        ),
+        None => None,
+    };
+    Ok(metrics_listen)
+}
+
+/// The timing profile with any `*_ms` overrides, validated.
+fn timing_of(s: &NodeSettings) -> Result<Timing> {
+    let profile = s.timing.clone().unwrap_or_else(|| TIMING_DEFAULT.to_string());
+    let mut timing = Timing::profile(&profile)
+        .ok_or_else(|| Error::Config(format!("unknown timing profile {profile:?}; use lan or wan")))?;
+    if let Some(v) = s.heartbeat_interval_ms {
+        timing.heartbeat_interval_ms = v;
+    }
+    if let Some(v) = s.election_timeout_ms_min {
+        timing.election_timeout_ms_min = v;
+    }
+    if let Some(v) = s.election_timeout_ms_max {
+        timing.election_timeout_ms_max = v;
+    }
+    timing.validate().map_err(Error::Config)?;
+    Ok(timing)
 }
 
 #[cfg(test)]
