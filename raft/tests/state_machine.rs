@@ -45,6 +45,23 @@ async fn apply(sm: &mut StateMachine, entries: Vec<Entry>) {
     sm.apply(futures::stream::iter(items)).await.expect("apply");
 }
 
+/// Open the state machine in `dir` again. sled's background flusher holds the
+/// database lock for a moment after the previous handle is dropped (a new
+/// process never meets this: the old one has exited), so retry briefly.
+async fn reopen(dir: &std::path::Path) -> StateMachine {
+    const ATTEMPTS_MAX: u32 = 100;
+    for _ in 1..ATTEMPTS_MAX {
+        match StateMachine::open(dir) {
+            Ok(sm) => return sm,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock || err.to_string().contains("WouldBlock") => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(err) => panic!("reopen: {err}"),
+        }
+    }
+    StateMachine::open(dir).expect("reopen after the flusher let go")
+}
+
 fn all(sm: &StateMachine) -> Vec<StoredRecord> {
     sm.reader().store().read(1, 10_000, usize::MAX, None).unwrap()
 }
@@ -91,7 +108,7 @@ async fn reapply_is_idempotent() {
         let mut sm = StateMachine::open(dir.path()).unwrap();
         apply(&mut sm, entries()[..2].to_vec()).await;
     }
-    let mut sm = StateMachine::open(dir.path()).unwrap();
+    let mut sm = reopen(dir.path()).await;
     // openraft re-applies from the WAL after restart: entries 1..=4, of which 1..=2 are already in sled.
     apply(&mut sm, entries()).await;
     let seqs: Vec<u64> = all(&sm).iter().map(|r| r.seq).collect();
@@ -117,7 +134,7 @@ async fn reopen_keeps_applied_log_id_for_any_leader_id() {
             apply(&mut sm, entries[..60].to_vec()).await;
             apply(&mut sm, entries[60..].to_vec()).await;
         }
-        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let mut sm = reopen(dir.path()).await;
         let (applied, _) = sm.applied_state().await.unwrap();
         assert_eq!(applied, Some(log_id::<TypeConfig>(1, leader, 120)), "leader {leader}");
         assert_eq!(sm.reader().last_seq(), 120, "leader {leader}");
@@ -185,7 +202,7 @@ async fn open_rebuilds_from_a_newer_snapshot() {
     }
     let name = snapshot.snapshot.path.file_name().unwrap();
     std::fs::copy(&snapshot.snapshot.path, dir.path().join("snapshots").join(name)).unwrap();
-    let mut reopened = StateMachine::open(dir.path()).unwrap();
+    let mut reopened = reopen(dir.path()).await;
     assert_eq!(all(&reopened), all(&source));
     assert_eq!(reopened.applied_state().await.unwrap().0, snapshot.meta.last_log_id);
 }
