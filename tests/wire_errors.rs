@@ -90,7 +90,8 @@ impl Cluster {
     /// A node that follows a leader it knows (leadership may have moved
     /// since `start`).
     async fn follower(&self) -> u64 {
-        let deadline = Instant::now() + WAIT;
+        let watched = Instant::now();
+        let deadline = watched + WAIT;
         loop {
             for node in &self.local.nodes {
                 let id = node.spec.id;
@@ -208,6 +209,7 @@ async fn undecodable_and_oversize_requests() {
 /// redirect or two rather than the whole retry budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_follows_the_leader_hint() {
+    const REDIRECT_RETRIES_MAX: usize = 3 * txlog::client::LEADER_REDIRECTS_MAX as usize;
     let _serial = SERIAL.lock().await;
     let cluster = Cluster::start(&[2, 5, 9]).await;
     let follower = cluster.address(cluster.follower().await);
@@ -221,10 +223,13 @@ async fn cli_follows_the_leader_hint() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "append through {follower} failed: {stderr}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "seq 1");
+    // Normally one redirect; an election during the call (a loaded machine)
+    // can add a few. Before the fix the client never reached the leader and
+    // gave up after 40 attempts.
     let retries = stderr.lines().filter(|l| l.contains("retrying")).count();
     assert!(
-        (1..=txlog::client::LEADER_REDIRECTS_MAX as usize).contains(&retries),
-        "expected a redirect or two, saw {retries}:\n{stderr}"
+        (1..=REDIRECT_RETRIES_MAX).contains(&retries),
+        "expected a redirect or a few, saw {retries}:\n{stderr}"
     );
 
     let out = Command::new(env!("CARGO_BIN_EXE_txlog"))
@@ -258,7 +263,8 @@ async fn heartbeat_failures_to_a_down_learner_are_throttled() {
     while let Ok(Some(_)) = progress.message().await {}
 
     // Read every node's log: leadership may move while the test runs.
-    let deadline = Instant::now() + WAIT;
+    let watched = Instant::now();
+    let deadline = watched + WAIT;
     let summary = |l: &&str| l.contains("heartbeats to a peer are failing") && l.contains("peer=12 ");
     let logs = loop {
         let logs = cluster.logs();
@@ -270,6 +276,14 @@ async fn heartbeat_failures_to_a_down_learner_are_throttled() {
     };
     let raw = logs.lines().filter(|l| l.contains("HeartbeatWorker(")).count();
     assert_eq!(raw, 0, "openraft's per-heartbeat warning got through:\n{logs}");
+    // Unthrottled, the leader wrote ~80 lines a second. Throttled, each node
+    // that leads meanwhile writes at most one line per 5 s window (plus its
+    // first): a bound that holds however slow the machine is.
+    let windows = watched.elapsed().as_secs() / 5 + 2;
+    let allowed = 3 * windows as usize;
     let summaries = logs.lines().filter(summary).count();
-    assert!(summaries <= 3, "{summaries} lines about node 12 in about 5 s:\n{logs}");
+    assert!(
+        summaries <= allowed,
+        "{summaries} lines about node 12, at most {allowed} allowed:\n{logs}"
+    );
 }
