@@ -204,7 +204,7 @@ impl NodeConfig {
         if let Some(v) = pick!(election_timeout_ms_max) {
             timing.election_timeout_ms_max = v;
         }
-        timing.validate().map_err(Error::Config)?;
+        timing.validate().map_err(|e| Error::Config(e.to_string()))?;
         let payload_bytes_max = pick!(payload_bytes_max).unwrap_or(crate::validate::PAYLOAD_BYTES_MAX_DEFAULT);
         if payload_bytes_max == 0 || payload_bytes_max > 16 * 1024 * 1024 {
             return Err(Error::Config("payload_bytes_max must be in 1..=16777216".into()));
