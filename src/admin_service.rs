@@ -35,9 +35,6 @@ use txlog_proto::SnapshotRequest;
 use txlog_proto::SnapshotResponse;
 use txlog_proto::StatusRequest;
 use txlog_proto::TransferLeaderRequest;
-use txlog_raft::openraft::error::ChangeMembershipError;
-use txlog_raft::openraft::error::ClientWriteError;
-use txlog_raft::openraft::error::RaftError;
 use txlog_raft::openraft::type_config::async_runtime::WatchReceiver;
 use txlog_raft::openraft::ChangeMembers;
 use txlog_raft::openraft::Instant as _;
@@ -50,9 +47,11 @@ use txlog_raft::ResyncStats;
 use txlog_raft::StateMachineReader;
 use txlog_raft::TypeConfig;
 
-use crate::error::not_leader;
+use crate::error::raft_error;
+use crate::error::raft_stopped;
 use crate::log_service::known_leader;
 use crate::Error;
+use crate::Result;
 
 /// A learner this close to the leader's last log index is promoted.
 pub const JOIN_LAG_MAX: u64 = 64;
@@ -89,7 +88,7 @@ pub fn role_name(state: ServerState, is_learner: bool) -> &'static str {
 }
 
 type Metrics = RaftMetrics<TypeConfig>;
-type JoinStream = Pin<Box<dyn Stream<Item = Result<JoinProgress, Status>> + Send>>;
+type JoinStream = Pin<Box<dyn Stream<Item = std::result::Result<JoinProgress, Status>> + Send>>;
 
 /// A member is shown `down` when it has not acknowledged the leader for this long.
 pub fn down_after(timing: &Timing) -> Duration {
@@ -142,24 +141,6 @@ fn members(metrics: &Metrics, self_id: u64, timing: &Timing) -> Vec<Member> {
         .collect()
 }
 
-fn write_error<E: std::fmt::Display>(err: RaftError<TypeConfig, ClientWriteError<TypeConfig>>, what: E) -> Status {
-    let err = match err {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => not_leader(&forward),
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(p))) => {
-            Error::FailedPrecondition(format!("{what}: another membership change is in progress ({p})"))
-        }
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::EmptyMembership(e))) => {
-            Error::FailedPrecondition(format!("{what}: {e}"))
-        }
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::LearnerNotFound(e))) => {
-            Error::NotFound(format!("{what}: {e}"))
-        }
-        RaftError::APIError(other) => Error::Unavailable(format!("{what}: {other}")),
-        RaftError::Fatal(fatal) => Error::Unavailable(format!("{what}: raft stopped: {fatal}")),
-    };
-    err.to_status()
-}
-
 fn progress(phase: &str, matched: u64, target: u64, done: bool, message: String) -> JoinProgress {
     JoinProgress {
         phase: phase.to_string(),
@@ -171,7 +152,7 @@ fn progress(phase: &str, matched: u64, target: u64, done: bool, message: String)
     }
 }
 
-fn validate_region(region: &str) -> Result<(), Status> {
+fn validate_region(region: &str) -> Result<()> {
     let ok = !region.is_empty()
         && region.len() <= 64
         && region
@@ -180,24 +161,24 @@ fn validate_region(region: &str) -> Result<(), Status> {
     if ok {
         Ok(())
     } else {
-        Err(Status::invalid_argument(format!(
+        Err(Error::InvalidInput(format!(
             "region {region:?} must be 1..=64 characters of [a-z0-9_-]"
         )))
     }
 }
 
-fn validate_id(id: u64) -> Result<(), Status> {
+fn validate_id(id: u64) -> Result<()> {
     if id == 0 {
-        return Err(Status::invalid_argument("node id 0 is reserved; use 1 or more"));
+        return Err(Error::InvalidInput("node id 0 is reserved; use 1 or more".into()));
     }
     Ok(())
 }
 
 /// A client for another node's AdminService (forwarding to the leader).
 /// `source` binds the connection to this node's listen IP (see `Network::with_source_address`).
-pub fn admin_client(address: &str, source: Option<IpAddr>) -> Result<AdminServiceClient<Channel>, Status> {
+pub fn admin_client(address: &str, source: Option<IpAddr>) -> Result<AdminServiceClient<Channel>> {
     let endpoint = Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| Status::internal(format!("bad leader address {address:?}: {e}")))?
+        .map_err(|e| Error::Internal(format!("bad leader address {address:?}: {e}")))?
         .connect_timeout(FORWARD_CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .local_address(source);
@@ -210,19 +191,19 @@ impl AdminServer {
     }
 
     /// `None` when this node leads; otherwise the leader's address to forward to.
-    fn leader_elsewhere(&self) -> Result<Option<String>, Status> {
+    fn leader_elsewhere(&self) -> Result<Option<String>> {
         match known_leader(&self.raft) {
             Some((id, _)) if id == self.node_id => Ok(None),
             Some((_, address)) if !address.is_empty() => Ok(Some(address)),
-            _ => Err(Status::unavailable(
-                "no leader is known yet (election in progress); retry",
+            _ => Err(Error::Unavailable(
+                "no leader is known yet (election in progress); retry".into(),
             )),
         }
     }
 
-    fn lock(&self, what: &str) -> Result<tokio::sync::OwnedMutexGuard<()>, Status> {
+    fn lock(&self, what: &str) -> Result<tokio::sync::OwnedMutexGuard<()>> {
         self.membership_lock.clone().try_lock_owned().map_err(|_| {
-            Status::failed_precondition(format!(
+            Error::FailedPrecondition(format!(
                 "{what}: another membership change is in progress on the leader; retry when it has finished"
             ))
         })
@@ -252,14 +233,15 @@ impl AdminServer {
     }
 }
 
-#[tonic::async_trait]
-impl AdminService for AdminServer {
-    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<NodeStatus>, Status> {
+/// The handlers; each returns a txlog [`Error`], turned into a `Status` in
+/// one place by the thin `AdminService` impl below.
+impl AdminServer {
+    fn node_status(&self) -> NodeStatus {
         let metrics = self.metrics();
         let membership = metrics.membership_config.membership();
         let is_learner = !membership.voter_ids().any(|v| v == self.node_id);
         let resync = self.resync.counts();
-        Ok(Response::new(NodeStatus {
+        NodeStatus {
             id: self.node_id,
             region: self.region.clone(),
             address: self.address.clone(),
@@ -281,35 +263,32 @@ impl AdminService for AdminServer {
                 full_bytes: resync.full_bytes,
                 delta_refused: resync.delta_refused,
             }),
-        }))
+        }
     }
 
-    type JoinStream = JoinStream;
-
-    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinStream>, Status> {
-        let req = request.into_inner();
+    async fn join_node(&self, req: JoinRequest) -> Result<JoinStream> {
         validate_id(req.node_id)?;
-        crate::config::validate_address(&req.address).map_err(Status::invalid_argument)?;
+        crate::config::validate_address(&req.address).map_err(Error::InvalidInput)?;
         validate_region(&req.region)?;
         if let Some(leader) = self.leader_elsewhere()? {
             let stream = admin_client(&leader, self.source_address)?
                 .join(req)
                 .await?
                 .into_inner();
-            return Ok(Response::new(Box::pin(stream)));
+            return Ok(Box::pin(stream));
         }
         let guard = self.lock(&format!("join of node {}", req.node_id))?;
         let metrics = self.metrics();
         let membership = metrics.membership_config.membership();
         if let Some(node) = membership.get_node(&req.node_id) {
             if node.address != req.address {
-                return Err(Status::already_exists(format!(
+                return Err(Error::AlreadyExists(format!(
                     "node {} is already a member at {} ({}); remove it first or pick another id",
                     req.node_id, node.address, node.region
                 )));
             }
         } else if let Some((other, _)) = membership.nodes().find(|(_, n)| n.address == req.address) {
-            return Err(Status::already_exists(format!(
+            return Err(Error::AlreadyExists(format!(
                 "address {} already belongs to node {other}",
                 req.address
             )));
@@ -321,17 +300,18 @@ impl AdminService for AdminServer {
         tokio::spawn(async move {
             let _guard = guard;
             let outcome = run_join(&raft, &req, is_member, is_voter, &tx).await;
-            let last = outcome.map(|message| progress("done", 0, 0, true, message));
+            let last = outcome
+                .map(|message| progress("done", 0, 0, true, message))
+                .map_err(Status::from);
             let _ = tx.send(last).await;
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
-    async fn remove(&self, request: Request<RemoveRequest>) -> Result<Response<MembershipResponse>, Status> {
-        let req = request.into_inner();
+    async fn remove_node(&self, req: RemoveRequest) -> Result<MembershipResponse> {
         validate_id(req.node_id)?;
         if let Some(leader) = self.leader_elsewhere()? {
-            return admin_client(&leader, self.source_address)?.remove(req).await;
+            return self.forward_remove(&leader, req).await;
         }
         let id = req.node_id;
         let guard = self.lock(&format!("removal of node {id}"))?;
@@ -339,14 +319,14 @@ impl AdminService for AdminServer {
         let membership = metrics.membership_config.membership();
         if membership.get_node(&id).is_none() {
             let known: Vec<String> = membership.nodes().map(|(i, n)| format!("{i} ({})", n.region)).collect();
-            return Err(Status::not_found(format!(
+            return Err(Error::NotFound(format!(
                 "node {id} is not a member; members are {}",
                 known.join(", ")
             )));
         }
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         if voters.contains(&id) && voters.len() == 1 {
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::FailedPrecondition(format!(
                 "node {id} is the last voter; removing it would leave no one to commit"
             )));
         }
@@ -360,127 +340,167 @@ impl AdminService for AdminServer {
                 .filter(|v| **v != id)
                 .max_by_key(|v| replication.get(v).and_then(|m| m.map(|l| l.index)))
                 .copied()
-                .ok_or_else(|| Status::failed_precondition("no other voter to hand leadership to"))?;
+                .ok_or_else(|| Error::FailedPrecondition("no other voter to hand leadership to".into()))?;
             tracing::info!(target, "removing the leader: transferring leadership first");
             self.raft
                 .trigger()
                 .transfer_leader(target)
                 .await
-                .map_err(|e| Status::unavailable(e.to_string()))?;
+                .map_err(|e| raft_stopped(e, "transfer leadership"))?;
             if !self
                 .wait_for(LEADER_CHANGE_WAIT, |m| m.current_leader.is_some_and(|l| l != id))
                 .await
             {
-                return Err(Status::unavailable(format!(
+                return Err(Error::Unavailable(format!(
                     "node {id} is the leader and could not hand leadership to node {target} within {LEADER_CHANGE_WAIT:?}; retry"
                 )));
             }
             let leader = self
                 .leader_elsewhere()?
-                .ok_or_else(|| Status::unavailable("leadership came back to the node being removed; retry"))?;
-            return admin_client(&leader, self.source_address)?.remove(req).await;
+                .ok_or_else(|| Error::Unavailable("leadership came back to the node being removed; retry".into()))?;
+            return self.forward_remove(&leader, req).await;
         }
         let what = format!("remove node {id}");
         if voters.contains(&id) {
             self.raft
                 .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
                 .await
-                .map_err(|e| write_error(e, &what))?;
+                .map_err(|e| raft_error(e, &what))?;
         }
         let still_listed = self.metrics().membership_config.membership().get_node(&id).is_some();
         if still_listed {
             self.raft
                 .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
                 .await
-                .map_err(|e| write_error(e, &what))?;
+                .map_err(|e| raft_error(e, &what))?;
         }
         tracing::info!(node = id, "node removed from the cluster");
-        Ok(Response::new(self.membership_response(format!("node {id} removed"))))
+        Ok(self.membership_response(format!("node {id} removed")))
     }
 
-    async fn transfer_leader(
-        &self,
-        request: Request<TransferLeaderRequest>,
-    ) -> Result<Response<MembershipResponse>, Status> {
-        let req = request.into_inner();
+    async fn forward_remove(&self, leader: &str, req: RemoveRequest) -> Result<MembershipResponse> {
+        let response = admin_client(leader, self.source_address)?.remove(req).await?;
+        Ok(response.into_inner())
+    }
+
+    async fn transfer_leadership(&self, req: TransferLeaderRequest) -> Result<MembershipResponse> {
         validate_id(req.node_id)?;
         let id = req.node_id;
         let metrics = self.metrics();
         let membership = metrics.membership_config.membership();
         if !membership.voter_ids().any(|v| v == id) {
             return Err(if membership.get_node(&id).is_some() {
-                Status::failed_precondition(format!("node {id} is a learner; only voters can lead"))
+                Error::FailedPrecondition(format!("node {id} is a learner; only voters can lead"))
             } else {
-                Status::not_found(format!("node {id} is not a member"))
+                Error::NotFound(format!("node {id} is not a member"))
             });
         }
         if let Some(leader) = self.leader_elsewhere()? {
             if metrics.current_leader == Some(id) {
-                return Ok(Response::new(
-                    self.membership_response(format!("node {id} already leads")),
-                ));
+                return Ok(self.membership_response(format!("node {id} already leads")));
             }
-            return admin_client(&leader, self.source_address)?.transfer_leader(req).await;
+            let response = admin_client(&leader, self.source_address)?.transfer_leader(req).await?;
+            return Ok(response.into_inner());
         }
         if id == self.node_id {
-            return Ok(Response::new(
-                self.membership_response(format!("node {id} already leads")),
-            ));
+            return Ok(self.membership_response(format!("node {id} already leads")));
         }
         self.raft
             .trigger()
             .transfer_leader(id)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| raft_stopped(e, "transfer leadership"))?;
         if !self
             .wait_for(LEADER_CHANGE_WAIT, |m| m.current_leader == Some(id))
             .await
         {
-            return Err(Status::deadline_exceeded(format!(
+            return Err(Error::DeadlineExceeded(format!(
                 "node {id} did not take over within {LEADER_CHANGE_WAIT:?}; is it caught up and reachable?"
             )));
         }
-        Ok(Response::new(self.membership_response(format!("node {id} now leads"))))
+        Ok(self.membership_response(format!("node {id} now leads")))
     }
 
-    async fn snapshot(&self, _request: Request<SnapshotRequest>) -> Result<Response<SnapshotResponse>, Status> {
+    async fn take_snapshot(&self) -> Result<SnapshotResponse> {
         let applied = self.metrics().last_applied.map(|l| l.index).unwrap_or(0);
         self.raft
             .trigger()
             .snapshot()
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| raft_stopped(e, "snapshot"))?;
         let built = self
             .wait_for(SNAPSHOT_WAIT, |m| m.snapshot.map(|l| l.index).unwrap_or(0) >= applied)
             .await;
         if !built {
-            return Err(Status::deadline_exceeded(format!(
+            return Err(Error::DeadlineExceeded(format!(
                 "no snapshot covering index {applied} after {SNAPSHOT_WAIT:?}"
             )));
         }
-        Ok(Response::new(SnapshotResponse {
+        Ok(SnapshotResponse {
             snapshot_index: self.metrics().snapshot.map(|l| l.index).unwrap_or(0),
             last_seq: self.reader.last_seq(),
-        }))
+        })
     }
 
-    async fn compact(&self, _request: Request<CompactRequest>) -> Result<Response<CompactResponse>, Status> {
+    async fn compact_log(&self) -> Result<CompactResponse> {
         let Some(snapshot) = self.metrics().snapshot else {
-            return Err(Status::failed_precondition(
-                "no snapshot yet: nothing to compact behind (run `txlog admin snapshot` first)",
+            return Err(Error::FailedPrecondition(
+                "no snapshot yet: nothing to compact behind (run `txlog admin snapshot` first)".into(),
             ));
         };
         self.raft
             .trigger()
             .purge_log(snapshot.index)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| raft_stopped(e, "compact"))?;
         self.wait_for(PURGE_WAIT, |m| m.purged.map(|l| l.index).unwrap_or(0) >= snapshot.index)
             .await;
-        Ok(Response::new(CompactResponse {
+        Ok(CompactResponse {
             purged_index: self.metrics().purged.map(|l| l.index).unwrap_or(0),
             snapshot_index: snapshot.index,
-        }))
+        })
+    }
+}
+
+/// Every error leaves through `Status::from` (`Error::to_status`).
+#[tonic::async_trait]
+impl AdminService for AdminServer {
+    async fn status(&self, _request: Request<StatusRequest>) -> std::result::Result<Response<NodeStatus>, Status> {
+        Ok(Response::new(self.node_status()))
+    }
+
+    type JoinStream = JoinStream;
+
+    async fn join(&self, request: Request<JoinRequest>) -> std::result::Result<Response<JoinStream>, Status> {
+        Ok(Response::new(self.join_node(request.into_inner()).await?))
+    }
+
+    async fn remove(
+        &self,
+        request: Request<RemoveRequest>,
+    ) -> std::result::Result<Response<MembershipResponse>, Status> {
+        Ok(Response::new(self.remove_node(request.into_inner()).await?))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<TransferLeaderRequest>,
+    ) -> std::result::Result<Response<MembershipResponse>, Status> {
+        Ok(Response::new(self.transfer_leadership(request.into_inner()).await?))
+    }
+
+    async fn snapshot(
+        &self,
+        _request: Request<SnapshotRequest>,
+    ) -> std::result::Result<Response<SnapshotResponse>, Status> {
+        Ok(Response::new(self.take_snapshot().await?))
+    }
+
+    async fn compact(
+        &self,
+        _request: Request<CompactRequest>,
+    ) -> std::result::Result<Response<CompactResponse>, Status> {
+        Ok(Response::new(self.compact_log().await?))
     }
 }
 
@@ -490,8 +510,8 @@ async fn run_join(
     req: &JoinRequest,
     is_member: bool,
     is_voter: bool,
-    tx: &mpsc::Sender<Result<JoinProgress, Status>>,
-) -> Result<String, Status> {
+    tx: &mpsc::Sender<std::result::Result<JoinProgress, Status>>,
+) -> Result<String> {
     let id = req.node_id;
     if is_voter {
         return Ok(format!("node {id} is already a voter"));
@@ -513,9 +533,38 @@ async fn run_join(
         };
         raft.add_learner(id, node, false)
             .await
-            .map_err(|e| write_error(e, &what))?;
+            .map_err(|e| raft_error(e, &what))?;
         tracing::info!(node = id, address = %req.address, region = %req.region, "learner added");
     }
+    wait_for_catch_up(raft, req, &what, tx).await?;
+    if req.learner_only {
+        return Ok(format!("node {id} has caught up and stays a learner"));
+    }
+    let _ = tx
+        .send(Ok(progress(
+            "promoting",
+            0,
+            0,
+            false,
+            format!("promoting node {id} to voter"),
+        )))
+        .await;
+    raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+        .await
+        .map_err(|e| raft_error(e, &what))?;
+    tracing::info!(node = id, "node promoted to voter");
+    Ok(format!("node {id} is a voter"))
+}
+
+/// Wait until the learner `req.node_id` is within [`JOIN_LAG_MAX`] entries
+/// of this leader, reporting progress to `tx` every [`JOIN_PROGRESS_EVERY`].
+async fn wait_for_catch_up(
+    raft: &Raft,
+    req: &JoinRequest,
+    what: &str,
+    tx: &mpsc::Sender<std::result::Result<JoinProgress, Status>>,
+) -> Result<()> {
+    let id = req.node_id;
     let timeout = match req.timeout_ms {
         0 => JOIN_TIMEOUT_DEFAULT,
         ms => Duration::from_millis(u64::from(ms)),
@@ -526,7 +575,7 @@ async fn run_join(
     loop {
         let metrics = raft.metrics().borrow_watched().clone();
         if metrics.state != ServerState::Leader {
-            return Err(Status::unavailable(format!(
+            return Err(Error::Unavailable(format!(
                 "{what}: this node stopped leading during the join; node {id} stays a learner — retry the join"
             )));
         }
@@ -538,11 +587,11 @@ async fn run_join(
             .map(|l| l.index);
         let lag = target.saturating_sub(matched.unwrap_or(0));
         if matched.is_some() && lag <= JOIN_LAG_MAX {
-            break;
+            return Ok(());
         }
         let now = tokio::time::Instant::now();
         if now >= deadline {
-            return Err(Status::deadline_exceeded(format!(
+            return Err(Error::DeadlineExceeded(format!(
                 "{what}: not caught up within {timeout:?} ({lag} entries behind); it stays a learner — is it running at {}?",
                 req.address
             )));
@@ -568,21 +617,4 @@ async fn run_join(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    if req.learner_only {
-        return Ok(format!("node {id} has caught up and stays a learner"));
-    }
-    let _ = tx
-        .send(Ok(progress(
-            "promoting",
-            0,
-            0,
-            false,
-            format!("promoting node {id} to voter"),
-        )))
-        .await;
-    raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-        .await
-        .map_err(|e| write_error(e, &what))?;
-    tracing::info!(node = id, "node promoted to voter");
-    Ok(format!("node {id} is a voter"))
 }

@@ -16,15 +16,13 @@ use tokio::sync::oneshot;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use txlog_raft::openraft::error::ClientWriteError;
-use txlog_raft::openraft::error::RaftError;
 use txlog_raft::BatchBody;
 use txlog_raft::BatchFrame;
 use txlog_raft::Raft;
 use txlog_storage::AppendOutcome;
 use txlog_storage::NewRecord;
 
-use crate::error::not_leader;
+use crate::error::raft_error;
 use crate::metrics::Metrics;
 use crate::Error;
 use crate::Result;
@@ -161,12 +159,7 @@ async fn commit(raft: &Raft, node_id: u64, metrics: &Metrics, group: Vec<Pending
             ))),
             Some(err) => Err(Error::Internal(format!("batch rejected by the state machine: {err}"))),
         },
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => Err(not_leader(&forward)),
-        Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => Err(Error::Unavailable(
-            "leader changed before the batch committed; its outcome is unknown, retry with the same txids".into(),
-        )),
-        Err(RaftError::APIError(other)) => Err(Error::Unavailable(other.to_string())),
-        Err(RaftError::Fatal(fatal)) => Err(Error::Unavailable(format!("raft stopped: {fatal}"))),
+        Err(err) => Err(raft_error(err, "append")),
     };
     match outcome {
         Ok(mut outcomes) => {

@@ -390,7 +390,7 @@ fn timing_of(s: &NodeSettings) -> Result<Timing> {
     if let Some(v) = s.election_timeout_ms_max {
         timing.election_timeout_ms_max = v;
     }
-    timing.validate().map_err(Error::Config)?;
+    timing.validate().map_err(|e| Error::Config(e.to_string()))?;
     Ok(timing)
 }
 

@@ -1,12 +1,19 @@
-//! txlog's error type and its single mapping to gRPC status, plus the
-//! correction of the two statuses tonic's codec gives a request that never
-//! reaches a handler (see [`codec_status`]).
+//! txlog's error type and its single mapping to gRPC status
+//! ([`Error::to_status`]), the single mapping of openraft's errors into it
+//! ([`raft_error`]), plus the correction of the two statuses tonic's codec
+//! gives a request that never reaches a handler (see [`codec_status`]).
 
 use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::metadata::MetadataValue;
 use tonic::Code;
 use tonic::Status;
+use txlog_raft::openraft::error::ChangeMembershipError;
+use txlog_raft::openraft::error::ClientWriteError;
+use txlog_raft::openraft::error::Fatal;
+use txlog_raft::openraft::error::LinearizableReadError;
+use txlog_raft::openraft::error::RaftError;
+use txlog_raft::TypeConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -35,9 +42,19 @@ pub enum Error {
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
 
+    /// The work did not finish in the time it is given (a leadership
+    /// transfer, a snapshot, a join's catch-up); it may still finish.
+    #[error("deadline exceeded: {0}")]
+    DeadlineExceeded(String),
+
     /// Durable data failed a check.
     #[error("corruption: {0}")]
     Corruption(String),
+
+    /// Another node (the leader a call was forwarded to) answered with this
+    /// status; it is passed on unchanged.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Remote(Status),
 
     #[error("storage: {0}")]
     Storage(#[from] txlog_storage::Error),
@@ -56,7 +73,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::NotLeader { .. } | Error::Unavailable(_))
+        match self {
+            Error::Remote(status) => matches!(status.code(), Code::Unavailable),
+            _ => matches!(self, Error::NotLeader { .. } | Error::Unavailable(_)),
+        }
     }
 
     /// The one place txlog errors become gRPC statuses.
@@ -76,7 +96,9 @@ impl Error {
             Error::NotFound(m) => Status::not_found(m.clone()),
             Error::AlreadyExists(m) => Status::already_exists(m.clone()),
             Error::FailedPrecondition(m) => Status::failed_precondition(m.clone()),
+            Error::DeadlineExceeded(m) => Status::deadline_exceeded(m.clone()),
             Error::Corruption(m) => Status::data_loss(m.clone()),
+            Error::Remote(status) => status.clone(),
             Error::Storage(e) => match e {
                 txlog_storage::Error::InvalidInput(m) => Status::invalid_argument(m.clone()),
                 txlog_storage::Error::Corruption { .. } => Status::data_loss(e.to_string()),
@@ -92,6 +114,75 @@ impl From<Error> for Status {
     fn from(err: Error) -> Status {
         err.to_status()
     }
+}
+
+impl From<Status> for Error {
+    fn from(status: Status) -> Error {
+        Error::Remote(status)
+    }
+}
+
+impl From<txlog_raft::Error> for Error {
+    fn from(err: txlog_raft::Error) -> Error {
+        match err {
+            txlog_raft::Error::Storage(e) => Error::Storage(e),
+            txlog_raft::Error::Io(e) => Error::Io(e),
+            txlog_raft::Error::InvalidInput(m) => Error::InvalidInput(m),
+            txlog_raft::Error::Unavailable(m) => Error::Unavailable(m),
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}
+
+/// The errors of the openraft calls txlog makes that mean more than
+/// "unavailable": each becomes its txlog counterpart in [`raft_error`].
+pub(crate) trait RaftApiError: std::fmt::Display {
+    fn into_error(self, what: &str) -> Error;
+}
+
+impl RaftApiError for ClientWriteError<TypeConfig> {
+    fn into_error(self, what: &str) -> Error {
+        match self {
+            ClientWriteError::ForwardToLeader(forward) => not_leader(&forward),
+            ClientWriteError::LogEntryDiscarded(_) => Error::Unavailable(format!(
+                "{what}: leader changed before the entry committed; its outcome is unknown, retry with the same txids"
+            )),
+            ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(p)) => {
+                Error::FailedPrecondition(format!("{what}: another membership change is in progress ({p})"))
+            }
+            ClientWriteError::ChangeMembershipError(ChangeMembershipError::EmptyMembership(e)) => {
+                Error::FailedPrecondition(format!("{what}: {e}"))
+            }
+            ClientWriteError::ChangeMembershipError(ChangeMembershipError::LearnerNotFound(e)) => {
+                Error::NotFound(format!("{what}: {e}"))
+            }
+            other => Error::Unavailable(format!("{what}: {other}")),
+        }
+    }
+}
+
+impl RaftApiError for LinearizableReadError<TypeConfig> {
+    fn into_error(self, what: &str) -> Error {
+        match self {
+            LinearizableReadError::ForwardToLeader(forward) => not_leader(&forward),
+            other => Error::Unavailable(format!("{what}: {other}")),
+        }
+    }
+}
+
+/// The one place an openraft error becomes a txlog error; `what` names the
+/// operation for the message.
+pub(crate) fn raft_error<E: RaftApiError>(err: RaftError<TypeConfig, E>, what: &str) -> Error {
+    match err {
+        RaftError::APIError(api) => api.into_error(what),
+        RaftError::Fatal(fatal) => raft_stopped(fatal, what),
+    }
+}
+
+/// Raft has stopped (shutdown or a storage failure): nothing on this node
+/// can be served any more.
+pub(crate) fn raft_stopped(fatal: Fatal<TypeConfig>, what: &str) -> Error {
+    Error::Unavailable(format!("{what}: raft stopped: {fatal}"))
 }
 
 /// How prost's `DecodeError` starts its message (tonic-prost turns it into `INTERNAL`).
@@ -161,7 +252,7 @@ pub(crate) fn rewrite_codec_status(mut response: http::Response<Body>) -> http::
 }
 
 /// Route a "not leader" answer from openraft to the client with the leader's address.
-pub(crate) fn not_leader(forward: &txlog_raft::openraft::error::ForwardToLeader<txlog_raft::TypeConfig>) -> Error {
+fn not_leader(forward: &txlog_raft::openraft::error::ForwardToLeader<txlog_raft::TypeConfig>) -> Error {
     Error::NotLeader {
         leader: forward.leader_node.as_ref().map(|n| n.address.clone()),
     }

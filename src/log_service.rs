@@ -32,8 +32,6 @@ use txlog_proto::LookupResponse;
 use txlog_proto::ReadRequest;
 use txlog_proto::ReadResponse;
 use txlog_proto::SubscribeRequest;
-use txlog_raft::openraft::error::LinearizableReadError;
-use txlog_raft::openraft::error::RaftError;
 use txlog_raft::openraft::ReadPolicy;
 use txlog_raft::Raft;
 use txlog_raft::StateMachineReader;
@@ -41,7 +39,7 @@ use txlog_storage::NewRecord;
 use txlog_storage::StoredRecord;
 
 use crate::batcher::Batcher;
-use crate::error::not_leader;
+use crate::error::raft_error;
 use crate::metrics::Metrics;
 use crate::validate;
 use crate::Error;
@@ -115,9 +113,7 @@ impl LogServer {
     async fn linearize(&self) -> Result<()> {
         match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
             Ok(_) => Ok(()),
-            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward))) => Err(not_leader(&forward)),
-            Err(RaftError::APIError(other)) => Err(Error::Unavailable(other.to_string())),
-            Err(RaftError::Fatal(fatal)) => Err(Error::Unavailable(format!("raft stopped: {fatal}"))),
+            Err(err) => Err(raft_error(err, "linearizable read")),
         }
     }
 

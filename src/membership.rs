@@ -91,7 +91,7 @@ async fn join_once(
         }
         tracing::info!(phase = %progress.phase, lag = progress.lag, "join: {}", progress.message);
     }
-    Err(tonic::Status::aborted("the join stream ended before the join finished"))
+    Err(crate::Error::Unavailable("the join stream ended before the join finished".into()).into())
 }
 
 /// A voter that has not heard from its leader for `timing.failure_detect`

@@ -68,7 +68,7 @@ impl Node {
         let raft_config = config
             .timing
             .to_openraft_config(config.snapshot_logs_since_last, config.log_entries_kept_after_snapshot)
-            .map_err(Error::Config)?;
+            .map_err(|e| Error::Config(e.to_string()))?;
         let raft = Raft::new(
             config.id,
             Arc::new(raft_config),

@@ -19,6 +19,8 @@ use serde::Deserialize;
 use serde::Serialize;
 use txlog_storage::NewRecord;
 
+use crate::error::Error;
+
 const MAGIC: &[u8; 4] = b"TXLB";
 const VERSION: u8 = 1;
 const HEADER_BYTES: usize = 32;
@@ -111,47 +113,48 @@ impl BatchFrame {
         out.extend_from_slice(&crc.to_le_bytes());
         let frame = BatchFrame(out);
         debug_assert_eq!(
-            frame.decode().map(|d| d.body).as_ref(),
-            Ok(body),
+            frame.decode().map(|d| d.body).ok().as_ref(),
+            Some(body),
             "frame must round-trip"
         );
         frame
     }
 
-    pub fn decode(&self) -> Result<DecodedBatch, String> {
+    pub fn decode(&self) -> Result<DecodedBatch, Error> {
+        let bad = |detail: String| Error::decode("batch frame", detail);
         let b = &self.0;
         if b.len() < HEADER_BYTES + 4 {
-            return Err(format!("batch frame too short: {} bytes", b.len()));
+            return Err(bad(format!("batch frame too short: {} bytes", b.len())));
         }
         let (framed, crc_bytes) = b.split_at(b.len() - 4);
         let crc = u32::from_le_bytes(crc_bytes.try_into().expect("4 bytes"));
         if crc32fast::hash(framed) != crc {
-            return Err("batch frame checksum mismatch".into());
+            return Err(bad("checksum mismatch".into()));
         }
         if &b[0..4] != MAGIC {
-            return Err("bad batch frame magic".into());
+            return Err(bad("bad magic".into()));
         }
         if b[4] != VERSION {
-            return Err(format!("unsupported batch frame version {}", b[4]));
+            return Err(bad(format!("unsupported batch frame version {}", b[4])));
         }
         let flags = b[5];
         if flags != 0 {
-            return Err(format!("unsupported batch frame flags {flags:#x}"));
+            return Err(bad(format!("unsupported batch frame flags {flags:#x}")));
         }
         let origin_node = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
         let key_ids = u64::from_le_bytes(b[16..24].try_into().expect("8 bytes"));
         let count = u32::from_le_bytes(b[24..28].try_into().expect("4 bytes")) as usize;
         let len = u32::from_le_bytes(b[28..32].try_into().expect("4 bytes")) as usize;
         if len > BATCH_BYTES_MAX || HEADER_BYTES + len != framed.len() {
-            return Err(format!("batch body length {len} does not match frame"));
+            return Err(bad(format!("batch body length {len} does not match frame")));
         }
         let body: BatchBody =
-            postcard::from_bytes(&b[HEADER_BYTES..HEADER_BYTES + len]).map_err(|e| format!("batch body: {e}"))?;
+            postcard::from_bytes(&b[HEADER_BYTES..HEADER_BYTES + len]).map_err(|e| bad(format!("body: {e}")))?;
         if body.records.len() != count {
-            return Err(format!(
+            return Err(bad(format!(
                 "batch header says {count} records, body has {}",
                 body.records.len()
-            ));
+            )));
         }
         Ok(DecodedBatch {
             origin_node,

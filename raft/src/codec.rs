@@ -3,10 +3,12 @@
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::Status;
 use txlog_proto::RaftMessage;
 use txlog_proto::SnapshotChunk;
 use txlog_proto::RAFT_MESSAGE_VERSION;
+
+use crate::error::Error;
+use crate::error::Result;
 
 /// Largest peer message accepted or sent (an append carrying many batches,
 /// or one snapshot chunk with headroom).
@@ -21,14 +23,19 @@ pub fn encode<T: Serialize>(value: &T) -> RaftMessage {
     }
 }
 
-pub fn decode<T: DeserializeOwned>(message: &RaftMessage) -> Result<T, String> {
+/// Decode a peer message; any failure (version, checksum, body) is a
+/// [`Error::Decode`], answered `INVALID_ARGUMENT`.
+pub fn decode<T: DeserializeOwned>(message: &RaftMessage) -> Result<T> {
     if message.version != RAFT_MESSAGE_VERSION {
-        return Err(format!("unsupported raft message version {}", message.version));
+        return Err(Error::decode(
+            "raft message",
+            format!("unsupported version {}", message.version),
+        ));
     }
     if crc32fast::hash(&message.body) != message.crc32 {
-        return Err("raft message checksum mismatch".to_string());
+        return Err(Error::decode("raft message", "checksum mismatch"));
     }
-    postcard::from_bytes(&message.body).map_err(|e| format!("raft message body: {e}"))
+    postcard::from_bytes(&message.body).map_err(|e| Error::decode("raft message body", e))
 }
 
 /// CRC32 of a snapshot or delta chunk: its header followed by its data.
@@ -51,9 +58,9 @@ pub fn chunk(header: Vec<u8>, offset: u64, data: Vec<u8>, done: bool) -> Snapsho
 }
 
 /// Refuse a received chunk whose checksum does not match.
-pub fn check_chunk(chunk: &SnapshotChunk) -> Result<(), Status> {
+pub fn check_chunk(chunk: &SnapshotChunk) -> Result<()> {
     if chunk_crc(&chunk.header, &chunk.data) != chunk.crc32 {
-        return Err(Status::data_loss(format!(
+        return Err(Error::Corruption(format!(
             "snapshot chunk at offset {} failed its checksum",
             chunk.offset
         )));

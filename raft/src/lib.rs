@@ -1,15 +1,44 @@
 //! txlog's Raft layer: everything that knows about openraft.
 //!
-//! * [`TypeConfig`] — one Raft entry carries one [`BatchFrame`]: the leader
-//!   groups concurrent appends into a batch, so one fsync covers many records.
-//! * [`StateMachine`] — applies batches to the sled [`txlog_storage::RecordStore`],
-//!   assigning dense sequence numbers and deduplicating by txid; idempotent by
-//!   log index; snapshots are fsynced files.
-//! * [`Network`] / [`RaftServer`] — the peer transport over tonic, one cached
-//!   channel per peer, CRC32 on every message, a deadline on every RPC,
-//!   unary appends; full snapshots and delta resync ([`resync`]) are chunked
-//!   streams.
+//! # What it owns
+//!
+//! * [`TypeConfig`] (`type_config.rs`) — one Raft entry carries one
+//!   [`BatchFrame`] (`batch_frame.rs`): the leader groups concurrent appends
+//!   into a batch, so one fsync covers many records. The frame is versioned
+//!   and CRC'd; `flags`/`key_ids` are where sealing will go.
+//! * [`StateMachine`] (`state_machine.rs`) — applies batches to the sled
+//!   [`txlog_storage::RecordStore`], assigning dense sequence numbers and
+//!   deduplicating by txid; builds and installs snapshots, whose files live
+//!   in a [`txlog_storage::SnapshotDir`]. Its metadata keys (`meta.rs`) have
+//!   one type each.
+//! * [`Network`] (`network.rs`) / [`RaftServer`] (`raft_service.rs`) — the
+//!   peer transport over tonic: one cached channel per peer, CRC32 on every
+//!   message (`codec.rs`), a deadline on every RPC, unary appends.
+//! * Resync (`resync/`) — catching up a follower past the purge point:
+//!   probe, plan delta or full, send, receive, merge. Its module doc is the
+//!   design of that protocol.
 //! * [`timing`] — the LAN and WAN timing profiles.
+//! * [`Error`] (`error.rs`) — this crate's errors; `From<Error> for
+//!   tonic::Status` is the one place they become a peer's gRPC status.
+//!
+//! # How data flows
+//!
+//! A client append becomes a [`BatchFrame`] on the leader, an openraft entry
+//! in the WAL (`txlog-storage`), an `AppendEntries` RPC to each follower
+//! (`network.rs` → the peer's `raft_service.rs`), and, once committed, one
+//! atomic sled batch in each node's [`StateMachine`]. A follower that needs
+//! entries the leader has purged gets a snapshot through resync instead.
+//!
+//! # Invariants
+//!
+//! * Apply is idempotent by log index, so openraft may re-apply from the WAL
+//!   after sled lost its last writes.
+//! * A snapshot is a fsynced file before openraft learns of it, so the WAL
+//!   is never purged behind something that is not durable.
+//! * Nothing from a peer reaches openraft or the disk before its CRC and
+//!   size limits are checked.
+//! * No file work runs on an async task: snapshot and delta files are read
+//!   and written on blocking threads.
 //!
 //! openraft's types stay behind this crate: the rest of txlog sees our
 //! aliases ([`Raft`], [`LogId`], …) and [`Error`], never a raw openraft error
@@ -19,10 +48,12 @@
 
 mod batch_frame;
 mod codec;
+mod error;
 mod meta;
 mod network;
 mod raft_service;
-pub mod resync;
+mod resync;
+mod snapshot;
 mod state_machine;
 pub mod timing;
 mod type_config;
@@ -31,15 +62,22 @@ pub use batch_frame::BatchBody;
 pub use batch_frame::BatchFrame;
 pub use batch_frame::DecodedBatch;
 pub use batch_frame::BATCH_BYTES_MAX;
+pub use error::Error;
+pub use error::Result;
 pub use network::Network;
-pub use network::SNAPSHOT_CHUNK_BYTES;
 pub use raft_service::LeaderContact;
 pub use raft_service::RaftServer;
+pub use resync::Plan as ResyncPlan;
+pub use resync::ProbeRequest;
+pub use resync::ProbeResponse;
 pub use resync::ResyncCounts;
+pub use resync::ResyncFollower;
 pub use resync::ResyncStats;
+pub use resync::SNAPSHOT_CHUNK_BYTES;
+pub use snapshot::Snapshot;
+pub use snapshot::SnapshotFile;
 pub use state_machine::wall_clock_ns;
-pub use state_machine::Snapshot;
-pub use state_machine::SnapshotFile;
+pub use state_machine::Raft;
 pub use state_machine::StateMachine;
 pub use state_machine::StateMachineReader;
 pub use type_config::BatchResponse;
@@ -47,7 +85,6 @@ pub use type_config::Entry;
 pub use type_config::LogId;
 pub use type_config::LogStore;
 pub use type_config::NodeInfo;
-pub use type_config::Raft;
 pub use type_config::SnapshotMeta;
 pub use type_config::StoredMembership;
 pub use type_config::TypeConfig;

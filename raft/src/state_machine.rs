@@ -16,6 +16,8 @@
 use std::io;
 use std::path::Path;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
 
@@ -29,28 +31,22 @@ use openraft::RaftSnapshotBuilder;
 use tokio::sync::watch;
 use txlog_storage::snapshot_file;
 use txlog_storage::RecordStore;
+use txlog_storage::SnapshotDir;
 
 use crate::meta;
+use crate::snapshot::snapshot_name;
+use crate::snapshot::Snapshot;
+use crate::snapshot::SnapshotFile;
 use crate::type_config::BatchResponse;
 use crate::type_config::LogId;
 use crate::type_config::SnapshotMeta;
 use crate::type_config::StoredMembership;
 use crate::type_config::TypeConfig;
 
-const SNAPSHOT_SUFFIX: &str = ".snap";
 const SNAPSHOT_READ_CHUNK: usize = 4096;
 
-/// A snapshot's data: a verified snapshot file on local disk.
-#[derive(Debug, Clone)]
-pub struct SnapshotFile {
-    pub path: PathBuf,
-    /// Set when the file was assembled by a delta resync from this node's
-    /// own first `delta_base` records plus the leader's records after them:
-    /// installing then only has to add the records after `delta_base`.
-    pub delta_base: Option<u64>,
-}
-
-pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFile>;
+/// The Raft node type: txlog's types with this state machine.
+pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
 
 #[derive(Debug, Clone, Default)]
 struct AppliedState {
@@ -61,14 +57,15 @@ struct AppliedState {
 
 struct Shared {
     store: RecordStore,
-    snapshot_dir: PathBuf,
+    snapshots: SnapshotDir,
     applied: Mutex<AppliedState>,
     current_snapshot: Mutex<Option<(SnapshotMeta, PathBuf)>>,
     last_seq_tx: watch::Sender<u64>,
     /// Serialises snapshot builds with each other and with installs.
     snapshot_lock: tokio::sync::Mutex<()>,
-    /// Follower-side delta resync state.
-    pub(crate) resync: Mutex<crate::resync::FollowerResync>,
+    /// Full (not delta) snapshots installed since open; resync uses it to
+    /// tell when a follower that asked for a full snapshot has had one.
+    full_installs: AtomicU64,
 }
 
 /// The state machine. Clones share state; openraft owns one, the services hold
@@ -101,19 +98,15 @@ impl StateMachineReader {
         self.shared.applied.lock().expect("sm lock poisoned").last_applied
     }
 
-    pub fn snapshot_dir(&self) -> &Path {
-        &self.shared.snapshot_dir
+    /// Snapshot files and staged transfers.
+    pub fn snapshot_dir(&self) -> &SnapshotDir {
+        &self.shared.snapshots
     }
 
-    pub(crate) fn resync(&self) -> std::sync::MutexGuard<'_, crate::resync::FollowerResync> {
-        self.shared.resync.lock().expect("resync lock poisoned")
-    }
-}
-
-pub(crate) fn snapshot_name(meta: &SnapshotMeta) -> String {
-    match &meta.last_log_id {
-        Some(id) => format!("{:020}-{:010}{SNAPSHOT_SUFFIX}", id.index, id.leader_id.term),
-        None => format!("{:020}-{:010}{SNAPSHOT_SUFFIX}", 0, 0),
+    /// How many full snapshots this state machine has installed since it
+    /// was opened.
+    pub fn full_installs(&self) -> u64 {
+        self.shared.full_installs.load(Ordering::Relaxed)
     }
 }
 
@@ -130,8 +123,8 @@ impl StateMachine {
     pub fn open(dir: impl AsRef<Path>) -> io::Result<Self> {
         let dir = dir.as_ref();
         let store = RecordStore::open(dir.join("records"))?;
-        let snapshot_dir = dir.join("snapshots");
-        std::fs::create_dir_all(&snapshot_dir)?;
+        // Opening the directory removes leftovers of interrupted transfers.
+        let snapshots = SnapshotDir::open(dir.join("snapshots"))?;
 
         let last_applied = store.get_meta(&meta::APPLIED)?.flatten();
         let membership = store.get_meta(&meta::MEMBERSHIP)?.unwrap_or_default();
@@ -139,7 +132,7 @@ impl StateMachine {
         let (last_seq_tx, _) = watch::channel(last_seq);
         let shared = Arc::new(Shared {
             store,
-            snapshot_dir,
+            snapshots,
             applied: Mutex::new(AppliedState {
                 last_applied,
                 membership,
@@ -148,7 +141,7 @@ impl StateMachine {
             current_snapshot: Mutex::new(None),
             last_seq_tx,
             snapshot_lock: tokio::sync::Mutex::new(()),
-            resync: Mutex::new(Default::default()),
+            full_installs: AtomicU64::new(0),
         });
         let sm = StateMachine { shared };
         sm.recover_snapshot()?;
@@ -169,24 +162,14 @@ impl StateMachine {
 
     /// Snapshot files live here; received snapshots are staged here too.
     pub fn snapshot_dir(&self) -> PathBuf {
-        self.shared.snapshot_dir.clone()
+        self.shared.snapshots.path().to_path_buf()
     }
 
     /// Find the newest valid snapshot; rebuild sled from it if sled is behind it.
     fn recover_snapshot(&self) -> io::Result<()> {
-        let mut names: Vec<String> = std::fs::read_dir(&self.shared.snapshot_dir)?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .collect();
-        names.sort();
-        for name in names.iter().filter(|n| !n.ends_with(SNAPSHOT_SUFFIX)) {
-            // Leftovers of an interrupted write or transfer.
-            let _ = std::fs::remove_file(self.shared.snapshot_dir.join(name));
-        }
-        let Some(newest) = names.iter().rev().find(|n| n.ends_with(SNAPSHOT_SUFFIX)) else {
+        let Some(path) = self.shared.snapshots.newest()? else {
             return Ok(());
         };
-        let path = self.shared.snapshot_dir.join(newest);
         let meta = match snapshot_file::read_meta(&path)
             .map_err(io::Error::from)
             .and_then(|bytes| meta::decode_snapshot_meta(&bytes))
@@ -298,6 +281,77 @@ impl StateMachine {
     }
 }
 
+impl StateMachine {
+    /// Install a received snapshot (blocking: see `install_snapshot`).
+    fn install(&self, meta: &SnapshotMeta, snapshot: &SnapshotFile) -> io::Result<()> {
+        let info = snapshot_file::verify(&snapshot.path)?;
+        let file_meta = meta::decode_snapshot_meta(&info.meta)?;
+        if &file_meta != meta {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "snapshot file metadata does not match the installed metadata",
+            ));
+        }
+        // Keep a durable copy under our own name before touching the store, so
+        // a crash mid-install is repaired from it on the next open.
+        let target = self
+            .shared
+            .snapshots
+            .install_copy(&snapshot.path, &snapshot_name(meta))?;
+        let local_seq = self.shared.store.last_seq()?;
+        match snapshot.delta_base {
+            Some(base) if base == local_seq => self.apply_delta(meta, &target, base)?,
+            _ => {
+                self.rebuild_from(meta, &target)?;
+                self.shared.full_installs.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.shared.snapshots.prune_older_than(&target);
+        *self.shared.current_snapshot.lock().expect("sm lock poisoned") = Some((meta.clone(), target));
+        tracing::info!(last_log_id = ?meta.last_log_id, records = info.record_count, "snapshot installed");
+        Ok(())
+    }
+}
+
+/// Add one entry's records (or its membership) to `batch` and `state`;
+/// returns what the entry's proposer is told.
+fn apply_entry(
+    batch: &mut txlog_storage::ApplyBatch<'_>,
+    state: &mut AppliedState,
+    entry: &crate::type_config::Entry,
+) -> io::Result<BatchResponse> {
+    let log_id = entry.log_id();
+    Ok(match &entry.payload {
+        EntryPayload::Blank => BatchResponse::default(),
+        EntryPayload::Membership(membership) => {
+            state.membership = StoredMembership::new(Some(log_id), membership.clone());
+            BatchResponse::default()
+        }
+        EntryPayload::Normal(frame) => match frame.decode() {
+            Ok(decoded) => {
+                let mut outcomes = Vec::with_capacity(decoded.body.records.len());
+                for record in decoded.body.records {
+                    outcomes.push(batch.append(
+                        record,
+                        log_id.index,
+                        log_id.leader_id.term,
+                        decoded.origin_node,
+                        decoded.body.created_ns,
+                    )?);
+                }
+                BatchResponse { outcomes, error: None }
+            }
+            Err(err) => {
+                tracing::error!(log_id = %log_id, %err, "rejecting undecodable batch entry");
+                BatchResponse {
+                    outcomes: Vec::new(),
+                    error: Some(err.to_string()),
+                }
+            }
+        },
+    })
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotFile;
     type SnapshotBuilder = SnapshotBuilder;
@@ -335,35 +389,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     tracing::warn!(applied = %last, next = %log_id, "gap in applied log indexes");
                 }
             }
-            let response = match &entry.payload {
-                EntryPayload::Blank => BatchResponse::default(),
-                EntryPayload::Membership(membership) => {
-                    state.membership = StoredMembership::new(Some(log_id), membership.clone());
-                    BatchResponse::default()
-                }
-                EntryPayload::Normal(frame) => match frame.decode() {
-                    Ok(decoded) => {
-                        let mut outcomes = Vec::with_capacity(decoded.body.records.len());
-                        for record in decoded.body.records {
-                            outcomes.push(batch.append(
-                                record,
-                                log_id.index,
-                                log_id.leader_id.term,
-                                decoded.origin_node,
-                                decoded.body.created_ns,
-                            )?);
-                        }
-                        BatchResponse { outcomes, error: None }
-                    }
-                    Err(err) => {
-                        tracing::error!(log_id = %log_id, %err, "rejecting undecodable batch entry");
-                        BatchResponse {
-                            outcomes: Vec::new(),
-                            error: Some(err),
-                        }
-                    }
-                },
-            };
+            let response = apply_entry(&mut batch, &mut state, &entry)?;
             state.last_applied = Some(log_id);
             if let Some(responder) = responder {
                 responses.push((responder, response));
@@ -389,39 +415,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> io::Result<()> {
         let _guard = self.shared.snapshot_lock.lock().await;
-        let info = snapshot_file::verify(&snapshot.path)?;
-        let file_meta = meta::decode_snapshot_meta(&info.meta)?;
-        if &file_meta != meta {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "snapshot file metadata does not match the installed metadata",
-            ));
-        }
-        // Keep a durable copy under our own name before touching the store, so
-        // a crash mid-install is repaired from it on the next open.
-        let target = self.shared.snapshot_dir.join(snapshot_name(meta));
-        if snapshot.path != target {
-            let staging = target.with_extension("partial");
-            std::fs::copy(&snapshot.path, &staging)?;
-            std::fs::File::open(&staging)?.sync_all()?;
-            std::fs::rename(&staging, &target)?;
-            txlog_storage::fsync_dir(&self.shared.snapshot_dir)?;
-        }
         let machine = StateMachine {
             shared: self.shared.clone(),
         };
-        let local_seq = self.shared.store.last_seq()?;
-        match snapshot.delta_base {
-            Some(base) if base == local_seq => machine.apply_delta(meta, &target, base)?,
-            _ => {
-                machine.rebuild_from(meta, &target)?;
-                self.shared.resync.lock().expect("resync lock poisoned").force_full = false;
-            }
-        }
-        remove_older_snapshots(&self.shared.snapshot_dir, &target);
-        *self.shared.current_snapshot.lock().expect("sm lock poisoned") = Some((meta.clone(), target));
-        tracing::info!(last_log_id = ?meta.last_log_id, records = info.record_count, "snapshot installed");
-        Ok(())
+        let meta = meta.clone();
+        // Verifying, copying and restoring read and write whole files.
+        tokio::task::spawn_blocking(move || machine.install(&meta, &snapshot))
+            .await
+            .map_err(io::Error::other)?
     }
 
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
@@ -430,21 +431,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta,
             snapshot: SnapshotFile { path, delta_base: None },
         }))
-    }
-}
-
-fn remove_older_snapshots(dir: &Path, keep: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.filter_map(|e| e.ok()) {
-        let path = entry.path();
-        let is_snapshot = path.extension().is_some_and(|e| e == "snap");
-        if is_snapshot && path.file_name() < keep.file_name() {
-            if let Err(err) = std::fs::remove_file(&path) {
-                tracing::warn!(path = %path.display(), %err, "could not remove old snapshot");
-            }
-        }
     }
 }
 
@@ -463,7 +449,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_log_id: state.last_applied,
             last_membership: state.membership.clone(),
         };
-        let path = self.shared.snapshot_dir.join(snapshot_name(&meta));
+        let path = self.shared.snapshots.snapshot_path(&snapshot_name(&meta));
         let shared = self.shared.clone();
         let meta_bytes = meta::encode_snapshot_meta(&meta);
         // Records up to `last_seq` are immutable, so reading them while later
@@ -485,11 +471,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                     next += 1;
                 }
             }
-            Ok(writer.finish()?)
+            let built = writer.finish()?;
+            shared.snapshots.prune_older_than(&built);
+            Ok(built)
         })
         .await
         .map_err(io::Error::other)??;
-        remove_older_snapshots(&self.shared.snapshot_dir, &built);
         *self.shared.current_snapshot.lock().expect("sm lock poisoned") = Some((meta.clone(), built.clone()));
         tracing::info!(last_log_id = ?meta.last_log_id, last_seq = state.last_seq, "snapshot built");
         Ok(Snapshot {

@@ -19,6 +19,8 @@
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::error::Error;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timing {
     pub heartbeat_interval_ms: u64,
@@ -55,15 +57,16 @@ impl Timing {
     }
 
     /// Check the relations Raft needs between the timings.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |detail: &str| Err(Error::InvalidInput(detail.to_string()));
         if self.heartbeat_interval_ms == 0 {
-            return Err("heartbeat_interval_ms must be > 0".into());
+            return invalid("heartbeat_interval_ms must be > 0");
         }
         if self.election_timeout_ms_min <= self.heartbeat_interval_ms {
-            return Err("election_timeout_ms_min must exceed heartbeat_interval_ms".into());
+            return invalid("election_timeout_ms_min must exceed heartbeat_interval_ms");
         }
         if self.election_timeout_ms_max <= self.election_timeout_ms_min {
-            return Err("election_timeout_ms_max must exceed election_timeout_ms_min".into());
+            return invalid("election_timeout_ms_max must exceed election_timeout_ms_min");
         }
         Ok(())
     }
@@ -73,7 +76,7 @@ impl Timing {
         &self,
         snapshot_logs_since_last: u64,
         logs_kept_after_snapshot: u64,
-    ) -> Result<openraft::Config, String> {
+    ) -> Result<openraft::Config, Error> {
         self.validate()?;
         let config = openraft::Config {
             cluster_name: "txlog".to_string(),
@@ -95,7 +98,7 @@ impl Timing {
             allow_log_reversion: Some(true),
             ..Default::default()
         };
-        config.validate().map_err(|e| e.to_string())
+        config.validate().map_err(|e| Error::InvalidInput(e.to_string()))
     }
 }
 

@@ -46,5 +46,4 @@ pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
 pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
 pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
 pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
-pub type Raft = openraft::Raft<TypeConfig, crate::StateMachine>;
 pub type LogStore = txlog_storage::LogStore<TypeConfig>;

@@ -271,7 +271,9 @@ async fn large_snapshot_full_and_delta_install() {
 /// its own; a follower whose chain diverges (tampered here) gets a full snapshot.
 #[tokio::test]
 async fn diverged_chain_gets_a_full_snapshot() {
-    use txlog_raft::resync;
+    use txlog_raft::ProbeRequest;
+    use txlog_raft::ResyncFollower;
+    use txlog_raft::ResyncPlan;
     let leader_dir = tempfile::tempdir().unwrap();
     let mut leader = StateMachine::open(leader_dir.path()).unwrap();
     let entries = many_entries(6, 10);
@@ -279,13 +281,14 @@ async fn diverged_chain_gets_a_full_snapshot() {
     let follower_dir = tempfile::tempdir().unwrap();
     let mut follower = StateMachine::open(follower_dir.path()).unwrap();
     apply(&mut follower, entries[..2].to_vec()).await;
-    let request = resync::ProbeRequest { snapshot: "s".into() };
+    let request = ProbeRequest { snapshot: "s".into() };
+    let resync = ResyncFollower::new(follower.reader());
 
-    let probe = resync::answer_probe(&follower.reader(), &request).unwrap();
+    let probe = resync.answer_probe(&request).unwrap();
     assert_eq!(probe.last_seq, 20);
     assert_eq!(
-        resync::plan(&leader.reader(), &probe, 60, "s"),
-        resync::Plan::Delta {
+        ResyncPlan::decide(&leader.reader(), &probe, 60, "s"),
+        ResyncPlan::Delta {
             base_seq: 20,
             base_chain: probe.chain,
             first_seq: 21,
@@ -294,9 +297,9 @@ async fn diverged_chain_gets_a_full_snapshot() {
     );
 
     follower.reader().store().set_chain_at(20, [7u8; 32]).unwrap();
-    let probe = resync::answer_probe(&follower.reader(), &request).unwrap();
-    match resync::plan(&leader.reader(), &probe, 60, "s") {
-        resync::Plan::Full(reason) => assert!(reason.contains("hash chains differ at seq 20"), "{reason}"),
+    let probe = resync.answer_probe(&request).unwrap();
+    match ResyncPlan::decide(&leader.reader(), &probe, 60, "s") {
+        ResyncPlan::Full(reason) => assert!(reason.contains("hash chains differ at seq 20"), "{reason}"),
         other => panic!("a diverged follower got {other:?}"),
     }
     // A chain damaged below the last seq is caught when the follower re-verifies its prefix.

@@ -124,10 +124,11 @@ impl DeltaWriter {
         Ok(records.len())
     }
 
-    /// Flush to disk; returns the path.
-    pub fn sync(&self) -> Result<&Path> {
-        self.file.sync_data().map_err(|e| Error::io(&self.path, e))?;
-        Ok(&self.path)
+    /// Flush to disk (a failed fsync aborts the process, see
+    /// [`crate::fatal_fsync_failure`]); returns the path.
+    pub fn sync(&self) -> &Path {
+        crate::snapshot_dir::fsync_file(&self.file, &self.path);
+        &self.path
     }
 }
 
@@ -185,7 +186,7 @@ mod tests {
         let path = dir.path().join("d.delta");
         let mut writer = DeltaWriter::open(&path, 10).unwrap();
         assert_eq!(writer.append_chunk(&chunk(11..=15)).unwrap(), 5);
-        writer.sync().unwrap();
+        writer.sync();
         drop(writer);
         // A half-written frame at the end, as a broken stream leaves it.
         let mut torn = std::fs::read(&path).unwrap();
@@ -199,7 +200,7 @@ mod tests {
         damaged[12] ^= 1;
         assert!(writer.append_chunk(&damaged).is_err(), "a damaged frame is refused");
         assert_eq!(writer.append_chunk(&chunk(16..=20)).unwrap(), 5);
-        writer.sync().unwrap();
+        writer.sync();
         let mut seen = Vec::new();
         for_each_record(&path, |r| {
             seen.push(r.seq);

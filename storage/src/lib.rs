@@ -22,13 +22,30 @@
 //!   is why nothing here relies on it for durability.
 //! * [`snapshot_file`] — snapshot files: written to a temporary name, fsynced,
 //!   renamed, directory fsynced; checked end to end by CRC32 when read.
+//! * [`SnapshotDir`] — the directory those files live in: snapshot naming,
+//!   staging of received snapshots and deltas (`.partial` files), durable
+//!   install (copy, fsync, rename, directory fsync), pruning of older
+//!   snapshots, and removal of leftovers on open. The Raft layer never
+//!   touches a file there itself.
+//! * [`delta_file`] — the records a lagging follower is receiving in a delta
+//!   resync, staged so a broken stream resumes after the last whole record.
+//!
+//! Data flows in one direction: openraft hands entries to the WAL; applied
+//! batches go to the record store; snapshots are built from the record store
+//! into the snapshot directory and restored from it; a delta is merged from
+//! the record store plus a delta file into a new snapshot file. Every file
+//! format has a version and a checksum, and one type that writes and reads
+//! it.
+//!
+//! Everything here is blocking IO: async callers run it on blocking threads.
 //!
 //! Deliberately left out: compression, encryption and signatures (they live in
 //! the batch frame, in `txlog-raft`), and any notion of Raft terms beyond what
 //! openraft hands us.
 //!
 //! A failed `fsync` is fatal: the process aborts, because the page cache may
-//! already have dropped the data and retrying would report a lie.
+//! already have dropped the data and retrying would report a lie. Every
+//! fsync in this crate goes through [`fatal_fsync_failure`].
 
 pub mod delta_file;
 mod durable_file;
@@ -38,6 +55,7 @@ mod log_store;
 mod meta_key;
 mod record_store;
 mod segment;
+mod snapshot_dir;
 pub mod snapshot_file;
 
 pub use durable_file::fsync_dir;
@@ -58,6 +76,8 @@ pub use record_store::RecordStore;
 pub use record_store::StoredRecord;
 pub use record_store::LAST_SEQ;
 pub use record_store::STORE_FORMAT;
+pub use snapshot_dir::IncomingSnapshot;
+pub use snapshot_dir::SnapshotDir;
 
 /// Default size at which the active WAL segment is closed and a new one opened.
 pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;

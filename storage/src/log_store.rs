@@ -287,88 +287,12 @@ where
 
     /// Rebuild the in-memory index from the segment files, cutting a torn tail.
     fn recover(&mut self) -> Result<()> {
-        let mut first_indexes = Vec::new();
-        for dirent in std::fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
-            let dirent = dirent.map_err(|e| Error::io(&self.dir, e))?;
-            if let Some(first) = dirent.file_name().to_str().and_then(segment::parse_segment_name) {
-                first_indexes.push(first);
-            }
-        }
-        first_indexes.sort_unstable();
-
+        let first_indexes = self.segment_first_indexes()?;
         let purged = self.purged_index();
         let count = first_indexes.len();
         for (position, first_index) in first_indexes.into_iter().enumerate() {
             let is_last = position + 1 == count;
-            let path = segment::segment_path(&self.dir, first_index);
-            let entries = &mut self.entries;
-            let (header, scan) = segment::scan(&path, first_index, |offset, body| {
-                let entry: C::Entry = decode("wal entry", body)
-                    .map_err(|e| Error::corruption(&path, format!("entry at offset {offset}: {e}")))?;
-                let log_id = entry.log_id();
-                if purged.is_some_and(|p| log_id.index() <= p) {
-                    return Ok(());
-                }
-                let expected = match entries.back() {
-                    Some(prev) => Some(prev.log_id.index() + 1),
-                    None => purged.map(|p| p + 1),
-                };
-                if let Some(expected) = expected {
-                    if log_id.index() != expected {
-                        return Err(Error::corruption(
-                            &path,
-                            format!("entry index {} where {expected} was expected", log_id.index()),
-                        ));
-                    }
-                }
-                entries.push_back(EntryLocation {
-                    log_id,
-                    segment: first_index,
-                    offset,
-                    frame_bytes: (body.len() + frame::FRAME_HEADER_BYTES) as u32,
-                });
-                Ok(())
-            })?;
-            if let segment::Header::Torn = header {
-                if !is_last {
-                    return Err(Error::corruption(&path, "segment shorter than its header"));
-                }
-                tracing::warn!(path = %path.display(), bytes = scan.file_bytes, "removing segment whose creation was cut off");
-                std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
-                crate::fsync_dir(&self.dir)?;
-                continue;
-            }
-            if let Some(problem) = &scan.tail_problem {
-                if !is_last {
-                    return Err(Error::corruption(&path, format!("{problem} in a sealed segment")));
-                }
-                tracing::warn!(
-                    path = %path.display(),
-                    problem = %problem,
-                    cut_bytes = scan.file_bytes - scan.valid_bytes,
-                    "cutting torn tail of the wal"
-                );
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| Error::io(&path, e))?;
-                file.set_len(scan.valid_bytes).map_err(|e| Error::io(&path, e))?;
-                if let Err(err) = file.sync_all() {
-                    crate::fatal_fsync_failure(&path.display().to_string(), &err);
-                }
-            }
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .map_err(|e| Error::io(&path, e))?;
-            self.segments.insert(
-                first_index,
-                Segment {
-                    file: Arc::new(file),
-                    bytes: scan.valid_bytes,
-                },
-            );
+            self.recover_segment(first_index, is_last, purged)?;
         }
         if self.segments.is_empty() {
             let first = self.next_index().unwrap_or(0);
@@ -381,6 +305,64 @@ where
             first_index = ?self.first_present_index(),
             purged = ?purged,
             "wal opened"
+        );
+        Ok(())
+    }
+
+    /// The first indexes of the segment files in the directory, in order.
+    fn segment_first_indexes(&self) -> Result<Vec<u64>> {
+        let mut first_indexes = Vec::new();
+        for dirent in std::fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
+            let dirent = dirent.map_err(|e| Error::io(&self.dir, e))?;
+            if let Some(first) = dirent.file_name().to_str().and_then(segment::parse_segment_name) {
+                first_indexes.push(first);
+            }
+        }
+        first_indexes.sort_unstable();
+        Ok(first_indexes)
+    }
+
+    /// Stream one segment through [`segment::scan`], indexing every entry
+    /// after the purge point; a torn tail (or a segment whose creation was
+    /// cut off) is repaired only in the last segment, anywhere else it is
+    /// corruption.
+    fn recover_segment(&mut self, first_index: u64, is_last: bool, purged: Option<u64>) -> Result<()> {
+        let path = segment::segment_path(&self.dir, first_index);
+        let entries = &mut self.entries;
+        let (header, scan) = segment::scan(&path, first_index, |offset, body| {
+            index_entry::<C>(entries, purged, &path, first_index, offset, body)
+        })?;
+        if let segment::Header::Torn = header {
+            if !is_last {
+                return Err(Error::corruption(&path, "segment shorter than its header"));
+            }
+            tracing::warn!(path = %path.display(), bytes = scan.file_bytes, "removing segment whose creation was cut off");
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            return crate::fsync_dir(&self.dir);
+        }
+        if let Some(problem) = &scan.tail_problem {
+            if !is_last {
+                return Err(Error::corruption(&path, format!("{problem} in a sealed segment")));
+            }
+            tracing::warn!(
+                path = %path.display(),
+                problem = %problem,
+                cut_bytes = scan.file_bytes - scan.valid_bytes,
+                "cutting torn tail of the wal"
+            );
+            cut_tail(&path, scan.valid_bytes)?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        self.segments.insert(
+            first_index,
+            Segment {
+                file: Arc::new(file),
+                bytes: scan.valid_bytes,
+            },
         );
         Ok(())
     }
@@ -552,6 +534,57 @@ where
         }
         out
     }
+}
+
+/// Index one entry found while recovering segment `first_index`: entries at
+/// or below the purge point are skipped; the rest must continue the index
+/// sequence exactly.
+fn index_entry<C: RaftTypeConfig>(
+    entries: &mut VecDeque<EntryLocation<LogIdOf<C>>>,
+    purged: Option<u64>,
+    path: &Path,
+    first_index: u64,
+    offset: u64,
+    body: &[u8],
+) -> Result<()> {
+    let entry: C::Entry =
+        decode("wal entry", body).map_err(|e| Error::corruption(path, format!("entry at offset {offset}: {e}")))?;
+    let log_id = entry.log_id();
+    if purged.is_some_and(|p| log_id.index() <= p) {
+        return Ok(());
+    }
+    let expected = match entries.back() {
+        Some(prev) => Some(prev.log_id.index() + 1),
+        None => purged.map(|p| p + 1),
+    };
+    if let Some(expected) = expected {
+        if log_id.index() != expected {
+            return Err(Error::corruption(
+                path,
+                format!("entry index {} where {expected} was expected", log_id.index()),
+            ));
+        }
+    }
+    entries.push_back(EntryLocation {
+        log_id,
+        segment: first_index,
+        offset,
+        frame_bytes: (body.len() + frame::FRAME_HEADER_BYTES) as u32,
+    });
+    Ok(())
+}
+
+/// Cut the segment at `path` to `valid_bytes` and fsync it (fatal on failure).
+fn cut_tail(path: &Path, valid_bytes: u64) -> Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    file.set_len(valid_bytes).map_err(|e| Error::io(path, e))?;
+    if let Err(err) = file.sync_all() {
+        crate::fatal_fsync_failure(&path.display().to_string(), &err);
+    }
+    Ok(())
 }
 
 /// Read entries at the given locations, coalescing adjacent frames into one pread.

@@ -168,6 +168,32 @@ pub fn for_each_record(path: &Path, mut visit: impl FnMut(StoredRecord) -> Resul
     Ok(info.expect("read_all sets info on success"))
 }
 
+/// Read the file's raw bytes in chunks of `chunk_bytes` (the last one
+/// shorter, possibly empty) and hand each to `send` with whether it is the
+/// last; stops early when `send` returns false. Returns the bytes read.
+/// This is how a whole snapshot is shipped to a peer, which verifies it.
+pub fn read_chunks(path: &Path, chunk_bytes: usize, mut send: impl FnMut(Vec<u8>, bool) -> bool) -> Result<u64> {
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut offset = 0u64;
+    loop {
+        let mut data = vec![0u8; chunk_bytes];
+        let mut filled = 0;
+        while filled < data.len() {
+            let n = file.read(&mut data[filled..]).map_err(|e| Error::io(path, e))?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        data.truncate(filled);
+        offset += filled as u64;
+        let done = filled < chunk_bytes;
+        if !send(data, done) || done {
+            return Ok(offset);
+        }
+    }
+}
+
 /// Records in a whole snapshot file, read from its trailer without
 /// verifying the file (records are `1..=count`, dense).
 pub fn record_count(path: &Path) -> Result<u64> {
@@ -185,6 +211,25 @@ pub fn record_count(path: &Path) -> Result<u64> {
         return Err(Error::corruption(path, "bad snapshot trailer magic"));
     }
     Ok(u64::from_le_bytes(trailer[8..16].try_into().expect("8 bytes")))
+}
+
+/// Read the rest of the trailer (after its magic) and check the record
+/// count and the checksum of everything before it.
+fn check_trailer(path: &Path, reader: &mut impl Read, count: u64, crc: crc32fast::Hasher) -> Result<()> {
+    let mut rest = [0u8; 12];
+    reader.read_exact(&mut rest).map_err(|e| Error::io(path, e))?;
+    let expected_count = u64::from_le_bytes(rest[0..8].try_into().expect("8 bytes"));
+    let expected_crc = u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes"));
+    if expected_count != count {
+        return Err(Error::corruption(
+            path,
+            format!("trailer says {expected_count} records, found {count}"),
+        ));
+    }
+    if expected_crc != crc.finalize() {
+        return Err(Error::corruption(path, "snapshot checksum mismatch"));
+    }
+    Ok(())
 }
 
 fn read_all(
@@ -207,19 +252,7 @@ fn read_all(
         let mut head = [0u8; frame::FRAME_HEADER_BYTES];
         reader.read_exact(&mut head).map_err(|e| Error::io(path, e))?;
         if &head == TRAILER_MAGIC && position + TRAILER_BYTES == file_bytes {
-            let mut rest = [0u8; 12];
-            reader.read_exact(&mut rest).map_err(|e| Error::io(path, e))?;
-            let expected_count = u64::from_le_bytes(rest[0..8].try_into().expect("8 bytes"));
-            let expected_crc = u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes"));
-            if expected_count != count {
-                return Err(Error::corruption(
-                    path,
-                    format!("trailer says {expected_count} records, found {count}"),
-                ));
-            }
-            if expected_crc != crc.finalize() {
-                return Err(Error::corruption(path, "snapshot checksum mismatch"));
-            }
+            check_trailer(path, &mut reader, count, crc)?;
             *info = Some(SnapshotInfo {
                 meta,
                 record_count: count,

@@ -1,0 +1,80 @@
+//! Probe and plan: the follower answers where its records end and what its
+//! hash chain is there; the leader compares that with its own chain and
+//! decides between a delta and the full snapshot.
+
+use txlog_storage::ChainHash;
+
+use super::follower::ResyncFollower;
+use super::messages::ProbeRequest;
+use super::messages::ProbeResponse;
+use crate::error::Error;
+use crate::error::Result;
+use crate::state_machine::StateMachineReader;
+
+impl ResyncFollower {
+    /// The follower's answer to a probe.
+    pub fn answer_probe(&self, req: &ProbeRequest) -> Result<ProbeResponse> {
+        let store = self.reader().store();
+        let last_seq = store.last_seq()?;
+        let chain = store
+            .chain_at(last_seq)?
+            .ok_or_else(|| Error::Internal(format!("no hash chain value at applied seq {last_seq}")))?;
+        let delta_ok = self.delta_ok();
+        let staged = self.state().staged.clone().filter(|s| s.snapshot == req.snapshot);
+        Ok(ProbeResponse {
+            last_seq,
+            chain,
+            delta_ok,
+            staged,
+        })
+    }
+}
+
+/// What the leader will send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    Delta {
+        base_seq: u64,
+        base_chain: ChainHash,
+        first_seq: u64,
+        last_seq: u64,
+    },
+    /// The full snapshot, and why.
+    Full(String),
+}
+
+impl Plan {
+    /// Decide between delta and full from the follower's probe answer and
+    /// the leader's own chain. `snapshot_last_seq` is the last record in the
+    /// snapshot named `snapshot`.
+    pub fn decide(reader: &StateMachineReader, probe: &ProbeResponse, snapshot_last_seq: u64, snapshot: &str) -> Plan {
+        if !probe.delta_ok {
+            return Plan::Full("the follower asked for a full snapshot".into());
+        }
+        if probe.last_seq == 0 {
+            return Plan::Full("the follower has no records".into());
+        }
+        if probe.last_seq > snapshot_last_seq {
+            return Plan::Full(format!(
+                "the follower's seq {} is past the snapshot's {snapshot_last_seq}",
+                probe.last_seq
+            ));
+        }
+        match reader.store().chain_at(probe.last_seq) {
+            Ok(Some(chain)) if chain == probe.chain => {}
+            Ok(Some(_)) => return Plan::Full(format!("hash chains differ at seq {}", probe.last_seq)),
+            Ok(None) => return Plan::Full(format!("no local chain value at seq {}", probe.last_seq)),
+            Err(err) => return Plan::Full(format!("reading the local chain: {err}")),
+        }
+        let first_seq = match &probe.staged {
+            Some(staged) if staged.snapshot == snapshot && staged.base == probe.last_seq => staged.last_seq + 1,
+            _ => probe.last_seq + 1,
+        };
+        Plan::Delta {
+            base_seq: probe.last_seq,
+            base_chain: probe.chain,
+            first_seq,
+            last_seq: snapshot_last_seq,
+        }
+    }
+}
