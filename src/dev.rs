@@ -9,12 +9,13 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::client::Client;
-use crate::local_cluster::LocalCluster;
-use crate::local_cluster::NodeSpec;
+use txlog_client::Client;
+use txlog_testkit::LocalCluster;
+use txlog_testkit::NodeSpec;
+use txlog_testkit::REGIONS;
 
-/// The dev cluster's regions, by node id 1, 2, 3.
-pub const REGIONS: [&str; 3] = ["paris", "frankfurt", "lyon"];
+/// Nodes of the dev cluster: ids 1, 2, 3 in the first three [`REGIONS`].
+const NODES: usize = 3;
 const STOP_GRACE: Duration = Duration::from_secs(10);
 const LEADER_WAIT: Duration = Duration::from_secs(30);
 /// Restarts of one node before `txlog dev` gives up on it.
@@ -28,7 +29,7 @@ pub struct DevOptions {
 }
 
 pub async fn run(options: DevOptions) -> anyhow::Result<()> {
-    let specs = (0..3)
+    let specs = (0..NODES)
         .map(|i| NodeSpec {
             id: i as u64 + 1,
             region: REGIONS[i].to_string(),
@@ -37,6 +38,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
             metrics: (options.metrics_base_port != 0)
                 .then(|| format!("127.0.0.1:{}", options.metrics_base_port + i as u16)),
             data_dir: options.data_dir.join(REGIONS[i]),
+            join: None,
             // Leadership returns to paris when it is healthy again.
             extra_args: vec!["--prefer-region".into(), REGIONS[0].into()],
         })

@@ -110,7 +110,10 @@ async fn truncation_at_every_byte_keeps_a_valid_prefix() {
 async fn recovery_across_read_chunks() {
     const MIB: usize = 1024 * 1024;
     let big = |index: u64, bytes: usize| {
-        Entry::new_normal(log_id::<TestConfig>(1, 1, index), format!("{index}:{}", "b".repeat(bytes)))
+        Entry::new_normal(
+            log_id::<TestConfig>(1, 1, index),
+            format!("{index}:{}", "b".repeat(bytes)),
+        )
     };
     // 3 MiB, 3 MiB (crosses 4 MiB), 5 MiB (larger than a chunk), small ones, 1 MiB.
     let originals: Vec<Entry> = [3 * MIB, 3 * MIB, 5 * MIB, 100, 200, MIB]
