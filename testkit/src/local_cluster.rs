@@ -373,3 +373,36 @@ impl Drop for LocalCluster {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(command: &Command) -> Vec<String> {
+        command.get_args().map(|a| a.to_string_lossy().into_owned()).collect()
+    }
+
+    /// Founders get `--peers` naming only the founders; a node added with
+    /// `join` gets `--join` instead; every node advertises its address.
+    #[test]
+    fn founders_use_peers_and_added_nodes_join() {
+        let spec = |id: u64, port: u16| NodeSpec {
+            address: format!("127.0.0.1:{port}"),
+            ..NodeSpec::loopback(id, "paris", PathBuf::from(format!("/tmp/n{id}"))).unwrap()
+        };
+        let mut cluster = LocalCluster::with_exe(vec![spec(7, 7001), spec(9, 7002)], PathBuf::from("txlog"));
+        let joiner = cluster.add(NodeSpec {
+            join: Some("127.0.0.1:7001".into()),
+            ..spec(11, 7003)
+        });
+        let founder = args(&cluster.command(0, &Launch::default()));
+        let peers = founder.iter().position(|a| a == "--peers").expect("--peers");
+        assert_eq!(founder[peers + 1], "7=paris@127.0.0.1:7001,9=paris@127.0.0.1:7002");
+        let advertise = founder.iter().position(|a| a == "--advertise").expect("--advertise");
+        assert_eq!(founder[advertise + 1], "127.0.0.1:7001");
+        let joining = args(&cluster.command(joiner, &Launch::default()));
+        assert!(!joining.iter().any(|a| a == "--peers"), "{joining:?}");
+        let join = joining.iter().position(|a| a == "--join").expect("--join");
+        assert_eq!(joining[join + 1], "127.0.0.1:7001");
+    }
+}
