@@ -1,5 +1,9 @@
-//! Node configuration: a TOML file, overridden field by field by command-line
-//! flags or `TXLOG_*` environment variables (flags win over variables).
+//! Node configuration: one declaration of every setting ([`NodeSettings`]),
+//! read from a TOML file and overridden field by field by command-line flags
+//! or `TXLOG_*` environment variables (flags win over variables, variables
+//! over the file). The same struct derives the TOML deserializer and the
+//! `txlog node` flags, so the two cannot drift; defaults are the named
+//! constants below and are applied in [`NodeConfig::resolve`].
 //!
 //! ```toml
 //! id = 1
@@ -12,8 +16,8 @@
 //! metrics_listen = "127.0.0.1:9401"
 //! timing = "lan"            # or "wan"; the *_ms fields below override it
 //! # heartbeat_interval_ms = 10
-//! # election_timeout_ms_min = 50
-//! # election_timeout_ms_max = 100
+//! # election_timeout_ms_min = 25
+//! # election_timeout_ms_max = 50
 //! payload_bytes_max = 1048576
 //! batch_bytes_max = 4194304
 //! batch_records_max = 8192
@@ -78,36 +82,146 @@ pub fn validate_address(address: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// The TOML file's shape; every field optional so flags can fill the rest.
-#[derive(Debug, Default, Deserialize)]
+/// Region of a node that names none.
+pub const REGION_DEFAULT: &str = "default";
+/// Listen address of a node that names none.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:7401";
+/// Timing profile of a node that names none.
+pub const TIMING_DEFAULT: &str = "lan";
+/// Most bytes of records grouped into one Raft entry.
+pub const BATCH_BYTES_MAX_DEFAULT: usize = 4 * 1024 * 1024;
+/// Largest `batch_bytes_max` accepted: half the batch frame's limit.
+pub const BATCH_BYTES_MAX_LIMIT: usize = txlog_raft::BATCH_BYTES_MAX / 2;
+/// Most records grouped into one Raft entry.
+pub const BATCH_RECORDS_MAX_DEFAULT: usize = 8192;
+/// Log entries between two snapshots.
+pub const SNAPSHOT_LOGS_SINCE_LAST_DEFAULT: u64 = 10_000;
+/// Log entries kept behind a snapshot for briefly lagging followers.
+pub const LOG_ENTRIES_KEPT_AFTER_SNAPSHOT_DEFAULT: u64 = 1000;
+/// Largest payload limit a node may be configured with.
+pub const PAYLOAD_BYTES_MAX_LIMIT: usize = 16 * 1024 * 1024;
+/// Smallest WAL segment size accepted.
+pub const SEGMENT_BYTES_MIN: u64 = 4096;
+
+/// Every node setting, declared once: the TOML file's keys and the
+/// `txlog node` flags (each also read from `TXLOG_<NAME>`). Every field is
+/// optional so the file, the variables and the flags can each fill some;
+/// [`NodeConfig::resolve`] merges two of these and applies the defaults.
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
-pub struct FileConfig {
+pub struct NodeSettings {
+    /// TOML config file (flags and TXLOG_* variables override its keys).
+    #[arg(long, env = "TXLOG_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Node id (1 or more, unique in the cluster; need not be small or dense).
+    #[arg(long, env = "TXLOG_ID")]
     pub id: Option<u64>,
+    /// Region name, e.g. paris [default: default].
+    #[arg(long, env = "TXLOG_REGION")]
     pub region: Option<String>,
+    /// Address to listen on for clients, operators and peers [default: 127.0.0.1:7401].
+    #[arg(long, env = "TXLOG_LISTEN")]
     pub listen: Option<String>,
+    /// Address others use to reach this node [default: --listen].
+    #[arg(long, env = "TXLOG_ADVERTISE")]
     pub advertise: Option<String>,
+    /// Data directory: WAL, state machine, snapshots [default: txlog-data/node-ID].
+    #[arg(long, env = "TXLOG_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Initial members, comma-separated ID=REGION@HOST:PORT. The lowest id initialises a fresh cluster.
+    #[arg(long, env = "TXLOG_PEERS", value_delimiter = ',')]
     pub peers: Option<Vec<String>>,
+    /// Join a running cluster through this member (HOST:PORT) instead of --peers: the node
+    /// starts empty, is added as a learner, catches up and becomes a voter. Harmless on
+    /// restart: a node that is already a voter is left as it is.
+    #[arg(long, env = "TXLOG_JOIN")]
     pub join: Option<String>,
+    /// Hand leadership back to a healthy voter in this region (e.g. paris) whenever
+    /// another region leads.
+    #[arg(long, env = "TXLOG_PREFER_REGION")]
     pub prefer_region: Option<String>,
+    /// Address for the Prometheus /metrics endpoint ("off" to disable) [default: off].
+    #[arg(long, env = "TXLOG_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// Timing profile: lan (10 ms heartbeat, 25-50 ms election timeout, a dead leader
+    /// noticed 50-60 ms after its last heartbeat) or wan (100 ms, 500-1000 ms) [default: lan].
+    #[arg(long, env = "TXLOG_TIMING")]
     pub timing: Option<String>,
+    /// Heartbeat interval, overriding the profile's.
+    #[arg(long, env = "TXLOG_HEARTBEAT_INTERVAL_MS")]
     pub heartbeat_interval_ms: Option<u64>,
+    /// Shortest election timeout, overriding the profile's.
+    #[arg(long, env = "TXLOG_ELECTION_TIMEOUT_MS_MIN")]
     pub election_timeout_ms_min: Option<u64>,
+    /// Longest election timeout, overriding the profile's.
+    #[arg(long, env = "TXLOG_ELECTION_TIMEOUT_MS_MAX")]
     pub election_timeout_ms_max: Option<u64>,
+    /// Largest record payload accepted, bytes [default: 1048576; at most 16777216].
+    #[arg(long, env = "TXLOG_PAYLOAD_BYTES_MAX")]
     pub payload_bytes_max: Option<usize>,
+    /// Most bytes grouped into one Raft entry [default: 4194304; at most 33554432].
+    #[arg(long, env = "TXLOG_BATCH_BYTES_MAX")]
     pub batch_bytes_max: Option<usize>,
+    /// Most records grouped into one Raft entry [default: 8192].
+    #[arg(long, env = "TXLOG_BATCH_RECORDS_MAX")]
     pub batch_records_max: Option<usize>,
+    /// Build a snapshot after this many log entries [default: 10000].
+    #[arg(long, env = "TXLOG_SNAPSHOT_LOGS_SINCE_LAST")]
     pub snapshot_logs_since_last: Option<u64>,
+    /// Log entries kept behind a snapshot, so a briefly lagging follower catches up from the log [default: 1000].
+    #[arg(long, env = "TXLOG_LOG_ENTRIES_KEPT_AFTER_SNAPSHOT")]
     pub log_entries_kept_after_snapshot: Option<u64>,
+    /// WAL segment size before rolling to a new file, bytes [default: 67108864; at least 4096].
+    #[arg(long, env = "TXLOG_SEGMENT_BYTES_MAX")]
     pub segment_bytes_max: Option<u64>,
 }
 
-impl FileConfig {
+impl NodeSettings {
     pub fn load(path: &std::path::Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("cannot read config file {}: {e}", path.display())))?;
         toml::from_str(&text).map_err(|e| Error::Config(format!("config file {}: {e}", path.display())))
+    }
+
+    /// Each field of `self`, or `file`'s where `self` has none.
+    fn or(self, file: NodeSettings) -> NodeSettings {
+        macro_rules! merge {
+            ($($field:ident),* $(,)?) => {
+                NodeSettings { $($field: self.$field.or(file.$field)),* }
+            };
+        }
+        merge!(
+            config,
+            id,
+            region,
+            listen,
+            advertise,
+            data_dir,
+            peers,
+            join,
+            prefer_region,
+            metrics_listen,
+            timing,
+            heartbeat_interval_ms,
+            election_timeout_ms_min,
+            election_timeout_ms_max,
+            payload_bytes_max,
+            batch_bytes_max,
+            batch_records_max,
+            snapshot_logs_since_last,
+            log_entries_kept_after_snapshot,
+            segment_bytes_max,
+        )
+    }
+
+    /// These settings (flags and variables) over the file they name, if any.
+    pub fn resolve(self) -> Result<NodeConfig> {
+        let file = match &self.config {
+            Some(path) => NodeSettings::load(path)?,
+            None => NodeSettings::default(),
+        };
+        NodeConfig::resolve(file, self)
     }
 }
 
@@ -138,87 +252,60 @@ pub struct NodeConfig {
 
 impl NodeConfig {
     /// Merge `overrides` (flags/env) over `file`, apply defaults and validate.
-    pub fn resolve(file: FileConfig, overrides: FileConfig) -> Result<Self> {
-        macro_rules! pick {
-            ($field:ident) => {
-                overrides.$field.clone().or(file.$field.clone())
-            };
-        }
+    pub fn resolve(file: NodeSettings, overrides: NodeSettings) -> Result<Self> {
+        let s = overrides.or(file);
         let id =
-            pick!(id).ok_or_else(|| Error::Config("node id is required (--id or `id` in the config file)".into()))?;
+            s.id.ok_or_else(|| Error::Config("node id is required (--id or `id` in the config file)".into()))?;
         if id == 0 {
             return Err(Error::Config("node id 0 is reserved; use 1 or more".into()));
         }
-        let region = pick!(region).unwrap_or_else(|| "default".to_string());
-        let listen_text = pick!(listen).unwrap_or_else(|| "127.0.0.1:7401".to_string());
+        let region = s.region.clone().unwrap_or_else(|| REGION_DEFAULT.to_string());
+        let listen_text = s.listen.clone().unwrap_or_else(|| LISTEN_DEFAULT.to_string());
         let listen: SocketAddr = listen_text
             .parse()
             .map_err(|e| Error::Config(format!("listen address {listen_text:?}: {e}")))?;
-        let advertise = pick!(advertise).unwrap_or_else(|| listen.to_string());
+        let advertise = s.advertise.clone().unwrap_or_else(|| listen.to_string());
         validate_address(&advertise).map_err(Error::Config)?;
-        let data_dir = pick!(data_dir).unwrap_or_else(|| PathBuf::from(format!("txlog-data/node-{id}")));
-        let mut peers = BTreeMap::new();
-        for text in pick!(peers).unwrap_or_default() {
-            for item in text.split(',').filter(|s| !s.trim().is_empty()) {
-                let peer: Peer = item.parse().map_err(Error::Config)?;
-                if peers.insert(peer.id, peer.info).is_some() {
-                    return Err(Error::Config(format!("peer id {} listed twice", peer.id)));
-                }
-            }
+        let data_dir = s
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("txlog-data/node-{id}")));
+        let peers = peers_of(&s, id, &advertise)?;
+        let join = join_of(&s, &peers)?;
+        let prefer_region = s.prefer_region.clone().filter(|r| !r.trim().is_empty());
+        let metrics_listen = metrics_listen_of(&s)?;
+        let timing = timing_of(&s)?;
+        let payload_bytes_max = s
+            .payload_bytes_max
+            .unwrap_or(crate::validate::PAYLOAD_BYTES_MAX_DEFAULT);
+        if payload_bytes_max == 0 || payload_bytes_max > PAYLOAD_BYTES_MAX_LIMIT {
+            return Err(Error::Config(format!(
+                "payload_bytes_max must be in 1..={PAYLOAD_BYTES_MAX_LIMIT}"
+            )));
         }
-        if let Some(me) = peers.get(&id) {
-            if me.address != advertise {
-                return Err(Error::Config(format!(
-                    "peers list node {id} at {} but this node advertises {advertise}",
-                    me.address
-                )));
-            }
-        }
-        let join = pick!(join).filter(|j| !j.trim().is_empty());
-        if let Some(join) = &join {
-            validate_address(join).map_err(|e| Error::Config(format!("--join: {e}")))?;
-            if !peers.is_empty() {
-                return Err(Error::Config(
-                    "give either peers (to found a cluster) or join (to enter a running one), not both".into(),
-                ));
-            }
-        }
-        let prefer_region = pick!(prefer_region).filter(|r| !r.trim().is_empty());
-        let metrics_listen = match pick!(metrics_listen) {
-            Some(text) if text.is_empty() || text == "off" => None,
-            Some(text) => Some(
-                text.parse()
-                    .map_err(|e| Error::Config(format!("metrics address {text:?}: {e}")))?,
-            ),
-            None => None,
-        };
-        let profile = pick!(timing).unwrap_or_else(|| "lan".to_string());
-        let mut timing = Timing::profile(&profile)
-            .ok_or_else(|| Error::Config(format!("unknown timing profile {profile:?}; use lan or wan")))?;
-        if let Some(v) = pick!(heartbeat_interval_ms) {
-            timing.heartbeat_interval_ms = v;
-        }
-        if let Some(v) = pick!(election_timeout_ms_min) {
-            timing.election_timeout_ms_min = v;
-        }
-        if let Some(v) = pick!(election_timeout_ms_max) {
-            timing.election_timeout_ms_max = v;
-        }
-        timing.validate().map_err(Error::Config)?;
-        let payload_bytes_max = pick!(payload_bytes_max).unwrap_or(crate::validate::PAYLOAD_BYTES_MAX_DEFAULT);
-        if payload_bytes_max == 0 || payload_bytes_max > 16 * 1024 * 1024 {
-            return Err(Error::Config("payload_bytes_max must be in 1..=16777216".into()));
-        }
-        let batch_bytes_max = pick!(batch_bytes_max).unwrap_or(4 * 1024 * 1024);
-        let batch_records_max = pick!(batch_records_max).unwrap_or(8192);
+        let batch_bytes_max = s.batch_bytes_max.unwrap_or(BATCH_BYTES_MAX_DEFAULT);
+        let batch_records_max = s.batch_records_max.unwrap_or(BATCH_RECORDS_MAX_DEFAULT);
         if batch_records_max == 0 || batch_bytes_max == 0 {
             return Err(Error::Config("batch limits must be positive".into()));
         }
-        let snapshot_logs_since_last = pick!(snapshot_logs_since_last).unwrap_or(10_000);
-        let log_entries_kept_after_snapshot = pick!(log_entries_kept_after_snapshot).unwrap_or(1000);
-        let segment_bytes_max = pick!(segment_bytes_max).unwrap_or(txlog_storage::SEGMENT_BYTES_MAX_DEFAULT);
-        if segment_bytes_max < 4096 {
-            return Err(Error::Config("segment_bytes_max must be at least 4096".into()));
+        // A batch is one frame, which refuses bodies over its limit. The
+        // batcher stops adding records once `batch_bytes_max` is reached, so
+        // a batch can be one payload (at most 16 MiB) larger; half the frame
+        // limit leaves room for that and the encoding.
+        if batch_bytes_max > BATCH_BYTES_MAX_LIMIT {
+            return Err(Error::Config(format!(
+                "batch_bytes_max must be at most {BATCH_BYTES_MAX_LIMIT} (half the batch frame's limit)"
+            )));
+        }
+        let snapshot_logs_since_last = s.snapshot_logs_since_last.unwrap_or(SNAPSHOT_LOGS_SINCE_LAST_DEFAULT);
+        let log_entries_kept_after_snapshot = s
+            .log_entries_kept_after_snapshot
+            .unwrap_or(LOG_ENTRIES_KEPT_AFTER_SNAPSHOT_DEFAULT);
+        let segment_bytes_max = s.segment_bytes_max.unwrap_or(txlog_storage::SEGMENT_BYTES_MAX_DEFAULT);
+        if segment_bytes_max < SEGMENT_BYTES_MIN {
+            return Err(Error::Config(format!(
+                "segment_bytes_max must be at least {SEGMENT_BYTES_MIN}"
+            )));
         }
         Ok(NodeConfig {
             id,
@@ -240,6 +327,72 @@ impl NodeConfig {
         })
     }
 }
+/// `peers` as a map, each listed once; this node's entry must match its advertised address.
+fn peers_of(s: &NodeSettings, id: u64, advertise: &str) -> Result<BTreeMap<u64, NodeInfo>> {
+    let mut peers = BTreeMap::new();
+    for text in s.peers.iter().flatten() {
+        for item in text.split(',').filter(|s| !s.trim().is_empty()) {
+            let peer: Peer = item.parse().map_err(Error::Config)?;
+            if peers.insert(peer.id, peer.info).is_some() {
+                return Err(Error::Config(format!("peer id {} listed twice", peer.id)));
+            }
+        }
+    }
+    if let Some(me) = peers.get(&id) {
+        if me.address != advertise {
+            return Err(Error::Config(format!(
+                "peers list node {id} at {} but this node advertises {advertise}",
+                me.address
+            )));
+        }
+    }
+    Ok(peers)
+}
+
+/// `join`, valid and not given together with `peers`.
+fn join_of(s: &NodeSettings, peers: &BTreeMap<u64, NodeInfo>) -> Result<Option<String>> {
+    let join = s.join.clone().filter(|j| !j.trim().is_empty());
+    if let Some(join) = &join {
+        validate_address(join).map_err(|e| Error::Config(format!("--join: {e}")))?;
+        if !peers.is_empty() {
+            return Err(Error::Config(
+                "give either peers (to found a cluster) or join (to enter a running one), not both".into(),
+            ));
+        }
+    }
+    Ok(join)
+}
+
+/// The metrics address, `None` when off.
+fn metrics_listen_of(s: &NodeSettings) -> Result<Option<SocketAddr>> {
+    let metrics_listen = match s.metrics_listen.clone() {
+        Some(text) if text.is_empty() || text == "off" => None,
+        Some(text) => Some(
+            text.parse()
+                .map_err(|e| Error::Config(format!("metrics address {text:?}: {e}")))?,
+        ),
+        None => None,
+    };
+    Ok(metrics_listen)
+}
+
+/// The timing profile with any `*_ms` overrides, validated.
+fn timing_of(s: &NodeSettings) -> Result<Timing> {
+    let profile = s.timing.clone().unwrap_or_else(|| TIMING_DEFAULT.to_string());
+    let mut timing = Timing::profile(&profile)
+        .ok_or_else(|| Error::Config(format!("unknown timing profile {profile:?}; use lan or wan")))?;
+    if let Some(v) = s.heartbeat_interval_ms {
+        timing.heartbeat_interval_ms = v;
+    }
+    if let Some(v) = s.election_timeout_ms_min {
+        timing.election_timeout_ms_min = v;
+    }
+    if let Some(v) = s.election_timeout_ms_max {
+        timing.election_timeout_ms_max = v;
+    }
+    timing.validate().map_err(Error::Config)?;
+    Ok(timing)
+}
 
 #[cfg(test)]
 mod tests {
@@ -248,7 +401,7 @@ mod tests {
     /// Flags override the file, defaults fill the rest, and bad values are clear errors.
     #[test]
     fn merge_and_validate() {
-        let file: FileConfig = toml::from_str(
+        let file: NodeSettings = toml::from_str(
             r#"
             id = 1
             region = "paris"
@@ -258,7 +411,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let overrides = FileConfig {
+        let overrides = NodeSettings {
             region: Some("lyon".into()),
             heartbeat_interval_ms: Some(50),
             ..Default::default()
@@ -273,24 +426,62 @@ mod tests {
         assert_eq!(config.peers[&2].region, "frankfurt");
 
         assert!(
-            NodeConfig::resolve(FileConfig::default(), FileConfig::default()).is_err(),
+            NodeConfig::resolve(NodeSettings::default(), NodeSettings::default()).is_err(),
             "id is required"
         );
-        let bad_peer = FileConfig {
+        let bad_peer = NodeSettings {
             id: Some(1),
             peers: Some(vec!["x=127.0.0.1:1".into()]),
             ..Default::default()
         };
-        assert!(NodeConfig::resolve(bad_peer, FileConfig::default()).is_err());
-        let bad_timing = FileConfig {
+        assert!(NodeConfig::resolve(bad_peer, NodeSettings::default()).is_err());
+        let bad_timing = NodeSettings {
             id: Some(1),
             timing: Some("moon".into()),
             ..Default::default()
         };
-        assert!(NodeConfig::resolve(bad_timing, FileConfig::default()).is_err());
+        assert!(NodeConfig::resolve(bad_timing, NodeSettings::default()).is_err());
         assert!(
-            toml::from_str::<FileConfig>("idd = 1").is_err(),
+            toml::from_str::<NodeSettings>("idd = 1").is_err(),
             "unknown keys are rejected"
         );
+        let huge_batch = NodeSettings {
+            id: Some(1),
+            batch_bytes_max: Some(BATCH_BYTES_MAX_LIMIT + 1),
+            ..Default::default()
+        };
+        let err = NodeConfig::resolve(huge_batch, NodeSettings::default()).unwrap_err();
+        assert!(err.to_string().contains("batch_bytes_max"), "{err}");
+    }
+
+    /// Every key of the module's example file parses, and the file and the flags are one
+    /// struct: a value given both ways takes the flag's.
+    #[test]
+    fn example_file_and_flags_agree() {
+        let doc: String = include_str!("config.rs")
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| l.trim_start_matches("//!").trim_start())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let file: NodeSettings = toml::from_str(&doc).expect("the documented example parses");
+        let config = NodeConfig::resolve(file.clone(), NodeSettings::default()).unwrap();
+        assert_eq!(
+            config.timing,
+            Timing::LAN,
+            "the example's timing comments match the LAN profile"
+        );
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            settings: NodeSettings,
+        }
+        let flags = Cli::parse_from(["txlog", "--region", "lyon", "--peers", "1=a@127.0.0.1:7401,2=b@h:2"]).settings;
+        let config = NodeConfig::resolve(file, flags).unwrap();
+        assert_eq!(config.region, "lyon");
+        assert_eq!(config.peers.len(), 2);
     }
 }

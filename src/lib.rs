@@ -10,6 +10,8 @@
 //!   `AdminService` (operators).
 //! * [`config`] — node configuration: TOML file, flags, `TXLOG_*` variables.
 //! * [`metrics`] — Prometheus metrics and the `/metrics` endpoint.
+//! * [`health`] — `grpc.health.v1`: `SERVING` only with a leader and caught up;
+//!   server reflection is registered beside it.
 //! * [`log_throttle`] — one line per peer per few seconds for openraft's
 //!   per-heartbeat warnings about a peer that is down.
 //!
@@ -28,6 +30,7 @@ pub mod bench_cluster;
 pub mod config;
 pub mod dev;
 mod error;
+pub mod health;
 pub mod log_service;
 pub mod log_throttle;
 pub mod membership;

@@ -7,8 +7,7 @@ use clap::Args;
 use clap::Parser;
 use clap::Subcommand;
 use tokio_util::sync::CancellationToken;
-use txlog::config::FileConfig;
-use txlog::config::NodeConfig;
+use txlog::config::NodeSettings;
 use txlog_client::Client;
 use txlog_client::ClientError;
 use txlog_client::Role;
@@ -55,7 +54,7 @@ enum Command {
         metrics_base_port: u16,
     },
     /// Run one node.
-    Node(Box<NodeArgs>),
+    Node(Box<NodeSettings>),
     /// Append one record and print its sequence number.
     Append {
         /// Channel name, e.g. order-book ([a-z0-9][a-z0-9._-]*).
@@ -187,102 +186,6 @@ enum AdminCommand {
     },
 }
 
-/// Flags of `txlog node`; each also reads `TXLOG_<NAME>` and overrides the config file.
-#[derive(Args)]
-struct NodeArgs {
-    /// TOML config file.
-    #[arg(long, env = "TXLOG_CONFIG")]
-    config: Option<PathBuf>,
-    /// Node id (1 or more, unique in the cluster).
-    #[arg(long, env = "TXLOG_ID")]
-    id: Option<u64>,
-    /// Region name, e.g. paris.
-    #[arg(long, env = "TXLOG_REGION")]
-    region: Option<String>,
-    /// Address to listen on for clients, operators and peers.
-    #[arg(long, env = "TXLOG_LISTEN")]
-    listen: Option<String>,
-    /// Address others use to reach this node (default: --listen).
-    #[arg(long, env = "TXLOG_ADVERTISE")]
-    advertise: Option<String>,
-    /// Data directory (WAL, state machine, snapshots).
-    #[arg(long, env = "TXLOG_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// Initial members, comma-separated ID=REGION@HOST:PORT. The lowest id initialises a fresh cluster.
-    #[arg(long, env = "TXLOG_PEERS")]
-    peers: Option<String>,
-    /// Join a running cluster through this member (HOST:PORT) instead of --peers: the node
-    /// starts empty, is added as a learner, catches up and becomes a voter. Harmless on
-    /// restart: a node that is already a voter is left as it is.
-    #[arg(long, env = "TXLOG_JOIN")]
-    join: Option<String>,
-    /// Hand leadership back to a healthy voter in this region (e.g. paris) whenever
-    /// another region leads.
-    #[arg(long, env = "TXLOG_PREFER_REGION")]
-    prefer_region: Option<String>,
-    /// Address for the Prometheus /metrics endpoint ("off" to disable).
-    #[arg(long, env = "TXLOG_METRICS_LISTEN")]
-    metrics_listen: Option<String>,
-    /// Timing profile: lan (10 ms heartbeat, 50-100 ms election) or wan.
-    #[arg(long, env = "TXLOG_TIMING")]
-    timing: Option<String>,
-    #[arg(long, env = "TXLOG_HEARTBEAT_INTERVAL_MS")]
-    heartbeat_interval_ms: Option<u64>,
-    #[arg(long, env = "TXLOG_ELECTION_TIMEOUT_MS_MIN")]
-    election_timeout_ms_min: Option<u64>,
-    #[arg(long, env = "TXLOG_ELECTION_TIMEOUT_MS_MAX")]
-    election_timeout_ms_max: Option<u64>,
-    /// Largest record payload accepted (bytes).
-    #[arg(long, env = "TXLOG_PAYLOAD_BYTES_MAX")]
-    payload_bytes_max: Option<usize>,
-    /// Most bytes grouped into one Raft entry.
-    #[arg(long, env = "TXLOG_BATCH_BYTES_MAX")]
-    batch_bytes_max: Option<usize>,
-    /// Most records grouped into one Raft entry.
-    #[arg(long, env = "TXLOG_BATCH_RECORDS_MAX")]
-    batch_records_max: Option<usize>,
-    /// Build a snapshot after this many log entries.
-    #[arg(long, env = "TXLOG_SNAPSHOT_LOGS_SINCE_LAST")]
-    snapshot_logs_since_last: Option<u64>,
-    /// Log entries kept behind a snapshot, so a briefly lagging follower catches up from the log.
-    #[arg(long, env = "TXLOG_LOG_ENTRIES_KEPT_AFTER_SNAPSHOT")]
-    log_entries_kept_after_snapshot: Option<u64>,
-    /// WAL segment size before rolling to a new file (bytes).
-    #[arg(long, env = "TXLOG_SEGMENT_BYTES_MAX")]
-    segment_bytes_max: Option<u64>,
-}
-
-impl NodeArgs {
-    fn into_configs(self) -> anyhow::Result<(FileConfig, FileConfig)> {
-        let file = match &self.config {
-            Some(path) => FileConfig::load(path)?,
-            None => FileConfig::default(),
-        };
-        let overrides = FileConfig {
-            id: self.id,
-            region: self.region,
-            listen: self.listen,
-            advertise: self.advertise,
-            data_dir: self.data_dir,
-            peers: self.peers.map(|p| vec![p]),
-            join: self.join,
-            prefer_region: self.prefer_region,
-            metrics_listen: self.metrics_listen,
-            timing: self.timing,
-            heartbeat_interval_ms: self.heartbeat_interval_ms,
-            election_timeout_ms_min: self.election_timeout_ms_min,
-            election_timeout_ms_max: self.election_timeout_ms_max,
-            payload_bytes_max: self.payload_bytes_max,
-            batch_bytes_max: self.batch_bytes_max,
-            batch_records_max: self.batch_records_max,
-            snapshot_logs_since_last: self.snapshot_logs_since_last,
-            log_entries_kept_after_snapshot: self.log_entries_kept_after_snapshot,
-            segment_bytes_max: self.segment_bytes_max,
-        };
-        Ok((file, overrides))
-    }
-}
-
 fn init_tracing(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TXLOG_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!(
@@ -360,8 +263,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Node(args) => {
             init_tracing("info");
-            let (file, overrides) = args.into_configs()?;
-            let config = NodeConfig::resolve(file, overrides)?;
+            let config = args.resolve()?;
             let token = CancellationToken::new();
             cancel_on_signals(token.clone())?;
             let node = txlog::node::Node::start(config, token).await?;

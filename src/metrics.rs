@@ -90,81 +90,108 @@ impl Metrics {
             resync_seen: Default::default(),
             registry: Registry::default(),
         };
+        m.register_append(&mut registry);
+        m.register_raft(&mut registry);
+        m.register_resync(&mut registry);
+        Metrics { registry, ..m }
+    }
+
+    /// The append path: records, batches, latencies, WAL fsyncs.
+    fn register_append(&self, registry: &mut Registry) {
         registry.register(
             "appended_records",
             "Records committed by appends on this node (leader)",
-            m.appended_records.clone(),
+            self.appended_records.clone(),
         );
         registry.register(
             "duplicate_records",
             "Appends answered from the txid dedup index",
-            m.duplicate_records.clone(),
+            self.duplicate_records.clone(),
         );
         registry.register(
             "append_batches",
             "Raft entries (batches) proposed by this node",
-            m.append_batches.clone(),
+            self.append_batches.clone(),
         );
         registry.register(
             "rejected_requests",
             "Client requests rejected as invalid",
-            m.rejected_requests.clone(),
+            self.rejected_requests.clone(),
         );
-        registry.register("batch_records", "Records per proposed batch", m.batch_records.clone());
+        registry.register(
+            "batch_records",
+            "Records per proposed batch",
+            self.batch_records.clone(),
+        );
         registry.register(
             "commit_latency_seconds",
             "Time from proposing a batch to its commit and apply",
-            m.commit_latency_seconds.clone(),
+            self.commit_latency_seconds.clone(),
         );
         registry.register(
             "wal_fsync_seconds",
             "Duration of each WAL group-commit fdatasync",
-            m.wal_fsync_seconds.clone(),
+            self.wal_fsync_seconds.clone(),
         );
-        registry.register("raft_term", "Current Raft term", m.term.clone());
+    }
+
+    /// Raft's term, leadership and indexes.
+    fn register_raft(&self, registry: &mut Registry) {
+        registry.register("raft_term", "Current Raft term", self.term.clone());
         registry.register(
             "raft_leader_changes",
             "Times the known leader changed",
-            m.leader_changes.clone(),
+            self.leader_changes.clone(),
         );
         registry.register(
-            "resync_delta_bytes",
-            "Bytes sent to lagging followers as delta snapshots (records they were missing)",
-            m.resync_delta_bytes.clone(),
+            "raft_is_leader",
+            "1 when this node is the leader",
+            self.is_leader.clone(),
         );
-        registry.register(
-            "resync_full_bytes",
-            "Bytes sent to lagging followers as full snapshots",
-            m.resync_full_bytes.clone(),
-        );
-        registry.register(
-            "resync_delta_transfers",
-            "Delta snapshots delivered",
-            m.resync_delta_transfers.clone(),
-        );
-        registry.register(
-            "resync_full_transfers",
-            "Full snapshots delivered",
-            m.resync_full_transfers.clone(),
-        );
-        registry.register(
-            "resync_delta_refused",
-            "Deltas refused by a follower whose records diverged (a full snapshot followed)",
-            m.resync_delta_refused.clone(),
-        );
-        registry.register("raft_is_leader", "1 when this node is the leader", m.is_leader.clone());
         registry.register(
             "raft_commit_index",
             "Highest committed log index known here",
-            m.commit_index.clone(),
+            self.commit_index.clone(),
         );
         registry.register(
             "raft_applied_index",
             "Highest log index applied to the state machine",
-            m.applied_index.clone(),
+            self.applied_index.clone(),
         );
-        registry.register("last_seq", "Highest record sequence applied here", m.last_seq.clone());
-        Metrics { registry, ..m }
+        registry.register(
+            "last_seq",
+            "Highest record sequence applied here",
+            self.last_seq.clone(),
+        );
+    }
+
+    /// Snapshot bytes and transfers sent to lagging followers, by path.
+    fn register_resync(&self, registry: &mut Registry) {
+        registry.register(
+            "resync_delta_bytes",
+            "Bytes sent to lagging followers as delta snapshots (records they were missing)",
+            self.resync_delta_bytes.clone(),
+        );
+        registry.register(
+            "resync_full_bytes",
+            "Bytes sent to lagging followers as full snapshots",
+            self.resync_full_bytes.clone(),
+        );
+        registry.register(
+            "resync_delta_transfers",
+            "Delta snapshots delivered",
+            self.resync_delta_transfers.clone(),
+        );
+        registry.register(
+            "resync_full_transfers",
+            "Full snapshots delivered",
+            self.resync_full_transfers.clone(),
+        );
+        registry.register(
+            "resync_delta_refused",
+            "Deltas refused by a follower whose records diverged (a full snapshot followed)",
+            self.resync_delta_refused.clone(),
+        );
     }
 
     pub fn render(&self) -> String {

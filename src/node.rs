@@ -118,6 +118,12 @@ impl Node {
             .await
             .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", config.listen)))?;
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let reflection_service = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(txlog_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| Error::Internal(format!("reflection service: {e}")))?;
         let server_shutdown = shutdown.clone();
         let router = Server::builder()
             .tcp_nodelay(true)
@@ -142,7 +148,9 @@ impl Node {
                     .max_decoding_message_size(validate::MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(validate::MESSAGE_BYTES_MAX),
             )
-            .add_service(raft_server.into_service());
+            .add_service(raft_server.into_service())
+            .add_service(health_service)
+            .add_service(reflection_service);
         tracker.spawn(async move {
             if let Err(err) = router
                 .serve_with_incoming_shutdown(incoming, server_shutdown.cancelled_owned())
@@ -159,6 +167,12 @@ impl Node {
             tracing::info!(%bound, "metrics at http://{bound}/metrics");
         }
 
+        tracker.spawn(crate::health::report(
+            raft.clone(),
+            contact.clone(),
+            health_reporter,
+            shutdown.clone(),
+        ));
         tracker.spawn(watch_raft(
             raft.clone(),
             reader.clone(),

@@ -11,5 +11,8 @@ pub mod v1 {
 
 pub use v1::*;
 
+/// The encoded `FileDescriptorSet` of `txlog.proto`, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/txlog_descriptor.bin"));
+
 /// Version stamped in every `RaftMessage`.
 pub const RAFT_MESSAGE_VERSION: u32 = 1;
