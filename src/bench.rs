@@ -16,8 +16,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
-
-use crate::client::Client;
+use txlog_client::Client;
 
 /// `txlog bench [append] …`, `txlog bench failover …`, `txlog bench resync …`.
 #[derive(clap::Args, Debug, Clone)]
@@ -66,7 +65,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "bench")]
     pub channel: String,
     /// Comma-separated node addresses.
-    #[arg(long, env = "TXLOG_CLUSTER", default_value = crate::DEV_CLUSTER)]
+    #[arg(long, env = "TXLOG_CLUSTER", default_value = txlog_client::DEV_CLUSTER)]
     pub cluster: String,
     /// Print the summary as JSON.
     #[arg(long)]
@@ -119,7 +118,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .context("no leader in the cluster")?;
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
-    let run_id = txlog_raft::wall_clock_ns();
+    let run_id = txlog_client::wall_clock_ns();
     let started = Instant::now();
     let deadline = started + args.duration;
     let mut tasks = Vec::new();

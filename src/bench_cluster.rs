@@ -24,14 +24,16 @@ use std::time::Instant;
 use anyhow::Context;
 use hdrhistogram::Histogram;
 
-use crate::bench::parse_duration;
-use crate::client::Client;
-use crate::client::ClientOptions;
-use crate::client::ResyncSent;
-use crate::local_cluster::free_port;
-use crate::local_cluster::LocalCluster;
-use crate::local_cluster::NodeSpec;
+use txlog_client::Client;
+use txlog_client::ClientOptions;
+use txlog_client::ClusterStatus;
+use txlog_client::ResyncSent;
 use txlog_proto::Record;
+use txlog_testkit::LocalCluster;
+use txlog_testkit::NodeSpec;
+use txlog_testkit::REGIONS;
+
+use crate::bench::parse_duration;
 
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -137,15 +139,10 @@ impl BenchCluster {
             "--node-ids needs three distinct non-zero ids, got {ids:?}"
         );
         let mut specs = Vec::new();
-        for (i, region) in crate::dev::REGIONS.iter().enumerate() {
+        for (&id, region) in ids.iter().zip(REGIONS) {
             specs.push(NodeSpec {
-                id: ids[i],
-                region: region.to_string(),
-                address: format!("127.0.0.1:{}", free_port()?),
-                listen: None,
-                metrics: None,
-                data_dir: dir.join(region),
                 extra_args: extra_args.clone(),
+                ..NodeSpec::loopback(id, region, dir.join(region))?
             });
         }
         let mut nodes = LocalCluster::new(specs)?;
@@ -181,11 +178,11 @@ impl BenchCluster {
     }
 
     /// Wait until a leader is known and every running node has applied the same last seq.
-    async fn wait_converged(&self, timeout: Duration) -> anyhow::Result<crate::client::ClusterStatus> {
+    async fn wait_converged(&self, timeout: Duration) -> anyhow::Result<ClusterStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(status) = self.client.cluster_status().await {
-                let up: Vec<_> = status.nodes.iter().filter(|n| n.role != "down").collect();
+                let up: Vec<_> = status.nodes.iter().filter(|n| n.is_up()).collect();
                 if status.leader_id.is_some() && up.len() == 3 && up.iter().all(|n| n.last_seq == status.last_seq) {
                     return Ok(status);
                 }
@@ -281,7 +278,7 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
 
 async fn failover_rounds(cluster: &mut BenchCluster, args: &FailoverArgs) -> anyhow::Result<Vec<Duration>> {
     let payload = vec![b'f'; 256];
-    let run_id = txlog_raft::wall_clock_ns();
+    let run_id = txlog_client::wall_clock_ns();
     let mut times = Vec::new();
     let mut n = 0u64;
     for round in 1..=args.rounds {
@@ -350,7 +347,7 @@ async fn load(
 ) -> anyhow::Result<()> {
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let started = Instant::now();
-    let run_id = txlog_raft::wall_clock_ns();
+    let run_id = txlog_client::wall_clock_ns();
     let mut tasks = Vec::new();
     for _ in 0..clients {
         let (client, next, tag) = (client.clone(), next.clone(), tag.to_string());
@@ -395,51 +392,14 @@ async fn load(
     Ok(())
 }
 
-/// Restart node `i` and wait until its last seq reaches `target`. A trickle
-/// of appends (one every 50 ms) runs meanwhile, as in production: openraft
-/// re-probes an idle follower's log only when there is something to send.
+/// Restart node `i` and time it until its last seq reaches `target`, with
+/// a trickle of appends meanwhile (see [`txlog_testkit::catch_up_with_trickle`]).
 async fn catch_up(cluster: &mut BenchCluster, i: usize, target: u64, timeout: Duration) -> anyhow::Result<Duration> {
     let address = cluster.nodes.nodes[i].spec.address.clone();
     let started = Instant::now();
     cluster.nodes.start(i)?;
-    let trickle = {
-        let client = cluster.client.clone();
-        let run_id = txlog_raft::wall_clock_ns();
-        tokio::spawn(async move {
-            for n in 0u64.. {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                let _ = client
-                    .append_one("trickle", format!("trickle-{run_id}-{n}").as_bytes(), b"t")
-                    .await;
-            }
-        })
-    };
-    let result = wait_for_seq(cluster, &address, target, started, timeout).await;
-    trickle.abort();
-    result
-}
-
-async fn wait_for_seq(
-    cluster: &BenchCluster,
-    address: &str,
-    target: u64,
-    started: Instant,
-    timeout: Duration,
-) -> anyhow::Result<Duration> {
-    let mut last_report = Instant::now();
-    loop {
-        if let Ok(s) = cluster.client.node_status(address).await {
-            if s.last_seq >= target {
-                return Ok(started.elapsed());
-            }
-            if last_report.elapsed() >= Duration::from_secs(2) {
-                eprintln!("    node {} at seq {} of {target}", s.id, s.last_seq);
-                last_report = Instant::now();
-            }
-        }
-        anyhow::ensure!(started.elapsed() < timeout, "node did not catch up within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    txlog_testkit::catch_up_with_trickle(&cluster.client, &address, target, timeout).await?;
+    Ok(started.elapsed())
 }
 
 pub async fn resync(args: ResyncArgs) -> anyhow::Result<()> {
@@ -528,10 +488,7 @@ async fn resync_paths(cluster: &mut BenchCluster, args: &ResyncArgs) -> anyhow::
 
     eprintln!("stopping node {follower_id}, wiping its data dir, restarting it (full path)");
     cluster.nodes.stop(follower, STOP_GRACE).await;
-    let dir = cluster.nodes.nodes[follower].spec.data_dir.clone();
-    for name in ["wal", "state"] {
-        let _ = std::fs::remove_dir_all(dir.join(name));
-    }
+    cluster.nodes.wipe(follower)?;
     let before = cluster.resync_sent().await;
     let full_time = catch_up(cluster, follower, target, args.timeout).await?;
     let after = cluster.resync_sent_after(&before).await;
@@ -661,7 +618,8 @@ async fn startup_rounds(cluster: &mut BenchCluster, args: &StartupArgs) -> anyho
         }
         let started = Instant::now();
         cluster.nodes.start(i)?;
-        let took = wait_for_seq(cluster, &address, status.last_seq, started, Duration::from_secs(600)).await?;
+        txlog_testkit::wait_for_seq(&cluster.client, &address, status.last_seq, Duration::from_secs(600)).await?;
+        let took = started.elapsed();
         eprintln!(
             "  {restart}: node {node_id} serves all {} records after {:.0} ms",
             status.last_seq,

@@ -9,12 +9,14 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::client::Client;
-use crate::local_cluster::LocalCluster;
-use crate::local_cluster::NodeSpec;
+use txlog_client::Client;
+use txlog_client::ClusterStatus;
+use txlog_testkit::LocalCluster;
+use txlog_testkit::NodeSpec;
+use txlog_testkit::REGIONS;
 
-/// The dev cluster's regions, by node id 1, 2, 3.
-pub const REGIONS: [&str; 3] = ["paris", "frankfurt", "lyon"];
+/// Nodes of the dev cluster: ids 1, 2, 3 in the first three [`REGIONS`].
+const NODES: usize = 3;
 const STOP_GRACE: Duration = Duration::from_secs(10);
 const LEADER_WAIT: Duration = Duration::from_secs(30);
 /// Restarts of one node before `txlog dev` gives up on it.
@@ -28,20 +30,7 @@ pub struct DevOptions {
 }
 
 pub async fn run(options: DevOptions) -> anyhow::Result<()> {
-    let specs = (0..3)
-        .map(|i| NodeSpec {
-            id: i as u64 + 1,
-            region: REGIONS[i].to_string(),
-            address: format!("127.0.0.1:{}", options.base_port + i as u16),
-            listen: None,
-            metrics: (options.metrics_base_port != 0)
-                .then(|| format!("127.0.0.1:{}", options.metrics_base_port + i as u16)),
-            data_dir: options.data_dir.join(REGIONS[i]),
-            // Leadership returns to paris when it is healthy again.
-            extra_args: vec!["--prefer-region".into(), REGIONS[0].into()],
-        })
-        .collect();
-    let mut nodes = LocalCluster::new(specs)?;
+    let mut nodes = LocalCluster::new(node_specs(&options))?;
     for i in 0..nodes.nodes.len() {
         nodes.start(i)?;
     }
@@ -52,40 +41,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
         status = client.wait_for_leader(LEADER_WAIT) => Some(status),
     };
     match status {
-        Some(Ok(status)) => {
-            println!(
-                "txlog dev cluster is up ({} ms), data in {}",
-                started.elapsed().as_millis(),
-                options.data_dir.display()
-            );
-            for (i, node) in nodes.nodes.iter().enumerate() {
-                let node = &node.spec;
-                let role = status
-                    .nodes
-                    .iter()
-                    .find(|n| n.id == node.id)
-                    .map(|n| n.role.as_str())
-                    .unwrap_or("?");
-                let pid = nodes.pid(i).unwrap_or(0);
-                let metrics = node
-                    .metrics
-                    .as_ref()
-                    .map(|m| format!("  metrics http://{m}/metrics"))
-                    .unwrap_or_default();
-                println!(
-                    "  node {} {:<10} {}  pid {:<7} {:<8}{}",
-                    node.id, node.region, node.address, pid, role, metrics
-                );
-            }
-            println!();
-            println!("try:");
-            println!("  txlog append --channel order-book --txid order-1 'BUY 100 EURUSD 1.0842'");
-            println!("  txlog read --from 1");
-            println!("  txlog status");
-            println!("  txlog tail --from 1");
-            println!();
-            println!("logs: {}/<region>/node.log    stop: Ctrl-C", options.data_dir.display());
-        }
+        Some(Ok(status)) => print_banner(&nodes, &status, started.elapsed(), &options),
         Some(Err(err)) => {
             eprintln!(
                 "txlog dev: no leader after {LEADER_WAIT:?}: {err}; see {}/*/node.log",
@@ -96,11 +52,74 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
         }
         None => {}
     }
+    supervise(&mut nodes, &options.shutdown).await?;
+    // The terminal may be gone by now (closed pipe): never panic on output.
+    say(format_args!("stopping the dev cluster..."));
+    nodes.stop_all(STOP_GRACE).await;
+    say(format_args!("stopped; data kept in {}", options.data_dir.display()));
+    Ok(())
+}
 
+/// Nodes 1, 2, 3 on consecutive ports from `base_port`, one region each.
+fn node_specs(options: &DevOptions) -> Vec<NodeSpec> {
+    (0..NODES)
+        .map(|i| NodeSpec {
+            id: i as u64 + 1,
+            region: REGIONS[i].to_string(),
+            address: format!("127.0.0.1:{}", options.base_port + i as u16),
+            listen: None,
+            metrics: (options.metrics_base_port != 0)
+                .then(|| format!("127.0.0.1:{}", options.metrics_base_port + i as u16)),
+            data_dir: options.data_dir.join(REGIONS[i]),
+            join: None,
+            // Leadership returns to paris when it is healthy again.
+            extra_args: vec!["--prefer-region".into(), REGIONS[0].into()],
+        })
+        .collect()
+}
+
+/// What is running where, and what to try.
+fn print_banner(nodes: &LocalCluster, status: &ClusterStatus, took: Duration, options: &DevOptions) {
+    println!(
+        "txlog dev cluster is up ({} ms), data in {}",
+        took.as_millis(),
+        options.data_dir.display()
+    );
+    for (i, node) in nodes.nodes.iter().enumerate() {
+        let node = &node.spec;
+        let role = status
+            .nodes
+            .iter()
+            .find(|n| n.id == node.id)
+            .map(|n| n.role.as_str())
+            .unwrap_or("?");
+        let pid = nodes.pid(i).unwrap_or(0);
+        let metrics = node
+            .metrics
+            .as_ref()
+            .map(|m| format!("  metrics http://{m}/metrics"))
+            .unwrap_or_default();
+        println!(
+            "  node {} {:<10} {}  pid {:<7} {:<8}{}",
+            node.id, node.region, node.address, pid, role, metrics
+        );
+    }
+    println!();
+    println!("try:");
+    println!("  txlog append --channel order-book --txid order-1 'BUY 100 EURUSD 1.0842'");
+    println!("  txlog read --from 1");
+    println!("  txlog status");
+    println!("  txlog tail --from 1");
+    println!();
+    println!("logs: {}/<region>/node.log    stop: Ctrl-C", options.data_dir.display());
+}
+
+/// Restart nodes that exit (up to [`RESTARTS_MAX`] times each) until `shutdown`.
+async fn supervise(nodes: &mut LocalCluster, shutdown: &CancellationToken) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
-    while !options.shutdown.is_cancelled() {
+    while !shutdown.is_cancelled() {
         tokio::select! {
-            _ = options.shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
         for i in 0..nodes.nodes.len() {
@@ -117,10 +136,6 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
             eprintln!("txlog dev: node {id} ({region}) restarted, pid {pid}");
         }
     }
-    // The terminal may be gone by now (closed pipe): never panic on output.
-    say(format_args!("stopping the dev cluster..."));
-    nodes.stop_all(STOP_GRACE).await;
-    say(format_args!("stopped; data kept in {}", options.data_dir.display()));
     Ok(())
 }
 

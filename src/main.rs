@@ -7,9 +7,10 @@ use clap::Args;
 use clap::Parser;
 use clap::Subcommand;
 use tokio_util::sync::CancellationToken;
-use txlog::client::Client;
-use txlog::client::ClientError;
 use txlog::config::NodeSettings;
+use txlog_client::Client;
+use txlog_client::ClientError;
+use txlog_client::Role;
 use txlog_proto::CommittedRecord;
 
 #[derive(Parser)]
@@ -31,7 +32,7 @@ struct Cli {
 #[derive(Args, Clone)]
 struct ClusterArgs {
     /// Comma-separated node addresses (HOST:PORT, `http://` optional).
-    #[arg(long, env = "TXLOG_CLUSTER", default_value = txlog::DEV_CLUSTER)]
+    #[arg(long, env = "TXLOG_CLUSTER", default_value = txlog_client::DEV_CLUSTER)]
     cluster: String,
     /// Print JSON instead of human-readable text.
     #[arg(long)]
@@ -394,7 +395,7 @@ async fn print_status(cluster: &ClusterArgs, detailed: bool) -> anyhow::Result<(
     );
     for n in &status.nodes {
         let heartbeat = match n.heartbeat_age_ms {
-            Some(_) if n.role == "leader" => "-".to_string(),
+            Some(_) if n.role == Role::Leader => "-".to_string(),
             Some(ms) => format!("{ms}ms"),
             None => "never".to_string(),
         };
@@ -496,7 +497,7 @@ async fn admin(command: AdminCommand) -> anyhow::Result<()> {
 }
 
 /// One line per node for the per-node admin commands.
-fn print_node_outcome(address: &str, outcome: Result<String, txlog::client::ClientError>) {
+fn print_node_outcome(address: &str, outcome: Result<String, ClientError>) {
     match outcome {
         Ok(message) => println!("{address}: {message}"),
         Err(err) => println!("{address}: failed: {err}"),
@@ -506,13 +507,13 @@ fn print_node_outcome(address: &str, outcome: Result<String, txlog::client::Clie
 /// `--node` if given, otherwise every member that is not down.
 async fn target_nodes(client: &Client, node: Option<String>) -> anyhow::Result<Vec<String>> {
     if let Some(node) = node {
-        return Ok(vec![txlog::client::normalize_address(&node)?]);
+        return Ok(vec![txlog_client::normalize_address(&node)?]);
     }
     let status = client.cluster_status().await?;
     Ok(status
         .nodes
         .iter()
-        .filter(|n| n.role != "down")
+        .filter(|n| n.is_up())
         .map(|n| n.address.clone())
         .collect())
 }

@@ -11,8 +11,8 @@ pub const TXID_BYTES_MAX: usize = 64;
 pub const PAYLOAD_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
 /// Most records in one `Append` call.
 pub const APPEND_RECORDS_MAX: usize = 4096;
-/// Most bytes in one gRPC request or response.
-pub const MESSAGE_BYTES_MAX: usize = 32 * 1024 * 1024;
+/// Most bytes in one gRPC request or response (the client refuses to send more).
+pub use txlog_client::MESSAGE_BYTES_MAX;
 /// Default and maximum `limit` for `Read`.
 pub const READ_LIMIT_DEFAULT: u32 = 1000;
 pub const READ_LIMIT_MAX: u32 = 10_000;

@@ -14,6 +14,7 @@ use std::time::Duration;
 use std::time::Instant;
 
 use common::SERIAL;
+use txlog_client::Role;
 
 fn txlog(cluster: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_txlog"))
@@ -170,9 +171,12 @@ async fn dev_cluster_through_the_cli() {
     let status: serde_json::Value = serde_json::from_str(&out).unwrap();
     let nodes = status["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 3);
-    let roles: Vec<&str> = nodes.iter().map(|n| n["role"].as_str().unwrap()).collect();
-    assert_eq!(roles.iter().filter(|r| **r == "leader").count(), 1, "{roles:?}");
-    assert_eq!(roles.iter().filter(|r| **r == "follower").count(), 2, "{roles:?}");
+    let roles: Vec<Role> = nodes
+        .iter()
+        .map(|n| serde_json::from_value(n["role"].clone()).expect("a known role"))
+        .collect();
+    assert_eq!(roles.iter().filter(|r| **r == Role::Leader).count(), 1, "{roles:?}");
+    assert_eq!(roles.iter().filter(|r| **r == Role::Follower).count(), 2, "{roles:?}");
     for node in nodes {
         assert!(node["id"].is_u64() && node["region"].is_string() && node["address"].is_string());
     }

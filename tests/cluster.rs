@@ -12,7 +12,7 @@ use std::time::Instant;
 use common::TestCluster;
 use common::SERIAL;
 use tonic::Code;
-use txlog::client::Client;
+use txlog_client::Client;
 use txlog_proto::Record;
 
 const LEADER_WAIT: Duration = Duration::from_secs(30);

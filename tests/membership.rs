@@ -13,7 +13,8 @@ use std::time::Duration;
 use common::TestCluster;
 use common::SERIAL;
 use tonic::Code;
-use txlog::client::Client;
+use txlog_client::Client;
+use txlog_client::Kind;
 use txlog_proto::JoinRequest;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -158,7 +159,7 @@ async fn replace_a_region_node_with_join() {
     cluster.append_many("after", 100).await;
     let status = cluster.client().cluster_status().await.unwrap();
     let lyon = status.nodes.iter().find(|n| n.id == 4).expect("node 4 listed");
-    assert_eq!((lyon.region.as_str(), lyon.kind.as_str()), ("lyon", "voter"));
+    assert_eq!((lyon.region.as_str(), lyon.kind), ("lyon", Kind::Voter));
     assert!(
         status.nodes.iter().all(|n| n.id != 3),
         "node 3 is gone: {:?}",
@@ -176,7 +177,7 @@ async fn replace_a_region_node_with_join() {
     assert!(
         stdout
             .lines()
-            .any(|l| l.starts_with('4') && l.contains("lyon") && l.contains("voter")),
+            .any(|l| l.starts_with('4') && l.contains("lyon") && l.contains(Kind::Voter.as_str())),
         "{stdout}"
     );
 
@@ -205,7 +206,7 @@ async fn fall_behind_purge_point(cluster: &mut TestCluster, follower: u64, prefi
     cluster.kill(follower);
     cluster.append_many(prefix, records).await;
     let client = cluster.client();
-    for node in cluster.nodes.iter().filter(|n| n.id != follower && n.child.is_some()) {
+    for node in cluster.running().into_iter().filter(|n| n.id != follower) {
         client.snapshot_node(&node.address).await.expect("snapshot");
         let compact = client.compact_node(&node.address).await.expect("compact");
         assert_eq!(
@@ -219,7 +220,7 @@ async fn fall_behind_purge_point(cluster: &mut TestCluster, follower: u64, prefi
 async fn resync_counts(cluster: &TestCluster) -> txlog_proto::ResyncCounters {
     let client = cluster.client();
     let mut total = txlog_proto::ResyncCounters::default();
-    for node in cluster.nodes.iter().filter(|n| n.child.is_some()) {
+    for node in cluster.running() {
         if let Some(r) = client.node_status(&node.address).await.ok().and_then(|s| s.resync_sent) {
             total.delta_transfers += r.delta_transfers;
             total.delta_bytes += r.delta_bytes;

@@ -37,7 +37,7 @@ enum Restart {
 
 async fn restart(cluster: &mut TestCluster, id: u64, kind: Restart) {
     match kind {
-        Restart::Clean => cluster.stop(id),
+        Restart::Clean => cluster.stop(id).await,
         Restart::Kill => cluster.kill(id),
     }
     cluster.start_node(id);

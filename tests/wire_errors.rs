@@ -21,14 +21,15 @@ use tonic::transport::Channel;
 use tonic::transport::Endpoint;
 use tonic::Code;
 use tonic::Status;
-use txlog::client::Client;
-use txlog::local_cluster::LocalCluster;
-use txlog::local_cluster::NodeSpec;
-use txlog::validate::MESSAGE_BYTES_MAX;
+use txlog_client::Client;
+use txlog_client::MESSAGE_BYTES_MAX;
 use txlog_proto::log_service_client::LogServiceClient;
 use txlog_proto::AppendRequest;
 use txlog_proto::JoinRequest;
 use txlog_proto::Record;
+use txlog_testkit::LocalCluster;
+use txlog_testkit::NodeSpec;
+use txlog_testkit::REGIONS;
 
 /// Clusters are heavy on a two-core machine: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -46,21 +47,13 @@ impl Cluster {
     /// Start nodes with these ids (not only 1, 2, 3) and wait for a leader.
     async fn start(ids: &[u64]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let regions = ["paris", "frankfurt", "lyon", "london", "milan"];
         let specs = ids
             .iter()
-            .zip(regions)
-            .map(|(&id, region)| NodeSpec {
-                id,
-                region: region.to_string(),
-                address: format!("127.0.0.1:{}", txlog::local_cluster::free_port().expect("free port")),
-                listen: None,
-                metrics: None,
-                data_dir: dir.path().join(region),
-                extra_args: Vec::new(),
-            })
+            .zip(REGIONS)
+            .map(|(&id, region)| NodeSpec::loopback(id, region, dir.path().join(region)).expect("free port"))
             .collect();
-        let mut local = LocalCluster::with_exe(specs, PathBuf::from(env!("CARGO_BIN_EXE_txlog")));
+        let mut local =
+            LocalCluster::with_exe(specs, PathBuf::from(env!("CARGO_BIN_EXE_txlog"))).in_caller_process_group();
         for i in 0..ids.len() {
             local.start(i).expect("start node");
         }
@@ -83,7 +76,7 @@ impl Cluster {
         self.local
             .nodes
             .iter()
-            .map(|n| std::fs::read_to_string(n.spec.data_dir.join("node.log")).unwrap_or_default())
+            .map(|n| std::fs::read_to_string(n.spec.log_path()).unwrap_or_default())
             .collect()
     }
 
@@ -209,7 +202,7 @@ async fn undecodable_and_oversize_requests() {
 /// redirect or two rather than the whole retry budget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_follows_the_leader_hint() {
-    const REDIRECT_RETRIES_MAX: usize = 3 * txlog::client::LEADER_REDIRECTS_MAX as usize;
+    const REDIRECT_RETRIES_MAX: usize = 3 * txlog_client::LEADER_REDIRECTS_MAX as usize;
     let _serial = SERIAL.lock().await;
     let cluster = Cluster::start(&[2, 5, 9]).await;
     let follower = cluster.address(cluster.follower().await);
@@ -217,7 +210,7 @@ async fn cli_follows_the_leader_hint() {
     let out = Command::new(env!("CARGO_BIN_EXE_txlog"))
         .args(["append", "--channel", "orders", "--txid", "via-follower", "BUY 1"])
         .args(["--cluster", &follower])
-        .env("TXLOG_LOG", "txlog::client=debug")
+        .env("TXLOG_LOG", "txlog_client=debug")
         .output()
         .expect("run txlog");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -247,7 +240,7 @@ async fn cli_follows_the_leader_hint() {
 async fn heartbeat_failures_to_a_down_learner_are_throttled() {
     let _serial = SERIAL.lock().await;
     let cluster = Cluster::start(&[4, 6, 8]).await;
-    let nowhere = format!("127.0.0.1:{}", txlog::local_cluster::free_port().expect("free port"));
+    let nowhere = format!("127.0.0.1:{}", txlog_testkit::free_port().expect("free port"));
     let mut progress = cluster
         .client
         .join(JoinRequest {

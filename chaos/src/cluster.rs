@@ -1,23 +1,27 @@
 //! The cluster under test: real `txlog node` processes, each on its own IP
 //! (127.0.0.N, or its namespace's address), started and killed through the
-//! txlog library's `LocalCluster`.
+//! testkit's `LocalCluster`.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use txlog::client::Client;
-use txlog::client::ClientOptions;
-use txlog::local_cluster::free_port_on;
-use txlog::local_cluster::Launch;
-use txlog::local_cluster::LocalCluster;
-use txlog::local_cluster::NodeSpec;
+use txlog_client::Client;
+use txlog_client::ClientOptions;
+use txlog_testkit::free_port_on;
+use txlog_testkit::Launch;
+use txlog_testkit::LocalCluster;
+use txlog_testkit::NodeSpec;
+use txlog_testkit::Stopped;
+use txlog_testkit::REGIONS;
 
 /// libfaketime, from Debian's `faketime` package.
 pub const FAKETIME_LIBRARY: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
-const REGIONS: [&str; 5] = ["paris", "frankfurt", "lyon", "paris", "frankfurt"];
+/// Nodes are spread over the first three regions (n4 shares paris, n5
+/// frankfurt), so a region can hold more than one node, as in production.
+const REGIONS_USED: usize = 3;
 
 /// Where each node lives.
 #[derive(Debug, Clone)]
@@ -97,7 +101,7 @@ impl Cluster {
         let specs: Vec<NodeSpec> = (0..nodes)
             .map(|i| NodeSpec {
                 id: ids[i],
-                region: REGIONS[i % REGIONS.len()].to_string(),
+                region: REGIONS[i % REGIONS_USED].to_string(),
                 address: format!("{}:{}", placement.ips[i], placement.ports[i]),
                 listen: placement
                     .backend_ports
@@ -105,6 +109,7 @@ impl Cluster {
                     .map(|ports| format!("{}:{}", placement.ips[i], ports[i])),
                 metrics: None,
                 data_dir: dir.join(format!("n{}", i + 1)),
+                join: None,
                 // Snapshots and purges happen during the run, so restarted
                 // nodes also catch up through (delta) snapshots.
                 extra_args: [
@@ -181,35 +186,18 @@ impl Cluster {
     /// is killed with SIGKILL and an error says so: a node that does not
     /// shut down on SIGTERM would hang every deploy. An exit other than
     /// success is an error too. A node already down is left alone.
-    ///
-    /// Not `LocalCluster::stop`, which kills a slow node without telling the
-    /// caller, so the run could not report it.
     pub async fn stop_clean(&mut self, i: usize, grace: Duration) -> anyhow::Result<()> {
-        let Some(pid) = self.local.pid(i) else {
-            return Ok(());
-        };
-        // SAFETY: kill(2) on our child, which LocalCluster has not reaped
-        // yet, so the pid cannot have been reused.
-        unsafe {
-            libc::kill(pid as i32, libc::SIGTERM);
-        }
-        let deadline = tokio::time::Instant::now() + grace;
-        loop {
-            if let Some(status) = self.local.exited(i) {
-                if !status.success() {
-                    anyhow::bail!("n{} (id {}) exited with {status} after SIGTERM", i + 1, self.id(i));
-                }
-                return Ok(());
+        match self.local.stop(i, grace).await {
+            Stopped::NotRunning => Ok(()),
+            Stopped::Exited(status) if status.success() => Ok(()),
+            Stopped::Exited(status) => {
+                anyhow::bail!("n{} (id {}) exited with {status} after SIGTERM", i + 1, self.id(i))
             }
-            if tokio::time::Instant::now() >= deadline {
-                self.local.kill(i);
-                anyhow::bail!(
-                    "n{} (id {}) did not exit within {grace:?} of SIGTERM; killed it with SIGKILL",
-                    i + 1,
-                    self.id(i)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            Stopped::Killed => anyhow::bail!(
+                "n{} (id {}) did not exit within {grace:?} of SIGTERM; killed it with SIGKILL",
+                i + 1,
+                self.id(i)
+            ),
         }
     }
 

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
 use clap::Subcommand;
 use tokio_util::sync::CancellationToken;
@@ -198,9 +197,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let txlog = match &args.txlog {
         Some(path) => path.clone(),
-        None => std::env::current_exe()
-            .context("locate txlog-chaos")?
-            .with_file_name("txlog"),
+        None => txlog_testkit::txlog_binary()?,
     };
     let out = match &args.out {
         Some(dir) => dir.clone(),

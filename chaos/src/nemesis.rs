@@ -476,12 +476,12 @@ pub async fn readd(cluster: &Cluster, i: usize) -> anyhow::Result<()> {
     };
     let join = async {
         let mut stream = cluster.client.join(request).await?;
-        while let Some(progress) = stream.message().await.map_err(txlog::client::ClientError::Status)? {
+        while let Some(progress) = stream.message().await.map_err(txlog_client::ClientError::Status)? {
             if progress.done {
                 return Ok(());
             }
         }
-        Err(txlog::client::ClientError::Status(tonic::Status::unavailable(
+        Err(txlog_client::ClientError::Status(tonic::Status::unavailable(
             "join stream ended before done",
         )))
     };

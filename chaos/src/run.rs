@@ -14,8 +14,8 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use txlog::client::Client;
-use txlog::client::ClientOptions;
+use txlog_client::Client;
+use txlog_client::ClientOptions;
 
 use crate::checker::check;
 use crate::checker::Verdict;
@@ -473,7 +473,7 @@ async fn heal_all(cluster: &mut Cluster, firewall: Option<&mut Links>, facts: &m
     loop {
         let missing: Vec<usize> = match cluster.client.cluster_status().await {
             Ok(status) => (0..cluster.len())
-                .filter(|&i| !status.nodes.iter().any(|n| n.id == cluster.id(i) && n.kind == "voter"))
+                .filter(|&i| !status.voters().contains(&cluster.id(i)))
                 .collect(),
             Err(_) => (0..cluster.len()).collect(),
         };

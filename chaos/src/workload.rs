@@ -13,8 +13,8 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use rand::SeedableRng;
 use tokio_util::sync::CancellationToken;
-use txlog::client::Client;
-use txlog::client::ClientError;
+use txlog_client::Client;
+use txlog_client::ClientError;
 
 use crate::history::Event;
 use crate::history::Function;

@@ -1,43 +1,37 @@
-//! Test harness: real `txlog node` processes on loopback, killed in `Drop`.
+//! Test harness: real `txlog node` processes on loopback, started through
+//! the testkit's `LocalCluster` and killed in `Drop`. What it adds: node
+//! lookup by id, panics with every node's log tail, a data directory that
+//! `TXLOG_TEST_KEEP` keeps.
 
 #![allow(dead_code)]
 
-use std::fs::OpenOptions;
 use std::path::PathBuf;
-use std::process::Child;
-use std::process::Command;
-use std::process::Stdio;
 use std::time::Duration;
 use std::time::Instant;
 
-use txlog::client::Client;
-use txlog::client::ClientOptions;
+use txlog_client::Client;
+use txlog_client::ClientOptions;
+use txlog_testkit::Launch;
+use txlog_testkit::LocalCluster;
+use txlog_testkit::NodeSpec;
+use txlog_testkit::Stopped;
+
+pub use txlog_testkit::REGIONS;
 
 /// Clusters are heavy on a two-core machine: run one at a time.
 pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-pub const REGIONS: [&str; 5] = ["paris", "frankfurt", "lyon", "london", "milan"];
-
-pub struct TestNode {
-    pub id: u64,
-    pub address: String,
-    pub data_dir: PathBuf,
-    pub child: Option<Child>,
-    /// Started with `--join <this>` instead of `--peers`.
-    pub join: Option<String>,
-}
+/// How long a SIGTERM'd node may take to exit before the test fails.
+const STOP_GRACE: Duration = Duration::from_secs(60);
+/// Lines of each node's log in a failure message.
+const LOG_TAIL_LINES: usize = 25;
 
 pub struct TestCluster {
+    /// Declared before `dir`, so its nodes are killed before their data goes.
+    local: LocalCluster,
     pub dir: tempfile::TempDir,
-    pub nodes: Vec<TestNode>,
-    peers: String,
+    launch: Launch,
     extra_args: Vec<String>,
-}
-
-/// A free loopback port. The OS may hand it to someone else before the node
-/// binds it; the window is small and the nodes fail loudly if it happens.
-fn free_port() -> u16 {
-    txlog::local_cluster::free_port().expect("free port")
 }
 
 impl TestCluster {
@@ -50,28 +44,24 @@ impl TestCluster {
     /// Start one node per id (regions in [`REGIONS`] order) with extra `txlog node` flags.
     pub fn start_with_ids(ids: &[u64], extra_args: &[&str]) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let nodes: Vec<TestNode> = ids
+        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let specs = ids
             .iter()
-            .enumerate()
-            .map(|(i, &id)| TestNode {
-                id,
-                address: format!("127.0.0.1:{}", free_port()),
-                data_dir: dir.path().join(REGIONS[i]),
-                child: None,
-                join: None,
+            .zip(REGIONS)
+            .map(|(&id, region)| NodeSpec {
+                extra_args: extra_args.clone(),
+                ..NodeSpec::loopback(id, region, dir.path().join(region)).expect("free port")
             })
             .collect();
-        let peers = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| format!("{}={}@{}", n.id, REGIONS[i], n.address))
-            .collect::<Vec<_>>()
-            .join(",");
+        let local = LocalCluster::with_exe(specs, PathBuf::from(env!("CARGO_BIN_EXE_txlog"))).in_caller_process_group();
         let mut cluster = TestCluster {
+            local,
             dir,
-            nodes,
-            peers,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            launch: Launch {
+                env: vec![("TXLOG_LOG".into(), "info".into())],
+                ..Launch::default()
+            },
+            extra_args,
         };
         for &id in ids {
             cluster.start_node(id);
@@ -80,107 +70,68 @@ impl TestCluster {
     }
 
     fn position(&self, id: u64) -> usize {
-        self.nodes
-            .iter()
-            .position(|n| n.id == id)
+        self.local
+            .index_of(id)
             .unwrap_or_else(|| panic!("no node {id} in this cluster"))
     }
 
-    pub fn node(&self, id: u64) -> &TestNode {
-        &self.nodes[self.position(id)]
+    /// Node `id`'s spec: its `address` and `data_dir`.
+    pub fn node(&self, id: u64) -> &NodeSpec {
+        &self.local.nodes[self.position(id)].spec
     }
 
     pub fn ids(&self) -> Vec<u64> {
-        self.nodes.iter().map(|n| n.id).collect()
+        self.local.nodes.iter().map(|n| n.spec.id).collect()
+    }
+
+    /// Specs of the nodes whose process is running.
+    pub fn running(&self) -> Vec<&NodeSpec> {
+        (0..self.local.nodes.len())
+            .filter(|&i| self.local.pid(i).is_some())
+            .map(|i| &self.local.nodes[i].spec)
+            .collect()
     }
 
     /// Add node `id` (a new, empty node) that joins through `via` with `--join`.
     pub fn start_joining(&mut self, id: u64, region: &str, via: u64) {
-        assert!(self.nodes.iter().all(|n| n.id != id), "node {id} exists already");
-        let via = self.node(via).address.clone();
-        self.nodes.push(TestNode {
-            id,
-            address: format!("127.0.0.1:{}", free_port()),
-            data_dir: self.dir.path().join(format!("{region}-{id}")),
-            child: None,
-            join: Some(via),
-        });
-        self.spawn(id, Some(region));
+        let spec = NodeSpec {
+            join: Some(self.node(via).address.clone()),
+            extra_args: self.extra_args.clone(),
+            ..NodeSpec::loopback(id, region, self.dir.path().join(format!("{region}-{id}"))).expect("free port")
+        };
+        self.local.add(spec);
+        self.start_node(id);
     }
 
     pub fn start_node(&mut self, id: u64) {
-        self.spawn(id, None);
-    }
-
-    fn spawn(&mut self, id: u64, region: Option<&str>) {
-        let peers = self.peers.clone();
-        let extra = self.extra_args.clone();
         let position = self.position(id);
-        let node = &mut self.nodes[position];
-        let region = region
-            .map(str::to_string)
-            .or_else(|| REGIONS.get(position).map(|r| r.to_string()))
-            .expect("region");
-        let membership = match &node.join {
-            Some(via) => ["--join".to_string(), via.clone()],
-            None => ["--peers".to_string(), peers],
-        };
-        assert!(node.child.is_none(), "node {id} already running");
-        std::fs::create_dir_all(&node.data_dir).unwrap();
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(node.data_dir.join("node.log"))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_txlog"))
-            .arg("node")
-            .args(["--id", &id.to_string()])
-            .args(["--region", &region])
-            .args(["--listen", &node.address])
-            .arg("--data-dir")
-            .arg(&node.data_dir)
-            .args(&membership)
-            .args(["--metrics-listen", "off"])
-            .args(&extra)
-            .env("TXLOG_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn txlog node");
-        node.child = Some(child);
+        self.local
+            .start_with(position, &self.launch)
+            .unwrap_or_else(|e| panic!("start node {id}: {e:#}"));
     }
 
     /// `kill -9` one node.
     pub fn kill(&mut self, id: u64) {
         let position = self.position(id);
-        let node = &mut self.nodes[position];
-        if let Some(mut child) = node.child.take() {
-            child.kill().expect("SIGKILL");
-            child.wait().expect("reap");
-        }
+        self.local.kill(position);
     }
 
     /// SIGTERM one node and wait for it to exit (it flushes sled on the way out).
-    pub fn stop(&mut self, id: u64) {
+    pub async fn stop(&mut self, id: u64) {
         let position = self.position(id);
-        let node = &mut self.nodes[position];
-        if let Some(mut child) = node.child.take() {
-            // SAFETY: kill(2) on a child we spawned and have not reaped.
-            unsafe {
-                libc::kill(child.id() as i32, libc::SIGTERM);
-            }
-            child.wait().expect("reap");
+        match self.local.stop(position, STOP_GRACE).await {
+            Stopped::NotRunning | Stopped::Exited(_) => {}
+            Stopped::Killed => panic!(
+                "node {id} did not exit within {STOP_GRACE:?} of SIGTERM\n{}",
+                self.logs()
+            ),
         }
     }
 
     /// Wipe node `id`'s WAL and state (it must be stopped).
     pub fn wipe(&mut self, id: u64) {
-        let node = self.node(id);
-        assert!(node.child.is_none(), "stop node {id} before wiping it");
-        for name in ["wal", "state"] {
-            let _ = std::fs::remove_dir_all(node.data_dir.join(name));
-        }
+        let position = self.position(id);
+        self.local.wipe(position).expect("wipe");
     }
 
     /// Append `count` records (100 per request) with txids `{prefix}-{i}`.
@@ -210,45 +161,22 @@ impl TestCluster {
     pub async fn catch_up_with_trickle(&self, id: u64, timeout: Duration) {
         let client = self.client();
         let target = client.cluster_status().await.expect("status").last_seq;
-        let trickle = {
-            let client = client.clone();
-            tokio::spawn(async move {
-                for n in 0u64.. {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    let _ = client
-                        .append_one("trickle", format!("trickle-{n}").as_bytes(), b"t")
-                        .await;
-                }
-            })
-        };
-        self.wait_for_seq(id, target, timeout).await;
-        trickle.abort();
+        txlog_testkit::catch_up_with_trickle(&client, &self.node(id).address, target, timeout)
+            .await
+            .unwrap_or_else(|e| panic!("node {id}: {e:#}\n{}", self.logs()));
     }
 
-    /// Voter ids in the leader's membership.
+    /// Voter ids in the leader's membership, ascending.
     pub async fn voters(&self) -> Vec<u64> {
-        let status = self.client().cluster_status().await.expect("status");
-        status
-            .nodes
-            .iter()
-            .filter(|n| n.kind == "voter")
-            .map(|n| n.id)
-            .collect()
+        self.client().cluster_status().await.expect("status").voters()
     }
 
-    /// Wait until the voter set is `expected`.
+    /// Wait until the voter set is `expected` (ascending).
     pub async fn wait_for_voters(&self, expected: &[u64], timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(status) = self.client().cluster_status().await {
-                let mut voters: Vec<u64> = status
-                    .nodes
-                    .iter()
-                    .filter(|n| n.kind == "voter")
-                    .map(|n| n.id)
-                    .collect();
-                voters.sort();
-                if status.leader_id.is_some() && voters == expected {
+                if status.leader_id.is_some() && status.voters() == expected {
                     return;
                 }
             }
@@ -260,11 +188,7 @@ impl TestCluster {
     }
 
     pub fn addresses(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| n.address.clone())
-            .collect::<Vec<_>>()
-            .join(",")
+        self.local.addresses()
     }
 
     pub fn client(&self) -> Client {
@@ -290,19 +214,9 @@ impl TestCluster {
 
     /// Wait until node `id` has applied at least `seq`.
     pub async fn wait_for_seq(&self, id: u64, seq: u64, timeout: Duration) {
-        let client = self.client();
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(status) = client.node_status(&self.node(id).address).await {
-                if status.last_seq >= seq {
-                    return;
-                }
-            }
-            if Instant::now() > deadline {
-                panic!("node {id} did not reach seq {seq} in {timeout:?}\n{}", self.logs());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        txlog_testkit::wait_for_seq(&self.client(), &self.node(id).address, seq, timeout)
+            .await
+            .unwrap_or_else(|e| panic!("node {id}: {e:#}\n{}", self.logs()));
     }
 
     /// Every record on node `id`, by stale reads of its own state machine.
@@ -325,22 +239,7 @@ impl TestCluster {
 
     /// The tail of every node's log, for failure messages.
     pub fn logs(&self) -> String {
-        let mut out = String::new();
-        for node in &self.nodes {
-            let text = std::fs::read_to_string(node.data_dir.join("node.log")).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            if let Some(at) = lines.iter().position(|l| l.contains("panicked at")) {
-                let end = (at + 4).min(lines.len());
-                out.push_str(&format!(
-                    "--- node {} PANIC ---\n{}\n",
-                    node.id,
-                    lines[at..end].join("\n")
-                ));
-            }
-            let tail = &lines[lines.len().saturating_sub(25)..];
-            out.push_str(&format!("--- node {} log tail ---\n{}\n", node.id, tail.join("\n")));
-        }
-        out
+        self.local.log_tails(LOG_TAIL_LINES)
     }
 }
 
@@ -350,11 +249,6 @@ impl Drop for TestCluster {
             let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
             eprintln!("test data kept in {}", dir.keep().display());
         }
-        for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
+        // Dropping `local` kills every node still running.
     }
 }

@@ -1,0 +1,125 @@
+//! `AdminService` calls: one node's status, membership changes, snapshot
+//! and compaction.
+
+use std::time::Duration;
+
+use tonic::transport::Channel;
+use txlog_proto::admin_service_client::AdminServiceClient;
+use txlog_proto::CompactRequest;
+use txlog_proto::CompactResponse;
+use txlog_proto::JoinProgress;
+use txlog_proto::JoinRequest;
+use txlog_proto::MembershipResponse;
+use txlog_proto::NodeStatus;
+use txlog_proto::RemoveRequest;
+use txlog_proto::SnapshotRequest;
+use txlog_proto::SnapshotResponse;
+use txlog_proto::StatusRequest;
+use txlog_proto::TransferLeaderRequest;
+
+use crate::normalize_address;
+use crate::retry::Call;
+use crate::retry::Retry;
+use crate::retry::Shape;
+use crate::retry::Target;
+use crate::Client;
+use crate::ClientError;
+use crate::ADMIN_RPC_TIMEOUT;
+use crate::SNAPSHOT_RPC_TIMEOUT;
+use crate::STATUS_RPC_TIMEOUT;
+
+fn admin_service(channel: Channel) -> AdminServiceClient<Channel> {
+    AdminServiceClient::new(channel)
+}
+
+/// A membership call: any member takes it (members forward it to the
+/// leader); retried only while nodes answer `UNAVAILABLE`.
+fn membership_call(name: &'static str, shape: Shape) -> Call<'static> {
+    Call {
+        name,
+        target: Target::Leader,
+        retry: Retry::Unavailable,
+        shape,
+        deadline: ADMIN_RPC_TIMEOUT,
+    }
+}
+
+/// A call to the one node at `address`, tried once.
+fn node_call<'a>(name: &'static str, address: &'a str, deadline: Duration) -> Call<'a> {
+    Call {
+        name,
+        target: Target::Node(address),
+        retry: Retry::Never,
+        shape: Shape::Unary,
+        deadline,
+    }
+}
+
+impl Client {
+    /// One node's own status, no retries.
+    pub async fn node_status(&self, address: &str) -> Result<NodeStatus, ClientError> {
+        let address = normalize_address(address)?;
+        let call = node_call("status", &address, STATUS_RPC_TIMEOUT);
+        self.call(call, StatusRequest {}, |channel, request| async move {
+            admin_service(channel).status(request).await.map(|r| r.into_inner())
+        })
+        .await
+    }
+
+    /// Start a join; progress messages follow, the last one has `done`. The
+    /// stream ends within the request's `timeout_ms` (the server's default
+    /// when 0).
+    pub async fn join(&self, request: JoinRequest) -> Result<tonic::Streaming<JoinProgress>, ClientError> {
+        self.call(
+            membership_call("join", Shape::Stream),
+            request,
+            |channel, request| async move { admin_service(channel).join(request).await.map(|r| r.into_inner()) },
+        )
+        .await
+    }
+
+    /// Take node `node_id` out of the cluster.
+    pub async fn remove_node(&self, node_id: u64) -> Result<MembershipResponse, ClientError> {
+        self.call(
+            membership_call("remove", Shape::Unary),
+            RemoveRequest { node_id },
+            |channel, request| async move { admin_service(channel).remove(request).await.map(|r| r.into_inner()) },
+        )
+        .await
+    }
+
+    /// Make voter `node_id` the leader.
+    pub async fn transfer_leader(&self, node_id: u64) -> Result<MembershipResponse, ClientError> {
+        self.call(
+            membership_call("transfer_leader", Shape::Unary),
+            TransferLeaderRequest { node_id },
+            |channel, request| async move {
+                admin_service(channel)
+                    .transfer_leader(request)
+                    .await
+                    .map(|r| r.into_inner())
+            },
+        )
+        .await
+    }
+
+    /// Build a snapshot on the node at `address` now.
+    pub async fn snapshot_node(&self, address: &str) -> Result<SnapshotResponse, ClientError> {
+        let address = normalize_address(address)?;
+        let call = node_call("snapshot", &address, SNAPSHOT_RPC_TIMEOUT);
+        self.call(call, SnapshotRequest {}, |channel, request| async move {
+            admin_service(channel).snapshot(request).await.map(|r| r.into_inner())
+        })
+        .await
+    }
+
+    /// Purge the WAL of the node at `address` behind its latest snapshot.
+    pub async fn compact_node(&self, address: &str) -> Result<CompactResponse, ClientError> {
+        let address = normalize_address(address)?;
+        let call = node_call("compact", &address, ADMIN_RPC_TIMEOUT);
+        self.call(call, CompactRequest {}, |channel, request| async move {
+            admin_service(channel).compact(request).await.map(|r| r.into_inner())
+        })
+        .await
+    }
+}

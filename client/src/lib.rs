@@ -1,0 +1,78 @@
+//! The txlog client library: what the CLI, the benches, the chaos harness
+//! and the tests use to talk to a cluster. It depends on the wire protocol
+//! (`txlog-proto`) and nothing of the server: no sled, no openraft.
+//!
+//! **What it owns.** A [`Client`] knows a list of node addresses and keeps
+//! one lazily connected channel per address. Every RPC it makes goes through
+//! one retry helper (`retry.rs`), which picks the target, puts a deadline on
+//! the call and decides from the answer whether to try again:
+//!
+//! * Leader-bound calls go to the last leader seen. An `UNAVAILABLE` answer
+//!   carrying the leader's address (metadata [`LEADER_METADATA_KEY`])
+//!   redirects at once — also to a leader that is not in the list, whose
+//!   channel is then cached like the others. At most
+//!   [`LEADER_REDIRECTS_MAX`] redirects happen without a pause, so nodes
+//!   with stale views naming each other cannot spin a call.
+//! * Any other transient failure moves to the next listed node after a
+//!   bounded, growing backoff; every call gives up after
+//!   [`ClientOptions::attempts_max`] attempts with [`ClientError::Exhausted`].
+//! * Calls to one named node (`read_at`, `node_status`, `snapshot_node`,
+//!   `compact_node`) are tried once: their caller wants that node's answer.
+//!
+//! **Invariants.** Every unary call carries a deadline (`options.rs` says
+//! which); a streaming call (`subscribe`, `join`) has a deadline on opening
+//! and then lives as long as its stream. Every retry loop has a maximum. A
+//! call that is not idempotent (membership changes, snapshot, compact) is
+//! retried only on `UNAVAILABLE`, which a node answers before doing
+//! anything; appends and reads are retried on any transient failure — an
+//! append is safe to retry because records carry txids and a txid that
+//! already committed returns its original sequence instead of writing
+//! again.
+//!
+//! **Status.** [`Client::cluster_status`] asks every node it knows of and
+//! returns a [`ClusterStatus`] with a typed [`Role`] and [`Kind`] per node;
+//! the strings on the wire are parsed in exactly one place (`status.rs`).
+
+mod address;
+mod admin;
+mod client;
+mod error;
+mod log_calls;
+mod options;
+mod retry;
+mod status;
+
+pub use address::normalize_address;
+pub use client::Client;
+pub use error::ClientError;
+pub use options::ClientOptions;
+pub use options::ADMIN_RPC_TIMEOUT;
+pub use options::SNAPSHOT_RPC_TIMEOUT;
+pub use options::STATUS_RPC_TIMEOUT;
+pub use retry::LEADER_REDIRECTS_MAX;
+pub use status::ClusterStatus;
+pub use status::Kind;
+pub use status::NodeView;
+pub use status::ResyncSent;
+pub use status::Role;
+
+/// gRPC metadata key carrying the leader's address on `UNAVAILABLE`; nodes
+/// set it, the client follows it.
+pub const LEADER_METADATA_KEY: &str = "txlog-leader";
+
+/// Default client endpoints: the `txlog dev` cluster.
+pub const DEV_CLUSTER: &str = "127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403";
+
+/// Most bytes in one gRPC request or response, on both sides of the wire:
+/// nodes refuse larger messages with `RESOURCE_EXHAUSTED`, and the client
+/// refuses to send them.
+pub const MESSAGE_BYTES_MAX: usize = 32 * 1024 * 1024;
+
+/// Current time in nanoseconds since the Unix epoch (a record's
+/// `client_time_ns`; 0 if the clock is before 1970).
+pub fn wall_clock_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
