@@ -7,6 +7,7 @@
 //! membership entirely (openraft's `retain = false`), so they do not linger
 //! as learners that the leader keeps replicating to.
 
+use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -38,6 +39,7 @@ use txlog_proto::TransferLeaderRequest;
 use txlog_raft::openraft::type_config::async_runtime::WatchReceiver;
 use txlog_raft::openraft::ChangeMembers;
 use txlog_raft::openraft::Instant as _;
+use txlog_raft::openraft::Precondition;
 use txlog_raft::openraft::RaftMetrics;
 use txlog_raft::openraft::ServerState;
 use txlog_raft::timing::Timing;
@@ -297,9 +299,10 @@ impl AdminServer {
         let is_voter = membership.voter_ids().any(|v| v == req.node_id);
         let (tx, rx) = mpsc::channel(16);
         let raft = self.raft.clone();
+        let self_id = self.node_id;
         tokio::spawn(async move {
             let _guard = guard;
-            let outcome = run_join(&raft, &req, is_member, is_voter, &tx).await;
+            let outcome = run_join(&raft, self_id, &req, is_member, is_voter, &tx).await;
             let last = outcome
                 .map(|message| progress("done", 0, 0, true, message))
                 .map_err(Status::from);
@@ -362,17 +365,23 @@ impl AdminServer {
         }
         let what = format!("remove node {id}");
         if voters.contains(&id) {
-            self.raft
-                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
-                .await
-                .map_err(|e| raft_error(e, &what))?;
+            change_membership_guarded(
+                &self.raft,
+                self.node_id,
+                ChangeMembers::RemoveVoters(BTreeSet::from([id])),
+                &what,
+            )
+            .await?;
         }
         let still_listed = self.metrics().membership_config.membership().get_node(&id).is_some();
         if still_listed {
-            self.raft
-                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                .await
-                .map_err(|e| raft_error(e, &what))?;
+            change_membership_guarded(
+                &self.raft,
+                self.node_id,
+                ChangeMembers::RemoveNodes(BTreeSet::from([id])),
+                &what,
+            )
+            .await?;
         }
         tracing::info!(node = id, "node removed from the cluster");
         Ok(self.membership_response(format!("node {id} removed")))
@@ -504,9 +513,43 @@ impl AdminService for AdminServer {
     }
 }
 
+/// Change the membership only while this node leads a membership that
+/// includes it. openraft 0.10.0-alpha.37 lets a node go on leading for up to
+/// `removed_leader_step_down` (150 ms) after the committed membership dropped
+/// it, and a membership write in that window trips a debug assertion that
+/// stops its RaftCore for good ("Only leader is allowed to call
+/// update_effective_membership()", `replication_handler/mod.rs:102`; seen in
+/// a chaos run). The precondition pins the membership checked here inside
+/// openraft's own event, so the check cannot race with the write; a failed
+/// check or precondition is UNAVAILABLE, and the caller retries elsewhere.
+async fn change_membership_guarded(
+    raft: &Raft,
+    self_id: u64,
+    changes: ChangeMembers<u64, NodeInfo>,
+    what: &str,
+) -> Result<()> {
+    let metrics = raft.metrics().borrow_watched().clone();
+    let config = &metrics.membership_config;
+    if metrics.state != ServerState::Leader || config.membership().get_node(&self_id).is_none() {
+        return Err(Error::Unavailable(format!(
+            "{what}: node {self_id} is not a leading member (stepping down or being removed); retry"
+        )));
+    }
+    let precondition = Precondition::LastMembershipLogId {
+        last_membership_log_id: *config.log_id(),
+    };
+    // `retain = false`: a voter removed here leaves the membership rather than
+    // staying on as a learner; for additions the flag has no effect.
+    raft.change_membership_if(changes, false, [precondition])
+        .await
+        .map_err(|e| raft_error(e, what))?;
+    Ok(())
+}
+
 /// Leader side of a join: learner, catch up, promote. Returns the final message.
 async fn run_join(
     raft: &Raft,
+    self_id: u64,
     req: &JoinRequest,
     is_member: bool,
     is_voter: bool,
@@ -531,9 +574,13 @@ async fn run_join(
             address: req.address.clone(),
             region: req.region.clone(),
         };
-        raft.add_learner(id, node, false)
-            .await
-            .map_err(|e| raft_error(e, &what))?;
+        change_membership_guarded(
+            raft,
+            self_id,
+            ChangeMembers::AddNodes(BTreeMap::from([(id, node)])),
+            &what,
+        )
+        .await?;
         tracing::info!(node = id, address = %req.address, region = %req.region, "learner added");
     }
     wait_for_catch_up(raft, req, &what, tx).await?;
@@ -549,9 +596,7 @@ async fn run_join(
             format!("promoting node {id} to voter"),
         )))
         .await;
-    raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-        .await
-        .map_err(|e| raft_error(e, &what))?;
+    change_membership_guarded(raft, self_id, ChangeMembers::AddVoterIds(BTreeSet::from([id])), &what).await?;
     tracing::info!(node = id, "node promoted to voter");
     Ok(format!("node {id} is a voter"))
 }
