@@ -20,18 +20,19 @@ use tonic_reflection::pb::v1::ServerReflectionRequest;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-async fn channel(address: &str) -> tonic::transport::Channel {
+/// A connection to `address`; `None` while nothing listens there yet.
+async fn channel(address: &str) -> Option<tonic::transport::Channel> {
     tonic::transport::Endpoint::from_shared(format!("http://{address}"))
         .expect("endpoint")
         .connect_timeout(Duration::from_secs(1))
         .connect()
         .await
-        .expect("connect")
+        .ok()
 }
 
 /// The status `address` reports for `service` (`""` is the whole server).
 async fn health(address: &str, service: &str) -> Option<ServingStatus> {
-    let mut client = HealthClient::new(channel(address).await);
+    let mut client = HealthClient::new(channel(address).await?);
     let mut request = tonic::Request::new(HealthCheckRequest {
         service: service.to_string(),
     });
@@ -59,7 +60,7 @@ async fn wait_for_health(cluster: &TestCluster, id: u64, service: &str, expected
 
 /// Service names reflection lists on `address`.
 async fn reflected_services(address: &str) -> Vec<String> {
-    let mut client = ServerReflectionClient::new(channel(address).await);
+    let mut client = ServerReflectionClient::new(channel(address).await.expect("connect"));
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),

@@ -59,11 +59,25 @@ impl Cluster {
         }
         let client = Client::connect(&local.addresses()).expect("client");
         client.wait_for_leader(WAIT).await.expect("a leader within 30 s");
-        Cluster {
+        let cluster = Cluster {
             local,
             client,
             _dir: dir,
+        };
+        // A leader needs only two nodes; the tests talk to a chosen one.
+        for node in &cluster.local.nodes {
+            let deadline = Instant::now() + WAIT;
+            while cluster.client.node_status(&node.spec.address).await.is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "node {} never answered\n{}",
+                    node.spec.id,
+                    cluster.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
+        cluster
     }
 
     fn address(&self, id: u64) -> String {
