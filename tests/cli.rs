@@ -16,6 +16,9 @@ use std::time::Instant;
 use common::SERIAL;
 use txlog_client::Role;
 
+/// `txlog status` calls tolerated while the cluster settles (200 ms apart).
+const STATUS_ATTEMPTS_MAX: u32 = 50;
+
 fn txlog(cluster: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_txlog"))
         .args(args)
@@ -166,22 +169,44 @@ async fn dev_cluster_through_the_cli() {
     let (ok, _, err) = txlog(&cluster, &["append", "-c", "Bad Channel", "-t", "x", "p"]);
     assert!(!ok && err.contains("channel name"), "{err}");
 
-    let (ok, out, _) = txlog(&cluster, &["status", "--json"]);
-    assert!(ok);
-    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // A loaded machine can show an election or a late heartbeat for a
+    // moment: ask again until the cluster settles, then check the shape.
+    let mut attempts = 0;
+    let (status, roles) = loop {
+        let (ok, out, err) = txlog(&cluster, &["status", "--json"]);
+        assert!(ok, "{err}");
+        let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let roles: Vec<Role> = status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| serde_json::from_value(n["role"].clone()).expect("a known role"))
+            .collect();
+        let settled = roles.iter().filter(|r| **r == Role::Leader).count() == 1
+            && roles.iter().filter(|r| **r == Role::Follower).count() == 2;
+        attempts += 1;
+        if settled || attempts >= STATUS_ATTEMPTS_MAX {
+            break (status, roles);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     let nodes = status["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 3);
-    let roles: Vec<Role> = nodes
-        .iter()
-        .map(|n| serde_json::from_value(n["role"].clone()).expect("a known role"))
-        .collect();
     assert_eq!(roles.iter().filter(|r| **r == Role::Leader).count(), 1, "{roles:?}");
     assert_eq!(roles.iter().filter(|r| **r == Role::Follower).count(), 2, "{roles:?}");
     for node in nodes {
         assert!(node["id"].is_u64() && node["region"].is_string() && node["address"].is_string());
     }
-    let (ok, out, _) = txlog(&cluster, &["status"]);
-    assert!(ok && out.contains("leader: node"), "{out}");
+    let mut attempts = 0;
+    let out = loop {
+        let (ok, out, _) = txlog(&cluster, &["status"]);
+        attempts += 1;
+        if (ok && out.contains("leader: node")) || attempts >= STATUS_ATTEMPTS_MAX {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(out.contains("leader: node"), "{out}");
 
     stop_dev(dev);
     let (ok, _, _) = txlog(&cluster, &["status"]);

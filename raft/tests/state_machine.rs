@@ -45,21 +45,10 @@ async fn apply(sm: &mut StateMachine, entries: Vec<Entry>) {
     sm.apply(futures::stream::iter(items)).await.expect("apply");
 }
 
-/// Open the state machine in `dir` again. sled's background flusher holds the
-/// database lock for a moment after the previous handle is dropped (a new
-/// process never meets this: the old one has exited), so retry briefly.
+/// Open the state machine in `dir` again (the record store waits for sled's
+/// lock, which its flusher holds for a moment after the previous drop).
 async fn reopen(dir: &std::path::Path) -> StateMachine {
-    const ATTEMPTS_MAX: u32 = 100;
-    for _ in 1..ATTEMPTS_MAX {
-        match StateMachine::open(dir) {
-            Ok(sm) => return sm,
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock || err.to_string().contains("WouldBlock") => {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-            Err(err) => panic!("reopen: {err}"),
-        }
-    }
-    StateMachine::open(dir).expect("reopen after the flusher let go")
+    StateMachine::open(dir).expect("reopen")
 }
 
 fn all(sm: &StateMachine) -> Vec<StoredRecord> {

@@ -216,6 +216,29 @@ fn be_u64(what: &'static str, bytes: &[u8]) -> Result<u64> {
     Ok(u64::from_be_bytes(arr))
 }
 
+/// Tries at opening a sled database whose lock is still held, 20 ms apart.
+const OPEN_LOCK_ATTEMPTS_MAX: u32 = 100;
+
+/// Open sled, waiting briefly for its file lock. sled's background flusher
+/// keeps the database locked for a moment after the last handle in this
+/// process is dropped, so reopening in the same process (tests, a store
+/// reopened after a failure) can find it taken; another live process holding
+/// it is still an error after about 2 s.
+fn open_waiting_for_lock(config: &sled::Config) -> Result<sled::Db> {
+    let mut attempt = 1;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(err))
+                if attempt < OPEN_LOCK_ATTEMPTS_MAX && err.to_string().contains("could not acquire lock") =>
+            {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            result => return Ok(result?),
+        }
+    }
+}
+
 /// The state machine's sled store.
 #[derive(Clone)]
 pub struct RecordStore {
@@ -225,11 +248,11 @@ pub struct RecordStore {
 
 impl RecordStore {
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir.as_ref())
             .cache_capacity(64 * 1024 * 1024)
-            .flush_every_ms(Some(500))
-            .open()?;
+            .flush_every_ms(Some(500));
+        let db = open_waiting_for_lock(&config)?;
         let tree = db.open_tree("records")?;
         let store = RecordStore { db, tree };
         store.check_format()?;
