@@ -60,6 +60,18 @@ fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
     files
 }
 
+/// Where each frame of a segment ends: the header is 28 bytes, each frame is 8 + len.
+fn frame_ends(bytes: &[u8]) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let mut pos = 28usize;
+    while pos < bytes.len() {
+        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+        pos += 8 + len;
+        ends.push(pos);
+    }
+    ends
+}
+
 /// Cutting the segment at every byte offset reopens to exactly the entries whose frames are whole.
 #[tokio::test]
 async fn truncation_at_every_byte_keeps_a_valid_prefix() {
@@ -71,14 +83,7 @@ async fn truncation_at_every_byte_keeps_a_valid_prefix() {
     }
     let segment = segment_files(src.path()).pop().unwrap();
     let bytes = std::fs::read(&segment).unwrap();
-    // Frame boundaries: header is 28 bytes, each frame is 8 + len.
-    let mut ends = Vec::new();
-    let mut pos = 28usize;
-    while pos < bytes.len() {
-        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
-        pos += 8 + len;
-        ends.push(pos);
-    }
+    let ends = frame_ends(&bytes);
     assert_eq!(ends.len(), originals.len());
     assert_eq!(*ends.last().unwrap(), bytes.len());
 
@@ -129,13 +134,7 @@ async fn recovery_across_read_chunks() {
     let segment = segment_files(src.path()).pop().unwrap();
     let name = segment.file_name().unwrap().to_owned();
     let bytes = std::fs::read(&segment).unwrap();
-    let mut ends = Vec::new();
-    let mut pos = 28usize;
-    while pos < bytes.len() {
-        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
-        pos += 8 + len;
-        ends.push(pos);
-    }
+    let ends = frame_ends(&bytes);
     assert_eq!(ends.len(), originals.len());
     let mut cuts: Vec<usize> = Vec::new();
     for &point in ends.iter().chain(&[4 * MIB, 8 * MIB, 12 * MIB]) {
