@@ -66,11 +66,10 @@ pub struct ClusterBenchArgs {
     pub node_ids: Vec<u64>,
 }
 
+/// How a cluster bench fills the cluster: `clients` appenders, each sending
+/// requests of `batch` records of `record_bytes` bytes.
 #[derive(clap::Args, Debug, Clone)]
-pub struct StartupArgs {
-    /// Records the nodes hold when they are restarted.
-    #[arg(long, default_value_t = 1_000_000)]
-    pub records: u64,
+pub struct LoadArgs {
     /// Payload bytes per record.
     #[arg(long, default_value_t = 256)]
     pub record_bytes: usize,
@@ -80,6 +79,28 @@ pub struct StartupArgs {
     /// Records per append request.
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
+}
+
+impl LoadArgs {
+    fn check(&self) -> anyhow::Result<()> {
+        let batch_max = crate::validate::APPEND_RECORDS_MAX;
+        anyhow::ensure!(
+            self.batch >= 1 && self.batch <= batch_max,
+            "--batch must be 1..={batch_max} (records per append)"
+        );
+        anyhow::ensure!(self.clients >= 1 && self.clients <= 1024, "--clients must be 1..=1024");
+        anyhow::ensure!(self.record_bytes <= 64 * 1024, "--record-bytes must be at most 64 KiB");
+        Ok(())
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct StartupArgs {
+    /// Records the nodes hold when they are restarted.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub records: u64,
+    #[command(flatten)]
+    pub load: LoadArgs,
     #[command(flatten)]
     pub common: ClusterBenchArgs,
 }
@@ -92,15 +113,8 @@ pub struct ResyncArgs {
     /// Records appended before the follower goes down (its common prefix).
     #[arg(long, default_value_t = 600_000)]
     pub history_records: u64,
-    /// Payload bytes per record.
-    #[arg(long, default_value_t = 256)]
-    pub record_bytes: usize,
-    /// Concurrent appenders loading the cluster.
-    #[arg(long, default_value_t = 16)]
-    pub clients: usize,
-    /// Records per append request.
-    #[arg(long, default_value_t = 100)]
-    pub batch: usize,
+    #[command(flatten)]
+    pub load: LoadArgs,
     /// Give up waiting for the catch-up after this long.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -336,15 +350,13 @@ struct ResyncReport {
     bandwidth_saved_percent: f64,
 }
 
-/// Append `count` records with `clients` concurrent appenders of `batch` records each.
-async fn load(
-    client: &Client,
-    count: u64,
-    record_bytes: usize,
-    clients: usize,
-    batch: usize,
-    tag: &str,
-) -> anyhow::Result<()> {
+/// Append `count` records as `load` says: concurrent appenders, `batch` records per request.
+async fn load(client: &Client, count: u64, load: &LoadArgs, tag: &str) -> anyhow::Result<()> {
+    let LoadArgs {
+        record_bytes,
+        clients,
+        batch,
+    } = *load;
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let started = Instant::now();
     let run_id = txlog_client::wall_clock_ns();
@@ -404,9 +416,7 @@ async fn catch_up(cluster: &mut BenchCluster, i: usize, target: u64, timeout: Du
 
 pub async fn resync(args: ResyncArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.records >= 1, "--records must be at least 1");
-    anyhow::ensure!(args.batch >= 1 && args.batch <= 10_000, "--batch must be 1..=10000");
-    anyhow::ensure!(args.clients >= 1 && args.clients <= 1024, "--clients must be 1..=1024");
-    anyhow::ensure!(args.record_bytes <= 64 * 1024, "--record-bytes must be at most 64 KiB");
+    args.load.check()?;
     let mut cluster = BenchCluster::start(
         "resync",
         &args.common,
@@ -445,15 +455,7 @@ pub async fn resync(args: ResyncArgs) -> anyhow::Result<()> {
 async fn resync_paths(cluster: &mut BenchCluster, args: &ResyncArgs) -> anyhow::Result<ResyncReport> {
     cluster.wait_converged(Duration::from_secs(60)).await?;
     eprintln!("appending the {} record history", args.history_records);
-    load(
-        &cluster.client,
-        args.history_records,
-        args.record_bytes,
-        args.clients,
-        args.batch,
-        "history",
-    )
-    .await?;
+    load(&cluster.client, args.history_records, &args.load, "history").await?;
     let status = cluster.wait_converged(Duration::from_secs(120)).await?;
     let leader_id = status.leader_id.expect("converged");
     let follower = cluster
@@ -468,15 +470,7 @@ async fn resync_paths(cluster: &mut BenchCluster, args: &ResyncArgs) -> anyhow::
         args.records
     );
     cluster.nodes.stop(follower, STOP_GRACE).await;
-    load(
-        &cluster.client,
-        args.records,
-        args.record_bytes,
-        args.clients,
-        args.batch,
-        "missed",
-    )
-    .await?;
+    load(&cluster.client, args.records, &args.load, "missed").await?;
     let target = cluster.client.cluster_status().await?.last_seq;
     compact_live(cluster, follower).await?;
 
@@ -501,7 +495,7 @@ async fn resync_paths(cluster: &mut BenchCluster, args: &ResyncArgs) -> anyhow::
     Ok(ResyncReport {
         history_records: args.history_records,
         records: args.records,
-        record_bytes: args.record_bytes,
+        record_bytes: args.load.record_bytes,
         last_seq: target,
         delta,
         full,
@@ -554,15 +548,13 @@ struct StartupReport {
 
 pub async fn startup(args: StartupArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.records >= 1, "--records must be at least 1");
-    anyhow::ensure!(args.batch >= 1 && args.batch <= 4096, "--batch must be 1..=4096");
-    anyhow::ensure!(args.clients >= 1 && args.clients <= 1024, "--clients must be 1..=1024");
-    anyhow::ensure!(args.record_bytes <= 64 * 1024, "--record-bytes must be at most 64 KiB");
+    args.load.check()?;
     let mut cluster = BenchCluster::start("startup", &args.common, Vec::new())?;
     let result = startup_rounds(&mut cluster, &args).await;
     cluster.finish().await;
     let report = StartupReport {
         records: args.records,
-        record_bytes: args.record_bytes,
+        record_bytes: args.load.record_bytes,
         node_ids: args.common.node_ids.clone(),
         rounds: result?,
     };
@@ -586,15 +578,7 @@ pub async fn startup(args: StartupArgs) -> anyhow::Result<()> {
 async fn startup_rounds(cluster: &mut BenchCluster, args: &StartupArgs) -> anyhow::Result<Vec<StartupRound>> {
     cluster.wait_converged(Duration::from_secs(60)).await?;
     eprintln!("appending {} records", args.records);
-    load(
-        &cluster.client,
-        args.records,
-        args.record_bytes,
-        args.clients,
-        args.batch,
-        "startup",
-    )
-    .await?;
+    load(&cluster.client, args.records, &args.load, "startup").await?;
     let mut rounds = Vec::new();
     for (restart, leader) in [
         ("follower, SIGTERM", false),
