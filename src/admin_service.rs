@@ -7,7 +7,6 @@
 //! membership entirely (openraft's `retain = false`), so they do not linger
 //! as learners that the leader keeps replicating to.
 
-use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -15,12 +14,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic::transport::Endpoint;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
+use txlog_client::Kind;
+use txlog_client::Role;
 use txlog_proto::admin_service_client::AdminServiceClient;
 use txlog_proto::admin_service_server::AdminService;
 use txlog_proto::CompactRequest;
@@ -55,10 +55,6 @@ use crate::log_service::known_leader;
 use crate::Error;
 use crate::Result;
 
-/// A learner this close to the leader's last log index is promoted.
-pub const JOIN_LAG_MAX: u64 = 64;
-const JOIN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(120);
-const JOIN_PROGRESS_EVERY: Duration = Duration::from_millis(500);
 const LEADER_CHANGE_WAIT: Duration = Duration::from_secs(3);
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(120);
 const PURGE_WAIT: Duration = Duration::from_secs(10);
@@ -78,19 +74,22 @@ pub struct AdminServer {
     pub membership_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// The role a node reports for itself; the names are the client crate's
+/// [`Role`], so server and client cannot drift apart.
 pub fn role_name(state: ServerState, is_learner: bool) -> &'static str {
-    match state {
-        ServerState::Leader => "leader",
-        ServerState::Candidate => "candidate",
-        ServerState::Shutdown => "shutdown",
-        ServerState::Learner => "learner",
-        ServerState::Follower if is_learner => "learner",
-        ServerState::Follower => "follower",
-    }
+    let role = match state {
+        ServerState::Leader => Role::Leader,
+        ServerState::Candidate => Role::Candidate,
+        ServerState::Shutdown => Role::Shutdown,
+        ServerState::Learner => Role::Learner,
+        ServerState::Follower if is_learner => Role::Learner,
+        ServerState::Follower => Role::Follower,
+    };
+    role.as_str()
 }
 
 type Metrics = RaftMetrics<TypeConfig>;
-type JoinStream = Pin<Box<dyn Stream<Item = std::result::Result<JoinProgress, Status>> + Send>>;
+pub(crate) type JoinStream = Pin<Box<dyn Stream<Item = std::result::Result<JoinProgress, Status>> + Send>>;
 
 /// A member is shown `down` when it has not acknowledged the leader for this long.
 pub fn down_after(timing: &Timing) -> Duration {
@@ -114,20 +113,26 @@ fn members(metrics: &Metrics, self_id: u64, timing: &Timing) -> Vec<Member> {
                 replication.get(id).and_then(|m| m.map(|l| l.index)).unwrap_or(0)
             };
             let age = heartbeat.get(id).and_then(|t| *t).map(|t| t.into_inner().elapsed());
+            // Only a leader knows its members' roles; others leave it empty.
             let role = match () {
-                _ if !leading => "",
-                _ if *id == self_id => "leader",
-                _ if age.is_none_or(|a| a > down_after(timing)) => "down",
-                _ if !voters.contains(id) => "learner",
-                _ => "follower",
+                _ if !leading => None,
+                _ if *id == self_id => Some(Role::Leader),
+                _ if age.is_none_or(|a| a > down_after(timing)) => Some(Role::Down),
+                _ if !voters.contains(id) => Some(Role::Learner),
+                _ => Some(Role::Follower),
+            };
+            let kind = if voters.contains(id) {
+                Kind::Voter
+            } else {
+                Kind::Learner
             };
             Member {
                 id: *id,
                 region: node.region.clone(),
                 address: node.address.clone(),
-                kind: if voters.contains(id) { "voter" } else { "learner" }.to_string(),
+                kind: kind.as_str().to_string(),
                 match_index,
-                role: role.to_string(),
+                role: role.map(Role::as_str).unwrap_or_default().to_string(),
                 lag: if leading {
                     last_log_index.saturating_sub(match_index)
                 } else {
@@ -143,33 +148,7 @@ fn members(metrics: &Metrics, self_id: u64, timing: &Timing) -> Vec<Member> {
         .collect()
 }
 
-fn progress(phase: &str, matched: u64, target: u64, done: bool, message: String) -> JoinProgress {
-    JoinProgress {
-        phase: phase.to_string(),
-        matched_index: matched,
-        target_index: target,
-        lag: target.saturating_sub(matched),
-        done,
-        message,
-    }
-}
-
-fn validate_region(region: &str) -> Result<()> {
-    let ok = !region.is_empty()
-        && region.len() <= 64
-        && region
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidInput(format!(
-            "region {region:?} must be 1..=64 characters of [a-z0-9_-]"
-        )))
-    }
-}
-
-fn validate_id(id: u64) -> Result<()> {
+pub(crate) fn validate_id(id: u64) -> Result<()> {
     if id == 0 {
         return Err(Error::InvalidInput("node id 0 is reserved; use 1 or more".into()));
     }
@@ -188,12 +167,12 @@ pub fn admin_client(address: &str, source: Option<IpAddr>) -> Result<AdminServic
 }
 
 impl AdminServer {
-    fn metrics(&self) -> Metrics {
+    pub(crate) fn metrics(&self) -> Metrics {
         self.raft.metrics().borrow_watched().clone()
     }
 
     /// `None` when this node leads; otherwise the leader's address to forward to.
-    fn leader_elsewhere(&self) -> Result<Option<String>> {
+    pub(crate) fn leader_elsewhere(&self) -> Result<Option<String>> {
         match known_leader(&self.raft) {
             Some((id, _)) if id == self.node_id => Ok(None),
             Some((_, address)) if !address.is_empty() => Ok(Some(address)),
@@ -203,7 +182,7 @@ impl AdminServer {
         }
     }
 
-    fn lock(&self, what: &str) -> Result<tokio::sync::OwnedMutexGuard<()>> {
+    pub(crate) fn lock(&self, what: &str) -> Result<tokio::sync::OwnedMutexGuard<()>> {
         self.membership_lock.clone().try_lock_owned().map_err(|_| {
             Error::FailedPrecondition(format!(
                 "{what}: another membership change is in progress on the leader; retry when it has finished"
@@ -266,49 +245,6 @@ impl AdminServer {
                 delta_refused: resync.delta_refused,
             }),
         }
-    }
-
-    async fn join_node(&self, req: JoinRequest) -> Result<JoinStream> {
-        validate_id(req.node_id)?;
-        crate::config::validate_address(&req.address).map_err(Error::InvalidInput)?;
-        validate_region(&req.region)?;
-        if let Some(leader) = self.leader_elsewhere()? {
-            let stream = admin_client(&leader, self.source_address)?
-                .join(req)
-                .await?
-                .into_inner();
-            return Ok(Box::pin(stream));
-        }
-        let guard = self.lock(&format!("join of node {}", req.node_id))?;
-        let metrics = self.metrics();
-        let membership = metrics.membership_config.membership();
-        if let Some(node) = membership.get_node(&req.node_id) {
-            if node.address != req.address {
-                return Err(Error::AlreadyExists(format!(
-                    "node {} is already a member at {} ({}); remove it first or pick another id",
-                    req.node_id, node.address, node.region
-                )));
-            }
-        } else if let Some((other, _)) = membership.nodes().find(|(_, n)| n.address == req.address) {
-            return Err(Error::AlreadyExists(format!(
-                "address {} already belongs to node {other}",
-                req.address
-            )));
-        }
-        let is_member = membership.get_node(&req.node_id).is_some();
-        let is_voter = membership.voter_ids().any(|v| v == req.node_id);
-        let (tx, rx) = mpsc::channel(16);
-        let raft = self.raft.clone();
-        let self_id = self.node_id;
-        tokio::spawn(async move {
-            let _guard = guard;
-            let outcome = run_join(&raft, self_id, &req, is_member, is_voter, &tx).await;
-            let last = outcome
-                .map(|message| progress("done", 0, 0, true, message))
-                .map_err(Status::from);
-            let _ = tx.send(last).await;
-        });
-        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
     async fn remove_node(&self, req: RemoveRequest) -> Result<MembershipResponse> {
@@ -522,7 +458,7 @@ impl AdminService for AdminServer {
 /// a chaos run). The precondition pins the membership checked here inside
 /// openraft's own event, so the check cannot race with the write; a failed
 /// check or precondition is UNAVAILABLE, and the caller retries elsewhere.
-async fn change_membership_guarded(
+pub(crate) async fn change_membership_guarded(
     raft: &Raft,
     self_id: u64,
     changes: ChangeMembers<u64, NodeInfo>,
@@ -544,122 +480,4 @@ async fn change_membership_guarded(
         .await
         .map_err(|e| raft_error(e, what))?;
     Ok(())
-}
-
-/// Leader side of a join: learner, catch up, promote. Returns the final message.
-async fn run_join(
-    raft: &Raft,
-    self_id: u64,
-    req: &JoinRequest,
-    is_member: bool,
-    is_voter: bool,
-    tx: &mpsc::Sender<std::result::Result<JoinProgress, Status>>,
-) -> Result<String> {
-    let id = req.node_id;
-    if is_voter {
-        return Ok(format!("node {id} is already a voter"));
-    }
-    let what = format!("join node {id}");
-    if !is_member {
-        let _ = tx
-            .send(Ok(progress(
-                "adding",
-                0,
-                0,
-                false,
-                format!("adding node {id} as a learner"),
-            )))
-            .await;
-        let node = NodeInfo {
-            address: req.address.clone(),
-            region: req.region.clone(),
-        };
-        change_membership_guarded(
-            raft,
-            self_id,
-            ChangeMembers::AddNodes(BTreeMap::from([(id, node)])),
-            &what,
-        )
-        .await?;
-        tracing::info!(node = id, address = %req.address, region = %req.region, "learner added");
-    }
-    wait_for_catch_up(raft, req, &what, tx).await?;
-    if req.learner_only {
-        return Ok(format!("node {id} has caught up and stays a learner"));
-    }
-    let _ = tx
-        .send(Ok(progress(
-            "promoting",
-            0,
-            0,
-            false,
-            format!("promoting node {id} to voter"),
-        )))
-        .await;
-    change_membership_guarded(raft, self_id, ChangeMembers::AddVoterIds(BTreeSet::from([id])), &what).await?;
-    tracing::info!(node = id, "node promoted to voter");
-    Ok(format!("node {id} is a voter"))
-}
-
-/// Wait until the learner `req.node_id` is within [`JOIN_LAG_MAX`] entries
-/// of this leader, reporting progress to `tx` every [`JOIN_PROGRESS_EVERY`].
-async fn wait_for_catch_up(
-    raft: &Raft,
-    req: &JoinRequest,
-    what: &str,
-    tx: &mpsc::Sender<std::result::Result<JoinProgress, Status>>,
-) -> Result<()> {
-    let id = req.node_id;
-    let timeout = match req.timeout_ms {
-        0 => JOIN_TIMEOUT_DEFAULT,
-        ms => Duration::from_millis(u64::from(ms)),
-    };
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut last_report = None::<tokio::time::Instant>;
-    let mut caller_gone = false;
-    loop {
-        let metrics = raft.metrics().borrow_watched().clone();
-        if metrics.state != ServerState::Leader {
-            return Err(Error::Unavailable(format!(
-                "{what}: this node stopped leading during the join; node {id} stays a learner — retry the join"
-            )));
-        }
-        let target = metrics.last_log_index.unwrap_or(0);
-        let matched = metrics
-            .replication
-            .as_ref()
-            .and_then(|r| r.get(&id).cloned().flatten())
-            .map(|l| l.index);
-        let lag = target.saturating_sub(matched.unwrap_or(0));
-        if matched.is_some() && lag <= JOIN_LAG_MAX {
-            return Ok(());
-        }
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
-            return Err(Error::DeadlineExceeded(format!(
-                "{what}: not caught up within {timeout:?} ({lag} entries behind); it stays a learner — is it running at {}?",
-                req.address
-            )));
-        }
-        if !caller_gone && last_report.is_none_or(|t| now.duration_since(t) >= JOIN_PROGRESS_EVERY) {
-            last_report = Some(now);
-            let message = format!("node {id} at index {} of {target}", matched.unwrap_or(0));
-            if tx
-                .send(Ok(progress(
-                    "catching-up",
-                    matched.unwrap_or(0),
-                    target,
-                    false,
-                    message,
-                )))
-                .await
-                .is_err()
-            {
-                // Said once: the join goes on, with no one left to report to.
-                caller_gone = true;
-                tracing::info!(node = id, "join caller went away; continuing the join");
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

@@ -16,7 +16,9 @@
 //!   per-heartbeat warnings about a peer that is down.
 //!
 //! The client library is crate `txlog-client`; local clusters of node
-//! processes (`txlog dev`, the benches, tests) are crate `txlog-testkit`.
+//! processes (`txlog dev`, the benches, tests) are crate `txlog-testkit`;
+//! the `txlog` command (parsing, printing, `dev`, the benches) lives under
+//! `src/bin/txlog/` and uses this library only to run a node.
 //!
 //! Guarantees this crate keeps: an append is acknowledged only after its
 //! batch is committed (fsynced on a quorum) and applied here; a retried txid
@@ -25,17 +27,16 @@
 
 pub mod admin_service;
 pub mod batcher;
-pub mod bench;
-pub mod bench_cluster;
 pub mod config;
-pub mod dev;
 mod error;
+pub mod failure_detector;
 pub mod health;
+pub mod join;
 pub mod log_service;
 pub mod log_throttle;
-pub mod membership;
 pub mod metrics;
 pub mod node;
+pub mod prefer_region;
 pub mod validate;
 
 pub use error::Error;

@@ -50,162 +50,36 @@ pub struct Node {
 impl Node {
     /// Open storage, start Raft and serve on `config.listen`.
     pub async fn start(config: NodeConfig, shutdown: CancellationToken) -> Result<Node> {
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| Error::Config(format!("cannot create data dir {}: {e}", config.data_dir.display())))?;
         let metrics = Arc::new(Metrics::new());
-        let fsync_hist = metrics.wal_fsync_seconds.clone();
-        let wal_options = WalOptions {
-            segment_bytes_max: config.segment_bytes_max,
-            fsync_observer: Some(Arc::new(move |d: Duration| fsync_hist.observe(d.as_secs_f64()))),
-        };
-        let log_store = LogStore::open(config.data_dir.join("wal"), wal_options)?;
-        let state_machine = StateMachine::open(config.data_dir.join("state"))?;
+        let (log_store, state_machine) = open_storage(&config, &metrics)?;
         let reader = state_machine.reader();
         let resync_stats = txlog_raft::ResyncStats::new();
-
         // Peer traffic leaves from the listen IP unless the node listens on all interfaces.
         let source_address = Some(config.listen.ip()).filter(|ip| !ip.is_unspecified());
-        let raft_config = config
-            .timing
-            .to_openraft_config(config.snapshot_logs_since_last, config.log_entries_kept_after_snapshot)
-            .map_err(|e| Error::Config(e.to_string()))?;
-        let raft = Raft::new(
-            config.id,
-            Arc::new(raft_config),
-            Network::new(reader.clone(), resync_stats.clone()).with_source_address(source_address),
-            log_store,
-            state_machine,
-        )
-        .await
-        .map_err(|e| Error::Internal(format!("raft failed to start: {e}")))?;
+        let network = Network::new(reader.clone(), resync_stats.clone()).with_source_address(source_address);
+        let raft = build_raft(&config, network, log_store, state_machine).await?;
 
         let tracker = TaskTracker::new();
-        let batcher = Batcher::start(
-            raft.clone(),
-            config.id,
-            BatchLimits {
-                batch_records_max: config.batch_records_max,
-                batch_bytes_max: config.batch_bytes_max,
-            },
-            metrics.clone(),
-            shutdown.clone(),
-            &tracker,
-        );
-        let log_server = LogServer {
-            node_id: config.id,
-            raft: raft.clone(),
-            reader: reader.clone(),
-            batcher,
-            metrics: metrics.clone(),
-            payload_bytes_max: config.payload_bytes_max,
-            shutdown: shutdown.clone(),
-        };
-        let admin_server = AdminServer {
-            node_id: config.id,
-            region: config.region.clone(),
-            address: config.advertise.clone(),
-            raft: raft.clone(),
-            reader: reader.clone(),
-            timing: config.timing,
-            resync: resync_stats.clone(),
-            source_address,
-            membership_lock: Arc::default(),
-        };
         let contact = txlog_raft::LeaderContact::default();
-        let raft_server = RaftServer::new(raft.clone(), reader.clone(), contact.clone());
-
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", config.listen)))?;
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        let reflection_service = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(txlog_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| Error::Internal(format!("reflection service: {e}")))?;
-        let server_shutdown = shutdown.clone();
-        let router = Server::builder()
-            .tcp_nodelay(true)
-            // Peers cancel RPCs that miss openraft's deadline (a heartbeat
-            // gets 10 ms on LAN), and each cancel is an HTTP/2 reset. h2's
-            // default allows 20 resets of not-yet-accepted streams before it
-            // drops the whole connection — every in-flight RPC with it —
-            // which turned brief CPU stalls into replication stalls.
-            .http2_max_pending_accept_reset_streams(Some(HTTP2_PENDING_RESETS_MAX))
-            // tonic's codec answers an undecodable request INTERNAL and an
-            // over-size one OUT_OF_RANGE, before any handler runs; clients
-            // get INVALID_ARGUMENT and RESOURCE_EXHAUSTED instead, on every
-            // service of this port (see `error::rewrite_codec_status`).
-            .layer(tower::util::MapResponseLayer::new(crate::error::rewrite_codec_status))
-            .add_service(
-                LogServiceServer::new(log_server)
-                    .max_decoding_message_size(validate::MESSAGE_BYTES_MAX)
-                    .max_encoding_message_size(validate::MESSAGE_BYTES_MAX),
-            )
-            .add_service(
-                AdminServiceServer::new(admin_server)
-                    .max_decoding_message_size(validate::MESSAGE_BYTES_MAX)
-                    .max_encoding_message_size(validate::MESSAGE_BYTES_MAX),
-            )
-            .add_service(raft_server.into_service())
-            .add_service(health_service)
-            .add_service(reflection_service);
-        tracker.spawn(async move {
-            if let Err(err) = router
-                .serve_with_incoming_shutdown(incoming, server_shutdown.cancelled_owned())
-                .await
-            {
-                tracing::error!(%err, "grpc server failed");
-            }
-        });
-
+        let parts = Parts {
+            config: &config,
+            raft: &raft,
+            reader: &reader,
+            metrics: &metrics,
+            resync: &resync_stats,
+            contact: &contact,
+            source_address,
+            tracker: &tracker,
+            shutdown: &shutdown,
+        };
+        let health_reporter = parts.serve().await?;
         if let Some(addr) = config.metrics_listen {
             let bound = crate::metrics::serve(addr, metrics.clone(), shutdown.clone())
                 .await
                 .map_err(|e| Error::Config(format!("cannot serve metrics on {addr}: {e}")))?;
             tracing::info!(%bound, "metrics at http://{bound}/metrics");
         }
-
-        tracker.spawn(crate::health::report(
-            raft.clone(),
-            contact.clone(),
-            health_reporter,
-            shutdown.clone(),
-        ));
-        tracker.spawn(watch_raft(
-            raft.clone(),
-            reader.clone(),
-            metrics.clone(),
-            resync_stats,
-            shutdown.clone(),
-        ));
-        tracker.spawn(crate::membership::failure_detector(
-            raft.clone(),
-            config.id,
-            contact,
-            config.timing,
-            shutdown.clone(),
-        ));
-        if let Some(region) = config.prefer_region.clone() {
-            tracker.spawn(crate::membership::prefer_region(
-                raft.clone(),
-                config.id,
-                region,
-                config.timing,
-                shutdown.clone(),
-            ));
-        }
-        if let Some(join) = config.join.clone() {
-            tracker.spawn(crate::membership::join_cluster(
-                join,
-                config.id,
-                config.advertise.clone(),
-                config.region.clone(),
-                source_address,
-                shutdown.clone(),
-            ));
-        }
+        parts.spawn_tasks(health_reporter);
 
         let node = Node {
             raft,
@@ -277,6 +151,189 @@ impl Node {
         self.reader.store().flush()?;
         tracing::info!(id = self.config.id, "node stopped");
         Ok(())
+    }
+}
+
+/// The WAL (recovering a torn tail) and the state machine (rebuilding the
+/// record store from the newest snapshot if it is behind it).
+fn open_storage(config: &NodeConfig, metrics: &Metrics) -> Result<(LogStore, StateMachine)> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| Error::Config(format!("cannot create data dir {}: {e}", config.data_dir.display())))?;
+    let fsync_hist = metrics.wal_fsync_seconds.clone();
+    let wal_options = WalOptions {
+        segment_bytes_max: config.segment_bytes_max,
+        fsync_observer: Some(Arc::new(move |d: Duration| fsync_hist.observe(d.as_secs_f64()))),
+    };
+    let log_store = LogStore::open(config.data_dir.join("wal"), wal_options)?;
+    let state_machine = StateMachine::open(config.data_dir.join("state"))?;
+    Ok((log_store, state_machine))
+}
+
+async fn build_raft(
+    config: &NodeConfig,
+    network: Network,
+    log_store: LogStore,
+    state_machine: StateMachine,
+) -> Result<Raft> {
+    let raft_config = config
+        .timing
+        .to_openraft_config(config.snapshot_logs_since_last, config.log_entries_kept_after_snapshot)
+        .map_err(|e| Error::Config(e.to_string()))?;
+    Raft::new(config.id, Arc::new(raft_config), network, log_store, state_machine)
+        .await
+        .map_err(|e| Error::Internal(format!("raft failed to start: {e}")))
+}
+
+/// What the services and background tasks of a starting node share.
+struct Parts<'a> {
+    config: &'a NodeConfig,
+    raft: &'a Raft,
+    reader: &'a txlog_raft::StateMachineReader,
+    metrics: &'a Arc<Metrics>,
+    resync: &'a Arc<txlog_raft::ResyncStats>,
+    contact: &'a txlog_raft::LeaderContact,
+    source_address: Option<std::net::IpAddr>,
+    tracker: &'a TaskTracker,
+    shutdown: &'a CancellationToken,
+}
+
+impl Parts<'_> {
+    /// Bind `config.listen` and serve the log, admin, Raft, health and
+    /// reflection services on it until shutdown. Returns the health reporter
+    /// that [`crate::health::report`] keeps current.
+    async fn serve(&self) -> Result<tonic_health::server::HealthReporter> {
+        let config = self.config;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", config.listen)))?;
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let reflection_service = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(txlog_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| Error::Internal(format!("reflection service: {e}")))?;
+        let raft_server = RaftServer::new(self.raft.clone(), self.reader.clone(), self.contact.clone());
+        let router = Server::builder()
+            .tcp_nodelay(true)
+            // Peers cancel RPCs that miss openraft's deadline (a heartbeat
+            // gets 10 ms on LAN), and each cancel is an HTTP/2 reset. h2's
+            // default allows 20 resets of not-yet-accepted streams before it
+            // drops the whole connection — every in-flight RPC with it —
+            // which turned brief CPU stalls into replication stalls.
+            .http2_max_pending_accept_reset_streams(Some(HTTP2_PENDING_RESETS_MAX))
+            // tonic's codec answers an undecodable request INTERNAL and an
+            // over-size one OUT_OF_RANGE, before any handler runs; clients
+            // get INVALID_ARGUMENT and RESOURCE_EXHAUSTED instead, on every
+            // service of this port (see `error::rewrite_codec_status`).
+            .layer(tower::util::MapResponseLayer::new(crate::error::rewrite_codec_status))
+            .add_service(
+                LogServiceServer::new(self.log_server())
+                    .max_decoding_message_size(validate::MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(validate::MESSAGE_BYTES_MAX),
+            )
+            .add_service(
+                AdminServiceServer::new(self.admin_server())
+                    .max_decoding_message_size(validate::MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(validate::MESSAGE_BYTES_MAX),
+            )
+            .add_service(raft_server.into_service())
+            .add_service(health_service)
+            .add_service(reflection_service);
+        let server_shutdown = self.shutdown.clone();
+        self.tracker.spawn(async move {
+            if let Err(err) = router
+                .serve_with_incoming_shutdown(incoming, server_shutdown.cancelled_owned())
+                .await
+            {
+                tracing::error!(%err, "grpc server failed");
+            }
+        });
+        Ok(health_reporter)
+    }
+
+    /// `LogService`, with its group-commit batcher.
+    fn log_server(&self) -> LogServer {
+        let config = self.config;
+        let batcher = Batcher::start(
+            self.raft.clone(),
+            config.id,
+            BatchLimits {
+                batch_records_max: config.batch_records_max,
+                batch_bytes_max: config.batch_bytes_max,
+            },
+            self.metrics.clone(),
+            self.shutdown.clone(),
+            self.tracker,
+        );
+        LogServer {
+            node_id: config.id,
+            raft: self.raft.clone(),
+            reader: self.reader.clone(),
+            batcher,
+            metrics: self.metrics.clone(),
+            payload_bytes_max: config.payload_bytes_max,
+            shutdown: self.shutdown.clone(),
+        }
+    }
+
+    fn admin_server(&self) -> AdminServer {
+        AdminServer {
+            node_id: self.config.id,
+            region: self.config.region.clone(),
+            address: self.config.advertise.clone(),
+            raft: self.raft.clone(),
+            reader: self.reader.clone(),
+            timing: self.config.timing,
+            resync: self.resync.clone(),
+            source_address: self.source_address,
+            membership_lock: Arc::default(),
+        }
+    }
+
+    /// Health reporting, metrics mirroring, the failure detector, and (when
+    /// configured) prefer-region and joining a running cluster.
+    fn spawn_tasks(&self, health_reporter: tonic_health::server::HealthReporter) {
+        let (config, raft, shutdown) = (self.config, self.raft, self.shutdown);
+        self.tracker.spawn(crate::health::report(
+            raft.clone(),
+            self.contact.clone(),
+            health_reporter,
+            shutdown.clone(),
+        ));
+        self.tracker.spawn(watch_raft(
+            raft.clone(),
+            self.reader.clone(),
+            self.metrics.clone(),
+            self.resync.clone(),
+            shutdown.clone(),
+        ));
+        self.tracker.spawn(crate::failure_detector::failure_detector(
+            raft.clone(),
+            config.id,
+            self.contact.clone(),
+            config.timing,
+            shutdown.clone(),
+        ));
+        if let Some(region) = config.prefer_region.clone() {
+            self.tracker.spawn(crate::prefer_region::prefer_region(
+                raft.clone(),
+                config.id,
+                region,
+                config.timing,
+                shutdown.clone(),
+            ));
+        }
+        if let Some(join) = config.join.clone() {
+            self.tracker.spawn(crate::join::join_cluster(
+                join,
+                config.id,
+                config.advertise.clone(),
+                config.region.clone(),
+                self.source_address,
+                shutdown.clone(),
+            ));
+        }
     }
 }
 

@@ -159,8 +159,44 @@ pub fn check(events: &[Event]) -> anyhow::Result<Verdict> {
         counts: BTreeMap::new(),
         examples: Vec::new(),
     };
+    let (appends, append_outcomes, read_outcomes) = index_appends(&ops)?;
+    let final_log = final_log(&ops, &mut findings)?;
+    let final_reads = ops
+        .iter()
+        .filter(|op| op.f == Function::FinalRead && op.outcome == Kind::Ok)
+        .count() as u64;
+    let position = final_positions(&ops, &appends, &final_log, &mut findings);
+    let (info_appends_applied, info_appends_absent) = check_appends(&ops, &position, &mut findings);
+    check_reads(&ops, &appends, &final_log, &mut findings);
+    check_real_time(&ops, &position, &mut findings);
 
-    // Appended values → the append operation.
+    let client_ok = append_outcomes.ok + read_outcomes.ok;
+    let client_total = append_outcomes.total() + read_outcomes.total();
+    let anomaly_counts = AnomalyKind::ALL
+        .iter()
+        .map(|k| (k.name().to_string(), findings.counts.get(k).copied().unwrap_or(0)))
+        .collect();
+    Ok(Verdict {
+        valid: findings.counts.values().all(|&n| n == 0) && final_reads > 0,
+        anomaly_counts,
+        anomalies: findings.examples,
+        appends: append_outcomes,
+        reads: read_outcomes,
+        availability: if client_total == 0 {
+            0.0
+        } else {
+            client_ok as f64 / client_total as f64
+        },
+        final_log_length: final_log.len() as u64,
+        final_reads,
+        info_appends_applied,
+        info_appends_absent,
+    })
+}
+
+/// Appended values → the append operation, and the outcome counts of
+/// appends and reads. A value appended twice makes the history malformed.
+fn index_appends(ops: &[Operation]) -> anyhow::Result<(HashMap<u64, usize>, Outcomes, Outcomes)> {
     let mut appends: HashMap<u64, usize> = HashMap::new();
     let mut append_outcomes = Outcomes::default();
     let mut read_outcomes = Outcomes::default();
@@ -179,14 +215,16 @@ pub fn check(events: &[Event]) -> anyhow::Result<Verdict> {
             Function::FinalRead | Function::Nemesis => {}
         }
     }
+    Ok((appends, append_outcomes, read_outcomes))
+}
 
-    let final_log = final_log(&ops, &mut findings)?;
-    let final_reads = ops
-        .iter()
-        .filter(|op| op.f == Function::FinalRead && op.outcome == Kind::Ok)
-        .count() as u64;
-
-    // Position of each value in the final log; repeats are `duplicated`.
+/// Position (seq) of each value in the final log; repeats are `duplicated`.
+fn final_positions(
+    ops: &[Operation],
+    appends: &HashMap<u64, usize>,
+    final_log: &[u64],
+    findings: &mut Findings,
+) -> HashMap<u64, u64> {
     let mut position: HashMap<u64, u64> = HashMap::with_capacity(final_log.len());
     for (i, &value) in final_log.iter().enumerate() {
         let seq = i as u64 + 1;
@@ -200,13 +238,19 @@ pub fn check(events: &[Event]) -> anyhow::Result<Verdict> {
             continue;
         }
         position.insert(value, seq);
-        check_seen(&ops, &appends, value, seq, "the final log", &mut findings);
+        check_seen(ops, appends, value, seq, "the final log", findings);
     }
+    position
+}
 
+/// Every acknowledged append is in the final log at the seq it was
+/// acknowledged with. Returns how many indeterminate appends were applied
+/// and how many were not.
+fn check_appends(ops: &[Operation], position: &HashMap<u64, u64>, findings: &mut Findings) -> (u64, u64) {
     let mut info_appends_applied = 0;
     let mut info_appends_absent = 0;
     for op in ops.iter().filter(|op| op.f == Function::Append) {
-        let value = op.value.expect("checked above");
+        let value = op.value.expect("index_appends checked it");
         let found = position.get(&value).copied();
         match (op.outcome, found) {
             (Kind::Ok, None) => findings.report(
@@ -232,13 +276,18 @@ pub fn check(events: &[Event]) -> anyhow::Result<Verdict> {
             _ => {}
         }
     }
+    (info_appends_applied, info_appends_absent)
+}
 
+/// Every value a successful read saw is in the final log at the same seq,
+/// and no read saw a longer log than the final one.
+fn check_reads(ops: &[Operation], appends: &HashMap<u64, usize>, final_log: &[u64], findings: &mut Findings) {
     for op in ops.iter().filter(|op| op.f == Function::Read && op.outcome == Kind::Ok) {
         let read = op.read.as_ref().expect("pair() checks ok reads carry a value");
         for (i, &value) in read.values.iter().enumerate() {
             let seq = read.from + i as u64;
             let what = format!("a read by process {} at {} ns", op.process, op.invoke_ns);
-            if !check_seen(&ops, &appends, value, seq, &what, &mut findings) {
+            if !check_seen(ops, appends, value, seq, &what, findings) {
                 continue;
             }
             match final_log.get(seq as usize - 1) {
@@ -271,31 +320,6 @@ pub fn check(events: &[Event]) -> anyhow::Result<Verdict> {
             );
         }
     }
-
-    check_real_time(&ops, &position, &mut findings);
-
-    let client_ok = append_outcomes.ok + read_outcomes.ok;
-    let client_total = append_outcomes.total() + read_outcomes.total();
-    let anomaly_counts = AnomalyKind::ALL
-        .iter()
-        .map(|k| (k.name().to_string(), findings.counts.get(k).copied().unwrap_or(0)))
-        .collect();
-    Ok(Verdict {
-        valid: findings.counts.values().all(|&n| n == 0) && final_reads > 0,
-        anomaly_counts,
-        anomalies: findings.examples,
-        appends: append_outcomes,
-        reads: read_outcomes,
-        availability: if client_total == 0 {
-            0.0
-        } else {
-            client_ok as f64 / client_total as f64
-        },
-        final_log_length: final_log.len() as u64,
-        final_reads,
-        info_appends_applied,
-        info_appends_absent,
-    })
 }
 
 /// Report `unexpected` / `aborted-read` for a value seen somewhere; false

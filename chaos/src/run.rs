@@ -167,6 +167,55 @@ pub fn preflight(options: &RunOptions) -> anyhow::Result<()> {
 
 pub async fn run(options: RunOptions, interrupt: CancellationToken) -> anyhow::Result<Outcome> {
     preflight(&options)?;
+    let steps = prepare_report_dir(&options)?;
+    let link_faults = options.resolved_link_faults();
+    let (mut cluster, mut firewall) = start_cluster(&options, link_faults).await?;
+
+    let recorder = Arc::new(Recorder::new(HistoryWriter::create(
+        &options.out.join("history.jsonl"),
+    )?));
+    let stop = CancellationToken::new();
+    let mut workers = spawn_workers(&options, &cluster, &recorder, &stop)?;
+    let mut facts = run_facts(&options, link_faults);
+    let mut nemesis = Nemesis {
+        steps: steps.into_iter().peekable(),
+        current: None,
+        rng: StdRng::seed_from_u64(options.seed ^ 0x5eed),
+    };
+    nemesis
+        .run_until(&options, &interrupt, &recorder, &mut cluster, &mut firewall, &mut facts)
+        .await;
+
+    // Stop the clients (each finishes or times out its operation in flight).
+    stop.cancel();
+    while workers.join_next().await.is_some() {}
+    nemesis
+        .heal_current(&recorder, &mut cluster, &mut firewall, &mut facts)
+        .await;
+    progress(&format!(
+        "[{:>5.1}s] clients stopped; healing everything and waiting for the nodes to converge",
+        recorder.elapsed().as_secs_f64()
+    ));
+    heal_all(&mut cluster, firewall.as_mut(), &mut facts).await;
+    let converged = converge(&cluster).await;
+    if let Err(e) = &converged {
+        progress(&format!("nodes did not converge: {e:#}; reading what they have"));
+        facts.fault_errors.push(format!("convergence: {e:#}"));
+    }
+    final_reads(&cluster, &recorder).await;
+    cluster.local.stop_all(Duration::from_secs(10)).await;
+    drop(firewall);
+
+    let recorder = Arc::try_unwrap(recorder).map_err(|_| anyhow::anyhow!("a worker still holds the recorder"))?;
+    let events = recorder.finish()?;
+    let verdict = check(&events)?;
+    write_report(&options, &facts, &verdict, &events)?;
+    Ok(Outcome { verdict, facts })
+}
+
+/// Say what this run is, refuse a report directory that is in use, and
+/// write the fault schedule (so a run can be read before it ends).
+fn prepare_report_dir(options: &RunOptions) -> anyhow::Result<Vec<nemesis::Step>> {
     progress(&format!(
         "txlog-chaos: seed {}, {} s, nemesis {}, node ids {}, report in {}",
         options.seed,
@@ -203,8 +252,15 @@ pub async fn run(options: RunOptions, interrupt: CancellationToken) -> anyhow::R
         options.out.join("schedule.json"),
         serde_json::to_vec_pretty(&schedule_file)?,
     )?;
+    Ok(steps)
+}
 
-    let link_faults = options.resolved_link_faults();
+/// Place the nodes, install the link-fault machinery (iptables or the
+/// proxy), start every node and wait for a leader.
+async fn start_cluster(
+    options: &RunOptions,
+    link_faults: Option<LinkFaults>,
+) -> anyhow::Result<(Cluster, Option<Links>)> {
     let (placement, place) = match &options.net {
         Net::Netns(names) => (netns::placement(names), RulePlace::Namespaces(names.clone())),
         Net::Loopback => (
@@ -212,7 +268,7 @@ pub async fn run(options: RunOptions, interrupt: CancellationToken) -> anyhow::R
             RulePlace::Loopback,
         ),
     };
-    let mut firewall = match (link_faults, placement.backend_addresses()) {
+    let firewall = match (link_faults, placement.backend_addresses()) {
         (Some(LinkFaults::Proxy), Some(backend)) => Some(Links::Proxy(
             Proxy::start(&placement.public_addresses(), &backend, &placement.ips).await?,
         )),
@@ -249,11 +305,16 @@ pub async fn run(options: RunOptions, interrupt: CancellationToken) -> anyhow::R
         .wait_for_leader(SETTLE_TIMEOUT)
         .await
         .context("the cluster elected no leader")?;
+    Ok((cluster, firewall))
+}
 
-    let recorder = Arc::new(Recorder::new(HistoryWriter::create(
-        &options.out.join("history.jsonl"),
-    )?));
-    let stop = CancellationToken::new();
+/// One workload task per client, each with its own connection.
+fn spawn_workers(
+    options: &RunOptions,
+    cluster: &Cluster,
+    recorder: &Arc<Recorder>,
+    stop: &CancellationToken,
+) -> anyhow::Result<tokio::task::JoinSet<()>> {
     let workload_options = WorkloadOptions {
         clients: options.clients,
         rate: options.rate,
@@ -274,10 +335,12 @@ pub async fn run(options: RunOptions, interrupt: CancellationToken) -> anyhow::R
             stop.clone(),
         ));
     }
+    Ok(workers)
+}
 
-    // The nemesis runs here, between progress lines; the clients run on their own.
-    let mut rng = StdRng::seed_from_u64(options.seed ^ 0x5eed);
-    let mut facts = RunFacts {
+/// The run's facts as the report states them; fault counts fill in as it goes.
+fn run_facts(options: &RunOptions, link_faults: Option<LinkFaults>) -> RunFacts {
+    RunFacts {
         seed: options.seed,
         nemesis: options.nemesis.iter().map(|k| k.name().to_string()).collect(),
         time_s: options.time.as_secs_f64(),
@@ -298,104 +361,12 @@ pub async fn run(options: RunOptions, interrupt: CancellationToken) -> anyhow::R
         faults_injected: 0,
         fault_errors: Vec::new(),
         interrupted: false,
-    };
-    // The fault in force: what to undo, its label, when to heal it.
-    let mut current: Option<(nemesis::Injected, String, Duration)> = None;
-    let mut steps = steps.into_iter().peekable();
-    let mut last_progress = Duration::ZERO;
-    loop {
-        let now = recorder.elapsed();
-        if now >= options.time {
-            break;
-        }
-        if interrupt.is_cancelled() {
-            facts.interrupted = true;
-            break;
-        }
-        // Heal the current fault when its time is up.
-        if current.as_ref().is_some_and(|(_, _, heal_at)| now >= *heal_at) {
-            let (injected, label, _) = current.take().expect("checked above");
-            heal_with_retries(&mut cluster, firewall.as_mut(), &injected, &label, &mut facts).await;
-            recorder.record(nemesis_event(Kind::Ok, label));
-        }
-        if current.is_none() {
-            if let Some(step) = steps.peek() {
-                if now >= Duration::from_millis(step.at_ms) {
-                    let step = steps.next().expect("peeked");
-                    let mut label = step.fault.to_string();
-                    recorder.record(nemesis_event(Kind::Invoke, label.clone()));
-                    match nemesis::inject(&mut cluster, firewall.as_mut(), &step.fault, &mut rng).await {
-                        Ok(injection) => {
-                            if !injection.detail.is_empty() {
-                                label = format!("{label} ({})", injection.detail);
-                            }
-                            facts.faults_injected += 1;
-                            progress(&format!("[{:>5.1}s] fault: {label}", now.as_secs_f64()));
-                            if let Some(e) = injection.error {
-                                progress(&format!("[{:>5.1}s] fault {label}: {e}", now.as_secs_f64()));
-                                facts.fault_errors.push(format!("{label}: {e}"));
-                            }
-                            let heal_at = now + Duration::from_millis(step.duration_ms);
-                            current = Some((injection.injected, label, heal_at));
-                        }
-                        Err(e) => {
-                            facts.fault_errors.push(format!("{label}: {e:#}"));
-                            progress(&format!(
-                                "[{:>5.1}s] fault {label} could not be injected: {e:#}",
-                                now.as_secs_f64()
-                            ));
-                            recorder.record(nemesis_event(Kind::Ok, label));
-                        }
-                    }
-                }
-            }
-        }
-        if now >= last_progress + Duration::from_secs(5) {
-            last_progress = now;
-            progress(&format!(
-                "[{:>5.1}s / {:.0}s] ok {}  info {}  fail {}{}",
-                now.as_secs_f64(),
-                options.time.as_secs_f64(),
-                recorder.ok.load(Ordering::Relaxed),
-                recorder.info.load(Ordering::Relaxed),
-                recorder.fail.load(Ordering::Relaxed),
-                current
-                    .as_ref()
-                    .map(|(_, l, _)| format!("  · under: {l}"))
-                    .unwrap_or_default()
-            ));
-        }
-        tokio::select! {
-            _ = interrupt.cancelled() => {}
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-        }
     }
+}
 
-    // Stop the clients (each finishes or times out its operation in flight).
-    stop.cancel();
-    while workers.join_next().await.is_some() {}
-    if let Some((injected, label, _)) = current.take() {
-        heal_with_retries(&mut cluster, firewall.as_mut(), &injected, &label, &mut facts).await;
-        recorder.record(nemesis_event(Kind::Ok, label));
-    }
-    progress(&format!(
-        "[{:>5.1}s] clients stopped; healing everything and waiting for the nodes to converge",
-        recorder.elapsed().as_secs_f64()
-    ));
-    heal_all(&mut cluster, firewall.as_mut(), &mut facts).await;
-    let converged = converge(&cluster).await;
-    if let Err(e) = &converged {
-        progress(&format!("nodes did not converge: {e:#}; reading what they have"));
-        facts.fault_errors.push(format!("convergence: {e:#}"));
-    }
-    final_reads(&cluster, &recorder).await;
-    cluster.local.stop_all(Duration::from_secs(10)).await;
-    drop(firewall);
-
-    let recorder = Arc::try_unwrap(recorder).map_err(|_| anyhow::anyhow!("a worker still holds the recorder"))?;
-    let events = recorder.finish()?;
-    let verdict = check(&events)?;
-    report::write_results(&options.out, &facts, &verdict)?;
+/// Results, the latency plot, and (for a valid run) the node data removed.
+fn write_report(options: &RunOptions, facts: &RunFacts, verdict: &Verdict, events: &[Event]) -> anyhow::Result<()> {
+    report::write_results(&options.out, facts, verdict)?;
     let title = format!(
         "txlog chaos: seed {}, nemesis {}, {} nodes — operation latency",
         options.seed,
@@ -404,14 +375,124 @@ pub async fn run(options: RunOptions, interrupt: CancellationToken) -> anyhow::R
     );
     report::plot_latency(
         &options.out.join("latency.svg"),
-        &events,
+        events,
         options.op_timeout.as_secs_f64() * 1e3,
         &title,
     )?;
     if verdict.valid && !options.keep_data {
         remove_node_data(&options.out.join("nodes"));
     }
-    Ok(Outcome { verdict, facts })
+    Ok(())
+}
+
+/// The nemesis: injects the scheduled faults one at a time and heals each
+/// when its time is up, while the clients run on their own.
+struct Nemesis {
+    steps: std::iter::Peekable<std::vec::IntoIter<nemesis::Step>>,
+    /// The fault in force: what to undo, its label, when to heal it.
+    current: Option<(nemesis::Injected, String, Duration)>,
+    rng: StdRng,
+}
+
+impl Nemesis {
+    async fn run_until(
+        &mut self,
+        options: &RunOptions,
+        interrupt: &CancellationToken,
+        recorder: &Recorder,
+        cluster: &mut Cluster,
+        firewall: &mut Option<Links>,
+        facts: &mut RunFacts,
+    ) {
+        let mut last_progress = Duration::ZERO;
+        loop {
+            let now = recorder.elapsed();
+            if now >= options.time {
+                break;
+            }
+            if interrupt.is_cancelled() {
+                facts.interrupted = true;
+                break;
+            }
+            if self.current.as_ref().is_some_and(|(_, _, heal_at)| now >= *heal_at) {
+                self.heal_current(recorder, cluster, firewall, facts).await;
+            }
+            let due = self.steps.peek().is_some_and(|s| now >= Duration::from_millis(s.at_ms));
+            if self.current.is_none() && due {
+                let step = self.steps.next().expect("peeked");
+                self.inject(now, step, recorder, cluster, firewall, facts).await;
+            }
+            if now >= last_progress + Duration::from_secs(5) {
+                last_progress = now;
+                progress(&format!(
+                    "[{:>5.1}s / {:.0}s] ok {}  info {}  fail {}{}",
+                    now.as_secs_f64(),
+                    options.time.as_secs_f64(),
+                    recorder.ok.load(Ordering::Relaxed),
+                    recorder.info.load(Ordering::Relaxed),
+                    recorder.fail.load(Ordering::Relaxed),
+                    self.current
+                        .as_ref()
+                        .map(|(_, l, _)| format!("  · under: {l}"))
+                        .unwrap_or_default()
+                ));
+            }
+            tokio::select! {
+                _ = interrupt.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+    }
+
+    async fn inject(
+        &mut self,
+        now: Duration,
+        step: nemesis::Step,
+        recorder: &Recorder,
+        cluster: &mut Cluster,
+        firewall: &mut Option<Links>,
+        facts: &mut RunFacts,
+    ) {
+        let mut label = step.fault.to_string();
+        recorder.record(nemesis_event(Kind::Invoke, label.clone()));
+        match nemesis::inject(cluster, firewall.as_mut(), &step.fault, &mut self.rng).await {
+            Ok(injection) => {
+                if !injection.detail.is_empty() {
+                    label = format!("{label} ({})", injection.detail);
+                }
+                facts.faults_injected += 1;
+                progress(&format!("[{:>5.1}s] fault: {label}", now.as_secs_f64()));
+                if let Some(e) = injection.error {
+                    progress(&format!("[{:>5.1}s] fault {label}: {e}", now.as_secs_f64()));
+                    facts.fault_errors.push(format!("{label}: {e}"));
+                }
+                let heal_at = now + Duration::from_millis(step.duration_ms);
+                self.current = Some((injection.injected, label, heal_at));
+            }
+            Err(e) => {
+                facts.fault_errors.push(format!("{label}: {e:#}"));
+                progress(&format!(
+                    "[{:>5.1}s] fault {label} could not be injected: {e:#}",
+                    now.as_secs_f64()
+                ));
+                recorder.record(nemesis_event(Kind::Ok, label));
+            }
+        }
+    }
+
+    /// Undo the fault in force, if any.
+    async fn heal_current(
+        &mut self,
+        recorder: &Recorder,
+        cluster: &mut Cluster,
+        firewall: &mut Option<Links>,
+        facts: &mut RunFacts,
+    ) {
+        if let Some((injected, label, _)) = self.current.take() {
+            heal_with_retries(cluster, firewall.as_mut(), &injected, &label, facts).await;
+            recorder.record(nemesis_event(Kind::Ok, label));
+        }
+    }
 }
 
 fn worker_client(addresses: &str) -> anyhow::Result<Client> {

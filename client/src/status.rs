@@ -122,6 +122,17 @@ impl ClusterStatus {
     pub fn has_leader(&self) -> bool {
         self.leader_id.is_some() && self.nodes.iter().any(|n| n.role == Role::Leader)
     }
+
+    /// Whether there is a leader and every member is up, a voter, and has
+    /// applied everything the leader has committed: the cluster as a user
+    /// expects it when told it is "up".
+    pub fn every_voter_caught_up(&self) -> bool {
+        self.has_leader()
+            && self
+                .nodes
+                .iter()
+                .all(|n| n.is_up() && n.kind == Kind::Voter && n.applied_index >= self.commit_index)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -269,14 +280,26 @@ impl Client {
 
     /// Wait until some node reports a leader, up to `timeout`.
     pub async fn wait_for_leader(&self, timeout: Duration) -> Result<ClusterStatus, ClientError> {
+        self.wait_for_status(timeout, "a leader elected", ClusterStatus::has_leader)
+            .await
+    }
+
+    /// Wait until the cluster's status satisfies `ready` (described by
+    /// `what` in the error), up to `timeout`.
+    pub async fn wait_for_status(
+        &self,
+        timeout: Duration,
+        what: &str,
+        ready: impl Fn(&ClusterStatus) -> bool,
+    ) -> Result<ClusterStatus, ClientError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match self.cluster_status().await {
-                Ok(status) if status.has_leader() => return Ok(status),
+                Ok(status) if ready(&status) => return Ok(status),
                 Ok(_) | Err(_) if tokio::time::Instant::now() >= deadline => {
                     return Err(ClientError::Exhausted {
                         attempts: 0,
-                        last: Status::unavailable(format!("no leader elected within {timeout:?}")),
+                        last: Status::unavailable(format!("not {what} within {timeout:?}")),
                     })
                 }
                 _ => tokio::time::sleep(Duration::from_millis(50)).await,

@@ -3,7 +3,6 @@
 //! `kill -9` of one shows failover and catch-up); Ctrl-C or SIGTERM stops all
 //! three with SIGTERM, escalating to SIGKILL after a grace period.
 
-use std::path::PathBuf;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -15,21 +14,16 @@ use txlog_testkit::LocalCluster;
 use txlog_testkit::NodeSpec;
 use txlog_testkit::REGIONS;
 
+use crate::args::DevArgs;
+
 /// Nodes of the dev cluster: ids 1, 2, 3 in the first three [`REGIONS`].
 const NODES: usize = 3;
 const STOP_GRACE: Duration = Duration::from_secs(10);
-const LEADER_WAIT: Duration = Duration::from_secs(30);
+const UP_WAIT: Duration = Duration::from_secs(30);
 /// Restarts of one node before `txlog dev` gives up on it.
 const RESTARTS_MAX: u32 = 20;
 
-pub struct DevOptions {
-    pub data_dir: PathBuf,
-    pub base_port: u16,
-    pub metrics_base_port: u16,
-    pub shutdown: CancellationToken,
-}
-
-pub async fn run(options: DevOptions) -> anyhow::Result<()> {
+pub async fn run(options: DevArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut nodes = LocalCluster::new(node_specs(&options))?;
     for i in 0..nodes.nodes.len() {
         nodes.start(i)?;
@@ -37,14 +31,15 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     let client = Client::connect(&nodes.addresses())?;
     let started = Instant::now();
     let status = tokio::select! {
-        _ = options.shutdown.cancelled() => None,
-        status = client.wait_for_leader(LEADER_WAIT) => Some(status),
+        _ = shutdown.cancelled() => None,
+        // "Up" means every node votes and has applied what the leader committed.
+        status = client.wait_for_status(UP_WAIT, "every node a caught-up voter", ClusterStatus::every_voter_caught_up) => Some(status),
     };
     match status {
         Some(Ok(status)) => print_banner(&nodes, &status, started.elapsed(), &options),
         Some(Err(err)) => {
             eprintln!(
-                "txlog dev: no leader after {LEADER_WAIT:?}: {err}; see {}/*/node.log",
+                "txlog dev: the cluster is not up after {UP_WAIT:?}: {err}; see {}/*/node.log",
                 options.data_dir.display()
             );
             nodes.stop_all(STOP_GRACE).await;
@@ -52,7 +47,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
         }
         None => {}
     }
-    supervise(&mut nodes, &options.shutdown).await?;
+    supervise(&mut nodes, &shutdown).await?;
     // The terminal may be gone by now (closed pipe): never panic on output.
     say(format_args!("stopping the dev cluster..."));
     nodes.stop_all(STOP_GRACE).await;
@@ -61,7 +56,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
 }
 
 /// Nodes 1, 2, 3 on consecutive ports from `base_port`, one region each.
-fn node_specs(options: &DevOptions) -> Vec<NodeSpec> {
+fn node_specs(options: &DevArgs) -> Vec<NodeSpec> {
     (0..NODES)
         .map(|i| NodeSpec {
             id: i as u64 + 1,
@@ -79,7 +74,7 @@ fn node_specs(options: &DevOptions) -> Vec<NodeSpec> {
 }
 
 /// What is running where, and what to try.
-fn print_banner(nodes: &LocalCluster, status: &ClusterStatus, took: Duration, options: &DevOptions) {
+fn print_banner(nodes: &LocalCluster, status: &ClusterStatus, took: Duration, options: &DevArgs) {
     println!(
         "txlog dev cluster is up ({} ms), data in {}",
         took.as_millis(),

@@ -1,0 +1,219 @@
+//! The command line: every subcommand and flag with its `--help` text.
+//! Nothing here runs anything; `main` hands each parsed command to the
+//! module that does it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use clap::Parser;
+use clap::Subcommand;
+use txlog::config::NodeSettings;
+
+use crate::duration::parse_duration;
+
+#[derive(Parser)]
+#[command(
+    name = "txlog",
+    version,
+    about = "A replicated, durable, append-only transaction log",
+    long_about = "txlog keeps one totally ordered log on a Raft group. Every append is fsynced on a \
+                  quorum of nodes before it is acknowledged; every record gets a dense global \
+                  sequence number; a retried txid returns its original sequence.\n\n\
+                  Start a local three-region cluster with `txlog dev`, then use `txlog append`, \
+                  `read`, `lookup`, `tail` and `status` against it (they default to that cluster)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct ClusterArgs {
+    /// Comma-separated node addresses (HOST:PORT, `http://` optional).
+    #[arg(long, env = "TXLOG_CLUSTER", default_value = txlog_client::DEV_CLUSTER)]
+    pub cluster: String,
+    /// Print JSON instead of human-readable text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a local three-region cluster (paris, frankfurt, lyon) on loopback.
+    Dev(DevArgs),
+    /// Run one node.
+    Node(Box<NodeSettings>),
+    /// Append one record and print its sequence number.
+    Append(AppendArgs),
+    /// Read committed records by sequence number.
+    Read(ReadArgs),
+    /// Find a committed record by transaction id.
+    Lookup(LookupArgs),
+    /// Print committed records as they arrive (history first, then live).
+    Tail(TailArgs),
+    /// Show the leader, term, commit index and every node's role and region.
+    Status(StatusArgs),
+    /// Membership and maintenance: join, remove, transfer-leader, status, snapshot, compact.
+    Admin(AdminArgs),
+    /// Benchmarks: append load (default), failover time, resync bandwidth.
+    Bench(crate::bench::BenchCommand),
+}
+
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Add a node: it becomes a learner, catches up, then a voter (unless --learner).
+    /// The node must be running (e.g. `txlog node --id 4 --region lyon ...`); prefer
+    /// `txlog node --join`, which does this by itself.
+    Join(JoinArgs),
+    /// Take a node out of the cluster (voter or learner). Removing the leader first hands
+    /// leadership to another voter.
+    Remove(RemoveArgs),
+    /// Make another voter the leader.
+    TransferLeader(TransferLeaderArgs),
+    /// Every node with role, match index, lag, heartbeat age, snapshot and WAL purge point,
+    /// and the snapshot bytes the leader sent (delta vs full).
+    Status(StatusArgs),
+    /// Build a snapshot now on one node (--node) or on every member.
+    Snapshot(SnapshotArgs),
+    /// Purge the WAL behind the latest durable snapshot on one node (--node) or every member.
+    Compact(CompactArgs),
+}
+
+#[derive(Args)]
+pub struct DevArgs {
+    /// Where the three nodes keep their data (one subdirectory per region).
+    #[arg(long, env = "TXLOG_DEV_DATA_DIR", default_value = "txlog-dev-data")]
+    pub data_dir: PathBuf,
+    /// Client port of node 1; nodes 2 and 3 use the next two ports.
+    #[arg(long, default_value_t = 7401)]
+    pub base_port: u16,
+    /// Metrics port of node 1; nodes 2 and 3 use the next two ports (0 = off).
+    #[arg(long, default_value_t = 9401)]
+    pub metrics_base_port: u16,
+}
+
+#[derive(Args)]
+pub struct AppendArgs {
+    /// Channel name, e.g. order-book ([a-z0-9][a-z0-9._-]*).
+    #[arg(long, short)]
+    pub channel: String,
+    /// Client transaction id (1-64 bytes); retrying with it never duplicates.
+    #[arg(long, short)]
+    pub txid: String,
+    /// Record payload (UTF-8 text); use --payload-file for bytes.
+    #[arg(required_unless_present = "payload_file")]
+    pub payload: Option<String>,
+    /// Read the payload from this file instead.
+    #[arg(long, conflicts_with = "payload")]
+    pub payload_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Args)]
+pub struct ReadArgs {
+    /// First sequence number to read.
+    #[arg(long, default_value_t = 1)]
+    pub from: u64,
+    /// Most records to return (server maximum 10000).
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    /// Only this channel.
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// Read from any node without confirming leadership (may lag).
+    #[arg(long)]
+    pub stale: bool,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Args)]
+pub struct LookupArgs {
+    #[arg(long, short)]
+    pub txid: String,
+    #[arg(long)]
+    pub stale: bool,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Args)]
+pub struct TailArgs {
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// Start at this sequence (default: only new records).
+    #[arg(long)]
+    pub from: Option<u64>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Args)]
+pub struct AdminArgs {
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+#[derive(Args)]
+pub struct JoinArgs {
+    /// The new node's id.
+    #[arg(long)]
+    pub id: u64,
+    /// HOST:PORT the cluster reaches it at.
+    #[arg(long)]
+    pub address: String,
+    /// Its region, e.g. lyon.
+    #[arg(long)]
+    pub region: String,
+    /// Keep it a learner (replicated to, no vote).
+    #[arg(long)]
+    pub learner: bool,
+    /// Give up waiting for it to catch up after this long (it stays a learner).
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Args)]
+pub struct RemoveArgs {
+    #[arg(long)]
+    pub id: u64,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Args)]
+pub struct TransferLeaderArgs {
+    /// Id of the voter to lead.
+    #[arg(long)]
+    pub to: u64,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Args)]
+pub struct SnapshotArgs {
+    /// HOST:PORT of one node (default: every member).
+    #[arg(long)]
+    pub node: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Args)]
+pub struct CompactArgs {
+    /// HOST:PORT of one node (default: every member).
+    #[arg(long)]
+    pub node: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}

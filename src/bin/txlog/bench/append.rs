@@ -1,0 +1,432 @@
+//! `txlog bench` / `txlog bench append`: append (or linearizable read) load
+//! against a running cluster, or against a three-node cluster the bench
+//! starts for itself (`--local`).
+//!
+//! `--clients` connections each keep `--pipeline` requests in flight; a
+//! request carries `--batch` records (a new unique txid per record) or, with
+//! `--op read`, reads `--batch` records linearizably. Each request's latency
+//! is from send to answer — for appends, committed on a quorum of fsynced
+//! disks — and goes into an HdrHistogram. Progress is printed every second;
+//! the summary gives records/s, MB/s, latency percentiles, the leader changes
+//! seen during the run (term before and after, and leader ids polled every
+//! 100 ms), each node's RSS, and one line comparing the run with the issue's
+//! targets for its shape.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use txlog_client::Client;
+use txlog_client::ClusterStatus;
+use txlog_proto::Record;
+
+use super::cluster::BenchCluster;
+use super::cluster::ClusterBenchArgs;
+use crate::duration::parse_duration;
+
+/// Requests in flight in one run, at most (`--clients` × `--pipeline`).
+const IN_FLIGHT_MAX: usize = 8192;
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    /// Append `--batch` new records per request.
+    Append,
+    /// Read `--batch` records per request through the leader (linearizable).
+    Read,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Concurrent clients, each on its own connection.
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// Requests each client keeps in flight.
+    #[arg(long, default_value_t = 1)]
+    pub pipeline: usize,
+    /// Records per request (appended, or read with --op read).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// What each request does.
+    #[arg(long, value_enum, default_value_t = Op::Append)]
+    pub op: Op,
+    /// Payload bytes per record.
+    #[arg(long, default_value_t = 256)]
+    pub record_bytes: usize,
+    /// How long to run, e.g. 10s, 500ms, 2m.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Channel to append to.
+    #[arg(long, default_value = "bench")]
+    pub channel: String,
+    /// Comma-separated node addresses (ignored with --local).
+    #[arg(long, env = "TXLOG_CLUSTER", default_value = txlog_client::DEV_CLUSTER)]
+    pub cluster: String,
+    /// Start a local three-node cluster (LAN timing) for this run, and stop it afterwards.
+    #[arg(long)]
+    pub local: bool,
+    #[command(flatten)]
+    pub common: ClusterBenchArgs,
+}
+
+impl BenchArgs {
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.clients >= 1 && self.clients <= 4096, "--clients must be 1..=4096");
+        anyhow::ensure!(
+            self.pipeline >= 1 && self.pipeline <= 1024,
+            "--pipeline must be 1..=1024"
+        );
+        anyhow::ensure!(
+            self.clients * self.pipeline <= IN_FLIGHT_MAX,
+            "--clients × --pipeline must be at most {IN_FLIGHT_MAX} requests in flight"
+        );
+        let batch_max = txlog::validate::APPEND_RECORDS_MAX;
+        anyhow::ensure!(
+            self.batch >= 1 && self.batch <= batch_max,
+            "--batch must be 1..={batch_max} (records per request)"
+        );
+        anyhow::ensure!(self.record_bytes <= 1024 * 1024, "--record-bytes must be at most 1 MiB");
+        anyhow::ensure!(
+            self.record_bytes * self.batch <= txlog_client::MESSAGE_BYTES_MAX / 2,
+            "--record-bytes × --batch must stay under half the {} B message limit",
+            txlog_client::MESSAGE_BYTES_MAX
+        );
+        Ok(())
+    }
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct BenchReport {
+    pub op: Op,
+    pub clients: usize,
+    pub pipeline: usize,
+    pub batch: usize,
+    pub record_bytes: usize,
+    pub seconds: f64,
+    pub requests: u64,
+    pub records: u64,
+    pub errors: u64,
+    pub records_per_second: f64,
+    pub megabytes_per_second: f64,
+    pub latency_us_p50: u64,
+    pub latency_us_p90: u64,
+    pub latency_us_p99: u64,
+    pub latency_us_p999: u64,
+    pub latency_us_max: u64,
+    pub term_before: u64,
+    pub term_after: u64,
+    /// Leader ids seen to change while the run went on (polled every 100 ms).
+    pub leader_changes: u64,
+    /// Resident set of each node that answered with its pid on this host, in MB.
+    pub node_rss_mb: Vec<(u64, f64)>,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    args.check()?;
+    if !args.local {
+        let client = Client::connect(&args.cluster)?;
+        return load(&args, &client).await;
+    }
+    let cluster = BenchCluster::start("append", &args.common, Vec::new())?;
+    let outcome = load(&args, &cluster.client).await;
+    cluster.finish().await;
+    outcome
+}
+
+/// Run the load against the cluster `client` talks to, then report.
+async fn load(args: &BenchArgs, client: &Client) -> anyhow::Result<()> {
+    let before = client
+        .wait_for_status(
+            Duration::from_secs(30),
+            "every node a caught-up voter",
+            ClusterStatus::every_voter_caught_up,
+        )
+        .await
+        .context("the cluster is not up")?;
+    if args.op == Op::Read {
+        fill_for_reads(args, client).await?;
+    }
+    let counters = Arc::new(Counters::default());
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let mut tasks = Vec::new();
+    let run_id = txlog_client::wall_clock_ns();
+    for c in 0..args.clients {
+        // One connection per client; its pipeline shares it.
+        let connection = Client::connect(&client.endpoints().join(","))?;
+        for p in 0..args.pipeline {
+            let worker = Worker {
+                client: connection.clone(),
+                args: args.clone(),
+                tag: format!("bench-{run_id}-{c}-{p}"),
+                counters: counters.clone(),
+            };
+            tasks.push(tokio::spawn(worker.run(deadline)));
+        }
+    }
+    let watcher = tokio::spawn(watch(started, client.clone(), counters.clone(), args.batch as u64));
+    let mut histogram = new_histogram();
+    for task in tasks {
+        histogram.add(task.await?).context("merge histograms")?;
+    }
+    watcher.abort();
+    let seconds = started.elapsed().as_secs_f64();
+    let after = client.cluster_status().await.context("status after the run")?;
+    let requests = counters.done.load(Ordering::Relaxed);
+    let records = requests * args.batch as u64;
+    let report = BenchReport {
+        op: args.op,
+        clients: args.clients,
+        pipeline: args.pipeline,
+        batch: args.batch,
+        record_bytes: args.record_bytes,
+        seconds,
+        requests,
+        records,
+        errors: counters.errors.load(Ordering::Relaxed),
+        records_per_second: records as f64 / seconds,
+        megabytes_per_second: records as f64 * args.record_bytes as f64 / seconds / 1e6,
+        latency_us_p50: histogram.value_at_quantile(0.50),
+        latency_us_p90: histogram.value_at_quantile(0.90),
+        latency_us_p99: histogram.value_at_quantile(0.99),
+        latency_us_p999: histogram.value_at_quantile(0.999),
+        latency_us_max: histogram.max(),
+        term_before: before.term,
+        term_after: after.term,
+        leader_changes: counters.leader_changes.load(Ordering::Relaxed),
+        node_rss_mb: node_rss(client, &after).await,
+    };
+    print_report(&report, args.common.json)
+}
+
+#[derive(Default)]
+struct Counters {
+    done: AtomicU64,
+    errors: AtomicU64,
+    leader_changes: AtomicU64,
+}
+
+struct Worker {
+    client: Client,
+    args: BenchArgs,
+    tag: String,
+    counters: Arc<Counters>,
+}
+
+impl Worker {
+    async fn run(self, deadline: Instant) -> Histogram<u64> {
+        let mut histogram = new_histogram();
+        let payload = bytes::Bytes::from(vec![b'x'; self.args.record_bytes]);
+        let mut n = 0u64;
+        while Instant::now() < deadline {
+            let t = Instant::now();
+            let outcome = match self.args.op {
+                Op::Append => {
+                    let records = (0..self.args.batch)
+                        .map(|i| Record {
+                            txid: format!("{}-{n}-{i}", self.tag).into_bytes().into(),
+                            channel: self.args.channel.clone(),
+                            payload: payload.clone(),
+                            client_time_ns: 0,
+                        })
+                        .collect();
+                    self.client.append(records).await.map(|_| ())
+                }
+                Op::Read => self
+                    .client
+                    .read(1, self.args.batch as u32, None, false)
+                    .await
+                    .map(|_| ()),
+            };
+            n += 1;
+            match outcome {
+                Ok(()) => {
+                    let _ = histogram.record(t.elapsed().as_micros().max(1) as u64);
+                    self.counters.done.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(err) => {
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%err, "request failed");
+                }
+            }
+        }
+        histogram
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+/// A read bench needs records to read: append `--batch` of them once.
+async fn fill_for_reads(args: &BenchArgs, client: &Client) -> anyhow::Result<()> {
+    let run_id = txlog_client::wall_clock_ns();
+    let records = (0..args.batch)
+        .map(|i| Record {
+            txid: format!("bench-fill-{run_id}-{i}").into_bytes().into(),
+            channel: args.channel.clone(),
+            payload: vec![b'x'; args.record_bytes].into(),
+            client_time_ns: 0,
+        })
+        .collect();
+    client.append(records).await.context("append the records to read")?;
+    Ok(())
+}
+
+/// Every second: records in the last second, total, errors. Every 100 ms:
+/// the leader, counting changes.
+async fn watch(started: Instant, client: Client, counters: Arc<Counters>, batch: u64) {
+    let mut last_done = 0;
+    let mut last_print = Instant::now();
+    let mut leader = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        if let Ok(status) = client.cluster_status().await {
+            if status.leader_id.is_some() && leader.is_some() && status.leader_id != leader {
+                counters.leader_changes.fetch_add(1, Ordering::Relaxed);
+            }
+            leader = status.leader_id.or(leader);
+        }
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            last_print = Instant::now();
+            let done = counters.done.load(Ordering::Relaxed);
+            eprintln!(
+                "  {:>5.1}s  {:>9} records/s  total {:>10}  errors {}  leader changes {}",
+                started.elapsed().as_secs_f64(),
+                (done - last_done) * batch,
+                done * batch,
+                counters.errors.load(Ordering::Relaxed),
+                counters.leader_changes.load(Ordering::Relaxed)
+            );
+            last_done = done;
+        }
+    }
+}
+
+/// RSS of every node whose process runs on this host, from `/proc/<pid>/status`.
+async fn node_rss(client: &Client, status: &ClusterStatus) -> Vec<(u64, f64)> {
+    let mut out = Vec::new();
+    for node in &status.nodes {
+        let pid = match client.node_status(&node.address).await {
+            Ok(s) => s.pid,
+            Err(_) => continue,
+        };
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let kb = text
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+        if let Some(kb) = kb {
+            out.push((node.id, kb / 1024.0));
+        }
+    }
+    out
+}
+
+/// The targets for a run of this shape (records/s, p50 ms, p99 ms).
+fn target(report: &BenchReport) -> Option<(f64, Option<f64>, Option<f64>)> {
+    let one_in_flight = report.pipeline == 1;
+    match (report.op, report.clients, report.batch) {
+        (Op::Append, 1, 1) if one_in_flight => Some((4_000.0, Some(0.35), Some(0.8))),
+        (Op::Append, 16, 1) if one_in_flight => Some((40_000.0, None, None)),
+        (Op::Append, 64, 1) if one_in_flight => Some((93_000.0, None, Some(5.0))),
+        (Op::Append, 64, 100) if one_in_flight => Some((300_000.0, None, None)),
+        (Op::Read, 1, 100) if one_in_flight => Some((0.0, Some(0.5), Some(2.0))),
+        _ => None,
+    }
+}
+
+fn print_report(report: &BenchReport, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        return Ok(());
+    }
+    let ms = |us: u64| us as f64 / 1000.0;
+    println!(
+        "{:?}: clients {} × pipeline {}, batch {}, record {} B, {:.1} s: requests {}, records {}, errors {}",
+        report.op,
+        report.clients,
+        report.pipeline,
+        report.batch,
+        report.record_bytes,
+        report.seconds,
+        report.requests,
+        report.records,
+        report.errors
+    );
+    println!(
+        "throughput {:.0} records/s  {:.2} MB/s",
+        report.records_per_second, report.megabytes_per_second
+    );
+    println!(
+        "latency  p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
+        ms(report.latency_us_p50),
+        ms(report.latency_us_p90),
+        ms(report.latency_us_p99),
+        ms(report.latency_us_p999),
+        ms(report.latency_us_max)
+    );
+    let rss: Vec<String> = report
+        .node_rss_mb
+        .iter()
+        .map(|(id, mb)| format!("node {id} {mb:.0} MB"))
+        .collect();
+    println!(
+        "term {} -> {}  leader changes {}  RSS {}",
+        report.term_before,
+        report.term_after,
+        report.leader_changes,
+        if rss.is_empty() {
+            "(nodes not on this host)".to_string()
+        } else {
+            rss.join(", ")
+        }
+    );
+    println!("{}", comparison(report));
+    Ok(())
+}
+
+/// One line: this run against the target for its shape.
+fn comparison(report: &BenchReport) -> String {
+    let ms = |us: u64| us as f64 / 1000.0;
+    let stable = report.leader_changes == 0 && report.term_before == report.term_after;
+    let Some((rate, p50, p99)) = target(report) else {
+        return format!(
+            "result: {:.0} records/s, p50 {:.2} ms, p99 {:.2} ms, leadership {} (no target for this shape)",
+            report.records_per_second,
+            ms(report.latency_us_p50),
+            ms(report.latency_us_p99),
+            if stable { "stable" } else { "CHANGED" }
+        );
+    };
+    let mut misses = Vec::new();
+    if report.records_per_second < rate {
+        misses.push(format!("{:.0} < {rate:.0} records/s", report.records_per_second));
+    }
+    if let Some(p50) = p50.filter(|&t| ms(report.latency_us_p50) > t) {
+        misses.push(format!("p50 {:.2} > {p50} ms", ms(report.latency_us_p50)));
+    }
+    if let Some(p99) = p99.filter(|&t| ms(report.latency_us_p99) > t) {
+        misses.push(format!("p99 {:.2} > {p99} ms", ms(report.latency_us_p99)));
+    }
+    if !stable {
+        misses.push("leadership changed".to_string());
+    }
+    if misses.is_empty() {
+        format!(
+            "result: target met ({:.0} records/s, p50 {:.2} ms, p99 {:.2} ms, no leader change)",
+            report.records_per_second,
+            ms(report.latency_us_p50),
+            ms(report.latency_us_p99)
+        )
+    } else {
+        format!("result: target NOT met: {}", misses.join("; "))
+    }
+}

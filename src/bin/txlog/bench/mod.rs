@@ -1,0 +1,41 @@
+//! `txlog bench`: append load against a running cluster (the default mode),
+//! and the benches that start their own local cluster because they kill and
+//! restart nodes (`failover`, `resync`, `startup`).
+
+mod append;
+mod cluster;
+mod failover;
+mod resync;
+mod startup;
+
+/// `txlog bench [append] …`, `txlog bench failover …`, `txlog bench resync …`, `txlog bench startup …`.
+#[derive(clap::Args, Debug, Clone)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchCommand {
+    #[command(subcommand)]
+    pub mode: Option<BenchMode>,
+    #[command(flatten)]
+    pub append: append::BenchArgs,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum BenchMode {
+    /// Append load against a running cluster (the default).
+    Append(append::BenchArgs),
+    /// Kill -9 the leader of a local 3-node cluster N times; time until an append commits under a new leader.
+    Failover(failover::FailoverArgs),
+    /// Catch-up time and bytes for a node that missed M records: delta path vs wiped (full) path.
+    Resync(resync::ResyncArgs),
+    /// Restart a node holding N records (clean and kill -9); time until it serves all of them.
+    Startup(startup::StartupArgs),
+}
+
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command.mode {
+        None => append::run(command.append).await,
+        Some(BenchMode::Append(args)) => append::run(args).await,
+        Some(BenchMode::Failover(args)) => failover::run(args).await,
+        Some(BenchMode::Resync(args)) => resync::run(args).await,
+        Some(BenchMode::Startup(args)) => startup::run(args).await,
+    }
+}

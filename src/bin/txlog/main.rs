@@ -1,0 +1,71 @@
+//! The `txlog` command. This file only parses the command line and hands
+//! each command to the module that runs it:
+//!
+//! * `node` — one server node (crate `txlog`, the server library);
+//! * `dev` — [`dev`]: a local three-region cluster of node processes;
+//! * `append`, `read`, `lookup`, `tail` — [`records`]; `status` — [`status`];
+//! * `admin …` — [`admin`]; `bench …` — [`bench`].
+//!
+//! Flags and `--help` text are in [`args`]; logging and signal handling in
+//! [`process`].
+
+mod admin;
+mod args;
+mod bench;
+mod dev;
+mod duration;
+mod process;
+mod records;
+mod status;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use args::Cli;
+use args::Command;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("txlog: cannot start the async runtime: {err}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("txlog: error: {err:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    // Servers log at info; client commands only warn, so their output stays clean.
+    let serves = matches!(command, Command::Dev(_) | Command::Node(_));
+    process::init_tracing(if serves { "info" } else { "warn" });
+    match command {
+        Command::Dev(args) => {
+            let shutdown = CancellationToken::new();
+            process::cancel_on_signals(shutdown.clone())?;
+            dev::run(args, shutdown).await
+        }
+        Command::Node(settings) => {
+            let config = settings.resolve()?;
+            let shutdown = CancellationToken::new();
+            process::cancel_on_signals(shutdown.clone())?;
+            let node = txlog::node::Node::start(config, shutdown).await?;
+            node.run_until_shutdown().await?;
+            Ok(())
+        }
+        Command::Append(args) => records::append(args).await,
+        Command::Read(args) => records::read(args).await,
+        Command::Lookup(args) => records::lookup(args).await,
+        Command::Tail(args) => records::tail(args).await,
+        Command::Status(args) => status::print_status(&args.cluster, false).await,
+        Command::Admin(args) => admin::run(args.command).await,
+        Command::Bench(command) => bench::run(command).await,
+    }
+}

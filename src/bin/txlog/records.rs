@@ -1,0 +1,125 @@
+//! The record commands: `append`, `read`, `lookup`, `tail`, and how a record
+//! is printed (one line, or JSON with `--json`).
+
+use anyhow::Context;
+use txlog_client::Client;
+use txlog_client::ClientError;
+use txlog_proto::CommittedRecord;
+
+use crate::args::AppendArgs;
+use crate::args::ClusterArgs;
+use crate::args::LookupArgs;
+use crate::args::ReadArgs;
+use crate::args::TailArgs;
+
+pub fn client(args: &ClusterArgs) -> anyhow::Result<Client> {
+    Ok(Client::connect(&args.cluster)?)
+}
+
+pub async fn append(args: AppendArgs) -> anyhow::Result<()> {
+    let AppendArgs {
+        channel,
+        txid,
+        payload,
+        payload_file,
+        cluster,
+    } = args;
+    let payload = match (payload, payload_file) {
+        (Some(p), _) => p.into_bytes(),
+        (None, Some(path)) => std::fs::read(&path).with_context(|| format!("read {}", path.display()))?,
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let result = client(&cluster)?
+        .append_one(&channel, txid.as_bytes(), &payload)
+        .await?;
+    if cluster.json {
+        let value = serde_json::json!({"records": [{"txid": txid, "channel": channel, "seq": result.seq, "channel_seq": result.channel_seq, "duplicate": result.duplicate}]});
+        println!("{value}");
+    } else if result.duplicate {
+        println!(
+            "seq {} (txid {txid:?} was already committed; nothing new written)",
+            result.seq
+        );
+    } else {
+        println!("seq {}", result.seq);
+    }
+    Ok(())
+}
+
+pub async fn read(args: ReadArgs) -> anyhow::Result<()> {
+    let response = client(&args.cluster)?
+        .read(args.from, args.limit, args.channel.as_deref(), args.stale)
+        .await?;
+    if args.cluster.json {
+        let records: Vec<_> = response.records.iter().map(record_json).collect();
+        println!(
+            "{}",
+            serde_json::json!({"records": records, "next_seq": response.next_seq, "last_seq": response.last_seq})
+        );
+        return Ok(());
+    }
+    for record in &response.records {
+        println!("{}", record_line(record));
+    }
+    if response.records.is_empty() {
+        println!(
+            "(no records from seq {}; last committed seq is {})",
+            args.from, response.last_seq
+        );
+    }
+    Ok(())
+}
+
+pub async fn lookup(args: LookupArgs) -> anyhow::Result<()> {
+    match client(&args.cluster)?.lookup(args.txid.as_bytes(), args.stale).await? {
+        Some(record) if args.cluster.json => println!("{}", record_json(&record)),
+        Some(record) => println!("{}", record_line(&record)),
+        None => anyhow::bail!("no committed record with txid {:?}", args.txid),
+    }
+    Ok(())
+}
+
+pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
+    let client = client(&args.cluster)?;
+    let from = match args.from {
+        Some(f) => f,
+        None => client.read(1, 1, None, false).await?.last_seq + 1,
+    };
+    let mut stream = client.subscribe(from, args.channel.as_deref()).await?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            next = stream.message() => match next {
+                Ok(Some(record)) if args.cluster.json => println!("{}", record_json(&record)),
+                Ok(Some(record)) => println!("{}", record_line(&record)),
+                Ok(None) => anyhow::bail!("the node closed the stream"),
+                Err(status) => return Err(ClientError::Status(status).into()),
+            }
+        }
+    }
+}
+
+fn record_line(r: &CommittedRecord) -> String {
+    format!(
+        "seq={} channel={} channel_seq={} txid={} payload={}",
+        r.seq,
+        r.channel,
+        r.channel_seq,
+        String::from_utf8_lossy(&r.txid),
+        String::from_utf8_lossy(&r.payload)
+    )
+}
+
+fn record_json(r: &CommittedRecord) -> serde_json::Value {
+    serde_json::json!({
+        "seq": r.seq,
+        "channel": r.channel,
+        "channel_seq": r.channel_seq,
+        "txid": String::from_utf8_lossy(&r.txid),
+        "payload": String::from_utf8_lossy(&r.payload),
+        "commit_time_ns": r.commit_time_ns,
+        "log_index": r.log_index,
+        "log_term": r.log_term,
+        "origin_node": r.origin_node,
+    })
+}
