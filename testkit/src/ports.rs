@@ -8,7 +8,7 @@
 //! local ports, and never handed out twice by one process. A port is still
 //! checked by binding it once before it is returned.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::net::TcpListener;
 use std::sync::Mutex;
@@ -21,7 +21,7 @@ const PORT_MIN: u16 = 10_000;
 const DRAWS_MAX: usize = 500;
 
 /// Ports this process has handed out.
-static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 
 /// A free loopback port (see the module docs).
 pub fn free_port() -> anyhow::Result<u16> {
@@ -33,7 +33,6 @@ pub fn free_port_on(ip: IpAddr) -> anyhow::Result<u16> {
     let top = ephemeral_low().saturating_sub(1).max(PORT_MIN + 1);
     let mut state = seed();
     let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-    let handed = handed.get_or_insert_with(HashSet::new);
     for _ in 0..DRAWS_MAX {
         state = next(state);
         let port = PORT_MIN + (state % u64::from(top - PORT_MIN)) as u16;
@@ -82,7 +81,7 @@ mod tests {
     #[test]
     fn ports_are_distinct_and_outside_the_ephemeral_range() {
         let low = ephemeral_low();
-        let mut seen = HashSet::new();
+        let mut seen = BTreeSet::new();
         for _ in 0..200 {
             let port = free_port().expect("a free port");
             assert!(port >= PORT_MIN && port < low, "port {port} outside {PORT_MIN}..{low}");

@@ -24,8 +24,10 @@ use txlog_client::Client;
 use txlog_client::ClusterStatus;
 use txlog_proto::Record;
 
+use super::cluster::check_batch;
 use super::cluster::BenchCluster;
 use super::cluster::ClusterBenchArgs;
+use super::cluster::LoadArgs;
 use crate::duration::parse_duration;
 
 /// Requests in flight in one run, at most (`--clients` × `--pipeline`).
@@ -84,11 +86,7 @@ impl BenchArgs {
             self.clients * self.pipeline <= IN_FLIGHT_MAX,
             "--clients × --pipeline must be at most {IN_FLIGHT_MAX} requests in flight"
         );
-        let batch_max = txlog::validate::APPEND_RECORDS_MAX;
-        anyhow::ensure!(
-            self.batch >= 1 && self.batch <= batch_max,
-            "--batch must be 1..={batch_max} (records per request)"
-        );
+        check_batch(self.batch)?;
         anyhow::ensure!(self.record_bytes <= 1024 * 1024, "--record-bytes must be at most 1 MiB");
         anyhow::ensure!(
             self.record_bytes * self.batch <= txlog_client::MESSAGE_BYTES_MAX / 2,
@@ -148,7 +146,15 @@ async fn load(args: &BenchArgs, client: &Client) -> anyhow::Result<()> {
         .await
         .context("the cluster is not up")?;
     if args.op == Op::Read {
-        fill_for_reads(args, client).await?;
+        // Records to read: `--batch` of them, appended once.
+        let fill = LoadArgs {
+            record_bytes: args.record_bytes,
+            clients: 1,
+            batch: args.batch,
+        };
+        super::cluster::load(client, args.batch as u64, &fill, "bench-fill")
+            .await
+            .context("append the records to read")?;
     }
     let counters = Arc::new(Counters::default());
     let started = Instant::now();
@@ -198,7 +204,7 @@ async fn load(args: &BenchArgs, client: &Client) -> anyhow::Result<()> {
         term_before: before.term,
         term_after: after.term,
         leader_changes: counters.leader_changes.load(Ordering::Relaxed),
-        node_rss_mb: node_rss(client, &after).await,
+        node_rss_mb: node_rss(&after),
     };
     print_report(&report, args.common.json)
 }
@@ -262,21 +268,6 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
 
-/// A read bench needs records to read: append `--batch` of them once.
-async fn fill_for_reads(args: &BenchArgs, client: &Client) -> anyhow::Result<()> {
-    let run_id = txlog_client::wall_clock_ns();
-    let records = (0..args.batch)
-        .map(|i| Record {
-            txid: format!("bench-fill-{run_id}-{i}").into_bytes().into(),
-            channel: args.channel.clone(),
-            payload: vec![b'x'; args.record_bytes].into(),
-            client_time_ns: 0,
-        })
-        .collect();
-    client.append(records).await.context("append the records to read")?;
-    Ok(())
-}
-
 /// Every second: records in the last second, total, errors. Every 100 ms:
 /// the leader, counting changes.
 async fn watch(started: Instant, client: Client, counters: Arc<Counters>, batch: u64) {
@@ -309,14 +300,11 @@ async fn watch(started: Instant, client: Client, counters: Arc<Counters>, batch:
 }
 
 /// RSS of every node whose process runs on this host, from `/proc/<pid>/status`.
-async fn node_rss(client: &Client, status: &ClusterStatus) -> Vec<(u64, f64)> {
+fn node_rss(status: &ClusterStatus) -> Vec<(u64, f64)> {
     let mut out = Vec::new();
-    for node in &status.nodes {
-        let pid = match client.node_status(&node.address).await {
-            Ok(s) => s.pid,
-            Err(_) => continue,
-        };
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+    // A pid of 0: the node did not answer the status call.
+    for node in status.nodes.iter().filter(|n| n.pid != 0) {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{}/status", node.pid)) else {
             continue;
         };
         let kb = text

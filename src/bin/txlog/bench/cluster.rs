@@ -51,13 +51,19 @@ pub struct LoadArgs {
     pub batch: usize,
 }
 
+/// `--batch` of any bench: 1 up to the server's records per append.
+pub fn check_batch(batch: usize) -> anyhow::Result<()> {
+    let batch_max = txlog::validate::APPEND_RECORDS_MAX;
+    anyhow::ensure!(
+        batch >= 1 && batch <= batch_max,
+        "--batch must be 1..={batch_max} (records per append)"
+    );
+    Ok(())
+}
+
 impl LoadArgs {
     pub fn check(&self) -> anyhow::Result<()> {
-        let batch_max = txlog::validate::APPEND_RECORDS_MAX;
-        anyhow::ensure!(
-            self.batch >= 1 && self.batch <= batch_max,
-            "--batch must be 1..={batch_max} (records per append)"
-        );
+        check_batch(self.batch)?;
         anyhow::ensure!(self.clients >= 1 && self.clients <= 1024, "--clients must be 1..=1024");
         anyhow::ensure!(self.record_bytes <= 64 * 1024, "--record-bytes must be at most 64 KiB");
         Ok(())
@@ -68,7 +74,7 @@ impl LoadArgs {
 pub struct BenchCluster {
     pub nodes: LocalCluster,
     pub client: Client,
-    pub dir: PathBuf,
+    dir: PathBuf,
     keep: bool,
 }
 
