@@ -1,11 +1,12 @@
 //! One txlog node: storage, Raft, services, metrics, shutdown.
 //!
 //! Start-up order: open the WAL (recovering a torn tail), open the state
-//! machine (rebuilding sled from the newest snapshot if sled is behind it),
+//! machine (rebuilding the record store from the newest snapshot if it is
+//! behind it),
 //! build Raft, start the gRPC server (clients, admin and peers share one
 //! port), then — on a fresh cluster — the lowest-numbered peer initialises
 //! the membership from `peers`. Shutdown (SIGTERM/SIGINT or the token): stop
-//! accepting RPCs, stop Raft, flush sled, return.
+//! accepting RPCs, stop Raft, flush the record store, return.
 
 use std::sync::Arc;
 use std::time::Duration;

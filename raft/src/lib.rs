@@ -6,8 +6,8 @@
 //!   [`BatchFrame`] (`batch_frame.rs`): the leader groups concurrent appends
 //!   into a batch, so one fsync covers many records. The frame is versioned
 //!   and CRC'd; `flags`/`key_ids` are where sealing will go.
-//! * [`StateMachine`] (`state_machine.rs`) — applies batches to the sled
-//!   [`txlog_storage::RecordStore`], assigning dense sequence numbers and
+//! * [`StateMachine`] (`state_machine.rs`) — applies batches to the
+//!   [`txlog_storage::RecordStore`] (record file plus sled indexes), assigning dense sequence numbers and
 //!   deduplicating by txid; builds and installs snapshots, whose files live
 //!   in a [`txlog_storage::SnapshotDir`]. Its metadata keys (`meta.rs`) have
 //!   one type each.
@@ -26,13 +26,13 @@
 //! A client append becomes a [`BatchFrame`] on the leader, an openraft entry
 //! in the WAL (`txlog-storage`), an `AppendEntries` RPC to each follower
 //! (`network.rs` → the peer's `raft_service.rs`), and, once committed, one
-//! atomic sled batch in each node's [`StateMachine`]. A follower that needs
+//! record-store batch in each node's [`StateMachine`]. A follower that needs
 //! entries the leader has purged gets a snapshot through resync instead.
 //!
 //! # Invariants
 //!
 //! * Apply is idempotent by log index, so openraft may re-apply from the WAL
-//!   after sled lost its last writes.
+//!   after the record store lost its last writes.
 //! * A snapshot is a fsynced file before openraft learns of it, so the WAL
 //!   is never purged behind something that is not durable.
 //! * Nothing from a peer reaches openraft or the disk before its CRC and

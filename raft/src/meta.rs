@@ -2,7 +2,7 @@
 //! and read.
 //!
 //! * [`APPLIED`] — the last applied log id, `Option<LogId>` (`None` before
-//!   the first apply). Written in the same sled batch as the records it
+//!   the first apply). Written in the same sled batch as the index of the records it
 //!   covers, so the store is always at a consistent applied prefix.
 //! * [`MEMBERSHIP`] — the last applied membership.
 //! * [`encode_snapshot_meta`] / [`decode_snapshot_meta`] — the

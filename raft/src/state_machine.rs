@@ -1,17 +1,18 @@
-//! The replicated state machine: applies batch entries to the sled record store.
+//! The replicated state machine: applies batch entries to the record store.
 //!
 //! Invariants:
 //! * Apply is idempotent by log index: an entry at or below the applied log id
-//!   is skipped, so openraft may re-apply from the WAL after sled lost its
-//!   last writes in a crash.
-//! * One `apply` call is one atomic sled batch, including the applied log id
-//!   and membership, so sled is always at some applied prefix.
-//! * Responses are sent only after that batch is in sled, so a client that
+//!   is skipped, so openraft may re-apply from the WAL after the record store
+//!   lost its last writes in a crash.
+//! * One `apply` call is one record-store batch: its records appended to the
+//!   record file, then one atomic sled batch with their indexes, the applied
+//!   log id and membership; so the store is always at some applied prefix.
+//! * Responses are sent only after that batch is published, so a client that
 //!   hears "ok" can read its record from this node.
 //! * A snapshot is a fsynced file before openraft learns of it (and so before
 //!   it may purge the WAL behind it). On open, if the newest snapshot file is
-//!   ahead of sled (sled lost writes the WAL no longer holds), the store is
-//!   rebuilt from that file.
+//!   ahead of the store (it lost writes the WAL no longer holds), the store
+//!   is rebuilt from that file.
 
 use std::io;
 use std::path::Path;
@@ -165,7 +166,7 @@ impl StateMachine {
         self.shared.snapshots.path().to_path_buf()
     }
 
-    /// Find the newest valid snapshot; rebuild sled from it if sled is behind it.
+    /// Find the newest valid snapshot; rebuild the store from it if the store is behind it.
     fn recover_snapshot(&self) -> io::Result<()> {
         let Some(path) = self.shared.snapshots.newest()? else {
             return Ok(());
@@ -229,7 +230,7 @@ impl StateMachine {
 
     /// Add the records after `base` from the snapshot at `path` to a store
     /// that already holds (and has verified) records `1..=base`. A crash
-    /// part-way leaves sled behind the snapshot file, so the next open
+    /// part-way leaves the store behind the snapshot file, so the next open
     /// rebuilds from the file.
     fn apply_delta(&self, meta: &SnapshotMeta, path: &Path, base: u64) -> io::Result<()> {
         self.restore_after(meta, path, base)?;
@@ -372,7 +373,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let (entry, responder) = item?;
             let log_id = entry.log_id();
             if state.last_applied.is_some_and(|applied| log_id.index <= applied.index) {
-                // Already in sled: a re-apply after restart. Never apply twice.
+                // Already in the store: a re-apply after restart. Never apply twice.
                 if let Some(responder) = responder {
                     responder.send(BatchResponse {
                         outcomes: Vec::new(),
@@ -457,19 +458,16 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let built = tokio::task::spawn_blocking(move || -> io::Result<PathBuf> {
             let mut writer = snapshot_file::SnapshotWriter::create(&path, &meta_bytes)?;
             let mut next = 1u64;
-            while next <= state.last_seq {
-                let limit = ((state.last_seq - next + 1) as usize).min(SNAPSHOT_READ_CHUNK);
-                let records = shared.store.read(next, limit, usize::MAX, None)?;
-                if records.is_empty() {
-                    return Err(io::Error::other(format!(
-                        "record {next} missing while building snapshot"
-                    )));
-                }
-                for record in &records {
-                    assert_eq!(record.seq, next, "records must be dense");
-                    writer.append(record)?;
-                    next += 1;
-                }
+            shared.store.for_each_record(1, state.last_seq, |record| {
+                assert_eq!(record.seq, next, "records must be dense");
+                writer.append(record)?;
+                next += 1;
+                Ok(())
+            })?;
+            if next != state.last_seq + 1 {
+                return Err(io::Error::other(format!(
+                    "record {next} missing while building snapshot"
+                )));
             }
             let built = writer.finish()?;
             shared.snapshots.prune_older_than(&built);

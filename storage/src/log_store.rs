@@ -311,15 +311,7 @@ where
 
     /// The first indexes of the segment files in the directory, in order.
     fn segment_first_indexes(&self) -> Result<Vec<u64>> {
-        let mut first_indexes = Vec::new();
-        for dirent in std::fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
-            let dirent = dirent.map_err(|e| Error::io(&self.dir, e))?;
-            if let Some(first) = dirent.file_name().to_str().and_then(segment::parse_segment_name) {
-                first_indexes.push(first);
-            }
-        }
-        first_indexes.sort_unstable();
-        Ok(first_indexes)
+        segment::WAL.list(&self.dir)
     }
 
     /// Stream one segment through [`segment::scan`], indexing every entry
@@ -327,9 +319,9 @@ where
     /// cut off) is repaired only in the last segment, anywhere else it is
     /// corruption.
     fn recover_segment(&mut self, first_index: u64, is_last: bool, purged: Option<u64>) -> Result<()> {
-        let path = segment::segment_path(&self.dir, first_index);
+        let path = segment::WAL.path(&self.dir, first_index);
         let entries = &mut self.entries;
-        let (header, scan) = segment::scan(&path, first_index, |offset, body| {
+        let (header, scan) = segment::scan(&segment::WAL, &path, first_index, |offset, body| {
             index_entry::<C>(entries, purged, &path, first_index, offset, body)
         })?;
         if let segment::Header::Torn = header {
@@ -350,7 +342,7 @@ where
                 cut_bytes = scan.file_bytes - scan.valid_bytes,
                 "cutting torn tail of the wal"
             );
-            cut_tail(&path, scan.valid_bytes)?;
+            segment::cut_tail(&path, scan.valid_bytes)?;
         }
         let file = OpenOptions::new()
             .read(true)
@@ -368,7 +360,7 @@ where
     }
 
     fn create_segment(&mut self, first_index: u64) -> Result<()> {
-        let file = segment::create(&self.dir, first_index)?;
+        let file = segment::create(&segment::WAL, &self.dir, first_index)?;
         self.segments.insert(
             first_index,
             Segment {
@@ -425,7 +417,7 @@ where
                 frame_bytes: (body.len() + frame::FRAME_HEADER_BYTES) as u32,
             });
         }
-        let path = segment::segment_path(&self.dir, segment_first);
+        let path = segment::WAL.path(&self.dir, segment_first);
         seg.file
             .write_all_at(&buf, seg.bytes)
             .map_err(|e| Error::io(&path, e))?;
@@ -451,11 +443,11 @@ where
         // Remove whole segments after the cut, newest first, so no hole can appear.
         let later: Vec<u64> = self.segments.range(cut.segment + 1..).map(|(k, _)| *k).rev().collect();
         for first in later {
-            let path = segment::segment_path(&self.dir, first);
+            let path = segment::WAL.path(&self.dir, first);
             self.segments.remove(&first);
             std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
         }
-        let path = segment::segment_path(&self.dir, cut.segment);
+        let path = segment::WAL.path(&self.dir, cut.segment);
         let seg = self.segments.get_mut(&cut.segment).expect("segment of a present entry");
         seg.file.set_len(cut.offset).map_err(|e| Error::io(&path, e))?;
         if let Err(err) = seg.file.sync_all() {
@@ -498,7 +490,7 @@ where
             let (this, next) = (pair[0], pair[1]);
             // Every entry in `this` has an index below `next`.
             if next <= upto + 1 {
-                let path = segment::segment_path(&self.dir, this);
+                let path = segment::WAL.path(&self.dir, this);
                 self.segments.remove(&this);
                 std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
                 removed += 1;
@@ -574,19 +566,6 @@ fn index_entry<C: RaftTypeConfig>(
     Ok(())
 }
 
-/// Cut the segment at `path` to `valid_bytes` and fsync it (fatal on failure).
-fn cut_tail(path: &Path, valid_bytes: u64) -> Result<()> {
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    file.set_len(valid_bytes).map_err(|e| Error::io(path, e))?;
-    if let Err(err) = file.sync_all() {
-        crate::fatal_fsync_failure(&path.display().to_string(), &err);
-    }
-    Ok(())
-}
-
 /// Read entries at the given locations, coalescing adjacent frames into one pread.
 fn read_located<C>(dir: &Path, located: Vec<(EntryLocation<LogIdOf<C>>, Arc<File>)>) -> io::Result<Vec<C::Entry>>
 where
@@ -607,7 +586,7 @@ where
         file.read_exact_at(&mut buf, start_loc.offset)?;
         let mut pos = 0usize;
         for (loc, _) in &located[i..j] {
-            let path = segment::segment_path(dir, loc.segment);
+            let path = segment::WAL.path(dir, loc.segment);
             match frame::decode(&buf[pos..]) {
                 frame::Decoded::Frame { body, frame_bytes } => {
                     let entry: C::Entry = decode("wal entry", body).map_err(io::Error::from)?;

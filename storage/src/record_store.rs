@@ -1,16 +1,24 @@
-//! The sled-backed record store: the state machine's data.
+//! The record store: the state machine's data.
 //!
-//! One sled tree, `records`, with one-byte key prefixes so that every apply
-//! is a single atomic `sled::Batch`:
+//! Two parts, updated together by one [`ApplyBatch`]:
+//!
+//! * the **record file** (`segments/`, see [`crate::record_file`]): every
+//!   committed record, appended once, with the hash chain at its seq;
+//! * one **sled** tree, `records`, with small values only:
 //!
 //! | key | value |
 //! | --- | --- |
-//! | `r` + seq (u64 BE) | `StoredRecord` (version byte + postcard) |
-//! | `t` + txid | seq (u64 BE) |
+//! | `t` + txid | seq ‖ channel_seq (u64 BE each) |
 //! | `c` + channel + `0x00` + seq (u64 BE) | channel_seq (u64 BE) |
 //! | `h` + channel | last channel_seq (u64 BE) |
 //! | `m` + name | metadata value: `version u8 \| postcard(T)`, typed by a [`MetaKey`] |
-//! | `x` + seq (u64 BE) | hash chain at seq: SHA-256(chain(seq-1) ‖ record) |
+//!
+//! A batch writes its records' frames to the record file, then applies one
+//! atomic sled batch that includes [`LAST_SEQ`], then *publishes* the
+//! records to readers. After a crash sled is at some applied prefix; on open
+//! the record file is cut back to sled's [`LAST_SEQ`], or, if it holds fewer
+//! records than that (its tail was lost), the whole store is discarded and
+//! rebuilt from the snapshot and WAL, which it caches.
 //!
 //! The hash chain lets two nodes agree that their first `seq` records are
 //! identical by comparing 32 bytes (delta resync). `chain(0)` is all zeros.
@@ -22,7 +30,7 @@
 //! type used to write and to read it (the store's own: [`LAST_SEQ`],
 //! [`STORE_FORMAT`]; the state machine's live in `txlog-raft`). A store
 //! whose [`STORE_FORMAT`] is missing or differs from this build's is
-//! discarded on open and rebuilt from the snapshot and WAL, which it caches.
+//! discarded on open and rebuilt.
 //!
 //! Records are immutable once written and keyed by a dense sequence, so a
 //! reader that stops at a known `last_seq` sees a consistent prefix even while
@@ -31,6 +39,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -40,6 +49,10 @@ use sha2::Digest;
 use crate::error::Error;
 use crate::error::Result;
 use crate::meta_key::MetaKey;
+use crate::record_file::Frames;
+use crate::record_file::RecordFile;
+use crate::record_file::READ_CHUNK_BYTES;
+pub use crate::record_file::RECORD_SEGMENT_BYTES_DEFAULT;
 
 const RECORD_FORMAT_VERSION: u8 = 1;
 
@@ -47,18 +60,24 @@ const RECORD_FORMAT_VERSION: u8 = 1;
 pub const LAST_SEQ: MetaKey<u64> = MetaKey::new("last_seq", 1);
 
 /// Layout version of the whole store. Version 1 (never written as a key)
-/// stored metadata without version bytes; 2 is typed [`MetaKey`] values.
+/// stored metadata without version bytes; 2 is typed [`MetaKey`] values;
+/// 3 moves record bodies and the chain out of sled into the record file.
 pub const STORE_FORMAT: MetaKey<u32> = MetaKey::new("store_format", 1);
-const STORE_FORMAT_VERSION: u32 = 2;
+const STORE_FORMAT_VERSION: u32 = 3;
 
 /// Value of the hash chain at one sequence.
 pub type ChainHash = [u8; 32];
 
 /// `chain(seq) = SHA-256(chain(seq - 1) ‖ encoded record)`.
 pub fn chain_next(previous: &ChainHash, record: &StoredRecord) -> ChainHash {
+    chain_of(previous, &record.encode())
+}
+
+/// [`chain_next`] over a record already encoded.
+pub(crate) fn chain_of(previous: &ChainHash, encoded: &[u8]) -> ChainHash {
     let mut hasher = sha2::Sha256::new();
     hasher.update(previous);
-    hasher.update(record.encode());
+    hasher.update(encoded);
     hasher.finalize().into()
 }
 
@@ -137,7 +156,12 @@ impl StoredRecord {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let out = vec![RECORD_FORMAT_VERSION];
+        self.encode_into(Vec::new())
+    }
+
+    /// Append the encoding to `out` (no allocation when it has room).
+    pub(crate) fn encode_into(&self, mut out: Vec<u8>) -> Vec<u8> {
+        out.push(RECORD_FORMAT_VERSION);
         postcard::to_extend(self, out).expect("encoding a record cannot fail")
     }
 
@@ -173,12 +197,6 @@ pub struct AppendOutcome {
     pub duplicate: bool,
 }
 
-fn seq_key(seq: u64) -> [u8; 9] {
-    let mut key = [b'r'; 9];
-    key[1..].copy_from_slice(&seq.to_be_bytes());
-    key
-}
-
 fn txid_key(txid: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + txid.len());
     key.push(b't');
@@ -202,10 +220,12 @@ fn head_key(channel: &str) -> Vec<u8> {
     key
 }
 
-fn chain_key(seq: u64) -> [u8; 9] {
-    let mut key = [b'x'; 9];
-    key[1..].copy_from_slice(&seq.to_be_bytes());
-    key
+/// The value under a txid key: where that txid was committed.
+fn txid_value(seq: u64, channel_seq: u64) -> [u8; 16] {
+    let mut value = [0u8; 16];
+    value[..8].copy_from_slice(&seq.to_be_bytes());
+    value[8..].copy_from_slice(&channel_seq.to_be_bytes());
+    value
 }
 
 fn be_u64(what: &'static str, bytes: &[u8]) -> Result<u64> {
@@ -239,23 +259,46 @@ fn open_waiting_for_lock(config: &sled::Config) -> Result<sled::Db> {
     }
 }
 
-/// The state machine's sled store.
+/// The state machine's store: record file plus sled indexes.
 #[derive(Clone)]
 pub struct RecordStore {
     db: sled::Db,
     tree: sled::Tree,
+    file: Arc<RecordFile>,
 }
 
 impl RecordStore {
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(dir, RECORD_SEGMENT_BYTES_DEFAULT)
+    }
+
+    /// [`RecordStore::open`] with record-file segments closed at `segment_bytes`.
+    pub fn open_with(dir: impl AsRef<Path>, segment_bytes: u64) -> Result<Self> {
+        let dir = dir.as_ref();
         let config = sled::Config::new()
-            .path(dir.as_ref())
+            .path(dir)
             .cache_capacity(64 * 1024 * 1024)
             .flush_every_ms(Some(500));
         let db = open_waiting_for_lock(&config)?;
         let tree = db.open_tree("records")?;
-        let store = RecordStore { db, tree };
+        let segments = dir.join("segments");
+        let file = match RecordFile::open(&segments, segment_bytes) {
+            Ok(file) => file,
+            Err(err @ (Error::Corruption { .. } | Error::Decode { .. })) => {
+                tracing::error!(%err, "record file is damaged; discarding the store to rebuild it from the snapshot and wal");
+                std::fs::remove_dir_all(&segments).map_err(|e| Error::io(&segments, e))?;
+                tree.clear()?;
+                RecordFile::open(&segments, segment_bytes)?
+            }
+            Err(err) => return Err(err),
+        };
+        let store = RecordStore {
+            db,
+            tree,
+            file: Arc::new(file),
+        };
         store.check_format()?;
+        store.reconcile()?;
         Ok(store)
     }
 
@@ -276,17 +319,40 @@ impl RecordStore {
                 expected = STORE_FORMAT_VERSION,
                 "record store has another format; discarding it to rebuild from the snapshot and wal"
             );
-            self.tree.clear()?;
         }
-        self.tree
-            .insert(STORE_FORMAT.key(), STORE_FORMAT.encode(&STORE_FORMAT_VERSION))?;
+        self.clear()?;
         self.db.flush()?;
         Ok(())
     }
 
-    /// Highest sequence applied (0 when empty).
+    /// Bring the record file and sled to the same seq after a crash: records
+    /// sled never indexed are cut (openraft re-applies them from the WAL);
+    /// if the file lost records sled indexed, nothing is trusted.
+    fn reconcile(&self) -> Result<()> {
+        let indexed = self.get_meta(&LAST_SEQ)?.unwrap_or(0);
+        let (written, _) = self.file.tail();
+        if written < indexed {
+            tracing::warn!(
+                indexed,
+                in_file = written,
+                "record file holds fewer records than the index (lost in a crash); discarding the store to rebuild it from the snapshot and wal"
+            );
+            return self.clear();
+        }
+        if written > indexed {
+            tracing::info!(
+                indexed,
+                in_file = written,
+                "cutting records the index never committed; they are re-applied from the wal"
+            );
+            self.file.truncate_after(indexed)?;
+        }
+        Ok(())
+    }
+
+    /// Highest sequence applied and visible to readers (0 when empty).
     pub fn last_seq(&self) -> Result<u64> {
-        Ok(self.get_meta(&LAST_SEQ)?.unwrap_or(0))
+        Ok(self.file.published())
     }
 
     /// The value stored under `key`, read as the type it was written as.
@@ -295,10 +361,7 @@ impl RecordStore {
     }
 
     pub fn get(&self, seq: u64) -> Result<Option<StoredRecord>> {
-        self.tree
-            .get(seq_key(seq))?
-            .map(|v| StoredRecord::decode(&v))
-            .transpose()
+        Ok(self.file.get(seq)?.map(|(_, record)| record))
     }
 
     /// The hash chain at `seq` (zeros at 0); `None` if `seq` is not applied.
@@ -306,13 +369,7 @@ impl RecordStore {
         if seq == 0 {
             return Ok(Some([0u8; 32]));
         }
-        match self.tree.get(chain_key(seq))? {
-            Some(v) => Ok(Some(v.as_ref().try_into().map_err(|_| Error::Decode {
-                what: "chain hash",
-                detail: format!("expected 32 bytes, got {}", v.len()),
-            })?)),
-            None => Ok(None),
-        }
+        Ok(self.file.get(seq)?.map(|(chain, _)| chain))
     }
 
     /// Recompute the chain over records `1..=upto` from their contents,
@@ -326,18 +383,19 @@ impl RecordStore {
     ) -> Result<std::result::Result<ChainHash, String>> {
         let mut chain = [0u8; 32];
         let mut next = 1u64;
-        for item in self.tree.range(seq_key(1)..=seq_key(upto)) {
-            let (_, value) = item?;
-            let record = StoredRecord::decode(&value)?;
-            if record.seq != next {
-                return Ok(Err(format!("record {next} is missing")));
-            }
+        let mut differs = None;
+        self.file.for_each(1, upto, READ_CHUNK_BYTES, |stored, record| {
             chain = chain_next(&chain, &record);
-            if self.chain_at(next)? != Some(chain) {
-                return Ok(Err(format!("hash chain differs from the records at seq {next}")));
+            if stored != chain {
+                differs = Some(format!("hash chain differs from the records at seq {next}"));
+                return Ok(false);
             }
             visit(&record)?;
             next += 1;
+            Ok(true)
+        })?;
+        if let Some(differs) = differs {
+            return Ok(Err(differs));
         }
         if next != upto + 1 {
             return Ok(Err(format!("record {next} is missing")));
@@ -345,17 +403,39 @@ impl RecordStore {
         Ok(Ok(chain))
     }
 
+    /// Visit records `from..=upto` in order, reading the record file in
+    /// large sequential chunks (snapshot builds).
+    pub fn for_each_record(&self, from: u64, upto: u64, mut visit: impl FnMut(&StoredRecord) -> Result<()>) -> Result<()> {
+        self.file.for_each(from, upto, READ_CHUNK_BYTES, |_, record| {
+            visit(&record)?;
+            Ok(true)
+        })
+    }
+
     /// Overwrite the stored chain value at `seq` (tests use it to simulate a
     /// diverged node).
     pub fn set_chain_at(&self, seq: u64, value: ChainHash) -> Result<()> {
-        self.tree.insert(chain_key(seq), &value)?;
-        self.tree.flush()?;
-        Ok(())
+        self.file.set_chain_at(seq, value)
+    }
+
+    /// Where `txid` was committed: `(seq, channel_seq)`, counting records
+    /// indexed by a batch that is not published yet.
+    fn txid_position(&self, txid: &[u8]) -> Result<Option<(u64, u64)>> {
+        let Some(value) = self.tree.get(txid_key(txid))? else {
+            return Ok(None);
+        };
+        if value.len() != 16 {
+            return Err(Error::Decode {
+                what: "txid index",
+                detail: format!("expected 16 bytes, got {}", value.len()),
+            });
+        }
+        Ok(Some((be_u64("txid seq", &value[..8])?, be_u64("txid channel seq", &value[8..])?)))
     }
 
     pub fn lookup_txid(&self, txid: &[u8]) -> Result<Option<StoredRecord>> {
-        match self.tree.get(txid_key(txid))? {
-            Some(seq) => self.get(be_u64("txid seq", &seq)?),
+        match self.txid_position(txid)? {
+            Some((seq, _)) => self.get(seq),
             None => Ok(None),
         }
     }
@@ -379,18 +459,17 @@ impl RecordStore {
         if limit == 0 {
             return Ok(out);
         }
+        let published = self.file.published();
         match channel {
             None => {
-                for item in self.tree.range(seq_key(from_seq.max(1))..=seq_key(u64::MAX)) {
-                    let (_, value) = item?;
-                    if !push(StoredRecord::decode(&value)?, &mut out) {
-                        break;
-                    }
-                }
+                let upto = from_seq.max(1).saturating_add(limit as u64 - 1).min(published);
+                let chunk = (bytes_max as u64).min(READ_CHUNK_BYTES);
+                self.file
+                    .for_each(from_seq, upto, chunk, |_, record| Ok(push(record, &mut out)))?;
             }
             Some(channel) => {
                 let start = channel_key(channel, from_seq.max(1));
-                let end = channel_key(channel, u64::MAX);
+                let end = channel_key(channel, published);
                 for item in self.tree.range(start..=end) {
                     let (key, _) = item?;
                     let seq = be_u64("channel index seq", &key[key.len() - 8..])?;
@@ -409,14 +488,11 @@ impl RecordStore {
 
     /// Start an atomic group of changes.
     pub fn batch(&self) -> Result<ApplyBatch<'_>> {
-        let last_seq = self.last_seq()?;
-        let chain = self.chain_at(last_seq)?.ok_or_else(|| Error::Decode {
-            what: "hash chain",
-            detail: format!("no chain value at the last applied seq {last_seq}"),
-        })?;
+        let (last_seq, chain) = self.file.tail();
         Ok(ApplyBatch {
             store: self,
             batch: sled::Batch::default(),
+            frames: Frames::default(),
             last_seq,
             chain,
             pending_txids: HashMap::new(),
@@ -430,12 +506,15 @@ impl RecordStore {
         self.tree.clear()?;
         self.tree
             .insert(STORE_FORMAT.key(), STORE_FORMAT.encode(&STORE_FORMAT_VERSION))?;
-        Ok(())
+        self.file.truncate_after(0)
     }
 
-    /// Ask sled to write its buffers out. Not an fsync (sled#1452); used to
-    /// shorten, not to close, the window a crash can lose.
+    /// Ask sled to write its buffers out and fdatasync the record file's
+    /// active segment (at shutdown). sled's flush is not an fsync
+    /// (sled#1452); this shortens, and does not close, the window a crash
+    /// can lose.
     pub fn flush(&self) -> Result<()> {
+        self.file.sync()?;
         self.db.flush()?;
         Ok(())
     }
@@ -452,6 +531,7 @@ impl RecordStore {
 pub struct ApplyBatch<'a> {
     store: &'a RecordStore,
     batch: sled::Batch,
+    frames: Frames,
     last_seq: u64,
     chain: ChainHash,
     pending_txids: HashMap<Vec<u8>, AppendOutcome>,
@@ -475,10 +555,10 @@ impl ApplyBatch<'_> {
                 ..*outcome
             });
         }
-        if let Some(existing) = self.store.lookup_txid(&record.txid)? {
+        if let Some((seq, channel_seq)) = self.store.txid_position(&record.txid)? {
             return Ok(AppendOutcome {
-                seq: existing.seq,
-                channel_seq: existing.channel_seq,
+                seq,
+                channel_seq,
                 duplicate: true,
             });
         }
@@ -517,17 +597,22 @@ impl ApplyBatch<'_> {
     }
 
     fn insert(&mut self, record: &StoredRecord) {
-        self.batch.insert(&seq_key(record.seq), record.encode());
-        self.batch.insert(txid_key(&record.txid), &record.seq.to_be_bytes());
+        self.chain = self.frames.push(&self.chain, record);
+        self.batch.insert(
+            txid_key(&record.txid),
+            &txid_value(record.seq, record.channel_seq),
+        );
         self.batch.insert(
             channel_key(&record.channel, record.seq),
             &record.channel_seq.to_be_bytes(),
         );
         self.batch
             .insert(head_key(&record.channel), &record.channel_seq.to_be_bytes());
-        self.channel_heads.insert(record.channel.clone(), record.channel_seq);
-        self.chain = chain_next(&self.chain, record);
-        self.batch.insert(&chain_key(record.seq), &self.chain);
+        if let Some(head) = self.channel_heads.get_mut(&record.channel) {
+            *head = record.channel_seq;
+        } else {
+            self.channel_heads.insert(record.channel.clone(), record.channel_seq);
+        }
         self.last_seq = record.seq;
     }
 
@@ -546,9 +631,17 @@ impl ApplyBatch<'_> {
     }
 
     /// Apply every change at once: a crash leaves all of them or none.
+    /// Records are written to the record file first, indexed by one sled
+    /// batch, then published to readers.
     pub fn commit(mut self) -> Result<u64> {
+        let file = &self.store.file;
+        file.write(&self.frames, self.chain)?;
         self.batch.insert(LAST_SEQ.key(), LAST_SEQ.encode(&self.last_seq));
-        self.store.tree.apply_batch(self.batch)?;
+        if let Err(err) = self.store.tree.apply_batch(self.batch) {
+            file.truncate_after(file.published())?;
+            return Err(err.into());
+        }
+        file.publish(self.last_seq);
         Ok(self.last_seq)
     }
 }
@@ -712,6 +805,62 @@ mod tests {
         drop(store);
         let store = RecordStore::open(dir.path()).unwrap();
         assert_eq!(store.last_seq().unwrap(), 1, "a current store is kept as it is");
+    }
+
+    /// A crash after the record file was written but before sled indexed the
+    /// batch: reopening cuts those records, and the re-applied batch gets
+    /// the same seqs and chain.
+    #[test]
+    fn records_the_index_never_committed_are_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordStore::open(dir.path()).unwrap();
+        let mut batch = store.batch().unwrap();
+        for i in 0..5 {
+            batch.append(rec(&format!("t{i}"), "orders"), 1, 1, 1, 0).unwrap();
+        }
+        batch.commit().unwrap();
+        let (_, chain5) = store.file.tail();
+        let mut frames = Frames::default();
+        let mut chain = chain5;
+        for seq in 6..=8 {
+            chain = frames.push(&chain, &StoredRecord::for_test(seq, 10));
+        }
+        store.file.write(&frames, chain).unwrap();
+        drop(store);
+
+        let store = RecordStore::open(dir.path()).unwrap();
+        assert_eq!(store.last_seq().unwrap(), 5);
+        assert_eq!(store.chain_at(5).unwrap(), Some(chain5));
+        let mut batch = store.batch().unwrap();
+        let again = batch.append(rec("t5", "orders"), 2, 1, 1, 0).unwrap();
+        batch.commit().unwrap();
+        assert_eq!((again.seq, again.channel_seq, again.duplicate), (6, 6, false));
+        assert_eq!(store.get(6).unwrap().unwrap().txid, b"t5");
+        assert_eq!(store.verify_chain(6, |_| Ok(())).unwrap().map(|_| ()), Ok(()));
+    }
+
+    /// A record file that lost records its index holds (power loss) is not
+    /// trusted: the store opens empty, to be rebuilt from snapshot and WAL.
+    #[test]
+    fn record_file_behind_the_index_discards_the_store() {
+        const APPLIED: MetaKey<u64> = MetaKey::new("applied", 1);
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordStore::open(dir.path()).unwrap();
+        let mut batch = store.batch().unwrap();
+        for i in 0..4 {
+            batch.append(rec(&format!("t{i}"), "orders"), 1, 1, 1, 0).unwrap();
+        }
+        batch.set_meta(&APPLIED, &9);
+        batch.commit().unwrap();
+        drop(store);
+        let segment = dir.path().join("segments").join(format!("{:020}.rec", 1));
+        let bytes = std::fs::read(&segment).unwrap();
+        std::fs::write(&segment, &bytes[..bytes.len() - 1]).unwrap();
+
+        let store = RecordStore::open(dir.path()).unwrap();
+        assert_eq!(store.last_seq().unwrap(), 0);
+        assert_eq!(store.get_meta(&APPLIED).unwrap(), None, "applied id goes with the records");
+        assert!(store.lookup_txid(b"t0").unwrap().is_none());
     }
 
     /// Channel names outside [a-z0-9][a-z0-9._-]{0,63} are rejected.

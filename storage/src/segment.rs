@@ -1,8 +1,11 @@
-//! One WAL segment file: a versioned header followed by framed records.
+//! One segment file: a versioned header followed by framed records. The WAL
+//! and the record file are both made of them; a [`SegmentKind`] tells them
+//! apart by magic and file suffix.
 //!
-//! Header (28 bytes): `magic "TXLOGWAL" | version u32 LE | reserved u32 |
-//! first_index u64 LE | crc32(previous 24 bytes) u32 LE`. The file name is
-//! the first index, zero-padded, so a directory listing sorts in log order.
+//! Header (28 bytes): `magic (8 bytes) | version u32 LE | reserved u32 |
+//! first u64 LE | crc32(previous 24 bytes) u32 LE`, where `first` is the
+//! log index (WAL) or sequence (record file) of the first frame. The file
+//! name is that number, zero-padded, so a directory listing sorts in order.
 
 use std::fs::File;
 use std::fs::OpenOptions;
@@ -15,27 +18,58 @@ use crate::error::Error;
 use crate::error::Result;
 use crate::frame;
 
-pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"TXLOGWAL";
 pub(crate) const SEGMENT_VERSION: u32 = 1;
 pub(crate) const SEGMENT_HEADER_BYTES: u64 = 28;
-const SEGMENT_SUFFIX: &str = ".wal";
 
-pub(crate) fn segment_path(dir: &Path, first_index: u64) -> PathBuf {
-    dir.join(format!("{first_index:020}{SEGMENT_SUFFIX}"))
+/// A family of segment files: its header magic and its file name suffix.
+pub(crate) struct SegmentKind {
+    magic: &'static [u8; 8],
+    suffix: &'static str,
 }
 
-/// Parse a segment file name back into its first index.
-pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
-    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+/// Raft WAL segments (`txlog_storage::LogStore`).
+pub(crate) const WAL: SegmentKind = SegmentKind {
+    magic: b"TXLOGWAL",
+    suffix: ".wal",
+};
+
+/// Record file segments (committed records, `crate::record_file`).
+pub(crate) const RECORDS: SegmentKind = SegmentKind {
+    magic: b"TXLOGREC",
+    suffix: ".rec",
+};
+
+impl SegmentKind {
+    pub(crate) fn path(&self, dir: &Path, first: u64) -> PathBuf {
+        dir.join(format!("{first:020}{}", self.suffix))
     }
-    digits.parse().ok()
+
+    /// Parse a segment file name back into its first index.
+    pub(crate) fn parse_name(&self, name: &str) -> Option<u64> {
+        let digits = name.strip_suffix(self.suffix)?;
+        if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok()
+    }
+
+    /// The first numbers of this kind's segment files in `dir`, in order.
+    pub(crate) fn list(&self, dir: &Path) -> Result<Vec<u64>> {
+        let mut firsts = Vec::new();
+        for dirent in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+            let dirent = dirent.map_err(|e| Error::io(dir, e))?;
+            if let Some(first) = dirent.file_name().to_str().and_then(|name| self.parse_name(name)) {
+                firsts.push(first);
+            }
+        }
+        firsts.sort_unstable();
+        Ok(firsts)
+    }
 }
 
-pub(crate) fn encode_header(first_index: u64) -> [u8; SEGMENT_HEADER_BYTES as usize] {
+fn encode_header(kind: &SegmentKind, first_index: u64) -> [u8; SEGMENT_HEADER_BYTES as usize] {
     let mut header = [0u8; SEGMENT_HEADER_BYTES as usize];
-    header[0..8].copy_from_slice(SEGMENT_MAGIC);
+    header[0..8].copy_from_slice(kind.magic);
     header[8..12].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
     header[16..24].copy_from_slice(&first_index.to_le_bytes());
     let crc = crc32fast::hash(&header[0..24]);
@@ -44,15 +78,15 @@ pub(crate) fn encode_header(first_index: u64) -> [u8; SEGMENT_HEADER_BYTES as us
 }
 
 /// Create a new, empty segment: header written and fsynced, directory fsynced.
-pub(crate) fn create(dir: &Path, first_index: u64) -> Result<File> {
-    let path = segment_path(dir, first_index);
+pub(crate) fn create(kind: &SegmentKind, dir: &Path, first_index: u64) -> Result<File> {
+    let path = kind.path(dir, first_index);
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
         .open(&path)
         .map_err(|e| Error::io(&path, e))?;
-    file.write_all_at(&encode_header(first_index), 0)
+    file.write_all_at(&encode_header(kind, first_index), 0)
         .map_err(|e| Error::io(&path, e))?;
     if let Err(err) = file.sync_all() {
         crate::fatal_fsync_failure(&path.display().to_string(), &err);
@@ -89,6 +123,7 @@ const SCAN_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 /// `Corruption`; a bad or incomplete frame that runs to the end of the file
 /// is reported in `tail_problem` and left for the caller to cut.
 pub(crate) fn scan(
+    kind: &SegmentKind,
     path: &Path,
     expected_first_index: u64,
     mut visit: impl FnMut(u64, &[u8]) -> Result<()>,
@@ -105,7 +140,7 @@ pub(crate) fn scan(
     }
     let mut header = [0u8; SEGMENT_HEADER_BYTES as usize];
     file.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
-    check_header(path, &header, expected_first_index)?;
+    check_header(kind, path, &header, expected_first_index)?;
 
     scan.valid_bytes = SEGMENT_HEADER_BYTES;
     // `buf[start..]` holds the file's bytes from offset `scan.valid_bytes`.
@@ -157,8 +192,13 @@ pub(crate) fn scan(
     Ok((Header::Valid, scan))
 }
 
-fn check_header(path: &Path, header: &[u8; SEGMENT_HEADER_BYTES as usize], expected_first_index: u64) -> Result<()> {
-    if &header[0..8] != SEGMENT_MAGIC {
+fn check_header(
+    kind: &SegmentKind,
+    path: &Path,
+    header: &[u8; SEGMENT_HEADER_BYTES as usize],
+    expected_first_index: u64,
+) -> Result<()> {
+    if &header[0..8] != kind.magic {
         return Err(Error::corruption(path, "bad segment magic"));
     }
     let crc = u32::from_le_bytes(header[24..28].try_into().expect("4 bytes"));
@@ -178,6 +218,19 @@ fn check_header(path: &Path, header: &[u8; SEGMENT_HEADER_BYTES as usize], expec
             path,
             format!("header first index {first_index} does not match file name {expected_first_index}"),
         ));
+    }
+    Ok(())
+}
+
+/// Cut the segment at `path` to `valid_bytes` and fsync it (fatal on failure).
+pub(crate) fn cut_tail(path: &Path, valid_bytes: u64) -> Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    file.set_len(valid_bytes).map_err(|e| Error::io(path, e))?;
+    if let Err(err) = file.sync_all() {
+        crate::fatal_fsync_failure(&path.display().to_string(), &err);
     }
     Ok(())
 }
