@@ -13,11 +13,13 @@
 //!   and fsyncs. Opening a log cuts a torn tail off the last segment and logs
 //!   it; damage anywhere else is reported as [`Error::Corruption`] and the log
 //!   refuses to open — it never guesses.
-//! * [`RecordStore`] — the **sled-backed** state-machine store: committed
-//!   records by sequence, txid → sequence, a per-channel index, and small
-//!   metadata blobs. sled is treated as a rebuildable cache of the WAL: each
-//!   apply is one atomic sled batch that includes the applied log id, so after
-//!   a crash the store is at some earlier applied point and openraft re-applies
+//! * [`RecordStore`] — the state machine's store: committed records in an
+//!   append-only, segmented, CRC-framed **record file** (`record_file.rs`,
+//!   with the hash chain in each frame), and **sled** for the small indexes
+//!   (txid → seq, per-channel) and metadata. The store is a rebuildable cache
+//!   of the WAL: each apply writes its records' frames, then one atomic sled
+//!   batch that includes the applied log id, then publishes the records; after
+//!   a crash the file is cut back to what sled indexed and openraft re-applies
 //!   the rest from the WAL. sled's `flush` is not an fsync (sled#1452), which
 //!   is why nothing here relies on it for durability.
 //! * [`snapshot_file`] — snapshot files: written to a temporary name, fsynced,
