@@ -353,6 +353,50 @@ fn apply_entry(
     })
 }
 
+/// The responder of an applied entry and what it is told.
+type Answered = (openraft::storage::ApplyResponder<TypeConfig>, BatchResponse);
+
+/// Apply committed entries as one record-store batch; returns the answers
+/// to send once the batch is published.
+fn apply_items(shared: &Shared, items: Vec<EntryResponder<TypeConfig>>) -> io::Result<Vec<Answered>> {
+    let mut state = shared.applied.lock().expect("sm lock poisoned").clone();
+    let mut batch = shared.store.batch()?;
+    let mut responses = Vec::new();
+    for (entry, responder) in items {
+        let log_id = entry.log_id();
+        if state.last_applied.is_some_and(|applied| log_id.index <= applied.index) {
+            // Already in the store: a re-apply after restart. Never apply twice.
+            if let Some(responder) = responder {
+                responder.send(BatchResponse {
+                    outcomes: Vec::new(),
+                    error: Some("entry was already applied".into()),
+                });
+            }
+            continue;
+        }
+        if let Some(last) = state.last_applied {
+            // openraft hands us committed entries in order; a gap would
+            // mean entries were skipped. Its storage suite does this on
+            // purpose, so it is logged rather than asserted.
+            if log_id.index != last.index + 1 {
+                tracing::warn!(applied = %last, next = %log_id, "gap in applied log indexes");
+            }
+        }
+        let response = apply_entry(&mut batch, &mut state, &entry)?;
+        state.last_applied = Some(log_id);
+        if let Some(responder) = responder {
+            responses.push((responder, response));
+        }
+    }
+    batch.set_meta(&meta::APPLIED, &state.last_applied);
+    batch.set_meta(&meta::MEMBERSHIP, &state.membership);
+    state.last_seq = batch.commit()?;
+    let last_seq = state.last_seq;
+    *shared.applied.lock().expect("sm lock poisoned") = state;
+    shared.last_seq_tx.send_replace(last_seq);
+    Ok(responses)
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotFile;
     type SnapshotBuilder = SnapshotBuilder;
@@ -366,42 +410,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     where
         Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + Send,
     {
-        let mut state = self.shared.applied.lock().expect("sm lock poisoned").clone();
-        let mut batch = self.shared.store.batch()?;
-        let mut responses = Vec::new();
+        let mut items = Vec::new();
         while let Some(item) = entries.next().await {
-            let (entry, responder) = item?;
-            let log_id = entry.log_id();
-            if state.last_applied.is_some_and(|applied| log_id.index <= applied.index) {
-                // Already in the store: a re-apply after restart. Never apply twice.
-                if let Some(responder) = responder {
-                    responder.send(BatchResponse {
-                        outcomes: Vec::new(),
-                        error: Some("entry was already applied".into()),
-                    });
-                }
-                continue;
-            }
-            if let Some(last) = state.last_applied {
-                // openraft hands us committed entries in order; a gap would
-                // mean entries were skipped. Its storage suite does this on
-                // purpose, so it is logged rather than asserted.
-                if log_id.index != last.index + 1 {
-                    tracing::warn!(applied = %last, next = %log_id, "gap in applied log indexes");
-                }
-            }
-            let response = apply_entry(&mut batch, &mut state, &entry)?;
-            state.last_applied = Some(log_id);
-            if let Some(responder) = responder {
-                responses.push((responder, response));
-            }
+            items.push(item?);
         }
-        batch.set_meta(&meta::APPLIED, &state.last_applied);
-        batch.set_meta(&meta::MEMBERSHIP, &state.membership);
-        state.last_seq = batch.commit()?;
-        let last_seq = state.last_seq;
-        *self.shared.applied.lock().expect("sm lock poisoned") = state;
-        self.shared.last_seq_tx.send_replace(last_seq);
+        // Decoding, indexing and writing a batch is CPU and file work: it
+        // runs on a blocking thread so it never holds an async worker that
+        // heartbeats and vote RPCs need (a batch of 6,400 records held one
+        // for tens of ms and followers timed their leader out).
+        let shared = self.shared.clone();
+        let responses = tokio::task::spawn_blocking(move || apply_items(&shared, items))
+            .await
+            .map_err(io::Error::other)??;
         for (responder, response) in responses {
             responder.send(response);
         }
