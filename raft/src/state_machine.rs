@@ -67,6 +67,9 @@ struct Shared {
     /// Full (not delta) snapshots installed since open; resync uses it to
     /// tell when a follower that asked for a full snapshot has had one.
     full_installs: AtomicU64,
+    /// Incremented when a snapshot install starts and when it ends: odd
+    /// while one is under way (the store then holds part of it).
+    install_epoch: AtomicU64,
 }
 
 /// The state machine. Clones share state; openraft owns one, the services hold
@@ -109,6 +112,15 @@ impl StateMachineReader {
     pub fn full_installs(&self) -> u64 {
         self.shared.full_installs.load(Ordering::Relaxed)
     }
+
+    /// Odd while a snapshot install is under way; changes with every
+    /// install. While it is odd the store holds a prefix of the snapshot,
+    /// which must not be described to anyone as this node's state (a resync
+    /// probe would plan a delta on it); a reader that sees the same even
+    /// value before and after reading saw no install.
+    pub fn install_epoch(&self) -> u64 {
+        self.shared.install_epoch.load(Ordering::Acquire)
+    }
 }
 
 /// Current time in nanoseconds since the Unix epoch (for batch timestamps).
@@ -143,6 +155,7 @@ impl StateMachine {
             last_seq_tx,
             snapshot_lock: tokio::sync::Mutex::new(()),
             full_installs: AtomicU64::new(0),
+            install_epoch: AtomicU64::new(0),
         });
         let sm = StateMachine { shared };
         sm.recover_snapshot()?;
@@ -285,6 +298,14 @@ impl StateMachine {
 impl StateMachine {
     /// Install a received snapshot (blocking: see `install_snapshot`).
     fn install(&self, meta: &SnapshotMeta, snapshot: &SnapshotFile) -> io::Result<()> {
+        struct Installing<'a>(&'a AtomicU64);
+        impl Drop for Installing<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        self.shared.install_epoch.fetch_add(1, Ordering::AcqRel);
+        let _installing = Installing(&self.shared.install_epoch);
         let info = snapshot_file::verify(&snapshot.path)?;
         let file_meta = meta::decode_snapshot_meta(&info.meta)?;
         if &file_meta != meta {

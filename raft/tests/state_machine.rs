@@ -295,3 +295,57 @@ async fn diverged_chain_gets_a_full_snapshot() {
     let verdict = follower.reader().store().verify_chain(20, |_| Ok(())).unwrap();
     assert!(verdict.is_err(), "{verdict:?}");
 }
+
+/// While a full snapshot is being installed, the follower's store holds only part of it:
+/// a resync probe in that window is refused (retryable), never answered with the partial
+/// store, which a leader would take as the base of a delta.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_during_an_install_is_refused() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use txlog_raft::ProbeRequest;
+    use txlog_raft::ResyncFollower;
+    let leader_dir = tempfile::tempdir().unwrap();
+    let mut leader = StateMachine::open(leader_dir.path()).unwrap();
+    apply(&mut leader, many_entries(40, 1000)).await;
+    let snapshot = leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let mut follower = StateMachine::open(follower_dir.path()).unwrap();
+    apply(&mut follower, many_entries(1, 100)).await;
+
+    let resync = Arc::new(ResyncFollower::new(follower.reader()));
+    let done = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let (resync, done) = (resync.clone(), done.clone());
+        std::thread::spawn(move || {
+            let request = ProbeRequest { snapshot: "s".into() };
+            let (mut answered, mut refused) = (Vec::new(), 0);
+            while !done.load(Ordering::Acquire) {
+                match resync.answer_probe(&request) {
+                    Ok(probe) => answered.push(probe.last_seq),
+                    Err(err) => {
+                        assert!(err.to_string().contains("installing a snapshot"), "{err}");
+                        refused += 1;
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            (answered, refused)
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    follower
+        .install_snapshot(&snapshot.meta, snapshot.snapshot.clone())
+        .await
+        .unwrap();
+    done.store(true, Ordering::Release);
+    let (answered, refused) = prober.join().unwrap();
+    assert!(refused > 0, "no probe landed during the install");
+    assert!(
+        answered.iter().all(|&seq| seq == 100 || seq == 40_000),
+        "a probe saw a partial store: {:?}",
+        answered.iter().filter(|&&seq| seq != 100 && seq != 40_000).collect::<Vec<_>>()
+    );
+    assert_eq!(resync.answer_probe(&ProbeRequest { snapshot: "s".into() }).unwrap().last_seq, 40_000);
+}

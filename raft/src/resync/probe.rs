@@ -13,12 +13,26 @@ use crate::state_machine::StateMachineReader;
 
 impl ResyncFollower {
     /// The follower's answer to a probe.
+    ///
+    /// While a snapshot is being installed the store holds only part of it,
+    /// so the probe is refused (retryable) rather than answered with that
+    /// prefix: a leader whose previous transfer was cut off would otherwise
+    /// plan a delta on a half-restored store.
     pub fn answer_probe(&self, req: &ProbeRequest) -> Result<ProbeResponse> {
+        let installing = || Error::Unavailable("installing a snapshot; probe again later".into());
+        let epoch = self.reader().install_epoch();
+        if epoch % 2 == 1 {
+            return Err(installing());
+        }
         let store = self.reader().store();
         let last_seq = store.last_seq()?;
         let chain = store
             .chain_at(last_seq)?
             .ok_or_else(|| Error::Internal(format!("no hash chain value at applied seq {last_seq}")))?;
+        if self.reader().install_epoch() != epoch {
+            // An install began while the store was read.
+            return Err(installing());
+        }
         let delta_ok = self.delta_ok();
         let staged = self.state().staged.clone().filter(|s| s.snapshot == req.snapshot);
         Ok(ProbeResponse {
