@@ -306,7 +306,9 @@ impl StateMachine {
         }
         self.shared.install_epoch.fetch_add(1, Ordering::AcqRel);
         let _installing = Installing(&self.shared.install_epoch);
+        let started = std::time::Instant::now();
         let info = snapshot_file::verify(&snapshot.path)?;
+        let verified = started.elapsed();
         let file_meta = meta::decode_snapshot_meta(&info.meta)?;
         if &file_meta != meta {
             return Err(io::Error::new(
@@ -321,6 +323,7 @@ impl StateMachine {
             .snapshots
             .install_copy(&snapshot.path, &snapshot_name(meta))?;
         let local_seq = self.shared.store.last_seq()?;
+        let copied = started.elapsed();
         match snapshot.delta_base {
             Some(base) if base == local_seq => self.apply_delta(meta, &target, base)?,
             _ => {
@@ -330,7 +333,16 @@ impl StateMachine {
         }
         self.shared.snapshots.prune_older_than(&target);
         *self.shared.current_snapshot.lock().expect("sm lock poisoned") = Some((meta.clone(), target));
-        tracing::info!(last_log_id = ?meta.last_log_id, records = info.record_count, "snapshot installed");
+        let restored = started.elapsed();
+        tracing::info!(
+            last_log_id = ?meta.last_log_id,
+            records = info.record_count,
+            delta_base = ?snapshot.delta_base,
+            verify_ms = verified.as_millis() as u64,
+            copy_ms = (copied - verified).as_millis() as u64,
+            restore_ms = (restored - copied).as_millis() as u64,
+            "snapshot installed"
+        );
         Ok(())
     }
 }

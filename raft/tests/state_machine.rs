@@ -345,7 +345,16 @@ async fn probe_during_an_install_is_refused() {
     assert!(
         answered.iter().all(|&seq| seq == 100 || seq == 40_000),
         "a probe saw a partial store: {:?}",
-        answered.iter().filter(|&&seq| seq != 100 && seq != 40_000).collect::<Vec<_>>()
+        answered
+            .iter()
+            .filter(|&&seq| seq != 100 && seq != 40_000)
+            .collect::<Vec<_>>()
     );
-    assert_eq!(resync.answer_probe(&ProbeRequest { snapshot: "s".into() }).unwrap().last_seq, 40_000);
+    assert_eq!(
+        resync
+            .answer_probe(&ProbeRequest { snapshot: "s".into() })
+            .unwrap()
+            .last_seq,
+        40_000
+    );
 }

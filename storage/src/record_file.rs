@@ -129,7 +129,9 @@ struct State {
 
 impl State {
     fn active(&mut self) -> &mut Segment {
-        self.segments.last_mut().expect("a record file always has an active segment")
+        self.segments
+            .last_mut()
+            .expect("a record file always has an active segment")
     }
 
     fn last_written(&self) -> u64 {
@@ -569,12 +571,7 @@ fn read_index(dir: &Path, first_seq: u64) -> Option<(Vec<u32>, u64)> {
 /// Scan a segment's frames, checking each; returns offsets, the end of the
 /// last whole frame and the chain there. A damaged or torn tail is cut from
 /// the active segment; anywhere else it is corruption.
-fn scan_segment(
-    dir: &Path,
-    path: &Path,
-    first_seq: u64,
-    is_last: bool,
-) -> Result<(Vec<u32>, u64, Option<ChainHash>)> {
+fn scan_segment(dir: &Path, path: &Path, first_seq: u64, is_last: bool) -> Result<(Vec<u32>, u64, Option<ChainHash>)> {
     let mut offsets = Vec::new();
     let mut chain = None;
     let (header, scan) = segment::scan(&segment::RECORDS, path, first_seq, |offset, body| {
@@ -734,7 +731,9 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[60] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
-        let err = RecordFile::open(dir.path(), SMALL_SEGMENT).err().expect("damage is reported");
+        let err = RecordFile::open(dir.path(), SMALL_SEGMENT)
+            .err()
+            .expect("damage is reported");
         assert!(matches!(err, Error::Corruption { .. }), "{err}");
     }
 

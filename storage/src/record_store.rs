@@ -9,7 +9,7 @@
 //! | key | value |
 //! | --- | --- |
 //! | `t` + txid | seq ‖ channel_seq (u64 BE each) |
-//! | `c` + channel + `0x00` + seq (u64 BE) | channel_seq (u64 BE) |
+//! | `c` + channel + `0x00` + first seq (u64 BE) | the seqs of one batch's records on that channel, in order, u64 BE each (at most [`CHANNEL_RUN_MAX`]) |
 //! | `h` + channel | last channel_seq (u64 BE) |
 //! | `m` + name | metadata value: `version u8 \| postcard(T)`, typed by a [`MetaKey`] |
 //!
@@ -61,9 +61,15 @@ pub const LAST_SEQ: MetaKey<u64> = MetaKey::new("last_seq", 1);
 
 /// Layout version of the whole store. Version 1 (never written as a key)
 /// stored metadata without version bytes; 2 is typed [`MetaKey`] values;
-/// 3 moves record bodies and the chain out of sled into the record file.
+/// 3 moves record bodies and the chain out of sled into the record file;
+/// 4 keys the channel index by runs of seqs instead of one key per record.
 pub const STORE_FORMAT: MetaKey<u32> = MetaKey::new("store_format", 1);
-const STORE_FORMAT_VERSION: u32 = 3;
+const STORE_FORMAT_VERSION: u32 = 4;
+
+/// Most seqs under one channel-index key. A batch's records on one channel
+/// share keys (one sled insert per run, not per record: sled inserts were
+/// most of the apply cost), and a run this long keeps values under 8 KiB.
+pub const CHANNEL_RUN_MAX: usize = 1024;
 
 /// Value of the hash chain at one sequence.
 pub type ChainHash = [u8; 32];
@@ -405,7 +411,12 @@ impl RecordStore {
 
     /// Visit records `from..=upto` in order, reading the record file in
     /// large sequential chunks (snapshot builds).
-    pub fn for_each_record(&self, from: u64, upto: u64, mut visit: impl FnMut(&StoredRecord) -> Result<()>) -> Result<()> {
+    pub fn for_each_record(
+        &self,
+        from: u64,
+        upto: u64,
+        mut visit: impl FnMut(&StoredRecord) -> Result<()>,
+    ) -> Result<()> {
         self.file.for_each(from, upto, READ_CHUNK_BYTES, |_, record| {
             visit(&record)?;
             Ok(true)
@@ -430,7 +441,10 @@ impl RecordStore {
                 detail: format!("expected 16 bytes, got {}", value.len()),
             });
         }
-        Ok(Some((be_u64("txid seq", &value[..8])?, be_u64("txid channel seq", &value[8..])?)))
+        Ok(Some((
+            be_u64("txid seq", &value[..8])?,
+            be_u64("txid channel seq", &value[8..])?,
+        )))
     }
 
     pub fn lookup_txid(&self, txid: &[u8]) -> Result<Option<StoredRecord>> {
@@ -468,17 +482,42 @@ impl RecordStore {
                     .for_each(from_seq, upto, chunk, |_, record| Ok(push(record, &mut out)))?;
             }
             Some(channel) => {
-                let start = channel_key(channel, from_seq.max(1));
-                let end = channel_key(channel, published);
-                for item in self.tree.range(start..=end) {
-                    let (key, _) = item?;
-                    let seq = be_u64("channel index seq", &key[key.len() - 8..])?;
-                    let record = self.get(seq)?.ok_or_else(|| Error::Decode {
-                        what: "channel index",
-                        detail: format!("seq {seq} indexed but missing"),
-                    })?;
-                    if !push(record, &mut out) {
-                        break;
+                let from_seq = from_seq.max(1);
+                // The run holding `from_seq` starts at or before it; later runs after it.
+                let first_run = self
+                    .tree
+                    .range(channel_key(channel, 0)..=channel_key(channel, from_seq))
+                    .next_back()
+                    .transpose()?
+                    .map(|(key, _)| key);
+                let start = first_run
+                    .map(|k| k.to_vec())
+                    .unwrap_or_else(|| channel_key(channel, from_seq));
+                'runs: for item in self.tree.range(start..=channel_key(channel, published)) {
+                    let (_, run) = item?;
+                    if run.len() % 8 != 0 {
+                        return Err(Error::Decode {
+                            what: "channel index",
+                            detail: format!("run of {} bytes is not a list of seqs", run.len()),
+                        });
+                    }
+                    for seq in run
+                        .chunks_exact(8)
+                        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+                    {
+                        if seq < from_seq {
+                            continue;
+                        }
+                        if seq > published {
+                            break 'runs;
+                        }
+                        let record = self.get(seq)?.ok_or_else(|| Error::Decode {
+                            what: "channel index",
+                            detail: format!("seq {seq} indexed but missing"),
+                        })?;
+                        if !push(record, &mut out) {
+                            break 'runs;
+                        }
                     }
                 }
             }
@@ -497,6 +536,7 @@ impl RecordStore {
             chain,
             pending_txids: HashMap::new(),
             channel_heads: HashMap::new(),
+            channel_runs: HashMap::new(),
         })
     }
 
@@ -536,6 +576,8 @@ pub struct ApplyBatch<'a> {
     chain: ChainHash,
     pending_txids: HashMap<Vec<u8>, AppendOutcome>,
     channel_heads: HashMap<String, u64>,
+    /// This batch's seqs per channel, written as channel-index runs at commit.
+    channel_runs: HashMap<String, Vec<u64>>,
 }
 
 impl ApplyBatch<'_> {
@@ -598,20 +640,17 @@ impl ApplyBatch<'_> {
 
     fn insert(&mut self, record: &StoredRecord) {
         self.chain = self.frames.push(&self.chain, record);
-        self.batch.insert(
-            txid_key(&record.txid),
-            &txid_value(record.seq, record.channel_seq),
-        );
-        self.batch.insert(
-            channel_key(&record.channel, record.seq),
-            &record.channel_seq.to_be_bytes(),
-        );
         self.batch
-            .insert(head_key(&record.channel), &record.channel_seq.to_be_bytes());
+            .insert(txid_key(&record.txid), &txid_value(record.seq, record.channel_seq));
         if let Some(head) = self.channel_heads.get_mut(&record.channel) {
             *head = record.channel_seq;
+            self.channel_runs
+                .get_mut(&record.channel)
+                .expect("a channel with a head in this batch has a run")
+                .push(record.seq);
         } else {
             self.channel_heads.insert(record.channel.clone(), record.channel_seq);
+            self.channel_runs.insert(record.channel.clone(), vec![record.seq]);
         }
         self.last_seq = record.seq;
     }
@@ -634,6 +673,15 @@ impl ApplyBatch<'_> {
     /// Records are written to the record file first, indexed by one sled
     /// batch, then published to readers.
     pub fn commit(mut self) -> Result<u64> {
+        for (channel, head) in &self.channel_heads {
+            self.batch.insert(head_key(channel), &head.to_be_bytes());
+        }
+        for (channel, seqs) in &self.channel_runs {
+            for run in seqs.chunks(CHANNEL_RUN_MAX) {
+                let value: Vec<u8> = run.iter().flat_map(|seq| seq.to_be_bytes()).collect();
+                self.batch.insert(channel_key(channel, run[0]), value);
+            }
+        }
         let file = &self.store.file;
         file.write(&self.frames, self.chain)?;
         self.batch.insert(LAST_SEQ.key(), LAST_SEQ.encode(&self.last_seq));
@@ -859,8 +907,72 @@ mod tests {
 
         let store = RecordStore::open(dir.path()).unwrap();
         assert_eq!(store.last_seq().unwrap(), 0);
-        assert_eq!(store.get_meta(&APPLIED).unwrap(), None, "applied id goes with the records");
+        assert_eq!(
+            store.get_meta(&APPLIED).unwrap(),
+            None,
+            "applied id goes with the records"
+        );
         assert!(store.lookup_txid(b"t0").unwrap().is_none());
+    }
+
+    /// The channel index holds runs of seqs: reads by channel starting anywhere —
+    /// inside a run, between runs, across batches and across runs longer than
+    /// [`CHANNEL_RUN_MAX`] — return exactly that channel's records in order.
+    #[test]
+    fn channel_reads_across_runs_and_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordStore::open(dir.path()).unwrap();
+        let channel_of = |i: usize| if i.is_multiple_of(3) { "fills" } else { "orders" };
+        let mut n = 0usize;
+        for batch_len in [5usize, 3 * CHANNEL_RUN_MAX + 7, 1, 40] {
+            let mut batch = store.batch().unwrap();
+            for _ in 0..batch_len {
+                batch.append(rec(&format!("t{n}"), channel_of(n)), 1, 1, 1, 0).unwrap();
+                n += 1;
+            }
+            batch.commit().unwrap();
+        }
+        let expected = |channel: &str, from: u64| -> Vec<(u64, u64)> {
+            let seqs: Vec<u64> = (0..n)
+                .filter(|&i| channel_of(i) == channel)
+                .map(|i| i as u64 + 1)
+                .collect();
+            seqs.iter()
+                .enumerate()
+                .map(|(i, &seq)| (seq, i as u64 + 1))
+                .filter(|&(seq, _)| seq >= from)
+                .collect()
+        };
+        for channel in ["fills", "orders"] {
+            for from in [
+                0u64,
+                1,
+                2,
+                5,
+                6,
+                7,
+                500,
+                1031,
+                1032,
+                2000,
+                3079,
+                3080,
+                n as u64,
+                n as u64 + 1,
+            ] {
+                let got: Vec<(u64, u64)> = store
+                    .read(from, usize::MAX, usize::MAX, Some(channel))
+                    .unwrap()
+                    .iter()
+                    .map(|r| (r.seq, r.channel_seq))
+                    .collect();
+                assert_eq!(got, expected(channel, from), "{channel} from {from}");
+            }
+            let limited = store.read(700, 10, usize::MAX, Some(channel)).unwrap();
+            assert_eq!(limited.len(), 10);
+            assert!(limited.iter().all(|r| r.channel == channel && r.seq >= 700));
+        }
+        assert!(store.read(1, 10, usize::MAX, Some("none")).unwrap().is_empty());
     }
 
     /// Channel names outside [a-z0-9][a-z0-9._-]{0,63} are rejected.

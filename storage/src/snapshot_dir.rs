@@ -89,7 +89,8 @@ impl SnapshotDir {
     }
 
     /// Durably copy the verified snapshot at `source` to `name` in this
-    /// directory: copy to `.partial`, fsync, rename, fsync the directory.
+    /// directory: hard-link (or copy) to `.partial`, fsync, rename, fsync
+    /// the directory.
     /// Returns the final path; a source already there is left alone.
     pub fn install_copy(&self, source: &Path, name: &str) -> Result<PathBuf> {
         let target = self.snapshot_path(name);
@@ -97,7 +98,13 @@ impl SnapshotDir {
             return Ok(target);
         }
         let staging = target.with_extension(PARTIAL_EXTENSION);
-        std::fs::copy(source, &staging).map_err(|e| Error::io(&staging, e))?;
+        // Snapshot files are never modified once written, so a second name
+        // for the same inode is as good as a copy; copy only where a link
+        // cannot be made (another file system).
+        let _ = std::fs::remove_file(&staging);
+        if std::fs::hard_link(source, &staging).is_err() {
+            std::fs::copy(source, &staging).map_err(|e| Error::io(&staging, e))?;
+        }
         let file = File::open(&staging).map_err(|e| Error::io(&staging, e))?;
         fsync_file(&file, &staging);
         std::fs::rename(&staging, &target).map_err(|e| Error::io(&target, e))?;
