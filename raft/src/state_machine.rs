@@ -452,9 +452,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // heartbeats and vote RPCs need (a batch of 6,400 records held one
         // for tens of ms and followers timed their leader out).
         let shared = self.shared.clone();
-        let responses = tokio::task::spawn_blocking(move || apply_items(&shared, items))
-            .await
-            .map_err(io::Error::other)??;
+        let responses = match tokio::task::spawn_blocking(move || apply_items(&shared, items)).await {
+            Ok(responses) => responses?,
+            // A panic while applying is a bug: it must stop the node as it
+            // would have on the async worker, not become an IO error.
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(err) => return Err(io::Error::other(err)),
+        };
         for (responder, response) in responses {
             responder.send(response);
         }

@@ -98,7 +98,7 @@ async fn reapply_is_idempotent() {
         apply(&mut sm, entries()[..2].to_vec()).await;
     }
     let mut sm = reopen(dir.path()).await;
-    // openraft re-applies from the WAL after restart: entries 1..=4, of which 1..=2 are already in sled.
+    // openraft re-applies from the WAL after restart: entries 1..=4, of which 1..=2 are already in the store.
     apply(&mut sm, entries()).await;
     let seqs: Vec<u64> = all(&sm).iter().map(|r| r.seq).collect();
     assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
@@ -177,7 +177,7 @@ async fn snapshot_build_install_round_trip() {
     assert_eq!(current.meta, snapshot.meta);
 }
 
-/// When sled lost writes that the WAL no longer holds, opening rebuilds the store from the newest snapshot.
+/// When the store lost writes that the WAL no longer holds, opening rebuilds the store from the newest snapshot.
 #[tokio::test]
 async fn open_rebuilds_from_a_newer_snapshot() {
     let source_dir = tempfile::tempdir().unwrap();

@@ -1,4 +1,4 @@
-//! openraft's storage Suite against txlog's WAL log store and sled state machine.
+//! openraft's storage Suite against txlog's WAL log store and state machine (record file + sled indexes).
 
 use openraft::testing::log::StoreBuilder;
 use openraft::testing::log::Suite;

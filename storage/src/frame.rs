@@ -1,4 +1,4 @@
-//! The WAL record frame: `len u32 LE | crc32(body) u32 LE | body`.
+//! The frame of the WAL and the record file: `len u32 LE | crc32(body) u32 LE | body`.
 //!
 //! `len` counts body bytes only. A frame is valid only if all of it is
 //! present, `len <= WAL_RECORD_BYTES_MAX` and the checksum matches.

@@ -26,7 +26,7 @@
 //!   renamed, directory fsynced; checked end to end by CRC32 when read.
 //! * [`SnapshotDir`] — the directory those files live in: snapshot naming,
 //!   staging of received snapshots and deltas (`.partial` files), durable
-//!   install (copy, fsync, rename, directory fsync), pruning of older
+//!   install (hard link or copy, fsync, rename, directory fsync), pruning of older
 //!   snapshots, and removal of leftovers on open. The Raft layer never
 //!   touches a file there itself.
 //! * [`delta_file`] — the records a lagging follower is receiving in a delta
@@ -77,9 +77,9 @@ pub use record_store::ChannelName;
 pub use record_store::NewRecord;
 pub use record_store::RecordStore;
 pub use record_store::StoredRecord;
-pub use record_store::CHANNEL_RUN_MAX;
+pub use record_store::CHANNEL_RUN_SEQS_MAX;
 pub use record_store::LAST_SEQ;
-pub use record_store::RECORD_SEGMENT_BYTES_DEFAULT;
+pub use record_store::RECORD_SEGMENT_BYTES_MAX_DEFAULT;
 pub use record_store::STORE_FORMAT;
 pub use snapshot_dir::IncomingSnapshot;
 pub use snapshot_dir::SnapshotDir;

@@ -1,8 +1,9 @@
 //! The record file: every committed record, append-only, in sequence order.
 //!
 //! Record bodies live here, not in sled: a record is written once, as one
-//! frame appended to the active segment, and never rewritten. sled keeps
-//! only the small indexes (txid, channel) and metadata.
+//! frame appended to the active segment, and never rewritten (outside the
+//! test-only [`RecordFile::set_chain_at`]). sled keeps only the small
+//! indexes (txid, channel) and metadata.
 //!
 //! Layout: segment files `<first seq, 20 digits>.rec` (see [`crate::segment`]
 //! for the header), each frame `len u32 | crc32 u32 | chain [32] | record`,
@@ -38,7 +39,11 @@ use crate::record_store::StoredRecord;
 use crate::segment;
 
 /// Default size at which the active record segment is closed.
-pub const RECORD_SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+pub const RECORD_SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
+
+/// Largest segment size accepted: offsets are u32, and a segment may run
+/// one record past its limit.
+pub const RECORD_SEGMENT_BYTES_MAX_LIMIT: u64 = u32::MAX as u64 - crate::WAL_RECORD_BYTES_MAX as u64 - 64;
 
 const CHAIN_BYTES: usize = 32;
 const INDEX_MAGIC: &[u8; 8] = b"TXLOGRIX";
@@ -204,6 +209,11 @@ impl RecordFile {
     /// Every record found is published: the caller cuts back to what its
     /// index holds with [`RecordFile::truncate_after`].
     pub(crate) fn open(dir: &Path, segment_bytes_max: u64) -> Result<Self> {
+        if segment_bytes_max == 0 || segment_bytes_max > RECORD_SEGMENT_BYTES_MAX_LIMIT {
+            return Err(Error::InvalidInput(format!(
+                "record segment size must be 1..={RECORD_SEGMENT_BYTES_MAX_LIMIT} bytes, got {segment_bytes_max}"
+            )));
+        }
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let firsts = segment::RECORDS.list(dir)?;
         let mut segments: Vec<Segment> = Vec::with_capacity(firsts.len().max(1));
@@ -294,41 +304,96 @@ impl RecordFile {
 
     /// Append `frames` (records `last written + 1 ..`) without publishing
     /// them; `last_chain` is the chain at the last of them.
+    /// A failed write leaves nothing behind: the unpublished tail is cut.
+    /// There is one writer (the apply path); the file IO runs outside the
+    /// state lock, which readers on async workers take, so a segment close
+    /// (a 64 MiB fdatasync) never holds them up.
     pub(crate) fn write(&self, frames: &Frames, last_chain: ChainHash) -> Result<()> {
         if frames.is_empty() {
             return Ok(());
         }
-        let mut state = self.write_state();
-        let mut start = 0usize;
-        for &end in &frames.ends {
-            let active = state.active();
-            if active.end >= self.segment_bytes_max && !active.offsets.is_empty() {
-                let next = active.next_seq();
-                close_segment(&self.dir, active)?;
-                state.segments.push(create_segment(&self.dir, next)?);
+        if let Err(err) = self.write_frames(frames) {
+            let published = self.published();
+            if let Err(cut) = self.truncate_after(published) {
+                tracing::error!(%cut, "could not cut a failed record-file write");
             }
-            let active = state.active();
-            let bytes = &frames.buf[start..end];
-            active
-                .file
-                .write_all_at(bytes, active.end)
-                .map_err(|e| Error::io(&active.path, e))?;
-            active.offsets.push(active.end as u32);
-            active.end += bytes.len() as u64;
-            start = end;
+            return Err(err);
         }
-        state.last_chain = last_chain;
+        self.write_state().last_chain = last_chain;
+        Ok(())
+    }
+
+    fn write_frames(&self, frames: &Frames) -> Result<()> {
+        let mut next_frame = 0usize;
+        while next_frame < frames.ends.len() {
+            let (file, path, segment_end, full) = {
+                let state = self.read_state();
+                let active = state.segments.last().expect("an active segment");
+                let full = active.end >= self.segment_bytes_max && !active.offsets.is_empty();
+                (active.file.clone(), active.path.clone(), active.end, full)
+            };
+            if full {
+                self.roll()?;
+                continue;
+            }
+            // Frames up to the one that reaches the segment limit go here.
+            let start = if next_frame == 0 {
+                0
+            } else {
+                frames.ends[next_frame - 1]
+            };
+            let mut offsets = Vec::new();
+            let mut end = start;
+            while next_frame < frames.ends.len() {
+                offsets.push((segment_end + (end - start) as u64) as u32);
+                end = frames.ends[next_frame];
+                next_frame += 1;
+                if segment_end + (end - start) as u64 >= self.segment_bytes_max {
+                    break;
+                }
+            }
+            file.write_all_at(&frames.buf[start..end], segment_end)
+                .map_err(|e| Error::io(&path, e))?;
+            let mut state = self.write_state();
+            let active = state.active();
+            active.offsets.extend(offsets);
+            active.end = segment_end + (end - start) as u64;
+        }
+        Ok(())
+    }
+
+    /// Close the full active segment (fdatasync, then its index; both
+    /// outside the state lock) and start the next one.
+    fn roll(&self) -> Result<()> {
+        let (closing, next) = {
+            let state = self.read_state();
+            let active = state.segments.last().expect("an active segment");
+            let closing = (
+                active.first_seq,
+                active.path.clone(),
+                active.file.clone(),
+                active.offsets.clone(),
+                active.end,
+            );
+            (closing, active.next_seq())
+        };
+        let (first_seq, path, file, offsets, end) = closing;
+        if let Err(err) = file.sync_data() {
+            crate::fatal_fsync_failure(&path.display().to_string(), &err);
+        }
+        write_index(&self.dir, first_seq, &offsets, end)?;
+        let created = create_segment(&self.dir, next)?;
+        self.write_state().segments.push(created);
         Ok(())
     }
 
     /// fdatasync the active segment (closed ones were synced when closed).
-    pub(crate) fn sync(&self) -> Result<()> {
+    pub(crate) fn sync(&self) {
         let state = self.read_state();
         let active = state.segments.last().expect("an active segment");
         if let Err(err) = active.file.sync_data() {
             crate::fatal_fsync_failure(&active.path.display().to_string(), &err);
         }
-        Ok(())
     }
 
     /// Make records up to `seq` visible to readers.
@@ -363,6 +428,7 @@ impl RecordFile {
             segment::cut_tail(&active.path, end)?;
             remove_index(&self.dir, active.first_seq)?;
         }
+        crate::fsync_dir(&self.dir)?;
         state.published = state.published.min(seq);
         state.last_chain = [0u8; CHAIN_BYTES];
         if seq > 0 {
@@ -489,15 +555,6 @@ fn create_segment(dir: &Path, first_seq: u64) -> Result<Segment> {
         offsets: Vec::new(),
         end: segment::SEGMENT_HEADER_BYTES,
     })
-}
-
-/// Close the active segment: make its bytes durable, then write its index,
-/// so an index never describes bytes a power loss could take back.
-fn close_segment(dir: &Path, segment: &Segment) -> Result<()> {
-    if let Err(err) = segment.file.sync_data() {
-        crate::fatal_fsync_failure(&segment.path.display().to_string(), &err);
-    }
-    write_index(dir, segment.first_seq, &segment.offsets, segment.end)
 }
 
 fn remove_segment(dir: &Path, segment: &Segment) -> Result<()> {
@@ -691,7 +748,7 @@ mod tests {
     #[test]
     fn torn_tail_at_every_byte_is_cut() {
         let dir = tempfile::tempdir().unwrap();
-        let file = RecordFile::open(dir.path(), u64::MAX).unwrap();
+        let file = RecordFile::open(dir.path(), RECORD_SEGMENT_BYTES_MAX_LIMIT).unwrap();
         let chain3 = append(&file, 1, 3);
         append(&file, 4, 4);
         drop(file);
@@ -700,13 +757,19 @@ mod tests {
         let frame4 = whole.len() - StoredRecord::for_test(4, 80).encode().len() - 40;
         for cut in frame4..whole.len() {
             std::fs::write(&path, &whole[..cut]).unwrap();
-            let file = RecordFile::open(dir.path(), u64::MAX).unwrap();
+            let file = RecordFile::open(dir.path(), RECORD_SEGMENT_BYTES_MAX_LIMIT).unwrap();
             assert_eq!(file.tail(), (3, chain3), "cut at {cut}");
             assert_eq!(std::fs::metadata(&path).unwrap().len(), frame4 as u64);
             drop(file);
         }
         std::fs::write(&path, &whole).unwrap();
-        assert_eq!(RecordFile::open(dir.path(), u64::MAX).unwrap().tail().0, 4);
+        assert_eq!(
+            RecordFile::open(dir.path(), RECORD_SEGMENT_BYTES_MAX_LIMIT)
+                .unwrap()
+                .tail()
+                .0,
+            4
+        );
     }
 
     /// A flipped byte in a closed segment whose index is gone is corruption,

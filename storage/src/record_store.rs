@@ -9,7 +9,7 @@
 //! | key | value |
 //! | --- | --- |
 //! | `t` + txid | seq ‖ channel_seq (u64 BE each) |
-//! | `c` + channel + `0x00` + first seq (u64 BE) | the seqs of one batch's records on that channel, in order, u64 BE each (at most [`CHANNEL_RUN_MAX`]) |
+//! | `c` + channel + `0x00` + first seq (u64 BE) | the seqs of one batch's records on that channel, in order, u64 BE each (at most [`CHANNEL_RUN_SEQS_MAX`]) |
 //! | `h` + channel | last channel_seq (u64 BE) |
 //! | `m` + name | metadata value: `version u8 \| postcard(T)`, typed by a [`MetaKey`] |
 //!
@@ -52,7 +52,7 @@ use crate::meta_key::MetaKey;
 use crate::record_file::Frames;
 use crate::record_file::RecordFile;
 use crate::record_file::READ_CHUNK_BYTES;
-pub use crate::record_file::RECORD_SEGMENT_BYTES_DEFAULT;
+pub use crate::record_file::RECORD_SEGMENT_BYTES_MAX_DEFAULT;
 
 const RECORD_FORMAT_VERSION: u8 = 1;
 
@@ -69,7 +69,7 @@ const STORE_FORMAT_VERSION: u32 = 4;
 /// Most seqs under one channel-index key. A batch's records on one channel
 /// share keys (one sled insert per run, not per record: sled inserts were
 /// most of the apply cost), and a run this long keeps values under 8 KiB.
-pub const CHANNEL_RUN_MAX: usize = 1024;
+pub const CHANNEL_RUN_SEQS_MAX: usize = 1024;
 
 /// Value of the hash chain at one sequence.
 pub type ChainHash = [u8; 32];
@@ -234,6 +234,45 @@ fn txid_value(seq: u64, channel_seq: u64) -> [u8; 16] {
     value
 }
 
+/// Read a [`txid_value`] back: `(seq, channel_seq)`.
+fn decode_txid_value(value: &[u8]) -> Result<(u64, u64)> {
+    if value.len() != 16 {
+        return Err(Error::Decode {
+            what: "txid index",
+            detail: format!("expected 16 bytes, got {}", value.len()),
+        });
+    }
+    Ok((
+        be_u64("txid seq", &value[..8])?,
+        be_u64("txid channel seq", &value[8..])?,
+    ))
+}
+
+/// The value under a channel-index key: a run of seqs, u64 BE each.
+fn encode_channel_run(seqs: &[u64]) -> Vec<u8> {
+    assert!(
+        !seqs.is_empty() && seqs.len() <= CHANNEL_RUN_SEQS_MAX,
+        "a channel run holds 1..={CHANNEL_RUN_SEQS_MAX} seqs"
+    );
+    seqs.iter().flat_map(|seq| seq.to_be_bytes()).collect()
+}
+
+/// Read an [`encode_channel_run`] value back.
+fn decode_channel_run(value: &[u8]) -> Result<impl Iterator<Item = u64> + '_> {
+    if value.is_empty() || !value.len().is_multiple_of(8) || value.len() / 8 > CHANNEL_RUN_SEQS_MAX {
+        return Err(Error::Decode {
+            what: "channel index",
+            detail: format!(
+                "a run of {} bytes is not a list of 1..={CHANNEL_RUN_SEQS_MAX} seqs",
+                value.len()
+            ),
+        });
+    }
+    Ok(value
+        .chunks_exact(8)
+        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes"))))
+}
+
 fn be_u64(what: &'static str, bytes: &[u8]) -> Result<u64> {
     let arr: [u8; 8] = bytes.try_into().map_err(|_| Error::Decode {
         what,
@@ -275,11 +314,11 @@ pub struct RecordStore {
 
 impl RecordStore {
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
-        Self::open_with(dir, RECORD_SEGMENT_BYTES_DEFAULT)
+        Self::open_with(dir, RECORD_SEGMENT_BYTES_MAX_DEFAULT)
     }
 
-    /// [`RecordStore::open`] with record-file segments closed at `segment_bytes`.
-    pub fn open_with(dir: impl AsRef<Path>, segment_bytes: u64) -> Result<Self> {
+    /// [`RecordStore::open`] with record-file segments closed at `segment_bytes_max`.
+    pub fn open_with(dir: impl AsRef<Path>, segment_bytes_max: u64) -> Result<Self> {
         let dir = dir.as_ref();
         let config = sled::Config::new()
             .path(dir)
@@ -288,13 +327,13 @@ impl RecordStore {
         let db = open_waiting_for_lock(&config)?;
         let tree = db.open_tree("records")?;
         let segments = dir.join("segments");
-        let file = match RecordFile::open(&segments, segment_bytes) {
+        let file = match RecordFile::open(&segments, segment_bytes_max) {
             Ok(file) => file,
             Err(err @ (Error::Corruption { .. } | Error::Decode { .. })) => {
                 tracing::error!(%err, "record file is damaged; discarding the store to rebuild it from the snapshot and wal");
                 std::fs::remove_dir_all(&segments).map_err(|e| Error::io(&segments, e))?;
                 tree.clear()?;
-                RecordFile::open(&segments, segment_bytes)?
+                RecordFile::open(&segments, segment_bytes_max)?
             }
             Err(err) => return Err(err),
         };
@@ -435,16 +474,7 @@ impl RecordStore {
         let Some(value) = self.tree.get(txid_key(txid))? else {
             return Ok(None);
         };
-        if value.len() != 16 {
-            return Err(Error::Decode {
-                what: "txid index",
-                detail: format!("expected 16 bytes, got {}", value.len()),
-            });
-        }
-        Ok(Some((
-            be_u64("txid seq", &value[..8])?,
-            be_u64("txid channel seq", &value[8..])?,
-        )))
+        decode_txid_value(&value).map(Some)
     }
 
     pub fn lookup_txid(&self, txid: &[u8]) -> Result<Option<StoredRecord>> {
@@ -495,26 +525,25 @@ impl RecordStore {
                     .unwrap_or_else(|| channel_key(channel, from_seq));
                 'runs: for item in self.tree.range(start..=channel_key(channel, published)) {
                     let (_, run) = item?;
-                    if run.len() % 8 != 0 {
-                        return Err(Error::Decode {
-                            what: "channel index",
-                            detail: format!("run of {} bytes is not a list of seqs", run.len()),
-                        });
-                    }
-                    for seq in run
-                        .chunks_exact(8)
-                        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
-                    {
+                    for seq in decode_channel_run(&run)? {
                         if seq < from_seq {
                             continue;
                         }
                         if seq > published {
                             break 'runs;
                         }
-                        let record = self.get(seq)?.ok_or_else(|| Error::Decode {
-                            what: "channel index",
-                            detail: format!("seq {seq} indexed but missing"),
-                        })?;
+                        let record = match self.get(seq)? {
+                            Some(record) => record,
+                            // The store was cleared under this read (a
+                            // snapshot install): it ends here.
+                            None if seq > self.file.published() => break 'runs,
+                            None => {
+                                return Err(Error::Decode {
+                                    what: "channel index",
+                                    detail: format!("seq {seq} indexed but missing"),
+                                })
+                            }
+                        };
                         if !push(record, &mut out) {
                             break 'runs;
                         }
@@ -554,7 +583,7 @@ impl RecordStore {
     /// (sled#1452); this shortens, and does not close, the window a crash
     /// can lose.
     pub fn flush(&self) -> Result<()> {
-        self.file.sync()?;
+        self.file.sync();
         self.db.flush()?;
         Ok(())
     }
@@ -664,12 +693,13 @@ impl ApplyBatch<'_> {
         self.batch.insert(key.key(), key.encode(value));
     }
 
-    /// Sequence the next appended record would get.
+    /// The last sequence assigned so far (in the store or this batch).
     pub fn last_seq(&self) -> u64 {
         self.last_seq
     }
 
-    /// Apply every change at once: a crash leaves all of them or none.
+    /// Apply every change at once: after a crash, the next open (which cuts
+    /// the record file back to sled's `last_seq`) finds all of them or none.
     /// Records are written to the record file first, indexed by one sled
     /// batch, then published to readers.
     pub fn commit(mut self) -> Result<u64> {
@@ -677,9 +707,8 @@ impl ApplyBatch<'_> {
             self.batch.insert(head_key(channel), &head.to_be_bytes());
         }
         for (channel, seqs) in &self.channel_runs {
-            for run in seqs.chunks(CHANNEL_RUN_MAX) {
-                let value: Vec<u8> = run.iter().flat_map(|seq| seq.to_be_bytes()).collect();
-                self.batch.insert(channel_key(channel, run[0]), value);
+            for run in seqs.chunks(CHANNEL_RUN_SEQS_MAX) {
+                self.batch.insert(channel_key(channel, run[0]), encode_channel_run(run));
             }
         }
         let file = &self.store.file;
@@ -917,14 +946,14 @@ mod tests {
 
     /// The channel index holds runs of seqs: reads by channel starting anywhere —
     /// inside a run, between runs, across batches and across runs longer than
-    /// [`CHANNEL_RUN_MAX`] — return exactly that channel's records in order.
+    /// [`CHANNEL_RUN_SEQS_MAX`] — return exactly that channel's records in order.
     #[test]
     fn channel_reads_across_runs_and_batches() {
         let dir = tempfile::tempdir().unwrap();
         let store = RecordStore::open(dir.path()).unwrap();
         let channel_of = |i: usize| if i.is_multiple_of(3) { "fills" } else { "orders" };
         let mut n = 0usize;
-        for batch_len in [5usize, 3 * CHANNEL_RUN_MAX + 7, 1, 40] {
+        for batch_len in [5usize, 3 * CHANNEL_RUN_SEQS_MAX + 7, 1, 40] {
             let mut batch = store.batch().unwrap();
             for _ in 0..batch_len {
                 batch.append(rec(&format!("t{n}"), channel_of(n)), 1, 1, 1, 0).unwrap();
@@ -973,6 +1002,29 @@ mod tests {
             assert!(limited.iter().all(|r| r.channel == channel && r.seq >= 700));
         }
         assert!(store.read(1, 10, usize::MAX, Some("none")).unwrap().is_empty());
+    }
+
+    /// The txid and channel-run index values round-trip, and malformed ones are refused.
+    #[test]
+    fn index_values_round_trip() {
+        for (seq, channel_seq) in [(1u64, 1u64), (121, 56), (u64::MAX, 1 << 40)] {
+            assert_eq!(
+                decode_txid_value(&txid_value(seq, channel_seq)).unwrap(),
+                (seq, channel_seq)
+            );
+        }
+        assert!(decode_txid_value(&[0u8; 15]).is_err());
+        for run in [
+            vec![1u64],
+            vec![5, 9, 10, u64::MAX],
+            (1..=CHANNEL_RUN_SEQS_MAX as u64).collect(),
+        ] {
+            let decoded: Vec<u64> = decode_channel_run(&encode_channel_run(&run)).unwrap().collect();
+            assert_eq!(decoded, run);
+        }
+        for bad in [vec![], vec![0u8; 7], vec![0u8; 8 * (CHANNEL_RUN_SEQS_MAX + 1)]] {
+            assert!(decode_channel_run(&bad).is_err(), "{} bytes", bad.len());
+        }
     }
 
     /// Channel names outside [a-z0-9][a-z0-9._-]{0,63} are rejected.

@@ -24,15 +24,21 @@ impl ResyncFollower {
         if epoch % 2 == 1 {
             return Err(installing());
         }
-        let store = self.reader().store();
-        let last_seq = store.last_seq()?;
-        let chain = store
-            .chain_at(last_seq)?
-            .ok_or_else(|| Error::Internal(format!("no hash chain value at applied seq {last_seq}")))?;
+        let read = || -> Result<(u64, ChainHash)> {
+            let store = self.reader().store();
+            let last_seq = store.last_seq()?;
+            let chain = store
+                .chain_at(last_seq)?
+                .ok_or_else(|| Error::Internal(format!("no hash chain value at applied seq {last_seq}")))?;
+            Ok((last_seq, chain))
+        };
+        let read = read();
         if self.reader().install_epoch() != epoch {
-            // An install began while the store was read.
+            // An install began while the store was read: whatever was read,
+            // or failed to be, describes a store being replaced.
             return Err(installing());
         }
+        let (last_seq, chain) = read?;
         let delta_ok = self.delta_ok();
         let staged = self.state().staged.clone().filter(|s| s.snapshot == req.snapshot);
         Ok(ProbeResponse {
