@@ -358,3 +358,34 @@ async fn probe_during_an_install_is_refused() {
         40_000
     );
 }
+
+/// A follower already past the snapshot with the leader's records gets nothing (it holds
+/// the snapshot already); one past it with other records gets the full snapshot.
+#[tokio::test]
+async fn follower_past_the_snapshot_is_covered_only_with_the_same_records() {
+    use txlog_raft::ProbeRequest;
+    use txlog_raft::ResyncFollower;
+    use txlog_raft::ResyncPlan;
+    let leader_dir = tempfile::tempdir().unwrap();
+    let mut leader = StateMachine::open(leader_dir.path()).unwrap();
+    let entries = many_entries(6, 10);
+    apply(&mut leader, entries.clone()).await;
+    let follower_dir = tempfile::tempdir().unwrap();
+    let mut follower = StateMachine::open(follower_dir.path()).unwrap();
+    apply(&mut follower, entries[..5].to_vec()).await;
+    let request = ProbeRequest { snapshot: "s".into() };
+    let resync = ResyncFollower::new(follower.reader());
+
+    let probe = resync.answer_probe(&request).unwrap();
+    assert_eq!(probe.last_seq, 50);
+    assert_eq!(
+        ResyncPlan::decide(&leader.reader(), &probe, 30, "s"),
+        ResyncPlan::Covered { follower_seq: 50 }
+    );
+    follower.reader().store().set_chain_at(50, [7u8; 32]).unwrap();
+    let probe = resync.answer_probe(&request).unwrap();
+    match ResyncPlan::decide(&leader.reader(), &probe, 30, "s") {
+        ResyncPlan::Full(reason) => assert!(reason.contains("past the snapshot"), "{reason}"),
+        other => panic!("a follower past the snapshot with other records got {other:?}"),
+    }
+}

@@ -13,9 +13,12 @@
 //!    the follower's, their first `S` records are identical (the chain
 //!    hashes every record into the next value), and a delta of records
 //!    `S+1..` of the snapshot suffices; resuming a partly received one starts
-//!    after its last staged record. Anything else — the follower is empty,
-//!    ahead of the snapshot, diverged, or asked for a full snapshot — plans
-//!    the full snapshot.
+//!    after its last staged record. A follower already past the snapshot
+//!    with the leader's chain at its seq holds all of it (the answer to an
+//!    earlier transfer was lost after it installed): nothing is sent and the
+//!    send answers as an install would. Anything else — the follower is
+//!    empty, ahead with another chain, diverged, or asked for a full
+//!    snapshot — plans the full snapshot.
 //! 3. **Send** (`send.rs`). A delta is a `DeltaHeader` followed by CRC'd
 //!    chunks of whole record frames read from the snapshot file; a full
 //!    snapshot is the file itself in CRC'd chunks. Bytes sent are counted by

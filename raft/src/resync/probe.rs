@@ -59,6 +59,11 @@ pub enum Plan {
         first_seq: u64,
         last_seq: u64,
     },
+    /// Nothing: the follower already holds every record of the snapshot and
+    /// more (its chain at its own last seq equals the leader's), so it has
+    /// applied past the snapshot's log id. Seen when a transfer's answer was
+    /// lost after the follower installed it and went on applying.
+    Covered { follower_seq: u64 },
     /// The full snapshot, and why.
     Full(String),
 }
@@ -75,10 +80,15 @@ impl Plan {
             return Plan::Full("the follower has no records".into());
         }
         if probe.last_seq > snapshot_last_seq {
-            return Plan::Full(format!(
-                "the follower's seq {} is past the snapshot's {snapshot_last_seq}",
-                probe.last_seq
-            ));
+            return match reader.store().chain_at(probe.last_seq) {
+                Ok(Some(chain)) if chain == probe.chain => Plan::Covered {
+                    follower_seq: probe.last_seq,
+                },
+                _ => Plan::Full(format!(
+                    "the follower's seq {} is past the snapshot's {snapshot_last_seq} and its chain there is not ours",
+                    probe.last_seq
+                )),
+            };
         }
         match reader.store().chain_at(probe.last_seq) {
             Ok(Some(chain)) if chain == probe.chain => {}

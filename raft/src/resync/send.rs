@@ -94,6 +94,11 @@ impl Sender<'_> {
     /// it, else the full snapshot.
     pub(crate) async fn send(&self, vote: &Vote, snapshot: &Snapshot) -> Result<Response, StreamingError<TypeConfig>> {
         let plan = self.plan(snapshot).await.map_err(|e| e.to_streaming())?;
+        if let Plan::Covered { .. } = &plan {
+            // Answered as an install would be: openraft then replicates from
+            // the snapshot's log id, which the follower's log already holds.
+            return Ok(Response::new(*vote));
+        }
         if let Plan::Delta { .. } = &plan {
             match self.send_delta(vote, snapshot, &plan).await {
                 Ok(response) => return Ok(response),
