@@ -502,6 +502,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
         let _guard = self.shared.snapshot_lock.lock().await;
+        let started = std::time::Instant::now();
         let state = self.shared.applied.lock().expect("sm lock poisoned").clone();
         let meta = SnapshotMeta {
             last_log_id: state.last_applied,
@@ -533,7 +534,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         .await
         .map_err(io::Error::other)??;
         *self.shared.current_snapshot.lock().expect("sm lock poisoned") = Some((meta.clone(), built.clone()));
-        tracing::info!(last_log_id = ?meta.last_log_id, last_seq = state.last_seq, "snapshot built");
+        tracing::info!(
+            last_log_id = ?meta.last_log_id,
+            last_seq = state.last_seq,
+            bytes = std::fs::metadata(&built).map(|m| m.len()).unwrap_or(0),
+            build_ms = started.elapsed().as_millis() as u64,
+            "snapshot built"
+        );
         Ok(Snapshot {
             meta,
             snapshot: SnapshotFile {
