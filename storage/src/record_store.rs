@@ -511,47 +511,52 @@ impl RecordStore {
                 self.file
                     .for_each(from_seq, upto, chunk, |_, record| Ok(push(record, &mut out)))?;
             }
-            Some(channel) => {
-                let from_seq = from_seq.max(1);
-                // The run holding `from_seq` starts at or before it; later runs after it.
-                let first_run = self
-                    .tree
-                    .range(channel_key(channel, 0)..=channel_key(channel, from_seq))
-                    .next_back()
-                    .transpose()?
-                    .map(|(key, _)| key);
-                let start = first_run
-                    .map(|k| k.to_vec())
-                    .unwrap_or_else(|| channel_key(channel, from_seq));
-                'runs: for item in self.tree.range(start..=channel_key(channel, published)) {
-                    let (_, run) = item?;
-                    for seq in decode_channel_run(&run)? {
-                        if seq < from_seq {
-                            continue;
-                        }
-                        if seq > published {
-                            break 'runs;
-                        }
-                        let record = match self.get(seq)? {
-                            Some(record) => record,
-                            // The store was cleared under this read (a
-                            // snapshot install): it ends here.
-                            None if seq > self.file.published() => break 'runs,
-                            None => {
-                                return Err(Error::Decode {
-                                    what: "channel index",
-                                    detail: format!("seq {seq} indexed but missing"),
-                                })
-                            }
-                        };
-                        if !push(record, &mut out) {
-                            break 'runs;
-                        }
-                    }
+            Some(channel) => self.for_each_channel_seq(channel, from_seq, published, |seq| {
+                match self.get(seq)? {
+                    Some(record) => Ok(push(record, &mut out)),
+                    // The store was cleared under this read (a snapshot
+                    // install): it ends here.
+                    None if seq > self.file.published() => Ok(false),
+                    None => Err(Error::Decode {
+                        what: "channel index",
+                        detail: format!("seq {seq} indexed but missing"),
+                    }),
+                }
+            })?,
+        }
+        Ok(out)
+    }
+
+    /// Visit the seqs of `channel`'s records in `from_seq..=upto`, in order,
+    /// until `visit` returns `false`. The run holding `from_seq` starts at or
+    /// before it; every later run starts after it.
+    fn for_each_channel_seq(
+        &self,
+        channel: &str,
+        from_seq: u64,
+        upto: u64,
+        mut visit: impl FnMut(u64) -> Result<bool>,
+    ) -> Result<()> {
+        let from_seq = from_seq.max(1);
+        let first_run = self
+            .tree
+            .range(channel_key(channel, 0)..=channel_key(channel, from_seq))
+            .next_back()
+            .transpose()?
+            .map(|(key, _)| key.to_vec());
+        let start = first_run.unwrap_or_else(|| channel_key(channel, from_seq));
+        for item in self.tree.range(start..=channel_key(channel, upto)) {
+            let (_, run) = item?;
+            for seq in decode_channel_run(&run)? {
+                if seq < from_seq {
+                    continue;
+                }
+                if seq > upto || !visit(seq)? {
+                    return Ok(());
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Start an atomic group of changes.
