@@ -235,7 +235,13 @@ fn validate_region(region: &str) -> Result<()> {
 
 /// Ask `via` (any member) to admit this node; retry until admitted, refused
 /// for good, or shut down. A node that is already a voter is told so at once.
+///
+/// An attempt whose answer is lost may still have admitted the node, and an
+/// operator may have removed it since: so once this node has been a voter
+/// (in its own view of the membership) it never asks again. Otherwise a
+/// removed node whose join loop was still retrying added itself back.
 pub async fn join_cluster(
+    raft: Raft,
     via: String,
     id: u64,
     address: String,
@@ -243,8 +249,13 @@ pub async fn join_cluster(
     source: Option<IpAddr>,
     shutdown: CancellationToken,
 ) {
+    let was_voter = watch_voter(raft, id, shutdown.clone());
     let mut backoff = Duration::from_millis(200);
     loop {
+        if was_voter.load(std::sync::atomic::Ordering::Acquire) {
+            tracing::info!(%via, "this node has been a voter since it started; not asking to join again");
+            return;
+        }
         let attempt = join_once(&via, id, &address, &region, source);
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -274,6 +285,32 @@ pub async fn join_cluster(
         }
         backoff = (backoff * 2).min(JOIN_RETRY_MAX);
     }
+}
+
+/// A flag set once `id` is a voter in this node's view of the membership.
+fn watch_voter(raft: Raft, id: u64, shutdown: CancellationToken) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let set = flag.clone();
+    tokio::spawn(async move {
+        let mut metrics = raft.metrics();
+        loop {
+            let is_voter = metrics
+                .borrow_watched()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == id);
+            if is_voter {
+                set.store(true, std::sync::atomic::Ordering::Release);
+                return;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = metrics.changed() => if changed.is_err() { return },
+            }
+        }
+    });
+    flag
 }
 
 async fn join_once(

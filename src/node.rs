@@ -330,6 +330,7 @@ impl Parts<'_> {
         }
         if let Some(join) = config.join.clone() {
             self.tracker.spawn(crate::join::join_cluster(
+                self.raft.clone(),
                 join,
                 config.id,
                 config.advertise.clone(),
