@@ -321,29 +321,12 @@ where
     fn recover_segment(&mut self, first_index: u64, is_last: bool, purged: Option<u64>) -> Result<()> {
         let path = segment::WAL.path(&self.dir, first_index);
         let entries = &mut self.entries;
-        let (header, scan) = segment::scan(&segment::WAL, &path, first_index, |offset, body| {
+        let recovered = segment::recover(&segment::WAL, &self.dir, first_index, is_last, |offset, body| {
             index_entry::<C>(entries, purged, &path, first_index, offset, body)
         })?;
-        if let segment::Header::Torn = header {
-            if !is_last {
-                return Err(Error::corruption(&path, "segment shorter than its header"));
-            }
-            tracing::warn!(path = %path.display(), bytes = scan.file_bytes, "removing segment whose creation was cut off");
-            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
-            return crate::fsync_dir(&self.dir);
-        }
-        if let Some(problem) = &scan.tail_problem {
-            if !is_last {
-                return Err(Error::corruption(&path, format!("{problem} in a sealed segment")));
-            }
-            tracing::warn!(
-                path = %path.display(),
-                problem = %problem,
-                cut_bytes = scan.file_bytes - scan.valid_bytes,
-                "cutting torn tail of the wal"
-            );
-            segment::cut_tail(&path, scan.valid_bytes)?;
-        }
+        let segment::Recovered::Valid { valid_bytes } = recovered else {
+            return Ok(());
+        };
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -353,7 +336,7 @@ where
             first_index,
             Segment {
                 file: Arc::new(file),
-                bytes: scan.valid_bytes,
+                bytes: valid_bytes,
             },
         );
         Ok(())

@@ -148,6 +148,21 @@ impl State {
         let segment = self.segments.get(at.checked_sub(1)?)?;
         (seq < segment.next_seq()).then_some(segment)
     }
+
+    /// The chain stored with the last written record, read from its frame
+    /// (zeros when the file is empty).
+    fn read_last_chain(&self) -> Result<ChainHash> {
+        let seq = self.last_written();
+        let mut chain = [0u8; CHAIN_BYTES];
+        if seq > 0 {
+            let segment = self.segment_of(seq).expect("the last written seq is in a segment");
+            span(segment, seq, seq).visit(|value, _| {
+                chain = value;
+                Ok(())
+            })?;
+        }
+        Ok(chain)
+    }
 }
 
 /// A contiguous run of frames in one segment, located under the lock and
@@ -217,7 +232,6 @@ impl RecordFile {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let firsts = segment::RECORDS.list(dir)?;
         let mut segments: Vec<Segment> = Vec::with_capacity(firsts.len().max(1));
-        let mut last_chain = [0u8; CHAIN_BYTES];
         for (position, &first_seq) in firsts.iter().enumerate() {
             let expected = segments.last().map(Segment::next_seq).unwrap_or(1);
             let path = segment::RECORDS.path(dir, first_seq);
@@ -232,10 +246,7 @@ impl RecordFile {
             let (offsets, end) = match indexed {
                 Some(found) => found,
                 None => {
-                    let (offsets, end, chain) = scan_segment(dir, &path, first_seq, is_last)?;
-                    if let Some(chain) = chain {
-                        last_chain = chain;
-                    }
+                    let (offsets, end) = scan_segment(dir, &path, first_seq, is_last)?;
                     if !is_last {
                         write_index(dir, first_seq, &offsets, end)?;
                     }
@@ -261,20 +272,10 @@ impl RecordFile {
         let mut state = State {
             segments,
             published: 0,
-            last_chain,
+            last_chain: [0u8; CHAIN_BYTES],
         };
         state.published = state.last_written();
-        if state.published > 0 && state.active().offsets.is_empty() {
-            // An empty active segment after closed ones: the chain is the
-            // last closed segment's final record's.
-            let seq = state.published;
-            let segment = state.segment_of(seq).expect("published seq is in a segment");
-            let span = span(segment, seq, seq);
-            span.visit(|chain, _| {
-                state.last_chain = chain;
-                Ok(())
-            })?;
-        }
+        state.last_chain = state.read_last_chain()?;
         let file = RecordFile {
             dir: dir.to_path_buf(),
             segment_bytes_max,
@@ -430,17 +431,7 @@ impl RecordFile {
         }
         crate::fsync_dir(&self.dir)?;
         state.published = state.published.min(seq);
-        state.last_chain = [0u8; CHAIN_BYTES];
-        if seq > 0 {
-            let segment = state.segment_of(seq).expect("kept seq is in a segment");
-            let span = span(segment, seq, seq);
-            let mut chain = [0u8; CHAIN_BYTES];
-            span.visit(|c, _| {
-                chain = c;
-                Ok(())
-            })?;
-            state.last_chain = chain;
-        }
+        state.last_chain = state.read_last_chain()?;
         Ok(())
     }
 
@@ -625,14 +616,13 @@ fn read_index(dir: &Path, first_seq: u64) -> Option<(Vec<u32>, u64)> {
     ))
 }
 
-/// Scan a segment's frames, checking each; returns offsets, the end of the
-/// last whole frame and the chain there. A damaged or torn tail is cut from
-/// the active segment; anywhere else it is corruption.
-fn scan_segment(dir: &Path, path: &Path, first_seq: u64, is_last: bool) -> Result<(Vec<u32>, u64, Option<ChainHash>)> {
+/// Scan a segment's frames, checking each (see [`segment::recover`] for
+/// what is repaired); returns the frame offsets and the end of the last
+/// whole frame. A segment whose creation was cut off is created again.
+fn scan_segment(dir: &Path, path: &Path, first_seq: u64, is_last: bool) -> Result<(Vec<u32>, u64)> {
     let mut offsets = Vec::new();
-    let mut chain = None;
-    let (header, scan) = segment::scan(&segment::RECORDS, path, first_seq, |offset, body| {
-        let (value, record) = decode_body(path, body)?;
+    let recovered = segment::recover(&segment::RECORDS, dir, first_seq, is_last, |offset, body| {
+        let (_, record) = decode_body(path, body)?;
         let expected = first_seq + offsets.len() as u64;
         if record.seq != expected {
             return Err(Error::corruption(
@@ -641,31 +631,15 @@ fn scan_segment(dir: &Path, path: &Path, first_seq: u64, is_last: bool) -> Resul
             ));
         }
         offsets.push(offset as u32);
-        chain = Some(value);
         Ok(())
     })?;
-    if let segment::Header::Torn = header {
-        if !is_last {
-            return Err(Error::corruption(path, "segment shorter than its header"));
+    match recovered {
+        segment::Recovered::Valid { valid_bytes } => Ok((offsets, valid_bytes)),
+        segment::Recovered::Removed => {
+            create_segment(dir, first_seq)?;
+            Ok((Vec::new(), segment::SEGMENT_HEADER_BYTES))
         }
-        tracing::warn!(path = %path.display(), "rewriting record segment whose creation was cut off");
-        std::fs::remove_file(path).map_err(|e| Error::io(path, e))?;
-        create_segment(dir, first_seq)?;
-        return Ok((Vec::new(), segment::SEGMENT_HEADER_BYTES, None));
     }
-    if let Some(problem) = scan.tail_problem {
-        if !is_last {
-            return Err(Error::corruption(path, format!("{problem} in a closed segment")));
-        }
-        tracing::warn!(
-            path = %path.display(),
-            problem = %problem,
-            cut_bytes = scan.file_bytes - scan.valid_bytes,
-            "cutting torn tail of the record file"
-        );
-        segment::cut_tail(path, scan.valid_bytes)?;
-    }
-    Ok((offsets, scan.valid_bytes, chain))
 }
 
 #[cfg(test)]

@@ -21,22 +21,26 @@ use crate::frame;
 pub(crate) const SEGMENT_VERSION: u32 = 1;
 pub(crate) const SEGMENT_HEADER_BYTES: u64 = 28;
 
-/// A family of segment files: its header magic and its file name suffix.
+/// A family of segment files: its header magic, its file name suffix, and
+/// its name in log lines.
 pub(crate) struct SegmentKind {
     magic: &'static [u8; 8],
     suffix: &'static str,
+    name: &'static str,
 }
 
 /// Raft WAL segments (`txlog_storage::LogStore`).
 pub(crate) const WAL: SegmentKind = SegmentKind {
     magic: b"TXLOGWAL",
     suffix: ".wal",
+    name: "wal",
 };
 
 /// Record file segments (committed records, `crate::record_file`).
 pub(crate) const RECORDS: SegmentKind = SegmentKind {
     magic: b"TXLOGREC",
     suffix: ".rec",
+    name: "record file",
 };
 
 impl SegmentKind {
@@ -190,6 +194,54 @@ pub(crate) fn scan(
         }
     }
     Ok((Header::Valid, scan))
+}
+
+/// What [`recover`] left of a segment.
+pub(crate) enum Recovered {
+    /// Its creation had been cut off (shorter than a header): it is gone.
+    Removed,
+    /// Every frame up to `valid_bytes` is whole; anything after was cut.
+    Valid { valid_bytes: u64 },
+}
+
+/// Stream a segment through [`scan`] and repair what a crash can leave in
+/// the last one of a directory: a segment whose creation was cut off is
+/// removed (directory fsynced), a torn tail is cut. In any other segment
+/// either is corruption.
+pub(crate) fn recover(
+    kind: &SegmentKind,
+    dir: &Path,
+    first: u64,
+    is_last: bool,
+    visit: impl FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<Recovered> {
+    let path = kind.path(dir, first);
+    let (header, scan) = scan(kind, &path, first, visit)?;
+    if let Header::Torn = header {
+        if !is_last {
+            return Err(Error::corruption(&path, "segment shorter than its header"));
+        }
+        tracing::warn!(path = %path.display(), bytes = scan.file_bytes, "removing {} segment whose creation was cut off", kind.name);
+        std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        crate::fsync_dir(dir)?;
+        return Ok(Recovered::Removed);
+    }
+    if let Some(problem) = &scan.tail_problem {
+        if !is_last {
+            return Err(Error::corruption(&path, format!("{problem} in a sealed segment")));
+        }
+        tracing::warn!(
+            path = %path.display(),
+            problem = %problem,
+            cut_bytes = scan.file_bytes - scan.valid_bytes,
+            "cutting torn tail of the {}",
+            kind.name
+        );
+        cut_tail(&path, scan.valid_bytes)?;
+    }
+    Ok(Recovered::Valid {
+        valid_bytes: scan.valid_bytes,
+    })
 }
 
 fn check_header(
