@@ -79,22 +79,26 @@ impl Plan {
         if probe.last_seq == 0 {
             return Plan::Full("the follower has no records".into());
         }
+        // Whether the follower's first `last_seq` records are the leader's.
+        let differs = match reader.store().chain_at(probe.last_seq) {
+            Ok(Some(chain)) if chain == probe.chain => None,
+            Ok(Some(_)) => Some(format!("hash chains differ at seq {}", probe.last_seq)),
+            Ok(None) => Some(format!("no local chain value at seq {}", probe.last_seq)),
+            Err(err) => Some(format!("reading the local chain: {err}")),
+        };
         if probe.last_seq > snapshot_last_seq {
-            return match reader.store().chain_at(probe.last_seq) {
-                Ok(Some(chain)) if chain == probe.chain => Plan::Covered {
+            return match differs {
+                None => Plan::Covered {
                     follower_seq: probe.last_seq,
                 },
-                _ => Plan::Full(format!(
-                    "the follower's seq {} is past the snapshot's {snapshot_last_seq} and its chain there is not ours",
+                Some(why) => Plan::Full(format!(
+                    "the follower's seq {} is past the snapshot's {snapshot_last_seq}: {why}",
                     probe.last_seq
                 )),
             };
         }
-        match reader.store().chain_at(probe.last_seq) {
-            Ok(Some(chain)) if chain == probe.chain => {}
-            Ok(Some(_)) => return Plan::Full(format!("hash chains differ at seq {}", probe.last_seq)),
-            Ok(None) => return Plan::Full(format!("no local chain value at seq {}", probe.last_seq)),
-            Err(err) => return Plan::Full(format!("reading the local chain: {err}")),
+        if let Some(why) = differs {
+            return Plan::Full(why);
         }
         let first_seq = match &probe.staged {
             Some(staged) if staged.snapshot == snapshot && staged.base == probe.last_seq => staged.last_seq + 1,
