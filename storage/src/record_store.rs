@@ -569,8 +569,7 @@ impl RecordStore {
             last_seq,
             chain,
             pending_txids: HashMap::new(),
-            channel_heads: HashMap::new(),
-            channel_runs: HashMap::new(),
+            channels: HashMap::new(),
         })
     }
 
@@ -609,9 +608,16 @@ pub struct ApplyBatch<'a> {
     last_seq: u64,
     chain: ChainHash,
     pending_txids: HashMap<Vec<u8>, AppendOutcome>,
-    channel_heads: HashMap<String, u64>,
-    /// This batch's seqs per channel, written as channel-index runs at commit.
-    channel_runs: HashMap<String, Vec<u64>>,
+    /// What this batch appended to each channel, written at commit.
+    channels: HashMap<String, ChannelAppends>,
+}
+
+/// One channel's records in an [`ApplyBatch`].
+struct ChannelAppends {
+    /// Channel seq of the last of them (the channel's new head).
+    head: u64,
+    /// Their seqs, written as channel-index runs.
+    seqs: Vec<u64>,
 }
 
 impl ApplyBatch<'_> {
@@ -638,8 +644,8 @@ impl ApplyBatch<'_> {
                 duplicate: true,
             });
         }
-        let head = match self.channel_heads.get(&record.channel) {
-            Some(h) => *h,
+        let head = match self.channels.get(&record.channel) {
+            Some(appends) => appends.head,
             None => self.store.channel_head(&record.channel)?,
         };
         let seq = self.last_seq + 1;
@@ -676,15 +682,15 @@ impl ApplyBatch<'_> {
         self.chain = self.frames.push(&self.chain, record);
         self.batch
             .insert(txid_key(&record.txid), &txid_value(record.seq, record.channel_seq));
-        if let Some(head) = self.channel_heads.get_mut(&record.channel) {
-            *head = record.channel_seq;
-            self.channel_runs
-                .get_mut(&record.channel)
-                .expect("a channel with a head in this batch has a run")
-                .push(record.seq);
+        if let Some(appends) = self.channels.get_mut(&record.channel) {
+            appends.head = record.channel_seq;
+            appends.seqs.push(record.seq);
         } else {
-            self.channel_heads.insert(record.channel.clone(), record.channel_seq);
-            self.channel_runs.insert(record.channel.clone(), vec![record.seq]);
+            let appends = ChannelAppends {
+                head: record.channel_seq,
+                seqs: vec![record.seq],
+            };
+            self.channels.insert(record.channel.clone(), appends);
         }
         self.last_seq = record.seq;
     }
@@ -708,11 +714,9 @@ impl ApplyBatch<'_> {
     /// Records are written to the record file first, indexed by one sled
     /// batch, then published to readers.
     pub fn commit(mut self) -> Result<u64> {
-        for (channel, head) in &self.channel_heads {
-            self.batch.insert(head_key(channel), &head.to_be_bytes());
-        }
-        for (channel, seqs) in &self.channel_runs {
-            for run in seqs.chunks(CHANNEL_RUN_SEQS_MAX) {
+        for (channel, appends) in &self.channels {
+            self.batch.insert(head_key(channel), &appends.head.to_be_bytes());
+            for run in appends.seqs.chunks(CHANNEL_RUN_SEQS_MAX) {
                 self.batch.insert(channel_key(channel, run[0]), encode_channel_run(run));
             }
         }
