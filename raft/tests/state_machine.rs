@@ -256,6 +256,19 @@ async fn large_snapshot_full_and_delta_install() {
     assert_eq!(delta.applied_state().await.unwrap().0, snapshot.meta.last_log_id);
 }
 
+/// A leader that applied 6 entries of 10 records and a follower that applied
+/// the first `follower_entries` of them (the temporary dirs live as long as
+/// the first element).
+async fn leader_and_follower(follower_entries: usize) -> ([tempfile::TempDir; 2], StateMachine, StateMachine) {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut leader = StateMachine::open(dirs[0].path()).unwrap();
+    let entries = many_entries(6, 10);
+    apply(&mut leader, entries.clone()).await;
+    let mut follower = StateMachine::open(dirs[1].path()).unwrap();
+    apply(&mut follower, entries[..follower_entries].to_vec()).await;
+    (dirs, leader, follower)
+}
+
 /// The leader plans a delta only when the follower's hash chain at its last seq equals
 /// its own; a follower whose chain diverges (tampered here) gets a full snapshot.
 #[tokio::test]
@@ -263,13 +276,7 @@ async fn diverged_chain_gets_a_full_snapshot() {
     use txlog_raft::ProbeRequest;
     use txlog_raft::ResyncFollower;
     use txlog_raft::ResyncPlan;
-    let leader_dir = tempfile::tempdir().unwrap();
-    let mut leader = StateMachine::open(leader_dir.path()).unwrap();
-    let entries = many_entries(6, 10);
-    apply(&mut leader, entries.clone()).await;
-    let follower_dir = tempfile::tempdir().unwrap();
-    let mut follower = StateMachine::open(follower_dir.path()).unwrap();
-    apply(&mut follower, entries[..2].to_vec()).await;
+    let (_dirs, leader, follower) = leader_and_follower(2).await;
     let request = ProbeRequest { snapshot: "s".into() };
     let resync = ResyncFollower::new(follower.reader());
 
@@ -366,13 +373,7 @@ async fn follower_past_the_snapshot_is_covered_only_with_the_same_records() {
     use txlog_raft::ProbeRequest;
     use txlog_raft::ResyncFollower;
     use txlog_raft::ResyncPlan;
-    let leader_dir = tempfile::tempdir().unwrap();
-    let mut leader = StateMachine::open(leader_dir.path()).unwrap();
-    let entries = many_entries(6, 10);
-    apply(&mut leader, entries.clone()).await;
-    let follower_dir = tempfile::tempdir().unwrap();
-    let mut follower = StateMachine::open(follower_dir.path()).unwrap();
-    apply(&mut follower, entries[..5].to_vec()).await;
+    let (_dirs, leader, follower) = leader_and_follower(5).await;
     let request = ProbeRequest { snapshot: "s".into() };
     let resync = ResyncFollower::new(follower.reader());
 
