@@ -66,6 +66,16 @@ impl Batcher {
 
     /// Propose `records`; resolves once they are committed and applied.
     pub async fn append(&self, records: Vec<NewRecord>) -> Result<Vec<AppendOutcome>> {
+        self.submit(records).await?.await
+    }
+
+    /// Queue `records` for the next batch (waiting for room when the queue
+    /// is full); the returned future resolves once they are committed and
+    /// applied. Lets one caller have many appends in flight.
+    pub async fn submit(
+        &self,
+        records: Vec<NewRecord>,
+    ) -> Result<impl std::future::Future<Output = Result<Vec<AppendOutcome>>> + Send + 'static> {
         let bytes = records
             .iter()
             .map(|r| r.payload.len() + r.txid.len() + r.channel.len())
@@ -75,8 +85,10 @@ impl Batcher {
             .send(Pending { records, bytes, reply })
             .await
             .map_err(|_| Error::Unavailable("node is shutting down".into()))?;
-        rx.await
-            .map_err(|_| Error::Unavailable("node is shutting down".into()))?
+        Ok(async move {
+            rx.await
+                .map_err(|_| Error::Unavailable("node is shutting down".into()))?
+        })
     }
 }
 

@@ -26,6 +26,7 @@
 //! opts into `stale`; clients never see a raw openraft error.
 
 pub mod admin_service;
+pub mod append_stream;
 pub mod batcher;
 pub mod config;
 mod error;

@@ -22,10 +22,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
+use tonic::Streaming;
 use txlog_proto::log_service_server::LogService;
 use txlog_proto::AppendRequest;
 use txlog_proto::AppendResponse;
 use txlog_proto::AppendResult;
+use txlog_proto::AppendStreamRequest;
+use txlog_proto::AppendStreamResponse;
 use txlog_proto::CommittedRecord;
 use txlog_proto::LookupRequest;
 use txlog_proto::LookupResponse;
@@ -38,6 +41,7 @@ use txlog_raft::StateMachineReader;
 use txlog_storage::NewRecord;
 use txlog_storage::StoredRecord;
 
+use crate::append_stream::STREAM_REPLY_MESSAGES_MAX;
 use crate::batcher::Batcher;
 use crate::error::raft_error;
 use crate::metrics::Metrics;
@@ -50,6 +54,7 @@ pub const SUBSCRIBE_BUFFER_RECORDS: usize = 1024;
 /// Records read from the store per step of a subscription.
 const SUBSCRIBE_READ_RECORDS: usize = 512;
 
+#[derive(Clone)]
 pub struct LogServer {
     pub node_id: u64,
     pub raft: Raft,
@@ -90,14 +95,14 @@ pub fn known_leader(raft: &Raft) -> Option<(u64, String)> {
 }
 
 impl LogServer {
-    fn reject(&self, err: Error) -> Status {
+    pub(crate) fn reject(&self, err: Error) -> Status {
         if matches!(err, Error::InvalidInput(_)) {
             self.metrics.rejected_requests.inc();
         }
         err.to_status()
     }
 
-    fn check_leader(&self) -> Result<()> {
+    pub(crate) fn check_leader(&self) -> Result<()> {
         match known_leader(&self.raft) {
             Some((id, _)) if id == self.node_id => Ok(()),
             Some((_, address)) => Err(Error::NotLeader {
@@ -117,7 +122,7 @@ impl LogServer {
         }
     }
 
-    fn validate_append(&self, request: AppendRequest) -> Result<Vec<NewRecord>> {
+    pub(crate) fn validate_append(&self, request: AppendRequest) -> Result<Vec<NewRecord>> {
         if request.records.is_empty() {
             return Err(Error::InvalidInput("append needs at least one record".into()));
         }
@@ -148,6 +153,7 @@ impl LogServer {
     }
 }
 
+type AppendStream = Pin<Box<dyn Stream<Item = std::result::Result<AppendStreamResponse, Status>> + Send + 'static>>;
 type SubscribeStream = Pin<Box<dyn Stream<Item = std::result::Result<CommittedRecord, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -165,6 +171,17 @@ impl LogService for LogServer {
             })
             .collect();
         Ok(Response::new(AppendResponse { results }))
+    }
+
+    type AppendStreamStream = AppendStream;
+
+    async fn append_stream(
+        &self,
+        request: Request<Streaming<AppendStreamRequest>>,
+    ) -> std::result::Result<Response<AppendStream>, Status> {
+        let (tx, rx) = mpsc::channel(STREAM_REPLY_MESSAGES_MAX);
+        tokio::spawn(self.clone().serve_append_stream(request.into_inner(), tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn read(&self, request: Request<ReadRequest>) -> std::result::Result<Response<ReadResponse>, Status> {

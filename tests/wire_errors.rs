@@ -1,5 +1,6 @@
 //! What a client sees at the wire, with real `txlog node` processes: the
-//! status codes for undecodable and over-size requests, the CLI reaching
+//! status codes for undecodable and over-size requests, per-call answers on
+//! an append stream, the CLI reaching
 //! the leader through a follower's `txlog-leader` hint, and one throttled
 //! warning line for a joined node that never comes up.
 
@@ -24,7 +25,10 @@ use tonic::Status;
 use txlog_client::Client;
 use txlog_client::MESSAGE_BYTES_MAX;
 use txlog_proto::log_service_client::LogServiceClient;
+use txlog_proto::AppendCall;
+use txlog_proto::AppendReply;
 use txlog_proto::AppendRequest;
+use txlog_proto::AppendStreamRequest;
 use txlog_proto::JoinRequest;
 use txlog_proto::Record;
 use txlog_testkit::LocalCluster;
@@ -209,6 +213,156 @@ async fn undecodable_and_oversize_requests() {
         .await
         .expect("append");
     assert_eq!(result.seq, 1, "neither bad request wrote anything");
+}
+
+fn record(txid: &str, channel: &str) -> Record {
+    Record {
+        txid: Bytes::copy_from_slice(txid.as_bytes()),
+        channel: channel.to_string(),
+        payload: Bytes::from_static(b"BUY 100"),
+        client_time_ns: 0,
+    }
+}
+
+/// Send `messages` on one append stream to `address`; the replies by id
+/// once `expected` calls are answered, or the status the stream ended with.
+async fn append_stream(
+    address: &str,
+    messages: Vec<AppendStreamRequest>,
+    expected: usize,
+) -> Result<std::collections::BTreeMap<u64, AppendReply>, Status> {
+    use tokio_stream::StreamExt;
+    let mut client = LogServiceClient::new(channel(address).await);
+    let mut inbound = client
+        .append_stream(tokio_stream::iter(messages).chain(tokio_stream::pending()))
+        .await?
+        .into_inner();
+    let mut replies = std::collections::BTreeMap::new();
+    while replies.len() < expected {
+        let message = tokio::time::timeout(WAIT, inbound.message())
+            .await
+            .expect("an answer within 30 s")?
+            .expect("the stream stays open until every call is answered");
+        for reply in message.replies {
+            assert!(replies.insert(reply.id, reply).is_none(), "one answer per call");
+        }
+    }
+    Ok(replies)
+}
+
+/// On an append stream every call gets its own answer: committed, a
+/// duplicate txid with the original seq, a refusal of a bad record (the
+/// other calls of the message still commit), and on a follower a refusal
+/// naming the leader. A message with too many calls, or bytes that are not
+/// a message, end the stream with INVALID_ARGUMENT, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_stream_answers_each_call() {
+    use tokio_stream::StreamExt;
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(&[21, 1000, 40_000]).await;
+    let follower = cluster.follower().await;
+    let status = cluster
+        .client
+        .node_status(&cluster.address(follower))
+        .await
+        .expect("status");
+    let leader = cluster.address(status.leader_id);
+    let call = |id, records| AppendCall { id, records };
+
+    let replies = append_stream(
+        &leader,
+        vec![
+            AppendStreamRequest {
+                calls: vec![
+                    call(10, vec![record("s-1", "orders")]),
+                    call(11, vec![record("s-2", "orders"), record("s-3", "BAD CHANNEL")]),
+                ],
+            },
+            AppendStreamRequest {
+                calls: vec![
+                    call(12, vec![record("s-1", "orders")]),
+                    call(13, vec![record("s-4", "fills")]),
+                ],
+            },
+        ],
+        4,
+    )
+    .await
+    .expect("stream");
+    assert_eq!(replies[&10].error, None);
+    assert_eq!(replies[&10].results.len(), 1);
+    let first = replies[&10].results[0];
+    assert!(!first.duplicate);
+    let refused = replies[&11].error.as_ref().expect("a bad record refuses its call");
+    assert_eq!(refused.code, Code::InvalidArgument as i32, "{refused:?}");
+    assert!(refused.message.contains("record 1"), "{refused:?}");
+    assert!(replies[&11].results.is_empty());
+    assert_eq!(
+        replies[&12].results,
+        vec![txlog_proto::AppendResult {
+            duplicate: true,
+            ..first
+        }]
+    );
+    assert_eq!(replies[&13].results.len(), 1, "{:?}", replies[&13]);
+    assert_eq!(
+        replies[&13].results[0].seq,
+        first.seq + 1,
+        "the refused call wrote nothing"
+    );
+
+    let on_follower = append_stream(
+        &cluster.address(follower),
+        vec![AppendStreamRequest {
+            calls: vec![call(1, vec![record("s-5", "orders")])],
+        }],
+        1,
+    )
+    .await
+    .expect("stream");
+    let refused = on_follower[&1].error.as_ref().expect("a follower refuses");
+    assert_eq!(refused.code, Code::Unavailable as i32, "{refused:?}");
+    assert_eq!(refused.leader, leader);
+
+    let too_many = AppendStreamRequest {
+        calls: (0..=txlog_proto::APPEND_STREAM_MESSAGE_CALLS_MAX as u64)
+            .map(|id| call(id, vec![record(&format!("many-{id}"), "orders")]))
+            .collect(),
+    };
+    let status = append_stream(&leader, vec![too_many], 1)
+        .await
+        .expect_err("too many calls");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains(&txlog_proto::APPEND_STREAM_MESSAGE_CALLS_MAX.to_string()),
+        "{status:?}"
+    );
+
+    let mut grpc = tonic::client::Grpc::new(channel(&leader).await);
+    grpc.ready().await.expect("channel ready");
+    let garbage = tokio_stream::iter(vec![Bytes::from_static(&[0xff; 11])]).chain(tokio_stream::pending());
+    let outcome = grpc
+        .streaming(
+            tonic::Request::new(garbage),
+            PathAndQuery::from_static("/txlog.v1.LogService/AppendStream"),
+            RawCodec,
+        )
+        .await;
+    let status = match outcome {
+        Err(status) => status,
+        Ok(response) => response
+            .into_inner()
+            .message()
+            .await
+            .expect_err("garbage ends the stream with an error"),
+    };
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+    let read = cluster.client.read(1, 100, None, false).await.expect("read");
+    let txids: Vec<_> = read.records.iter().map(|r| r.txid.clone()).collect();
+    assert_eq!(txids, vec![Bytes::from_static(b"s-1"), Bytes::from_static(b"s-4")]);
 }
 
 /// `txlog append --cluster <one follower>` reaches the leader through the

@@ -60,8 +60,11 @@ impl Client {
     pub async fn node_status(&self, address: &str) -> Result<NodeStatus, ClientError> {
         let address = normalize_address(address)?;
         let call = node_call("status", &address, STATUS_RPC_TIMEOUT);
-        self.call(call, StatusRequest {}, |channel, request| async move {
-            admin_service(channel).status(request).await.map(|r| r.into_inner())
+        self.call(call, StatusRequest {}, |route, request| async move {
+            admin_service(route.channel)
+                .status(request)
+                .await
+                .map(|r| r.into_inner())
         })
         .await
     }
@@ -73,7 +76,7 @@ impl Client {
         self.call(
             membership_call("join", Shape::Stream),
             request,
-            |channel, request| async move { admin_service(channel).join(request).await.map(|r| r.into_inner()) },
+            |route, request| async move { admin_service(route.channel).join(request).await.map(|r| r.into_inner()) },
         )
         .await
     }
@@ -83,7 +86,12 @@ impl Client {
         self.call(
             membership_call("remove", Shape::Unary),
             RemoveRequest { node_id },
-            |channel, request| async move { admin_service(channel).remove(request).await.map(|r| r.into_inner()) },
+            |route, request| async move {
+                admin_service(route.channel)
+                    .remove(request)
+                    .await
+                    .map(|r| r.into_inner())
+            },
         )
         .await
     }
@@ -93,8 +101,8 @@ impl Client {
         self.call(
             membership_call("transfer_leader", Shape::Unary),
             TransferLeaderRequest { node_id },
-            |channel, request| async move {
-                admin_service(channel)
+            |route, request| async move {
+                admin_service(route.channel)
                     .transfer_leader(request)
                     .await
                     .map(|r| r.into_inner())
@@ -107,8 +115,11 @@ impl Client {
     pub async fn snapshot_node(&self, address: &str) -> Result<SnapshotResponse, ClientError> {
         let address = normalize_address(address)?;
         let call = node_call("snapshot", &address, SNAPSHOT_RPC_TIMEOUT);
-        self.call(call, SnapshotRequest {}, |channel, request| async move {
-            admin_service(channel).snapshot(request).await.map(|r| r.into_inner())
+        self.call(call, SnapshotRequest {}, |route, request| async move {
+            admin_service(route.channel)
+                .snapshot(request)
+                .await
+                .map(|r| r.into_inner())
         })
         .await
     }
@@ -117,8 +128,11 @@ impl Client {
     pub async fn compact_node(&self, address: &str) -> Result<CompactResponse, ClientError> {
         let address = normalize_address(address)?;
         let call = node_call("compact", &address, ADMIN_RPC_TIMEOUT);
-        self.call(call, CompactRequest {}, |channel, request| async move {
-            admin_service(channel).compact(request).await.map(|r| r.into_inner())
+        self.call(call, CompactRequest {}, |route, request| async move {
+            admin_service(route.channel)
+                .compact(request)
+                .await
+                .map(|r| r.into_inner())
         })
         .await
     }

@@ -8,6 +8,7 @@ use tonic::transport::Channel;
 use tonic::transport::Endpoint;
 
 use crate::address::parse_cluster;
+use crate::append_stream::AppendSession;
 use crate::ClientError;
 use crate::ClientOptions;
 
@@ -17,6 +18,8 @@ use crate::ClientOptions;
 pub struct Client {
     endpoints: Arc<Vec<String>>,
     channels: Arc<Mutex<Vec<(String, Channel)>>>,
+    /// One append stream per node address, made on first use.
+    appends: Arc<Mutex<Vec<(String, AppendSession)>>>,
     state: Arc<Mutex<State>>,
     pub(crate) options: ClientOptions,
 }
@@ -53,6 +56,7 @@ impl Client {
         Ok(Client {
             endpoints: Arc::new(parse_cluster(cluster)?),
             channels: Arc::new(Mutex::new(Vec::new())),
+            appends: Arc::new(Mutex::new(Vec::new())),
             state: Arc::new(Mutex::new(State {
                 preferred: 0,
                 hinted: None,
@@ -80,6 +84,17 @@ impl Client {
         let channel = self.new_channel(address)?;
         channels.push((address.to_string(), channel.clone()));
         Ok(channel)
+    }
+
+    /// The append stream to `route`'s node, started on first use.
+    pub(crate) fn append_session(&self, route: &Route) -> AppendSession {
+        let mut appends = self.appends.lock().expect("client lock poisoned");
+        if let Some((_, session)) = appends.iter().find(|(a, _)| *a == route.address) {
+            return session.clone();
+        }
+        let session = AppendSession::start(route.address.clone(), route.channel.clone());
+        appends.push((route.address.clone(), session.clone()));
+        session
     }
 
     fn new_channel(&self, address: &str) -> Result<Channel, ClientError> {

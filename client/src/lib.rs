@@ -35,6 +35,7 @@
 
 mod address;
 mod admin;
+mod append_stream;
 mod client;
 mod error;
 mod log_calls;

@@ -4,8 +4,10 @@ use tonic::transport::Channel;
 use tonic::Code;
 use tonic::Status;
 use txlog_proto::log_service_client::LogServiceClient;
+use txlog_proto::AppendCall;
 use txlog_proto::AppendRequest;
 use txlog_proto::AppendResult;
+use txlog_proto::AppendStreamRequest;
 use txlog_proto::CommittedRecord;
 use txlog_proto::LookupRequest;
 use txlog_proto::ReadRequest;
@@ -29,6 +31,18 @@ fn log_service(channel: Channel) -> LogServiceClient<Channel> {
         .max_encoding_message_size(MESSAGE_BYTES_MAX)
 }
 
+/// Refuse a request of `bytes` over the message limit here, with the status
+/// a node would give: tonic's own send limit fails mid-stream and surfaces
+/// as an opaque h2 INTERNAL error.
+fn check_message_bytes(bytes: usize) -> Result<(), ClientError> {
+    if bytes > MESSAGE_BYTES_MAX {
+        return Err(ClientError::Status(Status::resource_exhausted(format!(
+            "request message too large: found {bytes} bytes, the limit is: {MESSAGE_BYTES_MAX} bytes"
+        ))));
+    }
+    Ok(())
+}
+
 impl Client {
     /// A leader-bound, idempotent unary log call.
     fn log_call(&self, name: &'static str) -> Call<'static> {
@@ -41,19 +55,37 @@ impl Client {
         }
     }
 
-    /// Append records; one result per record, in order.
+    /// Append records; one result per record, in order. Appends from all
+    /// callers of this client (and its clones) share one stream per node
+    /// (`LogService.AppendStream`), so concurrent appends travel together.
     pub async fn append(&self, records: Vec<Record>) -> Result<Vec<AppendResult>, ClientError> {
+        // Measured as the call alone in a stream message, its largest form.
+        let alone = AppendStreamRequest {
+            calls: vec![AppendCall { id: u64::MAX, records }],
+        };
+        check_message_bytes(prost::Message::encoded_len(&alone))?;
+        let records = alone.calls.into_iter().next().map(|c| c.records).unwrap_or_default();
+        let deadline = self.options.rpc_timeout;
+        self.call(self.log_call("append"), records, |route, request| {
+            let session = self.append_session(&route);
+            async move {
+                match tokio::time::timeout(deadline, session.append(request.into_inner())).await {
+                    Ok(reply) => reply,
+                    Err(_) => Err(Status::deadline_exceeded(format!(
+                        "append not answered within {deadline:?}"
+                    ))),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Append records with one unary `Append` call per attempt (no stream).
+    pub async fn append_unary(&self, records: Vec<Record>) -> Result<Vec<AppendResult>, ClientError> {
         let request = AppendRequest { records };
-        // Refused here with the status a node would give: tonic's own send
-        // limit fails mid-stream and surfaces as an opaque h2 INTERNAL error.
-        let bytes = prost::Message::encoded_len(&request);
-        if bytes > MESSAGE_BYTES_MAX {
-            return Err(ClientError::Status(Status::resource_exhausted(format!(
-                "request message too large: found {bytes} bytes, the limit is: {MESSAGE_BYTES_MAX} bytes"
-            ))));
-        }
-        self.call(self.log_call("append"), request, |channel, request| async move {
-            log_service(channel)
+        check_message_bytes(prost::Message::encoded_len(&request))?;
+        self.call(self.log_call("append"), request, |route, request| async move {
+            log_service(route.channel)
                 .append(request)
                 .await
                 .map(|r| r.into_inner().results)
@@ -89,8 +121,8 @@ impl Client {
             channel: channel.map(str::to_string),
             stale,
         };
-        self.call(self.log_call("read"), request, |channel, request| async move {
-            log_service(channel).read(request).await.map(|r| r.into_inner())
+        self.call(self.log_call("read"), request, |route, request| async move {
+            log_service(route.channel).read(request).await.map(|r| r.into_inner())
         })
         .await
     }
@@ -115,8 +147,8 @@ impl Client {
             channel: None,
             stale,
         };
-        self.call(call, request, |channel, request| async move {
-            log_service(channel).read(request).await.map(|r| r.into_inner())
+        self.call(call, request, |route, request| async move {
+            log_service(route.channel).read(request).await.map(|r| r.into_inner())
         })
         .await
     }
@@ -128,8 +160,8 @@ impl Client {
             stale,
         };
         let result = self
-            .call(self.log_call("lookup"), request, |channel, request| async move {
-                log_service(channel)
+            .call(self.log_call("lookup"), request, |route, request| async move {
+                log_service(route.channel)
                     .lookup(request)
                     .await
                     .map(|r| r.into_inner().record)
@@ -155,8 +187,11 @@ impl Client {
             from_seq,
             channel: channel.map(str::to_string),
         };
-        self.call(call, request, |channel, request| async move {
-            log_service(channel).subscribe(request).await.map(|r| r.into_inner())
+        self.call(call, request, |route, request| async move {
+            log_service(route.channel)
+                .subscribe(request)
+                .await
+                .map(|r| r.into_inner())
         })
         .await
     }

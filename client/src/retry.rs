@@ -4,10 +4,10 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tonic::transport::Channel;
 use tonic::Code;
 use tonic::Status;
 
+use crate::client::Route;
 use crate::client::Slot;
 use crate::error::is_transient;
 use crate::normalize_address;
@@ -108,7 +108,7 @@ impl Client {
     pub(crate) async fn call<M, T, F, Fut>(&self, call: Call<'_>, message: M, mut rpc: F) -> Result<T, ClientError>
     where
         M: Clone,
-        F: FnMut(Channel, tonic::Request<M>) -> Fut,
+        F: FnMut(Route, tonic::Request<M>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let attempts_max = match call.retry {
@@ -121,23 +121,24 @@ impl Client {
         for attempt in 1..=attempts_max {
             let route = match call.target {
                 Target::Leader => self.leader_route()?,
-                Target::Node(address) => crate::client::Route {
+                Target::Node(address) => Route {
                     address: address.to_string(),
                     channel: self.channel(address)?,
                     slot: Slot::Named,
                 },
             };
-            let status = match attempt_once(&call, route.channel, message.clone(), &mut rpc).await {
+            let (address, slot) = (route.address.clone(), route.slot);
+            let status = match attempt_once(&call, route, message.clone(), &mut rpc).await {
                 Ok(value) => return Ok(value),
                 Err(status) if !call.retry.retries(status.code()) => return Err(ClientError::Status(status)),
                 Err(status) => status,
             };
             let hint = match call.target {
-                Target::Leader => leader_hint(&status, &route.address),
+                Target::Leader => leader_hint(&status, &address),
                 Target::Node(_) => None,
             };
             tracing::debug!(
-                call = call.name, attempt, address = %route.address, code = ?status.code(),
+                call = call.name, attempt, address = %address, code = ?status.code(),
                 msg = status.message(), hint = ?hint, "retrying"
             );
             last = status;
@@ -147,7 +148,7 @@ impl Client {
                     continue;
                 }
             } else {
-                self.move_on(route.slot);
+                self.move_on(slot);
             }
             if attempt < attempts_max {
                 backoff.pause().await;
@@ -160,19 +161,19 @@ impl Client {
     }
 }
 
-/// One attempt of `call` on `channel`, under its deadline.
-async fn attempt_once<M, T, F, Fut>(call: &Call<'_>, channel: Channel, message: M, rpc: &mut F) -> Result<T, Status>
+/// One attempt of `call` at `route`, under its deadline.
+async fn attempt_once<M, T, F, Fut>(call: &Call<'_>, route: Route, message: M, rpc: &mut F) -> Result<T, Status>
 where
-    F: FnMut(Channel, tonic::Request<M>) -> Fut,
+    F: FnMut(Route, tonic::Request<M>) -> Fut,
     Fut: Future<Output = Result<T, Status>>,
 {
     let mut request = tonic::Request::new(message);
     match call.shape {
         Shape::Unary => {
             request.set_timeout(call.deadline);
-            rpc(channel, request).await
+            rpc(route, request).await
         }
-        Shape::Stream => match tokio::time::timeout(call.deadline, rpc(channel, request)).await {
+        Shape::Stream => match tokio::time::timeout(call.deadline, rpc(route, request)).await {
             Ok(result) => result,
             Err(_) => Err(Status::deadline_exceeded(format!(
                 "{}: the stream did not open within {:?}",

@@ -16,3 +16,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 
 /// Version stamped in every `RaftMessage`.
 pub const RAFT_MESSAGE_VERSION: u32 = 1;
+
+/// Calls in one `AppendStreamRequest`, at most: nodes refuse a message with
+/// more (and close the stream), the client library never sends more.
+pub const APPEND_STREAM_MESSAGE_CALLS_MAX: usize = 1024;

@@ -2,7 +2,8 @@
 //! against a running cluster, or against a three-node cluster the bench
 //! starts for itself (`--local`).
 //!
-//! `--clients` connections each keep `--pipeline` requests in flight; a
+//! `--clients` workers each keep `--pipeline` requests in flight, sharing
+//! `--connections` client handles (one append stream each); a
 //! request carries `--batch` records (a new unique txid per record) or, with
 //! `--op read`, reads `--batch` records linearizably. Each request's latency
 //! is from send to answer — for appends, committed on a quorum of fsynced
@@ -44,9 +45,14 @@ pub enum Op {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Concurrent clients, each on its own connection.
+    /// Concurrent clients, each with one request in flight (or --pipeline).
     #[arg(long, default_value_t = 16)]
     pub clients: usize,
+    /// Connections the clients share, round robin (each a client handle
+    /// of its own). 1: every client shares one handle, as threads of one
+    /// application do, and their appends travel together on one stream.
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
     /// Requests each client keeps in flight.
     #[arg(long, default_value_t = 1)]
     pub pipeline: usize,
@@ -79,6 +85,10 @@ impl BenchArgs {
     fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.clients >= 1 && self.clients <= 4096, "--clients must be 1..=4096");
         anyhow::ensure!(
+            self.connections >= 1 && self.connections <= self.clients,
+            "--connections must be 1..=--clients"
+        );
+        anyhow::ensure!(
             self.pipeline >= 1 && self.pipeline <= 1024,
             "--pipeline must be 1..=1024"
         );
@@ -101,6 +111,7 @@ impl BenchArgs {
 pub struct BenchReport {
     pub op: Op,
     pub clients: usize,
+    pub connections: usize,
     pub pipeline: usize,
     pub batch: usize,
     pub record_bytes: usize,
@@ -161,12 +172,13 @@ async fn load(args: &BenchArgs, client: &Client) -> anyhow::Result<()> {
     let deadline = started + args.duration;
     let mut tasks = Vec::new();
     let run_id = txlog_client::wall_clock_ns();
+    let connections = (0..args.connections)
+        .map(|_| Client::connect(&client.endpoints().join(",")))
+        .collect::<Result<Vec<_>, _>>()?;
     for c in 0..args.clients {
-        // One connection per client; its pipeline shares it.
-        let connection = Client::connect(&client.endpoints().join(","))?;
         for p in 0..args.pipeline {
             let worker = Worker {
-                client: connection.clone(),
+                client: connections[c % args.connections].clone(),
                 args: args.clone(),
                 tag: format!("bench-{run_id}-{c}-{p}"),
                 counters: counters.clone(),
@@ -187,6 +199,7 @@ async fn load(args: &BenchArgs, client: &Client) -> anyhow::Result<()> {
     let report = BenchReport {
         op: args.op,
         clients: args.clients,
+        connections: args.connections,
         pipeline: args.pipeline,
         batch: args.batch,
         record_bytes: args.record_bytes,
@@ -338,9 +351,10 @@ fn print_report(report: &BenchReport, json: bool) -> anyhow::Result<()> {
     }
     let ms = |us: u64| us as f64 / 1000.0;
     println!(
-        "{:?}: clients {} × pipeline {}, batch {}, record {} B, {:.1} s: requests {}, records {}, errors {}",
+        "{:?}: clients {} on {} connection(s), pipeline {}, batch {}, record {} B, {:.1} s: requests {}, records {}, errors {}",
         report.op,
         report.clients,
+        report.connections,
         report.pipeline,
         report.batch,
         report.record_bytes,

@@ -1,0 +1,145 @@
+//! `LogService.AppendStream`: many appends in flight over one stream.
+//!
+//! One task per stream reads messages of numbered calls, checks each call as
+//! `Append` would (validation, leadership) and queues it in the batcher
+//! without waiting for its commit. Calls commit in batch order; as they do,
+//! every reply ready at that moment goes out in one message. A call that
+//! fails gets a `CallError` with the status `Append` would have answered
+//! (and the leader's address when this node is not the leader); the stream
+//! itself fails only for a malformed message or a client that went away.
+//!
+//! Backpressure: at most [`STREAM_CALLS_MAX`] calls are in flight per
+//! stream; past that the task stops reading until some are answered, so a
+//! client that floods a stream slows itself, not the node.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use futures::stream::FuturesUnordered;
+use futures::FutureExt;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tonic::Status;
+use tonic::Streaming;
+use txlog_proto::AppendCall;
+use txlog_proto::AppendReply;
+use txlog_proto::AppendResult;
+use txlog_proto::AppendStreamRequest;
+use txlog_proto::AppendStreamResponse;
+use txlog_proto::CallError;
+use txlog_proto::APPEND_STREAM_MESSAGE_CALLS_MAX;
+
+use crate::log_service::LogServer;
+
+/// Reply messages buffered per stream before the task waits for the client.
+pub const STREAM_REPLY_MESSAGES_MAX: usize = 16;
+/// Calls in flight on one stream, at most.
+pub const STREAM_CALLS_MAX: usize = 4096;
+
+type Outbound = mpsc::Sender<Result<AppendStreamResponse, Status>>;
+type CallFuture = Pin<Box<dyn Future<Output = AppendReply> + Send>>;
+
+/// The reply to a call that failed with `status`.
+fn failed(id: u64, status: Status) -> AppendReply {
+    let leader = status
+        .metadata()
+        .get(crate::LEADER_METADATA_KEY)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    AppendReply {
+        id,
+        results: Vec::new(),
+        error: Some(CallError {
+            code: status.code() as i32,
+            message: status.message().to_string(),
+            leader,
+        }),
+    }
+}
+
+impl LogServer {
+    /// Check `call` and queue it; its reply, now if it failed, else once it commits.
+    async fn start_call(&self, call: AppendCall) -> Result<CallFuture, AppendReply> {
+        let id = call.id;
+        let fail = |err| failed(id, self.reject(err));
+        let records = self
+            .validate_append(txlog_proto::AppendRequest { records: call.records })
+            .map_err(fail)?;
+        self.check_leader().map_err(fail)?;
+        let committed = self.batcher.submit(records).await.map_err(fail)?;
+        let server = self.clone();
+        Ok(Box::pin(async move {
+            match committed.await {
+                Ok(outcomes) => AppendReply {
+                    id,
+                    results: outcomes
+                        .into_iter()
+                        .map(|o| AppendResult {
+                            seq: o.seq,
+                            channel_seq: o.channel_seq,
+                            duplicate: o.duplicate,
+                        })
+                        .collect(),
+                    error: None,
+                },
+                Err(err) => failed(id, server.reject(err)),
+            }
+        }))
+    }
+
+    /// Serve one stream until the client closes it (and every call is
+    /// answered), it breaks, or the node shuts down.
+    pub async fn serve_append_stream(self, mut inbound: Streaming<AppendStreamRequest>, outbound: Outbound) {
+        let mut pending: FuturesUnordered<CallFuture> = FuturesUnordered::new();
+        let mut reading = true;
+        loop {
+            let mut replies = Vec::new();
+            tokio::select! {
+                _ = self.shutdown.cancelled() => {
+                    let _ = outbound.send(Err(Status::unavailable("node is shutting down"))).await;
+                    return;
+                }
+                message = inbound.message(), if reading && pending.len() < STREAM_CALLS_MAX => match message {
+                    Ok(Some(message)) => {
+                        if message.calls.len() > APPEND_STREAM_MESSAGE_CALLS_MAX {
+                            self.metrics.rejected_requests.inc();
+                            let _ = outbound
+                                .send(Err(Status::invalid_argument(format!(
+                                    "{} calls in one append stream message; the maximum is {APPEND_STREAM_MESSAGE_CALLS_MAX}",
+                                    message.calls.len()
+                                ))))
+                                .await;
+                            return;
+                        }
+                        for call in message.calls {
+                            match self.start_call(call).await {
+                                Ok(future) => pending.push(future),
+                                Err(reply) => replies.push(reply),
+                            }
+                        }
+                    }
+                    Ok(None) => reading = false,
+                    // An undecodable message, or the client reset the stream
+                    // (then nobody reads this answer).
+                    Err(status) => {
+                        let status = crate::error::codec_status(&status).unwrap_or(status);
+                        let _ = outbound.send(Err(status)).await;
+                        return;
+                    }
+                },
+                Some(reply) = pending.next(), if !pending.is_empty() => {
+                    replies.push(reply);
+                    // Everything else already committed goes in the same message.
+                    while let Some(Some(reply)) = pending.next().now_or_never() {
+                        replies.push(reply);
+                    }
+                }
+                else => return,
+            }
+            if !replies.is_empty() && outbound.send(Ok(AppendStreamResponse { replies })).await.is_err() {
+                return;
+            }
+        }
+    }
+}
