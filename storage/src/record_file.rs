@@ -2,8 +2,8 @@
 //!
 //! Record bodies live here, not in sled: a record is written once, as one
 //! frame appended to the active segment, and never rewritten (outside the
-//! test-only [`RecordFile::set_chain_at`]). sled keeps only the small
-//! indexes (txid, channel) and metadata.
+//! test-only [`RecordFile::set_chain_at`]). sled keeps only the channel
+//! index and metadata; the txid index is here, in memory (below).
 //!
 //! Layout: segment files `<first seq, 20 digits>.rec` (see [`crate::segment`]
 //! for the header), each frame `len u32 | crc32 u32 | chain [32] | record`,
@@ -11,8 +11,15 @@
 //! hash chain at that record's seq. The checksum covers chain and record, so
 //! a read checks both. A segment is closed once it reaches its size limit;
 //! a closed segment gets a sidecar `<first seq>.idx` with the offset of each
-//! of its frames, so opening a store of any size reads those small files
-//! and scans only the active segment.
+//! of its frames and the [`txid_hash`] of each of its records, so opening a
+//! store of any size reads those small files and scans only the active
+//! segment.
+//!
+//! **Txid index.** Every written record's txid hash maps to its seq in a
+//! hash map (a hash shared by several txids keeps all their seqs); a lookup
+//! reads the candidate records and compares their txids, so a collision
+//! costs a read, never a wrong answer. It replaced sled's `t` + txid keys,
+//! whose insert and lookup were the largest CPU cost of applying a record.
 //!
 //! The file is a cache of the Raft log like the rest of the record store:
 //! nothing here is fsynced per write. A record is *published* (visible to
@@ -21,8 +28,10 @@
 //! the file holds fewer records than that (a power loss ate its tail) the
 //! caller discards the store and rebuilds it from the snapshot and WAL.
 //!
-//! In memory: four bytes per record (its offset in its segment).
+//! In memory: twelve bytes per record (its offset in its segment and its
+//! txid hash) plus about twenty in the txid map.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -47,8 +56,11 @@ pub const RECORD_SEGMENT_BYTES_MAX_LIMIT: u64 = u32::MAX as u64 - crate::WAL_REC
 
 const CHAIN_BYTES: usize = 32;
 const INDEX_MAGIC: &[u8; 8] = b"TXLOGRIX";
-const INDEX_VERSION: u32 = 1;
-/// `magic | version u32 | count u32 | first_seq u64 | segment end u64`.
+/// Version 2 added the txid hashes; a version-1 index is stale (the segment
+/// is scanned and its index written again).
+const INDEX_VERSION: u32 = 2;
+/// `magic | version u32 | count u32 | first_seq u64 | segment end u64`,
+/// then `count` offsets (u32), `count` txid hashes (u64), and a crc32.
 const INDEX_HEADER_BYTES: usize = 32;
 /// Bytes read at a time by sequential readers (snapshot build, chain check).
 pub(crate) const READ_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
@@ -61,12 +73,15 @@ pub(crate) struct Frames {
     buf: Vec<u8>,
     /// End offset (in `buf`) of each frame.
     ends: Vec<usize>,
+    /// [`txid_hash`] of each frame's record.
+    hashes: Vec<u64>,
 }
 
 impl Frames {
     /// Append `record`'s frame; returns the chain at its seq.
     pub(crate) fn push(&mut self, previous: &ChainHash, record: &StoredRecord) -> ChainHash {
         let start = self.buf.len();
+        self.hashes.push(txid_hash(&record.txid));
         self.buf.resize(start + frame::FRAME_HEADER_BYTES + CHAIN_BYTES, 0);
         let body_start = self.buf.len();
         self.buf = record.encode_into(std::mem::take(&mut self.buf));
@@ -87,6 +102,96 @@ impl Frames {
     }
 }
 
+/// The txid index's hash of `txid`: the first 8 bytes of its SHA-256. It is
+/// stored in segment indexes, so it must never change between builds (a
+/// std hasher may); a cryptographic hash also keeps clients from choosing
+/// txids that collide.
+pub(crate) fn txid_hash(txid: &[u8]) -> u64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(txid);
+    u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+/// Keys of the txid map are already uniform hashes: hashing them again
+/// would only cost time.
+#[derive(Default, Clone, Copy)]
+struct PassThrough(u64);
+
+impl std::hash::Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+type PassThroughMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<PassThrough>>;
+
+/// Txid hash → seqs of the written records with that hash.
+#[derive(Default)]
+struct TxidIndex {
+    /// The first seq per hash.
+    first: PassThroughMap<u64>,
+    /// Further seqs of a hash several txids share (rare).
+    more: PassThroughMap<Vec<u64>>,
+}
+
+impl TxidIndex {
+    fn insert(&mut self, hash: u64, seq: u64) {
+        match self.first.entry(hash) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(seq);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => self.more.entry(hash).or_default().push(seq),
+        }
+    }
+
+    fn remove(&mut self, hash: u64, seq: u64) {
+        if self.first.get(&hash) == Some(&seq) {
+            match self.more.get_mut(&hash).and_then(Vec::pop) {
+                Some(next) => {
+                    self.first.insert(hash, next);
+                }
+                None => {
+                    self.first.remove(&hash);
+                }
+            }
+        } else if let Some(seqs) = self.more.get_mut(&hash) {
+            seqs.retain(|&s| s != seq);
+        }
+        if self.more.get(&hash).is_some_and(Vec::is_empty) {
+            self.more.remove(&hash);
+        }
+    }
+
+    fn candidates(&self, hash: u64) -> impl Iterator<Item = u64> + '_ {
+        let more = self.more.get(&hash).map(Vec::as_slice).unwrap_or_default();
+        self.first.get(&hash).copied().into_iter().chain(more.iter().copied())
+    }
+
+    fn add_segment(&mut self, segment: &Segment) {
+        for (i, &hash) in segment.hashes.iter().enumerate() {
+            self.insert(hash, segment.first_seq + i as u64);
+        }
+    }
+
+    /// Forget records `from..` of `segment`.
+    fn remove_from(&mut self, segment: &Segment, from: u64) {
+        let skip = from.saturating_sub(segment.first_seq) as usize;
+        for (i, &hash) in segment.hashes.iter().enumerate().skip(skip) {
+            self.remove(hash, segment.first_seq + i as u64);
+        }
+    }
+}
+
 /// Split a checked frame body into its chain value and record.
 fn decode_body(path: &Path, body: &[u8]) -> Result<(ChainHash, StoredRecord)> {
     let Some((chain, record)) = body.split_first_chunk::<CHAIN_BYTES>() else {
@@ -101,6 +206,8 @@ struct Segment {
     file: Arc<File>,
     /// Offset of the frame of record `first_seq + i`.
     offsets: Vec<u32>,
+    /// [`txid_hash`] of record `first_seq + i`.
+    hashes: Vec<u64>,
     /// End of the last whole frame.
     end: u64,
 }
@@ -130,6 +237,8 @@ struct State {
     published: u64,
     /// Chain at the last written seq (published or not).
     last_chain: ChainHash,
+    /// Every written record's txid.
+    txids: TxidIndex,
 }
 
 impl State {
@@ -243,14 +352,14 @@ impl RecordFile {
             }
             let is_last = position + 1 == firsts.len();
             let indexed = if is_last { None } else { read_index(dir, first_seq) };
-            let (offsets, end) = match indexed {
+            let Indexed { offsets, hashes, end } = match indexed {
                 Some(found) => found,
                 None => {
-                    let (offsets, end) = scan_segment(dir, &path, first_seq, is_last)?;
+                    let scanned = scan_segment(dir, &path, first_seq, is_last)?;
                     if !is_last {
-                        write_index(dir, first_seq, &offsets, end)?;
+                        write_index(dir, first_seq, &scanned)?;
                     }
-                    (offsets, end)
+                    scanned
                 }
             };
             let file = OpenOptions::new()
@@ -263,16 +372,20 @@ impl RecordFile {
                 path,
                 file: Arc::new(file),
                 offsets,
+                hashes,
                 end,
             });
         }
         if segments.is_empty() {
             segments.push(create_segment(dir, 1)?);
         }
+        let mut txids = TxidIndex::default();
+        segments.iter().for_each(|segment| txids.add_segment(segment));
         let mut state = State {
             segments,
             published: 0,
             last_chain: [0u8; CHAIN_BYTES],
+            txids,
         };
         state.published = state.last_written();
         state.last_chain = state.read_last_chain()?;
@@ -344,6 +457,7 @@ impl RecordFile {
                 frames.ends[next_frame - 1]
             };
             let mut offsets = Vec::new();
+            let first_frame = next_frame;
             let mut end = start;
             while next_frame < frames.ends.len() {
                 offsets.push((segment_end + (end - start) as u64) as u32);
@@ -355,10 +469,16 @@ impl RecordFile {
             }
             file.write_all_at(&frames.buf[start..end], segment_end)
                 .map_err(|e| Error::io(&path, e))?;
+            let hashes = &frames.hashes[first_frame..next_frame];
             let mut state = self.write_state();
             let active = state.active();
+            let first_seq = active.next_seq();
             active.offsets.extend(offsets);
+            active.hashes.extend_from_slice(hashes);
             active.end = segment_end + (end - start) as u64;
+            for (i, &hash) in hashes.iter().enumerate() {
+                state.txids.insert(hash, first_seq + i as u64);
+            }
         }
         Ok(())
     }
@@ -373,16 +493,19 @@ impl RecordFile {
                 active.first_seq,
                 active.path.clone(),
                 active.file.clone(),
-                active.offsets.clone(),
-                active.end,
+                Indexed {
+                    offsets: active.offsets.clone(),
+                    hashes: active.hashes.clone(),
+                    end: active.end,
+                },
             );
             (closing, active.next_seq())
         };
-        let (first_seq, path, file, offsets, end) = closing;
+        let (first_seq, path, file, indexed) = closing;
         if let Err(err) = file.sync_data() {
             crate::fatal_fsync_failure(&path.display().to_string(), &err);
         }
-        write_index(&self.dir, first_seq, &offsets, end)?;
+        write_index(&self.dir, first_seq, &indexed)?;
         let created = create_segment(&self.dir, next)?;
         self.write_state().segments.push(created);
         Ok(())
@@ -410,11 +533,14 @@ impl RecordFile {
         if seq >= state.last_written() {
             return Ok(());
         }
+        let state = &mut *state;
         while state.segments.len() > 1 && state.active().first_seq > seq {
             let removed = state.segments.pop().expect("more than one segment");
+            state.txids.remove_from(&removed, removed.first_seq);
             remove_segment(&self.dir, &removed)?;
         }
-        let active = state.active();
+        let active = state.segments.last_mut().expect("an active segment");
+        state.txids.remove_from(active, seq + 1);
         if active.first_seq > seq {
             // Only the first segment is left and all of it goes.
             let first = active.first_seq;
@@ -425,6 +551,7 @@ impl RecordFile {
             let keep = (seq + 1 - active.first_seq) as usize;
             let end = active.frame_end(seq);
             active.offsets.truncate(keep);
+            active.hashes.truncate(keep);
             active.end = end;
             segment::cut_tail(&active.path, end)?;
             remove_index(&self.dir, active.first_seq)?;
@@ -446,6 +573,26 @@ impl RecordFile {
             Ok(())
         })?;
         Ok(found)
+    }
+
+    /// The published record with `txid`, if there is one.
+    pub(crate) fn find_txid(&self, txid: &[u8]) -> Result<Option<StoredRecord>> {
+        let candidates: Vec<u64> = {
+            let state = self.read_state();
+            state
+                .txids
+                .candidates(txid_hash(txid))
+                .filter(|&seq| seq <= state.published)
+                .collect()
+        };
+        for seq in candidates {
+            if let Some((_, record)) = self.get(seq)? {
+                if record.txid == txid {
+                    return Ok(Some(record));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Visit published records `from..=upto` in order, reading about
@@ -544,8 +691,17 @@ fn create_segment(dir: &Path, first_seq: u64) -> Result<Segment> {
         path: segment::RECORDS.path(dir, first_seq),
         file: Arc::new(file),
         offsets: Vec::new(),
+        hashes: Vec::new(),
         end: segment::SEGMENT_HEADER_BYTES,
     })
+}
+
+/// What a segment's index holds: each record's frame offset and txid
+/// hash, and the end of the last frame.
+struct Indexed {
+    offsets: Vec<u32>,
+    hashes: Vec<u64>,
+    end: u64,
 }
 
 fn remove_segment(dir: &Path, segment: &Segment) -> Result<()> {
@@ -565,17 +721,21 @@ fn remove_index(dir: &Path, first_seq: u64) -> Result<()> {
     }
 }
 
-/// Write the offsets of a closed segment: header, offsets, crc32 of both.
-fn write_index(dir: &Path, first_seq: u64, offsets: &[u32], end: u64) -> Result<()> {
+/// Write the index of a closed segment: header, offsets, txid hashes, crc32 of all.
+fn write_index(dir: &Path, first_seq: u64, indexed: &Indexed) -> Result<()> {
     let path = index_path(dir, first_seq);
-    let mut bytes = Vec::with_capacity(INDEX_HEADER_BYTES + offsets.len() * 4 + 4);
+    let count = indexed.offsets.len();
+    let mut bytes = Vec::with_capacity(INDEX_HEADER_BYTES + count * 12 + 4);
     bytes.extend_from_slice(INDEX_MAGIC);
     bytes.extend_from_slice(&INDEX_VERSION.to_le_bytes());
-    bytes.extend_from_slice(&(offsets.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&(count as u32).to_le_bytes());
     bytes.extend_from_slice(&first_seq.to_le_bytes());
-    bytes.extend_from_slice(&end.to_le_bytes());
-    for offset in offsets {
+    bytes.extend_from_slice(&indexed.end.to_le_bytes());
+    for offset in &indexed.offsets {
         bytes.extend_from_slice(&offset.to_le_bytes());
+    }
+    for hash in &indexed.hashes {
+        bytes.extend_from_slice(&hash.to_le_bytes());
     }
     let crc = crc32fast::hash(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
@@ -587,14 +747,14 @@ fn write_index(dir: &Path, first_seq: u64, offsets: &[u32], end: u64) -> Result<
     Ok(())
 }
 
-/// The offsets and end of a closed segment from its index, or `None` when
-/// the index is missing, damaged or does not match the segment file (then
-/// the segment is scanned instead).
-fn read_index(dir: &Path, first_seq: u64) -> Option<(Vec<u32>, u64)> {
+/// A closed segment's index, or `None` when it is missing, damaged, of an
+/// older version or does not match the segment file (then the segment is
+/// scanned instead).
+fn read_index(dir: &Path, first_seq: u64) -> Option<Indexed> {
     let path = index_path(dir, first_seq);
     let bytes = std::fs::read(&path).ok()?;
     let (body, crc) = bytes.split_last_chunk::<4>()?;
-    let (header, offsets) = body.split_first_chunk::<INDEX_HEADER_BYTES>()?;
+    let (header, entries) = body.split_first_chunk::<INDEX_HEADER_BYTES>()?;
     let field = |range: std::ops::Range<usize>| &header[range];
     let ok = crc32fast::hash(body) == u32::from_le_bytes(*crc)
         && field(0..8) == INDEX_MAGIC
@@ -603,24 +763,30 @@ fn read_index(dir: &Path, first_seq: u64) -> Option<(Vec<u32>, u64)> {
     let count = u32::from_le_bytes(field(12..16).try_into().expect("4 bytes")) as usize;
     let end = u64::from_le_bytes(field(24..32).try_into().expect("8 bytes"));
     let segment_bytes = std::fs::metadata(segment::RECORDS.path(dir, first_seq)).ok()?.len();
-    if !ok || offsets.len() != count * 4 || count == 0 || end != segment_bytes {
-        tracing::warn!(path = %path.display(), "record segment index is damaged or stale; scanning the segment");
+    if !ok || entries.len() != count * 12 || count == 0 || end != segment_bytes {
+        tracing::warn!(path = %path.display(), "record segment index is damaged, stale or of an older version; scanning the segment");
         return None;
     }
-    Some((
-        offsets
+    let (offsets, hashes) = entries.split_at(count * 4);
+    Some(Indexed {
+        offsets: offsets
             .chunks_exact(4)
             .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
             .collect(),
+        hashes: hashes
+            .chunks_exact(8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .collect(),
         end,
-    ))
+    })
 }
 
 /// Scan a segment's frames, checking each (see [`segment::recover`] for
-/// what is repaired); returns the frame offsets and the end of the last
-/// whole frame. A segment whose creation was cut off is created again.
-fn scan_segment(dir: &Path, path: &Path, first_seq: u64, is_last: bool) -> Result<(Vec<u32>, u64)> {
+/// what is repaired); returns what its index would hold. A segment whose
+/// creation was cut off is created again.
+fn scan_segment(dir: &Path, path: &Path, first_seq: u64, is_last: bool) -> Result<Indexed> {
     let mut offsets = Vec::new();
+    let mut hashes = Vec::new();
     let recovered = segment::recover(&segment::RECORDS, dir, first_seq, is_last, |offset, body| {
         let (_, record) = decode_body(path, body)?;
         let expected = first_seq + offsets.len() as u64;
@@ -631,13 +797,22 @@ fn scan_segment(dir: &Path, path: &Path, first_seq: u64, is_last: bool) -> Resul
             ));
         }
         offsets.push(offset as u32);
+        hashes.push(txid_hash(&record.txid));
         Ok(())
     })?;
     match recovered {
-        segment::Recovered::Valid { valid_bytes } => Ok((offsets, valid_bytes)),
+        segment::Recovered::Valid { valid_bytes } => Ok(Indexed {
+            offsets,
+            hashes,
+            end: valid_bytes,
+        }),
         segment::Recovered::Removed => {
             create_segment(dir, first_seq)?;
-            Ok((Vec::new(), segment::SEGMENT_HEADER_BYTES))
+            Ok(Indexed {
+                offsets: Vec::new(),
+                hashes: Vec::new(),
+                end: segment::SEGMENT_HEADER_BYTES,
+            })
         }
     }
 }
@@ -699,6 +874,71 @@ mod tests {
         assert_eq!(seqs(&file, 1, 40, 300), all);
         append(&file, 41, 45);
         assert_eq!(file.get(45).unwrap().unwrap().1, StoredRecord::for_test(45, 80));
+    }
+
+    /// Every record is found by its txid: in closed and active segments,
+    /// after a reopen from the indexes and after one that scans (indexes
+    /// removed); only once published; never after it is cut off, and the
+    /// txid can then be written again.
+    #[test]
+    fn records_are_found_by_txid() {
+        let txid = |seq: u64| StoredRecord::for_test(seq, 80).txid;
+        let found = |file: &RecordFile, seq: u64| file.find_txid(&txid(seq)).unwrap().map(|r| r.seq);
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = RecordFile::open(dir.path(), SMALL_SEGMENT).unwrap();
+        append(&file, 1, 40);
+        let mut frames = Frames::default();
+        let chain = frames.push(&file.tail().1, &StoredRecord::for_test(41, 80));
+        file.write(&frames, chain).unwrap();
+        assert_eq!(found(&file, 41), None, "not published yet");
+        file.publish(41);
+        for reopen in ["as written", "from the indexes", "by scanning"] {
+            if reopen == "by scanning" {
+                for first in segment::RECORDS.list(dir.path()).unwrap() {
+                    remove_index(dir.path(), first).unwrap();
+                }
+            }
+            for seq in 1..=41 {
+                assert_eq!(found(&file, seq), Some(seq), "seq {seq} {reopen}");
+            }
+            assert_eq!(found(&file, 42), None);
+            assert_eq!(file.find_txid(b"never written").unwrap(), None);
+            drop(file);
+            file = RecordFile::open(dir.path(), SMALL_SEGMENT).unwrap();
+        }
+        file.truncate_after(12).unwrap();
+        assert_eq!(found(&file, 12), Some(12));
+        assert_eq!(found(&file, 13), None);
+        assert_eq!(found(&file, 41), None);
+        append(&file, 13, 20);
+        assert_eq!(found(&file, 20), Some(20));
+        file.truncate_after(0).unwrap();
+        assert_eq!(found(&file, 1), None);
+    }
+
+    /// Seqs that share a hash are all kept, and each is forgotten alone.
+    #[test]
+    fn txid_index_keeps_every_seq_of_a_shared_hash() {
+        let mut index = TxidIndex::default();
+        index.insert(7, 1);
+        index.insert(7, 5);
+        index.insert(7, 9);
+        index.insert(8, 2);
+        let seqs = |index: &TxidIndex, hash| {
+            let mut seqs: Vec<u64> = index.candidates(hash).collect();
+            seqs.sort_unstable();
+            seqs
+        };
+        assert_eq!(seqs(&index, 7), vec![1, 5, 9]);
+        index.remove(7, 1);
+        assert_eq!(seqs(&index, 7), vec![5, 9]);
+        index.remove(7, 5);
+        index.remove(7, 42);
+        assert_eq!(seqs(&index, 7), vec![9]);
+        index.remove(7, 9);
+        assert!(seqs(&index, 7).is_empty());
+        assert!(index.more.is_empty());
+        assert_eq!(seqs(&index, 8), vec![2]);
     }
 
     /// Written but unpublished records are invisible to readers.

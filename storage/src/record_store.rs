@@ -4,11 +4,11 @@
 //!
 //! * the **record file** (`segments/`, see [`crate::record_file`]): every
 //!   committed record, appended once, with the hash chain at its seq;
+//!   its in-memory txid index finds a record by txid;
 //! * one **sled** tree, `records`, with small values only:
 //!
 //! | key | value |
 //! | --- | --- |
-//! | `t` + txid | seq ‖ channel_seq (u64 BE each) |
 //! | `c` + channel + `0x00` + first seq (u64 BE) | the seqs of one batch's records on that channel, in order, u64 BE each (at most [`CHANNEL_RUN_SEQS_MAX`]) |
 //! | `h` + channel | last channel_seq (u64 BE) |
 //! | `m` + name | metadata value: `version u8 \| postcard(T)`, typed by a [`MetaKey`] |
@@ -62,9 +62,10 @@ pub const LAST_SEQ: MetaKey<u64> = MetaKey::new("last_seq", 1);
 /// Layout version of the whole store. Version 1 (never written as a key)
 /// stored metadata without version bytes; 2 is typed [`MetaKey`] values;
 /// 3 moves record bodies and the chain out of sled into the record file;
-/// 4 keys the channel index by runs of seqs instead of one key per record.
+/// 4 keys the channel index by runs of seqs instead of one key per record;
+/// 5 moves the txid index out of sled into the record file.
 pub const STORE_FORMAT: MetaKey<u32> = MetaKey::new("store_format", 1);
-const STORE_FORMAT_VERSION: u32 = 4;
+const STORE_FORMAT_VERSION: u32 = 5;
 
 /// Most seqs under one channel-index key. A batch's records on one channel
 /// share keys (one sled insert per run, not per record: sled inserts were
@@ -203,13 +204,6 @@ pub struct AppendOutcome {
     pub duplicate: bool,
 }
 
-fn txid_key(txid: &[u8]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(1 + txid.len());
-    key.push(b't');
-    key.extend_from_slice(txid);
-    key
-}
-
 fn channel_key(channel: &str, seq: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(10 + channel.len());
     key.push(b'c');
@@ -226,29 +220,6 @@ fn head_key(channel: &str) -> Vec<u8> {
     key
 }
 
-/// The value under a txid key: where that txid was committed.
-fn txid_value(seq: u64, channel_seq: u64) -> [u8; 16] {
-    let mut value = [0u8; 16];
-    value[..8].copy_from_slice(&seq.to_be_bytes());
-    value[8..].copy_from_slice(&channel_seq.to_be_bytes());
-    value
-}
-
-/// Read a [`txid_value`] back: `(seq, channel_seq)`.
-fn decode_txid_value(value: &[u8]) -> Result<(u64, u64)> {
-    if value.len() != 16 {
-        return Err(Error::Decode {
-            what: "txid index",
-            detail: format!("expected 16 bytes, got {}", value.len()),
-        });
-    }
-    Ok((
-        be_u64("txid seq", &value[..8])?,
-        be_u64("txid channel seq", &value[8..])?,
-    ))
-}
-
-/// The value under a channel-index key: a run of seqs, u64 BE each.
 fn encode_channel_run(seqs: &[u64]) -> Vec<u8> {
     assert!(
         !seqs.is_empty() && seqs.len() <= CHANNEL_RUN_SEQS_MAX,
@@ -468,20 +439,9 @@ impl RecordStore {
         self.file.set_chain_at(seq, value)
     }
 
-    /// Where `txid` was committed: `(seq, channel_seq)`, counting records
-    /// indexed by a batch that is not published yet.
-    fn txid_position(&self, txid: &[u8]) -> Result<Option<(u64, u64)>> {
-        let Some(value) = self.tree.get(txid_key(txid))? else {
-            return Ok(None);
-        };
-        decode_txid_value(&value).map(Some)
-    }
-
+    /// The committed record with `txid`, if there is one.
     pub fn lookup_txid(&self, txid: &[u8]) -> Result<Option<StoredRecord>> {
-        match self.txid_position(txid)? {
-            Some((seq, _)) => self.get(seq),
-            None => Ok(None),
-        }
+        self.file.find_txid(txid)
     }
 
     /// Records with `seq >= from_seq` (optionally only `channel`), at most
@@ -637,10 +597,10 @@ impl ApplyBatch<'_> {
                 ..*outcome
             });
         }
-        if let Some((seq, channel_seq)) = self.store.txid_position(&record.txid)? {
+        if let Some(original) = self.store.lookup_txid(&record.txid)? {
             return Ok(AppendOutcome {
-                seq,
-                channel_seq,
+                seq: original.seq,
+                channel_seq: original.channel_seq,
                 duplicate: true,
             });
         }
@@ -680,8 +640,6 @@ impl ApplyBatch<'_> {
 
     fn insert(&mut self, record: &StoredRecord) {
         self.chain = self.frames.push(&self.chain, record);
-        self.batch
-            .insert(txid_key(&record.txid), &txid_value(record.seq, record.channel_seq));
         if let Some(appends) = self.channels.get_mut(&record.channel) {
             appends.head = record.channel_seq;
             appends.seqs.push(record.seq);
@@ -1013,16 +971,9 @@ mod tests {
         assert!(store.read(1, 10, usize::MAX, Some("none")).unwrap().is_empty());
     }
 
-    /// The txid and channel-run index values round-trip, and malformed ones are refused.
+    /// The channel-run index values round-trip, and malformed ones are refused.
     #[test]
     fn index_values_round_trip() {
-        for (seq, channel_seq) in [(1u64, 1u64), (121, 56), (u64::MAX, 1 << 40)] {
-            assert_eq!(
-                decode_txid_value(&txid_value(seq, channel_seq)).unwrap(),
-                (seq, channel_seq)
-            );
-        }
-        assert!(decode_txid_value(&[0u8; 15]).is_err());
         for run in [
             vec![1u64],
             vec![5, 9, 10, u64::MAX],
