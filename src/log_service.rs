@@ -4,6 +4,8 @@
 //!   [`Batcher`]; the reply carries one committed `seq` per record. A
 //!   follower answers `UNAVAILABLE` with the leader's address in the
 //!   `txlog-leader` metadata; the client library retries there.
+//! * `AppendStream` does the same per call over one long-lived stream
+//!   (`append_stream.rs`); the client library sends every append that way.
 //! * `Read` / `Lookup` confirm leadership through a read index first
 //!   (linearizable) unless `stale` is set, in which case this node's state
 //!   machine answers and the response's `last_seq` says how far it has got.
