@@ -57,7 +57,7 @@ pub enum Command {
     /// Membership and maintenance: join, remove, transfer-leader, status, snapshot, compact.
     Admin(AdminArgs),
     /// Benchmarks: append load (default), failover time, resync bandwidth.
-    Bench(crate::bench::BenchCommand),
+    Bench(Box<crate::bench::BenchCommand>),
 }
 
 #[derive(Subcommand)]

@@ -66,6 +66,6 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Tail(args) => records::tail(args).await,
         Command::Status(args) => status::print_status(&args.cluster, false).await,
         Command::Admin(args) => admin::run(args.command).await,
-        Command::Bench(command) => bench::run(command).await,
+        Command::Bench(command) => bench::run(*command).await,
     }
 }
