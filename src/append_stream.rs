@@ -35,6 +35,8 @@ use crate::log_service::LogServer;
 pub const STREAM_REPLY_MESSAGES_MAX: usize = 16;
 /// Calls in flight on one stream, at most.
 pub const STREAM_CALLS_MAX: usize = 4096;
+/// Bytes of replies in one message, at most (well under the message limit).
+const REPLY_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
 
 type Outbound = mpsc::Sender<Result<AppendStreamResponse, Status>>;
 type CallFuture = Pin<Box<dyn Future<Output = AppendReply> + Send>>;
@@ -56,6 +58,28 @@ fn failed(id: u64, status: Status) -> AppendReply {
             leader,
         }),
     }
+}
+
+/// `replies` as messages of at most [`REPLY_MESSAGE_BYTES_MAX`] each (a
+/// reply carries 3 numbers per record, so thousands of calls answered at
+/// once could otherwise pass the message limit).
+fn reply_messages(replies: Vec<AppendReply>) -> Vec<AppendStreamResponse> {
+    let mut messages = Vec::new();
+    let mut current = AppendStreamResponse::default();
+    let mut bytes = 0;
+    for reply in replies {
+        let size = prost::Message::encoded_len(&reply) + 8;
+        if !current.replies.is_empty() && bytes + size > REPLY_MESSAGE_BYTES_MAX {
+            messages.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.replies.push(reply);
+    }
+    if !current.replies.is_empty() {
+        messages.push(current);
+    }
+    messages
 }
 
 impl LogServer {
@@ -94,13 +118,19 @@ impl LogServer {
         let mut pending: FuturesUnordered<CallFuture> = FuturesUnordered::new();
         let mut reading = true;
         loop {
+            if !reading && pending.is_empty() {
+                // The client closed its side and every call is answered: end the stream (OK).
+                return;
+            }
             let mut replies = Vec::new();
             tokio::select! {
+                _ = outbound.closed() => return,
                 _ = self.shutdown.cancelled() => {
                     let _ = outbound.send(Err(Status::unavailable("node is shutting down"))).await;
                     return;
                 }
-                message = inbound.message(), if reading && pending.len() < STREAM_CALLS_MAX => match message {
+                // Room for a whole message of calls, so the bound holds.
+                message = inbound.message(), if reading && pending.len() + APPEND_STREAM_MESSAGE_CALLS_MAX <= STREAM_CALLS_MAX => match message {
                     Ok(Some(message)) => {
                         if message.calls.len() > APPEND_STREAM_MESSAGE_CALLS_MAX {
                             self.metrics.rejected_requests.inc();
@@ -135,11 +165,45 @@ impl LogServer {
                         replies.push(reply);
                     }
                 }
-                else => return,
             }
-            if !replies.is_empty() && outbound.send(Ok(AppendStreamResponse { replies })).await.is_err() {
-                return;
+            for message in reply_messages(replies) {
+                if outbound.send(Ok(message)).await.is_err() {
+                    return;
+                }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Replies are split into messages under the byte limit, none lost or
+    /// reordered, and a single reply larger than the limit still goes out.
+    #[test]
+    fn replies_split_under_the_byte_limit() {
+        let result = AppendResult {
+            seq: u64::MAX,
+            channel_seq: u64::MAX,
+            duplicate: true,
+        };
+        let reply = |id, records| AppendReply {
+            id,
+            results: vec![result; records],
+            error: None,
+        };
+        let replies: Vec<AppendReply> = (0..400).map(|id| reply(id, 4096)).collect();
+        let messages = reply_messages(replies);
+        assert!(messages.len() > 1);
+        for message in &messages {
+            assert!(prost::Message::encoded_len(message) <= REPLY_MESSAGE_BYTES_MAX + 64);
+        }
+        let ids: Vec<u64> = messages.iter().flat_map(|m| m.replies.iter().map(|r| r.id)).collect();
+        assert_eq!(ids, (0..400).collect::<Vec<_>>());
+
+        let huge = reply_messages(vec![reply(1, REPLY_MESSAGE_BYTES_MAX / 8)]);
+        assert_eq!(huge.len(), 1);
+        assert!(reply_messages(Vec::new()).is_empty());
     }
 }

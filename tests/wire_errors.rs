@@ -360,9 +360,38 @@ async fn append_stream_answers_each_call() {
     };
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
 
+    // A client that closes its side gets every answer, then the end of the
+    // stream (the node does not keep the stream's task).
+    let mut client = LogServiceClient::new(channel(&leader).await);
+    let mut inbound = client
+        .append_stream(tokio_stream::iter(vec![AppendStreamRequest {
+            calls: vec![call(1, vec![record("s-6", "orders")])],
+        }]))
+        .await
+        .expect("open")
+        .into_inner();
+    let message = tokio::time::timeout(WAIT, inbound.message())
+        .await
+        .expect("an answer within 30 s")
+        .expect("a message")
+        .expect("a reply");
+    assert_eq!(message.replies.len(), 1);
+    assert_eq!(message.replies[0].error, None, "{:?}", message.replies[0]);
+    let end = tokio::time::timeout(WAIT, inbound.message())
+        .await
+        .expect("the stream ends once every call is answered");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+
     let read = cluster.client.read(1, 100, None, false).await.expect("read");
     let txids: Vec<_> = read.records.iter().map(|r| r.txid.clone()).collect();
-    assert_eq!(txids, vec![Bytes::from_static(b"s-1"), Bytes::from_static(b"s-4")]);
+    assert_eq!(
+        txids,
+        vec![
+            Bytes::from_static(b"s-1"),
+            Bytes::from_static(b"s-4"),
+            Bytes::from_static(b"s-6")
+        ]
+    );
 }
 
 /// `txlog append --cluster <one follower>` reaches the leader through the

@@ -12,6 +12,7 @@
 //! safe), and the next call opens a new stream.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
@@ -55,18 +56,20 @@ pub(crate) struct AppendSession {
 impl AppendSession {
     /// Start the task for the node behind `channel`; it opens the stream on
     /// the first call and ends when every handle is dropped.
-    pub fn start(address: String, channel: Channel) -> AppendSession {
+    pub fn start(address: String, channel: Channel, open_timeout: Duration) -> AppendSession {
         let (tx, rx) = mpsc::channel(QUEUE_CALLS_MAX);
-        tokio::spawn(run(address, channel, rx));
+        tokio::spawn(run(address, channel, open_timeout, rx));
         AppendSession { tx }
     }
 
     /// Append `records` on this node; the answer `Append` would give.
     pub async fn append(&self, records: Vec<Record>) -> Reply {
+        // Encoded size, field tags and lengths included, plus the call's id.
         let bytes = records
             .iter()
-            .map(|r| r.payload.len() + r.txid.len() + r.channel.len())
-            .sum();
+            .map(|r| prost::Message::encoded_len(r) + 4)
+            .sum::<usize>()
+            + 16;
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Queued { records, bytes, reply })
@@ -113,7 +116,19 @@ fn call_status(error: txlog_proto::CallError) -> Status {
     status
 }
 
-async fn run(address: String, channel: Channel, mut rx: mpsc::Receiver<Queued>) {
+/// A transport failure (h2 reset or GOAWAY, connection lost) surfaces as
+/// UNKNOWN or INTERNAL; to the callers it is the node being unreachable,
+/// which their retry loops handle.
+fn transport_status(address: &str, status: Status) -> Status {
+    match status.code() {
+        Code::Unknown | Code::Internal => {
+            Status::unavailable(format!("append stream to {address} broke: {}", status.message()))
+        }
+        _ => status,
+    }
+}
+
+async fn run(address: String, channel: Channel, open_timeout: Duration, mut rx: mpsc::Receiver<Queued>) {
     // A call taken from the queue that did not fit in the last message.
     let mut held: Option<Queued> = None;
     loop {
@@ -133,12 +148,21 @@ async fn run(address: String, channel: Channel, mut rx: mpsc::Receiver<Queued>) 
         // the request headers and the first body frame together.
         let message;
         (message, held) = take_message(first, &mut rx, &mut inflight);
+        if message.calls.is_empty() {
+            // Every queued caller gave up already.
+            continue;
+        }
         let _ = out_tx.try_send(message);
-        let opened = LogServiceClient::new(channel.clone())
+        let mut client = LogServiceClient::new(channel.clone())
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(MESSAGE_BYTES_MAX)
-            .append_stream(ReceiverStream::new(out_rx))
-            .await;
+            .max_encoding_message_size(MESSAGE_BYTES_MAX);
+        let opening = client.append_stream(ReceiverStream::new(out_rx));
+        let opened = match tokio::time::timeout(open_timeout, opening).await {
+            Ok(opened) => opened.map_err(|status| transport_status(&address, status)),
+            Err(_) => Err(Status::unavailable(format!(
+                "append stream to {address} did not open within {open_timeout:?}"
+            ))),
+        };
         let mut inbound = match opened {
             Ok(response) => response.into_inner(),
             Err(status) => {
@@ -152,7 +176,9 @@ async fn run(address: String, channel: Channel, mut rx: mpsc::Receiver<Queued>) 
                 if let Some(first) = held.take() {
                     let message;
                     (message, held) = take_message(first, &mut rx, &mut inflight);
-                    let _ = out_tx.try_send(message);
+                    if !message.calls.is_empty() {
+                        let _ = out_tx.try_send(message);
+                    }
                     continue;
                 }
             }
@@ -161,7 +187,9 @@ async fn run(address: String, channel: Channel, mut rx: mpsc::Receiver<Queued>) 
                     Some(first) => {
                         let message;
                         (message, held) = take_message(first, &mut rx, &mut inflight);
-                        let _ = out_tx.try_send(message);
+                        if !message.calls.is_empty() {
+                            let _ = out_tx.try_send(message);
+                        }
                     }
                     None => break None,
                 },
@@ -185,16 +213,7 @@ async fn run(address: String, channel: Channel, mut rx: mpsc::Receiver<Queued>) 
             return;
         };
         tracing::debug!(%address, code = ?status.code(), msg = status.message(), "append stream broke");
-        // A transport failure (h2 reset, connection lost) surfaces as
-        // UNKNOWN or INTERNAL; to the callers it is the node being
-        // unreachable, which their retry loops handle.
-        let status = match status.code() {
-            Code::Unknown | Code::Internal => {
-                Status::unavailable(format!("append stream to {address} broke: {}", status.message()))
-            }
-            _ => status,
-        };
-        inflight.fail_all(&status);
+        inflight.fail_all(&transport_status(&address, status));
     }
 }
 
@@ -211,6 +230,13 @@ fn take_message(
     let mut bytes = 0;
     let mut next = Some(first);
     while let Some(q) = next.take() {
+        if q.reply.is_closed() {
+            // Its caller gave up (deadline): sending it would only add work.
+            if calls.len() < APPEND_STREAM_MESSAGE_CALLS_MAX {
+                next = rx.try_recv().ok();
+            }
+            continue;
+        }
         if !calls.is_empty() && bytes + q.bytes > MESSAGE_RECORD_BYTES_MAX {
             return (AppendStreamRequest { calls }, Some(q));
         }

@@ -92,7 +92,7 @@ impl Client {
         if let Some((_, session)) = appends.iter().find(|(a, _)| *a == route.address) {
             return session.clone();
         }
-        let session = AppendSession::start(route.address.clone(), route.channel.clone());
+        let session = AppendSession::start(route.address.clone(), route.channel.clone(), self.options.rpc_timeout);
         appends.push((route.address.clone(), session.clone()));
         session
     }
