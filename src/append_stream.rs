@@ -23,12 +23,12 @@ use tonic::Status;
 use tonic::Streaming;
 use txlog_proto::AppendCall;
 use txlog_proto::AppendReply;
-use txlog_proto::AppendResult;
 use txlog_proto::AppendStreamRequest;
 use txlog_proto::AppendStreamResponse;
 use txlog_proto::CallError;
 use txlog_proto::APPEND_STREAM_MESSAGE_CALLS_MAX;
 
+use crate::log_service::append_results;
 use crate::log_service::LogServer;
 
 /// Reply messages buffered per stream before the task waits for the client.
@@ -97,14 +97,7 @@ impl LogServer {
             match committed.await {
                 Ok(outcomes) => AppendReply {
                     id,
-                    results: outcomes
-                        .into_iter()
-                        .map(|o| AppendResult {
-                            seq: o.seq,
-                            channel_seq: o.channel_seq,
-                            duplicate: o.duplicate,
-                        })
-                        .collect(),
+                    results: append_results(outcomes),
                     error: None,
                 },
                 Err(err) => failed(id, server.reject(err)),
@@ -178,6 +171,7 @@ impl LogServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use txlog_proto::AppendResult;
 
     /// Replies are split into messages under the byte limit, none lost or
     /// reordered, and a single reply larger than the limit still goes out.

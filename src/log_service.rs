@@ -40,6 +40,7 @@ use txlog_proto::SubscribeRequest;
 use txlog_raft::openraft::ReadPolicy;
 use txlog_raft::Raft;
 use txlog_raft::StateMachineReader;
+use txlog_storage::AppendOutcome;
 use txlog_storage::NewRecord;
 use txlog_storage::StoredRecord;
 
@@ -80,6 +81,18 @@ pub fn to_proto(r: StoredRecord) -> CommittedRecord {
         log_term: r.log_term,
         origin_node: r.origin_node,
     }
+}
+
+/// What the client is told of its committed records, one per record.
+pub fn append_results(outcomes: Vec<AppendOutcome>) -> Vec<AppendResult> {
+    outcomes
+        .into_iter()
+        .map(|o| AppendResult {
+            seq: o.seq,
+            channel_seq: o.channel_seq,
+            duplicate: o.duplicate,
+        })
+        .collect()
 }
 
 /// The leader as this node currently knows it: `(id, address)`.
@@ -164,15 +177,9 @@ impl LogService for LogServer {
         let records = self.validate_append(request.into_inner()).map_err(|e| self.reject(e))?;
         self.check_leader().map_err(|e| self.reject(e))?;
         let outcomes = self.batcher.append(records).await.map_err(|e| self.reject(e))?;
-        let results = outcomes
-            .into_iter()
-            .map(|o| AppendResult {
-                seq: o.seq,
-                channel_seq: o.channel_seq,
-                duplicate: o.duplicate,
-            })
-            .collect();
-        Ok(Response::new(AppendResponse { results }))
+        Ok(Response::new(AppendResponse {
+            results: append_results(outcomes),
+        }))
     }
 
     type AppendStreamStream = AppendStream;

@@ -62,14 +62,9 @@ impl AppendSession {
         AppendSession { tx }
     }
 
-    /// Append `records` on this node; the answer `Append` would give.
-    pub async fn append(&self, records: Vec<Record>) -> Reply {
-        // Encoded size, field tags and lengths included, plus the call's id.
-        let bytes = records
-            .iter()
-            .map(|r| prost::Message::encoded_len(r) + 4)
-            .sum::<usize>()
-            + 16;
+    /// Append `records` (`bytes` encoded as one call) on this node; the
+    /// answer `Append` would give.
+    pub async fn append(&self, records: Vec<Record>, bytes: usize) -> Reply {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Queued { records, bytes, reply })
@@ -129,7 +124,8 @@ fn transport_status(address: &str, status: Status) -> Status {
 }
 
 async fn run(address: String, channel: Channel, open_timeout: Duration, mut rx: mpsc::Receiver<Queued>) {
-    // A call taken from the queue that did not fit in the last message.
+    // A call taken from the queue and not sent yet: it did not fit in the
+    // last message, or it was just received.
     let mut held: Option<Queued> = None;
     loop {
         let first = match held.take() {
@@ -172,6 +168,7 @@ async fn run(address: String, channel: Channel, open_timeout: Duration, mut rx: 
             }
         };
         let broke = loop {
+            // A held call leads the next message.
             if out_tx.capacity() > 0 {
                 if let Some(first) = held.take() {
                     let message;
@@ -184,13 +181,7 @@ async fn run(address: String, channel: Channel, open_timeout: Duration, mut rx: 
             }
             tokio::select! {
                 queued = rx.recv(), if out_tx.capacity() > 0 => match queued {
-                    Some(first) => {
-                        let message;
-                        (message, held) = take_message(first, &mut rx, &mut inflight);
-                        if !message.calls.is_empty() {
-                            let _ = out_tx.try_send(message);
-                        }
-                    }
+                    Some(first) => held = Some(first),
                     None => break None,
                 },
                 answer = inbound.message() => match answer {

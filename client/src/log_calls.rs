@@ -63,13 +63,14 @@ impl Client {
         let alone = AppendStreamRequest {
             calls: vec![AppendCall { id: u64::MAX, records }],
         };
-        check_message_bytes(prost::Message::encoded_len(&alone))?;
+        let bytes = prost::Message::encoded_len(&alone);
+        check_message_bytes(bytes)?;
         let records = alone.calls.into_iter().next().map(|c| c.records).unwrap_or_default();
         let deadline = self.options.rpc_timeout;
         self.call(self.log_call("append"), records, |route, request| {
             let session = self.append_session(&route);
             async move {
-                match tokio::time::timeout(deadline, session.append(request.into_inner())).await {
+                match tokio::time::timeout(deadline, session.append(request.into_inner(), bytes)).await {
                     Ok(reply) => reply,
                     Err(_) => Err(Status::deadline_exceeded(format!(
                         "append not answered within {deadline:?}"
