@@ -12,6 +12,7 @@ use std::time::Instant;
 use bytes::Buf;
 use bytes::BufMut;
 use bytes::Bytes;
+use prost::Message;
 use tonic::codec::Codec;
 use tonic::codec::DecodeBuf;
 use tonic::codec::Decoder;
@@ -30,7 +31,9 @@ use txlog_proto::AppendReply;
 use txlog_proto::AppendRequest;
 use txlog_proto::AppendStreamRequest;
 use txlog_proto::JoinRequest;
+use txlog_proto::RaftMessage;
 use txlog_proto::Record;
+use txlog_proto::RAFT_MESSAGE_VERSION;
 use txlog_testkit::LocalCluster;
 use txlog_testkit::NodeSpec;
 use txlog_testkit::REGIONS;
@@ -207,12 +210,49 @@ async fn undecodable_and_oversize_requests() {
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains(&MESSAGE_BYTES_MAX.to_string()), "{status:?}");
 
+    // The peer replication stream: bytes that are not a message, and a
+    // message whose checksum does not match its body, end it with
+    // INVALID_ARGUMENT before openraft sees anything.
+    let bad_crc = RaftMessage {
+        version: RAFT_MESSAGE_VERSION,
+        body: Bytes::from_static(b"not postcard"),
+        crc32: 1,
+    }
+    .encode_to_vec();
+    for (body, expected) in [(garbage.clone(), "not a valid message"), (bad_crc.into(), "checksum")] {
+        let status = raw_stream(&node, "/txlog.v1.RaftService/StreamAppend", body)
+            .await
+            .expect_err("a bad replication message");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(expected), "{status:?}");
+    }
+
     let result = cluster
         .client
         .append_one("orders", b"after", b"fine")
         .await
         .expect("append");
-    assert_eq!(result.seq, 1, "neither bad request wrote anything");
+    assert_eq!(result.seq, 1, "no bad request wrote anything");
+}
+
+/// One message on a bidirectional stream to `path`; the replies up to the
+/// status the stream ended with.
+async fn raw_stream(address: &str, path: &'static str, body: Bytes) -> Result<Vec<Bytes>, Status> {
+    let mut grpc = tonic::client::Grpc::new(channel(address).await);
+    grpc.ready().await.expect("channel ready");
+    let request = tonic::Request::new(tokio_stream::iter([body]));
+    let mut inbound = grpc
+        .streaming(request, PathAndQuery::from_static(path), RawCodec)
+        .await?
+        .into_inner();
+    let mut replies = Vec::new();
+    while let Some(reply) = tokio::time::timeout(WAIT, inbound.message())
+        .await
+        .expect("the stream ends within 30 s")?
+    {
+        replies.push(reply);
+    }
+    Ok(replies)
 }
 
 fn record(txid: &str, channel: &str) -> Record {

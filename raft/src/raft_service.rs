@@ -5,8 +5,14 @@
 //! Incoming snapshots and deltas are handled by resync (`resync/receive.rs`).
 //! Every error becomes a `Status` through `From<Error> for Status`.
 
+use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use futures::Stream;
+use futures::StreamExt;
 
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::TransferLeaderRequest;
@@ -103,6 +109,7 @@ fn decode<T: DeserializeOwned>(request: &Request<RaftMessage>) -> Result<T> {
 }
 
 type RpcResult = std::result::Result<Response<RaftMessage>, Status>;
+type ReplyStream = Pin<Box<dyn Stream<Item = std::result::Result<RaftMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl RaftService for RaftServer {
@@ -119,6 +126,54 @@ impl RaftService for RaftServer {
             }
             .await,
         )
+    }
+
+    type StreamAppendStream = ReplyStream;
+
+    /// Pipelined replication: each request is handed to openraft as it
+    /// arrives and answered in order once it is on disk. A message that does
+    /// not decode ends the stream with `INVALID_ARGUMENT` after the replies
+    /// to the requests before it; nothing after it is appended.
+    async fn stream_append(
+        &self,
+        request: Request<Streaming<RaftMessage>>,
+    ) -> std::result::Result<Response<ReplyStream>, Status> {
+        let refused: Arc<Mutex<Option<Status>>> = Arc::default();
+        let contact = self.contact.clone();
+        let slot = refused.clone();
+        let requests = request.into_inner().scan((), move |_, message| {
+            // tonic reports a message whose protobuf does not decode as
+            // INTERNAL; it is the sender's fault, as a bad body is.
+            let decoded = match message {
+                Ok(m) => codec::decode::<AppendEntriesRequest<TypeConfig>>(&m).map_err(Status::from),
+                Err(status) if status.code() == tonic::Code::Internal => Err(Status::invalid_argument(format!(
+                    "append stream message is not a valid message: {}",
+                    status.message()
+                ))),
+                Err(status) => Err(status),
+            };
+            match decoded {
+                Ok(req) => {
+                    contact.touch();
+                    futures::future::ready(Some(req))
+                }
+                Err(status) => {
+                    *slot.lock().expect("refusal slot poisoned") = Some(status);
+                    futures::future::ready(None)
+                }
+            }
+        });
+        let replies = self
+            .raft
+            .stream_append(requests)
+            .map(|reply| match reply {
+                Ok(result) => Ok(codec::encode(&result)),
+                Err(fatal) => Err(raft_failed(fatal).into()),
+            })
+            .chain(futures::stream::iter(std::iter::from_fn(move || {
+                refused.lock().expect("refusal slot poisoned").take().map(Err)
+            })));
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> RpcResult {
