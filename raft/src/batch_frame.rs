@@ -38,41 +38,7 @@ pub struct BatchBody {
 
 /// An encoded batch frame, as stored in a Raft entry.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BatchFrame(#[serde(with = "serde_bytes_compat")] pub Vec<u8>);
-
-/// Encode `Vec<u8>` as one byte string rather than a sequence of integers.
-mod serde_bytes_compat {
-    use serde::Deserializer;
-    use serde::Serializer;
-
-    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(bytes)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = Vec<u8>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("bytes")
-            }
-            fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-                Ok(v.to_vec())
-            }
-            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-                Ok(v)
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
-                let mut out = Vec::new();
-                while let Some(b) = seq.next_element::<u8>()? {
-                    out.push(b);
-                }
-                Ok(out)
-            }
-        }
-        d.deserialize_byte_buf(Visitor)
-    }
-}
+pub struct BatchFrame(#[serde(with = "txlog_storage::byte_string")] pub Vec<u8>);
 
 impl fmt::Debug for BatchFrame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -49,6 +49,7 @@
 //! already have dropped the data and retrying would report a lie. Every
 //! fsync in this crate goes through [`fatal_fsync_failure`].
 
+pub mod byte_string;
 pub mod delta_file;
 mod durable_file;
 mod error;

@@ -122,8 +122,10 @@ impl ChannelName {
 /// A record as a client submitted it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewRecord {
+    #[serde(with = "crate::byte_string")]
     pub txid: Vec<u8>,
     pub channel: String,
+    #[serde(with = "crate::byte_string")]
     pub payload: Vec<u8>,
     pub client_time_ns: u64,
 }
@@ -133,8 +135,10 @@ pub struct NewRecord {
 pub struct StoredRecord {
     pub seq: u64,
     pub channel_seq: u64,
+    #[serde(with = "crate::byte_string")]
     pub txid: Vec<u8>,
     pub channel: String,
+    #[serde(with = "crate::byte_string")]
     pub payload: Vec<u8>,
     pub client_time_ns: u64,
     pub commit_time_ns: u64,
