@@ -130,7 +130,20 @@ impl LogServer {
     }
 
     /// Wait until this node may serve a linearizable read.
+    ///
+    /// First by the leader lease, which needs no network round: a quorum
+    /// acknowledged this leader less than `election_timeout_ms_max` ago
+    /// (timed from when the acknowledged message was sent), and until that
+    /// long after hearing from it no follower votes for another node nor
+    /// starts an election (the failure detector waits at least as long), so
+    /// no other leader can have committed anything. This assumes the nodes'
+    /// clocks run at the same rate, not that they agree. When the lease has
+    /// run out (the leader has not heard from a quorum lately), the read
+    /// falls back to ReadIndex: a heartbeat round to a quorum.
     async fn linearize(&self) -> Result<()> {
+        if self.raft.ensure_linearizable(ReadPolicy::LeaseRead).await.is_ok() {
+            return Ok(());
+        }
         match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
             Ok(_) => Ok(()),
             Err(err) => Err(raft_error(err, "linearizable read")),
