@@ -12,6 +12,10 @@ use crate::append_stream::AppendSession;
 use crate::ClientError;
 use crate::ClientOptions;
 
+/// HTTP/2 ping interval on every node connection, and how long a ping may
+/// go unanswered before the connection counts as dead.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A connection to a txlog cluster. Cheap to clone; clones share channels
 /// and the leader they have learned.
 #[derive(Clone)]
@@ -102,6 +106,13 @@ impl Client {
             .map_err(|e| ClientError::BadCluster(format!("{address}: {e}")))?
             .connect_timeout(self.options.connect_timeout)
             .tcp_nodelay(true)
+            // A node that vanished without closing the connection (power
+            // loss, a silent partition) is noticed within ~10 s even with no
+            // call in flight to time out: the append stream to it then
+            // fails and its calls are retried elsewhere.
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_INTERVAL)
+            .keep_alive_while_idle(true)
             .connect_lazy())
     }
 
