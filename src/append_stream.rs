@@ -18,6 +18,7 @@ use std::pin::Pin;
 use futures::stream::FuturesUnordered;
 use futures::FutureExt;
 use futures::StreamExt;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::mpsc;
 use tonic::Status;
 use tonic::Streaming;
@@ -108,6 +109,15 @@ impl LogServer {
     /// Serve one stream until the client closes it (and every call is
     /// answered), it breaks, or the node shuts down.
     pub async fn serve_append_stream(self, mut inbound: Streaming<AppendStreamRequest>, outbound: Outbound) {
+        /// Counts the stream as open until this task ends, however it ends.
+        struct Open(Gauge);
+        impl Drop for Open {
+            fn drop(&mut self) {
+                self.0.dec();
+            }
+        }
+        self.metrics.append_streams.inc();
+        let _open = Open(self.metrics.append_streams.clone());
         let mut pending: FuturesUnordered<CallFuture> = FuturesUnordered::new();
         let mut reading = true;
         loop {

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub batch_records: Histogram,
     pub commit_latency_seconds: Histogram,
     pub wal_fsync_seconds: Histogram,
+    pub append_streams: Gauge,
     pub term: Gauge,
     pub leader_changes: Counter,
     pub is_leader: Gauge,
@@ -76,6 +77,7 @@ impl Metrics {
             batch_records: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             commit_latency_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             wal_fsync_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 18)),
+            append_streams: Gauge::default(),
             term: Gauge::default(),
             leader_changes: Counter::default(),
             is_leader: Gauge::default(),
@@ -132,6 +134,11 @@ impl Metrics {
             "wal_fsync_seconds",
             "Duration of each WAL group-commit fdatasync",
             self.wal_fsync_seconds.clone(),
+        );
+        registry.register(
+            "append_streams",
+            "Client append streams open on this node",
+            self.append_streams.clone(),
         );
     }
 

@@ -57,7 +57,11 @@ impl Cluster {
         let specs = ids
             .iter()
             .zip(REGIONS)
-            .map(|(&id, region)| NodeSpec::loopback(id, region, dir.path().join(region)).expect("free port"))
+            .map(|(&id, region)| {
+                let mut spec = NodeSpec::loopback(id, region, dir.path().join(region)).expect("free port");
+                spec.metrics = Some(format!("127.0.0.1:{}", txlog_testkit::free_port().expect("free port")));
+                spec
+            })
             .collect();
         let mut local =
             LocalCluster::with_exe(specs, PathBuf::from(env!("CARGO_BIN_EXE_txlog"))).in_caller_process_group();
@@ -87,6 +91,24 @@ impl Cluster {
         cluster
     }
 
+    /// The value of the unlabelled metric `name` on node `id`.
+    async fn metric(&self, id: u64, name: &str) -> f64 {
+        use tokio::io::AsyncReadExt;
+        use tokio::io::AsyncWriteExt;
+        let node = self.local.nodes.iter().find(|n| n.spec.id == id).expect("node id");
+        let address = node.spec.metrics.as_deref().expect("metrics address");
+        let mut stream = tokio::net::TcpStream::connect(address).await.expect("metrics endpoint");
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+            .await
+            .expect("metrics request");
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.expect("metrics response");
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    }
+
     fn address(&self, id: u64) -> String {
         let i = self.local.index_of(id).expect("member");
         self.local.nodes[i].spec.address.clone()
@@ -101,8 +123,10 @@ impl Cluster {
             .collect()
     }
 
-    /// A node that follows a leader it knows (leadership may have moved
-    /// since `start`).
+    /// A node that follows a leader it knows, with the membership that
+    /// gives the leader's address (a node that just started may know the
+    /// leader's id before the membership entry reaches it). Leadership may
+    /// have moved since `start`.
     async fn follower(&self) -> u64 {
         let watched = Instant::now();
         let deadline = watched + WAIT;
@@ -110,7 +134,8 @@ impl Cluster {
             for node in &self.local.nodes {
                 let id = node.spec.id;
                 if let Ok(status) = self.client.node_status(&node.spec.address).await {
-                    if status.leader_id != 0 && status.leader_id != id {
+                    let knows_address = status.members.iter().any(|m| m.id == status.leader_id);
+                    if status.leader_id != 0 && status.leader_id != id && status.role == "follower" && knows_address {
                         return id;
                     }
                 }
@@ -271,12 +296,8 @@ async fn append_stream(
     messages: Vec<AppendStreamRequest>,
     expected: usize,
 ) -> Result<std::collections::BTreeMap<u64, AppendReply>, Status> {
-    use tokio_stream::StreamExt;
     let mut client = LogServiceClient::new(channel(address).await);
-    let mut inbound = client
-        .append_stream(tokio_stream::iter(messages).chain(tokio_stream::pending()))
-        .await?
-        .into_inner();
+    let mut inbound = client.append_stream(tokio_stream::iter(messages)).await?.into_inner();
     let mut replies = std::collections::BTreeMap::new();
     while replies.len() < expected {
         let message = tokio::time::timeout(WAIT, inbound.message())
@@ -306,7 +327,8 @@ async fn append_stream_answers_each_call() {
         .node_status(&cluster.address(follower))
         .await
         .expect("status");
-    let leader = cluster.address(status.leader_id);
+    let leader_id = status.leader_id;
+    let leader = cluster.address(leader_id);
     let call = |id, records| AppendCall { id, records };
 
     let replies = append_stream(
@@ -362,7 +384,7 @@ async fn append_stream_answers_each_call() {
     .expect("stream");
     let refused = on_follower[&1].error.as_ref().expect("a follower refuses");
     assert_eq!(refused.code, Code::Unavailable as i32, "{refused:?}");
-    assert_eq!(refused.leader, leader);
+    assert_eq!(refused.leader, leader, "{}", cluster.logs());
 
     let too_many = AppendStreamRequest {
         calls: (0..=txlog_proto::APPEND_STREAM_MESSAGE_CALLS_MAX as u64)
@@ -400,13 +422,29 @@ async fn append_stream_answers_each_call() {
     };
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
 
-    // A client that closes its side gets every answer, then the end of the
-    // stream (the node does not keep the stream's task).
+    // A stream stays open while its client keeps its side open, and is
+    // counted in txlog_append_streams; once the client closes its side it
+    // gets every answer, then the end of the stream, and the node lets go
+    // of it. Every stream above has ended by now.
+    let streams = || cluster.metric(leader_id, "txlog_append_streams");
+    let settled = |want: f64, what: &'static str| async move {
+        let deadline = Instant::now() + WAIT;
+        while streams().await != want {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    settled(0.0, "streams that ended are still counted").await;
+    let (requests, outgoing) = tokio::sync::mpsc::channel(1);
+    requests
+        .send(AppendStreamRequest {
+            calls: vec![call(1, vec![record("s-6", "orders")])],
+        })
+        .await
+        .expect("queue a message");
     let mut client = LogServiceClient::new(channel(&leader).await);
     let mut inbound = client
-        .append_stream(tokio_stream::iter(vec![AppendStreamRequest {
-            calls: vec![call(1, vec![record("s-6", "orders")])],
-        }]))
+        .append_stream(tokio_stream::wrappers::ReceiverStream::new(outgoing))
         .await
         .expect("open")
         .into_inner();
@@ -417,10 +455,13 @@ async fn append_stream_answers_each_call() {
         .expect("a reply");
     assert_eq!(message.replies.len(), 1);
     assert_eq!(message.replies[0].error, None, "{:?}", message.replies[0]);
+    assert_eq!(streams().await, 1.0, "the open stream is counted");
+    drop(requests);
     let end = tokio::time::timeout(WAIT, inbound.message())
         .await
         .expect("the stream ends once every call is answered");
     assert!(matches!(end, Ok(None)), "{end:?}");
+    settled(0.0, "the ended stream is still counted").await;
 
     let read = cluster.client.read(1, 100, None, false).await.expect("read");
     let txids: Vec<_> = read.records.iter().map(|r| r.txid.clone()).collect();
