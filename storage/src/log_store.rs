@@ -50,6 +50,13 @@ use crate::error::Result;
 use crate::frame;
 use crate::segment;
 
+/// Most bytes of entry frames one replication request carries (at least one
+/// entry is always sent, whatever its size). openraft asks for up to 256
+/// entries; with batches of up to `batch_bytes_max` each that could be
+/// hundreds of MiB, over the peer message limit, and a follower decoding
+/// one message that large holds a worker long enough to miss heartbeats.
+pub const REPLICATION_BYTES_MAX: u64 = 4 * 1024 * 1024;
+
 const VOTE_MAGIC: &[u8; 8] = b"TXLVOTE1";
 const PURGED_MAGIC: &[u8; 8] = b"TXLPURG1";
 const COMMITTED_MAGIC: &[u8; 8] = b"TXLCOMM1";
@@ -487,6 +494,23 @@ where
     }
 
     /// Locations and files for the entries in `[start, end)`, clamped to what is present.
+    /// Like [`Inner::locate`], but stops before the entry that would take
+    /// the frames over `bytes_max` (the first entry always counts).
+    fn locate_limited(&self, start: u64, end: u64, bytes_max: u64) -> Vec<(EntryLocation<LogIdOf<C>>, Arc<File>)> {
+        let mut located = self.locate(start, end);
+        let mut bytes = 0u64;
+        let keep = located
+            .iter()
+            .take_while(|(loc, _)| {
+                bytes += u64::from(loc.frame_bytes);
+                bytes <= bytes_max
+            })
+            .count()
+            .max(1);
+        located.truncate(keep);
+        located
+    }
+
     fn locate(&self, start: u64, end: u64) -> Vec<(EntryLocation<LogIdOf<C>>, Arc<File>)> {
         let Some(first) = self.first_present_index() else {
             return Vec::new();
@@ -606,6 +630,23 @@ fn range_to_bounds<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {
     (start, end)
 }
 
+/// Entries from `start` (below `end`) up to [`REPLICATION_BYTES_MAX`] of frames.
+fn read_entries_limited<C>(inner: &RwLock<Inner<C>>, start: u64, end: u64) -> io::Result<Vec<C::Entry>>
+where
+    C: RaftTypeConfig,
+    C::Entry: Serialize + DeserializeOwned,
+    LogIdOf<C>: Serialize + DeserializeOwned,
+{
+    let (dir, located) = {
+        let guard = inner.read().expect("wal lock poisoned");
+        (
+            guard.dir.clone(),
+            guard.locate_limited(start, end, REPLICATION_BYTES_MAX),
+        )
+    };
+    read_located::<C>(&dir, located)
+}
+
 fn read_entries<C, RB>(inner: &RwLock<Inner<C>>, range: RB) -> io::Result<Vec<C::Entry>>
 where
     C: RaftTypeConfig,
@@ -635,6 +676,10 @@ where
         read_entries(&self.inner, range)
     }
 
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> io::Result<Vec<C::Entry>> {
+        read_entries_limited(&self.inner, start, end)
+    }
+
     async fn read_vote(&mut self) -> io::Result<Option<VoteOf<C>>> {
         Ok(self.inner.read().expect("wal lock poisoned").vote.clone())
     }
@@ -652,6 +697,10 @@ where
         range: RB,
     ) -> io::Result<Vec<C::Entry>> {
         read_entries(&self.inner, range)
+    }
+
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> io::Result<Vec<C::Entry>> {
+        read_entries_limited(&self.inner, start, end)
     }
 
     async fn read_vote(&mut self) -> io::Result<Option<VoteOf<C>>> {

@@ -11,6 +11,7 @@ use openraft::type_config::TypeConfigExt;
 use openraft::RaftLogReader;
 use txlog_storage::LogStore;
 use txlog_storage::WalOptions;
+use txlog_storage::REPLICATION_BYTES_MAX;
 
 openraft::declare_raft_types!(
     pub TestConfig:
@@ -246,4 +247,29 @@ async fn vote_is_durable() {
     drop(store);
     let mut store = open(dir.path(), 1 << 20);
     assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new_committed(4, 1)));
+}
+
+/// A replication read stops at `REPLICATION_BYTES_MAX` of frames, across
+/// segments, but always returns the first entry even when it alone is
+/// larger; the entries it returns are the ones asked for, in order.
+#[tokio::test]
+async fn replication_reads_are_bounded_by_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), 8 * 1024 * 1024);
+    let quarter = (REPLICATION_BYTES_MAX / 4) as usize;
+    let big = |index: u64, bytes: usize| Entry::new_normal(log_id::<TestConfig>(1, 1, index), "y".repeat(bytes));
+    // Entries 1–6 of just under a quarter of the limit, then one of twice the limit.
+    let mut entries: Vec<Entry> = (1..=6).map(|i| big(i, quarter - 64)).collect();
+    entries.push(big(7, 2 * REPLICATION_BYTES_MAX as usize));
+    append_durable(&mut store, entries.clone()).await;
+
+    let mut reader = store.get_log_reader().await;
+    let first = reader.limited_get_log_entries(1, 8).await.expect("read");
+    assert_eq!(first, entries[..4], "four frames fit, a fifth would not");
+    let rest = reader.limited_get_log_entries(5, 8).await.expect("read");
+    assert_eq!(rest, entries[4..6], "the oversized entry waits for its own request");
+    let oversized = reader.limited_get_log_entries(7, 8).await.expect("read");
+    assert_eq!(oversized, entries[6..], "an entry over the limit still goes, alone");
+    let small = reader.limited_get_log_entries(2, 3).await.expect("read");
+    assert_eq!(small, entries[1..2]);
 }
