@@ -22,7 +22,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
+use std::time::Instant;
 
+use futures::stream::AbortHandle;
 use futures::Stream;
 use futures::StreamExt;
 use openraft::base::BoxFuture;
@@ -172,6 +174,66 @@ impl PeerClient {
     }
 }
 
+/// Ends a replication stream's request side when its reply side is done
+/// with (ended, failed, or dropped by openraft). hyper keeps polling a
+/// request stream until the server resets it, and openraft's request stream
+/// holds the session state the next session needs: left running, it would
+/// keep taking entries and sending them where no one reads the replies.
+struct StopRequests(AbortHandle);
+
+impl Drop for StopRequests {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Replies a replication stream owes, and since when it has owed one
+/// without hearing any (from the request that made it owe, or the last
+/// reply).
+struct Owed {
+    count: AtomicU64,
+    since: Mutex<Instant>,
+}
+
+impl Default for Owed {
+    fn default() -> Self {
+        Owed {
+            count: AtomicU64::new(0),
+            since: Mutex::new(Instant::now()),
+        }
+    }
+}
+
+impl Owed {
+    fn sent(&self) {
+        if self.count.fetch_add(1, Ordering::Relaxed) == 0 {
+            *self.since.lock().expect("owed lock poisoned") = Instant::now();
+        }
+    }
+
+    fn replied(&self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        *self.since.lock().expect("owed lock poisoned") = Instant::now();
+    }
+
+    fn waited(&self) -> Duration {
+        self.since.lock().expect("owed lock poisoned").elapsed()
+    }
+
+    /// A reply is owed and none came for `ttl`.
+    fn overdue(&self, ttl: Duration) -> bool {
+        self.count.load(Ordering::Relaxed) > 0 && self.waited() >= ttl
+    }
+
+    /// How long to wait for the next reply before checking [`Owed::overdue`].
+    fn wait(&self, ttl: Duration) -> Duration {
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return ttl;
+        }
+        ttl.saturating_sub(self.waited()).max(Duration::from_millis(1))
+    }
+}
+
 fn timeout_error(action: RPCTypes, target: u64, ttl: Duration) -> Timeout<TypeConfig> {
     Timeout {
         action,
@@ -211,8 +273,14 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     /// stream.
     ///
     /// A reply is owed for every request sent; when one is owed and none
-    /// arrives within `APPEND_ENTRIES_TTL_MIN`, the stream fails with a
-    /// timeout (a stalled or cut-off follower), and openraft opens a new one.
+    /// arrives within `APPEND_ENTRIES_TTL_MIN` of the request or of the last
+    /// reply, the stream fails with a timeout (a stalled or cut-off
+    /// follower), and openraft opens a new one. Once the replies are done
+    /// with, the request side stops too (see `StopRequests`).
+    ///
+    /// The one-request case relies on openraft's heartbeat worker passing
+    /// `stream::once`, whose size hint is `(0, Some(0))` once its item is
+    /// taken; a replication session's stream is open-ended (`(0, None)`).
     fn stream_append<'s, S>(
         &'s mut self,
         input: S,
@@ -238,14 +306,16 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             }
 
             let mut client = self.client().map_err(|e| e.to_rpc())?;
-            let owed = Arc::new(AtomicU64::new(0));
+            let owed = Arc::new(Owed::default());
             let sent = owed.clone();
             let requests = futures::stream::once(async move { first })
                 .chain(input)
                 .map(move |req| {
-                    sent.fetch_add(1, Ordering::Relaxed);
+                    sent.sent();
                     codec::encode(&req)
                 });
+            let (requests, abort) = futures::stream::abortable(requests);
+            let stop = StopRequests(abort);
             let ttl = option.hard_ttl().max(APPEND_ENTRIES_TTL_MIN);
             let target = self.target;
             let replies = match tokio::time::timeout(ttl, client.stream_append(requests)).await {
@@ -253,27 +323,27 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 Ok(Err(status)) => return Err(Error::Peer(status).to_rpc()),
                 Err(_) => return Err(RPCError::Timeout(timeout_error(RPCTypes::AppendEntries, target, ttl))),
             };
-            let replies = futures::stream::unfold(Some(replies), move |state| {
+            let replies = futures::stream::unfold(Some((replies, stop)), move |state| {
                 let owed = owed.clone();
                 async move {
-                    let mut replies = state?;
+                    let (mut replies, stop) = state?;
                     let item = loop {
-                        match tokio::time::timeout(ttl, replies.message()).await {
+                        match tokio::time::timeout(owed.wait(ttl), replies.message()).await {
                             Ok(Ok(Some(message))) => {
-                                owed.fetch_sub(1, Ordering::Relaxed);
+                                owed.replied();
                                 break codec::decode::<StreamAppendResult<TypeConfig>>(&message)
                                     .map_err(|e| e.to_rpc());
                             }
                             Ok(Ok(None)) => return None,
                             Ok(Err(status)) => break Err(Error::Peer(status).to_rpc()),
-                            Err(_) if owed.load(Ordering::Relaxed) > 0 => {
+                            Err(_) if owed.overdue(ttl) => {
                                 break Err(RPCError::Timeout(timeout_error(RPCTypes::AppendEntries, target, ttl)));
                             }
                             Err(_) => continue,
                         }
                     };
                     let more = matches!(item, Ok(Ok(_)));
-                    Some((item, more.then_some(replies)))
+                    Some((item, more.then_some((replies, stop))))
                 }
             });
             Ok(Box::pin(replies) as BoxStream<'s, _>)
