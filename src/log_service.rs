@@ -135,8 +135,10 @@ impl LogServer {
     /// acknowledged this leader less than `election_timeout_ms_max` ago
     /// (timed from when the acknowledged message was sent), and until that
     /// long after hearing from it no follower votes for another node nor
-    /// starts an election (the failure detector waits at least as long), so
-    /// no other leader can have committed anything. This assumes the nodes'
+    /// starts an election (the failure detector waits at least as long; a
+    /// node that restarted, and so forgot when it last heard from the
+    /// leader, refuses votes for one lease after it starts), so no other
+    /// leader can have committed anything. This assumes the nodes'
     /// clocks run at the same rate, not that they agree. When the lease has
     /// run out (the leader has not heard from a quorum lately), the read
     /// falls back to ReadIndex: a heartbeat round to a quorum.

@@ -218,7 +218,12 @@ impl Parts<'_> {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| Error::Internal(format!("reflection service: {e}")))?;
-        let raft_server = RaftServer::new(self.raft.clone(), self.reader.clone(), self.contact.clone());
+        let raft_server = RaftServer::new(
+            self.raft.clone(),
+            self.reader.clone(),
+            self.contact.clone(),
+            Duration::from_millis(self.config.timing.election_timeout_ms_max),
+        );
         let router = Server::builder()
             // Peers cancel RPCs that miss openraft's deadline (a heartbeat
             // gets 10 ms on LAN), and each cancel is an HTTP/2 reset. h2's

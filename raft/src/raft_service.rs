@@ -42,6 +42,8 @@ pub struct RaftServer {
     raft: Raft,
     resync: ResyncFollower,
     contact: LeaderContact,
+    /// Votes and pre-votes are refused until then (see `RaftServer::new`).
+    votes_from: std::time::Instant,
 }
 
 /// When this node last heard from a leader (any AppendEntries, heartbeats
@@ -76,12 +78,30 @@ impl LeaderContact {
 }
 
 impl RaftServer {
-    pub fn new(raft: Raft, reader: StateMachineReader, contact: LeaderContact) -> Self {
+    /// `lease` is the leader lease (`election_timeout_ms_max`). A node
+    /// refuses every vote and pre-vote for that long after it starts:
+    /// openraft forgets a follower's lease on restart, so a follower that
+    /// acknowledged the leader just before a crash could otherwise vote for
+    /// a new leader at once, while the old leader still counts that
+    /// acknowledgement and serves lease reads (`log_service::linearize`).
+    pub fn new(raft: Raft, reader: StateMachineReader, contact: LeaderContact, lease: std::time::Duration) -> Self {
         RaftServer {
             raft,
             resync: ResyncFollower::new(reader),
             contact,
+            votes_from: std::time::Instant::now() + lease,
         }
+    }
+
+    fn may_vote(&self) -> Result<()> {
+        let now = std::time::Instant::now();
+        if now < self.votes_from {
+            return Err(Error::Unavailable(format!(
+                "node just started: it votes in {} ms, once a leader lease has passed",
+                (self.votes_from - now).as_millis()
+            )));
+        }
+        Ok(())
     }
 
     pub fn into_service(self) -> RaftServiceServer<Self> {
@@ -146,10 +166,11 @@ impl RaftService for RaftServer {
             // INTERNAL; it is the sender's fault, as a bad body is.
             let decoded = match message {
                 Ok(m) => codec::decode::<AppendEntriesRequest<TypeConfig>>(&m).map_err(Status::from),
-                Err(status) if status.code() == tonic::Code::Internal => Err(Status::invalid_argument(format!(
+                Err(status) if status.code() == tonic::Code::Internal => Err(Error::InvalidInput(format!(
                     "append stream message is not a valid message: {}",
                     status.message()
-                ))),
+                ))
+                .into()),
                 Err(status) => Err(status),
             };
             match decoded {
@@ -180,6 +201,7 @@ impl RaftService for RaftServer {
         reply(
             async {
                 let req: VoteRequest<TypeConfig> = decode(&request)?;
+                self.may_vote()?;
                 self.raft.vote(req).await.map_err(raft_failed)
             }
             .await,
@@ -190,6 +212,7 @@ impl RaftService for RaftServer {
         reply(
             async {
                 let req: VoteRequest<TypeConfig> = decode(&request)?;
+                self.may_vote()?;
                 self.raft.pre_vote(req).await.map_err(raft_failed)
             }
             .await,
