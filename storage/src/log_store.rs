@@ -494,7 +494,6 @@ where
         Ok(())
     }
 
-    /// Locations and files for the entries in `[start, end)`, clamped to what is present.
     /// Like [`Inner::locate`], but stops before the entry that would take
     /// the frames over `bytes_max` (the first entry always counts).
     fn locate_limited(&self, start: u64, end: u64, bytes_max: u64) -> Vec<(EntryLocation<LogIdOf<C>>, Arc<File>)> {
@@ -512,6 +511,7 @@ where
         located
     }
 
+    /// Locations and files for the entries in `[start, end)`, clamped to what is present.
     fn locate(&self, start: u64, end: u64) -> Vec<(EntryLocation<LogIdOf<C>>, Arc<File>)> {
         let Some(first) = self.first_present_index() else {
             return Vec::new();

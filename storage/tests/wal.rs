@@ -255,7 +255,8 @@ async fn vote_is_durable() {
 #[tokio::test]
 async fn replication_reads_are_bounded_by_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = open(dir.path(), 8 * 1024 * 1024);
+    // Segments about one limit long, so the reads cross segment files.
+    let mut store = open(dir.path(), REPLICATION_BYTES_MAX);
     let quarter = (REPLICATION_BYTES_MAX / 4) as usize;
     let big = |index: u64, bytes: usize| Entry::new_normal(log_id::<TestConfig>(1, 1, index), "y".repeat(bytes));
     // Entries 1–6 of just under a quarter of the limit, then one of twice the limit.
