@@ -167,6 +167,38 @@ impl From<Error> for io::Error {
     }
 }
 
+/// How prost's `DecodeError` starts its message (tonic-prost turns it into `INTERNAL`).
+const DECODE_ERROR_PREFIX: &str = "failed to decode Protobuf message";
+/// How tonic's decoder starts its message for a length prefix over the limit (`OUT_OF_RANGE`).
+const LENGTH_ERROR_PREFIX: &str = "Error, decoded message length too large";
+
+/// The status a codec error should have had, or `None` if `status` is not one.
+///
+/// tonic 0.14 answers a request whose protobuf does not decode with
+/// `INTERNAL` (tonic-prost's `from_decode_error`) and one whose length prefix
+/// is over the service's `max_decoding_message_size` with `OUT_OF_RANGE`
+/// (`codec/decode.rs`). Both are the caller's fault and permanent, so a
+/// client that trusts the codes would report a server bug or, worse, treat
+/// the first as a transient failure. The statuses carry no other marker
+/// than their text, so the text is matched here; `tests/wire_errors.rs`
+/// pins it against the tonic and prost in `Cargo.lock`. Used for every
+/// service on a node's port: client, admin and peer. Our handlers never
+/// answer `OUT_OF_RANGE` nor start an `INTERNAL` message this way; only an
+/// admin call forwarded to a leader whose answer does not decode (a version
+/// mix) would be relabelled too.
+pub fn codec_status(status: &Status) -> Option<Status> {
+    let message = status.message();
+    match status.code() {
+        Code::Internal if message.starts_with(DECODE_ERROR_PREFIX) => Some(Status::invalid_argument(format!(
+            "request is not a valid message: {message}"
+        ))),
+        Code::OutOfRange => message
+            .strip_prefix(LENGTH_ERROR_PREFIX)
+            .map(|rest| Status::resource_exhausted(format!("request message too large{rest}"))),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -62,6 +62,7 @@ pub use batch_frame::BatchBody;
 pub use batch_frame::BatchFrame;
 pub use batch_frame::DecodedBatch;
 pub use batch_frame::BATCH_BYTES_MAX;
+pub use error::codec_status;
 pub use error::Error;
 pub use error::Result;
 pub use network::Network;

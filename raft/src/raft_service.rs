@@ -29,6 +29,7 @@ use txlog_proto::RaftMessage;
 use txlog_proto::SnapshotChunk;
 
 use crate::codec;
+use crate::error::codec_status;
 use crate::error::Error;
 use crate::error::Result;
 use crate::resync;
@@ -162,16 +163,11 @@ impl RaftService for RaftServer {
         let contact = self.contact.clone();
         let slot = refused.clone();
         let requests = request.into_inner().scan((), move |_, message| {
-            // tonic reports a message whose protobuf does not decode as
-            // INTERNAL; it is the sender's fault, as a bad body is.
+            // A message tonic could not decode is the sender's fault, as a
+            // bad body is (`codec_status`).
             let decoded = match message {
                 Ok(m) => codec::decode::<AppendEntriesRequest<TypeConfig>>(&m).map_err(Status::from),
-                Err(status) if status.code() == tonic::Code::Internal => Err(Error::InvalidInput(format!(
-                    "append stream message is not a valid message: {}",
-                    status.message()
-                ))
-                .into()),
-                Err(status) => Err(status),
+                Err(status) => Err(codec_status(&status).unwrap_or(status)),
             };
             match decoded {
                 Ok(req) => {
