@@ -631,8 +631,9 @@ fn range_to_bounds<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {
     (start, end)
 }
 
-/// Entries from `start` (below `end`) up to [`REPLICATION_BYTES_MAX`] of frames.
-fn read_entries_limited<C>(inner: &RwLock<Inner<C>>, start: u64, end: u64) -> io::Result<Vec<C::Entry>>
+/// The entries in `[start, end)` that are present; with `bytes_max`, only
+/// as many as fit in that many bytes of frames (at least one).
+fn read_entries<C>(inner: &RwLock<Inner<C>>, start: u64, end: u64, bytes_max: Option<u64>) -> io::Result<Vec<C::Entry>>
 where
     C: RaftTypeConfig,
     C::Entry: Serialize + DeserializeOwned,
@@ -640,25 +641,11 @@ where
 {
     let (dir, located) = {
         let guard = inner.read().expect("wal lock poisoned");
-        (
-            guard.dir.clone(),
-            guard.locate_limited(start, end, REPLICATION_BYTES_MAX),
-        )
-    };
-    read_located::<C>(&dir, located)
-}
-
-fn read_entries<C, RB>(inner: &RwLock<Inner<C>>, range: RB) -> io::Result<Vec<C::Entry>>
-where
-    C: RaftTypeConfig,
-    C::Entry: Serialize + DeserializeOwned,
-    LogIdOf<C>: Serialize + DeserializeOwned,
-    RB: RangeBounds<u64>,
-{
-    let (start, end) = range_to_bounds(&range);
-    let (dir, located) = {
-        let guard = inner.read().expect("wal lock poisoned");
-        (guard.dir.clone(), guard.locate(start, end))
+        let located = match bytes_max {
+            Some(bytes_max) => guard.locate_limited(start, end, bytes_max),
+            None => guard.locate(start, end),
+        };
+        (guard.dir.clone(), located)
     };
     read_located::<C>(&dir, located)
 }
@@ -674,11 +661,12 @@ where
         &mut self,
         range: RB,
     ) -> io::Result<Vec<C::Entry>> {
-        read_entries(&self.inner, range)
+        let (start, end) = range_to_bounds(&range);
+        read_entries(&self.inner, start, end, None)
     }
 
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> io::Result<Vec<C::Entry>> {
-        read_entries_limited(&self.inner, start, end)
+        read_entries(&self.inner, start, end, Some(REPLICATION_BYTES_MAX))
     }
 
     async fn read_vote(&mut self) -> io::Result<Option<VoteOf<C>>> {
@@ -697,11 +685,12 @@ where
         &mut self,
         range: RB,
     ) -> io::Result<Vec<C::Entry>> {
-        read_entries(&self.inner, range)
+        let (start, end) = range_to_bounds(&range);
+        read_entries(&self.inner, start, end, None)
     }
 
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> io::Result<Vec<C::Entry>> {
-        read_entries_limited(&self.inner, start, end)
+        read_entries(&self.inner, start, end, Some(REPLICATION_BYTES_MAX))
     }
 
     async fn read_vote(&mut self) -> io::Result<Option<VoteOf<C>>> {
