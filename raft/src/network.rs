@@ -17,8 +17,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -190,47 +188,47 @@ impl Drop for StopRequests {
 /// Replies a replication stream owes, and since when it has owed one
 /// without hearing any (from the request that made it owe, or the last
 /// reply).
-struct Owed {
-    count: AtomicU64,
-    since: Mutex<Instant>,
-}
+struct Owed(Mutex<(u64, Instant)>);
 
 impl Default for Owed {
     fn default() -> Self {
-        Owed {
-            count: AtomicU64::new(0),
-            since: Mutex::new(Instant::now()),
-        }
+        Owed(Mutex::new((0, Instant::now())))
     }
 }
 
 impl Owed {
     fn sent(&self) {
-        if self.count.fetch_add(1, Ordering::Relaxed) == 0 {
-            *self.since.lock().expect("owed lock poisoned") = Instant::now();
+        let mut owed = self.0.lock().expect("owed lock poisoned");
+        if owed.0 == 0 {
+            owed.1 = Instant::now();
         }
+        owed.0 += 1;
     }
 
     fn replied(&self) {
-        self.count.fetch_sub(1, Ordering::Relaxed);
-        *self.since.lock().expect("owed lock poisoned") = Instant::now();
+        let mut owed = self.0.lock().expect("owed lock poisoned");
+        owed.0 = owed.0.saturating_sub(1);
+        owed.1 = Instant::now();
     }
 
-    fn waited(&self) -> Duration {
-        self.since.lock().expect("owed lock poisoned").elapsed()
+    /// How long a reply has been owed without one arriving; `None` when
+    /// none is owed.
+    fn waited(&self) -> Option<Duration> {
+        let owed = self.0.lock().expect("owed lock poisoned");
+        (owed.0 > 0).then(|| owed.1.elapsed())
     }
 
     /// A reply is owed and none came for `ttl`.
     fn overdue(&self, ttl: Duration) -> bool {
-        self.count.load(Ordering::Relaxed) > 0 && self.waited() >= ttl
+        self.waited().is_some_and(|waited| waited >= ttl)
     }
 
     /// How long to wait for the next reply before checking [`Owed::overdue`].
     fn wait(&self, ttl: Duration) -> Duration {
-        if self.count.load(Ordering::Relaxed) == 0 {
-            return ttl;
+        match self.waited() {
+            None => ttl,
+            Some(waited) => ttl.saturating_sub(waited).max(Duration::from_millis(1)),
         }
-        ttl.saturating_sub(self.waited()).max(Duration::from_millis(1))
     }
 }
 
