@@ -54,6 +54,7 @@ pub mod delta_file;
 mod durable_file;
 mod error;
 mod frame;
+mod linked_snapshot;
 mod log_store;
 mod meta_key;
 mod record_file;

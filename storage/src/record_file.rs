@@ -43,6 +43,7 @@ use std::sync::RwLock;
 use crate::error::Error;
 use crate::error::Result;
 use crate::frame;
+use crate::linked_snapshot;
 use crate::record_store::ChainHash;
 use crate::record_store::StoredRecord;
 use crate::segment;
@@ -55,6 +56,9 @@ pub const RECORD_SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
 pub const RECORD_SEGMENT_BYTES_MAX_LIMIT: u64 = u32::MAX as u64 - crate::WAL_RECORD_BYTES_MAX as u64 - 64;
 
 const CHAIN_BYTES: usize = 32;
+/// Extension of a segment prefix being copied to a new inode (see
+/// [`copy_prefix`]); a leftover is removed on open.
+const CUT_EXTENSION: &str = "cut";
 const INDEX_MAGIC: &[u8; 8] = b"TXLOGRIX";
 /// Version 2 added the txid hashes; a version-1 index is stale (the segment
 /// is scanned and its index written again).
@@ -339,6 +343,7 @@ impl RecordFile {
             )));
         }
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        remove_cut_leftovers(dir)?;
         let firsts = segment::RECORDS.list(dir)?;
         let mut segments: Vec<Segment> = Vec::with_capacity(firsts.len().max(1));
         for (position, &first_seq) in firsts.iter().enumerate() {
@@ -553,13 +558,54 @@ impl RecordFile {
             active.offsets.truncate(keep);
             active.hashes.truncate(keep);
             active.end = end;
-            segment::cut_tail(&active.path, end)?;
+            if shares_inode(&active.path)? {
+                // A linked snapshot holds this segment under another name
+                // and may cover bytes being cut: the store keeps its prefix
+                // in a new inode and leaves the shared one whole.
+                active.file = Arc::new(copy_prefix(&active.path, end)?);
+            } else {
+                segment::cut_tail(&active.path, end)?;
+            }
             remove_index(&self.dir, active.first_seq)?;
         }
         crate::fsync_dir(&self.dir)?;
         state.published = state.published.min(seq);
         state.last_chain = state.read_last_chain()?;
         Ok(())
+    }
+
+    /// What a linked snapshot of records `1..=upto` shares: every segment
+    /// holding one of them with the end of its last frame at or below
+    /// `upto`, and the chain at `upto`. All of them must be published.
+    pub(crate) fn snapshot_sources(&self, upto: u64) -> Result<(Vec<linked_snapshot::Source>, ChainHash)> {
+        let sources: Vec<linked_snapshot::Source> = {
+            let state = self.read_state();
+            if upto > state.published {
+                return Err(Error::InvalidInput(format!(
+                    "snapshot up to seq {upto} asked for; only {} are published",
+                    state.published
+                )));
+            }
+            state
+                .segments
+                .iter()
+                .take_while(|segment| segment.first_seq <= upto && !segment.offsets.is_empty())
+                .map(|segment| linked_snapshot::Source {
+                    first_seq: segment.first_seq,
+                    path: segment.path.clone(),
+                    file: segment.file.clone(),
+                    end: segment.frame_end(upto.min(segment.next_seq() - 1)),
+                })
+                .collect()
+        };
+        let chain = match upto {
+            0 => [0u8; CHAIN_BYTES],
+            _ => match self.get(upto)? {
+                Some((chain, _)) => chain,
+                None => return Err(Error::InvalidInput(format!("record {upto} is not stored"))),
+            },
+        };
+        Ok((sources, chain))
     }
 
     /// The record at `seq` and the chain there, if published.
@@ -682,6 +728,54 @@ fn span(segment: &Segment, from: u64, last: u64) -> Span {
         start: segment.frame_start(from),
         end: segment.frame_end(last),
     }
+}
+
+/// Remove segment prefixes whose copy a crash interrupted: the segment
+/// they were cut from is still whole under its own name.
+fn remove_cut_leftovers(dir: &Path) -> Result<()> {
+    for dirent in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = dirent.map_err(|e| Error::io(dir, e))?.path();
+        if path.extension().is_some_and(|x| x == CUT_EXTENSION) {
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether another name (a linked snapshot) shares the file's inode.
+fn shares_inode(path: &Path) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(path).map_err(|e| Error::io(path, e))?.nlink() > 1)
+}
+
+/// Replace the file at `path` with a new inode holding its first `bytes`
+/// bytes (written to `<path>.cut`, fsynced, renamed over `path`, directory
+/// fsynced); the old inode stays whole for its other names. Returns the
+/// new file, open for reading and writing.
+fn copy_prefix(path: &Path, bytes: u64) -> Result<File> {
+    let tmp = path.with_extension(CUT_EXTENSION);
+    let mut source = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut target = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| Error::io(&tmp, e))?;
+    let copied =
+        std::io::copy(&mut std::io::Read::take(&mut source, bytes), &mut target).map_err(|e| Error::io(&tmp, e))?;
+    if copied != bytes {
+        return Err(Error::corruption(
+            path,
+            format!("segment holds {copied} bytes, {bytes} are kept"),
+        ));
+    }
+    if let Err(err) = target.sync_all() {
+        crate::fatal_fsync_failure(&tmp.display().to_string(), &err);
+    }
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    crate::fsync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    Ok(target)
 }
 
 fn create_segment(dir: &Path, first_seq: u64) -> Result<Segment> {
@@ -1012,6 +1106,38 @@ mod tests {
             .err()
             .expect("damage is reported");
         assert!(matches!(err, Error::Corruption { .. }), "{err}");
+    }
+
+    /// Cutting a segment that another name links to (a linked snapshot)
+    /// leaves the linked inode byte for byte as it was; the store goes on
+    /// from its cut copy, also after a reopen, and no `.cut` file is left.
+    #[test]
+    fn truncate_after_leaves_a_linked_segment_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = RecordFile::open(dir.path(), SMALL_SEGMENT).unwrap();
+        let chain12 = append(&file, 1, 12);
+        append(&file, 13, 40);
+        let elsewhere = tempfile::tempdir().unwrap();
+        let mut linked = Vec::new();
+        for first in segment::RECORDS.list(dir.path()).unwrap() {
+            let link = elsewhere.path().join(first.to_string());
+            std::fs::hard_link(segment::RECORDS.path(dir.path(), first), &link).unwrap();
+            linked.push((link.clone(), std::fs::read(&link).unwrap()));
+        }
+        file.truncate_after(12).unwrap();
+        for (link, bytes) in &linked {
+            assert_eq!(&std::fs::read(link).unwrap(), bytes, "{} changed", link.display());
+        }
+        assert_eq!(file.tail(), (12, chain12));
+        append(&file, 13, 20);
+        drop(file);
+        let file = RecordFile::open(dir.path(), SMALL_SEGMENT).unwrap();
+        assert_eq!(seqs(&file, 1, 100, 500), (1..=20).collect::<Vec<_>>());
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(!names.iter().any(|n| n.ends_with(".cut")), "{names:?}");
     }
 
     /// Truncation removes whole later segments and cuts the one holding the

@@ -437,6 +437,14 @@ impl RecordStore {
         })
     }
 
+    /// Durably create a linked snapshot of records `1..=last_seq` at `path`
+    /// (see [`crate::snapshot_file`] for reading it): it shares this store's
+    /// record segments, so its cost does not grow with the records held.
+    pub fn link_snapshot(&self, path: &Path, meta: &[u8], last_seq: u64) -> Result<std::path::PathBuf> {
+        let (sources, chain) = self.file.snapshot_sources(last_seq)?;
+        crate::linked_snapshot::write(path, meta, last_seq, chain, &sources)
+    }
+
     /// Overwrite the stored chain value at `seq` (tests use it to simulate a
     /// diverged node).
     pub fn set_chain_at(&self, seq: u64, value: ChainHash) -> Result<()> {

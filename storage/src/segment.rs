@@ -244,7 +244,7 @@ pub(crate) fn recover(
     })
 }
 
-fn check_header(
+pub(crate) fn check_header(
     kind: &SegmentKind,
     path: &Path,
     header: &[u8; SEGMENT_HEADER_BYTES as usize],

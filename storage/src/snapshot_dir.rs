@@ -3,7 +3,8 @@
 //! fsyncs or deletes one.
 //!
 //! ```text
-//! <index:020>-<term:010>.snap        a whole, verified snapshot (the newest is kept)
+//! <index:020>-<term:010>.snap        a whole snapshot (the newest is kept): a file,
+//!                                    or a directory for a linked snapshot
 //! <index:020>-<term:010>.partial     a snapshot being written or installed
 //! incoming-<n>.partial               a full snapshot being received from the leader
 //! delta-<snapshot stem>-<base>.partial   records of a delta being received
@@ -51,7 +52,10 @@ impl SnapshotDir {
         let snapshot_dir = SnapshotDir { dir };
         for name in snapshot_dir.names()? {
             if !name.ends_with(SNAPSHOT_SUFFIX) {
-                snapshot_dir.remove(&snapshot_dir.dir.join(name));
+                let path = snapshot_dir.dir.join(name);
+                if let Err(err) = crate::linked_snapshot::remove_any(&path) {
+                    tracing::warn!(path = %path.display(), %err, "could not remove a leftover");
+                }
             }
         }
         Ok(snapshot_dir)
@@ -88,25 +92,33 @@ impl SnapshotDir {
             .collect())
     }
 
-    /// Durably copy the verified snapshot at `source` to `name` in this
-    /// directory: hard-link (or copy) to `.partial`, fsync, rename, fsync
-    /// the directory.
+    /// Durably copy the verified snapshot at `source` (a file, or a linked
+    /// snapshot's directory) to `name` in this directory: hard-link (or
+    /// copy) to `.partial`, fsync, rename, fsync the directory.
     /// Returns the final path; a source already there is left alone.
     pub fn install_copy(&self, source: &Path, name: &str) -> Result<PathBuf> {
         let target = self.snapshot_path(name);
-        if source == target {
+        // A snapshot already under this name is of the same log id, so it
+        // holds the same records (a linked one, built here, is a directory
+        // that a file cannot be renamed over).
+        if source == target || target.is_dir() {
             return Ok(target);
         }
         let staging = target.with_extension(PARTIAL_EXTENSION);
-        // Snapshot files are never modified once written, so a second name
-        // for the same inode is as good as a copy; copy only where a link
-        // cannot be made (another file system).
-        let _ = std::fs::remove_file(&staging);
-        if std::fs::hard_link(source, &staging).is_err() {
-            std::fs::copy(source, &staging).map_err(|e| Error::io(&staging, e))?;
+        crate::linked_snapshot::remove_any(&staging)?;
+        if source.is_dir() {
+            // A linked snapshot (another node's, in tests): the same files
+            // under a new directory.
+            std::fs::create_dir(&staging).map_err(|e| Error::io(&staging, e))?;
+            for dirent in std::fs::read_dir(source).map_err(|e| Error::io(source, e))? {
+                let from = dirent.map_err(|e| Error::io(source, e))?.path();
+                let to = staging.join(from.file_name().expect("a directory entry has a name"));
+                link_or_copy(&from, &to)?;
+            }
+            crate::fsync_dir(&staging)?;
+        } else {
+            link_or_copy(source, &staging)?;
         }
-        let file = File::open(&staging).map_err(|e| Error::io(&staging, e))?;
-        fsync_file(&file, &staging);
         std::fs::rename(&staging, &target).map_err(|e| Error::io(&target, e))?;
         crate::fsync_dir(&self.dir)?;
         Ok(target)
@@ -121,7 +133,7 @@ impl SnapshotDir {
         for name in names {
             let path = self.dir.join(&name);
             if name.ends_with(SNAPSHOT_SUFFIX) && path.file_name() < keep.file_name() {
-                if let Err(err) = std::fs::remove_file(&path) {
+                if let Err(err) = crate::linked_snapshot::remove_any(&path) {
                     tracing::warn!(path = %path.display(), %err, "could not remove old snapshot");
                 }
             }
@@ -151,6 +163,19 @@ impl SnapshotDir {
             Err(err) => tracing::warn!(path = %path.display(), %err, "could not remove staged file"),
         }
     }
+}
+
+/// Give the immutable file `from` the name `to` and fsync it. Snapshot
+/// files and the segment bytes a snapshot covers are never modified, so a
+/// second name for the same inode is as good as a copy; copy only where a
+/// link cannot be made (another file system).
+fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
+    if std::fs::hard_link(from, to).is_err() {
+        std::fs::copy(from, to).map_err(|e| Error::io(to, e))?;
+    }
+    let file = File::open(to).map_err(|e| Error::io(to, e))?;
+    fsync_file(&file, to);
+    Ok(())
 }
 
 /// fsync a file or abort: see [`crate::fatal_fsync_failure`].

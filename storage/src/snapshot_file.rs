@@ -12,6 +12,13 @@
 //! and the directory fsynced, so a file with the final name is always whole.
 //! [`verify`] checks every checksum before a snapshot is trusted; received
 //! snapshots are verified before they are installed.
+//!
+//! A snapshot a node builds of its own records is a *linked* snapshot, a
+//! directory that shares the record file's segments
+//! ([`crate::linked_snapshot`]); files are what a node receives from a peer
+//! or merges in a delta resync. Every reader below takes either: given a
+//! directory it reads the linked snapshot, and [`read_chunks`] streams it as
+//! the bytes of this file format.
 
 use std::fs::File;
 use std::io::BufReader;
@@ -24,6 +31,7 @@ use std::path::PathBuf;
 use crate::error::Error;
 use crate::error::Result;
 use crate::frame;
+use crate::linked_snapshot;
 use crate::StoredRecord;
 
 const MAGIC: &[u8; 8] = b"TXLSNAP1";
@@ -56,13 +64,7 @@ impl SnapshotWriter {
             count: 0,
             scratch: Vec::new(),
         };
-        let mut header = Vec::with_capacity(20 + meta.len());
-        header.extend_from_slice(MAGIC);
-        header.extend_from_slice(&VERSION.to_le_bytes());
-        header.extend_from_slice(&(meta.len() as u32).to_le_bytes());
-        header.extend_from_slice(meta);
-        header.extend_from_slice(&crc32fast::hash(meta).to_le_bytes());
-        writer.write(&header)?;
+        writer.write(&encode_header(meta))?;
         Ok(writer)
     }
 
@@ -83,11 +85,7 @@ impl SnapshotWriter {
 
     /// Seal, fsync and rename into place; returns the final path.
     pub fn finish(mut self) -> Result<PathBuf> {
-        let crc = self.crc.clone().finalize();
-        let mut trailer = Vec::with_capacity(TRAILER_BYTES as usize);
-        trailer.extend_from_slice(TRAILER_MAGIC);
-        trailer.extend_from_slice(&self.count.to_le_bytes());
-        trailer.extend_from_slice(&crc.to_le_bytes());
+        let trailer = encode_trailer(self.count, self.crc.clone().finalize());
         self.out.write_all(&trailer).map_err(|e| Error::io(&self.tmp, e))?;
         let file = self
             .out
@@ -99,6 +97,78 @@ impl SnapshotWriter {
         std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
         crate::fsync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
         Ok(self.path)
+    }
+}
+
+fn encode_header(meta: &[u8]) -> Vec<u8> {
+    let mut header = Vec::with_capacity(20 + meta.len());
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&VERSION.to_le_bytes());
+    header.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    header.extend_from_slice(meta);
+    header.extend_from_slice(&crc32fast::hash(meta).to_le_bytes());
+    header
+}
+
+fn encode_trailer(count: u64, crc: u32) -> Vec<u8> {
+    let mut trailer = Vec::with_capacity(TRAILER_BYTES as usize);
+    trailer.extend_from_slice(TRAILER_MAGIC);
+    trailer.extend_from_slice(&count.to_le_bytes());
+    trailer.extend_from_slice(&crc.to_le_bytes());
+    trailer
+}
+
+/// Bytes of a snapshot file with `meta` and no records: header and trailer.
+pub(crate) fn stream_bytes_without_records(meta: &[u8]) -> u64 {
+    20 + meta.len() as u64 + TRAILER_BYTES
+}
+
+/// The bytes of a snapshot file built in memory, for streaming a snapshot
+/// kept in another form (a linked snapshot) as this format.
+pub(crate) struct FileStream {
+    buf: Vec<u8>,
+    crc: crc32fast::Hasher,
+    count: u64,
+}
+
+impl FileStream {
+    pub(crate) fn new(meta: &[u8]) -> Self {
+        let mut stream = FileStream {
+            buf: Vec::new(),
+            crc: crc32fast::Hasher::new(),
+            count: 0,
+        };
+        let header = encode_header(meta);
+        stream.crc.update(&header);
+        stream.buf = header;
+        stream
+    }
+
+    /// Add the frame of one encoded record.
+    pub(crate) fn record(&mut self, encoded: &[u8]) {
+        let start = self.buf.len();
+        frame::encode_into(&mut self.buf, encoded);
+        self.crc.update(&self.buf[start..]);
+        self.count += 1;
+    }
+
+    /// Add the trailer; `count` is the number of records the source claims
+    /// to hold, checked against the number added.
+    pub(crate) fn finish(&mut self, count: u64) {
+        assert_eq!(count, self.count, "snapshot stream record count");
+        let trailer = encode_trailer(self.count, self.crc.clone().finalize());
+        self.buf.extend_from_slice(&trailer);
+    }
+
+    pub(crate) fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The first `at_most` buffered bytes.
+    pub(crate) fn take(&mut self, at_most: usize) -> Vec<u8> {
+        let n = at_most.min(self.buf.len());
+        let rest = self.buf.split_off(n);
+        std::mem::replace(&mut self.buf, rest)
     }
 }
 
@@ -149,6 +219,9 @@ fn read_header(path: &Path, reader: &mut impl Read, crc: &mut crc32fast::Hasher)
 /// The metadata block of a snapshot file, checked by its own CRC; the
 /// records are not read (use [`verify`] before trusting them).
 pub fn read_meta(path: &Path) -> Result<Vec<u8>> {
+    if linked_snapshot::is_linked(path) {
+        return linked_snapshot::read_meta(path);
+    }
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut reader = BufReader::with_capacity(64 * 1024, file);
     read_header(path, &mut reader, &mut crc32fast::Hasher::new())
@@ -156,6 +229,9 @@ pub fn read_meta(path: &Path) -> Result<Vec<u8>> {
 
 /// Check a snapshot file end to end without keeping its records.
 pub fn verify(path: &Path) -> Result<SnapshotInfo> {
+    if linked_snapshot::is_linked(path) {
+        return linked_snapshot::verify(path);
+    }
     let mut info = None;
     read_all(path, |_| Ok(()), &mut info)?;
     Ok(info.expect("read_all sets info on success"))
@@ -163,6 +239,9 @@ pub fn verify(path: &Path) -> Result<SnapshotInfo> {
 
 /// Visit every record of a verified snapshot, in sequence order.
 pub fn for_each_record(path: &Path, mut visit: impl FnMut(StoredRecord) -> Result<()>) -> Result<SnapshotInfo> {
+    if linked_snapshot::is_linked(path) {
+        return linked_snapshot::for_each_record(path, visit);
+    }
     let mut info = None;
     read_all(path, &mut visit, &mut info)?;
     Ok(info.expect("read_all sets info on success"))
@@ -173,6 +252,9 @@ pub fn for_each_record(path: &Path, mut visit: impl FnMut(StoredRecord) -> Resul
 /// last; stops early when `send` returns false. Returns the bytes read.
 /// This is how a whole snapshot is shipped to a peer, which verifies it.
 pub fn read_chunks(path: &Path, chunk_bytes: usize, mut send: impl FnMut(Vec<u8>, bool) -> bool) -> Result<u64> {
+    if linked_snapshot::is_linked(path) {
+        return linked_snapshot::read_chunks(path, chunk_bytes, send);
+    }
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut offset = 0u64;
     loop {
@@ -198,6 +280,9 @@ pub fn read_chunks(path: &Path, chunk_bytes: usize, mut send: impl FnMut(Vec<u8>
 /// verifying the file (records are `1..=count`, dense).
 pub fn record_count(path: &Path) -> Result<u64> {
     use std::io::Seek;
+    if linked_snapshot::is_linked(path) {
+        return linked_snapshot::record_count(path);
+    }
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     if len < TRAILER_BYTES {
