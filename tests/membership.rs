@@ -189,15 +189,17 @@ async fn replace_a_region_node_with_join() {
     cluster.wait_for_voters(&[1, 2, 4], WAIT).await;
 }
 
+/// Bytes of the newest snapshot of node `id` as a full transfer sends it
+/// (a linked snapshot is streamed as the equivalent snapshot file).
 fn snapshot_file_bytes(cluster: &TestCluster, id: u64) -> u64 {
     let dir = cluster.node(id).data_dir.join("state").join("snapshots");
-    std::fs::read_dir(&dir)
+    let newest = std::fs::read_dir(&dir)
         .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().extension().is_some_and(|x| x == "snap"))
-        .map(|e| e.metadata().unwrap().len())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "snap"))
         .max()
-        .expect("a snapshot file")
+        .expect("a snapshot");
+    txlog_storage::snapshot_file::verify(&newest).unwrap().file_bytes
 }
 
 /// Stop `follower`, append, snapshot and compact the other nodes so the

@@ -9,8 +9,9 @@
 //!   log id and membership; so the store is always at some applied prefix.
 //! * Responses are sent only after that batch is published, so a client that
 //!   hears "ok" can read its record from this node.
-//! * A snapshot is a fsynced file before openraft learns of it (and so before
-//!   it may purge the WAL behind it). On open, if the newest snapshot file is
+//! * A snapshot is durable before openraft learns of it (and so before it
+//!   may purge the WAL behind it): a built one is a linked snapshot whose
+//!   shared segments and manifest are fsynced, a received one a fsynced file. On open, if the newest snapshot file is
 //!   ahead of the store (it lost writes the WAL no longer holds), the store
 //!   is rebuilt from that file.
 
@@ -492,7 +493,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
-/// Builds a snapshot file from the records applied so far.
+/// Builds a linked snapshot of the records applied so far: it shares the
+/// record file's segments, so a build costs the same at any log size.
 pub struct SnapshotBuilder {
     shared: Arc<Shared>,
 }
@@ -511,23 +513,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let path = self.shared.snapshots.snapshot_path(&snapshot_name(&meta));
         let shared = self.shared.clone();
         let meta_bytes = meta::encode_snapshot_meta(&meta);
-        // Records up to `last_seq` are immutable, so reading them while later
-        // applies run still yields exactly the state at `last_applied`.
+        // Records up to `last_seq` are immutable, so the segments holding
+        // them, linked while later applies run, still hold exactly the state
+        // at `last_applied`. Linking and the fsyncs are blocking file work.
         let built = tokio::task::spawn_blocking(move || -> io::Result<PathBuf> {
-            let mut writer = snapshot_file::SnapshotWriter::create(&path, &meta_bytes)?;
-            let mut next = 1u64;
-            shared.store.for_each_record(1, state.last_seq, |record| {
-                assert_eq!(record.seq, next, "records must be dense");
-                writer.append(record)?;
-                next += 1;
-                Ok(())
-            })?;
-            if next != state.last_seq + 1 {
-                return Err(io::Error::other(format!(
-                    "record {next} missing while building snapshot"
-                )));
-            }
-            let built = writer.finish()?;
+            let built = shared.store.link_snapshot(&path, &meta_bytes, state.last_seq)?;
             shared.snapshots.prune_older_than(&built);
             Ok(built)
         })
@@ -537,7 +527,6 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         tracing::info!(
             last_log_id = ?meta.last_log_id,
             last_seq = state.last_seq,
-            bytes = std::fs::metadata(&built).map(|m| m.len()).unwrap_or(0),
             build_ms = started.elapsed().as_millis() as u64,
             "snapshot built"
         );

@@ -189,8 +189,11 @@ async fn open_rebuilds_from_a_newer_snapshot() {
     {
         let _empty = StateMachine::open(dir.path()).unwrap();
     }
-    let name = snapshot.snapshot.path.file_name().unwrap();
-    std::fs::copy(&snapshot.snapshot.path, dir.path().join("snapshots").join(name)).unwrap();
+    let name = snapshot.snapshot.path.file_name().unwrap().to_str().unwrap();
+    txlog_storage::SnapshotDir::open(dir.path().join("snapshots"))
+        .unwrap()
+        .install_copy(&snapshot.snapshot.path, name)
+        .unwrap();
     let mut reopened = reopen(dir.path()).await;
     assert_eq!(all(&reopened), all(&source));
     assert_eq!(reopened.applied_state().await.unwrap().0, snapshot.meta.last_log_id);
