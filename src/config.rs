@@ -23,6 +23,7 @@
 //! batch_records_max = 8192
 //! snapshot_logs_since_last = 10000
 //! log_entries_kept_after_snapshot = 1000
+//! snapshot_wal_bytes_max = 134217728
 //! segment_bytes_max = 67108864
 //! ```
 
@@ -98,6 +99,10 @@ pub const BATCH_RECORDS_MAX_DEFAULT: usize = 8192;
 pub const SNAPSHOT_LOGS_SINCE_LAST_DEFAULT: u64 = 10_000;
 /// Log entries kept behind a snapshot for briefly lagging followers.
 pub const LOG_ENTRIES_KEPT_AFTER_SNAPSHOT_DEFAULT: u64 = 1000;
+/// WAL bytes above which a snapshot is built (so the WAL can be purged):
+/// two default segments. Snapshots share the record file, so building one
+/// costs about the same at any log size.
+pub const SNAPSHOT_WAL_BYTES_MAX_DEFAULT: u64 = 128 * 1024 * 1024;
 /// Largest payload limit a node may be configured with.
 pub const PAYLOAD_BYTES_MAX_LIMIT: usize = 16 * 1024 * 1024;
 /// Smallest WAL segment size accepted.
@@ -172,6 +177,9 @@ pub struct NodeSettings {
     /// Log entries kept behind a snapshot, so a briefly lagging follower catches up from the log [default: 1000].
     #[arg(long, env = "TXLOG_LOG_ENTRIES_KEPT_AFTER_SNAPSHOT")]
     pub log_entries_kept_after_snapshot: Option<u64>,
+    /// Also build a snapshot once the WAL holds more than this many bytes, so it can be purged; 0 turns it off [default: 134217728].
+    #[arg(long, env = "TXLOG_SNAPSHOT_WAL_BYTES_MAX")]
+    pub snapshot_wal_bytes_max: Option<u64>,
     /// WAL segment size before rolling to a new file, bytes [default: 67108864; at least 4096].
     #[arg(long, env = "TXLOG_SEGMENT_BYTES_MAX")]
     pub segment_bytes_max: Option<u64>,
@@ -211,6 +219,7 @@ impl NodeSettings {
             batch_records_max,
             snapshot_logs_since_last,
             log_entries_kept_after_snapshot,
+            snapshot_wal_bytes_max,
             segment_bytes_max,
         )
     }
@@ -247,6 +256,8 @@ pub struct NodeConfig {
     pub snapshot_logs_since_last: u64,
     /// Log entries kept behind a snapshot so lagging followers catch up without one.
     pub log_entries_kept_after_snapshot: u64,
+    /// A snapshot is also built once the WAL holds more bytes than this (0: never).
+    pub snapshot_wal_bytes_max: u64,
     pub segment_bytes_max: u64,
 }
 
@@ -301,6 +312,7 @@ impl NodeConfig {
         let log_entries_kept_after_snapshot = s
             .log_entries_kept_after_snapshot
             .unwrap_or(LOG_ENTRIES_KEPT_AFTER_SNAPSHOT_DEFAULT);
+        let snapshot_wal_bytes_max = s.snapshot_wal_bytes_max.unwrap_or(SNAPSHOT_WAL_BYTES_MAX_DEFAULT);
         let segment_bytes_max = s.segment_bytes_max.unwrap_or(txlog_storage::SEGMENT_BYTES_MAX_DEFAULT);
         if segment_bytes_max < SEGMENT_BYTES_MIN {
             return Err(Error::Config(format!(
@@ -323,6 +335,7 @@ impl NodeConfig {
             batch_records_max,
             snapshot_logs_since_last,
             log_entries_kept_after_snapshot,
+            snapshot_wal_bytes_max,
             segment_bytes_max,
         })
     }

@@ -178,7 +178,10 @@ async fn build_raft(
 ) -> Result<Raft> {
     let raft_config = config
         .timing
-        .to_openraft_config(config.snapshot_logs_since_last, config.log_entries_kept_after_snapshot)
+        .to_openraft_config(
+            crate::snapshot_trigger::staggered(config.snapshot_logs_since_last, config.id),
+            config.log_entries_kept_after_snapshot,
+        )
         .map_err(|e| Error::Config(e.to_string()))?;
     Raft::new(config.id, Arc::new(raft_config), network, log_store, state_machine)
         .await
@@ -322,6 +325,14 @@ impl Parts<'_> {
             config.id,
             self.contact.clone(),
             config.timing,
+            shutdown.clone(),
+        ));
+        self.tracker.spawn(crate::snapshot_trigger::snapshot_on_wal_bytes(
+            raft.clone(),
+            config.id,
+            config.data_dir.join("wal"),
+            config.snapshot_wal_bytes_max,
+            config.log_entries_kept_after_snapshot,
             shutdown.clone(),
         ));
         if let Some(region) = config.prefer_region.clone() {
