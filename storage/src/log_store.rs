@@ -6,7 +6,8 @@
 //!   `fdatasync` for every append queued behind it (group commit) and only
 //!   then fires openraft's IO callback.
 //! * `save_vote` returns after the vote file and its directory are fsynced.
-//! * `purge` writes the purge point durably before deleting any segment.
+//! * `purge` drops entries from memory and returns; a purger thread then
+//!   writes the purge point durably and only after that deletes segments.
 //! * `truncate_after` cuts with `ftruncate` and fsyncs before returning.
 //! * `save_committed` is a hint (not fsynced): losing it only makes a restart
 //!   re-learn the commit index from the leader.
@@ -124,10 +125,23 @@ struct FlushRequest<C: RaftTypeConfig> {
     callback: IOFlushed<C>,
 }
 
+/// File work of a purge, done in order by the purger thread.
+enum PurgeJob {
+    /// Write the purge point durably, then delete `segments`.
+    Purge {
+        dir: PathBuf,
+        point: Vec<u8>,
+        segments: Vec<PathBuf>,
+    },
+    /// Answer once every job before it is done.
+    Barrier(mpsc::Sender<()>),
+}
+
 /// The WAL-backed Raft log store. Cloning shares the same log.
 pub struct LogStore<C: RaftTypeConfig> {
     inner: Arc<RwLock<Inner<C>>>,
     flush_tx: mpsc::Sender<FlushRequest<C>>,
+    purge_tx: mpsc::Sender<PurgeJob>,
 }
 
 impl<C: RaftTypeConfig> Clone for LogStore<C> {
@@ -135,6 +149,7 @@ impl<C: RaftTypeConfig> Clone for LogStore<C> {
         LogStore {
             inner: self.inner.clone(),
             flush_tx: self.flush_tx.clone(),
+            purge_tx: self.purge_tx.clone(),
         }
     }
 }
@@ -216,11 +231,26 @@ where
             .name("txlog-wal-flush".to_string())
             .spawn(move || flusher(flush_rx, observer))
             .map_err(|e| Error::io(&dir, e))?;
+        let (purge_tx, purge_rx) = mpsc::channel::<PurgeJob>();
+        std::thread::Builder::new()
+            .name("txlog-wal-purge".to_string())
+            .spawn(move || purger(purge_rx))
+            .map_err(|e| Error::io(&dir, e))?;
 
         Ok(LogStore {
             inner: Arc::new(RwLock::new(inner)),
             flush_tx,
+            purge_tx,
         })
+    }
+
+    /// Block until every purge asked for so far is durable and its segments
+    /// are deleted (tests, and anyone about to read the directory).
+    pub fn wait_for_purges(&self) {
+        let (tx, rx) = mpsc::channel();
+        if self.purge_tx.send(PurgeJob::Barrier(tx)).is_ok() {
+            let _ = rx.recv();
+        }
     }
 
     /// The last log id present, or the purge point when the log is empty.
@@ -237,6 +267,39 @@ where
     /// Directory the WAL lives in.
     pub fn dir(&self) -> PathBuf {
         self.inner.read().expect("wal lock poisoned").dir.clone()
+    }
+}
+
+/// The purger thread: for each purge in order, the purge point is made
+/// durable before any segment behind it is deleted. If writing it fails the
+/// segments stay (a later purge deletes them); a crash before a job ran
+/// leaves the older purge point and more entries than needed, never fewer.
+fn purger(rx: mpsc::Receiver<PurgeJob>) {
+    for job in rx {
+        let (dir, point, segments) = match job {
+            PurgeJob::Purge { dir, point, segments } => (dir, point, segments),
+            PurgeJob::Barrier(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
+        if let Err(err) = durable_file::write_atomic(&dir.join("purged"), PURGED_MAGIC, &point) {
+            tracing::error!(%err, "could not record the wal purge point; its segments are kept");
+            continue;
+        }
+        let mut removed = 0;
+        for path in &segments {
+            match std::fs::remove_file(path) {
+                Ok(()) => removed += 1,
+                Err(err) => tracing::warn!(path = %path.display(), %err, "could not delete a purged wal segment"),
+            }
+        }
+        if removed > 0 {
+            if let Err(err) = crate::fsync_dir(&dir) {
+                tracing::warn!(%err, "could not fsync the wal directory after a purge");
+            }
+        }
+        tracing::debug!(removed_segments = removed, "wal purged");
     }
 }
 
@@ -451,13 +514,15 @@ where
         Ok(())
     }
 
-    fn purge(&mut self, log_id: LogIdOf<C>) -> Result<()> {
+    /// Drop the entries up to `log_id` and the segments wholly behind it
+    /// from memory; returns the file work (durable purge point, then the
+    /// deletions) for the purger thread, or `None` when nothing changed.
+    fn purge(&mut self, log_id: LogIdOf<C>) -> Result<Option<PurgeJob>> {
         if self.purged_index().is_some_and(|p| p >= log_id.index()) {
-            return Ok(());
+            return Ok(None);
         }
-        // The purge point is durable before anything is deleted.
-        durable_file::write_atomic(&self.dir.join("purged"), PURGED_MAGIC, &encode(&log_id))?;
         let upto = log_id.index();
+        let point = encode(&log_id);
         self.last_purged = Some(log_id);
         while self.entries.front().is_some_and(|loc| loc.log_id.index() <= upto) {
             self.entries.pop_front();
@@ -476,22 +541,20 @@ where
             }
         }
         let firsts: Vec<u64> = self.segments.keys().copied().collect();
-        let mut removed = 0;
+        let mut segments = Vec::new();
         for pair in firsts.windows(2) {
             let (this, next) = (pair[0], pair[1]);
             // Every entry in `this` has an index below `next`.
             if next <= upto + 1 {
-                let path = segment::WAL.path(&self.dir, this);
                 self.segments.remove(&this);
-                std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
-                removed += 1;
+                segments.push(segment::WAL.path(&self.dir, this));
             }
         }
-        if removed > 0 {
-            crate::fsync_dir(&self.dir)?;
-        }
-        tracing::debug!(upto, removed_segments = removed, "wal purged");
-        Ok(())
+        Ok(Some(PurgeJob::Purge {
+            dir: self.dir.clone(),
+            point,
+            segments,
+        }))
     }
 
     /// Like [`Inner::locate`], but stops before the entry that would take
@@ -777,9 +840,17 @@ where
         Ok(())
     }
 
+    /// Returns once the purge is made in memory; the purger thread makes
+    /// it durable and deletes the segments (openraft runs this inline in its
+    /// core loop, and two fsyncs plus unlinking 64 MiB files there held up
+    /// heartbeats for over 55 ms: followers timed the leader out).
     async fn purge(&mut self, log_id: LogIdOf<C>) -> io::Result<()> {
-        let mut inner = self.inner.write().expect("wal lock poisoned");
-        inner.purge(log_id)?;
+        let job = self.inner.write().expect("wal lock poisoned").purge(log_id)?;
+        if let Some(job) = job {
+            self.purge_tx
+                .send(job)
+                .map_err(|_| io::Error::other("wal purger thread is gone"))?;
+        }
         Ok(())
     }
 }

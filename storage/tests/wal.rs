@@ -200,6 +200,7 @@ async fn purge_truncate_reopen() {
         .await
         .unwrap();
     store.purge(log_id::<TestConfig>(1, 1, 100)).await.unwrap();
+    store.wait_for_purges();
     let segments_after = segment_files(dir.path()).len();
     assert!(segments_after < segments_before, "purge deletes whole segments");
     let state = store.get_log_state().await.unwrap();
@@ -221,6 +222,7 @@ async fn purge_truncate_reopen() {
     append_durable(&mut store, vec![replacement.clone()]).await;
     // Purging past the end leaves an empty, appendable log.
     store.purge(log_id::<TestConfig>(2, 2, 251)).await.unwrap();
+    store.wait_for_purges();
     drop(store);
     let mut store = open(dir.path(), 1024);
     let state = store.get_log_state().await.unwrap();
