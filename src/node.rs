@@ -178,10 +178,7 @@ async fn build_raft(
 ) -> Result<Raft> {
     let raft_config = config
         .timing
-        .to_openraft_config(
-            crate::snapshot_trigger::staggered(config.snapshot_logs_since_last, config.id),
-            config.log_entries_kept_after_snapshot,
-        )
+        .to_openraft_config(config.log_entries_kept_after_snapshot)
         .map_err(|e| Error::Config(e.to_string()))?;
     Raft::new(config.id, Arc::new(raft_config), network, log_store, state_machine)
         .await
@@ -327,12 +324,14 @@ impl Parts<'_> {
             config.timing,
             shutdown.clone(),
         ));
-        self.tracker.spawn(crate::snapshot_trigger::snapshot_on_wal_bytes(
+        self.tracker.spawn(crate::snapshot_trigger::run(
             raft.clone(),
-            config.id,
-            config.data_dir.join("wal"),
-            config.snapshot_wal_bytes_max,
-            config.log_entries_kept_after_snapshot,
+            crate::snapshot_trigger::SnapshotPolicy {
+                id: config.id,
+                wal_dir: config.data_dir.join("wal"),
+                logs_since_last: config.snapshot_logs_since_last,
+                wal_bytes_max: config.snapshot_wal_bytes_max,
+            },
             shutdown.clone(),
         ));
         if let Some(region) = config.prefer_region.clone() {

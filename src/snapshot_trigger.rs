@@ -1,87 +1,140 @@
-//! When snapshots are built: after a number of log entries (openraft's
-//! policy), and here also once the WAL holds more than
-//! `snapshot_wal_bytes_max`, so the disk the log takes is bounded in bytes,
-//! not only in entries (10,000 entries of 100-record batches are ~280 MB).
-//! A snapshot lets openraft purge the WAL behind it, which deletes whole
-//! segments.
+//! When snapshots are built and the WAL is purged. openraft's own policy is
+//! off (`SnapshotPolicy::Never`); this task is the one place that decides.
 //!
-//! Both thresholds are staggered by node id, so the nodes of a cluster do
-//! not all build at the same log index. Builds are cheap (linked snapshots
-//! share the record file), so this is about not lining up their fsyncs, not
-//! about hiding a long build.
+//! * **By entries:** a snapshot once `snapshot_logs_since_last` entries were
+//!   applied since the last one; openraft then purges the WAL behind it,
+//!   keeping `log_entries_kept_after_snapshot` entries for briefly lagging
+//!   followers.
+//! * **By bytes:** while the WAL holds more than `snapshot_wal_bytes_max`,
+//!   a snapshot whenever entries were applied since the last, and a purge up
+//!   to the last snapshot, past the kept window (with 100-record batches
+//!   10,000 entries are ~280 MB, and the kept window alone can be most of
+//!   the WAL). A follower that then lags behind the purge point catches up
+//!   by a delta snapshot.
+//!
+//! **Staggered:** each threshold is raised by up to half, by this node's
+//! rank among the members (sorted ids), so the nodes of a cluster build at
+//! different log indexes whatever their ids. Builds are cheap (linked
+//! snapshots share the record file); this keeps their fsyncs from lining up.
 
+use std::path::Path;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use txlog_raft::openraft::error::Fatal;
 use txlog_raft::openraft::type_config::async_runtime::WatchReceiver;
+use txlog_raft::openraft::RaftMetrics;
 use txlog_raft::Raft;
+use txlog_raft::TypeConfig;
 
-/// How often the WAL size is checked.
-const CHECK_INTERVAL: Duration = Duration::from_millis(500);
-/// `base` raised by up to half, by a hash of `id`, so nodes with any ids
-/// (1, 2, 3 or 1000, 2000, 3000) get different thresholds.
-pub fn staggered(base: u64, id: u64) -> u64 {
-    base.saturating_add(mix(id) % (base / 2 + 1))
+/// How often the WAL's size is checked.
+const WAL_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// A snapshot asked for and not seen within this is asked for again.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the policy is given.
+#[derive(Debug, Clone)]
+pub struct SnapshotPolicy {
+    pub id: u64,
+    pub wal_dir: PathBuf,
+    /// Entries between snapshots (0: never by entries).
+    pub logs_since_last: u64,
+    /// WAL bytes above which snapshots and purges run (0: never by bytes).
+    pub wal_bytes_max: u64,
 }
 
-/// splitmix64's finaliser: consecutive and round ids spread evenly.
-fn mix(id: u64) -> u64 {
-    let mut z = id.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+/// `base` raised by `rank / (2 * members)` of itself: the members of a
+/// cluster spread over `[base, 1.5 * base)`.
+pub fn staggered(base: u64, rank: usize, members: usize) -> u64 {
+    let members = members.max(1) as u128;
+    let rank = (rank as u128).min(members - 1);
+    let raise = u128::from(base / 2) * rank / members;
+    base.saturating_add(raise as u64)
 }
 
-/// Ask for a snapshot whenever the WAL in `wal_dir` holds more than
-/// `wal_bytes_max` (staggered) bytes and at least `entries_min` entries have
-/// been applied since the last snapshot (fewer could not free a segment:
-/// that many are kept behind a snapshot anyway). 0 turns it off.
-pub async fn snapshot_on_wal_bytes(
-    raft: Raft,
-    id: u64,
-    wal_dir: PathBuf,
-    wal_bytes_max: u64,
-    entries_min: u64,
-    shutdown: CancellationToken,
-) {
-    if wal_bytes_max == 0 {
-        return;
-    }
-    let threshold = staggered(wal_bytes_max, id);
-    let mut tick = tokio::time::interval(CHECK_INTERVAL);
+/// This node's position among the members' sorted ids, and their number.
+fn rank(metrics: &RaftMetrics<TypeConfig>, id: u64) -> (usize, usize) {
+    let mut ids: Vec<u64> = metrics
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, _)| *id)
+        .collect();
+    ids.sort_unstable();
+    let rank = ids.iter().position(|&n| n == id).unwrap_or(ids.len());
+    (rank, ids.len().max(1))
+}
+
+/// Run the policy until shutdown.
+pub async fn run(raft: Raft, policy: SnapshotPolicy, shutdown: CancellationToken) {
+    let mut rx = raft.metrics();
+    let mut wal_tick = tokio::time::interval(WAL_CHECK_INTERVAL);
+    // The applied index a snapshot was asked for at, and when.
+    let mut requested: Option<(u64, Instant)> = None;
+    let mut over = false;
     loop {
-        tokio::select! {
+        let check_wal = tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let metrics = raft.metrics().borrow_watched().clone();
-        let applied = metrics.last_applied.map(|l| l.index).unwrap_or(0);
-        let snapshot = metrics.snapshot.map(|l| l.index).unwrap_or(0);
-        if applied.saturating_sub(snapshot) <= entries_min {
-            continue;
-        }
-        let dir = wal_dir.clone();
-        let Ok(Ok(bytes)) = tokio::task::spawn_blocking(move || wal_bytes(&dir)).await else {
-            continue;
+            changed = rx.changed() => if changed.is_err() { return } else { false },
+            _ = wal_tick.tick() => true,
         };
-        if bytes > threshold {
-            tracing::info!(
-                wal_bytes = bytes,
-                threshold,
-                applied,
-                snapshot,
-                "wal over its size limit; building a snapshot"
-            );
-            if let Err(err) = raft.trigger().snapshot().await {
-                tracing::warn!(%err, "could not ask for a snapshot");
+        let metrics = rx.borrow_and_update().clone();
+        let index = |id: Option<txlog_raft::LogId>| id.map(|l| l.index).unwrap_or(0);
+        let (applied, snapshot, purged) = (
+            index(metrics.last_applied),
+            index(metrics.snapshot),
+            index(metrics.purged),
+        );
+        let (rank, members) = rank(&metrics, policy.id);
+        if requested.is_some_and(|(at, when)| snapshot >= at || when.elapsed() > REQUEST_TIMEOUT) {
+            requested = None;
+        }
+        let mut want_snapshot = policy.logs_since_last > 0
+            && applied.saturating_sub(snapshot) >= staggered(policy.logs_since_last, rank, members);
+        let mut purge_to = None;
+        if check_wal && policy.wal_bytes_max > 0 {
+            let threshold = staggered(policy.wal_bytes_max, rank, members);
+            let dir = policy.wal_dir.clone();
+            let bytes = tokio::task::spawn_blocking(move || wal_bytes(&dir)).await;
+            let bytes = bytes.ok().and_then(Result::ok).unwrap_or(0);
+            if bytes > threshold {
+                if !over {
+                    tracing::info!(
+                        wal_bytes = bytes,
+                        threshold,
+                        applied,
+                        snapshot,
+                        purged,
+                        "wal over its size limit; snapshotting and purging"
+                    );
+                    over = true;
+                }
+                want_snapshot |= applied > snapshot;
+                purge_to = (snapshot > purged).then_some(snapshot);
+            } else {
+                over = false;
             }
+        }
+        let result = async {
+            if let Some(upto) = purge_to {
+                raft.trigger().purge_log(upto).await?;
+            }
+            if want_snapshot && requested.is_none() {
+                requested = Some((applied, Instant::now()));
+                raft.trigger().snapshot().await?;
+            }
+            Ok::<(), Fatal<TypeConfig>>(())
+        };
+        if let Err(err) = result.await {
+            tracing::warn!(%err, "could not snapshot or purge the wal");
         }
     }
 }
 
 /// Bytes of the WAL's segment files.
-fn wal_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+fn wal_bytes(dir: &Path) -> std::io::Result<u64> {
     let mut bytes = 0;
     for dirent in std::fs::read_dir(dir)? {
         let dirent = dirent?;
@@ -96,19 +149,14 @@ fn wal_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
 mod tests {
     use super::*;
 
-    /// Thresholds stay within base..=base*3/2, and the usual id choices
-    /// (1–3, 1000–3000) give three different thresholds.
+    /// Members spread evenly over [base, 1.5 base); a lone node or a node
+    /// not (yet) among the members stays within the range.
     #[test]
-    fn thresholds_are_staggered() {
-        for id in 0..10_000 {
-            let t = staggered(16_000, id);
-            assert!((16_000..=24_000).contains(&t), "{id}: {t}");
-        }
-        for ids in [[1, 2, 3], [1000, 2000, 3000]] {
-            let mut t: Vec<u64> = ids.iter().map(|&id| staggered(10_000, id)).collect();
-            t.sort_unstable();
-            t.dedup();
-            assert_eq!(t.len(), 3, "{ids:?} share a threshold");
-        }
+    fn thresholds_are_staggered_by_rank() {
+        let three: Vec<u64> = (0..3).map(|rank| staggered(12_000, rank, 3)).collect();
+        assert_eq!(three, vec![12_000, 14_000, 16_000]);
+        assert_eq!(staggered(12_000, 0, 1), 12_000);
+        assert_eq!(staggered(12_000, 3, 3), 16_000);
+        assert_eq!(staggered(u64::MAX, 4, 5), u64::MAX);
     }
 }

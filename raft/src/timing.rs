@@ -72,11 +72,10 @@ impl Timing {
     }
 
     /// openraft's config for this timing, with txlog's other Raft settings.
-    pub fn to_openraft_config(
-        &self,
-        snapshot_logs_since_last: u64,
-        logs_kept_after_snapshot: u64,
-    ) -> Result<openraft::Config, Error> {
+    /// openraft never snapshots by itself: the node's snapshot policy task
+    /// decides (by entries and by WAL bytes, staggered across nodes) and
+    /// triggers builds and purges.
+    pub fn to_openraft_config(&self, logs_kept_after_snapshot: u64) -> Result<openraft::Config, Error> {
         self.validate()?;
         let config = openraft::Config {
             cluster_name: "txlog".to_string(),
@@ -86,7 +85,7 @@ impl Timing {
             // Deadline for ordinary RPCs; snapshot streaming takes longer.
             install_snapshot_timeout: 2_000,
             max_payload_entries: 256,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_logs_since_last),
+            snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: logs_kept_after_snapshot,
             enable_pre_vote: Some(true),
             // Replicate an entry as soon as it is written locally, in parallel
@@ -110,7 +109,7 @@ mod tests {
     #[test]
     fn profiles_validate() {
         for t in [Timing::LAN, Timing::WAN] {
-            let c = t.to_openraft_config(10_000, 1_000).unwrap();
+            let c = t.to_openraft_config(1_000).unwrap();
             assert_eq!(c.heartbeat_interval, t.heartbeat_interval_ms);
         }
         let bad = Timing {
