@@ -9,7 +9,7 @@
 //!
 //! | key | value |
 //! | --- | --- |
-//! | `c` + channel + `0x00` + first seq (u64 BE) | the seqs of one batch's records on that channel, in order, u64 BE each (at most [`CHANNEL_RUN_SEQS_MAX`]) |
+//! | `c` + channel + `0x00` + first seq (u64 BE) | the seqs of one batch's records on that channel (at most [`CHANNEL_RUN_SEQS_MAX`]), as runs of consecutive seqs: postcard `Vec<(first u64, last - first u64)>` |
 //! | `h` + channel | last channel_seq (u64 BE) |
 //! | `m` + name | metadata value: `version u8 \| postcard(T)`, typed by a [`MetaKey`] |
 //!
@@ -63,9 +63,10 @@ pub const LAST_SEQ: MetaKey<u64> = MetaKey::new("last_seq", 1);
 /// stored metadata without version bytes; 2 is typed [`MetaKey`] values;
 /// 3 moves record bodies and the chain out of sled into the record file;
 /// 4 keys the channel index by runs of seqs instead of one key per record;
-/// 5 moves the txid index out of sled into the record file.
+/// 5 moves the txid index out of sled into the record file; 6 writes
+/// channel-index values as runs of consecutive seqs.
 pub const STORE_FORMAT: MetaKey<u32> = MetaKey::new("store_format", 1);
-const STORE_FORMAT_VERSION: u32 = 5;
+const STORE_FORMAT_VERSION: u32 = 6;
 
 /// Most seqs under one channel-index key. A batch's records on one channel
 /// share keys (one sled insert per run, not per record: sled inserts were
@@ -224,28 +225,65 @@ fn head_key(channel: &str) -> Vec<u8> {
     key
 }
 
+/// A channel-index value: the seqs as runs of consecutive seqs, each
+/// `(first, last - first)`, postcard-encoded (varints). A batch's records on
+/// one channel are usually consecutive, so a run of 1,024 seqs takes a few
+/// bytes instead of 8 KiB.
 fn encode_channel_run(seqs: &[u64]) -> Vec<u8> {
     assert!(
         !seqs.is_empty() && seqs.len() <= CHANNEL_RUN_SEQS_MAX,
         "a channel run holds 1..={CHANNEL_RUN_SEQS_MAX} seqs"
     );
-    seqs.iter().flat_map(|seq| seq.to_be_bytes()).collect()
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &seq in seqs {
+        match runs.last_mut() {
+            Some((first, span)) if (*first + *span).checked_add(1) == Some(seq) => *span += 1,
+            last => {
+                assert!(
+                    last.is_none_or(|(first, span)| seq > *first + *span),
+                    "channel seqs must increase"
+                );
+                runs.push((seq, 0));
+            }
+        }
+    }
+    postcard::to_allocvec(&runs).expect("encoding runs cannot fail")
 }
 
-/// Read an [`encode_channel_run`] value back.
-fn decode_channel_run(value: &[u8]) -> Result<impl Iterator<Item = u64> + '_> {
-    if value.is_empty() || !value.len().is_multiple_of(8) || value.len() / 8 > CHANNEL_RUN_SEQS_MAX {
-        return Err(Error::Decode {
-            what: "channel index",
-            detail: format!(
-                "a run of {} bytes is not a list of 1..={CHANNEL_RUN_SEQS_MAX} seqs",
-                value.len()
-            ),
-        });
+/// Read an [`encode_channel_run`] value back, refusing anything that is not
+/// 1..=[`CHANNEL_RUN_SEQS_MAX`] strictly increasing seqs.
+fn decode_channel_run(value: &[u8]) -> Result<impl Iterator<Item = u64>> {
+    let bad = |detail: String| Error::Decode {
+        what: "channel index",
+        detail,
+    };
+    let (runs, rest): (Vec<(u64, u64)>, &[u8]) =
+        postcard::take_from_bytes(value).map_err(|e| bad(format!("undecodable run list: {e}")))?;
+    if !rest.is_empty() || runs.is_empty() {
+        return Err(bad(format!(
+            "a run list of {} bytes with {} runs",
+            value.len(),
+            runs.len()
+        )));
     }
-    Ok(value
-        .chunks_exact(8)
-        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes"))))
+    let mut total = 0u64;
+    let mut previous_last: Option<u64> = None;
+    for &(first, span) in &runs {
+        let last = first
+            .checked_add(span)
+            .ok_or_else(|| bad(format!("run {first}+{span} overflows")))?;
+        if previous_last.is_some_and(|p| first <= p) {
+            return Err(bad(format!("run at {first} does not follow the previous one")));
+        }
+        previous_last = Some(last);
+        total = total.saturating_add(span).saturating_add(1);
+    }
+    if total > CHANNEL_RUN_SEQS_MAX as u64 {
+        return Err(bad(format!(
+            "{total} seqs in one value, at most {CHANNEL_RUN_SEQS_MAX}"
+        )));
+    }
+    Ok(runs.into_iter().flat_map(|(first, span)| first..=first + span))
 }
 
 fn be_u64(what: &'static str, bytes: &[u8]) -> Result<u64> {
@@ -994,9 +1032,24 @@ mod tests {
             let decoded: Vec<u64> = decode_channel_run(&encode_channel_run(&run)).unwrap().collect();
             assert_eq!(decoded, run);
         }
-        for bad in [vec![], vec![0u8; 7], vec![0u8; 8 * (CHANNEL_RUN_SEQS_MAX + 1)]] {
-            assert!(decode_channel_run(&bad).is_err(), "{} bytes", bad.len());
+        let runs = |runs: &[(u64, u64)]| postcard::to_allocvec(runs).unwrap();
+        let mut trailing = encode_channel_run(&[3]);
+        trailing.push(0);
+        for bad in [
+            vec![],
+            vec![0x80],
+            trailing,
+            runs(&[]),
+            runs(&[(u64::MAX, 1)]),
+            runs(&[(5, 0), (5, 0)]),
+            runs(&[(9, 0), (5, 0)]),
+            runs(&[(1, CHANNEL_RUN_SEQS_MAX as u64)]),
+        ] {
+            assert!(decode_channel_run(&bad).is_err(), "{bad:?}");
         }
+        // A batch's consecutive seqs on one channel take a few bytes.
+        let consecutive: Vec<u64> = (1_000_000..1_001_024).collect();
+        assert!(encode_channel_run(&consecutive).len() <= 8);
     }
 
     /// Channel names outside [a-z0-9][a-z0-9._-]{0,63} are rejected.
