@@ -10,8 +10,9 @@
 //! disks — and goes into an HdrHistogram. Progress is printed every second;
 //! the summary gives records/s, MB/s, latency percentiles, the leader changes
 //! seen during the run (term before and after, and leader ids polled every
-//! 100 ms), each node's RSS, and one line comparing the run with the issue's
-//! targets for its shape.
+//! 100 ms), each node's RSS, with `--local` each node's data dir after a
+//! snapshot and compaction against the payload it holds, and one line
+//! comparing the run with the targets for its shape.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -132,22 +133,93 @@ pub struct BenchReport {
     pub leader_changes: u64,
     /// Resident set of each node that answered with its pid on this host, in MB.
     pub node_rss_mb: Vec<(u64, f64)>,
+    /// With `--local`: each node's data dir after a snapshot and compaction.
+    pub node_disk: Vec<NodeDisk>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct NodeDisk {
+    pub id: u64,
+    pub megabytes: f64,
+    /// The data dir's bytes over the payload bytes the node holds.
+    pub payload_ratio: f64,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     args.check()?;
     if !args.local {
         let client = Client::connect(&args.cluster)?;
-        return load(&args, &client).await;
+        let report = load(&args, &client).await?;
+        return print_report(&report, args.common.json);
     }
     let cluster = BenchCluster::start("append", &args.common, Vec::new())?;
-    let outcome = load(&args, &cluster.client).await;
+    let outcome = async {
+        let mut report = load(&args, &cluster.client).await?;
+        report.node_disk = disk_after_compaction(&cluster, args.record_bytes).await?;
+        print_report(&report, args.common.json)
+    }
+    .await;
     cluster.finish().await;
     outcome
 }
 
-/// Run the load against the cluster `client` talks to, then report.
-async fn load(args: &BenchArgs, client: &Client) -> anyhow::Result<()> {
+/// Snapshot and compact every node of the bench's own cluster, then each
+/// node's data dir in bytes (each file once, however many names it has: a
+/// snapshot shares the record file) against the payload it holds.
+async fn disk_after_compaction(cluster: &BenchCluster, record_bytes: usize) -> anyhow::Result<Vec<NodeDisk>> {
+    let client = &cluster.client;
+    for node in &cluster.nodes.nodes {
+        client.snapshot_node(&node.spec.address).await.context("snapshot")?;
+        client.compact_node(&node.spec.address).await.context("compact")?;
+    }
+    // The WAL deletes purged segments on its own thread, just after.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = client.cluster_status().await.context("status after compaction")?;
+    let mut disk = Vec::new();
+    for node in &cluster.nodes.nodes {
+        let last_seq = status
+            .nodes
+            .iter()
+            .find(|n| n.id == node.spec.id)
+            .map_or(0, |n| n.last_seq);
+        let bytes = dir_bytes(&node.spec.data_dir)?;
+        let payload = last_seq as f64 * record_bytes as f64;
+        disk.push(NodeDisk {
+            id: node.spec.id,
+            megabytes: bytes as f64 / 1e6,
+            payload_ratio: if payload > 0.0 { bytes as f64 / payload } else { 0.0 },
+        });
+    }
+    Ok(disk)
+}
+
+/// Bytes of the files under `dir`, each inode counted once.
+fn dir_bytes(dir: &std::path::Path) -> anyhow::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let mut pending = vec![dir.to_path_buf()];
+    let mut bytes = 0;
+    while let Some(dir) = pending.pop() {
+        for dirent in std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
+            let dirent = dirent?;
+            let meta = match dirent.metadata() {
+                Ok(meta) => meta,
+                // Removed while we looked (a purge or a leftover going).
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(err.into()),
+            };
+            if meta.is_dir() {
+                pending.push(dirent.path());
+            } else if seen.insert((meta.dev(), meta.ino())) {
+                bytes += meta.len();
+            }
+        }
+    }
+    Ok(bytes)
+}
+
+/// Run the load against the cluster `client` talks to.
+async fn load(args: &BenchArgs, client: &Client) -> anyhow::Result<BenchReport> {
     let before = client
         .wait_for_status(
             Duration::from_secs(30),
@@ -218,8 +290,9 @@ async fn load(args: &BenchArgs, client: &Client) -> anyhow::Result<()> {
         term_after: after.term,
         leader_changes: counters.leader_changes.load(Ordering::Relaxed),
         node_rss_mb: node_rss(&after),
+        node_disk: Vec::new(),
     };
-    print_report(&report, args.common.json)
+    Ok(report)
 }
 
 #[derive(Default)]
@@ -391,6 +464,14 @@ fn print_report(report: &BenchReport, json: bool) -> anyhow::Result<()> {
             rss.join(", ")
         }
     );
+    if !report.node_disk.is_empty() {
+        let disk: Vec<String> = report
+            .node_disk
+            .iter()
+            .map(|d| format!("node {} {:.0} MB ({:.2}x payload)", d.id, d.megabytes, d.payload_ratio))
+            .collect();
+        println!("disk after snapshot and compaction  {}", disk.join(", "));
+    }
     println!("{}", comparison(report));
     Ok(())
 }
