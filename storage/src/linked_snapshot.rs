@@ -284,6 +284,23 @@ pub(crate) fn for_each_record(dir: &Path, visit: impl FnMut(StoredRecord) -> Res
     visit_records(dir, false, visit)
 }
 
+/// Visit records `from_seq..` in order. Segments wholly before `from_seq`
+/// are not read, and records before it in the first one read are not
+/// decoded: a delta of the last records of a large snapshot reads only them.
+pub(crate) fn for_each_record_from(
+    dir: &Path,
+    from_seq: u64,
+    mut visit: impl FnMut(StoredRecord) -> Result<()>,
+) -> Result<()> {
+    let manifest = read_manifest(dir)?;
+    for_each_frame(dir, &manifest, from_seq, |seq, _, body| {
+        if seq < from_seq {
+            return Ok(());
+        }
+        visit(StoredRecord::decode(body)?)
+    })
+}
+
 fn visit_records(
     dir: &Path,
     check_chain: bool,
@@ -292,7 +309,7 @@ fn visit_records(
     let manifest = read_manifest(dir)?;
     let mut chain = [0u8; CHAIN_BYTES];
     let mut stream_bytes = crate::snapshot_file::stream_bytes_without_records(&manifest.meta);
-    for_each_frame(dir, &manifest, |seq, stored, body| {
+    for_each_frame(dir, &manifest, 1, |seq, stored, body| {
         if check_chain {
             chain = chain_of(&chain, body);
             if &chain != stored {
@@ -328,7 +345,7 @@ pub(crate) fn read_chunks(dir: &Path, chunk_bytes: usize, mut send: impl FnMut(V
     let mut out = crate::snapshot_file::FileStream::new(&manifest.meta);
     let mut sent = 0u64;
     let mut stopped = false;
-    for_each_frame(dir, &manifest, |_, _, body| {
+    for_each_frame(dir, &manifest, 1, |_, _, body| {
         out.record(body);
         while out.buffered() >= chunk_bytes {
             let chunk = out.take(chunk_bytes);
@@ -360,20 +377,29 @@ pub(crate) fn read_chunks(dir: &Path, chunk_bytes: usize, mut send: impl FnMut(V
 
 /// Visit every record frame the manifest covers as `(seq, stored chain,
 /// encoded record)`, checking segment headers, frame CRCs, bounds and that
-/// seqs run densely from 1 to the manifest's `last_seq`.
+/// seqs run densely from 1 to the manifest's `last_seq`. Segments whose
+/// records all precede `skip_before` are not read (their density is taken
+/// from the manifest's segment list).
 fn for_each_frame(
     dir: &Path,
     manifest: &Manifest,
+    skip_before: u64,
     mut visit: impl FnMut(u64, &ChainHash, &[u8]) -> Result<()>,
 ) -> Result<()> {
     let mut next_seq = 1u64;
-    for linked in &manifest.segments {
+    for (i, linked) in manifest.segments.iter().enumerate() {
         let path = segment::RECORDS.path(dir, linked.first_seq);
         if linked.first_seq != next_seq {
             return Err(Error::corruption(
                 &path,
                 format!("segment starts at seq {}, expected {next_seq}", linked.first_seq),
             ));
+        }
+        if let Some(following) = manifest.segments.get(i + 1) {
+            if following.first_seq <= skip_before {
+                next_seq = following.first_seq;
+                continue;
+            }
         }
         let mut file = File::open(&path).map_err(|e| Error::io(&path, e))?;
         let mut header = [0u8; segment::SEGMENT_HEADER_BYTES as usize];

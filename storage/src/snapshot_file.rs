@@ -247,6 +247,23 @@ pub fn for_each_record(path: &Path, mut visit: impl FnMut(StoredRecord) -> Resul
     Ok(info.expect("read_all sets info on success"))
 }
 
+/// Visit the records `from_seq..` of a verified snapshot, in order. A
+/// linked snapshot skips what comes before; a file is read from the start.
+pub fn for_each_record_from(
+    path: &Path,
+    from_seq: u64,
+    mut visit: impl FnMut(StoredRecord) -> Result<()>,
+) -> Result<()> {
+    if linked_snapshot::is_linked(path) {
+        return linked_snapshot::for_each_record_from(path, from_seq, visit);
+    }
+    for_each_record(
+        path,
+        |record| if record.seq < from_seq { Ok(()) } else { visit(record) },
+    )?;
+    Ok(())
+}
+
 /// Read the file's raw bytes in chunks of `chunk_bytes` (the last one
 /// shorter, possibly empty) and hand each to `send` with whether it is the
 /// last; stops early when `send` returns false. Returns the bytes read.

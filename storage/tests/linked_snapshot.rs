@@ -88,6 +88,21 @@ fn a_linked_snapshot_reads_as_the_equivalent_file() {
         assert_eq!(snapshot_file::read_meta(linked).unwrap(), META);
         assert_eq!(snapshot_file::record_count(linked).unwrap(), 40);
         assert_eq!(records(linked), records(&file));
+        // Reading from any seq (first, inside and at the start of a later
+        // segment, the last, past the end) gives what a file gives.
+        for from in [1, 2, 17, 25, 26, 39, 40, 41] {
+            let from_seqs = |path: &Path| {
+                let mut seqs = Vec::new();
+                snapshot_file::for_each_record_from(path, from, |r| {
+                    seqs.push(r.seq);
+                    Ok(())
+                })
+                .unwrap();
+                seqs
+            };
+            assert_eq!(from_seqs(linked), (from..=40).collect::<Vec<_>>(), "from {from}");
+            assert_eq!(from_seqs(linked), from_seqs(&file), "from {from}");
+        }
     };
     check(&linked);
     append(&store, 41, 90);

@@ -244,10 +244,7 @@ fn read_delta_chunks(
         tx.blocking_send(chunk).is_ok()
     };
     let mut next_seq = first_seq;
-    snapshot_file::for_each_record(path, |record| {
-        if record.seq < first_seq {
-            return Ok(());
-        }
+    snapshot_file::for_each_record_from(path, first_seq, |record| {
         txlog_storage::delta_file::encode_record(&mut data, &record);
         next_seq = record.seq + 1;
         if data.len() >= DELTA_CHUNK_BYTES {
