@@ -127,10 +127,11 @@ struct FlushRequest<C: RaftTypeConfig> {
 
 /// File work of a purge, done in order by the purger thread.
 enum PurgeJob {
-    /// Write the purge point durably, then delete `segments`.
+    /// Write the purge point durably (unless it already is), then delete
+    /// `segments`.
     Purge {
         dir: PathBuf,
-        point: Vec<u8>,
+        point: Option<Vec<u8>>,
         segments: Vec<PathBuf>,
     },
     /// Answer once every job before it is done.
@@ -245,7 +246,7 @@ where
     }
 
     /// Block until every purge asked for so far is durable and its segments
-    /// are deleted (tests, and anyone about to read the directory).
+    /// are deleted: before a purge past the last entry, and in tests.
     pub fn wait_for_purges(&self) {
         let (tx, rx) = mpsc::channel();
         if self.purge_tx.send(PurgeJob::Barrier(tx)).is_ok() {
@@ -271,10 +272,13 @@ where
 }
 
 /// The purger thread: for each purge in order, the purge point is made
-/// durable before any segment behind it is deleted. If writing it fails the
-/// segments stay (a later purge deletes them); a crash before a job ran
-/// leaves the older purge point and more entries than needed, never fewer.
+/// durable before any segment behind it is deleted. If writing it fails,
+/// its segments wait for the next point that is written; a segment that
+/// cannot be deleted is tried again after the next purge. A crash before a
+/// job ran leaves the older purge point and more entries than needed,
+/// never fewer.
 fn purger(rx: mpsc::Receiver<PurgeJob>) {
+    let mut pending: Vec<PathBuf> = Vec::new();
     for job in rx {
         let (dir, point, segments) = match job {
             PurgeJob::Purge { dir, point, segments } => (dir, point, segments),
@@ -283,17 +287,23 @@ fn purger(rx: mpsc::Receiver<PurgeJob>) {
                 continue;
             }
         };
-        if let Err(err) = durable_file::write_atomic(&dir.join("purged"), PURGED_MAGIC, &point) {
-            tracing::error!(%err, "could not record the wal purge point; its segments are kept");
-            continue;
-        }
-        let mut removed = 0;
-        for path in &segments {
-            match std::fs::remove_file(path) {
-                Ok(()) => removed += 1,
-                Err(err) => tracing::warn!(path = %path.display(), %err, "could not delete a purged wal segment"),
+        pending.extend(segments);
+        if let Some(point) = point {
+            if let Err(err) = durable_file::write_atomic(&dir.join("purged"), PURGED_MAGIC, &point) {
+                tracing::error!(%err, "could not record the wal purge point; its segments are kept for now");
+                continue;
             }
         }
+        let before = pending.len();
+        pending.retain(|path| match std::fs::remove_file(path) {
+            Ok(()) => false,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => false,
+            Err(err) => {
+                tracing::warn!(path = %path.display(), %err, "could not delete a purged wal segment; trying again later");
+                true
+            }
+        });
+        let removed = before - pending.len();
         if removed > 0 {
             if let Err(err) = crate::fsync_dir(&dir) {
                 tracing::warn!(%err, "could not fsync the wal directory after a purge");
@@ -517,12 +527,19 @@ where
     /// Drop the entries up to `log_id` and the segments wholly behind it
     /// from memory; returns the file work (durable purge point, then the
     /// deletions) for the purger thread, or `None` when nothing changed.
-    fn purge(&mut self, log_id: LogIdOf<C>) -> Result<Option<PurgeJob>> {
+    ///
+    /// With `point_now` the purge point is written durably here, before a
+    /// segment after a gap is created (see `LogStore::purge`).
+    fn purge(&mut self, log_id: LogIdOf<C>, point_now: bool) -> Result<Option<PurgeJob>> {
         if self.purged_index().is_some_and(|p| p >= log_id.index()) {
             return Ok(None);
         }
         let upto = log_id.index();
-        let point = encode(&log_id);
+        let mut point = Some(encode(&log_id));
+        if point_now {
+            durable_file::write_atomic(&self.dir.join("purged"), PURGED_MAGIC, &encode(&log_id))?;
+            point = None;
+        }
         self.last_purged = Some(log_id);
         while self.entries.front().is_some_and(|loc| loc.log_id.index() <= upto) {
             self.entries.pop_front();
@@ -844,9 +861,19 @@ where
     /// it durable and deletes the segments (openraft runs this inline in its
     /// core loop, and two fsyncs plus unlinking 64 MiB files there held up
     /// heartbeats for over 55 ms: followers timed the leader out).
+    ///
+    /// A purge past the last entry (a snapshot installed ahead of the log)
+    /// is the exception: the next entry goes into a new segment after a gap,
+    /// and recovery accepts that gap only behind a durable purge point. So
+    /// the queue is drained and the point written before that segment exists.
     async fn purge(&mut self, log_id: LogIdOf<C>) -> io::Result<()> {
-        let job = self.inner.write().expect("wal lock poisoned").purge(log_id)?;
-        if let Some(job) = job {
+        let past_end = self.last_log_id().is_none_or(|last| log_id.index() > last.index());
+        if past_end {
+            self.wait_for_purges();
+        }
+        let mut inner = self.inner.write().expect("wal lock poisoned");
+        if let Some(job) = inner.purge(log_id, past_end)? {
+            // Sent under the lock, so jobs queue in purge order.
             self.purge_tx
                 .send(job)
                 .map_err(|_| io::Error::other("wal purger thread is gone"))?;

@@ -276,3 +276,24 @@ async fn replication_reads_are_bounded_by_bytes() {
     let small = reader.limited_get_log_entries(2, 3).await.expect("read");
     assert_eq!(small, entries[1..2]);
 }
+
+/// A purge past the last entry (a snapshot installed ahead of the log) is
+/// durable when it returns: entries appended after the gap reopen without
+/// waiting for the purger thread, as a crash right after would find them.
+#[tokio::test]
+async fn purge_past_the_end_is_durable_before_the_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), 1024);
+    append_durable(&mut store, (1..=20).map(entry).collect()).await;
+    let purged_file = dir.path().join("purged");
+    assert!(!purged_file.exists());
+    store.purge(log_id::<TestConfig>(1, 1, 50)).await.unwrap();
+    // On disk already, not left to the purger thread.
+    assert!(purged_file.exists(), "the purge point is written before purge returns");
+    append_durable(&mut store, (51..=60).map(entry).collect()).await;
+    drop(store);
+    let mut store = open(dir.path(), 1024);
+    let state = store.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id::<TestConfig>(1, 1, 50)));
+    assert_eq!(all_entries(&mut store).await, (51..=60).map(entry).collect::<Vec<_>>());
+}
