@@ -1,5 +1,8 @@
-//! What openraft calls a snapshot's data: a verified snapshot file on local
-//! disk, named after the log id it covers. Shared by the state machine (which
+//! What openraft calls a snapshot's data: a snapshot on local disk, named
+//! after the log id it covers — a linked snapshot (a directory sharing the
+//! record file's segments) when this node built it, a verified snapshot
+//! file when it was received or merged; `txlog_storage::snapshot_file`
+//! reads either. Shared by the state machine (which
 //! builds and installs snapshots) and resync (which sends and receives them),
 //! so neither has to import the other.
 
@@ -10,7 +13,7 @@ use txlog_storage::SnapshotDir;
 use crate::type_config::SnapshotMeta;
 use crate::type_config::TypeConfig;
 
-/// A snapshot's data: a verified snapshot file on local disk.
+/// A snapshot's data: a snapshot (file or linked directory) on local disk.
 #[derive(Debug, Clone)]
 pub struct SnapshotFile {
     pub path: PathBuf,

@@ -11,9 +11,11 @@
 //!   hears "ok" can read its record from this node.
 //! * A snapshot is durable before openraft learns of it (and so before it
 //!   may purge the WAL behind it): a built one is a linked snapshot whose
-//!   shared segments and manifest are fsynced, a received one a fsynced file. On open, if the newest snapshot file is
-//!   ahead of the store (it lost writes the WAL no longer holds), the store
-//!   is rebuilt from that file.
+//!   shared segments and manifest are fsynced, a received one a fsynced file.
+//!   On open, if the newest snapshot is ahead of the store (it lost writes
+//!   the WAL no longer holds), the store is rebuilt from it; if that
+//!   snapshot is damaged, the node refuses to start (the records are gone
+//!   from this disk).
 
 use std::io;
 use std::path::Path;
@@ -198,8 +200,20 @@ impl StateMachine {
         let applied = self.shared.applied.lock().expect("sm lock poisoned").last_applied;
         if meta.last_log_id > applied {
             if let Err(err) = snapshot_file::verify(&path) {
-                tracing::error!(path = %path.display(), %err, "newest snapshot is damaged; ignoring it");
-                return Ok(());
+                // The store needs records only this snapshot holds (the WAL
+                // may be purged behind it). A linked snapshot shares the
+                // store's segment files, so damage to one is damage to both:
+                // this disk no longer has the records. Starting anyway
+                // would apply later entries on a store missing earlier ones.
+                tracing::error!(path = %path.display(), %err, ?applied, snapshot = ?meta.last_log_id, "record store is behind its newest snapshot and the snapshot is damaged");
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "records lost on this disk: the record store is behind the newest snapshot {} and that snapshot is damaged ({err}); \
+                         move this node's data dir away and start it empty to copy the records from the cluster",
+                        path.display()
+                    ),
+                ));
             }
             tracing::warn!(
                 snapshot = ?meta.last_log_id,
@@ -325,10 +339,12 @@ impl StateMachine {
             .install_copy(&snapshot.path, &snapshot_name(meta))?;
         let local_seq = self.shared.store.last_seq()?;
         let copied = started.elapsed();
+        // Restored from the file just verified: a snapshot of the same log id
+        // already here (kept by `install_copy`) was not checked.
         match snapshot.delta_base {
-            Some(base) if base == local_seq => self.apply_delta(meta, &target, base)?,
+            Some(base) if base == local_seq => self.apply_delta(meta, &snapshot.path, base)?,
             _ => {
-                self.rebuild_from(meta, &target)?;
+                self.rebuild_from(meta, &snapshot.path)?;
                 self.shared.full_installs.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -517,6 +533,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         // them, linked while later applies run, still hold exactly the state
         // at `last_applied`. Linking and the fsyncs are blocking file work.
         let built = tokio::task::spawn_blocking(move || -> io::Result<PathBuf> {
+            // A snapshot already under this name is of this log id and is
+            // kept when it is the current one (checked, or installed after a
+            // check); otherwise it was found damaged, or never checked, and
+            // is replaced.
+            let current = shared.current_snapshot.lock().expect("sm lock poisoned").clone();
+            if path.exists() && current.as_ref().map(|(_, p)| p) != Some(&path) {
+                shared.snapshots.discard(&path)?;
+            }
             let built = shared.store.link_snapshot(&path, &meta_bytes, state.last_seq)?;
             shared.snapshots.prune_older_than(&built);
             Ok(built)

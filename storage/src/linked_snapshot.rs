@@ -205,18 +205,20 @@ pub(crate) fn write(path: &Path, meta: &[u8], last_seq: u64, chain: ChainHash, s
     let mut segments = Vec::with_capacity(sources.len());
     for source in sources {
         let link = segment::RECORDS.path(&staging, source.first_seq);
-        std::fs::hard_link(&source.path, &link).map_err(|e| Error::io(&link, e))?;
         // The store does not sync the active segment per write; the bytes
         // this snapshot covers must be durable before the WAL behind it can go.
         if let Err(err) = source.file.sync_data() {
             crate::fatal_fsync_failure(&source.path.display().to_string(), &err);
         }
-        let linked_bytes = std::fs::metadata(&link).map_err(|e| Error::io(&link, e))?.len();
-        if linked_bytes < source.end {
-            return Err(Error::corruption(
-                &link,
-                format!("segment holds {linked_bytes} bytes, the snapshot needs {}", source.end),
-            ));
+        match std::fs::hard_link(&source.path, &link) {
+            Ok(()) => check_same_file(&link, source)?,
+            // Another file system, or one without hard links: this snapshot
+            // gets its own copy of the covered bytes (a full copy's cost).
+            Err(err) if matches!(err.raw_os_error(), Some(code) if code == EXDEV || code == EPERM) => {
+                tracing::warn!(path = %link.display(), %err, "cannot hard-link a record segment; copying it into the snapshot");
+                copy_covered(source, &link)?;
+            }
+            Err(err) => return Err(Error::io(&link, err)),
         }
         segments.push(Linked {
             first_seq: source.first_seq,
@@ -242,6 +244,58 @@ pub(crate) fn write(path: &Path, meta: &[u8], last_seq: u64, chain: ChainHash, s
     Ok(path.to_path_buf())
 }
 
+/// `errno` values for "cannot link here": across file systems, or a file
+/// system that does not allow hard links.
+const EXDEV: i32 = 18;
+const EPERM: i32 = 1;
+
+/// The link must be the inode the store holds open (and just fsynced): if
+/// the store replaced the file under that name meanwhile (a cut gives a
+/// segment a new inode), the snapshot would share bytes nobody synced.
+fn check_same_file(link: &Path, source: &Source) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let linked = std::fs::metadata(link).map_err(|e| Error::io(link, e))?;
+    let held = source.file.metadata().map_err(|e| Error::io(&source.path, e))?;
+    if (linked.dev(), linked.ino()) != (held.dev(), held.ino()) {
+        return Err(Error::InvalidInput(format!(
+            "record segment {} was replaced while a snapshot linked it",
+            source.path.display()
+        )));
+    }
+    if linked.len() < source.end {
+        return Err(Error::corruption(
+            link,
+            format!(
+                "segment holds {} bytes, the snapshot needs {}",
+                linked.len(),
+                source.end
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Copy the bytes of `source` the snapshot covers to `to`, fsynced.
+fn copy_covered(source: &Source, to: &Path) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut out = File::create(to).map_err(|e| Error::io(to, e))?;
+    let mut offset = 0u64;
+    let mut buf = vec![0u8; READ_CHUNK_BYTES];
+    while offset < source.end {
+        let n = (source.end - offset).min(READ_CHUNK_BYTES as u64) as usize;
+        source
+            .file
+            .read_exact_at(&mut buf[..n], offset)
+            .map_err(|e| Error::io(&source.path, e))?;
+        out.write_all(&buf[..n]).map_err(|e| Error::io(to, e))?;
+        offset += n as u64;
+    }
+    if let Err(err) = out.sync_all() {
+        crate::fatal_fsync_failure(&to.display().to_string(), &err);
+    }
+    Ok(())
+}
+
 /// Remove a file or a directory tree; one already gone is fine.
 pub(crate) fn remove_any(path: &Path) -> Result<()> {
     let removed = match std::fs::symlink_metadata(path) {
@@ -255,10 +309,44 @@ pub(crate) fn remove_any(path: &Path) -> Result<()> {
     }
 }
 
+/// Largest manifest accepted: meta, the fixed fields and every segment.
+const MANIFEST_BYTES_MAX: u64 = 64 + META_BYTES_MAX as u64 + SEGMENTS_MAX as u64 * 16;
+
 fn read_manifest(dir: &Path) -> Result<Manifest> {
     let path = dir.join(MANIFEST);
-    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+    let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+    if len > MANIFEST_BYTES_MAX {
+        return Err(Error::corruption(
+            &path,
+            format!("manifest of {len} bytes is over the limit"),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    (&file).read_to_end(&mut bytes).map_err(|e| Error::io(&path, e))?;
     Manifest::decode(&path, &bytes)
+}
+
+/// A snapshot opened for reading: its manifest and every segment file,
+/// opened up front so that a newer snapshot pruning this one (removing its
+/// directory) cannot cut a transfer or a check short.
+struct Opened {
+    manifest: Manifest,
+    files: Vec<(PathBuf, std::io::Result<File>)>,
+}
+
+fn open(dir: &Path) -> Result<Opened> {
+    let manifest = read_manifest(dir)?;
+    let files = manifest
+        .segments
+        .iter()
+        .map(|linked| {
+            let path = segment::RECORDS.path(dir, linked.first_seq);
+            let file = File::open(&path);
+            (path, file)
+        })
+        .collect();
+    Ok(Opened { manifest, files })
 }
 
 /// The snapshot's metadata block, checked by the manifest's CRC.
@@ -292,8 +380,8 @@ pub(crate) fn for_each_record_from(
     from_seq: u64,
     mut visit: impl FnMut(StoredRecord) -> Result<()>,
 ) -> Result<()> {
-    let manifest = read_manifest(dir)?;
-    for_each_frame(dir, &manifest, from_seq, |seq, _, body| {
+    let Opened { manifest, files } = open(dir)?;
+    for_each_frame(dir, &manifest, files, from_seq, |seq, _, body| {
         if seq < from_seq {
             return Ok(());
         }
@@ -306,10 +394,10 @@ fn visit_records(
     check_chain: bool,
     mut visit: impl FnMut(StoredRecord) -> Result<()>,
 ) -> Result<SnapshotInfo> {
-    let manifest = read_manifest(dir)?;
+    let Opened { manifest, files } = open(dir)?;
     let mut chain = [0u8; CHAIN_BYTES];
     let mut stream_bytes = crate::snapshot_file::stream_bytes_without_records(&manifest.meta);
-    for_each_frame(dir, &manifest, 1, |seq, stored, body| {
+    for_each_frame(dir, &manifest, files, 1, |seq, stored, body| {
         if check_chain {
             chain = chain_of(&chain, body);
             if &chain != stored {
@@ -341,11 +429,11 @@ fn visit_records(
 /// checked as it is read. Returns the bytes streamed.
 pub(crate) fn read_chunks(dir: &Path, chunk_bytes: usize, mut send: impl FnMut(Vec<u8>, bool) -> bool) -> Result<u64> {
     assert!(chunk_bytes > 0, "chunks must hold bytes");
-    let manifest = read_manifest(dir)?;
+    let Opened { manifest, files } = open(dir)?;
     let mut out = crate::snapshot_file::FileStream::new(&manifest.meta);
     let mut sent = 0u64;
     let mut stopped = false;
-    for_each_frame(dir, &manifest, 1, |_, _, body| {
+    for_each_frame(dir, &manifest, files, 1, |_, _, body| {
         out.record(body);
         while out.buffered() >= chunk_bytes {
             let chunk = out.take(chunk_bytes);
@@ -383,12 +471,12 @@ pub(crate) fn read_chunks(dir: &Path, chunk_bytes: usize, mut send: impl FnMut(V
 fn for_each_frame(
     dir: &Path,
     manifest: &Manifest,
+    files: Vec<(PathBuf, std::io::Result<File>)>,
     skip_before: u64,
     mut visit: impl FnMut(u64, &ChainHash, &[u8]) -> Result<()>,
 ) -> Result<()> {
     let mut next_seq = 1u64;
-    for (i, linked) in manifest.segments.iter().enumerate() {
-        let path = segment::RECORDS.path(dir, linked.first_seq);
+    for (i, (linked, (path, file))) in manifest.segments.iter().zip(files).enumerate() {
         if linked.first_seq != next_seq {
             return Err(Error::corruption(
                 &path,
@@ -401,7 +489,7 @@ fn for_each_frame(
                 continue;
             }
         }
-        let mut file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let mut file = file.map_err(|e| Error::io(&path, e))?;
         let mut header = [0u8; segment::SEGMENT_HEADER_BYTES as usize];
         file.read_exact(&mut header)
             .map_err(|_| Error::corruption(&path, "segment shorter than its header"))?;

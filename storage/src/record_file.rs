@@ -66,7 +66,7 @@ const INDEX_VERSION: u32 = 2;
 /// `magic | version u32 | count u32 | first_seq u64 | segment end u64`,
 /// then `count` offsets (u32), `count` txid hashes (u64), and a crc32.
 const INDEX_HEADER_BYTES: usize = 32;
-/// Bytes read at a time by sequential readers (snapshot build, chain check).
+/// Bytes read at a time by sequential readers (chain checks, restores).
 pub(crate) const READ_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Frames for a run of records, built by an apply batch before they are
@@ -558,7 +558,9 @@ impl RecordFile {
             active.offsets.truncate(keep);
             active.hashes.truncate(keep);
             active.end = end;
-            if shares_inode(&active.path)? {
+            // A linked snapshot covers published records only: a cut at or
+            // above the published seq (a failed write) is past its end.
+            if seq < state.published && shares_inode(&active.path)? {
                 // A linked snapshot holds this segment under another name
                 // and may cover bytes being cut: the store keeps its prefix
                 // in a new inode and leaves the shared one whole.
@@ -672,7 +674,9 @@ impl RecordFile {
     }
 
     /// Overwrite the chain value stored with record `seq`, keeping its frame
-    /// valid (tests use it to simulate a node whose records diverged).
+    /// valid (tests use it to simulate a node whose records diverged). It
+    /// writes in place, so a linked snapshot sharing the segment sees the
+    /// same change.
     pub(crate) fn set_chain_at(&self, seq: u64, value: ChainHash) -> Result<()> {
         let Some((_, record)) = self.get(seq)? else {
             return Err(Error::InvalidInput(format!("record {seq} is not stored")));
@@ -1110,7 +1114,7 @@ mod tests {
 
     /// Cutting a segment that another name links to (a linked snapshot)
     /// leaves the linked inode byte for byte as it was; the store goes on
-    /// from its cut copy, also after a reopen, and no `.cut` file is left.
+    /// from its cut copy, in a new inode, also after a reopen.
     #[test]
     fn truncate_after_leaves_a_linked_segment_whole() {
         let dir = tempfile::tempdir().unwrap();
@@ -1124,20 +1128,37 @@ mod tests {
             std::fs::hard_link(segment::RECORDS.path(dir.path(), first), &link).unwrap();
             linked.push((link.clone(), std::fs::read(&link).unwrap()));
         }
+        let inode = |path: &Path| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(path).unwrap().ino()
+        };
+        let holding_12 = segment::RECORDS
+            .list(dir.path())
+            .unwrap()
+            .into_iter()
+            .filter(|&first| first <= 12)
+            .max()
+            .unwrap();
+        let cut_path = segment::RECORDS.path(dir.path(), holding_12);
+        let inode_before = inode(&cut_path);
+        assert!(
+            holding_12 < 12,
+            "seq 12 is inside its segment, so the cut copies a prefix"
+        );
         file.truncate_after(12).unwrap();
+        assert_ne!(inode(&cut_path), inode_before, "the store's segment got a new inode");
         for (link, bytes) in &linked {
             assert_eq!(&std::fs::read(link).unwrap(), bytes, "{} changed", link.display());
         }
         assert_eq!(file.tail(), (12, chain12));
         append(&file, 13, 20);
         drop(file);
+        // A copy cut off by a crash is a leftover that opening removes.
+        let leftover = cut_path.with_extension(CUT_EXTENSION);
+        std::fs::write(&leftover, b"cut off").unwrap();
         let file = RecordFile::open(dir.path(), SMALL_SEGMENT).unwrap();
+        assert!(!leftover.exists());
         assert_eq!(seqs(&file, 1, 100, 500), (1..=20).collect::<Vec<_>>());
-        let names: Vec<String> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert!(!names.iter().any(|n| n.ends_with(".cut")), "{names:?}");
     }
 
     /// Truncation removes whole later segments and cuts the one holding the

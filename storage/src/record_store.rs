@@ -462,7 +462,7 @@ impl RecordStore {
     }
 
     /// Visit records `from..=upto` in order, reading the record file in
-    /// large sequential chunks (snapshot builds).
+    /// large sequential chunks (merging a delta, writing a snapshot file).
     pub fn for_each_record(
         &self,
         from: u64,

@@ -11,9 +11,11 @@
 //! ```
 //!
 //! Invariants:
-//! * A file ending in `.snap` is whole: it was written as `.partial`,
+//! * A name ending in `.snap` is whole: it was written as `.partial`,
 //!   fsynced, renamed and the directory fsynced ([`SnapshotDir::install_copy`],
-//!   [`crate::snapshot_file::SnapshotWriter::finish`]).
+//!   [`crate::snapshot_file::SnapshotWriter::finish`], linked snapshots in
+//!   [`crate::linked_snapshot`]), and it is renamed back to `.partial`
+//!   before it is removed ([`SnapshotDir::discard`]).
 //! * Anything else in the directory is a leftover of an interrupted write or
 //!   transfer and is removed on open ([`SnapshotDir::open`]).
 //! * Every fsync here goes through [`crate::fatal_fsync_failure`].
@@ -76,7 +78,7 @@ impl SnapshotDir {
         self.dir.join(name)
     }
 
-    /// The newest whole snapshot file, if any.
+    /// The newest whole snapshot (file or linked), if any.
     pub fn newest(&self) -> Result<Option<PathBuf>> {
         let mut names = self.names()?;
         names.retain(|n| n.ends_with(SNAPSHOT_SUFFIX));
@@ -124,8 +126,23 @@ impl SnapshotDir {
         Ok(target)
     }
 
-    /// Delete every snapshot file that sorts before `keep` (older log ids).
-    /// A file that cannot be removed is logged and left for the next prune.
+    /// Remove the snapshot at `path` (a file or a linked snapshot's
+    /// directory): renamed to `.partial` first, so a crash part-way through
+    /// removing a directory never leaves a partial one under a `.snap` name
+    /// (open removes the leftover).
+    pub fn discard(&self, path: &Path) -> Result<()> {
+        let staging = path.with_extension(PARTIAL_EXTENSION);
+        crate::linked_snapshot::remove_any(&staging)?;
+        match std::fs::rename(path, &staging) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => return Err(Error::io(path, err)),
+        }
+        crate::linked_snapshot::remove_any(&staging)
+    }
+
+    /// Delete every snapshot that sorts before `keep` (older log ids).
+    /// One that cannot be removed is logged and left for the next prune.
     pub fn prune_older_than(&self, keep: &Path) {
         let Ok(names) = self.names() else {
             return;
@@ -133,7 +150,7 @@ impl SnapshotDir {
         for name in names {
             let path = self.dir.join(&name);
             if name.ends_with(SNAPSHOT_SUFFIX) && path.file_name() < keep.file_name() {
-                if let Err(err) = crate::linked_snapshot::remove_any(&path) {
+                if let Err(err) = self.discard(&path) {
                     tracing::warn!(path = %path.display(), %err, "could not remove old snapshot");
                 }
             }

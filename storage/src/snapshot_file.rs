@@ -177,6 +177,8 @@ impl FileStream {
 pub struct SnapshotInfo {
     pub meta: Vec<u8>,
     pub record_count: u64,
+    /// Bytes of the snapshot file; for a linked snapshot, of the file it
+    /// streams as (not what it holds on disk).
     pub file_bytes: u64,
 }
 
@@ -266,7 +268,7 @@ pub fn for_each_record_from(
 
 /// Read the file's raw bytes in chunks of `chunk_bytes` (the last one
 /// shorter, possibly empty) and hand each to `send` with whether it is the
-/// last; stops early when `send` returns false. Returns the bytes read.
+/// last; stops early when `send` returns false. Returns the bytes sent.
 /// This is how a whole snapshot is shipped to a peer, which verifies it.
 pub fn read_chunks(path: &Path, chunk_bytes: usize, mut send: impl FnMut(Vec<u8>, bool) -> bool) -> Result<u64> {
     if linked_snapshot::is_linked(path) {

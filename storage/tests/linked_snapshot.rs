@@ -229,3 +229,25 @@ fn the_snapshot_directory_handles_linked_snapshots() {
     assert_eq!(snapshots.newest().unwrap(), Some(newer.clone()));
     assert_eq!(snapshot_file::verify(&newer).unwrap().record_count, 30);
 }
+
+/// A linked snapshot removed (pruned by a newer one) while it is being
+/// streamed to a peer still streams whole: its files were opened up front.
+#[test]
+fn a_pruned_linked_snapshot_finishes_its_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RecordStore::open_with(dir.path().join("store"), SEGMENT_BYTES).unwrap();
+    append(&store, 1, 60);
+    let linked = store.link_snapshot(&dir.path().join("old.snap"), META, 60).unwrap();
+    let file = file_snapshot(&store, dir.path().join("file.snap"), 60);
+    let mut streamed = Vec::new();
+    snapshot_file::read_chunks(&linked, 512, |chunk, _| {
+        if streamed.is_empty() {
+            std::fs::remove_dir_all(&linked).unwrap();
+        }
+        streamed.extend_from_slice(&chunk);
+        true
+    })
+    .unwrap();
+    assert!(!linked.exists());
+    assert_eq!(streamed, std::fs::read(&file).unwrap());
+}
