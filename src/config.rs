@@ -171,13 +171,13 @@ pub struct NodeSettings {
     /// Most records grouped into one Raft entry [default: 8192].
     #[arg(long, env = "TXLOG_BATCH_RECORDS_MAX")]
     pub batch_records_max: Option<usize>,
-    /// Build a snapshot after this many log entries [default: 10000].
+    /// Build a snapshot after this many log entries (raised by up to half, by the node's rank among the members, so nodes build apart); 0: only by WAL size [default: 10000].
     #[arg(long, env = "TXLOG_SNAPSHOT_LOGS_SINCE_LAST")]
     pub snapshot_logs_since_last: Option<u64>,
     /// Log entries kept behind a snapshot, so a briefly lagging follower catches up from the log [default: 1000].
     #[arg(long, env = "TXLOG_LOG_ENTRIES_KEPT_AFTER_SNAPSHOT")]
     pub log_entries_kept_after_snapshot: Option<u64>,
-    /// Also build a snapshot once the WAL holds more than this many bytes, so it can be purged; 0 turns it off [default: 134217728].
+    /// Also snapshot and purge while the WAL holds more than this many bytes (raised by up to half, by the node's rank); 0 turns it off, else at least twice segment_bytes_max [default: 134217728, or twice segment_bytes_max if larger].
     #[arg(long, env = "TXLOG_SNAPSHOT_WAL_BYTES_MAX")]
     pub snapshot_wal_bytes_max: Option<u64>,
     /// WAL segment size before rolling to a new file, bytes [default: 67108864; at least 4096].
@@ -312,11 +312,22 @@ impl NodeConfig {
         let log_entries_kept_after_snapshot = s
             .log_entries_kept_after_snapshot
             .unwrap_or(LOG_ENTRIES_KEPT_AFTER_SNAPSHOT_DEFAULT);
-        let snapshot_wal_bytes_max = s.snapshot_wal_bytes_max.unwrap_or(SNAPSHOT_WAL_BYTES_MAX_DEFAULT);
         let segment_bytes_max = s.segment_bytes_max.unwrap_or(txlog_storage::SEGMENT_BYTES_MAX_DEFAULT);
         if segment_bytes_max < SEGMENT_BYTES_MIN {
             return Err(Error::Config(format!(
                 "segment_bytes_max must be at least {SEGMENT_BYTES_MIN}"
+            )));
+        }
+        // The WAL always keeps its active segment, so a limit under two
+        // segments could never be met: snapshots and purges would run
+        // every check, past the kept window, for nothing.
+        let two_segments = segment_bytes_max.saturating_mul(2);
+        let snapshot_wal_bytes_max = s
+            .snapshot_wal_bytes_max
+            .unwrap_or(SNAPSHOT_WAL_BYTES_MAX_DEFAULT.max(two_segments));
+        if snapshot_wal_bytes_max != 0 && snapshot_wal_bytes_max < two_segments {
+            return Err(Error::Config(format!(
+                "snapshot_wal_bytes_max must be 0 (off) or at least twice segment_bytes_max ({two_segments})"
             )));
         }
         Ok(NodeConfig {
@@ -465,6 +476,23 @@ mod tests {
         };
         let err = NodeConfig::resolve(huge_batch, NodeSettings::default()).unwrap_err();
         assert!(err.to_string().contains("batch_bytes_max"), "{err}");
+
+        // The WAL limit must leave room for two segments; its default does.
+        let wal = |segment: u64, limit: Option<u64>| {
+            let settings = NodeSettings {
+                id: Some(1),
+                segment_bytes_max: Some(segment),
+                snapshot_wal_bytes_max: limit,
+                ..Default::default()
+            };
+            NodeConfig::resolve(settings, NodeSettings::default()).map(|c| c.snapshot_wal_bytes_max)
+        };
+        let err = wal(1 << 20, Some((2 << 20) - 1)).unwrap_err();
+        assert!(err.to_string().contains("snapshot_wal_bytes_max"), "{err}");
+        assert_eq!(wal(1 << 20, Some(2 << 20)).unwrap(), 2 << 20);
+        assert_eq!(wal(1 << 20, Some(0)).unwrap(), 0);
+        assert_eq!(wal(1 << 20, None).unwrap(), SNAPSHOT_WAL_BYTES_MAX_DEFAULT);
+        assert_eq!(wal(1 << 30, None).unwrap(), 2 << 30);
     }
 
     /// Every key of the module's example file parses, and the file and the flags are one
