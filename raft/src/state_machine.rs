@@ -348,9 +348,16 @@ impl StateMachine {
                 self.shared.full_installs.fetch_add(1, Ordering::Relaxed);
             }
         }
+        let restored = started.elapsed();
+        if target.is_file() {
+            // The received file is a second copy of records the store now
+            // holds: a linked snapshot of the store takes its place.
+            if let Err(err) = self.relink(meta, &target) {
+                tracing::warn!(path = %target.display(), %err, "could not swap a received snapshot for a linked one; keeping the file");
+            }
+        }
         self.shared.snapshots.prune_older_than(&target);
         *self.shared.current_snapshot.lock().expect("sm lock poisoned") = Some((meta.clone(), target));
-        let restored = started.elapsed();
         tracing::info!(
             last_log_id = ?meta.last_log_id,
             records = info.record_count,
@@ -360,6 +367,22 @@ impl StateMachine {
             restore_ms = (restored - copied).as_millis() as u64,
             "snapshot installed"
         );
+        Ok(())
+    }
+}
+
+impl StateMachine {
+    /// Replace the snapshot file at `file` (just installed into the store)
+    /// with a linked snapshot of the store at the same log id and name.
+    fn relink(&self, meta: &SnapshotMeta, file: &Path) -> io::Result<()> {
+        let last_seq = self.shared.store.last_seq()?;
+        let building = file.with_extension("linking");
+        self.shared.snapshots.discard(&building)?;
+        let linked = self
+            .shared
+            .store
+            .link_snapshot(&building, &meta::encode_snapshot_meta(meta), last_seq)?;
+        self.shared.snapshots.swap_in(file, &linked)?;
         Ok(())
     }
 }

@@ -177,6 +177,51 @@ async fn snapshot_build_install_round_trip() {
     assert_eq!(current.meta, snapshot.meta);
 }
 
+/// A snapshot received as a file (a linked one streams as one) is installed,
+/// then swapped for a linked snapshot of the follower's own store under the
+/// same name: one copy of the records on its disk, and it reopens from it.
+#[tokio::test]
+async fn an_installed_snapshot_file_becomes_a_linked_snapshot() {
+    use std::io::Write;
+    let leader_dir = tempfile::tempdir().unwrap();
+    let mut leader = StateMachine::open(leader_dir.path()).unwrap();
+    apply(&mut leader, entries()).await;
+    let snapshot = leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert!(snapshot.snapshot.path.is_dir(), "a built snapshot is linked");
+
+    let staging = tempfile::tempdir().unwrap();
+    let received = staging.path().join("received");
+    let mut out = std::fs::File::create(&received).unwrap();
+    txlog_storage::snapshot_file::read_chunks(&snapshot.snapshot.path, 1 << 20, |chunk, _| {
+        out.write_all(&chunk).unwrap();
+        true
+    })
+    .unwrap();
+    drop(out);
+
+    let follower_dir = tempfile::tempdir().unwrap();
+    let mut follower = StateMachine::open(follower_dir.path()).unwrap();
+    let file = txlog_raft::SnapshotFile {
+        path: received,
+        delta_base: None,
+    };
+    follower.install_snapshot(&snapshot.meta, file).await.unwrap();
+    assert_eq!(all(&follower), all(&leader));
+    let current = follower.get_current_snapshot().await.unwrap().unwrap();
+    assert!(current.snapshot.path.is_dir(), "{}", current.snapshot.path.display());
+    assert_eq!(current.snapshot.path.file_name(), snapshot.snapshot.path.file_name());
+    let info = txlog_storage::snapshot_file::verify(&current.snapshot.path).unwrap();
+    assert_eq!(info.record_count, all(&leader).len() as u64);
+    let names: Vec<_> = std::fs::read_dir(follower_dir.path().join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    drop(follower);
+    let reopened = reopen(follower_dir.path()).await;
+    assert_eq!(all(&reopened), all(&leader));
+}
+
 /// When the store lost writes that the WAL no longer holds, opening rebuilds the store from the newest snapshot.
 #[tokio::test]
 async fn open_rebuilds_from_a_newer_snapshot() {

@@ -141,6 +141,26 @@ impl SnapshotDir {
         crate::linked_snapshot::remove_any(&staging)
     }
 
+    /// Put `replacement` (a whole snapshot of the same log id, outside the
+    /// `.snap` names) under `target`'s name. The old one is first renamed to
+    /// `<stem>-r.snap`, still a whole snapshot of that log id that sorts just
+    /// before it, so a crash at any step leaves one under a `.snap` name;
+    /// then it is removed.
+    pub fn swap_in(&self, target: &Path, replacement: &Path) -> Result<()> {
+        let stem = target
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(SNAPSHOT_SUFFIX))
+            .ok_or_else(|| Error::InvalidInput(format!("{} is not a snapshot name", target.display())))?;
+        let aside = self.dir.join(format!("{stem}-r{SNAPSHOT_SUFFIX}"));
+        crate::linked_snapshot::remove_any(&aside)?;
+        std::fs::rename(target, &aside).map_err(|e| Error::io(target, e))?;
+        crate::fsync_dir(&self.dir)?;
+        std::fs::rename(replacement, target).map_err(|e| Error::io(target, e))?;
+        crate::fsync_dir(&self.dir)?;
+        self.discard(&aside)
+    }
+
     /// Delete every snapshot that sorts before `keep` (older log ids).
     /// One that cannot be removed is logged and left for the next prune.
     pub fn prune_older_than(&self, keep: &Path) {
