@@ -38,6 +38,9 @@ pub struct Metrics {
     pub is_leader: Gauge,
     pub commit_index: Gauge,
     pub applied_index: Gauge,
+    pub snapshot_index: Gauge,
+    pub purged_index: Gauge,
+    pub wal_bytes: Gauge,
     pub last_seq: Gauge,
     pub resync_delta_bytes: Counter,
     pub resync_full_bytes: Counter,
@@ -83,6 +86,9 @@ impl Metrics {
             is_leader: Gauge::default(),
             commit_index: Gauge::default(),
             applied_index: Gauge::default(),
+            snapshot_index: Gauge::default(),
+            purged_index: Gauge::default(),
+            wal_bytes: Gauge::default(),
             last_seq: Gauge::default(),
             resync_delta_bytes: Counter::default(),
             resync_full_bytes: Counter::default(),
@@ -164,6 +170,21 @@ impl Metrics {
             "raft_applied_index",
             "Highest log index applied to the state machine",
             self.applied_index.clone(),
+        );
+        registry.register(
+            "raft_snapshot_index",
+            "Log index of this node's latest snapshot",
+            self.snapshot_index.clone(),
+        );
+        registry.register(
+            "raft_purged_index",
+            "Log index up to which this node's WAL is purged",
+            self.purged_index.clone(),
+        );
+        registry.register(
+            "wal_bytes",
+            "Bytes of WAL segment files, as last measured by the snapshot policy",
+            self.wal_bytes.clone(),
         );
         registry.register(
             "last_seq",

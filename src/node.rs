@@ -332,6 +332,7 @@ impl Parts<'_> {
                 logs_since_last: config.snapshot_logs_since_last,
                 wal_bytes_max: config.snapshot_wal_bytes_max,
             },
+            self.metrics.clone(),
             shutdown.clone(),
         ));
         if let Some(region) = config.prefer_region.clone() {
@@ -379,6 +380,10 @@ async fn watch_raft(
             metrics
                 .applied_index
                 .set(m.last_applied.map(|l| l.index as i64).unwrap_or(0));
+            metrics
+                .snapshot_index
+                .set(m.snapshot.map(|l| l.index as i64).unwrap_or(0));
+            metrics.purged_index.set(m.purged.map(|l| l.index as i64).unwrap_or(0));
             metrics.last_seq.set(reader.last_seq() as i64);
             metrics.observe_resync(resync.counts());
             if m.current_leader != last_leader {

@@ -69,8 +69,13 @@ fn rank(metrics: &RaftMetrics<TypeConfig>, id: u64) -> (usize, usize) {
     (rank, ids.len().max(1))
 }
 
-/// Run the policy until shutdown.
-pub async fn run(raft: Raft, policy: SnapshotPolicy, shutdown: CancellationToken) {
+/// Run the policy until shutdown; the WAL size it measures is exported.
+pub async fn run(
+    raft: Raft,
+    policy: SnapshotPolicy,
+    exported: std::sync::Arc<crate::metrics::Metrics>,
+    shutdown: CancellationToken,
+) {
     let mut rx = raft.metrics();
     let mut wal_tick = tokio::time::interval(WAL_CHECK_INTERVAL);
     // The applied index a snapshot was asked for at, and when.
@@ -110,6 +115,7 @@ pub async fn run(raft: Raft, policy: SnapshotPolicy, shutdown: CancellationToken
                     continue;
                 }
             };
+            exported.wal_bytes.set(bytes as i64);
             if bytes > threshold {
                 if !over {
                     tracing::info!(

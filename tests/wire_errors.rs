@@ -558,3 +558,41 @@ async fn heartbeat_failures_to_a_down_learner_are_throttled() {
         "{summaries} lines about node 12, at most {allowed} allowed:\n{logs}"
     );
 }
+
+/// A snapshot and a purge show in the node's metrics (snapshot and purged
+/// index), and so does the WAL's size as the snapshot policy measures it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_purge_and_wal_metrics() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(&[12, 14, 16]).await;
+    for i in 0..20 {
+        cluster
+            .client
+            .append_one("orders", format!("m-{i}").as_bytes(), b"x")
+            .await
+            .expect("append");
+    }
+    let address = cluster.address(14);
+    let snapshot = cluster.client.snapshot_node(&address).await.expect("snapshot");
+    let compact = cluster.client.compact_node(&address).await.expect("compact");
+    assert!(snapshot.snapshot_index > 0);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let snapshot_index = cluster.metric(14, "txlog_raft_snapshot_index").await;
+        let purged_index = cluster.metric(14, "txlog_raft_purged_index").await;
+        let wal_bytes = cluster.metric(14, "txlog_wal_bytes").await;
+        if snapshot_index == snapshot.snapshot_index as f64
+            && purged_index == compact.purged_index as f64
+            && wal_bytes > 0.0
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics: snapshot {snapshot_index}, purged {purged_index}, wal {wal_bytes}; want {} and {}",
+            snapshot.snapshot_index,
+            compact.purged_index
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
