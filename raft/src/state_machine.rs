@@ -215,12 +215,27 @@ impl StateMachine {
                     ),
                 ));
             }
-            tracing::warn!(
-                snapshot = ?meta.last_log_id,
-                applied = ?applied,
-                "record store is behind the newest snapshot; rebuilding it from the snapshot"
-            );
-            self.rebuild_from(&meta, &path)?;
+            // After a crash the store is often a prefix of the snapshot (sled
+            // lagged a snapshot built in its last ~500 ms): then only the
+            // records after it are added, not all of them again.
+            let local_seq = self.shared.store.last_seq()?;
+            let snapshot_chain = snapshot_file::chain_at(&path, local_seq)?;
+            if local_seq > 0 && snapshot_chain.is_some() && snapshot_chain == self.shared.store.chain_at(local_seq)? {
+                tracing::warn!(
+                    snapshot = ?meta.last_log_id,
+                    applied = ?applied,
+                    local_seq,
+                    "record store is behind the newest snapshot; adding the snapshot's records after its own"
+                );
+                self.restore_after(&meta, &path, local_seq)?;
+            } else {
+                tracing::warn!(
+                    snapshot = ?meta.last_log_id,
+                    applied = ?applied,
+                    "record store is behind the newest snapshot; rebuilding it from the snapshot"
+                );
+                self.rebuild_from(&meta, &path)?;
+            }
         } else {
             // The store already holds everything the snapshot does, so a
             // start-up need not read it (1M records take about a second).

@@ -244,6 +244,46 @@ async fn open_rebuilds_from_a_newer_snapshot() {
     assert_eq!(reopened.applied_state().await.unwrap().0, snapshot.meta.last_log_id);
 }
 
+/// A store that is a prefix of its newest snapshot (sled lost the writes
+/// after a snapshot was built) gets only the snapshot's records after its
+/// own on open: its first record segment keeps its inode.
+#[tokio::test]
+async fn open_adds_to_a_store_that_is_a_prefix_of_the_snapshot() {
+    use std::os::unix::fs::MetadataExt;
+    let source_dir = tempfile::tempdir().unwrap();
+    let mut source = StateMachine::open(source_dir.path()).unwrap();
+    apply(&mut source, entries()).await;
+    let snapshot = source.get_snapshot_builder().await.build_snapshot().await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut behind = StateMachine::open(dir.path()).unwrap();
+        apply(&mut behind, entries()[..2].to_vec()).await;
+        assert!(all(&behind).len() < all(&source).len());
+    }
+    let name = snapshot.snapshot.path.file_name().unwrap().to_str().unwrap();
+    txlog_storage::SnapshotDir::open(dir.path().join("snapshots"))
+        .unwrap()
+        .install_copy(&snapshot.snapshot.path, name)
+        .unwrap();
+    let segment = dir
+        .path()
+        .join("records")
+        .join("segments")
+        .join(format!("{:020}.rec", 1));
+    let inode = std::fs::metadata(&segment).unwrap().ino();
+    // Held, so a rebuilt segment could not reuse the inode number.
+    std::fs::hard_link(&segment, dir.path().join("held")).unwrap();
+    let mut reopened = reopen(dir.path()).await;
+    assert_eq!(all(&reopened), all(&source));
+    assert_eq!(reopened.applied_state().await.unwrap().0, snapshot.meta.last_log_id);
+    assert_eq!(
+        std::fs::metadata(&segment).unwrap().ino(),
+        inode,
+        "the store was not rebuilt"
+    );
+}
+
 fn many_entries(count: u64, per_entry: usize) -> Vec<Entry> {
     (1..=count)
         .map(|i| {

@@ -359,6 +359,27 @@ pub(crate) fn record_count(dir: &Path) -> Result<u64> {
     Ok(read_manifest(dir)?.last_seq)
 }
 
+/// The hash chain stored with record `seq` (zeros at 0), reading only the
+/// segment that holds it; `None` when the snapshot does not reach `seq`.
+pub(crate) fn chain_at(dir: &Path, seq: u64) -> Result<Option<ChainHash>> {
+    let Opened { manifest, files } = open(dir)?;
+    if seq == 0 {
+        return Ok(Some([0u8; CHAIN_BYTES]));
+    }
+    if seq > manifest.last_seq {
+        return Ok(None);
+    }
+    let mut found = None;
+    for_each_frame(dir, &manifest, files, seq, |at, chain, _| {
+        if at == seq {
+            found = Some(*chain);
+            return Ok(false);
+        }
+        Ok(true)
+    })?;
+    Ok(found)
+}
+
 /// Check the snapshot end to end: every frame's CRC, dense seqs from 1 to
 /// the manifest's last, and the hash chain recomputed from the records and
 /// compared with the stored value at every record and with the manifest's.
@@ -382,10 +403,10 @@ pub(crate) fn for_each_record_from(
 ) -> Result<()> {
     let Opened { manifest, files } = open(dir)?;
     for_each_frame(dir, &manifest, files, from_seq, |seq, _, body| {
-        if seq < from_seq {
-            return Ok(());
+        if seq >= from_seq {
+            visit(StoredRecord::decode(body)?)?;
         }
-        visit(StoredRecord::decode(body)?)
+        Ok(true)
     })
 }
 
@@ -408,7 +429,8 @@ fn visit_records(
             }
         }
         stream_bytes += (frame::FRAME_HEADER_BYTES + body.len()) as u64;
-        visit(StoredRecord::decode(body)?)
+        visit(StoredRecord::decode(body)?)?;
+        Ok(true)
     })?;
     if check_chain && chain != manifest.chain {
         return Err(Error::corruption(
@@ -440,12 +462,11 @@ pub(crate) fn read_chunks(dir: &Path, chunk_bytes: usize, mut send: impl FnMut(V
             sent += chunk.len() as u64;
             if !send(chunk, false) {
                 stopped = true;
-                return Err(Error::InvalidInput("stopped".into()));
+                return Ok(false);
             }
         }
-        Ok(())
-    })
-    .or_else(|err| if stopped { Ok(()) } else { Err(err) })?;
+        Ok(true)
+    })?;
     if stopped {
         return Ok(sent);
     }
@@ -467,13 +488,14 @@ pub(crate) fn read_chunks(dir: &Path, chunk_bytes: usize, mut send: impl FnMut(V
 /// encoded record)`, checking segment headers, frame CRCs, bounds and that
 /// seqs run densely from 1 to the manifest's `last_seq`. Segments whose
 /// records all precede `skip_before` are not read (their density is taken
-/// from the manifest's segment list).
+/// from the manifest's segment list). `visit` returns whether to go on;
+/// stopping early skips the checks of what was not read.
 fn for_each_frame(
     dir: &Path,
     manifest: &Manifest,
     files: Vec<(PathBuf, std::io::Result<File>)>,
     skip_before: u64,
-    mut visit: impl FnMut(u64, &ChainHash, &[u8]) -> Result<()>,
+    mut visit: impl FnMut(u64, &ChainHash, &[u8]) -> Result<bool>,
 ) -> Result<()> {
     let mut next_seq = 1u64;
     for (i, (linked, (path, file))) in manifest.segments.iter().zip(files).enumerate() {
@@ -518,7 +540,9 @@ fn for_each_frame(
                             format!("record {seq} is past the manifest's last seq"),
                         ));
                     }
-                    visit(seq, chain, record)?;
+                    if !visit(seq, chain, record)? {
+                        return Ok(());
+                    }
                     next_seq += 1;
                     start += frame_bytes;
                 }

@@ -295,6 +295,16 @@ pub fn read_chunks(path: &Path, chunk_bytes: usize, mut send: impl FnMut(Vec<u8>
     }
 }
 
+/// The hash chain stored with record `seq` of a linked snapshot, reading
+/// only the segment that holds it; `None` for a snapshot file (which does
+/// not store chains) or a seq past the snapshot's end.
+pub fn chain_at(path: &Path, seq: u64) -> Result<Option<crate::ChainHash>> {
+    if linked_snapshot::is_linked(path) {
+        return linked_snapshot::chain_at(path, seq);
+    }
+    Ok(None)
+}
+
 /// Records in a whole snapshot file, read from its trailer without
 /// verifying the file (records are `1..=count`, dense).
 pub fn record_count(path: &Path) -> Result<u64> {

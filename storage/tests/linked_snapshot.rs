@@ -105,6 +105,17 @@ fn a_linked_snapshot_reads_as_the_equivalent_file() {
         }
     };
     check(&linked);
+    // The chain stored at any seq is the store's; past the end, or in a
+    // snapshot file (which stores none), there is none.
+    for seq in [0, 1, 14, 26, 40] {
+        assert_eq!(
+            snapshot_file::chain_at(&linked, seq).unwrap(),
+            store.chain_at(seq).unwrap(),
+            "seq {seq}"
+        );
+    }
+    assert_eq!(snapshot_file::chain_at(&linked, 41).unwrap(), None);
+    assert_eq!(snapshot_file::chain_at(&file, 5).unwrap(), None);
     append(&store, 41, 90);
     check(&linked);
     // Clearing the store (as a full install does) drops only its own names.
