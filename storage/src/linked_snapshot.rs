@@ -216,7 +216,7 @@ pub(crate) fn write(path: &Path, meta: &[u8], last_seq: u64, chain: ChainHash, s
             // gets its own copy of the covered bytes (a full copy's cost).
             Err(err) if matches!(err.raw_os_error(), Some(code) if code == EXDEV || code == EPERM) => {
                 tracing::warn!(path = %link.display(), %err, "cannot hard-link a record segment; copying it into the snapshot");
-                copy_covered(source, &link)?;
+                segment::copy_head(&source.file, &source.path, source.end, &link)?;
             }
             Err(err) => return Err(Error::io(&link, err)),
         }
@@ -235,9 +235,7 @@ pub(crate) fn write(path: &Path, meta: &[u8], last_seq: u64, chain: ChainHash, s
     let mut file = File::create(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
     file.write_all(&manifest.encode())
         .map_err(|e| Error::io(&manifest_path, e))?;
-    if let Err(err) = file.sync_all() {
-        crate::fatal_fsync_failure(&manifest_path.display().to_string(), &err);
-    }
+    crate::snapshot_dir::fsync_file(&file, &manifest_path);
     crate::fsync_dir(&staging)?;
     std::fs::rename(&staging, path).map_err(|e| Error::io(path, e))?;
     crate::fsync_dir(path.parent().unwrap_or(Path::new(".")))?;
@@ -271,27 +269,6 @@ fn check_same_file(link: &Path, source: &Source) -> Result<()> {
                 source.end
             ),
         ));
-    }
-    Ok(())
-}
-
-/// Copy the bytes of `source` the snapshot covers to `to`, fsynced.
-fn copy_covered(source: &Source, to: &Path) -> Result<()> {
-    use std::os::unix::fs::FileExt;
-    let mut out = File::create(to).map_err(|e| Error::io(to, e))?;
-    let mut offset = 0u64;
-    let mut buf = vec![0u8; READ_CHUNK_BYTES];
-    while offset < source.end {
-        let n = (source.end - offset).min(READ_CHUNK_BYTES as u64) as usize;
-        source
-            .file
-            .read_exact_at(&mut buf[..n], offset)
-            .map_err(|e| Error::io(&source.path, e))?;
-        out.write_all(&buf[..n]).map_err(|e| Error::io(to, e))?;
-        offset += n as u64;
-    }
-    if let Err(err) = out.sync_all() {
-        crate::fatal_fsync_failure(&to.display().to_string(), &err);
     }
     Ok(())
 }
@@ -454,29 +431,29 @@ pub(crate) fn read_chunks(dir: &Path, chunk_bytes: usize, mut send: impl FnMut(V
     let Opened { manifest, files } = open(dir)?;
     let mut out = crate::snapshot_file::FileStream::new(&manifest.meta);
     let mut sent = 0u64;
+    // Hand every whole chunk buffered to `send`; false once it refuses more.
+    let mut send_whole = |out: &mut crate::snapshot_file::FileStream, sent: &mut u64| {
+        while out.buffered() >= chunk_bytes {
+            let chunk = out.take(chunk_bytes);
+            *sent += chunk.len() as u64;
+            if !send(chunk, false) {
+                return false;
+            }
+        }
+        true
+    };
     let mut stopped = false;
     for_each_frame(dir, &manifest, files, 1, |_, _, body| {
         out.record(body);
-        while out.buffered() >= chunk_bytes {
-            let chunk = out.take(chunk_bytes);
-            sent += chunk.len() as u64;
-            if !send(chunk, false) {
-                stopped = true;
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        stopped = !send_whole(&mut out, &mut sent);
+        Ok(!stopped)
     })?;
     if stopped {
         return Ok(sent);
     }
     out.finish(manifest.last_seq);
-    while out.buffered() >= chunk_bytes {
-        let chunk = out.take(chunk_bytes);
-        sent += chunk.len() as u64;
-        if !send(chunk, false) {
-            return Ok(sent);
-        }
+    if !send_whole(&mut out, &mut sent) {
+        return Ok(sent);
     }
     let last = out.take(chunk_bytes);
     sent += last.len() as u64;

@@ -758,25 +758,8 @@ fn shares_inode(path: &Path) -> Result<bool> {
 /// new file, open for reading and writing.
 fn copy_prefix(path: &Path, bytes: u64) -> Result<File> {
     let tmp = path.with_extension(CUT_EXTENSION);
-    let mut source = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut target = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(|e| Error::io(&tmp, e))?;
-    let copied =
-        std::io::copy(&mut std::io::Read::take(&mut source, bytes), &mut target).map_err(|e| Error::io(&tmp, e))?;
-    if copied != bytes {
-        return Err(Error::corruption(
-            path,
-            format!("segment holds {copied} bytes, {bytes} are kept"),
-        ));
-    }
-    if let Err(err) = target.sync_all() {
-        crate::fatal_fsync_failure(&tmp.display().to_string(), &err);
-    }
+    let source = File::open(path).map_err(|e| Error::io(path, e))?;
+    let target = segment::copy_head(&source, path, bytes, &tmp)?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
     crate::fsync_dir(path.parent().unwrap_or(Path::new(".")))?;
     Ok(target)

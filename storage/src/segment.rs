@@ -274,6 +274,35 @@ pub(crate) fn check_header(
     Ok(())
 }
 
+/// Write the first `bytes` bytes of `from` (read at offsets, so a shared
+/// handle's cursor is untouched) to a new file at `to`, fsync it and return
+/// it open for reading and writing. `from` holding fewer is corruption.
+pub(crate) fn copy_head(from: &File, from_path: &Path, bytes: u64, to: &Path) -> Result<File> {
+    const CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+    let out = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(to)
+        .map_err(|e| Error::io(to, e))?;
+    let mut buf = vec![0u8; bytes.min(CHUNK_BYTES) as usize];
+    let mut offset = 0u64;
+    while offset < bytes {
+        let n = (bytes - offset).min(CHUNK_BYTES) as usize;
+        from.read_exact_at(&mut buf[..n], offset).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => {
+                Error::corruption(from_path, format!("holds fewer than the {bytes} bytes to copy"))
+            }
+            _ => Error::io(from_path, e),
+        })?;
+        out.write_all_at(&buf[..n], offset).map_err(|e| Error::io(to, e))?;
+        offset += n as u64;
+    }
+    crate::snapshot_dir::fsync_file(&out, to);
+    Ok(out)
+}
+
 /// Cut the segment at `path` to `valid_bytes` and fsync it (fatal on failure).
 pub(crate) fn cut_tail(path: &Path, valid_bytes: u64) -> Result<()> {
     let file = OpenOptions::new()
