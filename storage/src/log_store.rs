@@ -289,7 +289,7 @@ fn purger(rx: mpsc::Receiver<PurgeJob>) {
         };
         pending.extend(segments);
         if let Some(point) = point {
-            if let Err(err) = durable_file::write_atomic(&dir.join("purged"), PURGED_MAGIC, &point) {
+            if let Err(err) = write_purge_point(&dir, &point) {
                 tracing::error!(%err, "could not record the wal purge point; its segments are kept for now");
                 continue;
             }
@@ -311,6 +311,11 @@ fn purger(rx: mpsc::Receiver<PurgeJob>) {
         }
         tracing::debug!(removed_segments = removed, "wal purged");
     }
+}
+
+/// Durably replace the WAL's purge point with `point` (an encoded log id).
+fn write_purge_point(dir: &Path, point: &[u8]) -> Result<()> {
+    durable_file::write_atomic(&dir.join("purged"), PURGED_MAGIC, point)
 }
 
 /// The flusher thread: one fdatasync per file for everything queued, then the callbacks.
@@ -535,11 +540,13 @@ where
             return Ok(None);
         }
         let upto = log_id.index();
-        let mut point = Some(encode(&log_id));
-        if point_now {
-            durable_file::write_atomic(&self.dir.join("purged"), PURGED_MAGIC, &encode(&log_id))?;
-            point = None;
-        }
+        let point = encode(&log_id);
+        let point = if point_now {
+            write_purge_point(&self.dir, &point)?;
+            None
+        } else {
+            Some(point)
+        };
         self.last_purged = Some(log_id);
         while self.entries.front().is_some_and(|loc| loc.log_id.index() <= upto) {
             self.entries.pop_front();
