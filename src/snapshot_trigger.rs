@@ -87,14 +87,18 @@ pub async fn run(
             changed = rx.changed() => if changed.is_err() { return } else { false },
             _ = wal_tick.tick() => true,
         };
-        let metrics = rx.borrow_and_update().clone();
-        let index = |id: Option<txlog_raft::LogId>| id.map(|l| l.index).unwrap_or(0);
-        let (applied, snapshot, purged) = (
-            index(metrics.last_applied),
-            index(metrics.snapshot),
-            index(metrics.purged),
-        );
-        let (rank, members) = rank(&metrics, policy.id);
+        // Metrics change with every apply: read what is needed in place
+        // rather than cloning them (membership and replication maps).
+        let (applied, snapshot, purged, (rank, members)) = {
+            let metrics = rx.borrow_and_update();
+            let index = |id: Option<txlog_raft::LogId>| id.map(|l| l.index).unwrap_or(0);
+            (
+                index(metrics.last_applied),
+                index(metrics.snapshot),
+                index(metrics.purged),
+                rank(&metrics, policy.id),
+            )
+        };
         if requested.is_some_and(|(at, when)| snapshot >= at || when.elapsed() > REQUEST_TIMEOUT) {
             requested = None;
         }
