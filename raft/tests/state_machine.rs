@@ -222,6 +222,16 @@ async fn an_installed_snapshot_file_becomes_a_linked_snapshot() {
     assert_eq!(all(&reopened), all(&leader));
 }
 
+/// Put `snapshot` (another state machine's) in the snapshot directory of
+/// the state machine at `dir`, as its newest snapshot.
+fn place_snapshot(dir: &std::path::Path, snapshot: &txlog_raft::Snapshot) {
+    let name = snapshot.snapshot.path.file_name().unwrap().to_str().unwrap();
+    txlog_storage::SnapshotDir::open(dir.join("snapshots"))
+        .unwrap()
+        .install_copy(&snapshot.snapshot.path, name)
+        .unwrap();
+}
+
 /// When the store lost writes that the WAL no longer holds, opening rebuilds the store from the newest snapshot.
 #[tokio::test]
 async fn open_rebuilds_from_a_newer_snapshot() {
@@ -234,11 +244,7 @@ async fn open_rebuilds_from_a_newer_snapshot() {
     {
         let _empty = StateMachine::open(dir.path()).unwrap();
     }
-    let name = snapshot.snapshot.path.file_name().unwrap().to_str().unwrap();
-    txlog_storage::SnapshotDir::open(dir.path().join("snapshots"))
-        .unwrap()
-        .install_copy(&snapshot.snapshot.path, name)
-        .unwrap();
+    place_snapshot(dir.path(), &snapshot);
     let mut reopened = reopen(dir.path()).await;
     assert_eq!(all(&reopened), all(&source));
     assert_eq!(reopened.applied_state().await.unwrap().0, snapshot.meta.last_log_id);
@@ -261,11 +267,7 @@ async fn open_adds_to_a_store_that_is_a_prefix_of_the_snapshot() {
         apply(&mut behind, entries()[..2].to_vec()).await;
         assert!(all(&behind).len() < all(&source).len());
     }
-    let name = snapshot.snapshot.path.file_name().unwrap().to_str().unwrap();
-    txlog_storage::SnapshotDir::open(dir.path().join("snapshots"))
-        .unwrap()
-        .install_copy(&snapshot.snapshot.path, name)
-        .unwrap();
+    place_snapshot(dir.path(), &snapshot);
     let segment = dir
         .path()
         .join("records")
