@@ -11,6 +11,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use openraft::error::RaftError;
+use openraft::impls::ProgressResponder;
+use openraft::raft::ClientWriteResult;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use tokio::sync::Semaphore;
@@ -19,10 +22,12 @@ use tokio_util::task::TaskTracker;
 use txlog_raft::BatchBody;
 use txlog_raft::BatchFrame;
 use txlog_raft::Raft;
+use txlog_raft::TypeConfig;
 use txlog_storage::AppendOutcome;
 use txlog_storage::NewRecord;
 
 use crate::error::raft_error;
+use crate::error::raft_stopped;
 use crate::metrics::Metrics;
 use crate::Error;
 use crate::Result;
@@ -128,10 +133,13 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let raft = raft.clone();
+        // Proposed here, in queue order: a client with many calls in flight
+        // (an append stream) has them committed in the order it sent them.
+        // Only the wait for the commit runs beside the loop.
+        let proposed = propose(&raft, node_id, &metrics, group).await;
         let metrics = metrics.clone();
         tracker.spawn(async move {
-            commit(&raft, node_id, &metrics, group).await;
+            answer(&metrics, proposed).await;
             drop(permit);
         });
     }
@@ -142,7 +150,18 @@ async fn run(
     }
 }
 
-async fn commit(raft: &Raft, node_id: u64, metrics: &Metrics, group: Vec<Pending>) {
+/// A batch handed to Raft, waiting for its commit.
+struct Proposed {
+    counts: Vec<usize>,
+    replies: Vec<oneshot::Sender<Result<Vec<AppendOutcome>>>>,
+    started: Instant,
+    committed: Result<oneshot::Receiver<ClientWriteResult<TypeConfig>>>,
+}
+
+/// Seal `group` into one frame and hand it to Raft. Returns once Raft has
+/// queued it (not committed), so batches enter the log in the order they
+/// are proposed.
+async fn propose(raft: &Raft, node_id: u64, metrics: &Metrics, group: Vec<Pending>) -> Proposed {
     let counts: Vec<usize> = group.iter().map(|p| p.records.len()).collect();
     let mut replies = Vec::with_capacity(group.len());
     let mut records = Vec::with_capacity(counts.iter().sum());
@@ -150,7 +169,8 @@ async fn commit(raft: &Raft, node_id: u64, metrics: &Metrics, group: Vec<Pending
         records.extend(p.records);
         replies.push(p.reply);
     }
-    let total = records.len();
+    metrics.append_batches.inc();
+    metrics.batch_records.observe(records.len() as f64);
     let frame = BatchFrame::encode(
         node_id,
         &BatchBody {
@@ -159,11 +179,37 @@ async fn commit(raft: &Raft, node_id: u64, metrics: &Metrics, group: Vec<Pending
         },
     );
     let started = Instant::now();
-    metrics.append_batches.inc();
-    metrics.batch_records.observe(total as f64);
-    let result = raft.client_write(frame).await;
+    let (responder, committed) = ProgressResponder::complete_only();
+    let committed = raft
+        .client_write_ff(frame, Some(responder))
+        .await
+        .map(|()| committed)
+        .map_err(|fatal| raft_stopped(fatal, "append"));
+    Proposed {
+        counts,
+        replies,
+        started,
+        committed,
+    }
+}
+
+/// Wait for `proposed` to commit and answer each caller with its slice.
+async fn answer(metrics: &Metrics, proposed: Proposed) {
+    let Proposed {
+        counts,
+        replies,
+        started,
+        committed,
+    } = proposed;
+    let total: usize = counts.iter().sum();
+    let result = match committed {
+        Ok(committed) => committed
+            .await
+            .map_err(|_| Error::Unavailable("append: raft stopped before the batch committed".into())),
+        Err(err) => Err(err),
+    };
     let outcome: Result<Vec<AppendOutcome>> = match result {
-        Ok(response) => match response.data.error {
+        Ok(Ok(response)) => match response.data.error {
             None if response.data.outcomes.len() == total => Ok(response.data.outcomes),
             None => Err(Error::Internal(format!(
                 "batch of {total} records produced {} outcomes",
@@ -171,7 +217,8 @@ async fn commit(raft: &Raft, node_id: u64, metrics: &Metrics, group: Vec<Pending
             ))),
             Some(err) => Err(Error::Internal(format!("batch rejected by the state machine: {err}"))),
         },
-        Err(err) => Err(raft_error(err, "append")),
+        Ok(Err(err)) => Err(raft_error(RaftError::APIError(err), "append")),
+        Err(err) => Err(err),
     };
     match outcome {
         Ok(mut outcomes) => {

@@ -473,6 +473,28 @@ async fn append_stream_answers_each_call() {
             Bytes::from_static(b"s-6")
         ]
     );
+
+    // Calls commit in the order the stream sent them, however many batches
+    // they span (the batcher proposes batches in order, and several are in
+    // flight at once).
+    const CALLS: u64 = 512;
+    let messages = (0..CALLS)
+        .map(|id| AppendStreamRequest {
+            calls: vec![call(id, vec![record(&format!("ordered-{id}"), "orders")])],
+        })
+        .collect();
+    let replies = append_stream(&leader, messages, CALLS as usize).await.expect("stream");
+    let seqs: Vec<u64> = replies
+        .values()
+        .map(|reply| {
+            assert_eq!(reply.error, None, "{reply:?}");
+            reply.results[0].seq
+        })
+        .collect();
+    assert!(
+        seqs.windows(2).all(|pair| pair[1] == pair[0] + 1),
+        "calls committed out of the order they were sent: {seqs:?}"
+    );
 }
 
 /// `txlog append --cluster <one follower>` reaches the leader through the
