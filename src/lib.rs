@@ -38,6 +38,7 @@ pub mod log_throttle;
 pub mod metrics;
 pub mod node;
 pub mod prefer_region;
+pub mod raft_runtime;
 pub mod snapshot_trigger;
 pub mod validate;
 

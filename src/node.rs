@@ -31,6 +31,7 @@ use crate::batcher::Batcher;
 use crate::config::NodeConfig;
 use crate::log_service::LogServer;
 use crate::metrics::Metrics;
+use crate::raft_runtime::RaftRuntime;
 use crate::validate;
 use crate::Error;
 use crate::Result;
@@ -46,6 +47,8 @@ pub struct Node {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     reader: txlog_raft::StateMachineReader,
+    /// openraft's thread; declared last, so it stops after everything else.
+    _raft_runtime: RaftRuntime,
 }
 
 impl Node {
@@ -57,8 +60,11 @@ impl Node {
         let resync_stats = txlog_raft::ResyncStats::new();
         // Peer traffic leaves from the listen IP unless the node listens on all interfaces.
         let source_address = Some(config.listen.ip()).filter(|ip| !ip.is_unspecified());
-        let network = Network::new(reader.clone(), resync_stats.clone()).with_source_address(source_address);
-        let raft = build_raft(&config, network, log_store, state_machine).await?;
+        let network = Network::new(reader.clone(), resync_stats.clone())
+            .with_source_address(source_address)
+            .with_data_runtime(tokio::runtime::Handle::current());
+        let raft_runtime = RaftRuntime::start()?;
+        let raft = build_raft(&raft_runtime, &config, network, log_store, state_machine).await?;
 
         let tracker = TaskTracker::new();
         let contact = txlog_raft::LeaderContact::default();
@@ -89,6 +95,7 @@ impl Node {
             shutdown,
             tracker,
             reader,
+            _raft_runtime: raft_runtime,
         };
         node.bootstrap().await?;
         tracing::info!(
@@ -170,7 +177,9 @@ fn open_storage(config: &NodeConfig, metrics: &Metrics) -> Result<(LogStore, Sta
     Ok((log_store, state_machine))
 }
 
+/// Start Raft on `runtime`, where openraft then spawns all its tasks.
 async fn build_raft(
+    runtime: &RaftRuntime,
     config: &NodeConfig,
     network: Network,
     log_store: LogStore,
@@ -180,8 +189,10 @@ async fn build_raft(
         .timing
         .to_openraft_config(config.log_entries_kept_after_snapshot)
         .map_err(|e| Error::Config(e.to_string()))?;
-    Raft::new(config.id, Arc::new(raft_config), network, log_store, state_machine)
-        .await
+    let id = config.id;
+    runtime
+        .run(async move { Raft::new(id, Arc::new(raft_config), network, log_store, state_machine).await })
+        .await?
         .map_err(|e| Error::Internal(format!("raft failed to start: {e}")))
 }
 

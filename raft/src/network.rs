@@ -1,8 +1,14 @@
 //! Outbound peer network: openraft's `RaftNetworkV2` over tonic.
 //!
-//! One lazily-connected tonic channel per peer address is cached and shared
-//! by every replication stream to that peer. Every unary RPC runs under the
-//! deadline openraft passes in `RPCOption`.
+//! Two lazily-connected tonic channels per peer address are cached: one
+//! (*data*) carries entries and snapshots, the other (*control*) heartbeats,
+//! votes and leader transfers, so that a heartbeat never waits behind
+//! megabytes of entries in one TCP connection, one h2 flow-control window or
+//! one connection task. The control lane's connection tasks run where
+//! openraft runs (a runtime of its own, see `txlog::raft_runtime`); the data
+//! lane's, which encode and copy every entry, on the runtime given by
+//! [`Network::with_data_runtime`]. Every unary RPC runs under the deadline
+//! openraft passes in `RPCOption`.
 //!
 //! Replication is pipelined: openraft's `stream_append` runs over one
 //! bidirectional `StreamAppend` call per replication session, so the leader
@@ -68,7 +74,9 @@ const SNAPSHOT_TTL_MIN: Duration = Duration::from_secs(120);
 /// Creates per-peer clients; holds the channel cache.
 #[derive(Clone)]
 pub struct Network {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Arc<Mutex<HashMap<(String, Lane), Channel>>>,
+    /// Where the data lane's connection tasks run (`None`: the caller's runtime).
+    data_runtime: Option<tokio::runtime::Handle>,
     reader: StateMachineReader,
     stats: Arc<ResyncStats>,
     /// Local address outgoing peer connections are bound to (see `with_source_address`).
@@ -81,6 +89,7 @@ impl Network {
     pub fn new(reader: StateMachineReader, stats: Arc<ResyncStats>) -> Self {
         Network {
             channels: Arc::default(),
+            data_runtime: None,
             reader,
             stats,
             source_address: None,
@@ -95,9 +104,17 @@ impl Network {
         self
     }
 
-    fn channel(&self, address: &str) -> Result<Channel, Error> {
+    /// Run the data lane's connection tasks (request encoding, h2 framing of
+    /// entries and snapshot chunks) on `runtime` rather than openraft's.
+    pub fn with_data_runtime(mut self, runtime: tokio::runtime::Handle) -> Self {
+        self.data_runtime = Some(runtime);
+        self
+    }
+
+    fn channel(&self, address: &str, lane: Lane) -> Result<Channel, Error> {
         let mut channels = self.channels.lock().expect("channel cache poisoned");
-        if let Some(channel) = channels.get(address) {
+        let key = (address.to_string(), lane);
+        if let Some(channel) = channels.get(&key) {
             return Ok(channel.clone());
         }
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
@@ -107,24 +124,42 @@ impl Network {
             .local_address(self.source_address)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
+        // tonic spawns the channel's tasks on the runtime current here.
+        let _data_runtime = match (lane, &self.data_runtime) {
+            (Lane::Data, Some(runtime)) => Some(runtime.enter()),
+            _ => None,
+        };
         let channel = endpoint.connect_lazy();
-        channels.insert(address.to_string(), channel.clone());
+        channels.insert(key, channel.clone());
         Ok(channel)
     }
+
+    fn client(&self, address: &str, lane: Lane) -> Result<RaftServiceClient<Channel>, Error> {
+        self.channel(address, lane).map(|channel| {
+            RaftServiceClient::new(channel)
+                .max_decoding_message_size(codec::PEER_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(codec::PEER_MESSAGE_BYTES_MAX)
+        })
+    }
+}
+
+/// Which of a peer's two connections a call uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Lane {
+    /// Heartbeats, votes, leader transfers: small and latency-bound.
+    Control,
+    /// Entries and snapshots.
+    Data,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &NodeInfo) -> PeerClient {
-        let client = self.channel(&node.address).map(|channel| {
-            RaftServiceClient::new(channel)
-                .max_decoding_message_size(codec::PEER_MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(codec::PEER_MESSAGE_BYTES_MAX)
-        });
         PeerClient {
             target,
-            client,
+            control: self.client(&node.address, Lane::Control),
+            data: self.client(&node.address, Lane::Data),
             reader: self.reader.clone(),
             stats: self.stats.clone(),
         }
@@ -134,23 +169,30 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 /// The client side of one replication target.
 pub struct PeerClient {
     target: u64,
-    /// The error when the peer's address is unusable (reported on every call).
-    client: Result<RaftServiceClient<Channel>, Error>,
+    /// Each lane's client, or the error when the peer's address is unusable
+    /// (reported on every call).
+    control: Result<RaftServiceClient<Channel>, Error>,
+    data: Result<RaftServiceClient<Channel>, Error>,
     reader: StateMachineReader,
     stats: Arc<ResyncStats>,
 }
 
 impl PeerClient {
-    fn client(&self) -> Result<RaftServiceClient<Channel>, Error> {
-        self.client
-            .as_ref()
-            .map(Clone::clone)
-            .map_err(|e| Error::Unavailable(format!("peer {}: {e}", self.target)))
+    fn client(&self, lane: Lane) -> Result<RaftServiceClient<Channel>, Error> {
+        let client = match lane {
+            Lane::Control => &self.control,
+            Lane::Data => &self.data,
+        };
+        match client {
+            Ok(client) => Ok(client.clone()),
+            Err(e) => Err(Error::Unavailable(format!("peer {}: {e}", self.target))),
+        }
     }
 
     async fn unary<Req, Resp, F, Fut>(
         &self,
         action: RPCTypes,
+        lane: Lane,
         req: &Req,
         option: &RPCOption,
         call: F,
@@ -161,7 +203,7 @@ impl PeerClient {
         F: FnOnce(RaftServiceClient<Channel>, txlog_proto::RaftMessage) -> Fut,
         Fut: Future<Output = Result<tonic::Response<txlog_proto::RaftMessage>, tonic::Status>>,
     {
-        let client = self.client().map_err(|e| e.to_rpc())?;
+        let client = self.client(lane).map_err(|e| e.to_rpc())?;
         let ttl = option.hard_ttl();
         let message = codec::encode(req);
         match tokio::time::timeout(ttl, call(client, message)).await {
@@ -253,12 +295,15 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         // LAN) as its deadline. That suits heartbeats, but a batch of entries
         // on a busy follower (fsync, apply) can take longer, and timing it out
         // only makes the leader resend it: the follower would never catch up.
-        let option = if rpc.entries.is_empty() {
-            option
+        let (lane, option) = if rpc.entries.is_empty() {
+            (Lane::Control, option)
         } else {
-            RPCOption::new(option.hard_ttl().max(APPEND_ENTRIES_TTL_MIN))
+            (
+                Lane::Data,
+                RPCOption::new(option.hard_ttl().max(APPEND_ENTRIES_TTL_MIN)),
+            )
         };
-        self.unary(RPCTypes::AppendEntries, &rpc, &option, |mut c, m| async move {
+        self.unary(RPCTypes::AppendEntries, lane, &rpc, &option, |mut c, m| async move {
             c.append_entries(m).await
         })
         .await
@@ -303,7 +348,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 return Ok(Box::pin(futures::stream::once(async move { Ok(result) })) as BoxStream<'s, _>);
             }
 
-            let mut client = self.client().map_err(|e| e.to_rpc())?;
+            let mut client = self.client(Lane::Data).map_err(|e| e.to_rpc())?;
             let owed = Arc::new(Owed::default());
             let sent = owed.clone();
             let requests = futures::stream::once(async move { first })
@@ -353,8 +398,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(RPCTypes::Vote, &rpc, &option, |mut c, m| async move { c.vote(m).await })
-            .await
+        self.unary(RPCTypes::Vote, Lane::Control, &rpc, &option, |mut c, m| async move {
+            c.vote(m).await
+        })
+        .await
     }
 
     async fn pre_vote(
@@ -362,12 +409,9 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(
-            RPCTypes::Vote,
-            &rpc,
-            &option,
-            |mut c, m| async move { c.pre_vote(m).await },
-        )
+        self.unary(RPCTypes::Vote, Lane::Control, &rpc, &option, |mut c, m| async move {
+            c.pre_vote(m).await
+        })
         .await
     }
 
@@ -376,9 +420,13 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(RPCTypes::TransferLeader, &req, &option, |mut c, m| async move {
-            c.transfer_leader(m).await
-        })
+        self.unary(
+            RPCTypes::TransferLeader,
+            Lane::Control,
+            &req,
+            &option,
+            |mut c, m| async move { c.transfer_leader(m).await },
+        )
         .await
     }
 
@@ -391,7 +439,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let ttl = option.hard_ttl().max(SNAPSHOT_TTL_MIN);
         let work = async {
-            let client = self.client().map_err(|e| e.to_streaming())?;
+            let client = self.client(Lane::Data).map_err(|e| e.to_streaming())?;
             let sender = resync::Sender {
                 target: self.target,
                 client,
