@@ -6,6 +6,8 @@
 //!   metrics, with graceful shutdown on SIGTERM/SIGINT.
 //! * [`batcher`] — group commit: concurrent appends on the leader become one
 //!   Raft entry, so one fsync on a quorum covers many records.
+//! * `raft_runtime` — openraft runs on a runtime of its own, so heartbeats
+//!   never wait behind client work.
 //! * `log_service`, `admin_service` — the gRPC `LogService` (clients) and
 //!   `AdminService` (operators).
 //! * [`config`] — node configuration: TOML file, flags, `TXLOG_*` variables.
@@ -38,7 +40,7 @@ pub mod log_throttle;
 pub mod metrics;
 pub mod node;
 pub mod prefer_region;
-pub mod raft_runtime;
+mod raft_runtime;
 pub mod snapshot_trigger;
 pub mod validate;
 

@@ -47,8 +47,8 @@ pub struct Node {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     reader: txlog_raft::StateMachineReader,
-    /// openraft's thread; declared last, so it stops after everything else.
-    _raft_runtime: RaftRuntime,
+    /// Where openraft runs; shut down in [`Node::stop`] after Raft.
+    raft_runtime: RaftRuntime,
 }
 
 impl Node {
@@ -95,7 +95,7 @@ impl Node {
             shutdown,
             tracker,
             reader,
-            _raft_runtime: raft_runtime,
+            raft_runtime,
         };
         node.bootstrap().await?;
         tracing::info!(
@@ -156,6 +156,8 @@ impl Node {
         {
             tracing::warn!("some tasks did not stop within 5s");
         }
+        // openraft's state-machine worker and its applies end with the runtime.
+        self.raft_runtime.stop().await;
         self.reader.store().flush()?;
         tracing::info!(id = self.config.id, "node stopped");
         Ok(())
