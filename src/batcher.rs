@@ -136,7 +136,11 @@ async fn run(
         // Proposed here, in queue order: a client with many calls in flight
         // (an append stream) has them committed in the order it sent them.
         // Only the wait for the commit runs beside the loop.
-        let proposed = propose(&raft, node_id, &metrics, group).await;
+        let proposed = tokio::select! {
+            // Dropping the group drops its reply senders: each caller gets Unavailable.
+            _ = shutdown.cancelled() => break,
+            proposed = propose(&raft, node_id, &metrics, group) => proposed,
+        };
         let metrics = metrics.clone();
         tracker.spawn(async move {
             answer(&metrics, proposed).await;

@@ -6,8 +6,9 @@
 //! megabytes of entries in one TCP connection, one h2 flow-control window or
 //! one connection task. The control lane's connection tasks run where
 //! openraft runs (a runtime of its own, see `txlog::raft_runtime`); the data
-//! lane's, which encode and copy every entry, on the runtime given by
-//! [`Network::with_data_runtime`]. Every unary RPC runs under the deadline
+//! lane's, which encode and copy the entries of a replication stream (a
+//! lone request with entries is encoded in openraft's task), on the runtime
+//! given by [`Network::with_data_runtime`]. Every unary RPC runs under the deadline
 //! openraft passes in `RPCOption`.
 //!
 //! Replication is pipelined: openraft's `stream_append` runs over one
@@ -125,7 +126,7 @@ impl Network {
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
         // tonic spawns the channel's tasks on the runtime current here.
-        let _data_runtime = match (lane, &self.data_runtime) {
+        let _entered = match (lane, &self.data_runtime) {
             (Lane::Data, Some(runtime)) => Some(runtime.enter()),
             _ => None,
         };
