@@ -68,9 +68,15 @@ pub(crate) fn write_unsynced(file: &File, magic: &[u8; 8], body: &[u8]) -> Resul
 }
 
 fn frame_bytes(magic: &[u8; 8], body: &[u8]) -> Vec<u8> {
+    versioned_frame(magic, FORMAT_VERSION, body)
+}
+
+/// `magic | version | len | body | crc32(body)`, little-endian: the frame of
+/// these files, and the header of a snapshot file (with its own version).
+pub(crate) fn versioned_frame(magic: &[u8; 8], version: u32, body: &[u8]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(body.len() + 20);
     bytes.extend_from_slice(magic);
-    bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&version.to_le_bytes());
     bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
     bytes.extend_from_slice(body);
     bytes.extend_from_slice(&crc32fast::hash(body).to_le_bytes());

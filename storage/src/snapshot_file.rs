@@ -101,13 +101,7 @@ impl SnapshotWriter {
 }
 
 fn encode_header(meta: &[u8]) -> Vec<u8> {
-    let mut header = Vec::with_capacity(20 + meta.len());
-    header.extend_from_slice(MAGIC);
-    header.extend_from_slice(&VERSION.to_le_bytes());
-    header.extend_from_slice(&(meta.len() as u32).to_le_bytes());
-    header.extend_from_slice(meta);
-    header.extend_from_slice(&crc32fast::hash(meta).to_le_bytes());
-    header
+    crate::durable_file::versioned_frame(MAGIC, VERSION, meta)
 }
 
 fn encode_trailer(count: u64, crc: u32) -> Vec<u8> {
