@@ -59,6 +59,7 @@ pub mod timing;
 mod type_config;
 
 pub use batch_frame::BatchBody;
+pub use batch_frame::BatchBodyRef;
 pub use batch_frame::BatchFrame;
 pub use batch_frame::DecodedBatch;
 pub use batch_frame::BATCH_BYTES_MAX;

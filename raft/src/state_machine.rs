@@ -419,7 +419,7 @@ fn apply_entry(
         EntryPayload::Normal(frame) => match frame.decode() {
             Ok(decoded) => {
                 let mut outcomes = Vec::with_capacity(decoded.body.records.len());
-                for record in decoded.body.records {
+                for &record in &decoded.body.records {
                     outcomes.push(batch.append(
                         record,
                         log_id.index,

@@ -46,6 +46,7 @@ use crate::frame;
 use crate::linked_snapshot;
 use crate::record_store::ChainHash;
 use crate::record_store::StoredRecord;
+use crate::record_store::StoredRecordRef;
 use crate::segment;
 
 /// Default size at which the active record segment is closed.
@@ -79,13 +80,17 @@ pub(crate) struct Frames {
     ends: Vec<usize>,
     /// [`txid_hash`] of each frame's record.
     hashes: Vec<u64>,
+    /// Txid hash → the first frame with it.
+    by_hash: PassThroughMap<usize>,
 }
 
 impl Frames {
-    /// Append `record`'s frame; returns the chain at its seq.
-    pub(crate) fn push(&mut self, previous: &ChainHash, record: &StoredRecord) -> ChainHash {
+    /// Append `record`'s frame; `txid_hash` is [`txid_hash`] of its txid.
+    /// Returns the chain at its seq.
+    pub(crate) fn push(&mut self, previous: &ChainHash, record: &StoredRecordRef<'_>, txid_hash: u64) -> ChainHash {
         let start = self.buf.len();
-        self.hashes.push(txid_hash(&record.txid));
+        self.by_hash.entry(txid_hash).or_insert(self.hashes.len());
+        self.hashes.push(txid_hash);
         self.buf.resize(start + frame::FRAME_HEADER_BYTES + CHAIN_BYTES, 0);
         let body_start = self.buf.len();
         self.buf = record.encode_into(std::mem::take(&mut self.buf));
@@ -101,8 +106,34 @@ impl Frames {
         chain
     }
 
+    /// [`Frames::push`] of an owned record (tests).
+    #[cfg(test)]
+    pub(crate) fn push_stored(&mut self, previous: &ChainHash, record: &StoredRecord) -> ChainHash {
+        self.push(previous, &record.borrowed(), txid_hash(&record.txid))
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.ends.is_empty()
+    }
+
+    /// The record among these frames with `txid` (whose hash is `hash`).
+    /// Only a hash match decodes a frame.
+    pub(crate) fn find_txid(&self, hash: u64, txid: &[u8]) -> Result<Option<StoredRecord>> {
+        let Some(&first) = self.by_hash.get(&hash) else {
+            return Ok(None);
+        };
+        for i in first..self.hashes.len() {
+            if self.hashes[i] != hash {
+                continue;
+            }
+            let start = if i == 0 { 0 } else { self.ends[i - 1] };
+            let body = &self.buf[start + frame::FRAME_HEADER_BYTES + CHAIN_BYTES..self.ends[i]];
+            let record = StoredRecord::decode(body)?;
+            if record.txid == txid {
+                return Ok(Some(record));
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -624,12 +655,13 @@ impl RecordFile {
     }
 
     /// The published record with `txid`, if there is one.
-    pub(crate) fn find_txid(&self, txid: &[u8]) -> Result<Option<StoredRecord>> {
+    /// The published record with `txid`, whose [`txid_hash`] is `hash`.
+    pub(crate) fn find_txid(&self, hash: u64, txid: &[u8]) -> Result<Option<StoredRecord>> {
         let candidates: Vec<u64> = {
             let state = self.read_state();
             state
                 .txids
-                .candidates(txid_hash(txid))
+                .candidates(hash)
                 .filter(|&seq| seq <= state.published)
                 .collect()
         };
@@ -685,7 +717,7 @@ impl RecordFile {
         let segment = state.segment_of(seq).expect("a stored record is in a segment");
         let start = segment.frame_start(seq);
         let mut body = value.to_vec();
-        body = record.encode_into(body);
+        body = record.borrowed().encode_into(body);
         let mut frame_bytes = Vec::with_capacity(body.len() + frame::FRAME_HEADER_BYTES);
         frame::encode_into(&mut frame_bytes, &body);
         segment
@@ -905,13 +937,34 @@ mod tests {
     /// Small segments so a few dozen records span several of them.
     const SMALL_SEGMENT: u64 = 1024;
 
+    /// A batch's own records answer a txid lookup by hash and txid, and two
+    /// txids sharing a hash are told apart.
+    #[test]
+    fn frames_find_txids_sharing_a_hash() {
+        let mut frames = Frames::default();
+        let mut chain = [0u8; CHAIN_BYTES];
+        let records: Vec<StoredRecord> = (1..=3).map(|seq| StoredRecord::for_test(seq, 20)).collect();
+        chain = frames.push(&chain, &records[0].borrowed(), 7);
+        chain = frames.push(&chain, &records[1].borrowed(), 9);
+        frames.push(&chain, &records[2].borrowed(), 7);
+        assert_eq!(frames.find_txid(7, b"tx1").unwrap(), Some(records[0].clone()));
+        assert_eq!(frames.find_txid(7, b"tx3").unwrap(), Some(records[2].clone()));
+        assert_eq!(frames.find_txid(9, b"tx2").unwrap(), Some(records[1].clone()));
+        assert_eq!(
+            frames.find_txid(7, b"tx2").unwrap(),
+            None,
+            "hash matches, txid does not"
+        );
+        assert_eq!(frames.find_txid(8, b"tx1").unwrap(), None);
+    }
+
     /// Write records `from..=to` (80-byte payloads) and publish them; returns the chain at `to`.
     fn append(file: &RecordFile, from: u64, to: u64) -> ChainHash {
         let (last, mut chain) = file.tail();
         assert_eq!(last + 1, from);
         let mut frames = Frames::default();
         for seq in from..=to {
-            chain = frames.push(&chain, &StoredRecord::for_test(seq, 80));
+            chain = frames.push_stored(&chain, &StoredRecord::for_test(seq, 80));
         }
         file.write(&frames, chain).unwrap();
         file.publish(to);
@@ -964,12 +1017,15 @@ mod tests {
     #[test]
     fn records_are_found_by_txid() {
         let txid = |seq: u64| StoredRecord::for_test(seq, 80).txid;
-        let found = |file: &RecordFile, seq: u64| file.find_txid(&txid(seq)).unwrap().map(|r| r.seq);
+        let found = |file: &RecordFile, seq: u64| {
+            let txid = txid(seq);
+            file.find_txid(txid_hash(&txid), &txid).unwrap().map(|r| r.seq)
+        };
         let dir = tempfile::tempdir().unwrap();
         let mut file = RecordFile::open(dir.path(), SMALL_SEGMENT).unwrap();
         append(&file, 1, 40);
         let mut frames = Frames::default();
-        let chain = frames.push(&file.tail().1, &StoredRecord::for_test(41, 80));
+        let chain = frames.push_stored(&file.tail().1, &StoredRecord::for_test(41, 80));
         file.write(&frames, chain).unwrap();
         assert_eq!(found(&file, 41), None, "not published yet");
         file.publish(41);
@@ -983,7 +1039,10 @@ mod tests {
                 assert_eq!(found(&file, seq), Some(seq), "seq {seq} {reopen}");
             }
             assert_eq!(found(&file, 42), None);
-            assert_eq!(file.find_txid(b"never written").unwrap(), None);
+            assert_eq!(
+                file.find_txid(txid_hash(b"never written"), b"never written").unwrap(),
+                None
+            );
             drop(file);
             file = RecordFile::open(dir.path(), SMALL_SEGMENT).unwrap();
         }
@@ -1029,7 +1088,7 @@ mod tests {
         let file = RecordFile::open(dir.path(), SMALL_SEGMENT).unwrap();
         append(&file, 1, 3);
         let mut frames = Frames::default();
-        let chain = frames.push(&file.tail().1, &StoredRecord::for_test(4, 80));
+        let chain = frames.push_stored(&file.tail().1, &StoredRecord::for_test(4, 80));
         file.write(&frames, chain).unwrap();
         assert_eq!(file.published(), 3);
         assert!(file.get(4).unwrap().is_none());

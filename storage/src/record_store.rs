@@ -49,6 +49,7 @@ use sha2::Digest;
 use crate::error::Error;
 use crate::error::Result;
 use crate::meta_key::MetaKey;
+use crate::record_file::txid_hash;
 use crate::record_file::Frames;
 use crate::record_file::RecordFile;
 use crate::record_file::READ_CHUNK_BYTES;
@@ -131,6 +132,29 @@ pub struct NewRecord {
     pub client_time_ns: u64,
 }
 
+impl NewRecord {
+    /// This record as [`ApplyBatch::append`] takes it.
+    pub fn borrowed(&self) -> NewRecordRef<'_> {
+        NewRecordRef {
+            txid: &self.txid,
+            channel: &self.channel,
+            payload: &self.payload,
+            client_time_ns: self.client_time_ns,
+        }
+    }
+}
+
+/// A [`NewRecord`] borrowed from the batch frame it is decoded from (same
+/// encoding), so applying a batch copies each record once: into its frame in
+/// the record file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct NewRecordRef<'a> {
+    pub txid: &'a [u8],
+    pub channel: &'a str,
+    pub payload: &'a [u8],
+    pub client_time_ns: u64,
+}
+
 /// A committed record as stored and served.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredRecord {
@@ -168,13 +192,22 @@ impl StoredRecord {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        self.encode_into(Vec::new())
+        self.borrowed().encode_into(Vec::new())
     }
 
-    /// Append the encoding to `out` (no allocation when it has room).
-    pub(crate) fn encode_into(&self, mut out: Vec<u8>) -> Vec<u8> {
-        out.push(RECORD_FORMAT_VERSION);
-        postcard::to_extend(self, out).expect("encoding a record cannot fail")
+    pub(crate) fn borrowed(&self) -> StoredRecordRef<'_> {
+        StoredRecordRef {
+            seq: self.seq,
+            channel_seq: self.channel_seq,
+            txid: &self.txid,
+            channel: &self.channel,
+            payload: &self.payload,
+            client_time_ns: self.client_time_ns,
+            commit_time_ns: self.commit_time_ns,
+            log_index: self.log_index,
+            log_term: self.log_term,
+            origin_node: self.origin_node,
+        }
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self> {
@@ -197,6 +230,33 @@ impl StoredRecord {
     /// Approximate bytes this record occupies on the wire.
     pub fn size_bytes(&self) -> usize {
         self.payload.len() + self.txid.len() + self.channel.len() + 64
+    }
+}
+
+/// A [`StoredRecord`] whose byte fields are borrowed: what an apply batch
+/// encodes into the record file without copying the record first. Same
+/// fields in the same order, so the same encoding.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) struct StoredRecordRef<'a> {
+    pub(crate) seq: u64,
+    pub(crate) channel_seq: u64,
+    #[serde(serialize_with = "crate::byte_string::serialize")]
+    pub(crate) txid: &'a [u8],
+    pub(crate) channel: &'a str,
+    #[serde(serialize_with = "crate::byte_string::serialize")]
+    pub(crate) payload: &'a [u8],
+    pub(crate) client_time_ns: u64,
+    pub(crate) commit_time_ns: u64,
+    pub(crate) log_index: u64,
+    pub(crate) log_term: u64,
+    pub(crate) origin_node: u64,
+}
+
+impl StoredRecordRef<'_> {
+    /// Append the encoding to `out` (no allocation when it has room).
+    pub(crate) fn encode_into(&self, mut out: Vec<u8>) -> Vec<u8> {
+        out.push(RECORD_FORMAT_VERSION);
+        postcard::to_extend(self, out).expect("encoding a record cannot fail")
     }
 }
 
@@ -491,7 +551,7 @@ impl RecordStore {
 
     /// The committed record with `txid`, if there is one.
     pub fn lookup_txid(&self, txid: &[u8]) -> Result<Option<StoredRecord>> {
-        self.file.find_txid(txid)
+        self.file.find_txid(txid_hash(txid), txid)
     }
 
     /// Records with `seq >= from_seq` (optionally only `channel`), at most
@@ -578,7 +638,6 @@ impl RecordStore {
             frames: Frames::default(),
             last_seq,
             chain,
-            pending_txids: HashMap::new(),
             channels: HashMap::new(),
         })
     }
@@ -614,10 +673,11 @@ impl RecordStore {
 pub struct ApplyBatch<'a> {
     store: &'a RecordStore,
     batch: sled::Batch,
+    /// Records of this batch, encoded; they also answer duplicate txids
+    /// within the batch.
     frames: Frames,
     last_seq: u64,
     chain: ChainHash,
-    pending_txids: HashMap<Vec<u8>, AppendOutcome>,
     /// What this batch appended to each channel, written at commit.
     channels: HashMap<String, ChannelAppends>,
 }
@@ -633,64 +693,65 @@ struct ChannelAppends {
 impl ApplyBatch<'_> {
     /// Assign the next sequence to `record`, unless its txid is already
     /// committed (or earlier in this batch): then return the original seq.
+    /// The record is encoded once, into its frame; nothing else is
+    /// allocated per record.
     pub fn append(
         &mut self,
-        record: NewRecord,
+        record: NewRecordRef<'_>,
         log_index: u64,
         log_term: u64,
         origin_node: u64,
         commit_time_ns: u64,
     ) -> Result<AppendOutcome> {
-        if let Some(outcome) = self.pending_txids.get(&record.txid) {
-            return Ok(AppendOutcome {
-                duplicate: true,
-                ..*outcome
-            });
-        }
-        if let Some(original) = self.store.lookup_txid(&record.txid)? {
+        let hash = txid_hash(record.txid);
+        let earlier = match self.frames.find_txid(hash, record.txid)? {
+            Some(earlier) => Some(earlier),
+            None => self.store.file.find_txid(hash, record.txid)?,
+        };
+        if let Some(original) = earlier {
             return Ok(AppendOutcome {
                 seq: original.seq,
                 channel_seq: original.channel_seq,
                 duplicate: true,
             });
         }
-        let head = match self.channels.get(&record.channel) {
+        let head = match self.channels.get(record.channel) {
             Some(appends) => appends.head,
-            None => self.store.channel_head(&record.channel)?,
+            None => self.store.channel_head(record.channel)?,
         };
         let seq = self.last_seq + 1;
         let channel_seq = head + 1;
-        let stored = StoredRecord {
-            seq,
-            channel_seq,
-            txid: record.txid,
-            channel: record.channel,
-            payload: record.payload,
-            client_time_ns: record.client_time_ns,
-            commit_time_ns,
-            log_index,
-            log_term,
-            origin_node,
-        };
-        self.insert(&stored);
-        let outcome = AppendOutcome {
+        self.insert(
+            &StoredRecordRef {
+                seq,
+                channel_seq,
+                txid: record.txid,
+                channel: record.channel,
+                payload: record.payload,
+                client_time_ns: record.client_time_ns,
+                commit_time_ns,
+                log_index,
+                log_term,
+                origin_node,
+            },
+            hash,
+        );
+        Ok(AppendOutcome {
             seq,
             channel_seq,
             duplicate: false,
-        };
-        self.pending_txids.insert(stored.txid, outcome);
-        Ok(outcome)
+        })
     }
 
     /// Insert an already-sequenced record (snapshot install). Sequences must be dense.
     pub fn restore(&mut self, record: &StoredRecord) {
         assert_eq!(record.seq, self.last_seq + 1, "snapshot records must be dense");
-        self.insert(record);
+        self.insert(&record.borrowed(), txid_hash(&record.txid));
     }
 
-    fn insert(&mut self, record: &StoredRecord) {
-        self.chain = self.frames.push(&self.chain, record);
-        if let Some(appends) = self.channels.get_mut(&record.channel) {
+    fn insert(&mut self, record: &StoredRecordRef<'_>, txid_hash: u64) {
+        self.chain = self.frames.push(&self.chain, record, txid_hash);
+        if let Some(appends) = self.channels.get_mut(record.channel) {
             appends.head = record.channel_seq;
             appends.seqs.push(record.seq);
         } else {
@@ -698,7 +759,7 @@ impl ApplyBatch<'_> {
                 head: record.channel_seq,
                 seqs: vec![record.seq],
             };
-            self.channels.insert(record.channel.clone(), appends);
+            self.channels.insert(record.channel.to_string(), appends);
         }
         self.last_seq = record.seq;
     }
@@ -753,23 +814,37 @@ mod tests {
         }
     }
 
+    /// A record encoded through its borrowed form decodes to itself and is
+    /// the bytes serde's derive writes for it.
+    #[test]
+    fn borrowed_encoding_matches_the_record() {
+        for payload_bytes in [0, 1, 200, 70_000] {
+            let record = StoredRecord::for_test(300, payload_bytes);
+            let encoded = record.encode();
+            assert_eq!(StoredRecord::decode(&encoded).unwrap(), record);
+            let mut derived = vec![RECORD_FORMAT_VERSION];
+            derived.extend(postcard::to_allocvec(&record).unwrap());
+            assert_eq!(encoded, derived);
+        }
+    }
+
     /// Sequences are dense across batches, channel sequences count per channel, and a repeated txid returns the original seq.
     #[test]
     fn dense_sequences_and_txid_dedup() {
         let dir = tempfile::tempdir().unwrap();
         let store = RecordStore::open(dir.path()).unwrap();
         let mut batch = store.batch().unwrap();
-        let a = batch.append(rec("a", "orders"), 1, 1, 1, 0).unwrap();
-        let b = batch.append(rec("b", "fills"), 1, 1, 1, 0).unwrap();
-        let a_again = batch.append(rec("a", "orders"), 1, 1, 1, 0).unwrap();
+        let a = batch.append(rec("a", "orders").borrowed(), 1, 1, 1, 0).unwrap();
+        let b = batch.append(rec("b", "fills").borrowed(), 1, 1, 1, 0).unwrap();
+        let a_again = batch.append(rec("a", "orders").borrowed(), 1, 1, 1, 0).unwrap();
         assert_eq!(batch.commit().unwrap(), 2);
         assert_eq!((a.seq, a.channel_seq, a.duplicate), (1, 1, false));
         assert_eq!((b.seq, b.channel_seq), (2, 1));
         assert_eq!((a_again.seq, a_again.duplicate), (1, true));
 
         let mut batch = store.batch().unwrap();
-        let c = batch.append(rec("c", "orders"), 2, 1, 1, 0).unwrap();
-        let b_again = batch.append(rec("b", "fills"), 2, 1, 1, 0).unwrap();
+        let c = batch.append(rec("c", "orders").borrowed(), 2, 1, 1, 0).unwrap();
+        let b_again = batch.append(rec("b", "fills").borrowed(), 2, 1, 1, 0).unwrap();
         batch.commit().unwrap();
         assert_eq!((c.seq, c.channel_seq), (3, 2));
         assert_eq!((b_again.seq, b_again.duplicate), (2, true));
@@ -820,7 +895,9 @@ mod tests {
         );
         let mut batch = a.batch().unwrap();
         for i in 0..10 {
-            batch.append(rec(&format!("t{i}"), "orders"), 1, 1, 1, 7).unwrap();
+            batch
+                .append(rec(&format!("t{i}"), "orders").borrowed(), 1, 1, 1, 7)
+                .unwrap();
         }
         batch.commit().unwrap();
         // b gets the same records restored in two batches, as a snapshot install does.
@@ -869,7 +946,7 @@ mod tests {
         let store = RecordStore::open(dir.path()).unwrap();
         assert_eq!(store.get_meta(&APPLIED).unwrap(), None);
         let mut batch = store.batch().unwrap();
-        batch.append(rec("a", "orders"), 121, 1, 2000, 0).unwrap();
+        batch.append(rec("a", "orders").borrowed(), 121, 1, 2000, 0).unwrap();
         batch.set_meta(&APPLIED, &Some((1, 2000, 121)));
         batch.commit().unwrap();
         drop(store);
@@ -894,7 +971,7 @@ mod tests {
         assert_eq!(store.last_seq().unwrap(), 0);
         assert_eq!(store.get_meta(&STORE_FORMAT).unwrap(), Some(STORE_FORMAT_VERSION));
         let mut batch = store.batch().unwrap();
-        batch.append(rec("a", "orders"), 1, 1, 1, 0).unwrap();
+        batch.append(rec("a", "orders").borrowed(), 1, 1, 1, 0).unwrap();
         batch.commit().unwrap();
         drop(store);
         let store = RecordStore::open(dir.path()).unwrap();
@@ -910,14 +987,16 @@ mod tests {
         let store = RecordStore::open(dir.path()).unwrap();
         let mut batch = store.batch().unwrap();
         for i in 0..5 {
-            batch.append(rec(&format!("t{i}"), "orders"), 1, 1, 1, 0).unwrap();
+            batch
+                .append(rec(&format!("t{i}"), "orders").borrowed(), 1, 1, 1, 0)
+                .unwrap();
         }
         batch.commit().unwrap();
         let (_, chain5) = store.file.tail();
         let mut frames = Frames::default();
         let mut chain = chain5;
         for seq in 6..=8 {
-            chain = frames.push(&chain, &StoredRecord::for_test(seq, 10));
+            chain = frames.push_stored(&chain, &StoredRecord::for_test(seq, 10));
         }
         store.file.write(&frames, chain).unwrap();
         drop(store);
@@ -926,7 +1005,7 @@ mod tests {
         assert_eq!(store.last_seq().unwrap(), 5);
         assert_eq!(store.chain_at(5).unwrap(), Some(chain5));
         let mut batch = store.batch().unwrap();
-        let again = batch.append(rec("t5", "orders"), 2, 1, 1, 0).unwrap();
+        let again = batch.append(rec("t5", "orders").borrowed(), 2, 1, 1, 0).unwrap();
         batch.commit().unwrap();
         assert_eq!((again.seq, again.channel_seq, again.duplicate), (6, 6, false));
         assert_eq!(store.get(6).unwrap().unwrap().txid, b"t5");
@@ -942,7 +1021,9 @@ mod tests {
         let store = RecordStore::open(dir.path()).unwrap();
         let mut batch = store.batch().unwrap();
         for i in 0..4 {
-            batch.append(rec(&format!("t{i}"), "orders"), 1, 1, 1, 0).unwrap();
+            batch
+                .append(rec(&format!("t{i}"), "orders").borrowed(), 1, 1, 1, 0)
+                .unwrap();
         }
         batch.set_meta(&APPLIED, &9);
         batch.commit().unwrap();
@@ -973,7 +1054,9 @@ mod tests {
         for batch_len in [5usize, 3 * CHANNEL_RUN_SEQS_MAX + 7, 1, 40] {
             let mut batch = store.batch().unwrap();
             for _ in 0..batch_len {
-                batch.append(rec(&format!("t{n}"), channel_of(n)), 1, 1, 1, 0).unwrap();
+                batch
+                    .append(rec(&format!("t{n}"), channel_of(n)).borrowed(), 1, 1, 1, 0)
+                    .unwrap();
                 n += 1;
             }
             batch.commit().unwrap();

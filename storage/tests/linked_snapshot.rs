@@ -24,7 +24,7 @@ fn append(store: &RecordStore, from: u64, to: u64) {
             payload: vec![i as u8; 90 + (i as usize % 7)],
             client_time_ns: i,
         };
-        let outcome = batch.append(record, i, 1, 1, 1_000 + i).unwrap();
+        let outcome = batch.append(record.borrowed(), i, 1, 1, 1_000 + i).unwrap();
         assert_eq!(outcome.seq, i);
     }
     assert_eq!(batch.commit().unwrap(), to);
