@@ -180,9 +180,9 @@ impl LogServer {
             validate::channel(&r.channel).map_err(wrap)?;
             validate::payload(&r.payload, self.payload_bytes_max).map_err(wrap)?;
             out.push(NewRecord {
-                txid: r.txid.to_vec(),
+                txid: r.txid,
                 channel: r.channel,
-                payload: r.payload.to_vec(),
+                payload: r.payload,
                 client_time_ns: r.client_time_ns,
             });
         }

@@ -29,7 +29,7 @@ const HEADER_BYTES: usize = 32;
 pub const BATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// Records in one batch plus the leader's timestamp for them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BatchBody {
     /// Wall-clock nanoseconds when the leader sealed the batch; becomes every
     /// record's commit time, identical on every node.
@@ -73,9 +73,13 @@ pub struct DecodedBatch<'a> {
 
 impl BatchFrame {
     pub fn encode(origin_node: u64, body: &BatchBody) -> BatchFrame {
-        let encoded = postcard::to_allocvec(body).expect("encoding a batch cannot fail");
-        assert!(encoded.len() <= BATCH_BYTES_MAX, "batch body over limit");
-        let mut out = Vec::with_capacity(HEADER_BYTES + encoded.len() + 4);
+        // Sized for the body so it is encoded in place, never copied.
+        let records_bytes: usize = body
+            .records
+            .iter()
+            .map(|r| r.txid.len() + r.channel.len() + r.payload.len() + 3 * 5 + 10)
+            .sum();
+        let mut out = Vec::with_capacity(HEADER_BYTES + 10 + 5 + records_bytes + 4);
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
         out.push(0); // flags: plain
@@ -83,8 +87,11 @@ impl BatchFrame {
         out.extend_from_slice(&origin_node.to_le_bytes());
         out.extend_from_slice(&0u64.to_le_bytes()); // key ids: none
         out.extend_from_slice(&(body.records.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
-        out.extend_from_slice(&encoded);
+        out.extend_from_slice(&0u32.to_le_bytes()); // body length, set below
+        let mut out = postcard::to_extend(body, out).expect("encoding a batch cannot fail");
+        let body_len = out.len() - HEADER_BYTES;
+        assert!(body_len <= BATCH_BYTES_MAX, "batch body over limit");
+        out[28..32].copy_from_slice(&(body_len as u32).to_le_bytes());
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         let frame = BatchFrame(out);
@@ -153,9 +160,9 @@ mod tests {
         BatchBody {
             created_ns: 42,
             records: vec![NewRecord {
-                txid: b"t1".to_vec(),
+                txid: b"t1".to_vec().into(),
                 channel: "orders".into(),
-                payload: vec![7; 100],
+                payload: vec![7; 100].into(),
                 client_time_ns: 5,
             }],
         }

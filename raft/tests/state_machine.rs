@@ -14,9 +14,9 @@ use txlog_storage::StoredRecord;
 
 fn record(txid: &str, channel: &str) -> NewRecord {
     NewRecord {
-        txid: txid.as_bytes().to_vec(),
+        txid: txid.as_bytes().to_vec().into(),
         channel: channel.to_string(),
-        payload: format!("payload of {txid}").into_bytes(),
+        payload: format!("payload of {txid}").into_bytes().into(),
         client_time_ns: 0,
     }
 }

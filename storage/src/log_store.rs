@@ -476,14 +476,13 @@ where
         let mut buf = Vec::new();
         let mut locations = Vec::with_capacity(entries.len());
         for entry in &entries {
-            let body = encode(entry);
             let offset = seg.bytes + buf.len() as u64;
-            frame::encode_into(&mut buf, &body);
+            let frame_bytes = frame::encode_value_into(&mut buf, entry);
             locations.push(EntryLocation {
                 log_id: entry.log_id(),
                 segment: segment_first,
                 offset,
-                frame_bytes: (body.len() + frame::FRAME_HEADER_BYTES) as u32,
+                frame_bytes: frame_bytes as u32,
             });
         }
         let path = segment::WAL.path(&self.dir, segment_first);

@@ -121,14 +121,16 @@ impl ChannelName {
     }
 }
 
-/// A record as a client submitted it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A record as a client submitted it. Its bytes are shared with the
+/// request they arrived in (no copy until the batch frame); it is decoded
+/// back as a [`NewRecordRef`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NewRecord {
-    #[serde(with = "crate::byte_string")]
-    pub txid: Vec<u8>,
+    #[serde(serialize_with = "crate::byte_string::serialize")]
+    pub txid: bytes::Bytes,
     pub channel: String,
-    #[serde(with = "crate::byte_string")]
-    pub payload: Vec<u8>,
+    #[serde(serialize_with = "crate::byte_string::serialize")]
+    pub payload: bytes::Bytes,
     pub client_time_ns: u64,
 }
 
@@ -807,9 +809,9 @@ mod tests {
 
     fn rec(txid: &str, channel: &str) -> NewRecord {
         NewRecord {
-            txid: txid.as_bytes().to_vec(),
+            txid: txid.as_bytes().to_vec().into(),
             channel: channel.to_string(),
-            payload: format!("payload-{txid}").into_bytes(),
+            payload: format!("payload-{txid}").into_bytes().into(),
             client_time_ns: 0,
         }
     }

@@ -19,9 +19,9 @@ fn append(store: &RecordStore, from: u64, to: u64) {
     let mut batch = store.batch().unwrap();
     for i in from..=to {
         let record = NewRecord {
-            txid: format!("tx-{i}").into_bytes(),
+            txid: format!("tx-{i}").into_bytes().into(),
             channel: if i % 3 == 0 { "fills" } else { "orders" }.to_string(),
-            payload: vec![i as u8; 90 + (i as usize % 7)],
+            payload: vec![i as u8; 90 + (i as usize % 7)].into(),
             client_time_ns: i,
         };
         let outcome = batch.append(record.borrowed(), i, 1, 1, 1_000 + i).unwrap();
