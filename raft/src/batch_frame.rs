@@ -9,9 +9,12 @@
 //! | key_ids u64 | count u32 | len u32 | body[len] | crc32(all before) u32
 //! ```
 //!
-//! `flags` is 0 (plain postcard body) today; compression, encryption and
-//! signing will set bits here and name their keys in `key_ids` without
-//! changing the layout. The body is `postcard(BatchBody)`.
+//! `flags` 0 is a plain body, `postcard(BatchBody)`. A sealed frame
+//! ([`BatchFrame::seal`], layout in [`crate::seal`]) sets
+//! [`seal::FLAG_SEALED`] (and [`seal::FLAG_COMPRESSED`] when LZ4 paid) and
+//! names its data and signing keys in `key_ids`; [`BatchFrame::open`] reads
+//! both kinds. The commit path still writes plain frames: sealing is not
+//! wired into it yet.
 
 use std::fmt;
 
@@ -21,6 +24,10 @@ use txlog_storage::NewRecord;
 use txlog_storage::NewRecordRef;
 
 use crate::error::Error;
+use crate::seal;
+use crate::seal::DataKey;
+use crate::seal::Keyring;
+use crate::seal::Signer;
 
 const MAGIC: &[u8; 4] = b"TXLB";
 const VERSION: u8 = 1;
@@ -35,6 +42,13 @@ pub struct BatchBody {
     /// record's commit time, identical on every node.
     pub created_ns: u64,
     pub records: Vec<NewRecord>,
+}
+
+impl BatchBody {
+    /// The body's bytes as a frame carries them before sealing.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("encoding a batch cannot fail")
+    }
 }
 
 /// An encoded batch frame, as stored in a Raft entry.
@@ -107,7 +121,76 @@ impl BatchFrame {
         frame
     }
 
+    /// Seal `body` (see [`crate::seal`]) as `origin_node`'s batch with nonce
+    /// counter `counter`: one compression, encryption and signature.
+    pub fn seal(origin_node: u64, body: &BatchBody, with: &SealWith<'_>, counter: u32) -> BatchFrame {
+        let plain = body.to_bytes();
+        assert!(plain.len() <= BATCH_BYTES_MAX, "batch body over limit");
+        let (plain, compressed) = seal::compress(plain);
+        let flags = seal::FLAG_SEALED | if compressed { seal::FLAG_COMPRESSED } else { 0 };
+        let len = seal::SEAL_OVERHEAD_BYTES + plain.len();
+        let mut out = Vec::with_capacity(HEADER_BYTES + len + 4);
+        out.extend_from_slice(MAGIC);
+        out.push(VERSION);
+        out.push(flags);
+        out.extend_from_slice(&0u16.to_le_bytes());
+        out.extend_from_slice(&origin_node.to_le_bytes());
+        out.extend_from_slice(&seal::key_ids(with.data_key.id(), with.signer.id()).to_le_bytes());
+        out.extend_from_slice(&(body.records.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(len as u32).to_le_bytes());
+        let nonce = seal::nonce(with.data_key.id(), with.node_id, counter);
+        seal::seal_into(&mut out, HEADER_BYTES, plain, with.data_key, with.signer, nonce);
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        BatchFrame(out)
+    }
+
+    /// Decode a plain (unsealed) frame, borrowing its records.
     pub fn decode(&self) -> Result<DecodedBatch<'_>, Error> {
+        let frame = self.parse()?;
+        if frame.flags != 0 {
+            return Err(Error::decode(
+                "batch frame",
+                format!(
+                    "frame is sealed (flags {:#x}); it needs the keyring to open",
+                    frame.flags
+                ),
+            ));
+        }
+        Ok(DecodedBatch {
+            origin_node: frame.origin_node,
+            flags: frame.flags,
+            key_ids: frame.key_ids,
+            body: parse_body(frame.body, frame.count)?,
+        })
+    }
+
+    /// Check and open a frame, sealed or plain: CRC, then (sealed) the
+    /// signature, the tag and the compression.
+    pub fn open(&self, keyring: &Keyring) -> Result<OpenedBatch, Error> {
+        let frame = self.parse()?;
+        let plain = if frame.flags & seal::FLAG_SEALED != 0 {
+            seal::open(
+                &self.0[..HEADER_BYTES],
+                frame.body,
+                frame.flags,
+                frame.key_ids,
+                keyring,
+                BATCH_BYTES_MAX,
+            )?
+        } else {
+            frame.body.to_vec()
+        };
+        Ok(OpenedBatch {
+            origin_node: frame.origin_node,
+            flags: frame.flags,
+            key_ids: frame.key_ids,
+            count: frame.count,
+            plain,
+        })
+    }
+
+    fn parse(&self) -> Result<ParsedFrame<'_>, Error> {
         let bad = |detail: String| Error::decode("batch frame", detail);
         let b = &self.0;
         if b.len() < HEADER_BYTES + 4 {
@@ -125,31 +208,72 @@ impl BatchFrame {
             return Err(bad(format!("unsupported batch frame version {}", b[4])));
         }
         let flags = b[5];
-        if flags != 0 {
+        let known = seal::FLAG_SEALED | seal::FLAG_COMPRESSED;
+        if flags & !known != 0 || flags == seal::FLAG_COMPRESSED {
             return Err(bad(format!("unsupported batch frame flags {flags:#x}")));
         }
-        let origin_node = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
-        let key_ids = u64::from_le_bytes(b[16..24].try_into().expect("8 bytes"));
-        let count = u32::from_le_bytes(b[24..28].try_into().expect("4 bytes")) as usize;
         let len = u32::from_le_bytes(b[28..32].try_into().expect("4 bytes")) as usize;
-        if len > BATCH_BYTES_MAX || HEADER_BYTES + len != framed.len() {
+        if len > BATCH_BYTES_MAX + seal::SEAL_OVERHEAD_BYTES || HEADER_BYTES + len != framed.len() {
             return Err(bad(format!("batch body length {len} does not match frame")));
         }
-        let body: BatchBodyRef<'_> =
-            postcard::from_bytes(&b[HEADER_BYTES..HEADER_BYTES + len]).map_err(|e| bad(format!("body: {e}")))?;
-        if body.records.len() != count {
-            return Err(bad(format!(
-                "batch header says {count} records, body has {}",
-                body.records.len()
-            )));
-        }
-        Ok(DecodedBatch {
-            origin_node,
+        Ok(ParsedFrame {
+            origin_node: u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")),
             flags,
-            key_ids,
-            body,
+            key_ids: u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
+            count: u32::from_le_bytes(b[24..28].try_into().expect("4 bytes")) as usize,
+            body: &b[HEADER_BYTES..HEADER_BYTES + len],
         })
     }
+}
+
+/// What sealing a frame needs: this node's id (in the nonce), the current
+/// data key and this node's signing key.
+pub struct SealWith<'a> {
+    pub node_id: u32,
+    pub data_key: &'a DataKey,
+    pub signer: &'a Signer,
+}
+
+/// A frame that passed its checks, with its body in the clear.
+pub struct OpenedBatch {
+    pub origin_node: u64,
+    pub flags: u8,
+    pub key_ids: u64,
+    count: usize,
+    plain: Vec<u8>,
+}
+
+impl OpenedBatch {
+    /// The records, borrowed from the opened body.
+    pub fn body(&self) -> Result<BatchBodyRef<'_>, Error> {
+        parse_body(&self.plain, self.count)
+    }
+
+    /// Bytes of the body in the clear.
+    pub fn plain_bytes(&self) -> usize {
+        self.plain.len()
+    }
+}
+
+/// A frame's header fields and its (possibly sealed) body.
+struct ParsedFrame<'a> {
+    origin_node: u64,
+    flags: u8,
+    key_ids: u64,
+    count: usize,
+    body: &'a [u8],
+}
+
+fn parse_body(plain: &[u8], count: usize) -> Result<BatchBodyRef<'_>, Error> {
+    let body: BatchBodyRef<'_> =
+        postcard::from_bytes(plain).map_err(|e| Error::decode("batch frame", format!("body: {e}")))?;
+    if body.records.len() != count {
+        return Err(Error::decode(
+            "batch frame",
+            format!("batch header says {count} records, body has {}", body.records.len()),
+        ));
+    }
+    Ok(body)
 }
 
 #[cfg(test)]
@@ -166,6 +290,132 @@ mod tests {
                 client_time_ns: 5,
             }],
         }
+    }
+
+    fn keys() -> (DataKey, Signer, Keyring) {
+        let data_key = DataKey::new(5, &[1; 32]);
+        let signer = Signer::new(9, &[2; 32]);
+        let mut keyring = Keyring::default();
+        keyring.add_data_key(data_key.clone());
+        keyring.add_verifying_key(signer.id(), signer.verifying_key());
+        (data_key, signer, keyring)
+    }
+
+    fn sealed(body: &BatchBody) -> (BatchFrame, Keyring) {
+        let (data_key, signer, keyring) = keys();
+        let with = SealWith {
+            node_id: 1000,
+            data_key: &data_key,
+            signer: &signer,
+        };
+        (BatchFrame::seal(1000, body, &with, 77), keyring)
+    }
+
+    fn compressible() -> BatchBody {
+        fix_orders(64)
+    }
+
+    fn incompressible() -> BatchBody {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let payload: Vec<u8> = (0..200)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        BatchBody {
+            created_ns: 42,
+            records: vec![NewRecord {
+                txid: b"t1".to_vec().into(),
+                channel: "orders".into(),
+                payload: payload.into(),
+                client_time_ns: 5,
+            }],
+        }
+    }
+
+    fn fix_orders(count: u64) -> BatchBody {
+        BatchBody {
+            created_ns: 42,
+            records: (0..count)
+                .map(|i| NewRecord {
+                    txid: format!("order-{i}").into_bytes().into(),
+                    channel: "orders".into(),
+                    payload: format!(
+                        "8=FIX.4.4|35=D|49=BANK|56=EXCH|11=ORD{i}|55=EURUSD|54=1|38=1000000|40=2|44=1.0842"
+                    )
+                    .into_bytes()
+                    .into(),
+                    client_time_ns: i,
+                })
+                .collect(),
+        }
+    }
+
+    /// A sealed frame opens to its body with the keyring, compressed when it
+    /// pays and stored raw when it does not; no payload byte is in the clear.
+    #[test]
+    fn sealed_frame_opens_to_its_body() {
+        for (body, compressed) in [(compressible(), true), (incompressible(), false)] {
+            let (frame, keyring) = sealed(&body);
+            assert_eq!(frame.0[5] & seal::FLAG_COMPRESSED != 0, compressed);
+            let opened = frame.open(&keyring).unwrap();
+            assert_eq!(opened.origin_node, 1000);
+            let records = opened.body().unwrap().records;
+            assert!(records.iter().copied().eq(body.records.iter().map(NewRecord::borrowed)));
+            let payload = &body.records[0].payload[..];
+            assert!(
+                !frame.0.windows(16).any(|w| w == &payload[..16]),
+                "payload in the clear"
+            );
+            assert!(
+                frame.decode().is_err(),
+                "decode without keys must refuse a sealed frame"
+            );
+        }
+        let (frame, _) = sealed(&compressible());
+        assert!(frame.0.len() * 3 < BatchFrame::encode(1000, &compressible()).0.len() * 2);
+    }
+
+    /// Every single-byte flip of a sealed frame is rejected, whether the CRC
+    /// is fixed up afterwards (forgery: signature or tag) or not (damage).
+    #[test]
+    fn sealed_frame_rejects_every_flip() {
+        let (frame, keyring) = sealed(&fix_orders(4));
+        let n = frame.0.len();
+        for i in 0..n {
+            let mut bad = frame.clone();
+            bad.0[i] ^= 0x01;
+            assert!(bad.open(&keyring).is_err(), "flip at {i} accepted");
+            if i < n - 4 {
+                let crc = crc32fast::hash(&bad.0[..n - 4]);
+                bad.0[n - 4..].copy_from_slice(&crc.to_le_bytes());
+                assert!(bad.open(&keyring).is_err(), "flip at {i} with a fixed CRC accepted");
+            }
+        }
+    }
+
+    /// A frame signed or encrypted under a key the keyring lacks is refused,
+    /// naming the key.
+    #[test]
+    fn sealed_frame_needs_its_keys() {
+        let (frame, _) = sealed(&body());
+        let (data_key, signer, _) = keys();
+        let mut no_signer = Keyring::default();
+        no_signer.add_data_key(data_key);
+        let err = frame.open(&no_signer).err().unwrap().to_string();
+        assert!(err.contains("unknown key 9"), "{err}");
+        let mut no_data_key = Keyring::default();
+        no_data_key.add_verifying_key(signer.id(), signer.verifying_key());
+        let err = frame.open(&no_data_key).err().unwrap().to_string();
+        assert!(err.contains("unknown data key 5"), "{err}");
+        let mut wrong = Keyring::default();
+        wrong.add_data_key(DataKey::new(5, &[3; 32]));
+        wrong.add_verifying_key(9, Signer::new(9, &[4; 32]).verifying_key());
+        let err = frame.open(&wrong).err().unwrap().to_string();
+        assert!(err.contains("signature does not verify"), "{err}");
     }
 
     /// A frame decodes to what was encoded, and every single-byte flip is rejected.

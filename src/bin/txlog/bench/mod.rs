@@ -1,14 +1,16 @@
 //! `txlog bench`: append load against a running cluster (the default mode),
 //! and the benches that start their own local cluster because they kill and
-//! restart nodes (`failover`, `resync`, `startup`).
+//! restart nodes (`failover`, `resync`, `startup`), and `seal`, which
+//! measures the batch seal in one process.
 
 mod append;
 mod cluster;
 mod failover;
 mod resync;
+mod seal;
 mod startup;
 
-/// `txlog bench [append] …`, `txlog bench failover …`, `txlog bench resync …`, `txlog bench startup …`.
+/// `txlog bench [append] …`, `txlog bench failover …`, `txlog bench resync …`, `txlog bench startup …`, `txlog bench seal …`.
 #[derive(clap::Args, Debug, Clone)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct BenchCommand {
@@ -28,6 +30,8 @@ pub enum BenchMode {
     Resync(resync::ResyncArgs),
     /// Restart a node holding N records (clean and kill -9); time until it serves all of them.
     Startup(startup::StartupArgs),
+    /// CPU cost of sealing and opening one batch (LZ4, AES-256-GCM, ed25519) and LZ4's ratio, on generated corpora.
+    Seal(seal::SealArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -37,5 +41,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         Some(BenchMode::Failover(args)) => failover::run(args).await,
         Some(BenchMode::Resync(args)) => resync::run(args).await,
         Some(BenchMode::Startup(args)) => startup::run(args).await,
+        Some(BenchMode::Seal(args)) => seal::run(args).await,
     }
 }
