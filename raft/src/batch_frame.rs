@@ -32,6 +32,9 @@ use crate::seal::Signer;
 const MAGIC: &[u8; 4] = b"TXLB";
 const VERSION: u8 = 1;
 const HEADER_BYTES: usize = 32;
+/// A record's encoding beyond its bytes: three length varints (≤ 5 bytes
+/// each) and the client time varint (≤ 10).
+const RECORD_FIELDS_BYTES_MAX: usize = 3 * 5 + 10;
 /// Upper bound on a decoded frame's body; a bigger length is damage.
 pub const BATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
 
@@ -91,7 +94,7 @@ impl BatchFrame {
         let records_bytes: usize = body
             .records
             .iter()
-            .map(|r| r.txid.len() + r.channel.len() + r.payload.len() + 3 * 5 + 10)
+            .map(|r| r.txid.len() + r.channel.len() + r.payload.len() + RECORD_FIELDS_BYTES_MAX)
             .sum();
         let mut out = Vec::with_capacity(HEADER_BYTES + 10 + 5 + records_bytes + 4);
         out.extend_from_slice(MAGIC);
@@ -165,22 +168,20 @@ impl BatchFrame {
         })
     }
 
-    /// Check and open a frame, sealed or plain: CRC, then (sealed) the
-    /// signature, the tag and the compression.
+    /// Check and open a sealed frame: CRC, signature (by a key of the
+    /// origin node), tag, compression. A plain frame is refused: where
+    /// frames are sealed, an unsealed one is a forgery.
     pub fn open(&self, keyring: &Keyring) -> Result<OpenedBatch, Error> {
         let frame = self.parse()?;
-        let plain = if frame.flags & seal::FLAG_SEALED != 0 {
-            seal::open(
-                &self.0[..HEADER_BYTES],
-                frame.body,
-                frame.flags,
-                frame.key_ids,
-                keyring,
-                BATCH_BYTES_MAX,
-            )?
-        } else {
-            frame.body.to_vec()
-        };
+        let plain = seal::open(
+            &self.0[..HEADER_BYTES],
+            frame.body,
+            frame.flags,
+            frame.key_ids,
+            frame.origin_node,
+            keyring,
+            BATCH_BYTES_MAX,
+        )?;
         Ok(OpenedBatch {
             origin_node: frame.origin_node,
             flags: frame.flags,
@@ -213,7 +214,11 @@ impl BatchFrame {
             return Err(bad(format!("unsupported batch frame flags {flags:#x}")));
         }
         let len = u32::from_le_bytes(b[28..32].try_into().expect("4 bytes")) as usize;
-        if len > BATCH_BYTES_MAX + seal::SEAL_OVERHEAD_BYTES || HEADER_BYTES + len != framed.len() {
+        let len_max = match flags & seal::FLAG_SEALED {
+            0 => BATCH_BYTES_MAX,
+            _ => BATCH_BYTES_MAX + seal::SEAL_OVERHEAD_BYTES,
+        };
+        if len > len_max || HEADER_BYTES + len != framed.len() {
             return Err(bad(format!("batch body length {len} does not match frame")));
         }
         Ok(ParsedFrame {
@@ -249,9 +254,9 @@ impl OpenedBatch {
         parse_body(&self.plain, self.count)
     }
 
-    /// Bytes of the body in the clear.
-    pub fn plain_bytes(&self) -> usize {
-        self.plain.len()
+    /// Whether the sealed body was LZ4-compressed.
+    pub fn compressed(&self) -> bool {
+        self.flags & seal::FLAG_COMPRESSED != 0
     }
 }
 
@@ -297,7 +302,7 @@ mod tests {
         let signer = Signer::new(9, &[2; 32]);
         let mut keyring = Keyring::default();
         keyring.add_data_key(data_key.clone());
-        keyring.add_verifying_key(signer.id(), signer.verifying_key());
+        keyring.add_verifying_key(signer.id(), 1000, signer.verifying_key());
         (data_key, signer, keyring)
     }
 
@@ -383,22 +388,25 @@ mod tests {
     /// is fixed up afterwards (forgery: signature or tag) or not (damage).
     #[test]
     fn sealed_frame_rejects_every_flip() {
-        let (frame, keyring) = sealed(&fix_orders(4));
-        let n = frame.0.len();
-        for i in 0..n {
-            let mut bad = frame.clone();
-            bad.0[i] ^= 0x01;
-            assert!(bad.open(&keyring).is_err(), "flip at {i} accepted");
-            if i < n - 4 {
-                let crc = crc32fast::hash(&bad.0[..n - 4]);
-                bad.0[n - 4..].copy_from_slice(&crc.to_le_bytes());
-                assert!(bad.open(&keyring).is_err(), "flip at {i} with a fixed CRC accepted");
+        for body in [fix_orders(4), incompressible()] {
+            let (frame, keyring) = sealed(&body);
+            let n = frame.0.len();
+            for i in 0..n {
+                let mut bad = frame.clone();
+                bad.0[i] ^= 0x01;
+                assert!(bad.open(&keyring).is_err(), "flip at {i} accepted");
+                if i < n - 4 {
+                    let crc = crc32fast::hash(&bad.0[..n - 4]);
+                    bad.0[n - 4..].copy_from_slice(&crc.to_le_bytes());
+                    assert!(bad.open(&keyring).is_err(), "flip at {i} with a fixed CRC accepted");
+                }
             }
         }
     }
 
-    /// A frame signed or encrypted under a key the keyring lacks is refused,
-    /// naming the key.
+    /// A frame signed or encrypted under a key the keyring lacks or gets
+    /// wrong is refused, naming the key; so is a key of another node, and a
+    /// plain frame where a sealed one is expected.
     #[test]
     fn sealed_frame_needs_its_keys() {
         let (frame, _) = sealed(&body());
@@ -408,14 +416,26 @@ mod tests {
         let err = frame.open(&no_signer).err().unwrap().to_string();
         assert!(err.contains("unknown key 9"), "{err}");
         let mut no_data_key = Keyring::default();
-        no_data_key.add_verifying_key(signer.id(), signer.verifying_key());
+        no_data_key.add_verifying_key(signer.id(), 1000, signer.verifying_key());
         let err = frame.open(&no_data_key).err().unwrap().to_string();
         assert!(err.contains("unknown data key 5"), "{err}");
-        let mut wrong = Keyring::default();
-        wrong.add_data_key(DataKey::new(5, &[3; 32]));
-        wrong.add_verifying_key(9, Signer::new(9, &[4; 32]).verifying_key());
-        let err = frame.open(&wrong).err().unwrap().to_string();
+        let mut wrong_data_key = no_data_key.clone();
+        wrong_data_key.add_data_key(DataKey::new(5, &[3; 32]));
+        let err = frame.open(&wrong_data_key).err().unwrap().to_string();
+        assert!(err.contains("authentication tag does not match"), "{err}");
+        let mut wrong_signer = Keyring::default();
+        wrong_signer.add_data_key(DataKey::new(5, &[1; 32]));
+        wrong_signer.add_verifying_key(9, 1000, Signer::new(9, &[4; 32]).verifying_key());
+        let err = frame.open(&wrong_signer).err().unwrap().to_string();
         assert!(err.contains("signature does not verify"), "{err}");
+        let mut other_node = Keyring::default();
+        other_node.add_data_key(DataKey::new(5, &[1; 32]));
+        other_node.add_verifying_key(9, 2000, signer.verifying_key());
+        let err = frame.open(&other_node).err().unwrap().to_string();
+        assert!(err.contains("of node 2000, but the batch names node 1000"), "{err}");
+        let plain = BatchFrame::encode(1000, &body());
+        let err = plain.open(&other_node).err().unwrap().to_string();
+        assert!(err.contains("not sealed"), "{err}");
     }
 
     /// A frame decodes to what was encoded, and every single-byte flip is rejected.

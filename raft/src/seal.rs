@@ -14,8 +14,11 @@
 //!   block) when that saves at least [`COMPRESS_SAVING_MIN_PERCENT`] %,
 //!   stored as is otherwise.
 //! - The nonce is `data key id u32 ‖ node id u32 ‖ counter u32` (big
-//!   endian): a node never seals two batches under one key with one
-//!   counter value, and two nodes never share a nonce.
+//!   endian). Two nodes never share one (node ids must fit in a u32 to
+//!   seal), and a node must never pass one counter value twice under one
+//!   key: the caller's duty. The commit path, when it seals, has to reserve
+//!   counter ranges durably before use and rotate the data key before the
+//!   counter wraps; that is not built yet.
 //! - The header is the AEAD's associated data, so a header changed on the
 //!   way (origin, count, key ids, flags) fails the tag as well as the
 //!   signature.
@@ -97,12 +100,12 @@ impl Signer {
     }
 }
 
-/// The keys a node opens sealed frames with: data keys and public signing
-/// keys, by id.
+/// The keys a node opens sealed frames with: data keys by id, and public
+/// signing keys by id with the node each belongs to.
 #[derive(Default, Clone)]
 pub struct Keyring {
     data: HashMap<u32, DataKey>,
-    verifying: HashMap<u32, ed25519_dalek::VerifyingKey>,
+    verifying: HashMap<u32, (u64, ed25519_dalek::VerifyingKey)>,
 }
 
 impl Keyring {
@@ -110,8 +113,10 @@ impl Keyring {
         self.data.insert(key.id, key);
     }
 
-    pub fn add_verifying_key(&mut self, id: u32, key: ed25519_dalek::VerifyingKey) {
-        self.verifying.insert(id, key);
+    /// `node_id`'s public signing key `id`: frames it signs must name that
+    /// node as their origin.
+    pub fn add_verifying_key(&mut self, id: u32, node_id: u64, key: ed25519_dalek::VerifyingKey) {
+        self.verifying.insert(id, (node_id, key));
     }
 }
 
@@ -150,7 +155,7 @@ pub fn lz4_bytes(plain: &[u8]) -> usize {
 /// already say `SEAL_OVERHEAD_BYTES + plain.len()`): append nonce,
 /// ciphertext, tag and a signature over all of them and the header to
 /// `out`, which holds the header.
-pub fn seal_into(
+pub(crate) fn seal_into(
     out: &mut Vec<u8>,
     header_bytes: usize,
     plain: Vec<u8>,
@@ -158,6 +163,13 @@ pub fn seal_into(
     signer: &Signer,
     nonce: [u8; NONCE_BYTES],
 ) {
+    assert_eq!(out.len(), header_bytes, "seal_into appends to a bare header");
+    let len = u32::from_le_bytes(out[header_bytes - 4..header_bytes].try_into().expect("4 bytes"));
+    assert_eq!(
+        len as usize,
+        SEAL_OVERHEAD_BYTES + plain.len(),
+        "header len must cover the seal"
+    );
     out.extend_from_slice(&nonce);
     let mut buffer = plain;
     let (header, _) = out.split_at(header_bytes);
@@ -191,17 +203,21 @@ fn signed_digest(header: &[u8], sealed: &[u8]) -> [u8; SIGNED_DOMAIN.len() + 32]
 const SIGNED_DOMAIN: &[u8; 16] = b"txlog batch v1\0\0";
 
 /// Open a sealed frame's `sealed` part (nonce through signature) under
-/// `header`: check the signature, decrypt, decompress. `limit` bounds the
-/// plaintext a compressed body may claim.
-pub fn open(
+/// `header`: check the signature (by a key of `origin_node`), decrypt,
+/// decompress. `limit` bounds the plaintext a compressed body may claim.
+pub(crate) fn open(
     header: &[u8],
     sealed: &[u8],
     flags: u8,
     key_ids: u64,
+    origin_node: u64,
     keyring: &Keyring,
     limit: usize,
 ) -> Result<Vec<u8>, Error> {
     let bad = |detail: String| Error::decode("sealed batch", detail);
+    if flags & FLAG_SEALED == 0 {
+        return Err(bad(format!("frame is not sealed (flags {flags:#x})")));
+    }
     if sealed.len() < SEAL_OVERHEAD_BYTES {
         return Err(bad(format!(
             "sealed body of {} bytes is shorter than its seal",
@@ -210,10 +226,15 @@ pub fn open(
     }
     let data_key_id = key_ids as u32;
     let signing_key_id = (key_ids >> 32) as u32;
-    let verifying = keyring
+    let (key_node, verifying) = keyring
         .verifying
         .get(&signing_key_id)
         .ok_or_else(|| bad(format!("signed by unknown key {signing_key_id}")))?;
+    if *key_node != origin_node {
+        return Err(bad(format!(
+            "signed by key {signing_key_id} of node {key_node}, but the batch names node {origin_node}"
+        )));
+    }
     let (signed, signature) = sealed.split_at(sealed.len() - SIGNATURE_BYTES);
     let signature = ed25519_dalek::Signature::from_bytes(signature.try_into().expect("64 bytes"));
     verifying

@@ -654,7 +654,6 @@ impl RecordFile {
         Ok(found)
     }
 
-    /// The published record with `txid`, if there is one.
     /// The published record with `txid`, whose [`txid_hash`] is `hash`.
     pub(crate) fn find_txid(&self, hash: u64, txid: &[u8]) -> Result<Option<StoredRecord>> {
         let candidates: Vec<u64> = {

@@ -1,5 +1,5 @@
 //! `txlog bench seal`: the cost of sealing and opening one batch (LZ4,
-//! AES-256-GCM, ed25519, CRC; see `txlog_raft::seal`) per batch size, and
+//! AES-256-GCM, ed25519, CRC; see `raft/src/seal.rs`) per batch size, and
 //! LZ4's ratio, on three corpora the bench generates: FIX-like text order
 //! messages, JSON market-data ticks and packed binary ticks. One thread, no
 //! cluster: it measures the CPU a batch costs, not a commit.
@@ -7,12 +7,12 @@
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
-use txlog_raft::seal::DataKey;
-use txlog_raft::seal::Keyring;
-use txlog_raft::seal::Signer;
 use txlog_raft::BatchBody;
 use txlog_raft::BatchFrame;
+use txlog_raft::DataKey;
+use txlog_raft::Keyring;
 use txlog_raft::SealWith;
+use txlog_raft::Signer;
 use txlog_storage::NewRecord;
 
 /// Batch sizes measured, in records.
@@ -75,20 +75,22 @@ pub async fn run(args: SealArgs) -> anyhow::Result<()> {
         (10..=1_000_000).contains(&args.iterations),
         "--iterations must be 10..=1000000"
     );
-    let data_key = DataKey::new(1, &txlog_raft::seal::random_key()?);
-    let signer = Signer::new(1, &txlog_raft::seal::random_key()?);
+    let data_key = DataKey::new(1, &txlog_raft::random_key()?);
+    let signer = Signer::new(1, &txlog_raft::random_key()?);
     let mut keyring = Keyring::default();
     keyring.add_data_key(data_key.clone());
-    keyring.add_verifying_key(signer.id(), signer.verifying_key());
+    keyring.add_verifying_key(signer.id(), 1, signer.verifying_key());
     let with = SealWith {
         node_id: 1,
         data_key: &data_key,
         signer: &signer,
     };
     let mut rows = Vec::new();
+    // One counter across every row: a nonce is never reused under the key.
+    let mut counter = 0u32;
     for corpus in [Corpus::FixText, Corpus::JsonTicks, Corpus::BinaryTicks] {
         for &records in &BATCH_SIZES {
-            rows.push(measure(corpus, records, &args, &with, &keyring)?);
+            rows.push(measure(corpus, records, &args, &with, &keyring, &mut counter)?);
             if !args.json {
                 eprint!(".");
             }
@@ -178,6 +180,7 @@ fn measure(
     args: &SealArgs,
     with: &SealWith<'_>,
     keyring: &Keyring,
+    counter: &mut u32,
 ) -> anyhow::Result<SealRow> {
     let mut rng = XorShift(0x2545_f491_4f6c_dd1d ^ records as u64);
     let body = BatchBody {
@@ -193,23 +196,24 @@ fn measure(
     };
     let plain = body.to_bytes();
     let plain_bytes = plain.len();
-    let lz4_bytes = txlog_raft::seal::lz4_bytes(&plain);
+    let lz4_bytes = txlog_raft::lz4_bytes(&plain);
     let mut seal_ns = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     let mut open_ns = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     let mut both_ns = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     let (mut seal_total, mut open_total) = (0f64, 0f64);
     let mut frame_bytes = 0;
     let mut compressed = false;
-    for counter in 0..args.iterations {
+    for _ in 0..args.iterations {
+        *counter = counter.checked_add(1).expect("fewer than 2^32 batches per run");
         let start = Instant::now();
-        let frame = BatchFrame::seal(1, &body, with, counter);
+        let frame = BatchFrame::seal(1, &body, with, *counter);
         let sealed = start.elapsed();
         let opened = frame.open(keyring)?;
         let n = opened.body()?.records.len();
         let total = start.elapsed();
         anyhow::ensure!(n == records, "opened {n} records, sealed {records}");
         frame_bytes = frame.0.len();
-        compressed = opened.flags & txlog_raft::seal::FLAG_COMPRESSED != 0;
+        compressed = opened.compressed();
         seal_ns.record(sealed.as_nanos().max(1) as u64)?;
         open_ns.record((total - sealed).as_nanos().max(1) as u64)?;
         both_ns.record(total.as_nanos().max(1) as u64)?;
