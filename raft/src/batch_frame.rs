@@ -97,14 +97,8 @@ impl BatchFrame {
             .map(|r| r.txid.len() + r.channel.len() + r.payload.len() + RECORD_FIELDS_BYTES_MAX)
             .sum();
         let mut out = Vec::with_capacity(HEADER_BYTES + 10 + 5 + records_bytes + 4);
-        out.extend_from_slice(MAGIC);
-        out.push(VERSION);
-        out.push(0); // flags: plain
-        out.extend_from_slice(&0u16.to_le_bytes());
-        out.extend_from_slice(&origin_node.to_le_bytes());
-        out.extend_from_slice(&0u64.to_le_bytes()); // key ids: none
-        out.extend_from_slice(&(body.records.len() as u32).to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes()); // body length, set below
+        // Plain: no flags, no key ids; the body length is set below.
+        write_header(&mut out, 0, origin_node, 0, body.records.len(), 0);
         let mut out = postcard::to_extend(body, out).expect("encoding a batch cannot fail");
         let body_len = out.len() - HEADER_BYTES;
         assert!(body_len <= BATCH_BYTES_MAX, "batch body over limit");
@@ -133,14 +127,8 @@ impl BatchFrame {
         let flags = seal::FLAG_SEALED | if compressed { seal::FLAG_COMPRESSED } else { 0 };
         let len = seal::SEAL_OVERHEAD_BYTES + plain.len();
         let mut out = Vec::with_capacity(HEADER_BYTES + len + 4);
-        out.extend_from_slice(MAGIC);
-        out.push(VERSION);
-        out.push(flags);
-        out.extend_from_slice(&0u16.to_le_bytes());
-        out.extend_from_slice(&origin_node.to_le_bytes());
-        out.extend_from_slice(&seal::key_ids(with.data_key.id(), with.signer.id()).to_le_bytes());
-        out.extend_from_slice(&(body.records.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(len as u32).to_le_bytes());
+        let key_ids = seal::key_ids(with.data_key.id(), with.signer.id());
+        write_header(&mut out, flags, origin_node, key_ids, body.records.len(), len);
         let nonce = seal::nonce(with.data_key.id(), with.node_id, counter);
         seal::seal_into(&mut out, HEADER_BYTES, plain, with.data_key, with.signer, nonce);
         let crc = crc32fast::hash(&out);
@@ -229,6 +217,18 @@ impl BatchFrame {
             body: &b[HEADER_BYTES..HEADER_BYTES + len],
         })
     }
+}
+
+/// Append a frame's [`HEADER_BYTES`]-byte header to `out`.
+fn write_header(out: &mut Vec<u8>, flags: u8, origin_node: u64, key_ids: u64, count: usize, len: usize) {
+    out.extend_from_slice(MAGIC);
+    out.push(VERSION);
+    out.push(flags);
+    out.extend_from_slice(&0u16.to_le_bytes()); // reserved
+    out.extend_from_slice(&origin_node.to_le_bytes());
+    out.extend_from_slice(&key_ids.to_le_bytes());
+    out.extend_from_slice(&(count as u32).to_le_bytes());
+    out.extend_from_slice(&(len as u32).to_le_bytes());
 }
 
 /// What sealing a frame needs: this node's id (in the nonce), the current

@@ -232,13 +232,19 @@ fn place_snapshot(dir: &std::path::Path, snapshot: &txlog_raft::Snapshot) {
         .unwrap();
 }
 
-/// When the store lost writes that the WAL no longer holds, opening rebuilds the store from the newest snapshot.
-#[tokio::test]
-async fn open_rebuilds_from_a_newer_snapshot() {
+/// A state machine that applied [`entries`], and a snapshot of it.
+async fn source_with_snapshot() -> (tempfile::TempDir, StateMachine, txlog_raft::Snapshot) {
     let source_dir = tempfile::tempdir().unwrap();
     let mut source = StateMachine::open(source_dir.path()).unwrap();
     apply(&mut source, entries()).await;
     let snapshot = source.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    (source_dir, source, snapshot)
+}
+
+/// When the store lost writes that the WAL no longer holds, opening rebuilds the store from the newest snapshot.
+#[tokio::test]
+async fn open_rebuilds_from_a_newer_snapshot() {
+    let (_source_dir, source, snapshot) = source_with_snapshot().await;
 
     let dir = tempfile::tempdir().unwrap();
     {
@@ -256,10 +262,7 @@ async fn open_rebuilds_from_a_newer_snapshot() {
 #[tokio::test]
 async fn open_adds_to_a_store_that_is_a_prefix_of_the_snapshot() {
     use std::os::unix::fs::MetadataExt;
-    let source_dir = tempfile::tempdir().unwrap();
-    let mut source = StateMachine::open(source_dir.path()).unwrap();
-    apply(&mut source, entries()).await;
-    let snapshot = source.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let (_source_dir, source, snapshot) = source_with_snapshot().await;
 
     let dir = tempfile::tempdir().unwrap();
     {

@@ -9,14 +9,21 @@ pub(crate) const FRAME_HEADER_BYTES: usize = 8;
 
 /// Append one framed record to `out`.
 pub(crate) fn encode_into(out: &mut Vec<u8>, body: &[u8]) {
+    out.extend_from_slice(&header(body));
+    out.extend_from_slice(body);
+}
+
+/// The header of the frame holding `body`.
+fn header(body: &[u8]) -> [u8; FRAME_HEADER_BYTES] {
     assert!(
         !body.is_empty() && body.len() <= WAL_RECORD_BYTES_MAX as usize,
         "wal record too large: {}",
         body.len()
     );
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
-    out.extend_from_slice(body);
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    header[..4].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    header[4..].copy_from_slice(&crc32fast::hash(body).to_le_bytes());
+    header
 }
 
 /// Frame `value`'s postcard encoding onto `out`, encoding it in place
@@ -25,16 +32,8 @@ pub(crate) fn encode_value_into<T: serde::Serialize>(out: &mut Vec<u8>, value: &
     let start = out.len();
     out.extend_from_slice(&[0; FRAME_HEADER_BYTES]);
     *out = postcard::to_extend(value, std::mem::take(out)).expect("encoding an in-memory value cannot fail");
-    let body = &out[start + FRAME_HEADER_BYTES..];
-    assert!(
-        !body.is_empty() && body.len() <= WAL_RECORD_BYTES_MAX as usize,
-        "wal record too large: {}",
-        body.len()
-    );
-    let len = (body.len() as u32).to_le_bytes();
-    let crc = crc32fast::hash(body).to_le_bytes();
-    out[start..start + 4].copy_from_slice(&len);
-    out[start + 4..start + FRAME_HEADER_BYTES].copy_from_slice(&crc);
+    let header = header(&out[start + FRAME_HEADER_BYTES..]);
+    out[start..start + FRAME_HEADER_BYTES].copy_from_slice(&header);
     out.len() - start
 }
 
