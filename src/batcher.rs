@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use txlog_raft::BatchBody;
 use txlog_raft::BatchFrame;
 use txlog_raft::Raft;
+use txlog_raft::Sealer;
 use txlog_raft::TypeConfig;
 use txlog_storage::AppendOutcome;
 use txlog_storage::NewRecord;
@@ -34,6 +35,9 @@ use crate::Result;
 
 /// Batches proposed but not yet committed, at most.
 pub const INFLIGHT_BATCHES_MAX: usize = 8;
+/// How long a batch waits for sealing keys being announced (a new
+/// leader's data key) before its appends are answered `UNAVAILABLE`.
+pub const KEYS_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 /// Append requests waiting for a batch, at most.
 pub const QUEUE_REQUESTS_MAX: usize = 16 * 1024;
 
@@ -56,16 +60,20 @@ pub struct Batcher {
 }
 
 impl Batcher {
+    /// `sealer` seals every batch (a sealed cluster); without one batches
+    /// are plain frames.
     pub fn start(
         raft: Raft,
         node_id: u64,
         limits: BatchLimits,
+        sealer: Option<Arc<Sealer>>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_REQUESTS_MAX);
-        tracker.spawn(run(raft, node_id, limits, metrics, shutdown, rx, tracker.clone()));
+        let proposer = Proposer { raft, node_id, sealer };
+        tracker.spawn(run(proposer, limits, metrics, shutdown, rx, tracker.clone()));
         Batcher { tx }
     }
 
@@ -97,9 +105,15 @@ impl Batcher {
     }
 }
 
-async fn run(
+/// What turns a group of appends into a Raft entry.
+struct Proposer {
     raft: Raft,
     node_id: u64,
+    sealer: Option<Arc<Sealer>>,
+}
+
+async fn run(
+    proposer: Proposer,
     limits: BatchLimits,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -139,7 +153,7 @@ async fn run(
         let proposed = tokio::select! {
             // Dropping the group drops its reply senders: each caller gets Unavailable.
             _ = shutdown.cancelled() => break,
-            proposed = propose(&raft, node_id, &metrics, group) => proposed,
+            proposed = propose(&proposer, &metrics, group) => proposed,
         };
         let metrics = metrics.clone();
         tracker.spawn(async move {
@@ -165,7 +179,7 @@ struct Proposed {
 /// Seal `group` into one frame and hand it to Raft. Returns once Raft has
 /// queued it (not committed), so batches enter the log in the order they
 /// are proposed.
-async fn propose(raft: &Raft, node_id: u64, metrics: &Metrics, group: Vec<Pending>) -> Proposed {
+async fn propose(proposer: &Proposer, metrics: &Metrics, group: Vec<Pending>) -> Proposed {
     let counts: Vec<usize> = group.iter().map(|p| p.records.len()).collect();
     let mut replies = Vec::with_capacity(group.len());
     let mut records = Vec::with_capacity(counts.iter().sum());
@@ -175,20 +189,28 @@ async fn propose(raft: &Raft, node_id: u64, metrics: &Metrics, group: Vec<Pendin
     }
     metrics.append_batches.inc();
     metrics.batch_records.observe(records.len() as f64);
-    let frame = BatchFrame::encode(
-        node_id,
-        &BatchBody {
-            created_ns: txlog_raft::wall_clock_ns(),
-            records,
-        },
-    );
+    let body = BatchBody {
+        created_ns: txlog_raft::wall_clock_ns(),
+        records,
+    };
     let started = Instant::now();
-    let (responder, committed) = ProgressResponder::complete_only();
-    let committed = raft
-        .client_write_ff(frame, Some(responder))
-        .await
-        .map(|()| committed)
-        .map_err(|fatal| raft_stopped(fatal, "append"));
+    let frame = match &proposer.sealer {
+        // One compression, encryption and signature for the whole batch.
+        Some(sealer) => sealer.seal_when_ready(&body, KEYS_WAIT_MAX).await.map_err(Error::from),
+        None => Ok(BatchFrame::encode(proposer.node_id, &body)),
+    };
+    let committed = match frame {
+        Ok(frame) => {
+            let (responder, committed) = ProgressResponder::complete_only();
+            proposer
+                .raft
+                .client_write_ff(frame, Some(responder))
+                .await
+                .map(|()| committed)
+                .map_err(|fatal| raft_stopped(fatal, "append"))
+        }
+        Err(err) => Err(err),
+    };
     Proposed {
         counts,
         replies,

@@ -25,6 +25,9 @@
 //! log_entries_kept_after_snapshot = 1000
 //! snapshot_wal_bytes_max = 134217728
 //! segment_bytes_max = 67108864
+//! key_file = "/etc/txlog/cluster.key"  # from `txlog keys init`; mode 0600
+//! signing_key_rotate_s = 86400
+//! data_key_rotate_s = 3600
 //! ```
 
 use std::collections::BTreeMap;
@@ -105,6 +108,10 @@ pub const LOG_ENTRIES_KEPT_AFTER_SNAPSHOT_DEFAULT: u64 = 1000;
 pub const SNAPSHOT_WAL_BYTES_MAX_DEFAULT: u64 = 128 * 1024 * 1024;
 /// Largest payload limit a node may be configured with.
 pub const PAYLOAD_BYTES_MAX_LIMIT: usize = 16 * 1024 * 1024;
+/// A leader announces a new signing key of its own after this long.
+pub const SIGNING_KEY_ROTATE_S_DEFAULT: u64 = 24 * 3600;
+/// A leader announces a new data key after this long.
+pub const DATA_KEY_ROTATE_S_DEFAULT: u64 = 3600;
 /// Smallest WAL segment size accepted.
 pub const SEGMENT_BYTES_MIN: u64 = 4096;
 
@@ -183,6 +190,21 @@ pub struct NodeSettings {
     /// WAL segment size before rolling to a new file, bytes [default: 67108864; at least 4096].
     #[arg(long, env = "TXLOG_SEGMENT_BYTES_MAX")]
     pub segment_bytes_max: Option<u64>,
+    /// The cluster key file (key-encryption keys; made by `txlog keys init`, mode 0600, the same
+    /// file on every node). Every entry is sealed: LZ4, AES-256-GCM under a data key wrapped with
+    /// it, ed25519-signed by the leader.
+    #[arg(long, env = "TXLOG_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Seconds before a leader announces a new signing key of its own [default: 86400].
+    #[arg(long, env = "TXLOG_SIGNING_KEY_ROTATE_S")]
+    pub signing_key_rotate_s: Option<u64>,
+    /// Seconds before the leader announces a new data key [default: 3600].
+    #[arg(long, env = "TXLOG_DATA_KEY_ROTATE_S")]
+    pub data_key_rotate_s: Option<u64>,
+    /// Seal entries (on by default). Off only to measure what sealing costs: an unsealed node
+    /// cannot join a sealed cluster, nor the other way round.
+    #[arg(long, env = "TXLOG_SEAL", hide = true)]
+    pub seal: Option<bool>,
 }
 
 impl NodeSettings {
@@ -221,6 +243,10 @@ impl NodeSettings {
             log_entries_kept_after_snapshot,
             snapshot_wal_bytes_max,
             segment_bytes_max,
+            key_file,
+            signing_key_rotate_s,
+            data_key_rotate_s,
+            seal,
         )
     }
 
@@ -259,6 +285,16 @@ pub struct NodeConfig {
     /// A snapshot is also built once the WAL holds more bytes than this (0: never).
     pub snapshot_wal_bytes_max: u64,
     pub segment_bytes_max: u64,
+    /// How entries are sealed; `None` only when sealing is turned off.
+    pub sealing: Option<Sealing>,
+}
+
+/// Sealing settings of a node.
+#[derive(Debug, Clone)]
+pub struct Sealing {
+    pub key_file: PathBuf,
+    pub signing_key_rotate: std::time::Duration,
+    pub data_key_rotate: std::time::Duration,
 }
 
 impl NodeConfig {
@@ -330,6 +366,7 @@ impl NodeConfig {
                 "snapshot_wal_bytes_max must be 0 (off) or at least twice segment_bytes_max ({two_segments})"
             )));
         }
+        let sealing = sealing_of(&s, id)?;
         Ok(NodeConfig {
             id,
             region,
@@ -348,8 +385,45 @@ impl NodeConfig {
             log_entries_kept_after_snapshot,
             snapshot_wal_bytes_max,
             segment_bytes_max,
+            sealing,
         })
     }
+}
+
+/// The sealing settings, `None` when sealing is off; a sealed node needs
+/// a key file and an id that fits the nonce's 32 bits.
+fn sealing_of(s: &NodeSettings, id: u64) -> Result<Option<Sealing>> {
+    if s.seal == Some(false) {
+        return Ok(None);
+    }
+    let key_file = s.key_file.clone().ok_or_else(|| {
+        Error::Config(
+            "entries are sealed, so a key file is required: create one with `txlog keys init --out FILE` \
+             (the same file for every node) and give it with --key-file or `key_file`"
+                .into(),
+        )
+    })?;
+    if u32::try_from(id).is_err() {
+        return Err(Error::Config(format!(
+            "node id {id} does not fit in 32 bits: a sealed cluster needs node ids from 1 to {}",
+            u32::MAX
+        )));
+    }
+    let positive = |name: &str, value: Option<u64>, default: u64| -> Result<std::time::Duration> {
+        match value.unwrap_or(default) {
+            0 => Err(Error::Config(format!("{name} must be at least 1"))),
+            v => Ok(std::time::Duration::from_secs(v)),
+        }
+    };
+    Ok(Some(Sealing {
+        key_file,
+        signing_key_rotate: positive(
+            "signing_key_rotate_s",
+            s.signing_key_rotate_s,
+            SIGNING_KEY_ROTATE_S_DEFAULT,
+        )?,
+        data_key_rotate: positive("data_key_rotate_s", s.data_key_rotate_s, DATA_KEY_ROTATE_S_DEFAULT)?,
+    }))
 }
 /// `peers` as a map, each listed once; this node's entry must match its advertised address.
 fn peers_of(s: &NodeSettings, id: u64, advertise: &str) -> Result<BTreeMap<u64, NodeInfo>> {
@@ -432,6 +506,7 @@ mod tests {
             listen = "127.0.0.1:7401"
             peers = ["1=paris@127.0.0.1:7401", "2=frankfurt@127.0.0.1:7402"]
             timing = "wan"
+            key_file = "cluster.key"
             "#,
         )
         .unwrap();
@@ -483,6 +558,7 @@ mod tests {
                 id: Some(1),
                 segment_bytes_max: Some(segment),
                 snapshot_wal_bytes_max: limit,
+                seal: Some(false),
                 ..Default::default()
             };
             NodeConfig::resolve(settings, NodeSettings::default()).map(|c| c.snapshot_wal_bytes_max)
@@ -493,6 +569,40 @@ mod tests {
         assert_eq!(wal(1 << 20, Some(0)).unwrap(), 0);
         assert_eq!(wal(1 << 20, None).unwrap(), SNAPSHOT_WAL_BYTES_MAX_DEFAULT);
         assert_eq!(wal(1 << 30, None).unwrap(), 2 << 30);
+    }
+
+    /// Sealing is on by default and then needs a key file and a 32-bit node
+    /// id; rotation periods default and refuse zero.
+    #[test]
+    fn sealing_needs_a_key_file_and_a_small_id() {
+        let resolve = |settings: NodeSettings| NodeConfig::resolve(settings, NodeSettings::default());
+        let err = resolve(NodeSettings {
+            id: Some(1),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("txlog keys init"), "{err}");
+        let sealed = |id: u64| NodeSettings {
+            id: Some(id),
+            key_file: Some("k".into()),
+            ..Default::default()
+        };
+        let sealing = resolve(sealed(u64::from(u32::MAX))).unwrap().sealing.unwrap();
+        assert_eq!(sealing.data_key_rotate.as_secs(), DATA_KEY_ROTATE_S_DEFAULT);
+        assert_eq!(sealing.signing_key_rotate.as_secs(), SIGNING_KEY_ROTATE_S_DEFAULT);
+        let err = resolve(sealed(1 << 32)).unwrap_err();
+        assert!(err.to_string().contains("32 bits"), "{err}");
+        let zero = NodeSettings {
+            data_key_rotate_s: Some(0),
+            ..sealed(1)
+        };
+        assert!(resolve(zero).is_err());
+        let unsealed = NodeSettings {
+            id: Some(1 << 40),
+            seal: Some(false),
+            ..Default::default()
+        };
+        assert!(resolve(unsealed).unwrap().sealing.is_none());
     }
 
     /// Every key of the module's example file parses, and the file and the flags are one

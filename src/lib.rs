@@ -8,6 +8,9 @@
 //!   Raft entry, so one fsync on a quorum covers many records.
 //! * `raft_runtime` — openraft runs on a runtime of its own, so heartbeats
 //!   never wait behind client work.
+//! * `key_rotation` — while this node leads, it announces its signing key
+//!   and new data keys through the log when they are due; the batcher seals
+//!   every batch under the applied ones (`txlog_raft::Sealer`).
 //! * `log_service`, `admin_service` — the gRPC `LogService` (clients) and
 //!   `AdminService` (operators).
 //! * [`config`] — node configuration: TOML file, flags, `TXLOG_*` variables.
@@ -35,6 +38,7 @@ mod error;
 pub mod failure_detector;
 pub mod health;
 pub mod join;
+mod key_rotation;
 pub mod log_service;
 pub mod log_throttle;
 pub mod metrics;

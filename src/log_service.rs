@@ -219,7 +219,7 @@ impl LogService for LogServer {
         let request = request.into_inner();
         let limit = validate::read_limit(request.limit).map_err(|e| self.reject(e))?;
         if let Some(channel) = &request.channel {
-            validate::channel(channel).map_err(|e| self.reject(e))?;
+            validate::channel_to_read(channel).map_err(|e| self.reject(e))?;
         }
         if !request.stale {
             self.linearize().await.map_err(|e| self.reject(e))?;
@@ -270,7 +270,7 @@ impl LogService for LogServer {
     ) -> std::result::Result<Response<SubscribeStream>, Status> {
         let request = request.into_inner();
         if let Some(channel) = &request.channel {
-            validate::channel(channel).map_err(|e| self.reject(e))?;
+            validate::channel_to_read(channel).map_err(|e| self.reject(e))?;
         }
         let (tx, rx) = mpsc::channel(SUBSCRIBE_BUFFER_RECORDS);
         let reader = self.reader.clone();

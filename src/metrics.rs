@@ -48,6 +48,12 @@ pub struct Metrics {
     pub resync_full_transfers: Counter,
     pub resync_delta_refused: Counter,
     resync_seen: std::sync::Mutex<txlog_raft::ResyncCounts>,
+    pub seal_verified_batches: Counter,
+    pub seal_rejected_batches: Counter,
+    pub seal_opened_batches: Counter,
+    pub key_events: Counter,
+    pub key_announcements: Counter,
+    seal_seen: std::sync::Mutex<txlog_raft::SealCounts>,
 }
 
 impl Default for Metrics {
@@ -67,6 +73,19 @@ impl Metrics {
         self.resync_full_transfers
             .inc_by(now.full_transfers - seen.full_transfers);
         self.resync_delta_refused.inc_by(now.delta_refused - seen.delta_refused);
+        *seen = now;
+    }
+
+    /// Bring the sealing counters up to `now` (the keyring keeps the source counts).
+    pub fn observe_seal(&self, now: txlog_raft::SealCounts) {
+        let mut seen = self.seal_seen.lock().expect("metrics lock poisoned");
+        self.seal_verified_batches
+            .inc_by(now.verified_batches - seen.verified_batches);
+        self.seal_rejected_batches
+            .inc_by(now.rejected_batches - seen.rejected_batches);
+        self.seal_opened_batches
+            .inc_by(now.opened_batches - seen.opened_batches);
+        self.key_events.inc_by(now.key_events - seen.key_events);
         *seen = now;
     }
 
@@ -96,12 +115,48 @@ impl Metrics {
             resync_full_transfers: Counter::default(),
             resync_delta_refused: Counter::default(),
             resync_seen: Default::default(),
+            seal_verified_batches: Counter::default(),
+            seal_rejected_batches: Counter::default(),
+            seal_opened_batches: Counter::default(),
+            key_events: Counter::default(),
+            key_announcements: Counter::default(),
+            seal_seen: Default::default(),
             registry: Registry::default(),
         };
         m.register_append(&mut registry);
         m.register_raft(&mut registry);
         m.register_resync(&mut registry);
+        m.register_seal(&mut registry);
         Metrics { registry, ..m }
+    }
+
+    /// Sealing: entries checked before persisting, refused, opened; keys.
+    fn register_seal(&self, registry: &mut Registry) {
+        registry.register(
+            "seal_verified_batches",
+            "Entries from the leader whose CRC, signature and tag (or key event) verified before they reached the WAL",
+            self.seal_verified_batches.clone(),
+        );
+        registry.register(
+            "seal_rejected_batches",
+            "Entries from the leader refused before the WAL: damaged, forged, or under unknown keys (the leader sends them again)",
+            self.seal_rejected_batches.clone(),
+        );
+        registry.register(
+            "seal_opened_batches",
+            "Sealed batches opened (verified, decrypted) at apply",
+            self.seal_opened_batches.clone(),
+        );
+        registry.register(
+            "key_events",
+            "Key announcements verified into this node's keyring",
+            self.key_events.clone(),
+        );
+        registry.register(
+            "key_announcements",
+            "Key announcements this node proposed as leader (new signing or data keys)",
+            self.key_announcements.clone(),
+        );
     }
 
     /// The append path: records, batches, latencies, WAL fsyncs.

@@ -55,8 +55,30 @@ impl Node {
     /// Open storage, start Raft and serve on `config.listen`.
     pub async fn start(config: NodeConfig, shutdown: CancellationToken) -> Result<Node> {
         let metrics = Arc::new(Metrics::new());
-        let (log_store, state_machine) = open_storage(&config, &metrics)?;
+        let keys = open_keys(&config)?;
+        let (mut log_store, state_machine) = open_storage(&config, &metrics, keys.clone())?;
         let reader = state_machine.reader();
+        let sealer = match &keys {
+            Some(keys) => {
+                let applied = reader.last_applied().map(|l| l.index);
+                let received = keys.observe_log_tail(&mut log_store, applied).await?;
+                if received > 0 {
+                    tracing::info!(
+                        key_events = received,
+                        "keyring holds key events from the unapplied WAL tail"
+                    );
+                }
+                Some(Arc::new(txlog_raft::Sealer::open(
+                    config.id,
+                    &config.data_dir,
+                    keys.clone(),
+                )?))
+            }
+            None => {
+                tracing::warn!("sealing is off: entries are neither encrypted nor signed");
+                None
+            }
+        };
         let resync_stats = txlog_raft::ResyncStats::new();
         // Peer traffic leaves from the listen IP unless the node listens on all interfaces.
         let source_address = Some(config.listen.ip()).filter(|ip| !ip.is_unspecified());
@@ -75,6 +97,8 @@ impl Node {
             metrics: &metrics,
             resync: &resync_stats,
             contact: &contact,
+            keys: keys.as_ref(),
+            sealer: sealer.as_ref(),
             source_address,
             tracker: &tracker,
             shutdown: &shutdown,
@@ -164,9 +188,23 @@ impl Node {
     }
 }
 
+/// The cluster's keyring, from the key file, in a sealed cluster.
+fn open_keys(config: &NodeConfig) -> Result<Option<Arc<txlog_raft::Keys>>> {
+    let Some(sealing) = &config.sealing else {
+        return Ok(None);
+    };
+    let file = txlog_storage::KekFile::load(&sealing.key_file)
+        .map_err(|e| Error::Config(format!("key file {}: {e}", sealing.key_file.display())))?;
+    Ok(Some(Arc::new(txlog_raft::Keys::new(&file))))
+}
+
 /// The WAL (recovering a torn tail) and the state machine (rebuilding the
 /// record store from the newest snapshot if it is behind it).
-fn open_storage(config: &NodeConfig, metrics: &Metrics) -> Result<(LogStore, StateMachine)> {
+fn open_storage(
+    config: &NodeConfig,
+    metrics: &Metrics,
+    keys: Option<Arc<txlog_raft::Keys>>,
+) -> Result<(LogStore, StateMachine)> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| Error::Config(format!("cannot create data dir {}: {e}", config.data_dir.display())))?;
     let fsync_hist = metrics.wal_fsync_seconds.clone();
@@ -175,7 +213,7 @@ fn open_storage(config: &NodeConfig, metrics: &Metrics) -> Result<(LogStore, Sta
         fsync_observer: Some(Arc::new(move |d: Duration| fsync_hist.observe(d.as_secs_f64()))),
     };
     let log_store = LogStore::open(config.data_dir.join("wal"), wal_options)?;
-    let state_machine = StateMachine::open(config.data_dir.join("state"))?;
+    let state_machine = StateMachine::open_with_keys(config.data_dir.join("state"), keys)?;
     Ok((log_store, state_machine))
 }
 
@@ -206,6 +244,8 @@ struct Parts<'a> {
     metrics: &'a Arc<Metrics>,
     resync: &'a Arc<txlog_raft::ResyncStats>,
     contact: &'a txlog_raft::LeaderContact,
+    keys: Option<&'a Arc<txlog_raft::Keys>>,
+    sealer: Option<&'a Arc<txlog_raft::Sealer>>,
     source_address: Option<std::net::IpAddr>,
     tracker: &'a TaskTracker,
     shutdown: &'a CancellationToken,
@@ -236,6 +276,7 @@ impl Parts<'_> {
             self.reader.clone(),
             self.contact.clone(),
             Duration::from_millis(self.config.timing.election_timeout_ms_max),
+            self.keys.cloned(),
         );
         let router = Server::builder()
             // Peers cancel RPCs that miss openraft's deadline (a heartbeat
@@ -284,6 +325,7 @@ impl Parts<'_> {
                 batch_records_max: config.batch_records_max,
                 batch_bytes_max: config.batch_bytes_max,
             },
+            self.sealer.cloned(),
             self.metrics.clone(),
             self.shutdown.clone(),
             self.tracker,
@@ -328,8 +370,19 @@ impl Parts<'_> {
             self.reader.clone(),
             self.metrics.clone(),
             self.resync.clone(),
+            self.keys.cloned(),
             shutdown.clone(),
         ));
+        if let (Some(sealer), Some(sealing)) = (self.sealer, &config.sealing) {
+            self.tracker.spawn(crate::key_rotation::run(
+                raft.clone(),
+                config.id,
+                sealer.clone(),
+                sealing.clone(),
+                self.metrics.clone(),
+                shutdown.clone(),
+            ));
+        }
         self.tracker.spawn(crate::failure_detector::failure_detector(
             raft.clone(),
             config.id,
@@ -377,6 +430,7 @@ async fn watch_raft(
     reader: txlog_raft::StateMachineReader,
     metrics: Arc<Metrics>,
     resync: Arc<txlog_raft::ResyncStats>,
+    keys: Option<Arc<txlog_raft::Keys>>,
     shutdown: CancellationToken,
 ) {
     let mut rx = raft.metrics();
@@ -399,6 +453,9 @@ async fn watch_raft(
             metrics.purged_index.set(m.purged.map(|l| l.index as i64).unwrap_or(0));
             metrics.last_seq.set(reader.last_seq() as i64);
             metrics.observe_resync(resync.counts());
+            if let Some(keys) = &keys {
+                metrics.observe_seal(keys.stats.counts());
+            }
             if m.current_leader != last_leader {
                 metrics.leader_changes.inc();
                 tracing::info!(leader = ?m.current_leader, term = m.current_term, "leader changed");

@@ -36,6 +36,15 @@ pub fn channel(name: &str) -> Result<ChannelName, Error> {
     })
 }
 
+/// A channel to read or subscribe to: a client channel, or one of the
+/// reserved channels the cluster writes itself (the keyring's key events).
+pub fn channel_to_read(name: &str) -> Result<(), Error> {
+    if name == txlog_raft::KEYS_CHANNEL {
+        return Ok(());
+    }
+    channel(name).map(drop)
+}
+
 pub fn payload(payload: &[u8], payload_bytes_max: usize) -> Result<(), Error> {
     if payload.len() > payload_bytes_max {
         return Err(Error::InvalidInput(format!(
@@ -73,5 +82,11 @@ mod tests {
         assert!(read_limit(READ_LIMIT_MAX + 1).is_err());
         assert!(channel("Bad Name").is_err());
         assert!(channel("execution").is_ok());
+        assert!(
+            channel(txlog_raft::KEYS_CHANNEL).is_err(),
+            "no client appends key events"
+        );
+        assert!(channel_to_read(txlog_raft::KEYS_CHANNEL).is_ok());
+        assert!(channel_to_read("_other").is_err());
     }
 }

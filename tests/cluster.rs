@@ -51,9 +51,16 @@ async fn append_until(client: Client, prefix: String, stop: Instant, acks: Acks)
 
 /// Check that every node holds the same dense log and every acknowledged txid exactly once at its acked seq.
 async fn check_logs(cluster: &TestCluster, ids: &[u64], acks: &BTreeMap<String, u64>) -> u64 {
+    check_logs_upto(cluster, ids, acks, u64::MAX).await
+}
+
+/// [`check_logs`] on the records up to `upto` (the log may grow meanwhile:
+/// key rotations append records of their own).
+async fn check_logs_upto(cluster: &TestCluster, ids: &[u64], acks: &BTreeMap<String, u64>, upto: u64) -> u64 {
     let mut reference: Option<Vec<(u64, Vec<u8>)>> = None;
     for &id in ids {
-        let records = cluster.read_all_from(id).await;
+        let mut records = cluster.read_all_from(id).await;
+        records.retain(|r| r.seq <= upto);
         let log: Vec<(u64, Vec<u8>)> = records.iter().map(|r| (r.seq, r.txid.to_vec())).collect();
         for (i, (seq, _)) in log.iter().enumerate() {
             assert_eq!(*seq, i as u64 + 1, "node {id}: sequences must be dense");
@@ -79,7 +86,20 @@ async fn check_logs(cluster: &TestCluster, ids: &[u64], acks: &BTreeMap<String, 
             Some(r) => assert_eq!(r, &log, "node {id} differs from node {}", ids[0]),
         }
     }
-    reference.map(|r| r.len() as u64).unwrap_or(0)
+    // Client records only: the cluster's key announcements (txids `_keys/…`) are not counted.
+    reference
+        .map(|r| r.iter().filter(|(_, txid)| !txid.starts_with(b"_")).count() as u64)
+        .unwrap_or(0)
+}
+
+/// How many of the first `upto` seqs hold the cluster's own records (key announcements).
+async fn system_records(cluster: &TestCluster, upto: u64) -> u64 {
+    let keys = cluster
+        .client()
+        .read(1, 10_000, Some("_keys"), false)
+        .await
+        .expect("read _keys");
+    keys.records.iter().filter(|r| r.seq <= upto).count() as u64
 }
 
 /// 1,000 concurrent appends read back identically from every node; kill -9 of the leader
@@ -118,9 +138,10 @@ async fn replicated_appends_survive_leader_kill_and_full_restart() {
     assert_eq!(snapshot.len(), 1000);
     let seqs: HashSet<u64> = snapshot.values().copied().collect();
     assert_eq!(seqs.len(), 1000, "every append got its own seq");
-    assert_eq!(*seqs.iter().max().unwrap(), 1000, "sequences are dense");
+    let max = *seqs.iter().max().unwrap();
+    assert_eq!(max, 1000 + system_records(&cluster, max).await, "sequences are dense");
     for id in 1..=3 {
-        cluster.wait_for_seq(id, 1000, CATCH_UP_WAIT).await;
+        cluster.wait_for_seq(id, max, CATCH_UP_WAIT).await;
     }
     assert_eq!(check_logs(&cluster, &[1, 2, 3], &snapshot).await, 1000);
 
@@ -210,6 +231,85 @@ async fn replicated_appends_survive_leader_kill_and_full_restart() {
     check_logs(&cluster, &[1, 2, 3], &acked).await;
 }
 
+/// Keys rotate through the log under load (a data key every second, a
+/// signing key every two), the leader is killed with -9 while rotating and
+/// the whole cluster is killed at the end: every acknowledged record reads
+/// back, identically, on every node, under whichever key sealed it, and
+/// the log lists the rotated keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_rotate_under_load_and_kill() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = TestCluster::start_with_ids(
+        &[11, 2_000, 4_000_000_000],
+        &["--data-key-rotate-s", "1", "--signing-key-rotate-s", "2"],
+    );
+    let first_leader = cluster.wait_for_leader(LEADER_WAIT).await;
+    let acks: Acks = Arc::default();
+    async fn load(cluster: &TestCluster, prefix: &str, seconds: u64, acks: &Acks) {
+        let stop = Instant::now() + Duration::from_secs(seconds);
+        let tasks: Vec<_> = (0..4)
+            .map(|w| {
+                tokio::spawn(append_until(
+                    cluster.client(),
+                    format!("{prefix}{w}"),
+                    stop,
+                    acks.clone(),
+                ))
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+    }
+    load(&cluster, "a", 3, &acks).await;
+    // Mid-rotation: a data key is due every second.
+    cluster.kill(first_leader);
+    load(&cluster, "b", 3, &acks).await;
+    cluster.start_node(first_leader);
+    load(&cluster, "c", 2, &acks).await;
+    for id in cluster.ids() {
+        cluster.kill(id);
+    }
+    for id in cluster.ids() {
+        cluster.start_node(id);
+    }
+    cluster.wait_for_leader(LEADER_WAIT).await;
+    let last = cluster
+        .client()
+        .append_one("orders", b"after-restart", b"fine")
+        .await
+        .expect("append after a full kill");
+    acks.lock().unwrap().insert("after-restart".into(), last.seq);
+    for id in cluster.ids() {
+        cluster.wait_for_seq(id, last.seq, CATCH_UP_WAIT).await;
+    }
+    let acked = acks.lock().unwrap().clone();
+    assert!(acked.len() > 20, "appends went through: {}", acked.len());
+    // Keys keep rotating every second: compare what was committed by the last ack.
+    assert_eq!(
+        check_logs_upto(&cluster, &cluster.ids(), &acked, last.seq).await,
+        acked.len() as u64
+    );
+
+    let keys = cluster
+        .client()
+        .read(1, 10_000, Some("_keys"), false)
+        .await
+        .expect("read the keys");
+    let data_keys = keys
+        .records
+        .iter()
+        .filter(|r| r.txid.starts_with(b"_keys/data/"))
+        .count();
+    let signing_keys = keys
+        .records
+        .iter()
+        .filter(|r| r.txid.starts_with(b"_keys/signing/"))
+        .count();
+    assert!(data_keys >= 4, "data keys rotated: {data_keys}\n{}", cluster.logs());
+    assert!(signing_keys >= 2, "signing keys rotated: {signing_keys}");
+}
+
 /// Malformed requests are INVALID_ARGUMENT with a clear message and change nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_inputs_are_rejected_and_change_nothing() {
@@ -218,7 +318,8 @@ async fn bad_inputs_are_rejected_and_change_nothing() {
     cluster.wait_for_leader(LEADER_WAIT).await;
     let client = cluster.client();
     let ok = client.append_one("orders", b"good-1", b"fine").await.unwrap();
-    assert_eq!(ok.seq, 1);
+    // Seqs before it are the cluster's key announcements (channel `_keys`).
+    let base = ok.seq;
 
     let record = |txid: &[u8], channel: &str, payload: usize| Record {
         txid: txid.to_vec().into(),
@@ -254,13 +355,17 @@ async fn bad_inputs_are_rejected_and_change_nothing() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(client.lookup(b"never-written", false).await.unwrap().is_none());
 
-    // Nothing changed: the log still holds exactly the one good record, and the next append is seq 2.
+    // Nothing changed: the log still holds exactly the one good record, and the next append follows it.
     let all = client.read(1, 100, None, false).await.unwrap();
-    assert_eq!(all.records.len(), 1);
-    assert_eq!(all.last_seq, 1);
-    assert_eq!(client.append_one("orders", b"good-2", b"fine").await.unwrap().seq, 2);
+    let clients: Vec<_> = all.records.iter().filter(|r| !r.channel.starts_with('_')).collect();
+    assert_eq!(clients.len(), 1);
+    assert_eq!(all.last_seq, base);
+    assert_eq!(
+        client.append_one("orders", b"good-2", b"fine").await.unwrap().seq,
+        base + 1
+    );
     let found = client.lookup(b"good-2", false).await.unwrap().unwrap();
-    assert_eq!(found.seq, 2);
+    assert_eq!(found.seq, base + 1);
     assert_eq!(&found.payload[..], b"fine");
 }
 
@@ -342,10 +447,23 @@ async fn the_wal_is_bounded_by_bytes() {
     cluster.wait_for_leader(LEADER_WAIT).await;
     let client = cluster.client();
     let mut acks = BTreeMap::new();
-    let payload = vec![7u8; 4096];
+    // Incompressible, so sealed batches (LZ4 first) are as large as the payload.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut payload = || -> Vec<u8> {
+        (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    let mut last = 0;
     for i in 0..400 {
         let txid = format!("big-{i}");
-        let result = client.append_one("orders", txid.as_bytes(), &payload).await.unwrap();
+        let result = client.append_one("orders", txid.as_bytes(), &payload()).await.unwrap();
+        last = result.seq;
         acks.insert(txid, result.seq);
     }
     // Staggered limits reach 1.5 × LIMIT; the active segment and one more
@@ -370,7 +488,7 @@ async fn the_wal_is_bounded_by_bytes() {
         assert!(node.purged_index > 0, "node {} purged nothing", node.id);
     }
     for id in cluster.ids() {
-        cluster.wait_for_seq(id, 400, CATCH_UP_WAIT).await;
+        cluster.wait_for_seq(id, last, CATCH_UP_WAIT).await;
     }
     assert_eq!(check_logs(&cluster, &[1, 2, 3], &acks).await, 400);
 }

@@ -257,7 +257,10 @@ async fn undecodable_and_oversize_requests() {
         .append_one("orders", b"after", b"fine")
         .await
         .expect("append");
-    assert_eq!(result.seq, 1, "no bad request wrote anything");
+    let all = cluster.client.read(1, 100, None, false).await.expect("read");
+    let clients: Vec<_> = all.records.iter().filter(|r| !r.channel.starts_with('_')).collect();
+    assert_eq!(clients.len(), 1, "no bad request wrote anything: {clients:?}");
+    assert_eq!(clients[0].seq, result.seq);
 }
 
 /// One message on a bidirectional stream to `path`; the replies up to the
@@ -465,7 +468,12 @@ async fn append_stream_answers_each_call() {
     settled(0.0, "the ended stream is still counted").await;
 
     let read = cluster.client.read(1, 100, None, false).await.expect("read");
-    let txids: Vec<_> = read.records.iter().map(|r| r.txid.clone()).collect();
+    let txids: Vec<_> = read
+        .records
+        .iter()
+        .filter(|r| !r.channel.starts_with('_'))
+        .map(|r| r.txid.clone())
+        .collect();
     assert_eq!(
         txids,
         vec![
@@ -632,4 +640,110 @@ async fn snapshot_purge_and_wal_metrics() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// An AppendEntries from the current leader (`term`, `leader`) whose log
+/// ends at `last_index`, carrying `frame` as the next entry: a request
+/// openraft would accept, as a peer message.
+fn append_entries_with(frame: txlog_raft::BatchFrame, term: u64, leader: u64, last_index: u64) -> Bytes {
+    use txlog_raft::openraft::testing::log_id;
+    use txlog_raft::TypeConfig;
+    let prev = log_id::<TypeConfig>(term, leader, last_index);
+    let request = txlog_raft::openraft::raft::AppendEntriesRequest::<TypeConfig> {
+        vote: txlog_raft::Vote::new_committed(term, leader),
+        prev_log_id: Some(prev),
+        entries: vec![txlog_raft::Entry {
+            log_id: log_id::<TypeConfig>(term, leader, last_index + 1),
+            payload: txlog_raft::openraft::EntryPayload::Normal(frame),
+        }],
+        leader_commit: Some(prev),
+    };
+    let body = postcard::to_allocvec(&request).expect("encode");
+    RaftMessage {
+        version: RAFT_MESSAGE_VERSION,
+        crc32: crc32fast::hash(&body),
+        body: body.into(),
+    }
+    .encode_to_vec()
+    .into()
+}
+
+/// A follower refuses, before its WAL, an entry that is plain, sealed under
+/// keys the cluster never announced, or a key announcement proven under
+/// another cluster's key file: PERMISSION_DENIED, counted, nothing written;
+/// the cluster goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_entries_never_reach_a_follower() {
+    use txlog_raft::BatchBody;
+    use txlog_raft::BatchFrame;
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(&[5, 700, 90_000]).await;
+    let ok = cluster
+        .client
+        .append_one("orders", b"real", b"fine")
+        .await
+        .expect("append");
+    let follower = cluster.follower().await;
+    let node = cluster.address(follower);
+    // The leader's last entry (its own, in its term) once the follower has it too.
+    let status = cluster.client.cluster_status().await.expect("status");
+    let (term, leader, last_index) = (status.term, status.leader_id.expect("a leader"), status.commit_index);
+    let rejected_before = cluster.metric(follower, "txlog_seal_rejected_batches_total").await;
+
+    let body = BatchBody {
+        created_ns: 1,
+        records: vec![txlog_storage::NewRecord {
+            txid: Bytes::from_static(b"forged"),
+            channel: "orders".into(),
+            payload: Bytes::from_static(b"FORGED PAYLOAD"),
+            client_time_ns: 0,
+        }],
+    };
+    let plain = BatchFrame::encode(1, &body);
+    let stranger_key = txlog_raft::DataKey::new(7, &[9; 32]);
+    let stranger = txlog_raft::Signer::new(8, &[10; 32]);
+    let with = txlog_raft::SealWith {
+        node_id: 1,
+        data_key: &stranger_key,
+        signer: &stranger,
+    };
+    let sealed_by_stranger = BatchFrame::seal(1, &body, &with, 1);
+    let foreign_kek = txlog_storage::KekFile {
+        keks: vec![txlog_storage::Kek {
+            id: 1,
+            created_ns: 0,
+            key: [42; 32],
+        }],
+    };
+    let foreign = txlog_raft::Keys::new(&foreign_kek);
+    let foreign_announcement = txlog_raft::KeyEvent::frame(1, &[foreign.new_data_key(1).expect("key")]);
+    for (what, frame, expected) in [
+        ("a plain batch", plain, "accepts only sealed batches"),
+        ("a batch under unknown keys", sealed_by_stranger, "unknown key"),
+        ("another cluster's data key", foreign_announcement, "does not unwrap"),
+    ] {
+        let message = append_entries_with(frame, term, leader, last_index);
+        let status = raw_unary(&node, "/txlog.v1.RaftService/AppendEntries", message)
+            .await
+            .expect_err(what);
+        assert_eq!(status.code(), Code::PermissionDenied, "{what}: {status:?}");
+        assert!(status.message().contains(expected), "{what}: {status:?}");
+    }
+    let rejected = cluster.metric(follower, "txlog_seal_rejected_batches_total").await;
+    assert_eq!(rejected - rejected_before, 3.0, "each refusal is counted");
+
+    // Nothing forged was written anywhere; the cluster still commits.
+    let next = cluster
+        .client
+        .append_one("orders", b"after", b"fine")
+        .await
+        .expect("append");
+    assert!(next.seq > ok.seq);
+    let read = cluster.client.read(1, 100, None, false).await.expect("read");
+    assert!(
+        read.records.iter().all(|r| &r.payload[..] != b"FORGED PAYLOAD"),
+        "{:?}",
+        read.records
+    );
+    assert!(cluster.metric(follower, "txlog_seal_verified_batches_total").await >= 1.0);
 }

@@ -643,7 +643,7 @@ async fn read_whole_log(cluster: &Cluster, i: usize) -> anyhow::Result<Vec<u64>>
             if record.seq != next {
                 bail!("n{} returned seq {} where {next} was expected", i + 1, record.seq);
             }
-            values.push(workload::payload_value(&record.payload));
+            values.push(workload::record_value(record));
             next += 1;
         }
         if response.records.is_empty() || next > response.last_seq {

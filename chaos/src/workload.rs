@@ -165,7 +165,21 @@ async fn append(
     unknown
 }
 
-/// The value a record carries; 0 (never appended, so the checker reports it) if it is not one.
+/// Values at and above this stand for records the cluster wrote itself (a
+/// reserved channel such as `_keys`): `SYSTEM_VALUE_BASE + seq`, unique per
+/// position, so nodes still agree on them, and never taken for an append.
+pub const SYSTEM_VALUE_BASE: u64 = 1 << 63;
+
+/// The value a record stands for: its payload's number, or a system value
+/// for a record on a reserved channel (those start with `_`).
+pub fn record_value(record: &txlog_proto::CommittedRecord) -> u64 {
+    if record.channel.starts_with('_') {
+        return SYSTEM_VALUE_BASE + record.seq;
+    }
+    payload_value(&record.payload)
+}
+
+/// The value a payload carries; 0 (never appended, so the checker reports it) if it is not one.
 pub fn payload_value(payload: &[u8]) -> u64 {
     std::str::from_utf8(payload)
         .ok()
@@ -205,7 +219,7 @@ async fn read(
                     values.push(0);
                     break;
                 }
-                values.push(payload_value(&record.payload));
+                values.push(record_value(record));
             }
             let last = response.last_seq.max(from + values.len() as u64 - 1);
             *last_seen = (*last_seen).max(last);

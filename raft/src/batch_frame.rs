@@ -12,9 +12,10 @@
 //! `flags` 0 is a plain body, `postcard(BatchBody)`. A sealed frame
 //! ([`BatchFrame::seal`], layout in [`crate::seal`]) sets
 //! [`seal::FLAG_SEALED`] (and [`seal::FLAG_COMPRESSED`] when LZ4 paid) and
-//! names its data and signing keys in `key_ids`; [`BatchFrame::open`] reads
-//! both kinds. The commit path still writes plain frames: sealing is not
-//! wired into it yet.
+//! names its data and signing keys in `key_ids`; [`BatchFrame::open`] opens
+//! it and [`BatchFrame::verify`] checks it without decompressing. In a sealed
+//! cluster every client batch is sealed; plain frames carry only key
+//! announcements (`crate::keys`).
 
 use std::fmt;
 
@@ -160,15 +161,26 @@ impl BatchFrame {
     /// origin node), tag, compression. A plain frame is refused: where
     /// frames are sealed, an unsealed one is a forgery.
     pub fn open(&self, keyring: &Keyring) -> Result<OpenedBatch, Error> {
+        self.open_with(keyring, seal::Signature::Check)
+    }
+
+    /// [`Self::open`] for a frame whose signature was checked before it was
+    /// persisted ([`Self::verify`] on receipt, or sealed here): CRC, key
+    /// origin and tag are checked again, the signature (the costly part) is
+    /// not.
+    pub fn open_verified(&self, keyring: &Keyring) -> Result<OpenedBatch, Error> {
+        self.open_with(keyring, seal::Signature::CheckedBefore)
+    }
+
+    fn open_with(&self, keyring: &Keyring, signature: seal::Signature) -> Result<OpenedBatch, Error> {
         let frame = self.parse()?;
         let plain = seal::open(
             &self.0[..HEADER_BYTES],
             frame.body,
-            frame.flags,
-            frame.key_ids,
-            frame.origin_node,
+            frame.keys(),
             keyring,
             BATCH_BYTES_MAX,
+            signature,
         )?;
         Ok(OpenedBatch {
             origin_node: frame.origin_node,
@@ -177,6 +189,26 @@ impl BatchFrame {
             count: frame.count,
             plain,
         })
+    }
+
+    /// Check a sealed frame without keeping its body: CRC, signature and
+    /// tag, as [`Self::open`] does, but no decompression. A follower runs it
+    /// on every entry before the entry reaches its WAL.
+    pub fn verify(&self, keyring: &Keyring) -> Result<(), Error> {
+        let frame = self.parse()?;
+        seal::authenticate(
+            &self.0[..HEADER_BYTES],
+            frame.body,
+            frame.keys(),
+            keyring,
+            seal::Signature::Check,
+        )
+        .map(drop)
+    }
+
+    /// Whether the header says the frame is sealed (before any check).
+    pub fn is_sealed(&self) -> bool {
+        self.0.get(5).is_some_and(|flags| flags & seal::FLAG_SEALED != 0)
     }
 
     fn parse(&self) -> Result<ParsedFrame<'_>, Error> {
@@ -267,6 +299,16 @@ struct ParsedFrame<'a> {
     key_ids: u64,
     count: usize,
     body: &'a [u8],
+}
+
+impl ParsedFrame<'_> {
+    fn keys(&self) -> seal::FrameKeys {
+        seal::FrameKeys {
+            flags: self.flags,
+            key_ids: self.key_ids,
+            origin_node: self.origin_node,
+        }
+    }
 }
 
 fn parse_body(plain: &[u8], count: usize) -> Result<BatchBodyRef<'_>, Error> {

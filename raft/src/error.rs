@@ -57,6 +57,11 @@ pub enum Error {
     #[error("{0}")]
     Diverged(String),
 
+    /// An entry's signature, tag or key announcement does not verify
+    /// against the keyring: forged, or sealed under keys this node lacks.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+
     /// Raft cannot serve the request now (shutting down, stopped).
     #[error("raft: {0}")]
     Unavailable(String),
@@ -99,6 +104,7 @@ impl Error {
             | Error::TooLarge(_)
             | Error::FailedPrecondition(_)
             | Error::Diverged(_)
+            | Error::Unauthorized(_)
             | Error::Internal(_) => false,
         }
     }
@@ -110,6 +116,7 @@ impl Error {
             Error::Corruption(_) | Error::Diverged(_) => Code::DataLoss,
             Error::TooLarge(_) => Code::ResourceExhausted,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::Unauthorized(_) => Code::PermissionDenied,
             Error::Aborted(_) => Code::Aborted,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Peer(status) => status.code(),
@@ -214,6 +221,7 @@ mod tests {
             (Error::TooLarge("big".into()), Code::ResourceExhausted),
             (Error::FailedPrecondition("gone".into()), Code::FailedPrecondition),
             (Error::Aborted("cut".into()), Code::Aborted),
+            (Error::Unauthorized("forged".into()), Code::PermissionDenied),
             (Error::Unavailable("stopped".into()), Code::Unavailable),
             (Error::Internal("bug".into()), Code::Internal),
             (Error::Peer(Status::not_found("x")), Code::NotFound),

@@ -5,7 +5,12 @@
 //! * [`TypeConfig`] (`type_config.rs`) — one Raft entry carries one
 //!   [`BatchFrame`] (`batch_frame.rs`): the leader groups concurrent appends
 //!   into a batch, so one fsync covers many records. The frame is versioned
-//!   and CRC'd; `flags`/`key_ids` are where sealing will go.
+//!   and CRC'd; a sealed one (`seal.rs`) is LZ4-compressed, AES-256-GCM
+//!   encrypted and ed25519-signed, naming its keys in `key_ids`.
+//! * [`Keys`] (`keys.rs`) — the keyring, announced through the log as
+//!   records on the reserved `_keys` channel; followers check every entry
+//!   against it before it reaches the WAL. [`Sealer`] (`sealer.rs`) — the
+//!   leader's signing seeds and durable nonce counters.
 //! * [`StateMachine`] (`state_machine.rs`) — applies batches to the
 //!   [`txlog_storage::RecordStore`] (record file plus sled indexes), assigning dense sequence numbers and
 //!   deduplicating by txid; builds and installs snapshots, whose files live
@@ -36,7 +41,8 @@
 //! * A snapshot is a fsynced file before openraft learns of it, so the WAL
 //!   is never purged behind something that is not durable.
 //! * Nothing from a peer reaches openraft or the disk before its CRC and
-//!   size limits are checked.
+//!   size limits are checked, and, in a sealed cluster, its signature and
+//!   tag (or, for a key announcement, its proof).
 //! * No file work runs on an async task: snapshot and delta files are read
 //!   and written on blocking threads.
 //!
@@ -49,11 +55,13 @@
 mod batch_frame;
 mod codec;
 mod error;
+mod keys;
 mod meta;
 mod network;
 mod raft_service;
 mod resync;
 mod seal;
+mod sealer;
 mod snapshot;
 mod state_machine;
 pub mod timing;
@@ -69,6 +77,16 @@ pub use batch_frame::BATCH_BYTES_MAX;
 pub use error::codec_status;
 pub use error::Error;
 pub use error::Result;
+pub use keys::DataKeyInfo;
+pub use keys::KeyEvent;
+pub use keys::KeyringSummary;
+pub use keys::Keys;
+pub use keys::SealCounts;
+pub use keys::SealStats;
+pub use keys::SigningAnnounce;
+pub use keys::SigningKeyInfo;
+pub use keys::SigningProof;
+pub use keys::KEYS_CHANNEL;
 pub use network::Network;
 pub use raft_service::LeaderContact;
 pub use raft_service::RaftServer;
@@ -84,6 +102,8 @@ pub use seal::random_key;
 pub use seal::DataKey;
 pub use seal::Keyring;
 pub use seal::Signer;
+pub use sealer::Sealer;
+pub use sealer::NONCE_RESERVE_BLOCK;
 pub use snapshot::Snapshot;
 pub use snapshot::SnapshotFile;
 pub use state_machine::wall_clock_ns;

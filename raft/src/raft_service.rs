@@ -2,6 +2,11 @@
 //!
 //! Every message is CRC-checked and decoded before openraft sees it; a
 //! message that fails is answered `INVALID_ARGUMENT` and changes nothing.
+//! In a sealed cluster every entry of an AppendEntries is checked too
+//! (`Keys::check_frame`: CRC, signature, tag, or a verified key event)
+//! before openraft, and so the WAL, sees any of them: a forged or damaged
+//! entry is refused (`PERMISSION_DENIED` or `INVALID_ARGUMENT`) with the
+//! whole request, which the leader then sends again.
 //! Incoming snapshots and deltas are handled by resync (`resync/receive.rs`).
 //! Every error becomes a `Status` through `From<Error> for Status`.
 
@@ -32,6 +37,7 @@ use crate::codec;
 use crate::error::codec_status;
 use crate::error::Error;
 use crate::error::Result;
+use crate::keys::Keys;
 use crate::resync;
 use crate::resync::ResyncFollower;
 use crate::state_machine::Raft;
@@ -41,6 +47,8 @@ use crate::type_config::TypeConfig;
 /// Serves openraft's peer RPCs for one node.
 pub struct RaftServer {
     raft: Raft,
+    /// The keyring entries are checked against, in a sealed cluster.
+    keys: Option<Arc<Keys>>,
     resync: ResyncFollower,
     contact: LeaderContact,
     /// Votes and pre-votes are refused until then (see `RaftServer::new`).
@@ -85,9 +93,16 @@ impl RaftServer {
     /// acknowledged the leader just before a crash could otherwise vote for
     /// a new leader at once, while the old leader still counts that
     /// acknowledgement and serves lease reads (`log_service::linearize`).
-    pub fn new(raft: Raft, reader: StateMachineReader, contact: LeaderContact, lease: std::time::Duration) -> Self {
+    pub fn new(
+        raft: Raft,
+        reader: StateMachineReader,
+        contact: LeaderContact,
+        lease: std::time::Duration,
+        keys: Option<Arc<Keys>>,
+    ) -> Self {
         RaftServer {
             raft,
+            keys,
             resync: ResyncFollower::new(reader),
             contact,
             votes_from: std::time::Instant::now() + lease,
@@ -129,6 +144,46 @@ fn decode<T: DeserializeOwned>(request: &Request<RaftMessage>) -> Result<T> {
     codec::decode(request.get_ref())
 }
 
+/// Check every entry of `req` against the keyring, in order (a key event
+/// may announce the key a later entry is sealed under). On a refusal,
+/// `req` keeps only the entries before the refused one, and the refusal is
+/// returned: see [`Refused`].
+fn check_entries(keys: Option<&Keys>, req: &mut AppendEntriesRequest<TypeConfig>) -> Option<Refused> {
+    let keys = keys?;
+    for (i, entry) in req.entries.iter().enumerate() {
+        if let openraft::EntryPayload::Normal(frame) = &entry.payload {
+            if let Err(err) = keys.check_frame(frame) {
+                tracing::warn!(log_id = %entry.log_id, leader = ?req.vote, %err, "refusing an entry before it reaches the WAL");
+                req.entries.truncate(i);
+                return Some(Refused(err));
+            }
+        }
+    }
+    None
+}
+
+/// An AppendEntries with an entry that failed its check. openraft still
+/// gets the request, cut before that entry, so that it judges the request
+/// as it would have: a follower whose log does not reach `prev_log_id` (one
+/// that needs a snapshot, and so lacks the keys announced before it) must
+/// answer `Conflict`, or the leader would never learn to send the snapshot.
+/// A `Conflict` or a higher vote goes back as openraft gave it; a success
+/// (of the checked entries only) becomes the refusal, so the leader never
+/// counts the refused entries as replicated and sends them again.
+struct Refused(Error);
+
+impl Refused {
+    fn judge(
+        self,
+        reply: openraft::raft::StreamAppendResult<TypeConfig>,
+    ) -> Result<openraft::raft::StreamAppendResult<TypeConfig>> {
+        match reply {
+            Ok(_) => Err(self.0),
+            refused_by_openraft => Ok(refused_by_openraft),
+        }
+    }
+}
+
 type RpcResult = std::result::Result<Response<RaftMessage>, Status>;
 type ReplyStream = Pin<Box<dyn Stream<Item = std::result::Result<RaftMessage, Status>> + Send>>;
 
@@ -137,13 +192,22 @@ impl RaftService for RaftServer {
     async fn append_entries(&self, request: Request<RaftMessage>) -> RpcResult {
         reply(
             async {
-                let req: AppendEntriesRequest<TypeConfig> = decode(&request)?;
+                let mut req: AppendEntriesRequest<TypeConfig> = decode(&request)?;
+                let refused = check_entries(self.keys.as_deref(), &mut req);
                 // Counted on receipt: a busy follower may answer after the leader's
                 // short heartbeat deadline (the call is then dropped), yet it has
                 // heard from a live leader. A deposed leader's message is answered
                 // with a higher vote and stops at once.
                 self.contact.touch();
-                self.raft.append_entries(req).await.map_err(raft_failed)
+                let prev = req.prev_log_id;
+                let last = req.entries.last().map(|e| e.log_id).or(prev);
+                let reply = self.raft.append_entries(req).await.map_err(raft_failed)?;
+                match refused {
+                    None => Ok(reply),
+                    Some(refused) => refused
+                        .judge(reply.into_stream_result(prev, last))
+                        .map(openraft::raft::AppendEntriesResponse::from),
+                }
             }
             .await,
         )
@@ -160,32 +224,55 @@ impl RaftService for RaftServer {
         request: Request<Streaming<RaftMessage>>,
     ) -> std::result::Result<Response<ReplyStream>, Status> {
         let refused: Arc<Mutex<Option<Status>>> = Arc::default();
+        // The request cut before a refused entry: its position in the
+        // stream, and the refusal its reply is judged by.
+        let cut: Arc<Mutex<Option<(usize, Refused)>>> = Arc::default();
         let contact = self.contact.clone();
+        let keys = self.keys.clone();
         let slot = refused.clone();
-        let requests = request.into_inner().scan((), move |_, message| {
-            // A message tonic could not decode is the sender's fault, as a
-            // bad body is (`codec_status`).
-            let decoded = match message {
-                Ok(m) => codec::decode::<AppendEntriesRequest<TypeConfig>>(&m).map_err(Status::from),
-                Err(status) => Err(codec_status(&status).unwrap_or(status)),
-            };
-            match decoded {
-                Ok(req) => {
-                    contact.touch();
-                    futures::future::ready(Some(req))
+        let cut_slot = cut.clone();
+        // (requests forwarded, whether one was cut)
+        let requests = request
+            .into_inner()
+            .scan((0usize, false), move |(forwarded, stopped), message| {
+                if *stopped {
+                    // Nothing after a refused entry reaches openraft.
+                    return futures::future::ready(None);
                 }
-                Err(status) => {
-                    *slot.lock().expect("refusal slot poisoned") = Some(status);
-                    futures::future::ready(None)
+                // A message tonic could not decode is the sender's fault, as a
+                // bad body is (`codec_status`).
+                let decoded = match message {
+                    Ok(m) => codec::decode::<AppendEntriesRequest<TypeConfig>>(&m).map_err(Status::from),
+                    Err(status) => Err(codec_status(&status).unwrap_or(status)),
+                };
+                match decoded {
+                    Ok(mut req) => {
+                        if let Some(refusal) = check_entries(keys.as_deref(), &mut req) {
+                            *cut_slot.lock().expect("cut slot poisoned") = Some((*forwarded, refusal));
+                            *stopped = true;
+                        }
+                        *forwarded += 1;
+                        contact.touch();
+                        futures::future::ready(Some(req))
+                    }
+                    Err(status) => {
+                        *slot.lock().expect("refusal slot poisoned") = Some(status);
+                        futures::future::ready(None)
+                    }
                 }
-            }
-        });
+            });
         let replies = self
             .raft
             .stream_append(requests)
-            .map(|reply| match reply {
-                Ok(result) => Ok(codec::encode(&result)),
-                Err(fatal) => Err(raft_failed(fatal).into()),
+            .enumerate()
+            .map(move |(i, reply)| {
+                let reply = reply.map_err(|fatal| Status::from(raft_failed(fatal)))?;
+                let mut cut = cut.lock().expect("cut slot poisoned");
+                if cut.as_ref().is_some_and(|(at, _)| *at == i) {
+                    let (_, refusal) = cut.take().expect("checked");
+                    return refusal.judge(reply).map(|r| codec::encode(&r)).map_err(Status::from);
+                }
+                Ok(codec::encode(&reply))
             })
             .chain(futures::stream::iter(std::iter::from_fn(move || {
                 refused.lock().expect("refusal slot poisoned").take().map(Err)

@@ -16,9 +16,8 @@
 //! - The nonce is `data key id u32 ‖ node id u32 ‖ counter u32` (big
 //!   endian). Two nodes never share one (node ids must fit in a u32 to
 //!   seal), and a node must never pass one counter value twice under one
-//!   key: the caller's duty. The commit path, when it seals, has to reserve
-//!   counter ranges durably before use and rotate the data key before the
-//!   counter wraps; that is not built yet.
+//!   key: the caller's duty, kept by `crate::sealer` (durable counter
+//!   reservations, a new data key long before the counter wraps).
 //! - The header is the AEAD's associated data, so a header changed on the
 //!   way (origin, count, key ids, flags) fails the tag as well as the
 //!   signature.
@@ -97,6 +96,10 @@ impl Signer {
 
     pub fn verifying_key(&self) -> ed25519_dalek::VerifyingKey {
         self.key.verifying_key()
+    }
+
+    pub(crate) fn signing_key(&self) -> &ed25519_dalek::SigningKey {
+        &self.key
     }
 }
 
@@ -208,15 +211,65 @@ const SIGNED_DOMAIN: &[u8; 16] = b"txlog batch v1\0\0";
 pub(crate) fn open(
     header: &[u8],
     sealed: &[u8],
-    flags: u8,
-    key_ids: u64,
-    origin_node: u64,
+    frame: FrameKeys,
     keyring: &Keyring,
     limit: usize,
+    signature: Signature,
 ) -> Result<Vec<u8>, Error> {
+    let plain = authenticate(header, sealed, frame, keyring, signature)?;
+    if frame.flags & FLAG_COMPRESSED == 0 {
+        return Ok(plain);
+    }
     let bad = |detail: String| Error::decode("sealed batch", detail);
+    let Some((size, _)) = plain.split_first_chunk::<4>() else {
+        return Err(bad("compressed body has no size".into()));
+    };
+    let size = u32::from_le_bytes(*size) as usize;
+    if size > limit {
+        return Err(bad(format!(
+            "compressed body claims {size} bytes; the limit is {limit}"
+        )));
+    }
+    lz4_flex::block::decompress_size_prepended(&plain).map_err(|e| bad(format!("lz4: {e}")))
+}
+
+/// Whether opening a frame checks its signature too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Signature {
+    Check,
+    /// Checked already, before the frame was persisted: applying an entry
+    /// from this node's own WAL re-checks its CRC and tag only.
+    CheckedBefore,
+}
+
+/// What a sealed frame's header says about its seal.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FrameKeys {
+    pub flags: u8,
+    pub key_ids: u64,
+    pub origin_node: u64,
+}
+
+/// Check a sealed frame's signature (by a key of its origin node) and its
+/// AEAD tag; returns the decrypted (possibly still compressed) plaintext.
+/// A key the keyring lacks, a signature or a tag that does not verify is
+/// [`Error::Unauthorized`]; a malformed seal is a decode error.
+pub(crate) fn authenticate(
+    header: &[u8],
+    sealed: &[u8],
+    frame: FrameKeys,
+    keyring: &Keyring,
+    signature: Signature,
+) -> Result<Vec<u8>, Error> {
+    let FrameKeys {
+        flags,
+        key_ids,
+        origin_node,
+    } = frame;
+    let bad = |detail: String| Error::decode("sealed batch", detail);
+    let refused = |detail: String| Error::Unauthorized(format!("sealed batch: {detail}"));
     if flags & FLAG_SEALED == 0 {
-        return Err(bad(format!("frame is not sealed (flags {flags:#x})")));
+        return Err(refused(format!("frame is not sealed (flags {flags:#x})")));
     }
     if sealed.len() < SEAL_OVERHEAD_BYTES {
         return Err(bad(format!(
@@ -229,42 +282,32 @@ pub(crate) fn open(
     let (key_node, verifying) = keyring
         .verifying
         .get(&signing_key_id)
-        .ok_or_else(|| bad(format!("signed by unknown key {signing_key_id}")))?;
+        .ok_or_else(|| refused(format!("signed by unknown key {signing_key_id}")))?;
     if *key_node != origin_node {
-        return Err(bad(format!(
+        return Err(refused(format!(
             "signed by key {signing_key_id} of node {key_node}, but the batch names node {origin_node}"
         )));
     }
-    let (signed, signature) = sealed.split_at(sealed.len() - SIGNATURE_BYTES);
-    let signature = ed25519_dalek::Signature::from_bytes(signature.try_into().expect("64 bytes"));
-    verifying
-        .verify_strict(&signed_digest(header, signed), &signature)
-        .map_err(|_| bad(format!("signature does not verify under key {signing_key_id}")))?;
+    let (signed, signature_bytes) = sealed.split_at(sealed.len() - SIGNATURE_BYTES);
+    if signature == Signature::Check {
+        let signature = ed25519_dalek::Signature::from_bytes(signature_bytes.try_into().expect("64 bytes"));
+        verifying
+            .verify_strict(&signed_digest(header, signed), &signature)
+            .map_err(|_| refused(format!("signature does not verify under key {signing_key_id}")))?;
+    }
     let key = keyring
         .data
         .get(&data_key_id)
-        .ok_or_else(|| bad(format!("encrypted under unknown data key {data_key_id}")))?;
+        .ok_or_else(|| refused(format!("encrypted under unknown data key {data_key_id}")))?;
     let (nonce, rest) = signed.split_at(NONCE_BYTES);
     let (ciphertext, tag) = rest.split_at(rest.len() - TAG_BYTES);
     let mut plain = ciphertext.to_vec();
     key.cipher
         .decrypt_in_place_detached(nonce.into(), header, &mut plain, tag.into())
         .map_err(|_| {
-            bad(format!(
+            refused(format!(
                 "authentication tag does not match under data key {data_key_id}"
             ))
         })?;
-    if flags & FLAG_COMPRESSED == 0 {
-        return Ok(plain);
-    }
-    let Some((size, _)) = plain.split_first_chunk::<4>() else {
-        return Err(bad("compressed body has no size".into()));
-    };
-    let size = u32::from_le_bytes(*size) as usize;
-    if size > limit {
-        return Err(bad(format!(
-            "compressed body claims {size} bytes; the limit is {limit}"
-        )));
-    }
-    lz4_flex::block::decompress_size_prepended(&plain).map_err(|e| bad(format!("lz4: {e}")))
+    Ok(plain)
 }

@@ -37,6 +37,8 @@ use txlog_storage::snapshot_file;
 use txlog_storage::RecordStore;
 use txlog_storage::SnapshotDir;
 
+use crate::keys::Keys;
+use crate::keys::KEYS_CHANNEL;
 use crate::meta;
 use crate::snapshot::snapshot_name;
 use crate::snapshot::Snapshot;
@@ -48,6 +50,8 @@ use crate::type_config::StoredMembership;
 use crate::type_config::TypeConfig;
 
 const SNAPSHOT_READ_CHUNK: usize = 4096;
+/// Key events read from the store per call when loading the keyring.
+const KEY_EVENTS_READ_MAX: usize = 1024;
 
 /// The Raft node type: txlog's types with this state machine.
 pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
@@ -61,6 +65,9 @@ struct AppliedState {
 
 struct Shared {
     store: RecordStore,
+    /// The keyring, in a sealed cluster: sealed batches are opened with it
+    /// and key events join it as they are applied.
+    keys: Option<Arc<Keys>>,
     snapshots: SnapshotDir,
     applied: Mutex<AppliedState>,
     current_snapshot: Mutex<Option<(SnapshotMeta, PathBuf)>>,
@@ -135,8 +142,15 @@ pub fn wall_clock_ns() -> u64 {
 }
 
 impl StateMachine {
-    /// Open the record store in `dir/records` and snapshots in `dir/snapshots`.
+    /// Open the record store in `dir/records` and snapshots in `dir/snapshots`,
+    /// for a cluster that does not seal its entries.
     pub fn open(dir: impl AsRef<Path>) -> io::Result<Self> {
+        Self::open_with_keys(dir, None)
+    }
+
+    /// [`Self::open`] for a sealed cluster when `keys` is given: the
+    /// applied key events in the store are loaded into it.
+    pub fn open_with_keys(dir: impl AsRef<Path>, keys: Option<Arc<Keys>>) -> io::Result<Self> {
         let dir = dir.as_ref();
         let store = RecordStore::open(dir.join("records"))?;
         // Opening the directory removes leftovers of interrupted transfers.
@@ -148,6 +162,7 @@ impl StateMachine {
         let (last_seq_tx, _) = watch::channel(last_seq);
         let shared = Arc::new(Shared {
             store,
+            keys,
             snapshots,
             applied: Mutex::new(AppliedState {
                 last_applied,
@@ -162,6 +177,7 @@ impl StateMachine {
         });
         let sm = StateMachine { shared };
         sm.recover_snapshot()?;
+        sm.load_keys()?;
         let applied = sm.shared.applied.lock().expect("sm lock poisoned").clone();
         tracing::info!(
             applied = ?applied.last_applied,
@@ -180,6 +196,26 @@ impl StateMachine {
     /// Snapshot files live here; received snapshots are staged here too.
     pub fn snapshot_dir(&self) -> PathBuf {
         self.shared.snapshots.path().to_path_buf()
+    }
+
+    /// Add the key events the store holds to the keyring (in a sealed
+    /// cluster): on open, and after an install brought new ones.
+    fn load_keys(&self) -> io::Result<()> {
+        let Some(keys) = &self.shared.keys else {
+            return Ok(());
+        };
+        let store = &self.shared.store;
+        let mut events = Vec::new();
+        let mut from = 1;
+        loop {
+            let records = store.read(from, KEY_EVENTS_READ_MAX, usize::MAX, Some(KEYS_CHANNEL))?;
+            let Some(last) = records.last() else { break };
+            from = last.seq + 1;
+            events.extend(records.into_iter().map(|r| (r.seq, r.payload.to_vec())));
+        }
+        let count = keys.load_applied(events).map_err(io::Error::from)?;
+        tracing::info!(key_events = count, "keyring loaded from the record store");
+        Ok(())
     }
 
     /// Find the newest valid snapshot; rebuild the store from it if the store is behind it.
@@ -363,6 +399,7 @@ impl StateMachine {
                 self.shared.full_installs.fetch_add(1, Ordering::Relaxed);
             }
         }
+        self.load_keys()?;
         let restored = started.elapsed();
         if target.is_file() {
             // The received file is a second copy of records the store now
@@ -408,37 +445,93 @@ fn apply_entry(
     batch: &mut txlog_storage::ApplyBatch<'_>,
     state: &mut AppliedState,
     entry: &crate::type_config::Entry,
+    keys: Option<&Keys>,
 ) -> io::Result<BatchResponse> {
     let log_id = entry.log_id();
-    Ok(match &entry.payload {
-        EntryPayload::Blank => BatchResponse::default(),
+    let frame = match &entry.payload {
+        EntryPayload::Blank => return Ok(BatchResponse::default()),
         EntryPayload::Membership(membership) => {
             state.membership = StoredMembership::new(Some(log_id), membership.clone());
-            BatchResponse::default()
+            return Ok(BatchResponse::default());
         }
-        EntryPayload::Normal(frame) => match frame.decode() {
+        EntryPayload::Normal(frame) => frame,
+    };
+    // Every node rejects the same batch the same way (the keyring is the
+    // same at the same index), so the order of what is applied is kept.
+    let reject = |err: crate::error::Error| {
+        tracing::error!(log_id = %log_id, %err, "rejecting batch entry");
+        Ok(BatchResponse {
+            outcomes: Vec::new(),
+            error: Some(err.to_string()),
+        })
+    };
+    match keys {
+        Some(keys) if frame.is_sealed() => {
+            let opened = match keys.open(frame) {
+                Ok(opened) => opened,
+                Err(err) => return reject(err),
+            };
+            match opened.body() {
+                Ok(body) => append_records(batch, log_id, opened.origin_node, &body, None),
+                Err(err) => reject(err),
+            }
+        }
+        _ => match frame.decode() {
             Ok(decoded) => {
-                let mut outcomes = Vec::with_capacity(decoded.body.records.len());
-                for &record in &decoded.body.records {
-                    outcomes.push(batch.append(
-                        record,
-                        log_id.index,
-                        log_id.leader_id.term,
-                        decoded.origin_node,
-                        decoded.body.created_ns,
-                    )?);
+                if let Some(keys) = keys {
+                    // In a sealed cluster a plain frame carries key events only.
+                    if let Err(err) = check_key_events(keys, &decoded.body) {
+                        return reject(err);
+                    }
                 }
-                BatchResponse { outcomes, error: None }
+                append_records(batch, log_id, decoded.origin_node, &decoded.body, keys)
             }
-            Err(err) => {
-                tracing::error!(log_id = %log_id, %err, "rejecting undecodable batch entry");
-                BatchResponse {
-                    outcomes: Vec::new(),
-                    error: Some(err.to_string()),
-                }
-            }
+            Err(err) => reject(err),
         },
-    })
+    }
+}
+
+/// A plain frame in a sealed cluster: every record a key event that verifies.
+fn check_key_events(keys: &Keys, body: &crate::batch_frame::BatchBodyRef<'_>) -> Result<(), crate::error::Error> {
+    for record in &body.records {
+        if record.channel != KEYS_CHANNEL {
+            return Err(crate::error::Error::Unauthorized(format!(
+                "plain batch with a record on channel {:?} in a sealed cluster",
+                record.channel
+            )));
+        }
+        keys.verify_payload(record.payload)?;
+    }
+    Ok(())
+}
+
+/// Append a batch's records; with `keys`, its key events join the keyring
+/// as applied (a duplicate announcement changes nothing).
+fn append_records(
+    batch: &mut txlog_storage::ApplyBatch<'_>,
+    log_id: LogId,
+    origin_node: u64,
+    body: &crate::batch_frame::BatchBodyRef<'_>,
+    keys: Option<&Keys>,
+) -> io::Result<BatchResponse> {
+    let mut outcomes = Vec::with_capacity(body.records.len());
+    for &record in &body.records {
+        let outcome = batch.append(
+            record,
+            log_id.index,
+            log_id.leader_id.term,
+            origin_node,
+            body.created_ns,
+        )?;
+        if let Some(keys) = keys {
+            if !outcome.duplicate {
+                keys.observe(record.payload, Some(outcome.seq))
+                    .map_err(io::Error::from)?;
+            }
+        }
+        outcomes.push(outcome);
+    }
+    Ok(BatchResponse { outcomes, error: None })
 }
 
 /// The responder of an applied entry and what it is told.
@@ -470,7 +563,7 @@ fn apply_items(shared: &Shared, items: Vec<EntryResponder<TypeConfig>>) -> io::R
                 tracing::warn!(applied = %last, next = %log_id, "gap in applied log indexes");
             }
         }
-        let response = apply_entry(&mut batch, &mut state, &entry)?;
+        let response = apply_entry(&mut batch, &mut state, &entry, shared.keys.as_deref())?;
         state.last_applied = Some(log_id);
         if let Some(responder) = responder {
             responses.push((responder, response));

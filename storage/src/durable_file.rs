@@ -27,17 +27,30 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
 
 /// Durably replace `path` with `body`. Returns only after file and directory are fsynced.
 pub(crate) fn write_atomic(path: &Path, magic: &[u8; 8], body: &[u8]) -> Result<()> {
+    write_atomic_mode(path, magic, body, 0o644)
+}
+
+/// [`write_atomic`] with the file created with `mode` (secrets use 0600:
+/// the temporary file never exists with wider permissions).
+pub(crate) fn write_atomic_mode(path: &Path, magic: &[u8; 8], body: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     assert!(
         body.len() as u64 <= u64::from(BODY_BYTES_MAX),
         "durable file body too large"
     );
     let tmp = path.with_extension("tmp");
     let bytes = frame_bytes(magic, body);
+    // A leftover temporary file keeps its old mode through `open`.
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(&tmp, e)),
+    }
     {
         let mut file = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
+            .mode(mode)
             .open(&tmp)
             .map_err(|e| Error::io(&tmp, e))?;
         file.write_all(&bytes).map_err(|e| Error::io(&tmp, e))?;

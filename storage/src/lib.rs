@@ -29,6 +29,10 @@
 //!   install (hard link or copy, fsync, rename, directory fsync), pruning of older
 //!   snapshots, and removal of leftovers on open. The Raft layer never
 //!   touches a file there itself.
+//! * Key files (`key_files.rs`) — the cluster's key-encryption keys
+//!   ([`KekFile`], `--key-file`), a node's signing seeds ([`SigningSeeds`])
+//!   and its durable nonce-counter reservations ([`NonceReservations`]);
+//!   secrets are written 0600 and refused when others may read them.
 //! * [`delta_file`] — the records a lagging follower is receiving in a delta
 //!   resync, staged so a broken stream resumes after the last whole record.
 //!
@@ -42,7 +46,7 @@
 //! Everything here is blocking IO: async callers run it on blocking threads.
 //!
 //! Deliberately left out: compression, encryption and signatures (they live in
-//! the batch frame, in `txlog-raft`), and any notion of Raft terms beyond what
+//! the batch frame, in `txlog-raft`; this crate only keeps their key files), and any notion of Raft terms beyond what
 //! openraft hands us.
 //!
 //! A failed `fsync` is fatal: the process aborts, because the page cache may
@@ -54,6 +58,7 @@ pub mod delta_file;
 mod durable_file;
 mod error;
 mod frame;
+mod key_files;
 mod linked_snapshot;
 mod log_store;
 mod meta_key;
@@ -66,6 +71,11 @@ pub mod snapshot_file;
 pub use durable_file::fsync_dir;
 pub use error::Error;
 pub use error::Result;
+pub use key_files::Kek;
+pub use key_files::KekFile;
+pub use key_files::NonceReservations;
+pub use key_files::SigningSeed;
+pub use key_files::SigningSeeds;
 pub use log_store::FsyncObserver;
 pub use log_store::LogStore;
 pub use log_store::LogStoreReader;

@@ -75,7 +75,13 @@ pub struct LocalCluster {
     exe: PathBuf,
     /// Each node in a process group of its own (see the crate docs).
     own_process_group: bool,
+    /// The cluster key file every node gets (`--key-file`), made with
+    /// `txlog keys init` before the first start; `None` runs unsealed.
+    key_file: Option<PathBuf>,
 }
+
+/// The key file's name, beside the nodes' data directories.
+pub const KEY_FILE: &str = "cluster.key";
 
 /// How one start of a node differs from the plain command (chaos runs use
 /// this for clock skew and network namespaces, tests for the log level).
@@ -130,11 +136,16 @@ impl LocalCluster {
             .map(|n| format!("{}={}@{}", n.id, n.region, n.address))
             .collect::<Vec<_>>()
             .join(",");
+        // Beside the first node's data dir: the nodes of one cluster share it.
+        let key_file = specs
+            .first()
+            .map(|n| n.data_dir.parent().unwrap_or(Path::new(".")).join(KEY_FILE));
         let mut cluster = LocalCluster {
             nodes: Vec::new(),
             peers,
             exe,
             own_process_group: true,
+            key_file,
         };
         for spec in specs {
             cluster.add(spec);
@@ -147,6 +158,41 @@ impl LocalCluster {
     pub fn in_caller_process_group(mut self) -> Self {
         self.own_process_group = false;
         self
+    }
+
+    /// Run the nodes unsealed (`--seal false`): only to measure what
+    /// sealing costs.
+    pub fn unsealed(mut self) -> Self {
+        self.key_file = None;
+        self
+    }
+
+    /// The key file the nodes get, if sealed.
+    pub fn key_file(&self) -> Option<&Path> {
+        self.key_file.as_deref()
+    }
+
+    /// Create the key file with `txlog keys init` unless it exists.
+    fn ensure_key_file(&self) -> anyhow::Result<()> {
+        let Some(path) = &self.key_file else {
+            return Ok(());
+        };
+        if path.exists() {
+            return Ok(());
+        }
+        let output = Command::new(&self.exe)
+            .args(["keys", "init", "--out"])
+            .arg(path)
+            .stdin(Stdio::null())
+            .output()
+            .context("run txlog keys init")?;
+        anyhow::ensure!(
+            output.status.success(),
+            "txlog keys init --out {} failed: {}",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        Ok(())
     }
 
     /// Add a node that is not running yet (start it with [`Self::start`]);
@@ -204,7 +250,12 @@ impl LocalCluster {
             .arg("--data-dir")
             .arg(&spec.data_dir)
             .args(membership)
-            .args(["--metrics-listen", spec.metrics.as_deref().unwrap_or("off")])
+            .args(["--metrics-listen", spec.metrics.as_deref().unwrap_or("off")]);
+        match &self.key_file {
+            Some(path) => command.arg("--key-file").arg(path),
+            None => command.args(["--seal", "false"]),
+        };
+        command
             .args(&spec.extra_args)
             .envs(launch.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
@@ -222,6 +273,8 @@ impl LocalCluster {
         let spec = &self.nodes[i].spec;
         anyhow::ensure!(self.nodes[i].child.is_none(), "node {} is already running", spec.id);
         std::fs::create_dir_all(&spec.data_dir).with_context(|| format!("create {}", spec.data_dir.display()))?;
+        self.ensure_key_file()?;
+        let spec = &self.nodes[i].spec;
         let log_path = spec.log_path();
         let log = OpenOptions::new()
             .create(true)
@@ -400,6 +453,8 @@ mod tests {
         assert_eq!(founder[peers + 1], "7=paris@127.0.0.1:7001,9=paris@127.0.0.1:7002");
         let advertise = founder.iter().position(|a| a == "--advertise").expect("--advertise");
         assert_eq!(founder[advertise + 1], "127.0.0.1:7001");
+        let key_file = founder.iter().position(|a| a == "--key-file").expect("--key-file");
+        assert_eq!(founder[key_file + 1], "/tmp/cluster.key", "beside the data dirs");
         let joining = args(&cluster.command(joiner, &Launch::default()));
         assert!(!joining.iter().any(|a| a == "--peers"), "{joining:?}");
         let join = joining.iter().position(|a| a == "--join").expect("--join");

@@ -58,6 +58,38 @@ pub enum Command {
     Admin(AdminArgs),
     /// Benchmarks: append load (default), failover time, resync bandwidth.
     Bench(Box<crate::bench::BenchCommand>),
+    /// Sealing keys: create the cluster key file, list the keys announced in the log.
+    Keys(KeysArgs),
+}
+
+#[derive(Args)]
+pub struct KeysArgs {
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Create a cluster key file: one AES-256 key-encryption key, mode 0600. Give the same
+    /// file to every node of the cluster with --key-file; data keys travel through the log
+    /// wrapped under it. Refuses to replace an existing file.
+    Init(KeysInitArgs),
+    /// List the keys announced in the log: signing keys (per node, newest current) and data
+    /// keys (the newest seals new entries), with age and the seq that announced each.
+    Status(KeysStatusArgs),
+}
+
+#[derive(Args)]
+pub struct KeysInitArgs {
+    /// Where to write the key file.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct KeysStatusArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 #[derive(Subcommand)]

@@ -99,12 +99,19 @@ fn print_banner(nodes: &LocalCluster, status: &ClusterStatus, took: Duration, op
             node.id, node.region, node.address, pid, role, metrics
         );
     }
+    if let Some(key_file) = nodes.key_file() {
+        println!(
+            "  entries sealed (LZ4, AES-256-GCM, ed25519) under the cluster key file {}",
+            key_file.display()
+        );
+    }
     println!();
     println!("try:");
     println!("  txlog append --channel order-book --txid order-1 'BUY 100 EURUSD 1.0842'");
     println!("  txlog read --from 1");
     println!("  txlog status");
     println!("  txlog tail --from 1");
+    println!("  txlog keys status");
     println!();
     println!("logs: {}/<region>/node.log    stop: Ctrl-C", options.data_dir.display());
 }

@@ -4,7 +4,7 @@
 //! * `node` — one server node (crate `txlog`, the server library);
 //! * `dev` — [`dev`]: a local three-region cluster of node processes;
 //! * `append`, `read`, `lookup`, `tail` — [`records`]; `status` — [`status`];
-//! * `admin …` — [`admin`]; `bench …` — [`bench`].
+//! * `admin …` — [`admin`]; `bench …` — [`bench`]; `keys …` — [`keys`].
 //!
 //! Flags and `--help` text are in [`args`]; logging and signal handling in
 //! [`process`].
@@ -14,6 +14,7 @@ mod args;
 mod bench;
 mod dev;
 mod duration;
+mod keys;
 mod process;
 mod records;
 mod status;
@@ -67,5 +68,6 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Status(args) => status::print_status(&args.cluster, false).await,
         Command::Admin(args) => admin::run(args.command).await,
         Command::Bench(command) => bench::run(*command).await,
+        Command::Keys(args) => keys::run(args.command).await,
     }
 }

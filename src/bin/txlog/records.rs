@@ -106,8 +106,20 @@ fn record_line(r: &CommittedRecord) -> String {
         r.channel,
         r.channel_seq,
         String::from_utf8_lossy(&r.txid),
-        String::from_utf8_lossy(&r.payload)
+        payload_text(r)
     )
+}
+
+/// The payload as text; a key announcement (binary) as what it announces.
+fn payload_text(r: &CommittedRecord) -> String {
+    if r.channel != txlog_raft::KEYS_CHANNEL {
+        return String::from_utf8_lossy(&r.payload).into_owned();
+    }
+    match txlog_raft::KeyEvent::decode(&r.payload) {
+        Ok(txlog_raft::KeyEvent::Signing(a)) => format!("<signing key {} of node {}>", a.id, a.node_id),
+        Ok(txlog_raft::KeyEvent::Data(a)) => format!("<data key {}, wrapped under KEK {}>", a.id, a.kek_id),
+        Err(err) => format!("<key event that does not decode: {err}>"),
+    }
 }
 
 fn record_json(r: &CommittedRecord) -> serde_json::Value {
@@ -116,7 +128,7 @@ fn record_json(r: &CommittedRecord) -> serde_json::Value {
         "channel": r.channel,
         "channel_seq": r.channel_seq,
         "txid": String::from_utf8_lossy(&r.txid),
-        "payload": String::from_utf8_lossy(&r.payload),
+        "payload": payload_text(r),
         "commit_time_ns": r.commit_time_ns,
         "log_index": r.log_index,
         "log_term": r.log_term,

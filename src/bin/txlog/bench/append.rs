@@ -111,6 +111,8 @@ impl BenchArgs {
 #[derive(Debug, serde::Serialize)]
 pub struct BenchReport {
     pub op: Op,
+    /// With `--local`: whether the nodes sealed their entries (`--no-seal` turns it off).
+    pub sealed: Option<bool>,
     pub clients: usize,
     pub connections: usize,
     pub pipeline: usize,
@@ -270,6 +272,7 @@ async fn load(args: &BenchArgs, client: &Client) -> anyhow::Result<BenchReport> 
     let records = requests * args.batch as u64;
     let report = BenchReport {
         op: args.op,
+        sealed: args.local.then_some(!args.common.no_seal),
         clients: args.clients,
         connections: args.connections,
         pipeline: args.pipeline,
@@ -424,8 +427,13 @@ fn print_report(report: &BenchReport, json: bool) -> anyhow::Result<()> {
     }
     let ms = |us: u64| us as f64 / 1000.0;
     println!(
-        "{:?}: clients {} on {} connection(s), pipeline {}, batch {}, record {} B, {:.1} s: requests {}, records {}, errors {}",
+        "{:?}{}: clients {} on {} connection(s), pipeline {}, batch {}, record {} B, {:.1} s: requests {}, records {}, errors {}",
         report.op,
+        match report.sealed {
+            Some(true) => " (sealed)",
+            Some(false) => " (unsealed, --no-seal)",
+            None => "",
+        },
         report.clients,
         report.connections,
         report.pipeline,

@@ -31,9 +31,14 @@ pub struct ClusterBenchArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Node ids of the three nodes (any distinct non-zero ids).
+    /// Node ids of the three nodes (any distinct non-zero ids; sealed clusters need ids that
+    /// fit in 32 bits).
     #[arg(long, default_value = "1,2,3", value_delimiter = ',')]
     pub node_ids: Vec<u64>,
+    /// Run the nodes unsealed (no LZ4, AES-256-GCM or ed25519), to measure what sealing costs
+    /// against the same command without it. A bench-only switch.
+    #[arg(long)]
+    pub no_seal: bool,
 }
 
 /// How a cluster bench fills the cluster: `clients` appenders, each sending
@@ -108,6 +113,9 @@ impl BenchCluster {
             });
         }
         let mut nodes = LocalCluster::new(specs)?;
+        if common.no_seal {
+            nodes = nodes.unsealed();
+        }
         for i in 0..3 {
             nodes.start(i)?;
         }
@@ -121,7 +129,11 @@ impl BenchCluster {
                 connect_timeout: Duration::from_millis(200),
             },
         )?;
-        eprintln!("cluster of 3 nodes starting in {}", dir.display());
+        eprintln!(
+            "cluster of 3 nodes starting in {} ({})",
+            dir.display(),
+            if common.no_seal { "unsealed" } else { "sealed" }
+        );
         Ok(BenchCluster {
             nodes,
             client,

@@ -1,0 +1,158 @@
+//! `txlog keys`: the cluster key file and the keyring in the log.
+//!
+//! * `init` writes a new key file (one AES-256 key-encryption key, mode
+//!   0600) that every node of one cluster is given with `--key-file`.
+//! * `status` reads the key announcements from the log (the reserved
+//!   `_keys` channel) and lists each key: kind, id, node, age, and the
+//!   sequence number that announced it.
+
+use std::path::Path;
+
+use anyhow::Context;
+use txlog_raft::KeyEvent;
+use txlog_raft::SigningProof;
+use txlog_raft::KEYS_CHANNEL;
+use txlog_storage::Kek;
+use txlog_storage::KekFile;
+
+use crate::args::ClusterArgs;
+use crate::args::KeysCommand;
+use crate::records::client;
+
+pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::Init(args) => {
+            init(&args.out)?;
+            println!(
+                "wrote {} (mode 0600): give the same file to every node with --key-file",
+                args.out.display()
+            );
+            Ok(())
+        }
+        KeysCommand::Status(args) => status(&args.cluster).await,
+    }
+}
+
+/// Write a new key file at `out`, refusing to replace one.
+pub fn init(out: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let kek = Kek {
+        id: 1,
+        created_ns: txlog_raft::wall_clock_ns(),
+        key: txlog_raft::random_key()?,
+    };
+    KekFile::create(out, kek)?;
+    Ok(())
+}
+
+/// Key events announced in the log, with their seqs.
+async fn key_events(cluster: &ClusterArgs) -> anyhow::Result<Vec<(u64, KeyEvent)>> {
+    let client = client(cluster)?;
+    let mut events = Vec::new();
+    let mut from = 1;
+    loop {
+        let page = client
+            .read(from, 1000, Some(KEYS_CHANNEL), false)
+            .await
+            .with_context(|| format!("no node of {} answered", cluster.cluster))?;
+        let Some(last) = page.records.last() else { break };
+        from = last.seq + 1;
+        for record in &page.records {
+            let event = KeyEvent::decode(&record.payload)
+                .with_context(|| format!("key event at seq {} does not decode", record.seq))?;
+            events.push((record.seq, event));
+        }
+    }
+    Ok(events)
+}
+
+async fn status(cluster: &ClusterArgs) -> anyhow::Result<()> {
+    let events = key_events(cluster).await?;
+    let now = txlog_raft::wall_clock_ns();
+    let age = |created_ns: u64| format_age(now.saturating_sub(created_ns) / 1_000_000_000);
+    let current_data = events.iter().rev().find_map(|(_, e)| match e {
+        KeyEvent::Data(a) => Some(a.id),
+        KeyEvent::Signing(_) => None,
+    });
+    let newest_signing: std::collections::HashMap<u64, u32> = events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            KeyEvent::Signing(a) => Some((a.node_id, a.id)),
+            KeyEvent::Data(_) => None,
+        })
+        .collect();
+    if cluster.json {
+        let rows: Vec<serde_json::Value> = events
+            .iter()
+            .map(|(seq, e)| match e {
+                KeyEvent::Signing(a) => serde_json::json!({
+                    "kind": "signing", "id": a.id, "node": a.node_id, "created_ns": a.created_ns, "seq": seq,
+                    "current": newest_signing.get(&a.node_id) == Some(&a.id),
+                    "proof": proof_name(&a.proof),
+                }),
+                KeyEvent::Data(a) => serde_json::json!({
+                    "kind": "data", "id": a.id, "node": a.by_node, "created_ns": a.created_ns, "seq": seq,
+                    "current": current_data == Some(a.id), "kek": a.kek_id,
+                }),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if events.is_empty() {
+        println!("no keys in the log yet (the cluster is unsealed, or its first leader has not announced them)");
+        return Ok(());
+    }
+    println!(
+        "{:<8} {:>10} {:>6} {:>9} {:>10}  NOTE",
+        "KIND", "ID", "NODE", "AGE", "SEQ"
+    );
+    for (seq, event) in &events {
+        let (kind, id, node, created, note) = match event {
+            KeyEvent::Signing(a) => {
+                let current = if newest_signing.get(&a.node_id) == Some(&a.id) {
+                    "current, "
+                } else {
+                    ""
+                };
+                (
+                    "signing",
+                    a.id,
+                    a.node_id,
+                    a.created_ns,
+                    format!("{current}{}", proof_name(&a.proof)),
+                )
+            }
+            KeyEvent::Data(a) => {
+                let current = if current_data == Some(a.id) { "current, " } else { "" };
+                (
+                    "data",
+                    a.id,
+                    a.by_node,
+                    a.created_ns,
+                    format!("{current}wrapped under KEK {}", a.kek_id),
+                )
+            }
+        };
+        println!("{kind:<8} {id:>10} {node:>6} {:>9} {seq:>10}  {note}", age(created));
+    }
+    Ok(())
+}
+
+fn proof_name(proof: &SigningProof) -> String {
+    match proof {
+        SigningProof::Kek { kek_id, .. } => format!("first key, proven under KEK {kek_id}"),
+        SigningProof::Previous { id, .. } => format!("signed by previous key {id}"),
+    }
+}
+
+fn format_age(s: u64) -> String {
+    match s {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
