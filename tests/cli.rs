@@ -48,7 +48,26 @@ fn free_port_block() -> u16 {
 }
 
 /// Start `txlog dev` and wait for its "cluster is up" line.
-fn start_dev(data_dir: &std::path::Path, base_port: u16) -> (Child, String) {
+/// A running `txlog dev`; dropped (a failed assertion), it is stopped with
+/// SIGTERM so that it stops its nodes: a killed `txlog dev` would leave them
+/// running, each in its own process group.
+struct DevProcess(Option<Child>);
+
+impl Drop for DevProcess {
+    fn drop(&mut self) {
+        let Some(mut child) = self.0.take() else { return };
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn start_dev(data_dir: &std::path::Path, base_port: u16) -> (DevProcess, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_txlog"))
         .arg("dev")
         .arg("--data-dir")
@@ -73,16 +92,16 @@ fn start_dev(data_dir: &std::path::Path, base_port: u16) -> (Child, String) {
             banner.push_str(&line);
             banner.push('\n');
             if line.starts_with("logs:") {
-                return (child, banner);
+                return (DevProcess(Some(child)), banner);
             }
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(DevProcess(Some(child)));
     panic!("txlog dev did not come up; output so far:\n{banner}");
 }
 
-fn stop_dev(mut child: Child) {
+fn stop_dev(mut dev: DevProcess) {
+    let mut child = dev.0.take().expect("running");
     // SAFETY: kill(2) on our own child.
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
