@@ -366,7 +366,7 @@ impl NodeConfig {
                 "snapshot_wal_bytes_max must be 0 (off) or at least twice segment_bytes_max ({two_segments})"
             )));
         }
-        let sealing = sealing_of(&s, id)?;
+        let sealing = sealing_of(&s)?;
         Ok(NodeConfig {
             id,
             region,
@@ -391,8 +391,8 @@ impl NodeConfig {
 }
 
 /// The sealing settings, `None` when sealing is off; a sealed node needs
-/// a key file and an id that fits the nonce's 32 bits.
-fn sealing_of(s: &NodeSettings, id: u64) -> Result<Option<Sealing>> {
+/// a key file.
+fn sealing_of(s: &NodeSettings) -> Result<Option<Sealing>> {
     if s.seal == Some(false) {
         return Ok(None);
     }
@@ -403,12 +403,6 @@ fn sealing_of(s: &NodeSettings, id: u64) -> Result<Option<Sealing>> {
                 .into(),
         )
     })?;
-    if u32::try_from(id).is_err() {
-        return Err(Error::Config(format!(
-            "node id {id} does not fit in 32 bits: a sealed cluster needs node ids from 1 to {}",
-            u32::MAX
-        )));
-    }
     let positive = |name: &str, value: Option<u64>, default: u64| -> Result<std::time::Duration> {
         match value.unwrap_or(default) {
             0 => Err(Error::Config(format!("{name} must be at least 1"))),
@@ -571,8 +565,8 @@ mod tests {
         assert_eq!(wal(1 << 30, None).unwrap(), 2 << 30);
     }
 
-    /// Sealing is on by default and then needs a key file and a 32-bit node
-    /// id; rotation periods default and refuse zero.
+    /// Sealing is on by default and then needs a key file (any node id
+    /// will do); rotation periods default and refuse zero.
     #[test]
     fn sealing_needs_a_key_file_and_a_small_id() {
         let resolve = |settings: NodeSettings| NodeConfig::resolve(settings, NodeSettings::default());
@@ -587,11 +581,9 @@ mod tests {
             key_file: Some("k".into()),
             ..Default::default()
         };
-        let sealing = resolve(sealed(u64::from(u32::MAX))).unwrap().sealing.unwrap();
+        let sealing = resolve(sealed(1 << 40)).unwrap().sealing.unwrap();
         assert_eq!(sealing.data_key_rotate.as_secs(), DATA_KEY_ROTATE_S_DEFAULT);
         assert_eq!(sealing.signing_key_rotate.as_secs(), SIGNING_KEY_ROTATE_S_DEFAULT);
-        let err = resolve(sealed(1 << 32)).unwrap_err();
-        assert!(err.to_string().contains("32 bits"), "{err}");
         let zero = NodeSettings {
             data_key_rotate_s: Some(0),
             ..sealed(1)

@@ -13,11 +13,11 @@
 //! - The plaintext is the batch body, LZ4-compressed (size-prepended
 //!   block) when that saves at least [`COMPRESS_SAVING_MIN_PERCENT`] %,
 //!   stored as is otherwise.
-//! - The nonce is `data key id u32 ‖ node id u32 ‖ counter u32` (big
-//!   endian). Two nodes never share one (node ids must fit in a u32 to
-//!   seal), and a node must never pass one counter value twice under one
-//!   key: the caller's duty, kept by `crate::sealer` (durable counter
-//!   reservations, a new data key long before the counter wraps).
+//! - The nonce is `data key id u32 ‖ node id (low 32 bits) ‖ counter u32`
+//!   (big endian). It must never repeat under one key: the caller's duty,
+//!   kept by `crate::sealer` (only the node that announced a data key seals
+//!   under it; durable counter reservations; a new data key long before
+//!   the counter wraps).
 //! - The header is the AEAD's associated data, so a header changed on the
 //!   way (origin, count, key ids, flags) fails the tag as well as the
 //!   signature.

@@ -62,12 +62,10 @@ struct SealerState {
 impl Sealer {
     /// Read the node's seeds and nonce reservations from `data_dir`.
     pub fn open(node_id: u64, data_dir: &Path, keys: Arc<Keys>) -> Result<Sealer, Error> {
-        let nonce_node = u32::try_from(node_id).map_err(|_| {
-            Error::InvalidInput(format!(
-                "node id {node_id} does not fit in 32 bits: a sealed cluster needs node ids from 1 to {}",
-                u32::MAX
-            ))
-        })?;
+        // The nonce's node field names the sealer; it need not be unique
+        // (ids are u64): no two nodes ever seal under one data key, since a
+        // node seals only under a key it announced itself.
+        let nonce_node = node_id as u32;
         let seeds = SigningSeeds::load(data_dir)?;
         let reservations = NonceReservations::load(data_dir)?;
         Ok(Sealer {
@@ -395,12 +393,25 @@ mod tests {
         }
     }
 
-    /// Node ids over 32 bits cannot seal: the nonce holds 32.
+    /// Two nodes whose ids agree in their low 32 bits (the nonce's node
+    /// field) never share a nonce: each seals only under its own data key.
     #[test]
-    fn node_id_must_fit_the_nonce() {
-        let dir = tempfile::tempdir().unwrap();
-        let err = Sealer::open(1 << 32, dir.path(), keys()).err().unwrap().to_string();
-        assert!(err.contains("does not fit in 32 bits"), "{err}");
+    fn node_ids_over_32_bits_seal_under_their_own_keys() {
+        let keys = keys();
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = Sealer::open(7, a_dir.path(), keys.clone()).unwrap();
+        let b = Sealer::open(7 + (1 << 32), b_dir.path(), keys.clone()).unwrap();
+        let mut seq = 0;
+        let events = a.due_events(Duration::from_secs(60), Duration::from_secs(60)).unwrap();
+        apply(&keys, &events, &mut seq);
+        let from_a = a.seal(&body()).unwrap();
+        assert!(b.seal(&body()).is_err(), "b may not seal under a's data key");
+        let events = b.due_events(Duration::from_secs(60), Duration::from_secs(60)).unwrap();
+        apply(&keys, &events, &mut seq);
+        let from_b = b.seal(&body()).unwrap();
+        assert_ne!(from_a.0[32..36], from_b.0[32..36], "different data keys");
+        keys.check_frame(&from_a).unwrap();
+        keys.check_frame(&from_b).unwrap();
     }
 
     /// After a restart, counters resume past the durable reservation: no

@@ -31,8 +31,7 @@ pub struct ClusterBenchArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Node ids of the three nodes (any distinct non-zero ids; sealed clusters need ids that
-    /// fit in 32 bits).
+    /// Node ids of the three nodes (any distinct non-zero ids).
     #[arg(long, default_value = "1,2,3", value_delimiter = ',')]
     pub node_ids: Vec<u64>,
     /// Run the nodes unsealed (no LZ4, AES-256-GCM or ed25519), to measure what sealing costs
