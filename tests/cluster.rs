@@ -92,6 +92,30 @@ async fn check_logs_upto(cluster: &TestCluster, ids: &[u64], acks: &BTreeMap<Str
         .unwrap_or(0)
 }
 
+/// `kill -9` every node at once and restart them all; once there is a
+/// leader, append `txid` (acknowledged into `acks`) and wait until every
+/// node has it. Returns its seq.
+async fn kill_all_then_append(cluster: &mut TestCluster, txid: &str, acks: &Acks) -> u64 {
+    for id in cluster.ids() {
+        cluster.kill(id);
+    }
+    for id in cluster.ids() {
+        cluster.start_node(id);
+    }
+    cluster.wait_for_leader(LEADER_WAIT).await;
+    let seq = cluster
+        .client()
+        .append_one("orders", txid.as_bytes(), b"after a full kill")
+        .await
+        .unwrap_or_else(|e| panic!("append {txid} after a full kill: {e}"))
+        .seq;
+    acks.lock().unwrap().insert(txid.into(), seq);
+    for id in cluster.ids() {
+        cluster.wait_for_seq(id, seq, CATCH_UP_WAIT).await;
+    }
+    seq
+}
+
 /// How many of the first `upto` seqs hold the cluster's own records (key announcements).
 async fn system_records(cluster: &TestCluster, upto: u64) -> u64 {
     let keys = cluster
@@ -211,23 +235,8 @@ async fn replicated_appends_survive_leader_kill_and_full_restart() {
     );
 
     // Phase 4: kill -9 every node at once, restart all: nothing acknowledged is lost.
-    for id in 1..=3 {
-        cluster.kill(id);
-    }
-    for id in 1..=3 {
-        cluster.start_node(id);
-    }
-    cluster.wait_for_leader(LEADER_WAIT).await;
-    let last_after = cluster
-        .client()
-        .append_one("orders", b"after-full-restart", b"x")
-        .await
-        .unwrap();
-    acks.lock().unwrap().insert("after-full-restart".into(), last_after.seq);
+    kill_all_then_append(&mut cluster, "after-full-restart", &acks).await;
     let acked = acks.lock().unwrap().clone();
-    for id in 1..=3 {
-        cluster.wait_for_seq(id, last_after.seq, CATCH_UP_WAIT).await;
-    }
     check_logs(&cluster, &[1, 2, 3], &acked).await;
 }
 
@@ -267,27 +276,12 @@ async fn keys_rotate_under_load_and_kill() {
     load(&cluster, "b", 3, &acks).await;
     cluster.start_node(first_leader);
     load(&cluster, "c", 2, &acks).await;
-    for id in cluster.ids() {
-        cluster.kill(id);
-    }
-    for id in cluster.ids() {
-        cluster.start_node(id);
-    }
-    cluster.wait_for_leader(LEADER_WAIT).await;
-    let last = cluster
-        .client()
-        .append_one("orders", b"after-restart", b"fine")
-        .await
-        .expect("append after a full kill");
-    acks.lock().unwrap().insert("after-restart".into(), last.seq);
-    for id in cluster.ids() {
-        cluster.wait_for_seq(id, last.seq, CATCH_UP_WAIT).await;
-    }
+    let last = kill_all_then_append(&mut cluster, "after-restart", &acks).await;
     let acked = acks.lock().unwrap().clone();
     assert!(acked.len() > 20, "appends went through: {}", acked.len());
     // Keys keep rotating every second: compare what was committed by the last ack.
     assert_eq!(
-        check_logs_upto(&cluster, &cluster.ids(), &acked, last.seq).await,
+        check_logs_upto(&cluster, &cluster.ids(), &acked, last).await,
         acked.len() as u64
     );
 

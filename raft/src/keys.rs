@@ -52,6 +52,7 @@ use txlog_storage::NewRecord;
 use txlog_storage::SigningSeed;
 
 use crate::batch_frame::BatchBody;
+use crate::batch_frame::BatchBodyRef;
 use crate::batch_frame::BatchFrame;
 use crate::batch_frame::OpenedBatch;
 use crate::error::Error;
@@ -127,13 +128,7 @@ impl KeyEvent {
             )));
         }
         match bytes.split_first() {
-            Some((&KEY_EVENT_VERSION, body)) => {
-                let (event, rest) = postcard::take_from_bytes(body).map_err(|e| bad(e.to_string()))?;
-                if !rest.is_empty() {
-                    return Err(bad(format!("{} trailing bytes", rest.len())));
-                }
-                Ok(event)
-            }
+            Some((&KEY_EVENT_VERSION, body)) => txlog_storage::decode_whole(body).map_err(bad),
             Some((version, _)) => Err(bad(format!("unsupported version {version}"))),
             None => Err(bad("empty".into())),
         }
@@ -504,7 +499,7 @@ impl Keys {
 
     /// Check a key event payload against the KEKs and the keyring without
     /// adding it.
-    pub fn verify_payload(&self, payload: &[u8]) -> Result<(), Error> {
+    fn verify_payload(&self, payload: &[u8]) -> Result<(), Error> {
         let event = KeyEvent::decode(payload)?;
         let ring = self.ring.read().expect("keyring lock poisoned");
         self.verify(&ring, &event).map(drop)
@@ -591,14 +586,18 @@ impl Keys {
                 "plain batch with no key event in a sealed cluster".into(),
             ));
         }
-        for record in &decoded.body.records {
-            if record.channel != KEYS_CHANNEL {
-                return Err(Error::Unauthorized(format!(
-                    "plain batch with a record on channel {:?}: a sealed cluster accepts only sealed batches and key events",
-                    record.channel
-                )));
-            }
-            self.observe(record.payload, None)?;
+        for payload in key_event_payloads(&decoded.body)? {
+            self.observe(payload, None)?;
+        }
+        Ok(())
+    }
+
+    /// Check a plain batch at apply, before any of it is written: every
+    /// record a key event that verifies (they join the ring as they are
+    /// appended).
+    pub fn verify_key_batch(&self, body: &BatchBodyRef<'_>) -> Result<(), Error> {
+        for payload in key_event_payloads(body)? {
+            self.verify_payload(payload)?;
         }
         Ok(())
     }
@@ -632,24 +631,25 @@ impl Keys {
             .cloned()
     }
 
-    /// Every key the ring holds: signing keys by id, data keys by id (their
-    /// facts only), and the current data key.
-    pub fn summary(&self) -> KeyringSummary {
+    /// How many signing and data keys the ring holds.
+    #[cfg(test)]
+    pub(crate) fn key_counts(&self) -> (usize, usize) {
         let ring = self.ring.read().expect("keyring lock poisoned");
-        KeyringSummary {
-            signing: ring.signing.iter().map(|(id, i)| (*id, i.clone())).collect(),
-            data: ring.data.iter().map(|(id, (i, _))| (*id, i.clone())).collect(),
-            current_data: ring.current_data,
-        }
+        (ring.signing.len(), ring.data.len())
     }
 }
 
-/// What [`Keys::summary`] reports.
-#[derive(Debug, Clone)]
-pub struct KeyringSummary {
-    pub signing: Vec<(u32, SigningKeyInfo)>,
-    pub data: Vec<(u32, DataKeyInfo)>,
-    pub current_data: Option<u32>,
+/// The payloads of a plain batch in a sealed cluster, where a plain batch
+/// may carry key events only: refused whole if any record is on another
+/// channel. Receipt and apply judge plain batches by this one rule.
+fn key_event_payloads<'a>(body: &'a BatchBodyRef<'a>) -> Result<impl Iterator<Item = &'a [u8]>, Error> {
+    if let Some(record) = body.records.iter().find(|r| r.channel != KEYS_CHANNEL) {
+        return Err(Error::Unauthorized(format!(
+            "plain batch with a record on channel {:?}: a sealed cluster accepts only sealed batches and key events",
+            record.channel
+        )));
+    }
+    Ok(body.records.iter().map(|r| r.payload))
 }
 
 enum Material {
@@ -658,17 +658,31 @@ enum Material {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use txlog_storage::Kek;
 
     use super::*;
 
-    fn kek_file(key: u8) -> KekFile {
+    /// A key file holding KEK 1 of `key` bytes.
+    pub(crate) fn kek_file(key: u8) -> KekFile {
         KekFile {
             keks: vec![Kek {
                 id: 1,
                 created_ns: 0,
                 key: [key; 32],
+            }],
+        }
+    }
+
+    /// A batch of one 64-byte record on `orders`.
+    pub(crate) fn one_record_body() -> BatchBody {
+        BatchBody {
+            created_ns: 1,
+            records: vec![NewRecord {
+                txid: b"t".to_vec().into(),
+                channel: "orders".into(),
+                payload: vec![1; 64].into(),
+                client_time_ns: 0,
             }],
         }
     }
@@ -765,15 +779,7 @@ mod tests {
         keys.check_frame(&KeyEvent::frame(1000, &[signing, data.clone()]))
             .unwrap();
         let KeyEvent::Data(d) = &data else { unreachable!() };
-        let body = BatchBody {
-            created_ns: 1,
-            records: vec![NewRecord {
-                txid: b"t".to_vec().into(),
-                channel: "orders".into(),
-                payload: vec![1; 64].into(),
-                client_time_ns: 0,
-            }],
-        };
+        let body = one_record_body();
         let plain = BatchFrame::encode(1000, &body);
         let err = keys.check_frame(&plain).unwrap_err().to_string();
         assert!(err.contains("accepts only sealed batches"), "{err}");

@@ -79,7 +79,6 @@ pub use error::Error;
 pub use error::Result;
 pub use keys::DataKeyInfo;
 pub use keys::KeyEvent;
-pub use keys::KeyringSummary;
 pub use keys::Keys;
 pub use keys::SealCounts;
 pub use keys::SealStats;

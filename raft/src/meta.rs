@@ -36,11 +36,7 @@ pub(crate) fn encode_snapshot_meta(meta: &SnapshotMeta) -> Vec<u8> {
 pub(crate) fn decode_snapshot_meta(bytes: &[u8]) -> std::io::Result<SnapshotMeta> {
     let invalid =
         |detail: String| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("snapshot meta: {detail}"));
-    let (meta, rest) = postcard::take_from_bytes(bytes).map_err(|e| invalid(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(invalid(format!("{} trailing bytes", rest.len())));
-    }
-    Ok(meta)
+    txlog_storage::decode_whole(bytes).map_err(invalid)
 }
 
 #[cfg(test)]

@@ -59,6 +59,18 @@ struct SealerState {
     next: HashMap<u32, u64>,
 }
 
+impl SealerState {
+    /// The next counter to seal with under `data_key_id`: past this
+    /// process's last seal, or past the durable reservation after a restart
+    /// (anything below it may have been used before).
+    fn next_counter(&self, data_key_id: u32) -> u64 {
+        self.next
+            .get(&data_key_id)
+            .copied()
+            .unwrap_or_else(|| self.reservations.reserved(data_key_id))
+    }
+}
+
 impl Sealer {
     /// Read the node's seeds and nonce reservations from `data_dir`.
     pub fn open(node_id: u64, data_dir: &Path, keys: Arc<Keys>) -> Result<Sealer, Error> {
@@ -82,10 +94,6 @@ impl Sealer {
         })
     }
 
-    pub fn keys(&self) -> &Arc<Keys> {
-        &self.keys
-    }
-
     /// Seal `body` as this node's batch: one compression, encryption and
     /// signature. [`Error::Unavailable`] while the keys to seal under are
     /// not applied yet (a new leader announces them within moments).
@@ -105,11 +113,7 @@ impl Sealer {
                     "data key {id} was announced by another node; this leader is announcing its own"
                 )));
             }
-            let counter = match state.next.get(&id) {
-                Some(&next) => next,
-                // Anything below the reservation may have been used before a restart.
-                None => state.reservations.reserved(id),
-            };
+            let counter = state.next_counter(id);
             if counter > u64::from(u32::MAX) {
                 return Err(Error::Unavailable(format!(
                     "data key {id} has sealed 2^32 batches on this node; waiting for a new one"
@@ -132,13 +136,7 @@ impl Sealer {
 
     /// This node's newest signing key whose announcement is applied.
     fn applied_signer(&self, state: &mut SealerState) -> Option<Arc<Signer>> {
-        let seed = state
-            .seeds
-            .seeds
-            .iter()
-            .rev()
-            .find(|seed| self.is_applied_own(seed.id))?
-            .clone();
+        let seed = self.newest_applied_seed(state)?.clone();
         Some(
             state
                 .signers
@@ -146,6 +144,11 @@ impl Sealer {
                 .or_insert_with(|| Arc::new(Signer::new(seed.id, &seed.seed)))
                 .clone(),
         )
+    }
+
+    /// This node's newest seed whose public key the log has applied.
+    fn newest_applied_seed<'a>(&self, state: &'a SealerState) -> Option<&'a SigningSeed> {
+        state.seeds.seeds.iter().rev().find(|seed| self.is_applied_own(seed.id))
     }
 
     fn is_applied_own(&self, id: u32) -> bool {
@@ -163,50 +166,32 @@ impl Sealer {
         let now = crate::state_machine::wall_clock_ns();
         let age = |created_ns: u64| Duration::from_nanos(now.saturating_sub(created_ns));
         let mut events = Vec::new();
-        {
-            let mut state = self.state.lock().expect("sealer lock poisoned");
-            let newest = state.seeds.newest().cloned();
-            let applied_previous = |state: &SealerState, before: u32| -> Option<SigningSeed> {
-                state
-                    .seeds
-                    .seeds
-                    .iter()
-                    .rev()
-                    .filter(|s| s.id != before)
-                    .find(|s| self.is_applied_own(s.id))
-                    .cloned()
-            };
-            match newest {
-                Some(seed) if !self.is_applied_own(seed.id) => {
-                    // Written but not (yet) in the log: announce it (again;
-                    // a repeat is a duplicate txid and changes nothing).
-                    let previous = applied_previous(&state, seed.id);
-                    events.push(self.keys.announce_signing(self.node_id, &seed, previous.as_ref())?);
-                }
-                Some(seed) if age(seed.created_ns) < signing_rotate => {}
-                previous => {
-                    let seed = SigningSeed {
-                        id: self.keys.free_signing_id()?,
-                        created_ns: now,
-                        seed: crate::seal::random_key()?,
-                    };
-                    state.seeds.push(&self.data_dir, seed.clone())?;
-                    events.push(self.keys.announce_signing(self.node_id, &seed, previous.as_ref())?);
-                }
+        let mut state = self.state.lock().expect("sealer lock poisoned");
+        // A new key is signed by the newest one already in the log, if any.
+        let previous = self.newest_applied_seed(&state).cloned();
+        match state.seeds.newest().cloned() {
+            Some(seed) if !self.is_applied_own(seed.id) => {
+                // Written but not (yet) in the log: announce it (again; a
+                // repeat is a duplicate txid and changes nothing).
+                events.push(self.keys.announce_signing(self.node_id, &seed, previous.as_ref())?);
+            }
+            Some(seed) if age(seed.created_ns) < signing_rotate => {}
+            _ => {
+                let seed = SigningSeed {
+                    id: self.keys.free_signing_id()?,
+                    created_ns: now,
+                    seed: crate::seal::random_key()?,
+                };
+                state.seeds.push(&self.data_dir, seed.clone())?;
+                events.push(self.keys.announce_signing(self.node_id, &seed, previous.as_ref())?);
             }
         }
-        let mut state = self.state.lock().expect("sealer lock poisoned");
         let data_due = match self.keys.current_data_key() {
             None => true,
             Some((key, info)) => {
-                let next = state
-                    .next
-                    .get(&key.id())
-                    .copied()
-                    .unwrap_or_else(|| state.reservations.reserved(key.id()));
                 !state.reservations.contains(key.id())
                     || age(info.created_ns) >= data_rotate
-                    || next >= NONCE_COUNTER_ROTATE
+                    || state.next_counter(key.id()) >= NONCE_COUNTER_ROTATE
             }
         };
         if data_due {
@@ -242,32 +227,17 @@ impl Sealer {
 
 #[cfg(test)]
 mod tests {
-    use txlog_storage::Kek;
-    use txlog_storage::KekFile;
-    use txlog_storage::NewRecord;
+    use crate::keys::tests::kek_file;
+    use crate::keys::tests::one_record_body;
 
     use super::*;
 
     fn keys() -> Arc<Keys> {
-        Arc::new(Keys::new(&KekFile {
-            keks: vec![Kek {
-                id: 1,
-                created_ns: 0,
-                key: [1; 32],
-            }],
-        }))
+        Arc::new(Keys::new(&kek_file(1)))
     }
 
     fn body() -> BatchBody {
-        BatchBody {
-            created_ns: 1,
-            records: vec![NewRecord {
-                txid: b"t".to_vec().into(),
-                channel: "orders".into(),
-                payload: vec![1; 64].into(),
-                client_time_ns: 0,
-            }],
-        }
+        one_record_body()
     }
 
     /// Apply `events` as the state machine would, at seqs from `seq`.
@@ -374,19 +344,11 @@ mod tests {
             }
             frames.push(sealer.seal(&body()).unwrap());
         }
-        let summary = keys.summary();
-        assert_eq!(summary.data.len(), 1000);
-        assert_eq!(summary.signing.len(), 100);
+        assert_eq!(keys.key_counts(), (100, 1000), "signing and data keys");
         for frame in &frames {
             keys.check_frame(frame).unwrap();
         }
-        let rebuilt = Keys::new(&KekFile {
-            keks: vec![Kek {
-                id: 1,
-                created_ns: 0,
-                key: [1; 32],
-            }],
-        });
+        let rebuilt = Keys::new(&kek_file(1));
         assert_eq!(rebuilt.load_applied(applied).unwrap(), 1100);
         for frame in &frames {
             assert_eq!(rebuilt.open(frame).unwrap().body().unwrap().records.len(), 1);

@@ -480,7 +480,7 @@ fn apply_entry(
             Ok(decoded) => {
                 if let Some(keys) = keys {
                     // In a sealed cluster a plain frame carries key events only.
-                    if let Err(err) = check_key_events(keys, &decoded.body) {
+                    if let Err(err) = keys.verify_key_batch(&decoded.body) {
                         return reject(err);
                     }
                 }
@@ -489,20 +489,6 @@ fn apply_entry(
             Err(err) => reject(err),
         },
     }
-}
-
-/// A plain frame in a sealed cluster: every record a key event that verifies.
-fn check_key_events(keys: &Keys, body: &crate::batch_frame::BatchBodyRef<'_>) -> Result<(), crate::error::Error> {
-    for record in &body.records {
-        if record.channel != KEYS_CHANNEL {
-            return Err(crate::error::Error::Unauthorized(format!(
-                "plain batch with a record on channel {:?} in a sealed cluster",
-                record.channel
-            )));
-        }
-        keys.verify_payload(record.payload)?;
-    }
-    Ok(())
 }
 
 /// Append a batch's records; with `keys`, its key events join the keyring

@@ -204,11 +204,7 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(path: &Path, body: &[u8]) -> Result<T> {
-    let (value, rest) = postcard::take_from_bytes(body).map_err(|e| Error::corruption(path, e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(Error::corruption(path, format!("{} trailing bytes", rest.len())));
-    }
-    Ok(value)
+    crate::meta_key::decode_whole(body).map_err(|detail| Error::corruption(path, detail))
 }
 
 /// Refuse a secret file that group or others may read or write.

@@ -81,6 +81,7 @@ pub use log_store::LogStore;
 pub use log_store::LogStoreReader;
 pub use log_store::WalOptions;
 pub use log_store::REPLICATION_BYTES_MAX;
+pub use meta_key::decode_whole;
 pub use meta_key::MetaKey;
 pub use record_store::chain_next;
 pub use record_store::AppendOutcome;

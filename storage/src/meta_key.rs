@@ -78,15 +78,23 @@ impl<T: Serialize + DeserializeOwned> MetaKey<T> {
                 self.version
             )));
         }
-        let (value, rest) = postcard::take_from_bytes(body).map_err(|e| decode_error(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(decode_error(format!(
-                "{} trailing bytes: the value was written as another type",
-                rest.len()
-            )));
-        }
-        Ok(value)
+        decode_whole(body).map_err(decode_error)
     }
+}
+
+/// `postcard(T)` that must use every byte: a shape mismatch (a value
+/// written as another type) is an error, never a plausible wrong value (see
+/// the module doc). Every versioned value txlog decodes goes through here;
+/// the error is a message for the caller's own error type.
+pub fn decode_whole<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, String> {
+    let (value, rest) = postcard::take_from_bytes(bytes).map_err(|e| e.to_string())?;
+    if !rest.is_empty() {
+        return Err(format!(
+            "{} trailing bytes: the value was written as another type",
+            rest.len()
+        ));
+    }
+    Ok(value)
 }
 
 impl<T> Clone for MetaKey<T> {

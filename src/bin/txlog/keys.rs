@@ -68,10 +68,20 @@ async fn key_events(cluster: &ClusterArgs) -> anyhow::Result<Vec<(u64, KeyEvent)
     Ok(events)
 }
 
-async fn status(cluster: &ClusterArgs) -> anyhow::Result<()> {
-    let events = key_events(cluster).await?;
-    let now = txlog_raft::wall_clock_ns();
-    let age = |created_ns: u64| format_age(now.saturating_sub(created_ns) / 1_000_000_000);
+/// One announced key as `status` shows it.
+struct KeyRow<'a> {
+    seq: u64,
+    kind: &'static str,
+    id: u32,
+    node: u64,
+    created_ns: u64,
+    /// The newest signing key of its node, or the newest data key.
+    current: bool,
+    event: &'a KeyEvent,
+}
+
+/// The rows of `events`, in log order.
+fn key_rows(events: &[(u64, KeyEvent)]) -> Vec<KeyRow<'_>> {
     let current_data = events.iter().rev().find_map(|(_, e)| match e {
         KeyEvent::Data(a) => Some(a.id),
         KeyEvent::Signing(_) => None,
@@ -83,60 +93,74 @@ async fn status(cluster: &ClusterArgs) -> anyhow::Result<()> {
             KeyEvent::Data(_) => None,
         })
         .collect();
+    events
+        .iter()
+        .map(|(seq, event)| {
+            let (kind, id, node, created_ns, current) = match event {
+                KeyEvent::Signing(a) => (
+                    "signing",
+                    a.id,
+                    a.node_id,
+                    a.created_ns,
+                    newest_signing.get(&a.node_id) == Some(&a.id),
+                ),
+                KeyEvent::Data(a) => ("data", a.id, a.by_node, a.created_ns, current_data == Some(a.id)),
+            };
+            KeyRow {
+                seq: *seq,
+                kind,
+                id,
+                node,
+                created_ns,
+                current,
+                event,
+            }
+        })
+        .collect()
+}
+
+async fn status(cluster: &ClusterArgs) -> anyhow::Result<()> {
+    let events = key_events(cluster).await?;
+    let rows = key_rows(&events);
     if cluster.json {
-        let rows: Vec<serde_json::Value> = events
+        let rows: Vec<serde_json::Value> = rows
             .iter()
-            .map(|(seq, e)| match e {
-                KeyEvent::Signing(a) => serde_json::json!({
-                    "kind": "signing", "id": a.id, "node": a.node_id, "created_ns": a.created_ns, "seq": seq,
-                    "current": newest_signing.get(&a.node_id) == Some(&a.id),
-                    "proof": proof_name(&a.proof),
-                }),
-                KeyEvent::Data(a) => serde_json::json!({
-                    "kind": "data", "id": a.id, "node": a.by_node, "created_ns": a.created_ns, "seq": seq,
-                    "current": current_data == Some(a.id), "kek": a.kek_id,
-                }),
+            .map(|r| {
+                let mut row = serde_json::json!({
+                    "kind": r.kind, "id": r.id, "node": r.node, "created_ns": r.created_ns, "seq": r.seq,
+                    "current": r.current,
+                });
+                let (name, value) = match r.event {
+                    KeyEvent::Signing(a) => ("proof", serde_json::json!(proof_name(&a.proof))),
+                    KeyEvent::Data(a) => ("kek", serde_json::json!(a.kek_id)),
+                };
+                row[name] = value;
+                row
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    if events.is_empty() {
+    if rows.is_empty() {
         println!("no keys in the log yet (the cluster is unsealed, or its first leader has not announced them)");
         return Ok(());
     }
+    let now = txlog_raft::wall_clock_ns();
     println!(
         "{:<8} {:>10} {:>6} {:>9} {:>10}  NOTE",
         "KIND", "ID", "NODE", "AGE", "SEQ"
     );
-    for (seq, event) in &events {
-        let (kind, id, node, created, note) = match event {
-            KeyEvent::Signing(a) => {
-                let current = if newest_signing.get(&a.node_id) == Some(&a.id) {
-                    "current, "
-                } else {
-                    ""
-                };
-                (
-                    "signing",
-                    a.id,
-                    a.node_id,
-                    a.created_ns,
-                    format!("{current}{}", proof_name(&a.proof)),
-                )
-            }
-            KeyEvent::Data(a) => {
-                let current = if current_data == Some(a.id) { "current, " } else { "" };
-                (
-                    "data",
-                    a.id,
-                    a.by_node,
-                    a.created_ns,
-                    format!("{current}wrapped under KEK {}", a.kek_id),
-                )
-            }
+    for r in &rows {
+        let current = if r.current { "current, " } else { "" };
+        let note = match r.event {
+            KeyEvent::Signing(a) => proof_name(&a.proof),
+            KeyEvent::Data(a) => format!("wrapped under KEK {}", a.kek_id),
         };
-        println!("{kind:<8} {id:>10} {node:>6} {:>9} {seq:>10}  {note}", age(created));
+        let age = format_age(now.saturating_sub(r.created_ns) / 1_000_000_000);
+        println!(
+            "{:<8} {:>10} {:>6} {age:>9} {:>10}  {current}{note}",
+            r.kind, r.id, r.node, r.seq
+        );
     }
     Ok(())
 }
