@@ -622,23 +622,8 @@ impl RecordStore {
         // Taken before sled is read: a seq leaves it only once sled has it.
         let unindexed = self.indexer.seqs(channel);
         let sled_upto = unindexed.first().map_or(upto, |first| upto.min(first - 1));
-        let first_run = self
-            .tree
-            .range(channel_key(channel, 0)..=channel_key(channel, from_seq))
-            .next_back()
-            .transpose()?
-            .map(|(key, _)| key.to_vec());
-        let start = first_run.unwrap_or_else(|| channel_key(channel, from_seq));
-        for item in self.tree.range(start..=channel_key(channel, sled_upto)) {
-            let (_, run) = item?;
-            for seq in decode_channel_run(&run)? {
-                if seq < from_seq {
-                    continue;
-                }
-                if seq > sled_upto || !visit(seq)? {
-                    return Ok(());
-                }
-            }
+        if from_seq <= sled_upto && !self.for_each_indexed_seq(channel, from_seq, sled_upto, &mut visit)? {
+            return Ok(());
         }
         for seq in unindexed {
             if seq < from_seq {
@@ -649,6 +634,39 @@ impl RecordStore {
             }
         }
         Ok(())
+    }
+
+    /// [`Self::for_each_channel_seq`] over what sled holds; returns
+    /// `false` once `visit` has, `true` when the walk passed `upto`.
+    fn for_each_indexed_seq(
+        &self,
+        channel: &str,
+        from_seq: u64,
+        upto: u64,
+        visit: &mut impl FnMut(u64) -> Result<bool>,
+    ) -> Result<bool> {
+        let first_run = self
+            .tree
+            .range(channel_key(channel, 0)..=channel_key(channel, from_seq))
+            .next_back()
+            .transpose()?
+            .map(|(key, _)| key.to_vec());
+        let start = first_run.unwrap_or_else(|| channel_key(channel, from_seq));
+        for item in self.tree.range(start..=channel_key(channel, upto)) {
+            let (_, run) = item?;
+            for seq in decode_channel_run(&run)? {
+                if seq < from_seq {
+                    continue;
+                }
+                if seq > upto {
+                    return Ok(true);
+                }
+                if !visit(seq)? {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// Start an atomic group of changes.
@@ -1123,7 +1141,14 @@ mod tests {
                     if let Some(mid) = got.get(got.len() / 2) {
                         let tail = store.read(mid.seq, usize::MAX, usize::MAX, Some(channel)).unwrap();
                         assert_eq!(tail.first().map(|r| r.seq), Some(mid.seq));
+                        assert!(tail.len() >= got.len() - got.len() / 2);
                     }
+                    // A limit stops the read wherever it falls.
+                    let limited = store.read(1, 5, usize::MAX, Some(channel)).unwrap();
+                    let channel_seqs: Vec<u64> = limited.iter().map(|r| r.channel_seq).collect();
+                    // (Records appended since `got` was read may be among them.)
+                    assert!((got.len().min(5)..=5).contains(&limited.len()));
+                    assert_eq!(channel_seqs, (1..=limited.len() as u64).collect::<Vec<_>>());
                 }
                 assert_eq!(held, published, "every published record is on a channel");
                 reads += 1;
