@@ -13,6 +13,11 @@
 //! 100 ms), each node's RSS, with `--local` each node's data dir after a
 //! snapshot and compaction against the payload it holds, and one line
 //! comparing the run with the targets for its shape.
+//!
+//! `--payload` picks what records hold (one byte repeated, the `bench seal`
+//! corpora, or random bytes), since LZ4 decides much of what sealing costs;
+//! `--seal-overhead` runs the shape sealed and then unsealed, each on a
+//! fresh local cluster, and prints the ratio.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -30,6 +35,10 @@ use super::cluster::check_batch;
 use super::cluster::BenchCluster;
 use super::cluster::ClusterBenchArgs;
 use super::cluster::LoadArgs;
+use super::seal::fit;
+use super::seal::generate;
+use super::seal::Corpus;
+use super::seal::XorShift;
 use crate::duration::parse_duration;
 
 /// Requests in flight in one run, at most (`--clients` × `--pipeline`).
@@ -42,6 +51,47 @@ pub enum Op {
     Append,
     /// Read `--batch` records per request through the leader (linearizable).
     Read,
+}
+
+/// What the appended records hold.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Payload {
+    /// One byte repeated (LZ4 shrinks a batch to almost nothing).
+    Fill,
+    /// FIX-like text order messages (the `bench seal` corpus).
+    FixText,
+    /// JSON market-data ticks (the `bench seal` corpus).
+    JsonTicks,
+    /// Packed binary ticks (the `bench seal` corpus).
+    BinaryTicks,
+    /// Random bytes: nothing to compress, the worst case for sealing.
+    Random,
+}
+
+/// Distinct payloads the workers cycle through (each from its own offset).
+const PAYLOAD_POOL: u64 = 4096;
+
+impl Payload {
+    /// `count` payloads of `bytes` bytes, the same in every run.
+    fn generate(self, bytes: usize, count: u64) -> Vec<bytes::Bytes> {
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        (0..count)
+            .map(|i| {
+                let payload = match self {
+                    Payload::Fill => vec![b'x'; bytes],
+                    Payload::FixText => fit(generate(Corpus::FixText, i, &mut rng), bytes),
+                    Payload::JsonTicks => fit(generate(Corpus::JsonTicks, i, &mut rng), bytes),
+                    Payload::BinaryTicks => fit(generate(Corpus::BinaryTicks, i, &mut rng), bytes),
+                    Payload::Random => (0..bytes.div_ceil(8))
+                        .flat_map(|_| rng.next().to_le_bytes())
+                        .take(bytes)
+                        .collect(),
+                };
+                bytes::Bytes::from(payload)
+            })
+            .collect()
+    }
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -66,6 +116,14 @@ pub struct BenchArgs {
     /// Payload bytes per record.
     #[arg(long, default_value_t = 256)]
     pub record_bytes: usize,
+    /// What the records hold: how much LZ4 can shrink a batch decides
+    /// what sealing costs or saves.
+    #[arg(long, value_enum, default_value_t = Payload::Fill)]
+    pub payload: Payload,
+    /// With --local: run the shape twice, sealed and then unsealed
+    /// (--no-seal), on a fresh cluster each, and print what sealing costs.
+    #[arg(long, requires = "local", conflicts_with = "no_seal")]
+    pub seal_overhead: bool,
     /// How long to run, e.g. 10s, 500ms, 2m.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
@@ -113,6 +171,7 @@ pub struct BenchReport {
     pub op: Op,
     /// With `--local`: whether the nodes sealed their entries (`--no-seal` turns it off).
     pub sealed: Option<bool>,
+    pub payload: Payload,
     pub clients: usize,
     pub connections: usize,
     pub pipeline: usize,
@@ -154,15 +213,78 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let report = load(&args, &client).await?;
         return print_report(&report, args.common.json);
     }
+    if !args.seal_overhead {
+        let report = run_local(&args).await?;
+        return print_report(&report, args.common.json);
+    }
+    let sealed = run_local(&args).await?;
+    let mut unsealed_args = args.clone();
+    unsealed_args.common.no_seal = true;
+    let unsealed = run_local(&unsealed_args).await?;
+    let overhead = SealOverhead::new(sealed, unsealed);
+    if args.common.json {
+        println!("{}", serde_json::to_string_pretty(&overhead)?);
+        return Ok(());
+    }
+    print_report(&overhead.sealed, false)?;
+    println!();
+    print_report(&overhead.unsealed, false)?;
+    println!();
+    println!("{}", overhead.summary());
+    Ok(())
+}
+
+/// The run on a cluster of the bench's own, stopped afterwards.
+async fn run_local(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let cluster = BenchCluster::start("append", &args.common, Vec::new())?;
     let outcome = async {
-        let mut report = load(&args, &cluster.client).await?;
+        let mut report = load(args, &cluster.client).await?;
         report.node_disk = disk_after_compaction(&cluster, args.record_bytes).await?;
-        print_report(&report, args.common.json)
+        Ok(report)
     }
     .await;
     cluster.finish().await;
     outcome
+}
+
+/// One shape run sealed and unsealed (`--seal-overhead`).
+#[derive(Debug, serde::Serialize)]
+struct SealOverhead {
+    sealed: BenchReport,
+    unsealed: BenchReport,
+    /// Sealed records/s over unsealed records/s.
+    throughput_ratio: f64,
+    /// Sealed p50 over unsealed p50.
+    p50_ratio: f64,
+}
+
+/// Target: append throughput with sealing at least this share of without.
+const SEALED_THROUGHPUT_TARGET: f64 = 0.9;
+
+impl SealOverhead {
+    fn new(sealed: BenchReport, unsealed: BenchReport) -> Self {
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+        SealOverhead {
+            throughput_ratio: ratio(sealed.records_per_second, unsealed.records_per_second),
+            p50_ratio: ratio(sealed.latency_us_p50 as f64, unsealed.latency_us_p50 as f64),
+            sealed,
+            unsealed,
+        }
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "sealing: {:.0} vs {:.0} records/s unsealed ({:.0} % of unsealed; target >= {:.0} %: {}), p50 {:.2} vs {:.2} ms ({:.2}x)",
+            self.sealed.records_per_second,
+            self.unsealed.records_per_second,
+            self.throughput_ratio * 100.0,
+            SEALED_THROUGHPUT_TARGET * 100.0,
+            if self.throughput_ratio >= SEALED_THROUGHPUT_TARGET { "met" } else { "NOT met" },
+            self.sealed.latency_us_p50 as f64 / 1000.0,
+            self.unsealed.latency_us_p50 as f64 / 1000.0,
+            self.p50_ratio
+        )
+    }
 }
 
 /// Snapshot and compact every node of the bench's own cluster, then each
@@ -246,6 +368,7 @@ async fn load(args: &BenchArgs, client: &Client) -> anyhow::Result<BenchReport> 
     let deadline = started + args.duration;
     let mut tasks = Vec::new();
     let run_id = txlog_client::wall_clock_ns();
+    let payloads: Arc<Vec<bytes::Bytes>> = Arc::new(args.payload.generate(args.record_bytes, PAYLOAD_POOL));
     let connections = (0..args.connections)
         .map(|_| Client::connect(&client.endpoints().join(",")))
         .collect::<Result<Vec<_>, _>>()?;
@@ -256,6 +379,8 @@ async fn load(args: &BenchArgs, client: &Client) -> anyhow::Result<BenchReport> 
                 args: args.clone(),
                 tag: format!("bench-{run_id}-{c}-{p}"),
                 counters: counters.clone(),
+                payloads: payloads.clone(),
+                first_payload: (c * args.pipeline + p) * 37,
             };
             tasks.push(tokio::spawn(worker.run(deadline)));
         }
@@ -273,6 +398,7 @@ async fn load(args: &BenchArgs, client: &Client) -> anyhow::Result<BenchReport> 
     let report = BenchReport {
         op: args.op,
         sealed: args.local.then_some(!args.common.no_seal),
+        payload: args.payload,
         clients: args.clients,
         connections: args.connections,
         pipeline: args.pipeline,
@@ -310,12 +436,15 @@ struct Worker {
     args: BenchArgs,
     tag: String,
     counters: Arc<Counters>,
+    /// The pool of payloads; this worker starts at `first_payload`.
+    payloads: Arc<Vec<bytes::Bytes>>,
+    first_payload: usize,
 }
 
 impl Worker {
     async fn run(self, deadline: Instant) -> Histogram<u64> {
         let mut histogram = new_histogram();
-        let payload = bytes::Bytes::from(vec![b'x'; self.args.record_bytes]);
+        let mut next_payload = self.first_payload;
         let mut n = 0u64;
         while Instant::now() < deadline {
             let t = Instant::now();
@@ -325,7 +454,10 @@ impl Worker {
                         .map(|i| Record {
                             txid: format!("{}-{n}-{i}", self.tag).into_bytes().into(),
                             channel: self.args.channel.clone(),
-                            payload: payload.clone(),
+                            payload: {
+                                next_payload = (next_payload + 1) % self.payloads.len();
+                                self.payloads[next_payload].clone()
+                            },
                             client_time_ns: 0,
                         })
                         .collect();
@@ -427,7 +559,7 @@ fn print_report(report: &BenchReport, json: bool) -> anyhow::Result<()> {
     }
     let ms = |us: u64| us as f64 / 1000.0;
     println!(
-        "{:?}{}: clients {} on {} connection(s), pipeline {}, batch {}, record {} B, {:.1} s: requests {}, records {}, errors {}",
+        "{:?}{}: clients {} on {} connection(s), pipeline {}, batch {}, record {} B ({}), {:.1} s: requests {}, records {}, errors {}",
         report.op,
         match report.sealed {
             Some(true) => " (sealed)",
@@ -439,6 +571,9 @@ fn print_report(report: &BenchReport, json: bool) -> anyhow::Result<()> {
         report.pipeline,
         report.batch,
         report.record_bytes,
+        clap::ValueEnum::to_possible_value(&report.payload)
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default(),
         report.seconds,
         report.requests,
         report.records,
@@ -519,5 +654,34 @@ fn comparison(report: &BenchReport) -> String {
         )
     } else {
         format!("result: target NOT met: {}", misses.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every payload kind gives records of exactly the asked size, the
+    /// same in every run; only `fill` repeats itself.
+    #[test]
+    fn payloads_have_the_asked_size_and_vary() {
+        for kind in [
+            Payload::Fill,
+            Payload::FixText,
+            Payload::JsonTicks,
+            Payload::BinaryTicks,
+            Payload::Random,
+        ] {
+            for bytes in [0usize, 1, 255, 256, 1000] {
+                let payloads = kind.generate(bytes, 64);
+                assert_eq!(payloads.len(), 64);
+                assert!(payloads.iter().all(|p| p.len() == bytes), "{kind:?} at {bytes} B");
+                assert_eq!(payloads, kind.generate(bytes, 64), "{kind:?} is deterministic");
+                let distinct: std::collections::HashSet<_> = payloads.iter().collect();
+                if bytes >= 255 {
+                    assert_eq!(distinct.len() == 1, kind == Payload::Fill, "{kind:?} at {bytes} B");
+                }
+            }
+        }
     }
 }

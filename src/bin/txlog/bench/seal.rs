@@ -35,9 +35,9 @@ pub struct SealArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
-enum Corpus {
+pub(super) enum Corpus {
     /// FIX 4.4 new-order-single messages, `|` for SOH.
     FixText,
     /// JSON top-of-book ticks with a few depth levels.
@@ -242,7 +242,7 @@ fn measure(
 
 /// Cut a message to `len` bytes, or pad it with zeros (the generated
 /// messages are 230–330 bytes, so at 256 B only a few are padded).
-fn fit(mut message: Vec<u8>, len: usize) -> Vec<u8> {
+pub(super) fn fit(mut message: Vec<u8>, len: usize) -> Vec<u8> {
     message.resize(len, 0);
     message
 }
@@ -252,7 +252,7 @@ const SYMBOLS: [&str; 8] = [
 ];
 const VENUES: [&str; 4] = ["XPAR", "XETR", "EBS", "CBOE"];
 
-fn generate(corpus: Corpus, i: u64, rng: &mut XorShift) -> Vec<u8> {
+pub(super) fn generate(corpus: Corpus, i: u64, rng: &mut XorShift) -> Vec<u8> {
     let symbol = SYMBOLS[(rng.next() % SYMBOLS.len() as u64) as usize];
     let venue = VENUES[(rng.next() % VENUES.len() as u64) as usize];
     let price = 100_000 + rng.next() % 5_000;
@@ -324,10 +324,10 @@ fn generate(corpus: Corpus, i: u64, rng: &mut XorShift) -> Vec<u8> {
 }
 
 /// A small deterministic generator: the corpora are the same in every run.
-struct XorShift(u64);
+pub(super) struct XorShift(pub u64);
 
 impl XorShift {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
