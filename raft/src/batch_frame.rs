@@ -206,14 +206,6 @@ impl BatchFrame {
         .map(drop)
     }
 
-    /// The record count its header claims (before any check), 0 for a
-    /// frame too short to have one.
-    pub fn claimed_records(&self) -> u32 {
-        self.0
-            .get(24..28)
-            .map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
-    }
-
     /// Whether the header says the frame is sealed (before any check).
     pub fn is_sealed(&self) -> bool {
         self.0.get(5).is_some_and(|flags| flags & seal::FLAG_SEALED != 0)

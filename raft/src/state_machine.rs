@@ -520,26 +520,6 @@ fn append_records(
     Ok(BatchResponse { outcomes, error: None })
 }
 
-/// Records and frame bytes up to which committed entries are applied on
-/// the state machine's own task rather than a blocking thread. Measured at
-/// one client (2026-11-22): the two hand-offs took ~250 µs of a ~2 ms
-/// commit, where applying one record takes ~100 µs; up to this size an
-/// apply holds the task for well under a heartbeat interval.
-const INLINE_APPLY_RECORDS_MAX: u64 = 64;
-const INLINE_APPLY_BYTES_MAX: usize = 64 * 1024;
-
-/// Whether `items` are small enough to apply without a hand-off.
-fn is_small(items: &[EntryResponder<TypeConfig>]) -> bool {
-    let (mut records, mut bytes) = (0u64, 0usize);
-    for (entry, _) in items {
-        if let EntryPayload::Normal(frame) = &entry.payload {
-            records += u64::from(frame.claimed_records());
-            bytes += frame.0.len();
-        }
-    }
-    records <= INLINE_APPLY_RECORDS_MAX && bytes <= INLINE_APPLY_BYTES_MAX
-}
-
 /// The responder of an applied entry and what it is told.
 type Answered = (openraft::storage::ApplyResponder<TypeConfig>, BatchResponse);
 
@@ -601,22 +581,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         while let Some(item) = entries.next().await {
             items.push(item?);
         }
+        // Decoding, indexing and writing a batch is CPU and file work: it
+        // runs on a blocking thread so it never holds an async worker that
+        // heartbeats and vote RPCs need (a batch of 6,400 records held one
+        // for tens of ms and followers timed their leader out).
         let shared = self.shared.clone();
-        let responses = if is_small(&items) {
-            // Two thread hand-offs would cost more than applying it here.
-            apply_items(&shared, items)?
-        } else {
-            // Decoding, indexing and writing a batch is CPU and file work: it
-            // runs on a blocking thread so it never holds an async worker that
-            // heartbeats and vote RPCs need (a batch of 6,400 records held one
-            // for tens of ms and followers timed their leader out).
-            match tokio::task::spawn_blocking(move || apply_items(&shared, items)).await {
-                Ok(responses) => responses?,
-                // A panic while applying is a bug: it must stop the node as it
-                // would have on the async worker, not become an IO error.
-                Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-                Err(err) => return Err(io::Error::other(err)),
-            }
+        let responses = match tokio::task::spawn_blocking(move || apply_items(&shared, items)).await {
+            Ok(responses) => responses?,
+            // A panic while applying is a bug: it must stop the node as it
+            // would have on the async worker, not become an IO error.
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(err) => return Err(io::Error::other(err)),
         };
         for (responder, response) in responses {
             responder.send(response);

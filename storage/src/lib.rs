@@ -17,9 +17,8 @@
 //!   append-only, segmented, CRC-framed **record file** (`record_file.rs`,
 //!   with the hash chain in each frame), and **sled** for the small indexes
 //!   (txid → seq, per-channel) and metadata. The store is a rebuildable cache
-//!   of the WAL: each apply writes its records' frames, then queues one atomic
-//!   sled change that includes the applied log id (an indexer thread writes
-//!   it), then publishes the records; after
+//!   of the WAL: each apply writes its records' frames, then one atomic sled
+//!   batch that includes the applied log id, then publishes the records; after
 //!   a crash the file is cut back to what sled indexed and openraft re-applies
 //!   the rest from the WAL. sled's `flush` is not an fsync (sled#1452), which
 //!   is why nothing here relies on it for durability.
@@ -59,7 +58,6 @@ pub mod delta_file;
 mod durable_file;
 mod error;
 mod frame;
-mod indexer;
 mod key_files;
 mod linked_snapshot;
 mod log_store;

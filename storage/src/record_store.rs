@@ -13,9 +13,9 @@
 //! | `h` + channel | last channel_seq (u64 BE) |
 //! | `m` + name | metadata value: `version u8 \| postcard(T)`, typed by a [`MetaKey`] |
 //!
-//! A batch writes its records' frames to the record file, then queues one
-//! atomic sled change that includes [`LAST_SEQ`] (written behind the apply
-//! by [`crate::indexer`]), then *publishes* the records to readers. After a crash sled is at some applied prefix; on open
+//! A batch writes its records' frames to the record file, then applies one
+//! atomic sled batch that includes [`LAST_SEQ`], then *publishes* the
+//! records to readers. After a crash sled is at some applied prefix; on open
 //! the record file is cut back to sled's [`LAST_SEQ`], or, if it holds fewer
 //! records than that (its tail was lost), the whole store is discarded and
 //! rebuilt from the snapshot and WAL, which it caches.
@@ -48,8 +48,6 @@ use sha2::Digest;
 
 use crate::error::Error;
 use crate::error::Result;
-use crate::indexer::IndexChange;
-use crate::indexer::Indexer;
 use crate::meta_key::MetaKey;
 use crate::record_file::txid_hash;
 use crate::record_file::Frames;
@@ -384,8 +382,6 @@ fn open_waiting_for_lock(config: &sled::Config) -> Result<sled::Db> {
 /// The state machine's store: record file plus sled indexes.
 #[derive(Clone)]
 pub struct RecordStore {
-    /// First, so what it has queued reaches sled before sled closes.
-    indexer: Arc<Indexer>,
     db: sled::Db,
     tree: sled::Tree,
     file: Arc<RecordFile>,
@@ -417,7 +413,6 @@ impl RecordStore {
             Err(err) => return Err(err),
         };
         let store = RecordStore {
-            indexer: Arc::new(Indexer::start(tree.clone()).map_err(|e| Error::io(dir, e))?),
             db,
             tree,
             file: Arc::new(file),
@@ -482,7 +477,6 @@ impl RecordStore {
 
     /// The value stored under `key`, read as the type it was written as.
     pub fn get_meta<T: Serialize + DeserializeOwned>(&self, key: &MetaKey<T>) -> Result<Option<T>> {
-        self.indexer.wait();
         self.tree.get(key.key())?.map(|bytes| key.decode(&bytes)).transpose()
     }
 
@@ -547,9 +541,6 @@ impl RecordStore {
     /// (see [`crate::snapshot_file`] for reading it): it shares this store's
     /// record segments, so its cost does not grow with the records held.
     pub fn link_snapshot(&self, path: &Path, meta: &[u8], last_seq: u64) -> Result<std::path::PathBuf> {
-        // The WAL behind a snapshot may be purged: sled must not be left
-        // further behind than it (a crash re-applies from sled's point).
-        self.indexer.wait();
         let (sources, chain) = self.file.snapshot_sources(last_seq)?;
         crate::linked_snapshot::write(path, meta, last_seq, chain, &sources)
     }
@@ -619,32 +610,6 @@ impl RecordStore {
         mut visit: impl FnMut(u64) -> Result<bool>,
     ) -> Result<()> {
         let from_seq = from_seq.max(1);
-        // Taken before sled is read: a seq leaves it only once sled has it.
-        let unindexed = self.indexer.seqs(channel);
-        let sled_upto = unindexed.first().map_or(upto, |first| upto.min(first - 1));
-        if from_seq <= sled_upto && !self.for_each_indexed_seq(channel, from_seq, sled_upto, &mut visit)? {
-            return Ok(());
-        }
-        for seq in unindexed {
-            if seq < from_seq {
-                continue;
-            }
-            if seq > upto || !visit(seq)? {
-                return Ok(());
-            }
-        }
-        Ok(())
-    }
-
-    /// [`Self::for_each_channel_seq`] over what sled holds; returns
-    /// `false` once `visit` has, `true` when the walk passed `upto`.
-    fn for_each_indexed_seq(
-        &self,
-        channel: &str,
-        from_seq: u64,
-        upto: u64,
-        visit: &mut impl FnMut(u64) -> Result<bool>,
-    ) -> Result<bool> {
         let first_run = self
             .tree
             .range(channel_key(channel, 0)..=channel_key(channel, from_seq))
@@ -658,15 +623,12 @@ impl RecordStore {
                 if seq < from_seq {
                     continue;
                 }
-                if seq > upto {
-                    return Ok(true);
-                }
-                if !visit(seq)? {
-                    return Ok(false);
+                if seq > upto || !visit(seq)? {
+                    return Ok(());
                 }
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Start an atomic group of changes.
@@ -674,7 +636,7 @@ impl RecordStore {
         let (last_seq, chain) = self.file.tail();
         Ok(ApplyBatch {
             store: self,
-            writes: Vec::new(),
+            batch: sled::Batch::default(),
             frames: Frames::default(),
             last_seq,
             chain,
@@ -685,7 +647,6 @@ impl RecordStore {
     /// Remove every record and metadata value (before installing a
     /// snapshot); the store keeps its format.
     pub fn clear(&self) -> Result<()> {
-        self.indexer.wait();
         self.tree.clear()?;
         self.tree
             .insert(STORE_FORMAT.key(), STORE_FORMAT.encode(&STORE_FORMAT_VERSION))?;
@@ -697,16 +658,12 @@ impl RecordStore {
     /// (sled#1452); this shortens, and does not close, the window a crash
     /// can lose.
     pub fn flush(&self) -> Result<()> {
-        self.indexer.wait();
         self.file.sync();
         self.db.flush()?;
         Ok(())
     }
 
     fn channel_head(&self, channel: &str) -> Result<u64> {
-        if let Some(head) = self.indexer.head(channel) {
-            return Ok(head);
-        }
         match self.tree.get(head_key(channel))? {
             Some(v) => be_u64("channel head", &v),
             None => Ok(0),
@@ -717,8 +674,7 @@ impl RecordStore {
 /// Changes applied atomically by [`ApplyBatch::commit`].
 pub struct ApplyBatch<'a> {
     store: &'a RecordStore,
-    /// sled writes, applied in order by the indexer.
-    writes: Vec<(Vec<u8>, Vec<u8>)>,
+    batch: sled::Batch,
     /// Records of this batch, encoded; they also answer duplicate txids
     /// within the batch.
     frames: Frames,
@@ -816,7 +772,7 @@ impl ApplyBatch<'_> {
             key.name() != LAST_SEQ.name() && key.name() != STORE_FORMAT.name(),
             "{key:?} is maintained by the store"
         );
-        self.writes.push((key.key(), key.encode(value)));
+        self.batch.insert(key.key(), key.encode(value));
     }
 
     /// The last sequence assigned so far (in the store or this batch).
@@ -826,32 +782,22 @@ impl ApplyBatch<'_> {
 
     /// Apply every change at once: after a crash, the next open (which cuts
     /// the record file back to sled's `last_seq`) finds all of them or none.
-    /// Records are written to the record file first, their index changes
-    /// queued for sled as one atomic batch (see [`crate::indexer`]), then
-    /// they are published to readers.
+    /// Records are written to the record file first, indexed by one sled
+    /// batch, then published to readers.
     pub fn commit(mut self) -> Result<u64> {
-        let mut indexed = Vec::with_capacity(self.channels.len());
         for (channel, appends) in &self.channels {
-            self.writes
-                .push((head_key(channel), appends.head.to_be_bytes().to_vec()));
+            self.batch.insert(head_key(channel), &appends.head.to_be_bytes());
             for run in appends.seqs.chunks(CHANNEL_RUN_SEQS_MAX) {
-                self.writes
-                    .push((channel_key(channel, run[0]), encode_channel_run(run)));
+                self.batch.insert(channel_key(channel, run[0]), encode_channel_run(run));
             }
-            indexed.push((channel.clone(), appends.seqs.len()));
         }
         let file = &self.store.file;
         file.write(&self.frames, self.chain)?;
-        self.writes.push((LAST_SEQ.key(), LAST_SEQ.encode(&self.last_seq)));
-        let appended = self
-            .channels
-            .iter()
-            .map(|(channel, appends)| (channel.as_str(), appends.head, appends.seqs.as_slice()));
-        let change = IndexChange {
-            writes: self.writes,
-            indexed,
-        };
-        self.store.indexer.queue(change, appended);
+        self.batch.insert(LAST_SEQ.key(), LAST_SEQ.encode(&self.last_seq));
+        if let Err(err) = self.store.tree.apply_batch(self.batch) {
+            file.truncate_after(file.published())?;
+            return Err(err.into());
+        }
         file.publish(self.last_seq);
         Ok(self.last_seq)
     }
@@ -1101,75 +1047,6 @@ mod tests {
     /// The channel index holds runs of seqs: reads by channel starting anywhere —
     /// inside a run, between runs, across batches and across runs longer than
     /// [`CHANNEL_RUN_SEQS_MAX`] — return exactly that channel's records in order.
-    #[test]
-    fn channel_reads_see_records_sled_has_not_indexed() {
-        // A reader racing the applies, whose index changes reach sled
-        // later: every published record of a channel is read, in order,
-        // with dense channel seqs, none twice.
-        let dir = tempfile::tempdir().unwrap();
-        let store = RecordStore::open(dir.path()).unwrap();
-        let channels = ["a", "b", "c"];
-        std::thread::scope(|s| {
-            let writer = s.spawn(|| {
-                let mut n = 0usize;
-                for batch_len in (1..400).map(|i| 1 + i % 7) {
-                    let mut batch = store.batch().unwrap();
-                    for _ in 0..batch_len {
-                        let channel = channels[(n + n / 7) % 3];
-                        batch
-                            .append(rec(&format!("t{n}"), channel).borrowed(), 1, 1, 1, 0)
-                            .unwrap();
-                        n += 1;
-                    }
-                    batch.commit().unwrap();
-                }
-            });
-            let mut reads = 0;
-            loop {
-                let finished = writer.is_finished();
-                let published = store.last_seq().unwrap();
-                let mut held = 0;
-                for channel in channels {
-                    let got = store.read(1, usize::MAX, usize::MAX, Some(channel)).unwrap();
-                    for (i, record) in got.iter().enumerate() {
-                        assert_eq!(record.channel, channel);
-                        assert_eq!(record.channel_seq, i as u64 + 1, "{channel} after {published}");
-                        assert!(i == 0 || record.seq > got[i - 1].seq);
-                    }
-                    held += got.iter().filter(|r| r.seq <= published).count() as u64;
-                    // From the middle too: the run holding `from` starts before it.
-                    if let Some(mid) = got.get(got.len() / 2) {
-                        let tail = store.read(mid.seq, usize::MAX, usize::MAX, Some(channel)).unwrap();
-                        assert_eq!(tail.first().map(|r| r.seq), Some(mid.seq));
-                        assert!(tail.len() >= got.len() - got.len() / 2);
-                    }
-                    // A limit stops the read wherever it falls.
-                    let limited = store.read(1, 5, usize::MAX, Some(channel)).unwrap();
-                    let channel_seqs: Vec<u64> = limited.iter().map(|r| r.channel_seq).collect();
-                    // (Records appended since `got` was read may be among them.)
-                    assert!((got.len().min(5)..=5).contains(&limited.len()));
-                    assert_eq!(channel_seqs, (1..=limited.len() as u64).collect::<Vec<_>>());
-                }
-                assert_eq!(held, published, "every published record is on a channel");
-                reads += 1;
-                if finished {
-                    break;
-                }
-            }
-            assert!(reads > 1);
-        });
-        // Once sled has everything, a reopened store reads the same.
-        let last = store.last_seq().unwrap();
-        drop(store);
-        let store = RecordStore::open(dir.path()).unwrap();
-        assert_eq!(store.last_seq().unwrap(), last);
-        let all: usize = channels
-            .iter()
-            .map(|c| store.read(1, usize::MAX, usize::MAX, Some(c)).unwrap().len())
-            .sum();
-        assert_eq!(all as u64, last);
-    }
-
     #[test]
     fn channel_reads_across_runs_and_batches() {
         let dir = tempfile::tempdir().unwrap();
