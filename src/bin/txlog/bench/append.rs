@@ -73,17 +73,25 @@ pub enum Payload {
 const PAYLOAD_POOL: u64 = 4096;
 
 impl Payload {
+    /// The `bench seal` corpus this payload is drawn from, if any.
+    fn corpus(self) -> Option<Corpus> {
+        match self {
+            Payload::FixText => Some(Corpus::FixText),
+            Payload::JsonTicks => Some(Corpus::JsonTicks),
+            Payload::BinaryTicks => Some(Corpus::BinaryTicks),
+            Payload::Fill | Payload::Random => None,
+        }
+    }
+
     /// `count` payloads of `bytes` bytes, the same in every run.
     fn generate(self, bytes: usize, count: u64) -> Vec<bytes::Bytes> {
         let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
         (0..count)
             .map(|i| {
-                let payload = match self {
-                    Payload::Fill => vec![b'x'; bytes],
-                    Payload::FixText => fit(generate(Corpus::FixText, i, &mut rng), bytes),
-                    Payload::JsonTicks => fit(generate(Corpus::JsonTicks, i, &mut rng), bytes),
-                    Payload::BinaryTicks => fit(generate(Corpus::BinaryTicks, i, &mut rng), bytes),
-                    Payload::Random => (0..bytes.div_ceil(8))
+                let payload = match (self, self.corpus()) {
+                    (_, Some(corpus)) => fit(generate(corpus, i, &mut rng), bytes),
+                    (Payload::Fill, None) => vec![b'x'; bytes],
+                    (_, None) => (0..bytes.div_ceil(8))
                         .flat_map(|_| rng.next().to_le_bytes())
                         .take(bytes)
                         .collect(),

@@ -35,7 +35,7 @@ pub struct SealArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub(super) enum Corpus {
     /// FIX 4.4 new-order-single messages, `|` for SOH.
