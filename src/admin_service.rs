@@ -32,6 +32,8 @@ use txlog_proto::MembershipResponse;
 use txlog_proto::NodeStatus;
 use txlog_proto::RemoveRequest;
 use txlog_proto::ResyncCounters;
+use txlog_proto::RotateKeysRequest;
+use txlog_proto::RotateKeysResponse;
 use txlog_proto::SnapshotRequest;
 use txlog_proto::SnapshotResponse;
 use txlog_proto::StatusRequest;
@@ -72,6 +74,8 @@ pub struct AdminServer {
     pub source_address: Option<IpAddr>,
     /// Held for the whole of a join or removal on the leader.
     pub membership_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Asks this node's key-rotation task for keys now; `None` when sealing is off.
+    pub(crate) rotations: Option<crate::key_rotation::Rotations>,
 }
 
 /// The role a node reports for itself; the names are the client crate's
@@ -407,6 +411,31 @@ impl AdminServer {
     }
 }
 
+impl AdminServer {
+    /// Announce new keys now, on the leader (`txlog keys rotate`).
+    async fn rotate_keys_now(&self, req: RotateKeysRequest) -> Result<RotateKeysResponse> {
+        let Some(rotations) = &self.rotations else {
+            return Err(Error::FailedPrecondition(
+                "sealing is off on this cluster (started with --no-seal): there are no keys to rotate".into(),
+            ));
+        };
+        if let Some(leader) = self.leader_elsewhere()? {
+            return Err(Error::NotLeader { leader: Some(leader) });
+        }
+        let both = !req.data && !req.signing;
+        let rotate = crate::key_rotation::Rotate {
+            data: req.data || both,
+            signing: req.signing || both,
+        };
+        let announced = rotations.rotate(rotate).await?;
+        Ok(RotateKeysResponse {
+            announced: announced.keys,
+            log_index: announced.log_index,
+            leader_id: self.node_id,
+        })
+    }
+}
+
 /// Every error leaves through `Status::from` (`Error::to_status`).
 #[tonic::async_trait]
 impl AdminService for AdminServer {
@@ -446,6 +475,13 @@ impl AdminService for AdminServer {
         _request: Request<CompactRequest>,
     ) -> std::result::Result<Response<CompactResponse>, Status> {
         Ok(Response::new(self.compact_log().await?))
+    }
+
+    async fn rotate_keys(
+        &self,
+        request: Request<RotateKeysRequest>,
+    ) -> std::result::Result<Response<RotateKeysResponse>, Status> {
+        Ok(Response::new(self.rotate_keys_now(request.into_inner()).await?))
     }
 }
 

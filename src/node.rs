@@ -99,6 +99,10 @@ impl Node {
             contact: &contact,
             keys: keys.as_ref(),
             sealer: sealer.as_ref(),
+            rotations: sealer.as_ref().map(|_| {
+                let (rotations, requests) = crate::key_rotation::rotations();
+                (rotations, std::sync::Mutex::new(Some(requests)))
+            }),
             source_address,
             tracker: &tracker,
             shutdown: &shutdown,
@@ -246,6 +250,12 @@ struct Parts<'a> {
     contact: &'a txlog_raft::LeaderContact,
     keys: Option<&'a Arc<txlog_raft::Keys>>,
     sealer: Option<&'a Arc<txlog_raft::Sealer>>,
+    /// Operator key rotations: the admin service's end, and the rotation
+    /// task's (taken when the task starts). `None` when sealing is off.
+    rotations: Option<(
+        crate::key_rotation::Rotations,
+        std::sync::Mutex<Option<crate::key_rotation::RotationRequests>>,
+    )>,
     source_address: Option<std::net::IpAddr>,
     tracker: &'a TaskTracker,
     shutdown: &'a CancellationToken,
@@ -352,6 +362,7 @@ impl Parts<'_> {
             resync: self.resync.clone(),
             source_address: self.source_address,
             membership_lock: Arc::default(),
+            rotations: self.rotations.as_ref().map(|(rotations, _)| rotations.clone()),
         }
     }
 
@@ -373,13 +384,18 @@ impl Parts<'_> {
             self.keys.cloned(),
             shutdown.clone(),
         ));
-        if let (Some(sealer), Some(sealing)) = (self.sealer, &config.sealing) {
+        let requests = self
+            .rotations
+            .as_ref()
+            .and_then(|(_, requests)| requests.lock().expect("rotation requests poisoned").take());
+        if let (Some(sealer), Some(sealing), Some(requests)) = (self.sealer, &config.sealing, requests) {
             self.tracker.spawn(crate::key_rotation::run(
                 raft.clone(),
                 config.id,
                 sealer.clone(),
                 sealing.clone(),
                 self.metrics.clone(),
+                requests,
                 shutdown.clone(),
             ));
         }

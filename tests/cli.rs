@@ -196,6 +196,57 @@ async fn dev_cluster_through_the_cli() {
         out.contains("signing") && out.contains("current, wrapped under KEK 1"),
         "{out}"
     );
+    // Rotation on demand: both keys, then only a data key; the rotated
+    // data key is current, and a record appended after it reads back.
+    let (ok, out, err) = txlog(&cluster, &["keys", "rotate", "--json"]);
+    assert!(ok, "keys rotate: {err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let announced: Vec<&str> = json["announced"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(announced.len(), 2, "{out}");
+    assert!(
+        announced[0].starts_with("signing key ") && announced[1].starts_with("data key "),
+        "{out}"
+    );
+    assert!(json["log_index"].as_u64().unwrap() > 0, "{out}");
+    let (ok, out, err) = txlog(&cluster, &["keys", "rotate", "--data"]);
+    assert!(ok, "keys rotate --data: {err}");
+    let data_key = out
+        .split("announced data key ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("names one data key: {out}"))
+        .to_string();
+    let (ok, _, err) = txlog(&cluster, &["keys", "rotate", "--data", "--signing"]);
+    assert!(!ok && err.contains("cannot be used with"), "{err}");
+    let (ok, out, err) = txlog(&cluster, &["keys", "status", "--json"]);
+    assert!(ok, "keys status: {err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let current: Vec<&serde_json::Value> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "data" && r["current"] == true)
+        .collect();
+    assert_eq!(current.len(), 1, "{out}");
+    assert_eq!(
+        current[0]["id"].to_string(),
+        data_key,
+        "the rotated key is current: {out}"
+    );
+    let (ok, out, err) = txlog(
+        &cluster,
+        &["append", "-c", "execution", "-t", "after-rotation", "ROTATED", "--json"],
+    );
+    assert!(ok, "append after rotation: {err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rotated_seq = json["records"][0]["seq"].as_u64().unwrap();
+    let (ok, out, _) = txlog(&cluster, &["read", "--from", &rotated_seq.to_string(), "--limit", "1"]);
+    assert!(ok && out.contains("ROTATED"), "{out}");
     let (ok, out, _) = txlog(&cluster, &["lookup", "--txid", "exec-1", "--json"]);
     assert!(ok);
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -260,6 +311,6 @@ async fn dev_cluster_through_the_cli() {
         .filter(|r| r["channel"] != "_keys")
         .map(|r| r["txid"].as_str().unwrap())
         .collect();
-    assert_eq!(txids, vec!["order-1", "exec-1"]);
+    assert_eq!(txids, vec!["order-1", "exec-1", "after-rotation"]);
     stop_dev(dev);
 }

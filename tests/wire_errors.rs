@@ -53,6 +53,11 @@ struct Cluster {
 impl Cluster {
     /// Start nodes with these ids (not only 1, 2, 3) and wait for a leader.
     async fn start(ids: &[u64]) -> Cluster {
+        Cluster::start_sealed(ids, true).await
+    }
+
+    /// [`Cluster::start`], sealed or not.
+    async fn start_sealed(ids: &[u64], sealed: bool) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let specs = ids
             .iter()
@@ -65,6 +70,9 @@ impl Cluster {
             .collect();
         let mut local =
             LocalCluster::with_exe(specs, PathBuf::from(env!("CARGO_BIN_EXE_txlog"))).in_caller_process_group();
+        if !sealed {
+            local = local.unsealed();
+        }
         for i in 0..ids.len() {
             local.start(i).expect("start node");
         }
@@ -752,4 +760,21 @@ async fn forged_entries_never_reach_a_follower() {
         read.records
     );
     assert!(cluster.metric(follower, "txlog_seal_verified_batches_total").await >= 1.0);
+}
+
+/// Rotating keys on an unsealed cluster is refused with a reason, not
+/// retried or ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_keys_needs_sealing() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start_sealed(&[42], false).await;
+    let err = cluster
+        .client
+        .rotate_keys(true, false)
+        .await
+        .expect_err("no keys to rotate");
+    let message = err.to_string();
+    assert!(message.contains("sealing is off"), "{message}");
+    let status = cluster.client.cluster_status().await.expect("status");
+    assert_eq!(status.leader_id, Some(42), "the node still serves");
 }

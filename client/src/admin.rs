@@ -12,6 +12,8 @@ use txlog_proto::JoinRequest;
 use txlog_proto::MembershipResponse;
 use txlog_proto::NodeStatus;
 use txlog_proto::RemoveRequest;
+use txlog_proto::RotateKeysRequest;
+use txlog_proto::RotateKeysResponse;
 use txlog_proto::SnapshotRequest;
 use txlog_proto::SnapshotResponse;
 use txlog_proto::StatusRequest;
@@ -134,6 +136,22 @@ impl Client {
                 .await
                 .map(|r| r.into_inner())
         })
+        .await
+    }
+
+    /// Announce new sealing keys now (a data key, the leader's signing
+    /// key, or both when neither is asked for), on the leader.
+    pub async fn rotate_keys(&self, data: bool, signing: bool) -> Result<RotateKeysResponse, ClientError> {
+        self.call(
+            membership_call("rotate_keys", Shape::Unary),
+            RotateKeysRequest { data, signing },
+            |route, request| async move {
+                admin_service(route.channel)
+                    .rotate_keys(request)
+                    .await
+                    .map(|r| r.into_inner())
+            },
+        )
         .await
     }
 }

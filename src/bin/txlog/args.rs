@@ -77,6 +77,11 @@ pub enum KeysCommand {
     /// List the keys announced in the log: signing keys (per node, newest current) and data
     /// keys (the newest seals new entries), with age and the seq that announced each.
     Status(KeysStatusArgs),
+    /// Announce new keys now, through the log: a new data key (it seals every entry from
+    /// then on) and a new signing key for the leader (signed by its previous one). Keys
+    /// also rotate by themselves (data_key_rotate_s, signing_key_rotate_s); old keys stay
+    /// in the keyring so older entries still open and verify.
+    Rotate(KeysRotateArgs),
 }
 
 #[derive(Args)]
@@ -84,6 +89,18 @@ pub struct KeysInitArgs {
     /// Where to write the key file.
     #[arg(long)]
     pub out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct KeysRotateArgs {
+    /// Only a new data key.
+    #[arg(long, conflicts_with = "signing")]
+    pub data: bool,
+    /// Only a new signing key for the leader.
+    #[arg(long)]
+    pub signing: bool,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 #[derive(Args)]

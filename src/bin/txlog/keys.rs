@@ -5,6 +5,7 @@
 //! * `status` reads the key announcements from the log (the reserved
 //!   `_keys` channel) and lists each key: kind, id, node, age, and the
 //!   sequence number that announced it.
+//! * `rotate` asks the leader to announce new keys now.
 
 use std::path::Path;
 
@@ -17,6 +18,7 @@ use txlog_storage::KekFile;
 
 use crate::args::ClusterArgs;
 use crate::args::KeysCommand;
+use crate::args::KeysRotateArgs;
 use crate::records::client;
 
 pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
@@ -30,7 +32,34 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
             Ok(())
         }
         KeysCommand::Status(args) => status(&args.cluster).await,
+        KeysCommand::Rotate(args) => rotate(&args).await,
     }
+}
+
+async fn rotate(args: &KeysRotateArgs) -> anyhow::Result<()> {
+    let client = client(&args.cluster)?;
+    let response = client
+        .rotate_keys(args.data, args.signing)
+        .await
+        .context("key rotation failed")?;
+    if args.cluster.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "announced": response.announced,
+                "log_index": response.log_index,
+                "leader_id": response.leader_id,
+            })
+        );
+        return Ok(());
+    }
+    println!(
+        "leader {} announced {} at log index {}",
+        response.leader_id,
+        response.announced.join(" and "),
+        response.log_index
+    );
+    Ok(())
 }
 
 /// Write a new key file at `out`, refusing to replace one.
