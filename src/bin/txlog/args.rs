@@ -58,7 +58,7 @@ pub enum Command {
     Admin(AdminArgs),
     /// Benchmarks: append load (default), failover time, resync bandwidth.
     Bench(Box<crate::bench::BenchCommand>),
-    /// Sealing keys: create the cluster key file, list the keys announced in the log.
+    /// Sealing keys: create the cluster key file, list the keys announced in the log, rotate them now.
     Keys(KeysArgs),
 }
 
