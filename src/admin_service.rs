@@ -409,9 +409,7 @@ impl AdminServer {
             snapshot_index: snapshot.index,
         })
     }
-}
 
-impl AdminServer {
     /// Announce new keys now, on the leader (`txlog keys rotate`).
     async fn rotate_keys_now(&self, req: RotateKeysRequest) -> Result<RotateKeysResponse> {
         let Some(rotations) = &self.rotations else {

@@ -90,6 +90,8 @@ impl Node {
 
         let tracker = TaskTracker::new();
         let contact = txlog_raft::LeaderContact::default();
+        // Operator key rotations: the admin service's end, and the rotation task's.
+        let rotations = sealer.as_ref().map(|_| crate::key_rotation::rotations());
         let parts = Parts {
             config: &config,
             raft: &raft,
@@ -99,10 +101,7 @@ impl Node {
             contact: &contact,
             keys: keys.as_ref(),
             sealer: sealer.as_ref(),
-            rotations: sealer.as_ref().map(|_| {
-                let (rotations, requests) = crate::key_rotation::rotations();
-                (rotations, std::sync::Mutex::new(Some(requests)))
-            }),
+            rotations: rotations.as_ref().map(|(rotations, _)| rotations.clone()),
             source_address,
             tracker: &tracker,
             shutdown: &shutdown,
@@ -114,7 +113,7 @@ impl Node {
                 .map_err(|e| Error::Config(format!("cannot serve metrics on {addr}: {e}")))?;
             tracing::info!(%bound, "metrics at http://{bound}/metrics");
         }
-        parts.spawn_tasks(health_reporter);
+        parts.spawn_tasks(health_reporter, rotations.map(|(_, requests)| requests));
 
         let node = Node {
             raft,
@@ -250,12 +249,8 @@ struct Parts<'a> {
     contact: &'a txlog_raft::LeaderContact,
     keys: Option<&'a Arc<txlog_raft::Keys>>,
     sealer: Option<&'a Arc<txlog_raft::Sealer>>,
-    /// Operator key rotations: the admin service's end, and the rotation
-    /// task's (taken when the task starts). `None` when sealing is off.
-    rotations: Option<(
-        crate::key_rotation::Rotations,
-        std::sync::Mutex<Option<crate::key_rotation::RotationRequests>>,
-    )>,
+    /// Asks the key-rotation task for keys now; `None` when sealing is off.
+    rotations: Option<crate::key_rotation::Rotations>,
     source_address: Option<std::net::IpAddr>,
     tracker: &'a TaskTracker,
     shutdown: &'a CancellationToken,
@@ -362,13 +357,20 @@ impl Parts<'_> {
             resync: self.resync.clone(),
             source_address: self.source_address,
             membership_lock: Arc::default(),
-            rotations: self.rotations.as_ref().map(|(rotations, _)| rotations.clone()),
+            rotations: self.rotations.clone(),
         }
     }
 
     /// Health reporting, metrics mirroring, the failure detector, and (when
     /// configured) prefer-region and joining a running cluster.
-    fn spawn_tasks(&self, health_reporter: tonic_health::server::HealthReporter) {
+    ///
+    /// `rotations`: where the key-rotation task takes operator requests
+    /// from, in a sealed cluster.
+    fn spawn_tasks(
+        &self,
+        health_reporter: tonic_health::server::HealthReporter,
+        rotations: Option<crate::key_rotation::RotationRequests>,
+    ) {
         let (config, raft, shutdown) = (self.config, self.raft, self.shutdown);
         self.tracker.spawn(crate::health::report(
             raft.clone(),
@@ -384,11 +386,7 @@ impl Parts<'_> {
             self.keys.cloned(),
             shutdown.clone(),
         ));
-        let requests = self
-            .rotations
-            .as_ref()
-            .and_then(|(_, requests)| requests.lock().expect("rotation requests poisoned").take());
-        if let (Some(sealer), Some(sealing), Some(requests)) = (self.sealer, &config.sealing, requests) {
+        if let (Some(sealer), Some(sealing), Some(requests)) = (self.sealer, &config.sealing, rotations) {
             self.tracker.spawn(crate::key_rotation::run(
                 raft.clone(),
                 config.id,
