@@ -91,6 +91,7 @@ pub use record_store::ChannelName;
 pub use record_store::NewRecord;
 pub use record_store::NewRecordRef;
 pub use record_store::RecordStore;
+pub use record_store::SealAtRest;
 pub use record_store::StoredRecord;
 pub use record_store::CHANNEL_RUN_SEQS_MAX;
 pub use record_store::LAST_SEQ;

@@ -56,6 +56,18 @@ use crate::record_file::READ_CHUNK_BYTES;
 pub use crate::record_file::RECORD_SEGMENT_BYTES_MAX_DEFAULT;
 
 const RECORD_FORMAT_VERSION: u8 = 1;
+/// A record whose payload is sealed at rest (see [`SealAtRest`]): the same
+/// encoding as version 1, the payload being the sealed bytes.
+const RECORD_FORMAT_SEALED: u8 = 2;
+
+/// Seals a record's payload for the record file, so that no payload is on
+/// disk in clear (a sealed cluster). It must be deterministic in the seq,
+/// key and payload: every node seals each record itself, and the hash chain
+/// (over the sealed bytes) must come out the same on all of them.
+pub trait SealAtRest {
+    /// Append `payload`, sealed for the record at `seq`, to `out`.
+    fn seal(&self, seq: u64, payload: &[u8], out: &mut Vec<u8>);
+}
 
 /// Highest sequence applied; maintained by [`ApplyBatch::commit`].
 pub const LAST_SEQ: MetaKey<u64> = MetaKey::new("last_seq", 1);
@@ -172,6 +184,9 @@ pub struct StoredRecord {
     pub log_index: u64,
     pub log_term: u64,
     pub origin_node: u64,
+    /// `payload` is sealed at rest ([`SealAtRest`]); its reader opens it.
+    #[serde(skip)]
+    pub sealed_at_rest: bool,
 }
 
 impl StoredRecord {
@@ -190,6 +205,7 @@ impl StoredRecord {
             log_index: seq,
             log_term: 1,
             origin_node: 1,
+            sealed_at_rest: false,
         }
     }
 
@@ -209,15 +225,25 @@ impl StoredRecord {
             log_index: self.log_index,
             log_term: self.log_term,
             origin_node: self.origin_node,
+            sealed_at_rest: self.sealed_at_rest,
         }
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let body = |body: &[u8], sealed_at_rest: bool| {
+            postcard::from_bytes(body)
+                .map(|record| StoredRecord {
+                    sealed_at_rest,
+                    ..record
+                })
+                .map_err(|e| Error::Decode {
+                    what: "record",
+                    detail: e.to_string(),
+                })
+        };
         match bytes.split_first() {
-            Some((&RECORD_FORMAT_VERSION, body)) => postcard::from_bytes(body).map_err(|e| Error::Decode {
-                what: "record",
-                detail: e.to_string(),
-            }),
+            Some((&RECORD_FORMAT_VERSION, rest)) => body(rest, false),
+            Some((&RECORD_FORMAT_SEALED, rest)) => body(rest, true),
             Some((v, _)) => Err(Error::Decode {
                 what: "record",
                 detail: format!("unknown record version {v}"),
@@ -252,12 +278,18 @@ pub(crate) struct StoredRecordRef<'a> {
     pub(crate) log_index: u64,
     pub(crate) log_term: u64,
     pub(crate) origin_node: u64,
+    #[serde(skip)]
+    pub(crate) sealed_at_rest: bool,
 }
 
 impl StoredRecordRef<'_> {
     /// Append the encoding to `out` (no allocation when it has room).
     pub(crate) fn encode_into(&self, mut out: Vec<u8>) -> Vec<u8> {
-        out.push(RECORD_FORMAT_VERSION);
+        out.push(if self.sealed_at_rest {
+            RECORD_FORMAT_SEALED
+        } else {
+            RECORD_FORMAT_VERSION
+        });
         postcard::to_extend(self, out).expect("encoding a record cannot fail")
     }
 }
@@ -641,6 +673,7 @@ impl RecordStore {
             last_seq,
             chain,
             channels: HashMap::new(),
+            sealed: Vec::new(),
         })
     }
 
@@ -682,6 +715,8 @@ pub struct ApplyBatch<'a> {
     chain: ChainHash,
     /// What this batch appended to each channel, written at commit.
     channels: HashMap<String, ChannelAppends>,
+    /// The sealed payload of the record being appended (reused).
+    sealed: Vec<u8>,
 }
 
 /// One channel's records in an [`ApplyBatch`].
@@ -705,6 +740,19 @@ impl ApplyBatch<'_> {
         origin_node: u64,
         commit_time_ns: u64,
     ) -> Result<AppendOutcome> {
+        self.append_sealed(record, log_index, log_term, origin_node, commit_time_ns, None)
+    }
+
+    /// [`ApplyBatch::append`], the payload sealed by `at_rest` when given.
+    pub fn append_sealed(
+        &mut self,
+        record: NewRecordRef<'_>,
+        log_index: u64,
+        log_term: u64,
+        origin_node: u64,
+        commit_time_ns: u64,
+        at_rest: Option<&dyn SealAtRest>,
+    ) -> Result<AppendOutcome> {
         let hash = txid_hash(record.txid);
         let earlier = match self.frames.find_txid(hash, record.txid)? {
             Some(earlier) => Some(earlier),
@@ -723,21 +771,28 @@ impl ApplyBatch<'_> {
         };
         let seq = self.last_seq + 1;
         let channel_seq = head + 1;
+        let mut sealed = std::mem::take(&mut self.sealed);
+        sealed.clear();
+        if let Some(at_rest) = at_rest {
+            at_rest.seal(seq, record.payload, &mut sealed);
+        }
         self.insert(
             &StoredRecordRef {
                 seq,
                 channel_seq,
                 txid: record.txid,
                 channel: record.channel,
-                payload: record.payload,
+                payload: if at_rest.is_some() { &sealed } else { record.payload },
                 client_time_ns: record.client_time_ns,
                 commit_time_ns,
                 log_index,
                 log_term,
                 origin_node,
+                sealed_at_rest: at_rest.is_some(),
             },
             hash,
         );
+        self.sealed = sealed;
         Ok(AppendOutcome {
             seq,
             channel_seq,
@@ -821,13 +876,71 @@ mod tests {
     #[test]
     fn borrowed_encoding_matches_the_record() {
         for payload_bytes in [0, 1, 200, 70_000] {
-            let record = StoredRecord::for_test(300, payload_bytes);
-            let encoded = record.encode();
-            assert_eq!(StoredRecord::decode(&encoded).unwrap(), record);
-            let mut derived = vec![RECORD_FORMAT_VERSION];
-            derived.extend(postcard::to_allocvec(&record).unwrap());
-            assert_eq!(encoded, derived);
+            for sealed_at_rest in [false, true] {
+                let record = StoredRecord {
+                    sealed_at_rest,
+                    ..StoredRecord::for_test(300, payload_bytes)
+                };
+                let encoded = record.encode();
+                assert_eq!(StoredRecord::decode(&encoded).unwrap(), record);
+                let version = if sealed_at_rest {
+                    RECORD_FORMAT_SEALED
+                } else {
+                    RECORD_FORMAT_VERSION
+                };
+                let mut derived = vec![version];
+                derived.extend(postcard::to_allocvec(&record).unwrap());
+                assert_eq!(encoded, derived);
+            }
         }
+    }
+
+    /// Seals a payload by reversing it and appending the seq: enough to
+    /// tell sealed bytes from the payload, deterministic like the real one.
+    struct Reverse;
+
+    impl SealAtRest for Reverse {
+        fn seal(&self, seq: u64, payload: &[u8], out: &mut Vec<u8>) {
+            out.extend(payload.iter().rev());
+            out.extend_from_slice(&seq.to_le_bytes());
+        }
+    }
+
+    /// A record appended with a [`SealAtRest`] holds the sealed bytes in
+    /// the record file, says so after a reopen, and sealing (being
+    /// deterministic) gives two stores the same chain; a duplicate txid is
+    /// still found.
+    #[test]
+    fn payloads_sealed_at_rest_are_stored_sealed() {
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let mut chains = Vec::new();
+        for dir in &dirs {
+            let store = RecordStore::open(dir.path()).unwrap();
+            let mut batch = store.batch().unwrap();
+            batch.append(rec("plain", "orders").borrowed(), 1, 1, 1, 0).unwrap();
+            let sealed = batch
+                .append_sealed(rec("sealed", "orders").borrowed(), 1, 1, 1, 0, Some(&Reverse))
+                .unwrap();
+            let again = batch
+                .append_sealed(rec("sealed", "orders").borrowed(), 1, 1, 1, 0, Some(&Reverse))
+                .unwrap();
+            assert_eq!(batch.commit().unwrap(), 2);
+            assert_eq!((sealed.seq, again.seq, again.duplicate), (2, 2, true));
+            drop(store);
+
+            let store = RecordStore::open(dir.path()).unwrap();
+            let plain = store.get(1).unwrap().unwrap();
+            assert_eq!(
+                (plain.payload.as_slice(), plain.sealed_at_rest),
+                (&b"payload-plain"[..], false)
+            );
+            let record = store.get(2).unwrap().unwrap();
+            let mut expected: Vec<u8> = b"payload-sealed".iter().rev().copied().collect();
+            expected.extend_from_slice(&2u64.to_le_bytes());
+            assert_eq!((record.payload, record.sealed_at_rest), (expected, true));
+            chains.push(store.chain_at(2).unwrap().unwrap());
+        }
+        assert_eq!(chains[0], chains[1]);
     }
 
     /// Sequences are dense across batches, channel sequences count per channel, and a repeated txid returns the original seq.
