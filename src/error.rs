@@ -129,6 +129,7 @@ impl From<txlog_raft::Error> for Error {
             txlog_raft::Error::Io(e) => Error::Io(e),
             txlog_raft::Error::InvalidInput(m) => Error::InvalidInput(m),
             txlog_raft::Error::Unavailable(m) => Error::Unavailable(m),
+            txlog_raft::Error::Corruption(m) => Error::Corruption(m),
             other => Error::Internal(other.to_string()),
         }
     }

@@ -228,7 +228,6 @@ impl LogService for LogServer {
         let from = request.from_seq.max(1);
         let records = self
             .reader
-            .store()
             .read(from, limit, validate::READ_BYTES_MAX, request.channel.as_deref())
             .map_err(|e| self.reject(e.into()))?;
         let next_seq = records.last().map(|r| r.seq + 1).unwrap_or(from);
@@ -247,7 +246,6 @@ impl LogService for LogServer {
         }
         match self
             .reader
-            .store()
             .lookup_txid(&request.txid)
             .map_err(|e| self.reject(e.into()))?
         {
@@ -283,7 +281,7 @@ impl LogService for LogServer {
                 // Mark the current applied sequence as seen *before* reading,
                 // so an apply that lands after the read still wakes us.
                 applied.borrow_and_update();
-                let records = match reader.store().read(
+                let records = match reader.read(
                     next,
                     SUBSCRIBE_READ_RECORDS,
                     validate::READ_BYTES_MAX,

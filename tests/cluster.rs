@@ -486,3 +486,126 @@ async fn the_wal_is_bounded_by_bytes() {
     }
     assert_eq!(check_logs(&cluster, &[1, 2, 3], &acks).await, 400);
 }
+
+/// Bytes that appear in no file of an unsealed node unless it holds the
+/// payload in clear: random, so LZ4 cannot change them.
+fn random_payloads(count: usize, bytes: usize) -> Vec<Vec<u8>> {
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64 ^ u64::from(std::process::id());
+    (0..count)
+        .map(|_| {
+            (0..bytes)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Files under `dir` holding any 16-byte piece of any of `payloads`.
+fn files_with_payloads(dir: &std::path::Path, payloads: &[Vec<u8>]) -> Vec<String> {
+    const PIECE: usize = 16;
+    let pieces: HashSet<&[u8]> = payloads.iter().flat_map(|p| p.chunks_exact(PIECE)).collect();
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            if bytes.windows(PIECE).any(|w| pieces.contains(w)) {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+/// Append `payloads` (txid `at-rest-<i>`): the first half in requests of
+/// ten, the second one by one (an entry each) with a follower down, so it
+/// catches up from a snapshot; every node then serves every payload as
+/// appended. Returns the files, on any node, that hold a payload in clear
+/// once the nodes have stopped.
+async fn payloads_on_disk(mut cluster: TestCluster, payloads: &[Vec<u8>]) -> Vec<String> {
+    let leader = cluster.wait_for_leader(LEADER_WAIT).await;
+    let lagging = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    let client = cluster.client();
+    let mut by_seq = BTreeMap::new();
+    let (first, second) = payloads.split_at(payloads.len() / 2);
+    let requests = first.chunks(10).chain(second.chunks(1));
+    let mut appended = 0;
+    for chunk in requests {
+        if appended == first.len() {
+            cluster.stop(lagging).await;
+        }
+        let records: Vec<Record> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, payload)| Record {
+                txid: format!("at-rest-{}", appended + i).into_bytes().into(),
+                channel: "orders".into(),
+                payload: payload.clone().into(),
+                client_time_ns: 0,
+            })
+            .collect();
+        let results = client.append(records).await.unwrap();
+        for (result, payload) in results.iter().zip(chunk) {
+            by_seq.insert(result.seq, payload.clone());
+        }
+        appended += chunk.len();
+    }
+    cluster.start_node(lagging);
+    let last = *by_seq.keys().next_back().unwrap();
+    for id in cluster.ids() {
+        cluster.wait_for_seq(id, last, CATCH_UP_WAIT).await;
+        let served: BTreeMap<u64, Vec<u8>> = cluster
+            .read_all_from(id)
+            .await
+            .into_iter()
+            .filter(|r| r.channel == "orders")
+            .map(|r| (r.seq, r.payload.to_vec()))
+            .collect();
+        assert!(served == by_seq, "node {id} does not serve the payloads as appended");
+    }
+    let log = std::fs::read_to_string(cluster.node(lagging).data_dir.join("node.log")).unwrap();
+    assert!(
+        log.contains("snapshot installed"),
+        "node {lagging} should have caught up from a snapshot\n{}",
+        cluster.logs()
+    );
+    for id in cluster.ids() {
+        cluster.stop(id).await;
+    }
+    files_with_payloads(cluster.dir.path(), payloads)
+}
+
+/// Sealed, no payload is on disk in clear — not in the WAL, the record
+/// file, sled, the snapshots, what a lagging node received nor the logs —
+/// and every node serves every payload as appended. The same run unsealed
+/// finds them in the WAL and the record file, so the scan can fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_are_never_on_disk_in_clear() {
+    let _serial = SERIAL.lock().await;
+    let args = [
+        "--snapshot-logs-since-last",
+        "5",
+        "--log-entries-kept-after-snapshot",
+        "0",
+    ];
+    let payloads = random_payloads(400, 64);
+    let sealed = payloads_on_disk(TestCluster::start(3, &args), &payloads).await;
+    assert!(sealed.is_empty(), "payloads in clear on disk: {sealed:?}");
+    let unsealed = payloads_on_disk(TestCluster::start_unsealed(3, &args), &payloads).await;
+    for part in ["wal", "segments"] {
+        assert!(
+            unsealed.iter().any(|f| f.contains(&format!("/{part}/"))),
+            "an unsealed cluster keeps payloads in its {part} files: {unsealed:?}"
+        );
+    }
+}

@@ -56,6 +56,7 @@ use crate::batch_frame::BatchBodyRef;
 use crate::batch_frame::BatchFrame;
 use crate::batch_frame::OpenedBatch;
 use crate::error::Error;
+use crate::seal::AtRestKey;
 use crate::seal::DataKey;
 use crate::seal::Keyring;
 use crate::seal::Signer;
@@ -613,12 +614,26 @@ impl Keys {
         Ok(opened)
     }
 
+    /// The at-rest key of data key `id`: what apply seals the payloads of
+    /// that key's batches with in the record file.
+    pub fn at_rest_key(&self, id: u32) -> Option<AtRestKey> {
+        let ring = self.ring.read().expect("keyring lock poisoned");
+        ring.live.at_rest_key(id).cloned()
+    }
+
+    /// The payload of the record at `seq`, sealed at rest, opened.
+    pub fn open_at_rest(&self, seq: u64, sealed: &[u8]) -> Result<Vec<u8>, Error> {
+        let ring = self.ring.read().expect("keyring lock poisoned");
+        ring.live
+            .open_at_rest(seq, sealed, txlog_storage::WAL_RECORD_BYTES_MAX as usize)
+    }
+
     /// The data key to seal with: the newest applied one.
     pub fn current_data_key(&self) -> Option<(DataKey, DataKeyInfo)> {
         let ring = self.ring.read().expect("keyring lock poisoned");
         let id = ring.current_data?;
-        let (info, key) = ring.data.get(&id)?;
-        Some((DataKey::new(id, key), info.clone()))
+        let (info, _) = ring.data.get(&id)?;
+        Some((ring.live.data_key(id)?.clone(), info.clone()))
     }
 
     /// The signing key `id`, if the keyring has it.

@@ -61,6 +61,7 @@ pub fn random_key() -> Result<[u8; 32], Error> {
 pub struct DataKey {
     id: u32,
     cipher: Aes256Gcm,
+    at_rest: AtRestKey,
 }
 
 impl DataKey {
@@ -68,11 +69,83 @@ impl DataKey {
         DataKey {
             id,
             cipher: Aes256Gcm::new(key.into()),
+            at_rest: AtRestKey::derive(id, key),
         }
     }
 
     pub fn id(&self) -> u32 {
         self.id
+    }
+
+    /// The key that seals the payloads of this key's batches in the record file.
+    pub fn at_rest(&self) -> &AtRestKey {
+        &self.at_rest
+    }
+}
+
+/// Domain of the at-rest key derived from a data key: `SHA-256(domain ‖
+/// data key)`, so the two never share a (key, nonce) pair.
+const AT_REST_DOMAIN: &[u8; 24] = b"txlog record at rest v1\0";
+/// An at-rest nonce is this prefix and the record's seq (big endian).
+const AT_REST_NONCE_PREFIX: &[u8; 4] = b"rec\0";
+/// `data key id u32 LE | flags u8`: the head of a payload sealed at rest,
+/// and its associated data.
+pub const AT_REST_HEADER_BYTES: usize = 5;
+/// Bytes sealing adds to a payload at rest (before any compression).
+pub const AT_REST_OVERHEAD_BYTES: usize = AT_REST_HEADER_BYTES + TAG_BYTES;
+
+/// Seals record payloads for the record file (and so for the snapshots and
+/// delta files built from it): `data key id | flags | ciphertext | tag`,
+/// the payload LZ4-compressed first when that saves at least
+/// [`COMPRESS_SAVING_MIN_PERCENT`] %.
+///
+/// The nonce is the record's seq under a key derived from the batch's data
+/// key. A seq names one record for the life of the log and every node
+/// derives the same record for it from the committed log, so a (key,
+/// nonce) pair only ever seals one plaintext, and all nodes write the same
+/// bytes: the hash chain, computed over them, agrees across nodes.
+#[derive(Clone)]
+pub struct AtRestKey {
+    id: u32,
+    cipher: Aes256Gcm,
+}
+
+impl AtRestKey {
+    fn derive(id: u32, data_key: &[u8; 32]) -> AtRestKey {
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(AT_REST_DOMAIN);
+        hasher.update(data_key);
+        let key: [u8; 32] = hasher.finalize().into();
+        AtRestKey {
+            id,
+            cipher: Aes256Gcm::new((&key).into()),
+        }
+    }
+}
+
+fn at_rest_nonce(seq: u64) -> [u8; NONCE_BYTES] {
+    let mut nonce = [0u8; NONCE_BYTES];
+    nonce[..4].copy_from_slice(AT_REST_NONCE_PREFIX);
+    nonce[4..].copy_from_slice(&seq.to_be_bytes());
+    nonce
+}
+
+impl txlog_storage::SealAtRest for AtRestKey {
+    fn seal(&self, seq: u64, payload: &[u8], out: &mut Vec<u8>) {
+        let start = out.len();
+        let compressed = lz4_flex::block::compress_prepend_size(payload);
+        let compress = compressed.len() * 100 <= payload.len() * (100 - COMPRESS_SAVING_MIN_PERCENT);
+        let flags = if compress { FLAG_COMPRESSED } else { 0 };
+        out.extend_from_slice(&self.id.to_le_bytes());
+        out.push(flags);
+        out.extend_from_slice(if compress { &compressed } else { payload });
+        let (header, plain) = out[start..].split_at_mut(AT_REST_HEADER_BYTES);
+        let tag = self
+            .cipher
+            .encrypt_in_place_detached((&at_rest_nonce(seq)).into(), header, plain)
+            .expect("AES-GCM seals any record under the frame limit");
+        out.extend_from_slice(&tag);
     }
 }
 
@@ -120,6 +193,53 @@ impl Keyring {
     /// node as their origin.
     pub fn add_verifying_key(&mut self, id: u32, node_id: u64, key: ed25519_dalek::VerifyingKey) {
         self.verifying.insert(id, (node_id, key));
+    }
+
+    /// Data key `id`, built (its ciphers keyed) when it joined the ring.
+    pub fn data_key(&self, id: u32) -> Option<&DataKey> {
+        self.data.get(&id)
+    }
+
+    /// The at-rest key of data key `id`.
+    pub fn at_rest_key(&self, id: u32) -> Option<&AtRestKey> {
+        self.data_key(id).map(DataKey::at_rest)
+    }
+
+    /// Open the payload of the record at `seq`, sealed at rest: check the
+    /// tag and decrypt under the named data key's at-rest key, then
+    /// decompress (a claimed size above `limit` is refused).
+    pub fn open_at_rest(&self, seq: u64, sealed: &[u8], limit: usize) -> Result<Vec<u8>, Error> {
+        let bad = |detail: String| Error::Corruption(format!("record {seq} sealed at rest: {detail}"));
+        if sealed.len() < AT_REST_OVERHEAD_BYTES {
+            return Err(bad(format!("{} bytes is shorter than its seal", sealed.len())));
+        }
+        let (header, rest) = sealed.split_at(AT_REST_HEADER_BYTES);
+        let id = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+        let flags = header[4];
+        if flags & !FLAG_COMPRESSED != 0 {
+            return Err(bad(format!("unknown flags {flags:#x}")));
+        }
+        let key = self
+            .at_rest_key(id)
+            .ok_or_else(|| Error::Unauthorized(format!("record {seq} is sealed under unknown data key {id}")))?;
+        let (ciphertext, tag) = rest.split_at(rest.len() - TAG_BYTES);
+        let mut plain = ciphertext.to_vec();
+        key.cipher
+            .decrypt_in_place_detached((&at_rest_nonce(seq)).into(), header, &mut plain, tag.into())
+            .map_err(|_| bad(format!("authentication tag does not match under data key {id}")))?;
+        if flags & FLAG_COMPRESSED == 0 {
+            return Ok(plain);
+        }
+        let Some((size, _)) = plain.split_first_chunk::<4>() else {
+            return Err(bad("compressed payload has no size".into()));
+        };
+        let size = u32::from_le_bytes(*size) as usize;
+        if size > limit {
+            return Err(bad(format!(
+                "compressed payload claims {size} bytes; the limit is {limit}"
+            )));
+        }
+        lz4_flex::block::decompress_size_prepended(&plain).map_err(|e| bad(format!("lz4: {e}")))
     }
 }
 
@@ -310,4 +430,80 @@ pub(crate) fn authenticate(
             ))
         })?;
     Ok(plain)
+}
+
+#[cfg(test)]
+mod tests {
+    use txlog_storage::SealAtRest;
+
+    use super::*;
+
+    const LIMIT: usize = 1 << 20;
+
+    fn keyring(id: u32, key: &[u8; 32]) -> Keyring {
+        let mut keyring = Keyring::default();
+        keyring.add_data_key(DataKey::new(id, key));
+        keyring
+    }
+
+    fn sealed(keyring: &Keyring, id: u32, seq: u64, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        keyring.at_rest_key(id).unwrap().seal(seq, payload, &mut out);
+        out
+    }
+
+    /// A payload sealed at rest opens to itself; the same seq, key and
+    /// payload always seal to the same bytes (every node writes them); a
+    /// compressible payload is stored compressed, an incompressible one is
+    /// not, and neither holds the payload in clear.
+    #[test]
+    fn payloads_sealed_at_rest_open_to_themselves() {
+        let keyring = keyring(7, &[3; 32]);
+        let text = b"8=FIX.4.4|35=D|55=EURUSD|54=1|38=1000000|".repeat(8);
+        let mut noise = vec![0u8; 300];
+        getrandom::fill(&mut noise).unwrap();
+        for (payload, compressed) in [(&text, true), (&noise, false), (&Vec::new(), false)] {
+            let bytes = sealed(&keyring, 7, 42, payload);
+            assert_eq!(bytes, sealed(&keyring, 7, 42, payload));
+            assert_eq!(bytes[AT_REST_HEADER_BYTES - 1] & FLAG_COMPRESSED != 0, compressed);
+            if compressed {
+                assert!(bytes.len() < payload.len() / 2);
+            } else {
+                assert_eq!(bytes.len(), payload.len() + AT_REST_OVERHEAD_BYTES);
+            }
+            if payload.len() >= 16 {
+                assert!(!bytes.windows(16).any(|w| w == &payload[..16]));
+            }
+            assert_eq!(&keyring.open_at_rest(42, &bytes, LIMIT).unwrap(), payload);
+        }
+        assert_ne!(sealed(&keyring, 7, 42, &text), sealed(&keyring, 7, 43, &text));
+    }
+
+    /// A flipped bit anywhere, another seq, an unknown or another key, a
+    /// truncated seal or a compressed size over the limit: refused, never
+    /// a wrong payload.
+    #[test]
+    fn damaged_or_misplaced_payloads_at_rest_are_refused() {
+        let keyring = keyring(7, &[3; 32]);
+        let payload = b"order 1 buy 100 EURUSD".repeat(4);
+        let bytes = sealed(&keyring, 7, 42, &payload);
+        for at in 0..bytes.len() * 8 {
+            let mut damaged = bytes.clone();
+            damaged[at / 8] ^= 1 << (at % 8);
+            assert!(keyring.open_at_rest(42, &damaged, LIMIT).is_err(), "bit {at} flipped");
+        }
+        let refused = |err: Error| err.to_string();
+        assert!(refused(keyring.open_at_rest(43, &bytes, LIMIT).unwrap_err()).contains("tag does not match"));
+        let other = self::keyring(7, &[4; 32]);
+        assert!(refused(other.open_at_rest(42, &bytes, LIMIT).unwrap_err()).contains("tag does not match"));
+        let unknown = self::keyring(8, &[3; 32]);
+        assert!(matches!(
+            unknown.open_at_rest(42, &bytes, LIMIT),
+            Err(Error::Unauthorized(m)) if m.contains("unknown data key 7")
+        ));
+        for len in 0..AT_REST_OVERHEAD_BYTES {
+            assert!(keyring.open_at_rest(42, &bytes[..len], LIMIT).is_err());
+        }
+        assert!(refused(keyring.open_at_rest(42, &bytes, 10).unwrap_err()).contains("the limit is 10"));
+    }
 }

@@ -36,10 +36,12 @@ use tokio::sync::watch;
 use txlog_storage::snapshot_file;
 use txlog_storage::RecordStore;
 use txlog_storage::SnapshotDir;
+use txlog_storage::StoredRecord;
 
 use crate::keys::Keys;
 use crate::keys::KEYS_CHANNEL;
 use crate::meta;
+use crate::seal::AtRestKey;
 use crate::snapshot::snapshot_name;
 use crate::snapshot::Snapshot;
 use crate::snapshot::SnapshotFile;
@@ -97,6 +99,45 @@ pub struct StateMachineReader {
 impl StateMachineReader {
     pub fn store(&self) -> &RecordStore {
         &self.shared.store
+    }
+
+    /// [`RecordStore::read`], payloads sealed at rest opened: what a
+    /// client is served.
+    pub fn read(
+        &self,
+        from_seq: u64,
+        limit: usize,
+        bytes_max: usize,
+        channel: Option<&str>,
+    ) -> Result<Vec<StoredRecord>, crate::error::Error> {
+        let records = self.shared.store.read(from_seq, limit, bytes_max, channel)?;
+        records.into_iter().map(|record| self.opened(record)).collect()
+    }
+
+    /// [`RecordStore::lookup_txid`], the payload opened as by [`Self::read`].
+    pub fn lookup_txid(&self, txid: &[u8]) -> Result<Option<StoredRecord>, crate::error::Error> {
+        match self.shared.store.lookup_txid(txid)? {
+            Some(record) => self.opened(record).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn opened(&self, record: StoredRecord) -> Result<StoredRecord, crate::error::Error> {
+        if !record.sealed_at_rest {
+            return Ok(record);
+        }
+        let Some(keys) = &self.shared.keys else {
+            return Err(crate::error::Error::Unauthorized(format!(
+                "record {} is sealed at rest and this node runs without keys",
+                record.seq
+            )));
+        };
+        let payload = keys.open_at_rest(record.seq, &record.payload)?;
+        Ok(StoredRecord {
+            payload,
+            sealed_at_rest: false,
+            ..record
+        })
     }
 
     /// Watch the highest applied sequence (for subscriptions).
@@ -471,8 +512,15 @@ fn apply_entry(
                 Ok(opened) => opened,
                 Err(err) => return reject(err),
             };
+            // Its payloads go to the record file sealed under the batch's data key.
+            let Some(at_rest) = keys.at_rest_key(opened.key_ids as u32) else {
+                return reject(crate::error::Error::Internal(format!(
+                    "data key {} opened the batch but has no at-rest key",
+                    opened.key_ids as u32
+                )));
+            };
             match opened.body() {
-                Ok(body) => append_records(batch, log_id, opened.origin_node, &body, None),
+                Ok(body) => append_records(batch, log_id, opened.origin_node, &body, None, Some(&at_rest)),
                 Err(err) => reject(err),
             }
         }
@@ -484,30 +532,33 @@ fn apply_entry(
                         return reject(err);
                     }
                 }
-                append_records(batch, log_id, decoded.origin_node, &decoded.body, keys)
+                append_records(batch, log_id, decoded.origin_node, &decoded.body, keys, None)
             }
             Err(err) => reject(err),
         },
     }
 }
 
-/// Append a batch's records; with `keys`, its key events join the keyring
-/// as applied (a duplicate announcement changes nothing).
+/// Append a batch's records, their payloads sealed by `at_rest` when
+/// given; with `keys`, its key events join the keyring as applied (a
+/// duplicate announcement changes nothing).
 fn append_records(
     batch: &mut txlog_storage::ApplyBatch<'_>,
     log_id: LogId,
     origin_node: u64,
     body: &crate::batch_frame::BatchBodyRef<'_>,
     keys: Option<&Keys>,
+    at_rest: Option<&AtRestKey>,
 ) -> io::Result<BatchResponse> {
     let mut outcomes = Vec::with_capacity(body.records.len());
     for &record in &body.records {
-        let outcome = batch.append(
+        let outcome = batch.append_sealed(
             record,
             log_id.index,
             log_id.leader_id.term,
             origin_node,
             body.created_ns,
+            at_rest.map(|key| key as &dyn txlog_storage::SealAtRest),
         )?;
         if let Some(keys) = keys {
             if !outcome.duplicate {

@@ -43,6 +43,16 @@ impl TestCluster {
 
     /// Start one node per id (regions in [`REGIONS`] order) with extra `txlog node` flags.
     pub fn start_with_ids(ids: &[u64], extra_args: &[&str]) -> TestCluster {
+        Self::launch(ids, extra_args, true)
+    }
+
+    /// [`TestCluster::start`] with sealing off (`--seal false`).
+    pub fn start_unsealed(n: usize, extra_args: &[&str]) -> TestCluster {
+        let ids: Vec<u64> = (1..=n as u64).collect();
+        Self::launch(&ids, extra_args, false)
+    }
+
+    fn launch(ids: &[u64], extra_args: &[&str], sealed: bool) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
         let specs = ids
@@ -53,7 +63,11 @@ impl TestCluster {
                 ..NodeSpec::loopback(id, region, dir.path().join(region)).expect("free port")
             })
             .collect();
-        let local = LocalCluster::with_exe(specs, PathBuf::from(env!("CARGO_BIN_EXE_txlog"))).in_caller_process_group();
+        let mut local =
+            LocalCluster::with_exe(specs, PathBuf::from(env!("CARGO_BIN_EXE_txlog"))).in_caller_process_group();
+        if !sealed {
+            local = local.unsealed();
+        }
         let mut cluster = TestCluster {
             local,
             dir,
