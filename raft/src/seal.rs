@@ -93,11 +93,16 @@ const AT_REST_NONCE_PREFIX: &[u8; 4] = b"rec\0";
 pub const AT_REST_HEADER_BYTES: usize = 5;
 /// Bytes sealing adds to a payload at rest (before any compression).
 pub const AT_REST_OVERHEAD_BYTES: usize = AT_REST_HEADER_BYTES + TAG_BYTES;
+/// Payloads shorter than this are not compressed at rest: LZ4 seldom
+/// saves 10 % of one small record (FIX-like text of 256 B did not), and
+/// trying costs about as much as the encryption.
+pub const AT_REST_COMPRESS_BYTES_MIN: usize = 1024;
 
 /// Seals record payloads for the record file (and so for the snapshots and
 /// delta files built from it): `data key id | flags | ciphertext | tag`,
-/// the payload LZ4-compressed first when that saves at least
-/// [`COMPRESS_SAVING_MIN_PERCENT`] %.
+/// the payload LZ4-compressed first (one of at least
+/// [`AT_REST_COMPRESS_BYTES_MIN`] bytes, in a batch that compressed) when
+/// that saves at least [`COMPRESS_SAVING_MIN_PERCENT`] %.
 ///
 /// The nonce is the record's seq under a key derived from the batch's data
 /// key. A seq names one record for the life of the log and every node
@@ -108,6 +113,8 @@ pub const AT_REST_OVERHEAD_BYTES: usize = AT_REST_HEADER_BYTES + TAG_BYTES;
 pub struct AtRestKey {
     id: u32,
     cipher: Aes256Gcm,
+    /// Try LZ4 on each payload (see [`AtRestKey::compressing`]).
+    compress: bool,
 }
 
 impl AtRestKey {
@@ -120,7 +127,16 @@ impl AtRestKey {
         AtRestKey {
             id,
             cipher: Aes256Gcm::new((&key).into()),
+            compress: true,
         }
+    }
+
+    /// Whether to try LZ4 on each payload: apply passes whether the batch
+    /// compressed, since a batch that LZ4 could not shrink by 10 % has
+    /// records it would not shrink either, and trying costs as much as
+    /// the encryption. The batch decides, so every node decides alike.
+    pub fn compressing(self, compress: bool) -> AtRestKey {
+        AtRestKey { compress, ..self }
     }
 }
 
@@ -134,12 +150,24 @@ fn at_rest_nonce(seq: u64) -> [u8; NONCE_BYTES] {
 impl txlog_storage::SealAtRest for AtRestKey {
     fn seal(&self, seq: u64, payload: &[u8], out: &mut Vec<u8>) {
         let start = out.len();
-        let compressed = lz4_flex::block::compress_prepend_size(payload);
-        let compress = compressed.len() * 100 <= payload.len() * (100 - COMPRESS_SAVING_MIN_PERCENT);
-        let flags = if compress { FLAG_COMPRESSED } else { 0 };
         out.extend_from_slice(&self.id.to_le_bytes());
-        out.push(flags);
-        out.extend_from_slice(if compress { &compressed } else { payload });
+        out.push(0);
+        let body = out.len();
+        let mut compressed = false;
+        if self.compress && payload.len() >= AT_REST_COMPRESS_BYTES_MIN {
+            // An LZ4 block with its size prepended, straight into `out`.
+            out.resize(body + 4 + lz4_flex::block::get_maximum_output_size(payload.len()), 0);
+            out[body..body + 4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+            let block = lz4_flex::block::compress_into(payload, &mut out[body + 4..])
+                .expect("the output has LZ4's maximum size");
+            compressed = (4 + block) * 100 <= payload.len() * (100 - COMPRESS_SAVING_MIN_PERCENT);
+            out.truncate(if compressed { body + 4 + block } else { body });
+        }
+        if compressed {
+            out[body - 1] = FLAG_COMPRESSED;
+        } else {
+            out.extend_from_slice(payload);
+        }
         let (header, plain) = out[start..].split_at_mut(AT_REST_HEADER_BYTES);
         let tag = self
             .cipher
@@ -459,10 +487,11 @@ mod tests {
     #[test]
     fn payloads_sealed_at_rest_open_to_themselves() {
         let keyring = keyring(7, &[3; 32]);
-        let text = b"8=FIX.4.4|35=D|55=EURUSD|54=1|38=1000000|".repeat(8);
+        let text = b"8=FIX.4.4|35=D|55=EURUSD|54=1|38=1000000|".repeat(32);
         let mut noise = vec![0u8; 300];
         getrandom::fill(&mut noise).unwrap();
-        for (payload, compressed) in [(&text, true), (&noise, false), (&Vec::new(), false)] {
+        let short = text[..AT_REST_COMPRESS_BYTES_MIN - 1].to_vec();
+        for (payload, compressed) in [(&text, true), (&short, false), (&noise, false), (&Vec::new(), false)] {
             let bytes = sealed(&keyring, 7, 42, payload);
             assert_eq!(bytes, sealed(&keyring, 7, 42, payload));
             assert_eq!(bytes[AT_REST_HEADER_BYTES - 1] & FLAG_COMPRESSED != 0, compressed);
@@ -477,6 +506,11 @@ mod tests {
             assert_eq!(&keyring.open_at_rest(42, &bytes, LIMIT).unwrap(), payload);
         }
         assert_ne!(sealed(&keyring, 7, 42, &text), sealed(&keyring, 7, 43, &text));
+        let mut uncompressed = Vec::new();
+        let key = keyring.at_rest_key(7).unwrap().clone().compressing(false);
+        key.seal(42, &text, &mut uncompressed);
+        assert_eq!(uncompressed.len(), text.len() + AT_REST_OVERHEAD_BYTES);
+        assert_eq!(keyring.open_at_rest(42, &uncompressed, LIMIT).unwrap(), text);
     }
 
     /// A flipped bit anywhere, another seq, an unknown or another key, a
@@ -485,7 +519,7 @@ mod tests {
     #[test]
     fn damaged_or_misplaced_payloads_at_rest_are_refused() {
         let keyring = keyring(7, &[3; 32]);
-        let payload = b"order 1 buy 100 EURUSD".repeat(4);
+        let payload = b"order 1 buy 100 EURUSD ".repeat(48);
         let bytes = sealed(&keyring, 7, 42, &payload);
         for at in 0..bytes.len() * 8 {
             let mut damaged = bytes.clone();
