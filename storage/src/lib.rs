@@ -67,6 +67,7 @@ mod record_store;
 mod segment;
 mod snapshot_dir;
 pub mod snapshot_file;
+pub mod verify;
 
 pub use durable_file::fsync_dir;
 pub use error::Error;

@@ -228,7 +228,7 @@ impl TxidIndex {
 }
 
 /// Split a checked frame body into its chain value and record.
-fn decode_body(path: &Path, body: &[u8]) -> Result<(ChainHash, StoredRecord)> {
+pub(crate) fn decode_body(path: &Path, body: &[u8]) -> Result<(ChainHash, StoredRecord)> {
     let Some((chain, record)) = body.split_first_chunk::<CHAIN_BYTES>() else {
         return Err(Error::corruption(path, "record frame shorter than its chain value"));
     };

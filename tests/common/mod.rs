@@ -89,6 +89,11 @@ impl TestCluster {
             .unwrap_or_else(|| panic!("no node {id} in this cluster"))
     }
 
+    /// The key file the nodes were given (a sealed cluster).
+    pub fn key_file(&self) -> Option<&std::path::Path> {
+        self.local.key_file()
+    }
+
     /// Node `id`'s spec: its `address` and `data_dir`.
     pub fn node(&self, id: u64) -> &NodeSpec {
         &self.local.nodes[self.position(id)].spec

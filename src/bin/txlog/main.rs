@@ -18,6 +18,7 @@ mod keys;
 mod process;
 mod records;
 mod status;
+mod verify;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
@@ -38,7 +39,8 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("txlog: error: {err:#}");
-            std::process::ExitCode::from(1)
+            // `verify` tells "could not check" (2) from "found damage" (1).
+            std::process::ExitCode::from(if err.is::<verify::CannotCheck>() { 2 } else { 1 })
         }
     }
 }
@@ -69,5 +71,6 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Admin(args) => admin::run(args.command).await,
         Command::Bench(command) => bench::run(*command).await,
         Command::Keys(args) => keys::run(args.command).await,
+        Command::Verify(args) => verify::run(args),
     }
 }
