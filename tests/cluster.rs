@@ -505,6 +505,20 @@ fn random_payloads(count: usize, bytes: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Records on `orders` holding `payloads`, txids `<prefix>-<first + i>`.
+fn orders(prefix: &str, first: usize, payloads: &[Vec<u8>]) -> Vec<Record> {
+    payloads
+        .iter()
+        .enumerate()
+        .map(|(i, payload)| Record {
+            txid: format!("{prefix}-{}", first + i).into_bytes().into(),
+            channel: "orders".into(),
+            payload: payload.clone().into(),
+            client_time_ns: 0,
+        })
+        .collect()
+}
+
 /// Files under `dir` holding any 16-byte piece of any of `payloads`.
 fn files_with_payloads(dir: &std::path::Path, payloads: &[Vec<u8>]) -> Vec<String> {
     const PIECE: usize = 16;
@@ -544,17 +558,7 @@ async fn payloads_on_disk(mut cluster: TestCluster, payloads: &[Vec<u8>]) -> Vec
         if appended == first.len() {
             cluster.stop(lagging).await;
         }
-        let records: Vec<Record> = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, payload)| Record {
-                txid: format!("at-rest-{}", appended + i).into_bytes().into(),
-                channel: "orders".into(),
-                payload: payload.clone().into(),
-                client_time_ns: 0,
-            })
-            .collect();
-        let results = client.append(records).await.unwrap();
+        let results = client.append(orders("at-rest", appended, chunk)).await.unwrap();
         for (result, payload) in results.iter().zip(chunk) {
             by_seq.insert(result.seq, payload.clone());
         }
@@ -671,17 +675,7 @@ async fn verify_checks_a_stopped_node_offline() {
     let client = cluster.client();
     let payloads = random_payloads(300, 64);
     for (round, chunk) in payloads.chunks(10).enumerate() {
-        let records: Vec<Record> = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, payload)| Record {
-                txid: format!("verify-{round}-{i}").into_bytes().into(),
-                channel: "orders".into(),
-                payload: payload.clone().into(),
-                client_time_ns: 0,
-            })
-            .collect();
-        client.append(records).await.unwrap();
+        client.append(orders("verify", round * 10, chunk)).await.unwrap();
     }
     let last = client.cluster_status().await.unwrap().last_seq;
     for id in cluster.ids() {
