@@ -624,8 +624,7 @@ impl Keys {
     /// The payload of the record at `seq`, sealed at rest, opened.
     pub fn open_at_rest(&self, seq: u64, sealed: &[u8]) -> Result<Vec<u8>, Error> {
         let ring = self.ring.read().expect("keyring lock poisoned");
-        ring.live
-            .open_at_rest(seq, sealed, txlog_storage::WAL_RECORD_BYTES_MAX as usize)
+        ring.live.open_at_rest(seq, sealed)
     }
 
     /// The data key to seal with: the newest applied one.

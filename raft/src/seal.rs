@@ -26,6 +26,11 @@
 //!   a verification, never a decryption.
 //! - The CRC covers everything before it, as for a plain frame, so damage
 //!   is told apart from forgery.
+//!
+//! At rest, apply seals each record's payload once more for the record file
+//! ([`AtRestKey`]): AES-256-GCM under a key derived from the batch's data
+//! key, the record's seq as nonce, `data key id ‖ flags` as associated
+//! data; see [`AtRestKey`] for why that nonce never repeats.
 
 use std::collections::HashMap;
 
@@ -88,33 +93,27 @@ impl DataKey {
 const AT_REST_DOMAIN: &[u8; 24] = b"txlog record at rest v1\0";
 /// An at-rest nonce is this prefix and the record's seq (big endian).
 const AT_REST_NONCE_PREFIX: &[u8; 4] = b"rec\0";
-/// `data key id u32 LE | flags u8`: the head of a payload sealed at rest,
-/// and its associated data.
+/// `data key id u32 LE | flags u8 (0; none defined)`: the head of a payload
+/// sealed at rest, and its associated data.
 pub const AT_REST_HEADER_BYTES: usize = 5;
-/// Bytes sealing adds to a payload at rest (before any compression).
+/// Bytes sealing adds to a payload at rest.
 pub const AT_REST_OVERHEAD_BYTES: usize = AT_REST_HEADER_BYTES + TAG_BYTES;
-/// Payloads shorter than this are not compressed at rest: LZ4 seldom
-/// saves 10 % of one small record (FIX-like text of 256 B did not), and
-/// trying costs about as much as the encryption.
-pub const AT_REST_COMPRESS_BYTES_MIN: usize = 1024;
 
 /// Seals record payloads for the record file (and so for the snapshots and
-/// delta files built from it): `data key id | flags | ciphertext | tag`,
-/// the payload LZ4-compressed first (one of at least
-/// [`AT_REST_COMPRESS_BYTES_MIN`] bytes, in a batch that compressed) when
-/// that saves at least [`COMPRESS_SAVING_MIN_PERCENT`] %.
+/// delta files built from it): `data key id | flags | ciphertext | tag`.
 ///
 /// The nonce is the record's seq under a key derived from the batch's data
-/// key. A seq names one record for the life of the log and every node
-/// derives the same record for it from the committed log, so a (key,
-/// nonce) pair only ever seals one plaintext, and all nodes write the same
-/// bytes: the hash chain, computed over them, agrees across nodes.
+/// key, and what it seals is exactly the record's committed payload (no
+/// compression, whose output a new LZ4 version could change). A seq names
+/// one committed record for the life of the log, so a (key, nonce) pair
+/// only ever seals one plaintext, and every node writes the same bytes:
+/// the hash chain, computed over them, agrees across nodes. (A copy of a
+/// data directory started as a cluster of its own breaks this, as it
+/// breaks the batch nonces' reservations: rotate its keys first.)
 #[derive(Clone)]
 pub struct AtRestKey {
     id: u32,
     cipher: Aes256Gcm,
-    /// Try LZ4 on each payload (see [`AtRestKey::compressing`]).
-    compress: bool,
 }
 
 impl AtRestKey {
@@ -127,16 +126,7 @@ impl AtRestKey {
         AtRestKey {
             id,
             cipher: Aes256Gcm::new((&key).into()),
-            compress: true,
         }
-    }
-
-    /// Whether to try LZ4 on each payload: apply passes whether the batch
-    /// compressed, since a batch that LZ4 could not shrink by 10 % has
-    /// records it would not shrink either, and trying costs as much as
-    /// the encryption. The batch decides, so every node decides alike.
-    pub fn compressing(self, compress: bool) -> AtRestKey {
-        AtRestKey { compress, ..self }
     }
 }
 
@@ -152,22 +142,7 @@ impl txlog_storage::SealAtRest for AtRestKey {
         let start = out.len();
         out.extend_from_slice(&self.id.to_le_bytes());
         out.push(0);
-        let body = out.len();
-        let mut compressed = false;
-        if self.compress && payload.len() >= AT_REST_COMPRESS_BYTES_MIN {
-            // An LZ4 block with its size prepended, straight into `out`.
-            out.resize(body + 4 + lz4_flex::block::get_maximum_output_size(payload.len()), 0);
-            out[body..body + 4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-            let block = lz4_flex::block::compress_into(payload, &mut out[body + 4..])
-                .expect("the output has LZ4's maximum size");
-            compressed = (4 + block) * 100 <= payload.len() * (100 - COMPRESS_SAVING_MIN_PERCENT);
-            out.truncate(if compressed { body + 4 + block } else { body });
-        }
-        if compressed {
-            out[body - 1] = FLAG_COMPRESSED;
-        } else {
-            out.extend_from_slice(payload);
-        }
+        out.extend_from_slice(payload);
         let (header, plain) = out[start..].split_at_mut(AT_REST_HEADER_BYTES);
         let tag = self
             .cipher
@@ -234,18 +209,16 @@ impl Keyring {
     }
 
     /// Open the payload of the record at `seq`, sealed at rest: check the
-    /// tag and decrypt under the named data key's at-rest key, then
-    /// decompress (a claimed size above `limit` is refused).
-    pub fn open_at_rest(&self, seq: u64, sealed: &[u8], limit: usize) -> Result<Vec<u8>, Error> {
+    /// tag and decrypt under the named data key's at-rest key.
+    pub fn open_at_rest(&self, seq: u64, sealed: &[u8]) -> Result<Vec<u8>, Error> {
         let bad = |detail: String| Error::Corruption(format!("record {seq} sealed at rest: {detail}"));
         if sealed.len() < AT_REST_OVERHEAD_BYTES {
             return Err(bad(format!("{} bytes is shorter than its seal", sealed.len())));
         }
         let (header, rest) = sealed.split_at(AT_REST_HEADER_BYTES);
         let id = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
-        let flags = header[4];
-        if flags & !FLAG_COMPRESSED != 0 {
-            return Err(bad(format!("unknown flags {flags:#x}")));
+        if header[4] != 0 {
+            return Err(bad(format!("unknown flags {:#x}", header[4])));
         }
         let key = self
             .at_rest_key(id)
@@ -255,19 +228,7 @@ impl Keyring {
         key.cipher
             .decrypt_in_place_detached((&at_rest_nonce(seq)).into(), header, &mut plain, tag.into())
             .map_err(|_| bad(format!("authentication tag does not match under data key {id}")))?;
-        if flags & FLAG_COMPRESSED == 0 {
-            return Ok(plain);
-        }
-        let Some((size, _)) = plain.split_first_chunk::<4>() else {
-            return Err(bad("compressed payload has no size".into()));
-        };
-        let size = u32::from_le_bytes(*size) as usize;
-        if size > limit {
-            return Err(bad(format!(
-                "compressed payload claims {size} bytes; the limit is {limit}"
-            )));
-        }
-        lz4_flex::block::decompress_size_prepended(&plain).map_err(|e| bad(format!("lz4: {e}")))
+        Ok(plain)
     }
 }
 
@@ -466,8 +427,6 @@ mod tests {
 
     use super::*;
 
-    const LIMIT: usize = 1 << 20;
-
     fn keyring(id: u32, key: &[u8; 32]) -> Keyring {
         let mut keyring = Keyring::default();
         keyring.add_data_key(DataKey::new(id, key));
@@ -481,63 +440,49 @@ mod tests {
     }
 
     /// A payload sealed at rest opens to itself; the same seq, key and
-    /// payload always seal to the same bytes (every node writes them); a
-    /// compressible payload is stored compressed, an incompressible one is
-    /// not, and neither holds the payload in clear.
+    /// payload always seal to the same bytes (every node writes them),
+    /// which never hold the payload in clear.
     #[test]
     fn payloads_sealed_at_rest_open_to_themselves() {
         let keyring = keyring(7, &[3; 32]);
         let text = b"8=FIX.4.4|35=D|55=EURUSD|54=1|38=1000000|".repeat(32);
         let mut noise = vec![0u8; 300];
         getrandom::fill(&mut noise).unwrap();
-        let short = text[..AT_REST_COMPRESS_BYTES_MIN - 1].to_vec();
-        for (payload, compressed) in [(&text, true), (&short, false), (&noise, false), (&Vec::new(), false)] {
+        for payload in [&text, &noise, &Vec::new()] {
             let bytes = sealed(&keyring, 7, 42, payload);
             assert_eq!(bytes, sealed(&keyring, 7, 42, payload));
-            assert_eq!(bytes[AT_REST_HEADER_BYTES - 1] & FLAG_COMPRESSED != 0, compressed);
-            if compressed {
-                assert!(bytes.len() < payload.len() / 2);
-            } else {
-                assert_eq!(bytes.len(), payload.len() + AT_REST_OVERHEAD_BYTES);
-            }
+            assert_eq!(bytes.len(), payload.len() + AT_REST_OVERHEAD_BYTES);
             if payload.len() >= 16 {
                 assert!(!bytes.windows(16).any(|w| w == &payload[..16]));
             }
-            assert_eq!(&keyring.open_at_rest(42, &bytes, LIMIT).unwrap(), payload);
+            assert_eq!(&keyring.open_at_rest(42, &bytes).unwrap(), payload);
         }
         assert_ne!(sealed(&keyring, 7, 42, &text), sealed(&keyring, 7, 43, &text));
-        let mut uncompressed = Vec::new();
-        let key = keyring.at_rest_key(7).unwrap().clone().compressing(false);
-        key.seal(42, &text, &mut uncompressed);
-        assert_eq!(uncompressed.len(), text.len() + AT_REST_OVERHEAD_BYTES);
-        assert_eq!(keyring.open_at_rest(42, &uncompressed, LIMIT).unwrap(), text);
     }
 
     /// A flipped bit anywhere, another seq, an unknown or another key, a
-    /// truncated seal or a compressed size over the limit: refused, never
-    /// a wrong payload.
+    /// truncated seal: refused, never a wrong payload.
     #[test]
     fn damaged_or_misplaced_payloads_at_rest_are_refused() {
         let keyring = keyring(7, &[3; 32]);
-        let payload = b"order 1 buy 100 EURUSD ".repeat(48);
+        let payload = b"order 1 buy 100 EURUSD ".repeat(4);
         let bytes = sealed(&keyring, 7, 42, &payload);
         for at in 0..bytes.len() * 8 {
             let mut damaged = bytes.clone();
             damaged[at / 8] ^= 1 << (at % 8);
-            assert!(keyring.open_at_rest(42, &damaged, LIMIT).is_err(), "bit {at} flipped");
+            assert!(keyring.open_at_rest(42, &damaged).is_err(), "bit {at} flipped");
         }
         let refused = |err: Error| err.to_string();
-        assert!(refused(keyring.open_at_rest(43, &bytes, LIMIT).unwrap_err()).contains("tag does not match"));
+        assert!(refused(keyring.open_at_rest(43, &bytes).unwrap_err()).contains("tag does not match"));
         let other = self::keyring(7, &[4; 32]);
-        assert!(refused(other.open_at_rest(42, &bytes, LIMIT).unwrap_err()).contains("tag does not match"));
+        assert!(refused(other.open_at_rest(42, &bytes).unwrap_err()).contains("tag does not match"));
         let unknown = self::keyring(8, &[3; 32]);
         assert!(matches!(
-            unknown.open_at_rest(42, &bytes, LIMIT),
+            unknown.open_at_rest(42, &bytes),
             Err(Error::Unauthorized(m)) if m.contains("unknown data key 7")
         ));
         for len in 0..AT_REST_OVERHEAD_BYTES {
-            assert!(keyring.open_at_rest(42, &bytes[..len], LIMIT).is_err());
+            assert!(keyring.open_at_rest(42, &bytes[..len]).is_err());
         }
-        assert!(refused(keyring.open_at_rest(42, &bytes, 10).unwrap_err()).contains("the limit is 10"));
     }
 }

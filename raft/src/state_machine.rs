@@ -513,15 +513,9 @@ fn apply_entry(
                 Err(err) => return reject(err),
             };
             // Its payloads go to the record file sealed under the batch's data key.
-            let Some(at_rest) = keys
+            let at_rest = keys
                 .at_rest_key(opened.key_ids as u32)
-                .map(|k| k.compressing(opened.compressed()))
-            else {
-                return reject(crate::error::Error::Internal(format!(
-                    "data key {} opened the batch but has no at-rest key",
-                    opened.key_ids as u32
-                )));
-            };
+                .expect("the data key that opened the batch is in the ring: keys are never removed");
             match opened.body() {
                 Ok(body) => append_records(batch, log_id, opened.origin_node, &body, None, Some(&at_rest)),
                 Err(err) => reject(err),

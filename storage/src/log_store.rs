@@ -60,7 +60,7 @@ use crate::segment;
 pub const REPLICATION_BYTES_MAX: u64 = 256 * 1024;
 
 const VOTE_MAGIC: &[u8; 8] = b"TXLVOTE1";
-const PURGED_MAGIC: &[u8; 8] = b"TXLPURG1";
+pub(crate) const PURGED_MAGIC: &[u8; 8] = b"TXLPURG1";
 const COMMITTED_MAGIC: &[u8; 8] = b"TXLCOMM1";
 
 /// Called with the duration of every WAL fdatasync (for metrics).

@@ -19,9 +19,6 @@ use crate::snapshot_file;
 use crate::ChainHash;
 use crate::StoredRecord;
 
-/// Offset of the first frame of a segment (just past its header).
-pub const FIRST_FRAME_OFFSET: u64 = segment::SEGMENT_HEADER_BYTES;
-
 /// What a pass over a directory of segments found.
 #[derive(Debug, Default)]
 pub struct SegmentsChecked {
@@ -41,38 +38,42 @@ pub fn wal(dir: &Path, visit: impl FnMut(&Path, u64, &[u8]) -> Result<()>) -> Re
     segments(&segment::WAL, dir, visit)
 }
 
+/// The WAL's purge point in `dir` (a node's `wal/`), encoded as the log
+/// store wrote it (postcard of its log id type); `None` before any purge.
+/// Entries at or below it may remain in segments; the first one after it
+/// may follow a gap.
+pub fn wal_purge_point(dir: &Path) -> Result<Option<Vec<u8>>> {
+    crate::durable_file::read(&dir.join("purged"), crate::log_store::PURGED_MAGIC)
+}
+
 /// Every record segment in `dir` (`state/records/segments`), in order:
 /// every frame's CRC, dense seqs, and the hash chain recomputed from the
 /// records and compared with the value stored at every seq. `visit` gets
 /// each record and where it is.
 pub fn records(dir: &Path, mut visit: impl FnMut(&Path, &StoredRecord) -> Result<()>) -> Result<SegmentsChecked> {
-    let mut next_seq: Option<u64> = None;
+    // The record file always starts at seq 1 (its open refuses one that
+    // does not), so a missing segment shows as a seq out of place.
+    let mut next_seq = 1u64;
     let mut chain: ChainHash = [0u8; 32];
     segments(&segment::RECORDS, dir, |path, offset, body| {
         let (stored, record) = decode_body(path, body)?;
-        let expected = next_seq.unwrap_or(record.seq);
-        if record.seq != expected {
+        if record.seq != next_seq {
             return Err(Error::corruption(
                 path,
-                format!("record at offset {offset} has seq {}, expected {expected}", record.seq),
+                format!("record at offset {offset} has seq {}, expected {next_seq}", record.seq),
             ));
         }
-        if record.seq == 1 || next_seq.is_some() {
-            chain = chain_of(&chain, &body[stored.len()..]);
-            if chain != stored {
-                return Err(Error::corruption(
-                    path,
-                    format!(
-                        "hash chain differs from the records at seq {} (offset {offset})",
-                        record.seq
-                    ),
-                ));
-            }
-        } else {
-            // The file starts after seq 1: its first link cannot be checked.
-            chain = stored;
+        chain = chain_of(&chain, &body[stored.len()..]);
+        if chain != stored {
+            return Err(Error::corruption(
+                path,
+                format!(
+                    "hash chain differs from the records at seq {} (offset {offset})",
+                    record.seq
+                ),
+            ));
         }
-        next_seq = Some(record.seq + 1);
+        next_seq += 1;
         visit(path, &record)
     })
 }
@@ -101,7 +102,11 @@ fn segments(
             if !is_last {
                 return Err(Error::corruption(&path, format!("{problem}, and segments follow it")));
             }
-            checked.torn_tail = Some(format!("{}: {problem}", path.display()));
+            checked.torn_tail = Some(format!(
+                "{}: {problem}; {} bytes after the last whole frame",
+                path.display(),
+                scan.file_bytes - scan.valid_bytes
+            ));
         }
     }
     Ok(checked)
