@@ -47,6 +47,8 @@ pub struct Metrics {
     pub resync_delta_transfers: Counter,
     pub resync_full_transfers: Counter,
     pub resync_delta_refused: Counter,
+    /// AppendEntries a follower refused as damaged on the way; resent.
+    pub appends_refused: Counter,
     resync_seen: std::sync::Mutex<txlog_raft::ResyncCounts>,
     pub seal_verified_batches: Counter,
     pub seal_rejected_batches: Counter,
@@ -73,6 +75,7 @@ impl Metrics {
         self.resync_full_transfers
             .inc_by(now.full_transfers - seen.full_transfers);
         self.resync_delta_refused.inc_by(now.delta_refused - seen.delta_refused);
+        self.appends_refused.inc_by(now.appends_refused - seen.appends_refused);
         *seen = now;
     }
 
@@ -114,6 +117,7 @@ impl Metrics {
             resync_delta_transfers: Counter::default(),
             resync_full_transfers: Counter::default(),
             resync_delta_refused: Counter::default(),
+            appends_refused: Counter::default(),
             resync_seen: Default::default(),
             seal_verified_batches: Counter::default(),
             seal_rejected_batches: Counter::default(),
@@ -274,6 +278,11 @@ impl Metrics {
             "resync_delta_refused",
             "Deltas refused by a follower whose records diverged (a full snapshot followed)",
             self.resync_delta_refused.clone(),
+        );
+        registry.register(
+            "appends_refused",
+            "AppendEntries a follower refused as damaged on the way (a checksum or frame that did not check); the same entries are sent again",
+            self.appends_refused.clone(),
         );
     }
 

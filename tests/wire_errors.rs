@@ -778,3 +778,72 @@ async fn rotating_keys_needs_sealing() {
     let status = cluster.client.cluster_status().await.expect("status");
     assert_eq!(status.leader_id, Some(42), "the node still serves");
 }
+
+/// An AppendEntries a follower refuses as damaged (a batch frame whose CRC
+/// does not match) is answered INVALID_ARGUMENT, and the sender counts it
+/// as refused (openraft then sends the same entries again); a forged one
+/// (a plain client batch in a sealed cluster: PERMISSION_DENIED) is not
+/// counted as damage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_appends_are_counted_by_the_sender() {
+    use txlog_raft::openraft::network::v2::RaftNetworkV2;
+    use txlog_raft::openraft::network::RPCOption;
+    use txlog_raft::openraft::RaftNetworkFactory;
+    use txlog_raft::BatchBody;
+    use txlog_raft::BatchFrame;
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(&[3, 30, 300]).await;
+    cluster
+        .client
+        .append_one("orders", b"real", b"fine")
+        .await
+        .expect("append");
+    let follower = cluster.follower().await;
+    let status = cluster.client.cluster_status().await.expect("status");
+    let (term, leader, last_index) = (status.term, status.leader_id.expect("a leader"), status.commit_index);
+
+    // A sender of our own: a network with its own counters, over a state
+    // machine of its own (it only serves delta resyncs, unused here).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_machine = txlog_raft::StateMachine::open(dir.path()).expect("state machine");
+    let stats = txlog_raft::ResyncStats::new();
+    let mut network = txlog_raft::Network::new(state_machine.reader(), stats.clone());
+    let node = txlog_raft::NodeInfo {
+        address: cluster.address(follower),
+        region: "frankfurt".into(),
+    };
+    let mut peer = network.new_client(follower, &node).await;
+    let request = |frame: BatchFrame| {
+        let bytes = append_entries_with(frame, term, leader, last_index);
+        let message = RaftMessage::decode(bytes).expect("message");
+        postcard::from_bytes(&message.body).expect("request")
+    };
+    let body = BatchBody {
+        created_ns: 1,
+        records: vec![txlog_storage::NewRecord {
+            txid: Bytes::from_static(b"damaged"),
+            channel: "_keys".into(),
+            payload: Bytes::from_static(b"not a key event"),
+            client_time_ns: 0,
+        }],
+    };
+    let mut damaged = BatchFrame::encode(1, &body);
+    let last = damaged.0.len() - 1;
+    damaged.0[last] ^= 0x01;
+    let option = RPCOption::new(Duration::from_secs(5));
+    let refused = peer.append_entries(request(damaged), option.clone()).await;
+    assert!(refused.is_err(), "a damaged entry is refused: {refused:?}");
+    assert_eq!(stats.counts().appends_refused, 1);
+
+    let client_batch = BatchBody {
+        created_ns: 1,
+        records: vec![txlog_storage::NewRecord {
+            channel: "orders".into(),
+            ..body.records[0].clone()
+        }],
+    };
+    let forged = BatchFrame::encode(1, &client_batch);
+    let refused = peer.append_entries(request(forged), option).await;
+    assert!(refused.is_err(), "a forged entry is refused: {refused:?}");
+    assert_eq!(stats.counts().appends_refused, 1, "a forgery is not damage");
+}

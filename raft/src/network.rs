@@ -24,6 +24,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -179,6 +180,14 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
+    /// Count a peer's refusal of entries as damaged on the way (see
+    /// `ResyncStats::appends_refused`).
+    fn count_refused(&self, status: &tonic::Status) {
+        if status.code() == tonic::Code::InvalidArgument {
+            self.stats.appends_refused.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn client(&self, lane: Lane) -> Result<RaftServiceClient<Channel>, Error> {
         let client = match lane {
             Lane::Control => &self.control,
@@ -209,7 +218,12 @@ impl PeerClient {
         let message = codec::encode(req);
         match tokio::time::timeout(ttl, call(client, message)).await {
             Ok(Ok(response)) => codec::decode(response.get_ref()).map_err(|e| e.to_rpc()),
-            Ok(Err(status)) => Err(Error::Peer(status).to_rpc()),
+            Ok(Err(status)) => {
+                if matches!(action, RPCTypes::AppendEntries) {
+                    self.count_refused(&status);
+                }
+                Err(Error::Peer(status).to_rpc())
+            }
             Err(_) => Err(RPCError::Timeout(timeout_error(action, self.target, ttl))),
         }
     }
@@ -364,11 +378,16 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             let target = self.target;
             let replies = match tokio::time::timeout(ttl, client.stream_append(requests)).await {
                 Ok(Ok(response)) => response.into_inner(),
-                Ok(Err(status)) => return Err(Error::Peer(status).to_rpc()),
+                Ok(Err(status)) => {
+                    self.count_refused(&status);
+                    return Err(Error::Peer(status).to_rpc());
+                }
                 Err(_) => return Err(RPCError::Timeout(timeout_error(RPCTypes::AppendEntries, target, ttl))),
             };
+            let stats = self.stats.clone();
             let replies = futures::stream::unfold(Some((replies, stop)), move |state| {
                 let owed = owed.clone();
+                let stats = stats.clone();
                 async move {
                     let (mut replies, stop) = state?;
                     let item = loop {
@@ -379,7 +398,12 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                                     .map_err(|e| e.to_rpc());
                             }
                             Ok(Ok(None)) => return None,
-                            Ok(Err(status)) => break Err(Error::Peer(status).to_rpc()),
+                            Ok(Err(status)) => {
+                                if status.code() == tonic::Code::InvalidArgument {
+                                    stats.appends_refused.fetch_add(1, Ordering::Relaxed);
+                                }
+                                break Err(Error::Peer(status).to_rpc());
+                            }
                             Err(_) if owed.overdue(ttl) => {
                                 break Err(RPCError::Timeout(timeout_error(RPCTypes::AppendEntries, target, ttl)));
                             }

@@ -44,6 +44,10 @@ pub struct ResyncStats {
     pub full_bytes: AtomicU64,
     /// Delta attempts the follower refused (divergence), answered with a full snapshot.
     pub delta_refused: AtomicU64,
+    /// AppendEntries a follower refused as damaged on the way (a checksum
+    /// or a frame that did not check: `INVALID_ARGUMENT`); openraft sends
+    /// the same entries again.
+    pub appends_refused: AtomicU64,
 }
 
 /// A plain copy of [`ResyncStats`].
@@ -54,6 +58,7 @@ pub struct ResyncCounts {
     pub full_transfers: u64,
     pub full_bytes: u64,
     pub delta_refused: u64,
+    pub appends_refused: u64,
 }
 
 impl ResyncStats {
@@ -68,6 +73,7 @@ impl ResyncStats {
             full_transfers: self.full_transfers.load(Ordering::Relaxed),
             full_bytes: self.full_bytes.load(Ordering::Relaxed),
             delta_refused: self.delta_refused.load(Ordering::Relaxed),
+            appends_refused: self.appends_refused.load(Ordering::Relaxed),
         }
     }
 }
