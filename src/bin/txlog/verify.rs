@@ -66,6 +66,9 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
     };
     let mut checker = Checker {
         keys: keys.as_ref(),
+        progress: Progress {
+            last: std::time::Instant::now(),
+        },
         purged,
         kept_last: None,
         tally: Tally::default(),
@@ -97,10 +100,12 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
     .map_err(failed)?;
     let t = &checker.tally;
     println!(
-        "wal: {} segment(s), entries {}..={} (purged up to {}, {} of those still in segments); {} sealed batches (CRC, signature, tag), {} key batches, {} plain batches, {} blank or membership{}",
+        "wal: {} segment(s), {} (purged up to {}, {} of those still in segments); {} sealed batches (CRC, signature, tag), {} key batches, {} plain batches, {} blank or membership{}",
         wal.segments,
-        t.first_index.unwrap_or(0),
-        t.last_index.unwrap_or(0),
+        match (t.first_index, t.last_index) {
+            (Some(first), Some(last)) => format!("entries {first}..={last}"),
+            _ => "no entries".to_string(),
+        },
         checker.purged.map_or("none".to_string(), |p| p.to_string()),
         t.behind_purge,
         t.sealed_batches,
@@ -157,8 +162,26 @@ fn torn(tail: &Option<String>) -> String {
     }
 }
 
+/// How often a long check says where it is (on stderr).
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Says every [`PROGRESS_EVERY`] where a long check is.
+struct Progress {
+    last: std::time::Instant,
+}
+
+impl Progress {
+    fn tick(&mut self, what: impl FnOnce() -> String) {
+        if self.last.elapsed() >= PROGRESS_EVERY {
+            self.last = std::time::Instant::now();
+            eprintln!("verify: {}", what());
+        }
+    }
+}
+
 struct Checker<'a> {
     keys: Option<&'a Keys>,
+    progress: Progress,
     /// The WAL's purge point.
     purged: Option<u64>,
     /// The last WAL entry after the purge point seen so far.
@@ -187,6 +210,8 @@ impl Checker<'_> {
     /// announcement joins the keyring (it must verify); a payload sealed at
     /// rest must open.
     fn record(&mut self, path: &Path, record: &StoredRecord) -> txlog_storage::Result<()> {
+        self.progress
+            .tick(|| format!("{}: at seq {}", path.display(), record.seq));
         if record.channel == KEYS_CHANNEL {
             if let Some(keys) = self.keys {
                 keys.observe(&record.payload, Some(record.seq))
@@ -204,6 +229,7 @@ impl Checker<'_> {
     }
 
     fn wal_entry(&mut self, path: &Path, offset: u64, body: &[u8]) -> txlog_storage::Result<()> {
+        self.progress.tick(|| format!("{}: at offset {offset}", path.display()));
         let at = |index: Option<u64>| match index {
             Some(index) => format!("offset {offset} (log index {index})"),
             None => format!("offset {offset}"),
