@@ -487,10 +487,10 @@ async fn the_wal_is_bounded_by_bytes() {
     assert_eq!(check_logs(&cluster, &[1, 2, 3], &acks).await, 400);
 }
 
-/// Payload sizes the at-rest tests cycle through: one below the 16-byte
-/// piece the scan looks for, small records, and records larger than the
-/// batches' usual few KiB.
-const PAYLOAD_SIZES: [usize; 6] = [15, 64, 256, 1024, 3000, 20_000];
+/// Payload sizes the at-rest tests cycle through: the 16-byte piece the
+/// scan looks for, small records, and records larger than the batches'
+/// usual few KiB.
+const PAYLOAD_SIZES: [usize; 6] = [16, 64, 256, 1024, 3000, 20_000];
 
 /// Bytes that appear in no file of an unsealed node unless it holds the
 /// payload in clear: random, so LZ4 cannot change them; sizes cycle
@@ -739,6 +739,49 @@ async fn verify_checks_a_stopped_node_offline() {
         },
     );
 
+    // A plain client batch appended to the WAL as the next entry, whole and
+    // with a valid CRC: a sealed node's followers would refuse it, so
+    // verify does.
+    with_damage(
+        wals.last().unwrap(),
+        |bytes| {
+            let mut at = 28;
+            let mut last = None;
+            while at < bytes.len() {
+                let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+                last = Some(postcard::from_bytes::<txlog_raft::Entry>(&bytes[at + 8..at + 8 + len]).unwrap());
+                at += 8 + len;
+            }
+            let last = last.expect("the WAL holds entries").log_id;
+            let body = txlog_raft::BatchBody {
+                created_ns: 1,
+                records: vec![txlog_storage::NewRecord {
+                    txid: "injected".into(),
+                    channel: "orders".into(),
+                    payload: "in clear".into(),
+                    client_time_ns: 0,
+                }],
+            };
+            let entry = txlog_raft::Entry {
+                log_id: txlog_raft::openraft::testing::log_id::<txlog_raft::TypeConfig>(
+                    last.leader_id.term,
+                    last.leader_id.node_id,
+                    last.index + 1,
+                ),
+                payload: txlog_raft::openraft::EntryPayload::Normal(txlog_raft::BatchFrame::encode(1, &body)),
+            };
+            let encoded = postcard::to_allocvec(&entry).unwrap();
+            bytes.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&crc32fast::hash(&encoded).to_le_bytes());
+            bytes.extend_from_slice(&encoded);
+        },
+        || {
+            let (code, out, err) = verify(&dir, Some(&key_file));
+            assert_eq!(code, 1, "{out}\n{err}");
+            assert!(err.contains("accepts only sealed batches"), "{err}");
+        },
+    );
+
     let segment = files_ending(&dir.join("state/records/segments"), ".rec").remove(0);
     with_damage(
         &segment,
@@ -755,16 +798,19 @@ async fn verify_checks_a_stopped_node_offline() {
             );
         },
     );
-    // Record 100's stored chain value changed under a CRC made to match:
-    // the chain recomputed from the records catches it (a record file
-    // frame's body is `chain [32] | record`).
+    // Record 100's txid changed under a CRC made to match: the record
+    // still decodes, and the chain recomputed from it no longer matches.
     with_damage(
         &segment,
         |bytes| {
             let at = frame_at(bytes, 99);
             let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
             let body = at + 8..at + 8 + len;
-            bytes[body.start + 31] ^= 0x01;
+            let txid = bytes[body.clone()]
+                .windows(7)
+                .position(|w| w == b"verify-")
+                .expect("record 100 has a verify- txid");
+            bytes[body.start + txid] ^= 0x01;
             let crc = crc32fast::hash(&bytes[body]);
             bytes[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
         },

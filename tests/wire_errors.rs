@@ -656,6 +656,28 @@ async fn snapshot_purge_and_wal_metrics() {
     }
 }
 
+/// The term, leader and index of the leader's last committed entry, once
+/// `follower` holds it too (the leader's view of its match index), so an
+/// AppendEntries built on it is one the follower would take.
+async fn leader_entry_held_by(cluster: &Cluster, follower: u64) -> (u64, u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = cluster.client.cluster_status().await.expect("status");
+        let held = status
+            .nodes
+            .iter()
+            .any(|n| n.id == follower && n.match_index >= status.commit_index);
+        if held {
+            return (status.term, status.leader_id.expect("a leader"), status.commit_index);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "follower {follower} never caught up: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// An AppendEntries from the current leader (`term`, `leader`) whose log
 /// ends at `last_index`, carrying `frame` as the next entry: a request
 /// openraft would accept, as a peer message.
@@ -700,8 +722,7 @@ async fn forged_entries_never_reach_a_follower() {
     let follower = cluster.follower().await;
     let node = cluster.address(follower);
     // The leader's last entry (its own, in its term) once the follower has it too.
-    let status = cluster.client.cluster_status().await.expect("status");
-    let (term, leader, last_index) = (status.term, status.leader_id.expect("a leader"), status.commit_index);
+    let (term, leader, last_index) = leader_entry_held_by(&cluster, follower).await;
     let rejected_before = cluster.metric(follower, "txlog_seal_rejected_batches_total").await;
 
     let body = BatchBody {
@@ -799,8 +820,7 @@ async fn damaged_appends_are_counted_by_the_sender() {
         .await
         .expect("append");
     let follower = cluster.follower().await;
-    let status = cluster.client.cluster_status().await.expect("status");
-    let (term, leader, last_index) = (status.term, status.leader_id.expect("a leader"), status.commit_index);
+    let (term, leader, last_index) = leader_entry_held_by(&cluster, follower).await;
 
     // A sender of our own: a network with its own counters, over a state
     // machine of its own (it only serves delta resyncs, unused here).

@@ -179,15 +179,17 @@ pub struct PeerClient {
     stats: Arc<ResyncStats>,
 }
 
-impl PeerClient {
-    /// Count a peer's refusal of entries as damaged on the way (see
-    /// `ResyncStats::appends_refused`).
-    fn count_refused(&self, status: &tonic::Status) {
-        if status.code() == tonic::Code::InvalidArgument {
-            self.stats.appends_refused.fetch_add(1, Ordering::Relaxed);
-        }
+/// Count a peer's refusal of entries as damaged on the way (see
+/// `ResyncStats::appends_refused`): `INVALID_ARGUMENT`, but not a message
+/// version the peer does not speak (a mixed-version cluster), which no
+/// resend mends.
+fn count_damage_refusal(stats: &ResyncStats, status: &tonic::Status) {
+    if status.code() == tonic::Code::InvalidArgument && !status.message().contains("unsupported version") {
+        stats.appends_refused.fetch_add(1, Ordering::Relaxed);
     }
+}
 
+impl PeerClient {
     fn client(&self, lane: Lane) -> Result<RaftServiceClient<Channel>, Error> {
         let client = match lane {
             Lane::Control => &self.control,
@@ -199,9 +201,12 @@ impl PeerClient {
         }
     }
 
+    /// `count_damage`: count a refusal as damage (an append that carried entries).
+    #[allow(clippy::too_many_arguments)]
     async fn unary<Req, Resp, F, Fut>(
         &self,
         action: RPCTypes,
+        count_damage: bool,
         lane: Lane,
         req: &Req,
         option: &RPCOption,
@@ -219,8 +224,8 @@ impl PeerClient {
         match tokio::time::timeout(ttl, call(client, message)).await {
             Ok(Ok(response)) => codec::decode(response.get_ref()).map_err(|e| e.to_rpc()),
             Ok(Err(status)) => {
-                if matches!(action, RPCTypes::AppendEntries) {
-                    self.count_refused(&status);
+                if count_damage {
+                    count_damage_refusal(&self.stats, &status);
                 }
                 Err(Error::Peer(status).to_rpc())
             }
@@ -318,9 +323,15 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 RPCOption::new(option.hard_ttl().max(APPEND_ENTRIES_TTL_MIN)),
             )
         };
-        self.unary(RPCTypes::AppendEntries, lane, &rpc, &option, |mut c, m| async move {
-            c.append_entries(m).await
-        })
+        let count_damage = !rpc.entries.is_empty();
+        self.unary(
+            RPCTypes::AppendEntries,
+            count_damage,
+            lane,
+            &rpc,
+            &option,
+            |mut c, m| async move { c.append_entries(m).await },
+        )
         .await
     }
 
@@ -379,7 +390,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             let replies = match tokio::time::timeout(ttl, client.stream_append(requests)).await {
                 Ok(Ok(response)) => response.into_inner(),
                 Ok(Err(status)) => {
-                    self.count_refused(&status);
+                    count_damage_refusal(&self.stats, &status);
                     return Err(Error::Peer(status).to_rpc());
                 }
                 Err(_) => return Err(RPCError::Timeout(timeout_error(RPCTypes::AppendEntries, target, ttl))),
@@ -399,9 +410,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                             }
                             Ok(Ok(None)) => return None,
                             Ok(Err(status)) => {
-                                if status.code() == tonic::Code::InvalidArgument {
-                                    stats.appends_refused.fetch_add(1, Ordering::Relaxed);
-                                }
+                                count_damage_refusal(&stats, &status);
                                 break Err(Error::Peer(status).to_rpc());
                             }
                             Err(_) if owed.overdue(ttl) => {
@@ -423,9 +432,14 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(RPCTypes::Vote, Lane::Control, &rpc, &option, |mut c, m| async move {
-            c.vote(m).await
-        })
+        self.unary(
+            RPCTypes::Vote,
+            false,
+            Lane::Control,
+            &rpc,
+            &option,
+            |mut c, m| async move { c.vote(m).await },
+        )
         .await
     }
 
@@ -434,9 +448,14 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(RPCTypes::Vote, Lane::Control, &rpc, &option, |mut c, m| async move {
-            c.pre_vote(m).await
-        })
+        self.unary(
+            RPCTypes::Vote,
+            false,
+            Lane::Control,
+            &rpc,
+            &option,
+            |mut c, m| async move { c.pre_vote(m).await },
+        )
         .await
     }
 
@@ -447,6 +466,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.unary(
             RPCTypes::TransferLeader,
+            false,
             Lane::Control,
             &req,
             &option,

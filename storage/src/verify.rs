@@ -83,6 +83,10 @@ fn segments(
     dir: &Path,
     mut visit: impl FnMut(&Path, u64, &[u8]) -> Result<()>,
 ) -> Result<SegmentsChecked> {
+    if !dir.exists() {
+        // A node stopped before its first open of this part: nothing yet.
+        return Ok(SegmentsChecked::default());
+    }
     let firsts = kind.list(dir)?;
     let mut checked = SegmentsChecked::default();
     for (i, &first) in firsts.iter().enumerate() {

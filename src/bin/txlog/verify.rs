@@ -267,15 +267,21 @@ impl Checker<'_> {
         let decoded = frame.decode().map_err(|e| bad(path, at(Some(index)), e))?;
         let key_batch =
             !decoded.body.records.is_empty() && decoded.body.records.iter().all(|r| r.channel == KEYS_CHANNEL);
+        let sealed_node = self.tally.key_events > 0 || self.tally.sealed_batches > 0 || self.tally.key_batches > 0;
         match self.keys {
-            // Key announcements must verify, each under the keys before it.
-            Some(keys) if key_batch => keys.check_frame(frame).map_err(|e| bad(path, at(Some(index)), e))?,
+            // Key announcements must verify, each under the keys before it;
+            // a sealed node takes no other plain batch (its followers refuse
+            // one before their WAL, as `check_frame` does here).
+            Some(keys) if key_batch || sealed_node => {
+                keys.check_frame(frame).map_err(|e| bad(path, at(Some(index)), e))?
+            }
             None if key_batch => {
                 return Err(txlog_storage::Error::InvalidInput(format!(
                     "log entry {index} announces sealing keys: this node is sealed; pass the cluster key file with --key-file"
                 )))
             }
-            // A client batch in clear: an unsealed node's (its CRC is checked).
+            // A client batch in clear on a node that has shown no key
+            // material: an unsealed node's (its CRC is checked).
             _ => {}
         }
         if key_batch {
