@@ -627,6 +627,17 @@ impl Keys {
         ring.live.open_at_rest(seq, sealed)
     }
 
+    /// Open, in place, the payload of every record in `records` that is
+    /// sealed at rest (what a read serves), under one look at the keyring.
+    pub fn open_records(&self, records: &mut [txlog_storage::StoredRecord]) -> Result<(), Error> {
+        let ring = self.ring.read().expect("keyring lock poisoned");
+        for record in records.iter_mut().filter(|r| r.sealed_at_rest) {
+            ring.live.open_at_rest_in_place(record.seq, &mut record.payload)?;
+            record.sealed_at_rest = false;
+        }
+        Ok(())
+    }
+
     /// The data key to seal with: the newest applied one.
     pub fn current_data_key(&self) -> Option<(DataKey, DataKeyInfo)> {
         let ring = self.ring.read().expect("keyring lock poisoned");

@@ -211,11 +211,19 @@ impl Keyring {
     /// Open the payload of the record at `seq`, sealed at rest: check the
     /// tag and decrypt under the named data key's at-rest key.
     pub fn open_at_rest(&self, seq: u64, sealed: &[u8]) -> Result<Vec<u8>, Error> {
+        let mut payload = sealed.to_vec();
+        self.open_at_rest_in_place(seq, &mut payload)?;
+        Ok(payload)
+    }
+
+    /// [`Keyring::open_at_rest`] in `payload` itself, which becomes the
+    /// plaintext (no allocation: what a read does for every record).
+    pub fn open_at_rest_in_place(&self, seq: u64, payload: &mut Vec<u8>) -> Result<(), Error> {
         let bad = |detail: String| Error::Corruption(format!("record {seq} sealed at rest: {detail}"));
-        if sealed.len() < AT_REST_OVERHEAD_BYTES {
-            return Err(bad(format!("{} bytes is shorter than its seal", sealed.len())));
+        if payload.len() < AT_REST_OVERHEAD_BYTES {
+            return Err(bad(format!("{} bytes is shorter than its seal", payload.len())));
         }
-        let (header, rest) = sealed.split_at(AT_REST_HEADER_BYTES);
+        let header: [u8; AT_REST_HEADER_BYTES] = payload[..AT_REST_HEADER_BYTES].try_into().expect("5 bytes");
         let id = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
         if header[4] != 0 {
             return Err(bad(format!("unknown flags {:#x}", header[4])));
@@ -223,12 +231,19 @@ impl Keyring {
         let key = self
             .at_rest_key(id)
             .ok_or_else(|| Error::Unauthorized(format!("record {seq} is sealed under unknown data key {id}")))?;
-        let (ciphertext, tag) = rest.split_at(rest.len() - TAG_BYTES);
-        let mut plain = ciphertext.to_vec();
+        let tag_at = payload.len() - TAG_BYTES;
+        let tag: [u8; TAG_BYTES] = payload[tag_at..].try_into().expect("16 bytes");
         key.cipher
-            .decrypt_in_place_detached((&at_rest_nonce(seq)).into(), header, &mut plain, tag.into())
+            .decrypt_in_place_detached(
+                (&at_rest_nonce(seq)).into(),
+                &header,
+                &mut payload[AT_REST_HEADER_BYTES..tag_at],
+                (&tag).into(),
+            )
             .map_err(|_| bad(format!("authentication tag does not match under data key {id}")))?;
-        Ok(plain)
+        payload.truncate(tag_at);
+        payload.drain(..AT_REST_HEADER_BYTES);
+        Ok(())
     }
 }
 

@@ -110,34 +110,30 @@ impl StateMachineReader {
         bytes_max: usize,
         channel: Option<&str>,
     ) -> Result<Vec<StoredRecord>, crate::error::Error> {
-        let records = self.shared.store.read(from_seq, limit, bytes_max, channel)?;
-        records.into_iter().map(|record| self.opened(record)).collect()
+        let mut records = self.shared.store.read(from_seq, limit, bytes_max, channel)?;
+        self.open(&mut records)?;
+        Ok(records)
     }
 
     /// [`RecordStore::lookup_txid`], the payload opened as by [`Self::read`].
     pub fn lookup_txid(&self, txid: &[u8]) -> Result<Option<StoredRecord>, crate::error::Error> {
-        match self.shared.store.lookup_txid(txid)? {
-            Some(record) => self.opened(record).map(Some),
-            None => Ok(None),
-        }
+        let mut record = self.shared.store.lookup_txid(txid)?;
+        self.open(record.as_mut_slice())?;
+        Ok(record)
     }
 
-    fn opened(&self, record: StoredRecord) -> Result<StoredRecord, crate::error::Error> {
-        if !record.sealed_at_rest {
-            return Ok(record);
-        }
-        let Some(keys) = &self.shared.keys else {
-            return Err(crate::error::Error::Unauthorized(format!(
-                "record {} is sealed at rest and this node runs without keys",
-                record.seq
-            )));
+    /// Open the payloads sealed at rest among `records`.
+    fn open(&self, records: &mut [StoredRecord]) -> Result<(), crate::error::Error> {
+        let Some(sealed) = records.iter().find(|r| r.sealed_at_rest) else {
+            return Ok(());
         };
-        let payload = keys.open_at_rest(record.seq, &record.payload)?;
-        Ok(StoredRecord {
-            payload,
-            sealed_at_rest: false,
-            ..record
-        })
+        match &self.shared.keys {
+            Some(keys) => keys.open_records(records),
+            None => Err(crate::error::Error::Unauthorized(format!(
+                "record {} is sealed at rest and this node runs without keys",
+                sealed.seq
+            ))),
+        }
     }
 
     /// Watch the highest applied sequence (for subscriptions).
