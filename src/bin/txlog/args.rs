@@ -61,22 +61,22 @@ pub enum Command {
     /// Sealing keys: create the cluster key file, list the keys announced in the log, rotate them now.
     Keys(KeysArgs),
     /// Check a stopped node's files offline: every CRC, signature and tag, and the hash chain.
+    #[command(
+        long_about = "Check a stopped node's data directory offline, changing nothing: every WAL \
+                      segment and entry (CRC; for a sealed batch its signature and AEAD tag, for a \
+                      key batch its announcements), every record segment (CRC, dense seqs, the hash \
+                      chain recomputed at every record, the tag of every payload sealed at rest), \
+                      and every snapshot (the same, and the chain's final value). A staged delta \
+                      and a torn tail at the end of the WAL or the record file (what a crash leaves; \
+                      the node removes or cuts them on its next start) are reported, not errors.\n\n\
+                      Exit status: 0 when everything checks, 1 at the first bad position (printed \
+                      with its file and offset or seq), 2 when it cannot check (no such directory, \
+                      or sealed data without --key-file)."
+    )]
     Verify(VerifyArgs),
 }
 
 #[derive(Args)]
-#[command(
-    long_about = "Check a stopped node's data directory offline, changing nothing: every WAL \
-                  segment and entry (CRC; for a sealed batch its signature and AEAD tag, for a \
-                  key batch its announcements), every record segment (CRC, dense seqs, the hash \
-                  chain recomputed at every record, the tag of every payload sealed at rest), \
-                  every snapshot (the same, and the chain's final value) and any staged delta. \
-                  A torn tail at the end of the WAL or the record file (what a crash leaves, and \
-                  the node cuts on its next start) is reported, not an error.\n\n\
-                  Exit status: 0 when everything checks, 1 at the first bad position (printed \
-                  with its file and offset or seq), 2 when it cannot check (no such directory, \
-                  or sealed data without --key-file)."
-)]
 pub struct VerifyArgs {
     /// The node's data directory (its --data-dir). The node must be stopped.
     #[arg(long)]
