@@ -38,6 +38,9 @@ use crate::Result;
 
 /// Resets of not-yet-accepted HTTP/2 streams tolerated per connection (h2's default is 20).
 const HTTP2_PENDING_RESETS_MAX: usize = 1_000;
+/// How often counters kept outside Raft's metrics reach `/metrics` on a
+/// node whose Raft metrics do not change.
+const COUNTERS_SYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// A running node.
 pub struct Node {
@@ -480,9 +483,12 @@ async fn watch_raft(
                 last_state = Some(m.state);
             }
         }
+        // Counters kept elsewhere (sealing, resync) change without Raft's
+        // metrics changing: an idle node still brings them up to date.
         tokio::select! {
             _ = shutdown.cancelled() => return,
             changed = rx.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(COUNTERS_SYNC_EVERY) => {}
         }
     }
 }

@@ -764,8 +764,16 @@ async fn forged_entries_never_reach_a_follower() {
         assert_eq!(status.code(), Code::PermissionDenied, "{what}: {status:?}");
         assert!(status.message().contains(expected), "{what}: {status:?}");
     }
-    let rejected = cluster.metric(follower, "txlog_seal_rejected_batches_total").await;
-    assert_eq!(rejected - rejected_before, 3.0, "each refusal is counted");
+    // The counter reaches /metrics within a second or so (see node.rs).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let rejected = cluster.metric(follower, "txlog_seal_rejected_batches_total").await;
+        if rejected - rejected_before == 3.0 || Instant::now() > deadline {
+            assert_eq!(rejected - rejected_before, 3.0, "each refusal is counted");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Nothing forged was written anywhere; the cluster still commits.
     let next = cluster
