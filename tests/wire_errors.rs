@@ -680,12 +680,17 @@ async fn leader_entry_held_by(cluster: &Cluster, follower: u64) -> (u64, u64, u6
 
 /// An AppendEntries from the current leader (`term`, `leader`) whose log
 /// ends at `last_index`, carrying `frame` as the next entry: a request
-/// openraft would accept, as a peer message.
-fn append_entries_with(frame: txlog_raft::BatchFrame, term: u64, leader: u64, last_index: u64) -> Bytes {
+/// openraft would accept.
+fn append_request(
+    frame: txlog_raft::BatchFrame,
+    term: u64,
+    leader: u64,
+    last_index: u64,
+) -> txlog_raft::openraft::raft::AppendEntriesRequest<txlog_raft::TypeConfig> {
     use txlog_raft::openraft::testing::log_id;
     use txlog_raft::TypeConfig;
     let prev = log_id::<TypeConfig>(term, leader, last_index);
-    let request = txlog_raft::openraft::raft::AppendEntriesRequest::<TypeConfig> {
+    txlog_raft::openraft::raft::AppendEntriesRequest::<TypeConfig> {
         vote: txlog_raft::Vote::new_committed(term, leader),
         prev_log_id: Some(prev),
         entries: vec![txlog_raft::Entry {
@@ -693,8 +698,12 @@ fn append_entries_with(frame: txlog_raft::BatchFrame, term: u64, leader: u64, la
             payload: txlog_raft::openraft::EntryPayload::Normal(frame),
         }],
         leader_commit: Some(prev),
-    };
-    let body = postcard::to_allocvec(&request).expect("encode");
+    }
+}
+
+/// [`append_request`] as a peer message.
+fn append_entries_with(frame: txlog_raft::BatchFrame, term: u64, leader: u64, last_index: u64) -> Bytes {
+    let body = postcard::to_allocvec(&append_request(frame, term, leader, last_index)).expect("encode");
     RaftMessage {
         version: RAFT_MESSAGE_VERSION,
         crc32: crc32fast::hash(&body),
@@ -704,13 +713,25 @@ fn append_entries_with(frame: txlog_raft::BatchFrame, term: u64, leader: u64, la
     .into()
 }
 
+/// A batch body of one record.
+fn one_record(txid: &'static [u8], channel: &str, payload: &'static [u8]) -> txlog_raft::BatchBody {
+    txlog_raft::BatchBody {
+        created_ns: 1,
+        records: vec![txlog_storage::NewRecord {
+            txid: Bytes::from_static(txid),
+            channel: channel.into(),
+            payload: Bytes::from_static(payload),
+            client_time_ns: 0,
+        }],
+    }
+}
+
 /// A follower refuses, before its WAL, an entry that is plain, sealed under
 /// keys the cluster never announced, or a key announcement proven under
 /// another cluster's key file: PERMISSION_DENIED, counted, nothing written;
 /// the cluster goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_entries_never_reach_a_follower() {
-    use txlog_raft::BatchBody;
     use txlog_raft::BatchFrame;
     let _serial = SERIAL.lock().await;
     let cluster = Cluster::start(&[5, 700, 90_000]).await;
@@ -725,15 +746,7 @@ async fn forged_entries_never_reach_a_follower() {
     let (term, leader, last_index) = leader_entry_held_by(&cluster, follower).await;
     let rejected_before = cluster.metric(follower, "txlog_seal_rejected_batches_total").await;
 
-    let body = BatchBody {
-        created_ns: 1,
-        records: vec![txlog_storage::NewRecord {
-            txid: Bytes::from_static(b"forged"),
-            channel: "orders".into(),
-            payload: Bytes::from_static(b"FORGED PAYLOAD"),
-            client_time_ns: 0,
-        }],
-    };
+    let body = one_record(b"forged", "orders", b"FORGED PAYLOAD");
     let plain = BatchFrame::encode(1, &body);
     let stranger_key = txlog_raft::DataKey::new(7, &[9; 32]);
     let stranger = txlog_raft::Signer::new(8, &[10; 32]);
@@ -818,7 +831,6 @@ async fn damaged_appends_are_counted_by_the_sender() {
     use txlog_raft::openraft::network::v2::RaftNetworkV2;
     use txlog_raft::openraft::network::RPCOption;
     use txlog_raft::openraft::RaftNetworkFactory;
-    use txlog_raft::BatchBody;
     use txlog_raft::BatchFrame;
     let _serial = SERIAL.lock().await;
     let cluster = Cluster::start(&[3, 30, 300]).await;
@@ -841,20 +853,8 @@ async fn damaged_appends_are_counted_by_the_sender() {
         region: "frankfurt".into(),
     };
     let mut peer = network.new_client(follower, &node).await;
-    let request = |frame: BatchFrame| {
-        let bytes = append_entries_with(frame, term, leader, last_index);
-        let message = RaftMessage::decode(bytes).expect("message");
-        postcard::from_bytes(&message.body).expect("request")
-    };
-    let body = BatchBody {
-        created_ns: 1,
-        records: vec![txlog_storage::NewRecord {
-            txid: Bytes::from_static(b"damaged"),
-            channel: "_keys".into(),
-            payload: Bytes::from_static(b"not a key event"),
-            client_time_ns: 0,
-        }],
-    };
+    let request = |frame: BatchFrame| append_request(frame, term, leader, last_index);
+    let body = one_record(b"damaged", "_keys", b"not a key event");
     let mut damaged = BatchFrame::encode(1, &body);
     let last = damaged.0.len() - 1;
     damaged.0[last] ^= 0x01;
@@ -863,13 +863,7 @@ async fn damaged_appends_are_counted_by_the_sender() {
     assert!(refused.is_err(), "a damaged entry is refused: {refused:?}");
     assert_eq!(stats.counts().appends_refused, 1);
 
-    let client_batch = BatchBody {
-        created_ns: 1,
-        records: vec![txlog_storage::NewRecord {
-            channel: "orders".into(),
-            ..body.records[0].clone()
-        }],
-    };
+    let client_batch = one_record(b"damaged", "orders", b"not a key event");
     let forged = BatchFrame::encode(1, &client_batch);
     let refused = peer.append_entries(request(forged), option).await;
     assert!(refused.is_err(), "a forged entry is refused: {refused:?}");

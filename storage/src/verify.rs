@@ -117,7 +117,7 @@ fn segments(
 }
 
 /// A snapshot or staged delta in a node's `state/snapshots/`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum SnapshotKind {
     /// A snapshot (`<index>-<term>.snap`, a file or a linked directory).
     Snapshot,

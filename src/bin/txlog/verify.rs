@@ -118,7 +118,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
     for (kind, path) in files::snapshots_in(&dir.join("state/snapshots")).map_err(failed)? {
         let before = checker.tally.sealed_payloads;
         let checked = files::snapshot(&kind, &path, |record| checker.record(&path, record));
-        let count = match (kind.clone(), checked) {
+        let count = match (&kind, checked) {
             (_, Ok(count)) => count,
             // A delta being received is a leftover the node removes on its
             // next start (a crash mid-transfer leaves one cut short).
