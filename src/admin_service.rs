@@ -32,6 +32,7 @@ use txlog_proto::MembershipResponse;
 use txlog_proto::NodeStatus;
 use txlog_proto::RemoveRequest;
 use txlog_proto::ResyncCounters;
+use txlog_proto::RotateKekRequest;
 use txlog_proto::RotateKeysRequest;
 use txlog_proto::RotateKeysResponse;
 use txlog_proto::SnapshotRequest;
@@ -76,6 +77,8 @@ pub struct AdminServer {
     pub membership_lock: Arc<tokio::sync::Mutex<()>>,
     /// Asks this node's key-rotation task for keys now; `None` when sealing is off.
     pub(crate) rotations: Option<crate::key_rotation::Rotations>,
+    /// The keyring and KEKs; `None` when sealing is off.
+    pub keys: Option<Arc<txlog_raft::Keys>>,
 }
 
 /// The role a node reports for itself; the names are the client crate's
@@ -248,6 +251,8 @@ impl AdminServer {
                 full_bytes: resync.full_bytes,
                 delta_refused: resync.delta_refused,
             }),
+            kek_ids: self.keys.as_ref().map(|k| k.kek_ids()).unwrap_or_default(),
+            kek_current: self.keys.as_ref().map(|k| k.current_kek()).unwrap_or(0),
         }
     }
 
@@ -434,6 +439,26 @@ impl AdminServer {
     }
 }
 
+impl AdminServer {
+    /// Rewrap the keyring under KEK `kek_id`, on the leader (`txlog keys rotate-kek`).
+    async fn rotate_kek_now(&self, req: RotateKekRequest) -> Result<RotateKeysResponse> {
+        let Some(rotations) = &self.rotations else {
+            return Err(Error::FailedPrecondition(
+                "sealing is off on this cluster (started with --no-seal): there are no keys to rewrap".into(),
+            ));
+        };
+        if let Some(leader) = self.leader_elsewhere()? {
+            return Err(Error::NotLeader { leader: Some(leader) });
+        }
+        let announced = rotations.rewrap(req.kek_id).await?;
+        Ok(RotateKeysResponse {
+            announced: announced.keys,
+            log_index: announced.log_index,
+            leader_id: self.node_id,
+        })
+    }
+}
+
 /// Every error leaves through `Status::from` (`Error::to_status`).
 #[tonic::async_trait]
 impl AdminService for AdminServer {
@@ -480,6 +505,13 @@ impl AdminService for AdminServer {
         request: Request<RotateKeysRequest>,
     ) -> std::result::Result<Response<RotateKeysResponse>, Status> {
         Ok(Response::new(self.rotate_keys_now(request.into_inner()).await?))
+    }
+
+    async fn rotate_kek(
+        &self,
+        request: Request<RotateKekRequest>,
+    ) -> std::result::Result<Response<RotateKeysResponse>, Status> {
+        Ok(Response::new(self.rotate_kek_now(request.into_inner()).await?))
     }
 }
 

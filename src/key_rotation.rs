@@ -11,10 +11,13 @@
 //! within one check.
 //!
 //! An operator can ask for keys now (`txlog keys rotate`, the admin
-//! `RotateKeys` call): the request is queued to this same task
+//! `RotateKeys` call) or for a KEK rotation (`txlog keys rotate-kek`, the
+//! admin `RotateKek` call: every applied key wrapped again under the key
+//! file's newest KEK): the request is queued to this same task
 //! ([`Rotations`]), so every announcement of a node is prepared and
 //! proposed by one task, one at a time — two concurrent preparations could
-//! otherwise pick the same free key id for two different keys.
+//! otherwise pick the same free key id for two different keys, and a data
+//! key announced during a rewrap could miss it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +42,10 @@ pub const KEY_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 pub const KEY_PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Operator requests waiting for the task.
 const ROTATIONS_QUEUED_MAX: usize = 8;
+/// Key events per rewrap batch: a year of hourly data keys is ~8,800.
+const REWRAP_EVENTS_PER_BATCH_MAX: usize = 256;
+/// Rewrap batches per KEK rotation; more means keys keep appearing.
+const REWRAP_BATCHES_MAX: usize = 256;
 
 /// Which keys an operator asked for.
 #[derive(Debug, Clone, Copy)]
@@ -55,7 +62,17 @@ pub struct Announced {
     pub log_index: u64,
 }
 
-type Request = (Rotate, oneshot::Sender<Result<Announced>>);
+/// What an operator asked the task for.
+#[derive(Debug, Clone, Copy)]
+enum Job {
+    Keys(Rotate),
+    /// Rewrap every applied key under KEK `kek_id`.
+    Rewrap {
+        kek_id: u32,
+    },
+}
+
+type Request = (Job, oneshot::Sender<Result<Announced>>);
 
 /// The admin service's way to ask the rotation task for keys now.
 #[derive(Clone)]
@@ -72,9 +89,19 @@ pub fn rotations() -> (Rotations, RotationRequests) {
 impl Rotations {
     /// Announce the keys `rotate` names, once committed and applied.
     pub async fn rotate(&self, rotate: Rotate) -> Result<Announced> {
+        self.ask(Job::Keys(rotate)).await
+    }
+
+    /// Wrap every applied data key and prove every first signing key again
+    /// under KEK `kek_id`, which must be this node's newest.
+    pub async fn rewrap(&self, kek_id: u32) -> Result<Announced> {
+        self.ask(Job::Rewrap { kek_id }).await
+    }
+
+    async fn ask(&self, job: Job) -> Result<Announced> {
         let (reply, answer) = oneshot::channel();
         self.0
-            .try_send((rotate, reply))
+            .try_send((job, reply))
             .map_err(|_| Error::Unavailable("key rotations are queued up (or the node is stopping); retry".into()))?;
         answer
             .await
@@ -100,7 +127,7 @@ pub async fn run(
             Some(request) = requests.0.recv() => Some(request),
         };
         let leading = raft.metrics().borrow_watched().state == ServerState::Leader;
-        let Some((rotate, reply)) = forced else {
+        let Some((job, reply)) = forced else {
             if leading {
                 let due = (sealing.signing_key_rotate, sealing.data_key_rotate);
                 if let Err(err) = announce(&raft, node_id, &sealer, due, &metrics, &shutdown).await {
@@ -109,26 +136,73 @@ pub async fn run(
             }
             continue;
         };
-        let outcome = if !leading {
-            Err(Error::Unavailable("this node no longer leads; retry".into()))
-        } else {
-            // A zero age makes the key due now.
-            let due = (
-                if rotate.signing {
-                    Duration::ZERO
-                } else {
-                    sealing.signing_key_rotate
-                },
-                if rotate.data {
-                    Duration::ZERO
-                } else {
-                    sealing.data_key_rotate
-                },
-            );
-            announce(&raft, node_id, &sealer, due, &metrics, &shutdown).await
+        let outcome = match job {
+            _ if !leading => Err(Error::Unavailable("this node no longer leads; retry".into())),
+            Job::Keys(rotate) => {
+                // A zero age makes the key due now.
+                let due = (
+                    if rotate.signing {
+                        Duration::ZERO
+                    } else {
+                        sealing.signing_key_rotate
+                    },
+                    if rotate.data {
+                        Duration::ZERO
+                    } else {
+                        sealing.data_key_rotate
+                    },
+                );
+                announce(&raft, node_id, &sealer, due, &metrics, &shutdown).await
+            }
+            Job::Rewrap { kek_id } => rewrap(&raft, node_id, &sealer, kek_id, &metrics, &shutdown).await,
         };
         let _ = reply.send(outcome);
     }
+}
+
+/// Propose rewraps of every applied key under KEK `kek_id`, in batches,
+/// until the keyring has none left to rewrap; wait until each is applied.
+async fn rewrap(
+    raft: &Raft,
+    node_id: u64,
+    sealer: &Sealer,
+    kek_id: u32,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> Result<Announced> {
+    let keys = sealer.keys();
+    let current = keys.current_kek();
+    if current != kek_id {
+        return Err(Error::FailedPrecondition(format!(
+            "the leader's newest key-encryption key is {current}, not {kek_id}: it has not loaded the new key file yet (nodes reload it within {:?} of a change)",
+            crate::key_file_watch::KEY_FILE_POLL
+        )));
+    }
+    let mut announced = Announced {
+        keys: Vec::new(),
+        log_index: 0,
+    };
+    for _ in 0..REWRAP_BATCHES_MAX {
+        let mut events = keys.rewrap_events().map_err(|err| {
+            tracing::error!(%err, "cannot prepare a rewrap");
+            Error::Internal(format!("cannot prepare a rewrap: {err}"))
+        })?;
+        if events.is_empty() {
+            tracing::info!(
+                kek = kek_id,
+                rewrapped = announced.keys.len(),
+                "every key is wrapped under the newest key-encryption key"
+            );
+            return Ok(announced);
+        }
+        events.truncate(REWRAP_EVENTS_PER_BATCH_MAX);
+        let batch = propose(raft, node_id, events, metrics, shutdown).await?;
+        announced.keys.extend(batch.keys);
+        announced.log_index = batch.log_index;
+    }
+    Err(Error::Internal(format!(
+        "keys still left to rewrap after {REWRAP_BATCHES_MAX} batches"
+    )))
 }
 
 /// Propose the key events due under `(signing, data)` rotation ages as one
@@ -151,6 +225,17 @@ async fn announce(
             log_index: 0,
         });
     }
+    propose(raft, node_id, events, metrics, shutdown).await
+}
+
+/// Propose `events` as one plain batch and wait until it is applied.
+async fn propose(
+    raft: &Raft,
+    node_id: u64,
+    events: Vec<KeyEvent>,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> Result<Announced> {
     let described: Vec<String> = events.iter().map(describe).collect();
     let written = tokio::select! {
         _ = shutdown.cancelled() => return Err(Error::Unavailable("the node is stopping".into())),
@@ -193,5 +278,7 @@ fn describe(event: &KeyEvent) -> String {
     match event {
         KeyEvent::Signing(a) => format!("signing key {} of node {}", a.id, a.node_id),
         KeyEvent::Data(a) => format!("data key {}", a.id),
+        KeyEvent::Rewrap(a) => format!("data key {} rewrapped under KEK {}", a.id, a.kek_id),
+        KeyEvent::Reprove(a) => format!("signing key {} of node {} proven under the new KEK", a.id, a.node_id),
     }
 }

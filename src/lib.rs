@@ -38,6 +38,7 @@ mod error;
 pub mod failure_detector;
 pub mod health;
 pub mod join;
+mod key_file_watch;
 mod key_rotation;
 pub mod log_service;
 pub mod log_throttle;

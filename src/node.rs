@@ -361,6 +361,7 @@ impl Parts<'_> {
             source_address: self.source_address,
             membership_lock: Arc::default(),
             rotations: self.rotations.clone(),
+            keys: self.keys.cloned(),
         }
     }
 
@@ -389,6 +390,13 @@ impl Parts<'_> {
             self.keys.cloned(),
             shutdown.clone(),
         ));
+        if let (Some(keys), Some(sealing)) = (self.keys, &config.sealing) {
+            self.tracker.spawn(crate::key_file_watch::run(
+                sealing.key_file.clone(),
+                keys.clone(),
+                shutdown.clone(),
+            ));
+        }
         if let (Some(sealer), Some(sealing), Some(requests)) = (self.sealer, &config.sealing, rotations) {
             self.tracker.spawn(crate::key_rotation::run(
                 raft.clone(),

@@ -193,7 +193,7 @@ async fn dev_cluster_through_the_cli() {
     let (ok, out, err) = txlog(&cluster, &["keys", "status"]);
     assert!(ok, "keys status: {err}");
     assert!(
-        out.contains("signing") && out.contains("current, wrapped under KEK 1"),
+        out.contains("signing") && out.contains("current, first key, proven under KEK 1"),
         "{out}"
     );
     // Rotation on demand: both keys, then only a data key; the rotated
@@ -312,5 +312,183 @@ async fn dev_cluster_through_the_cli() {
         .map(|r| r["txid"].as_str().unwrap())
         .collect();
     assert_eq!(txids, vec!["order-1", "exec-1", "after-rotation"]);
+    stop_dev(dev);
+}
+
+/// Every node's KEK ids as `txlog status --json` reports them, once each
+/// answers; polls until `want` holds or `STATUS_ATTEMPTS_MAX` tries pass.
+fn wait_for_keks(cluster: &str, want: impl Fn(&[Vec<u64>]) -> bool) -> Vec<Vec<u64>> {
+    let mut seen = Vec::new();
+    for _ in 0..STATUS_ATTEMPTS_MAX {
+        let (ok, out, _) = txlog(cluster, &["status", "--json"]);
+        if ok {
+            let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+            seen = status["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| {
+                    n["kek_ids"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|k| k.as_u64().unwrap())
+                        .collect()
+                })
+                .collect();
+            if seen.len() == 3 && want(&seen) {
+                return seen;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    seen
+}
+
+/// A KEK rotation end to end on `txlog dev` (whose nodes share one key
+/// file): rotate-kek adds KEK 2 and rewraps every key; retire-kek refuses
+/// while WALs hold announcements under KEK 1, then removes it once they
+/// are compacted; nodes refuse a foreign key file; and the cluster,
+/// restarted with only KEK 2, still reads every record and appends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kek_rotation_through_the_cli() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("dev");
+    let key_file = data_dir.join("cluster.key");
+    let key_arg = key_file.to_str().unwrap();
+    let base = free_port_block();
+    let cluster = format!("127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}", base, base + 1, base + 2);
+    let (dev, _) = start_dev(&data_dir, base);
+    let append = |txid: &str| {
+        let (ok, _, err) = txlog(
+            &cluster,
+            &["append", "-c", "orders", "-t", txid, &format!("payload of {txid}")],
+        );
+        assert!(ok, "append {txid}: {err}");
+    };
+    append("before-kek");
+    // Another data key under KEK 1, so there are two to rewrap.
+    let (ok, _, err) = txlog(&cluster, &["keys", "rotate", "--data"]);
+    assert!(ok, "{err}");
+    append("before-kek-2");
+
+    let (ok, _, err) = txlog(&cluster, &["keys", "retire-kek", "--key-file", key_arg, "--id", "1"]);
+    assert!(!ok && err.contains("is the newest"), "{err}");
+    let (ok, out, err) = txlog(&cluster, &["keys", "rotate-kek", "--key-file", key_arg, "--json"]);
+    assert!(ok, "rotate-kek: {err}");
+    assert!(err.contains("added KEK 2"), "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["kek"], 2, "{out}");
+    let announced: Vec<&str> = json["announced"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        announced.iter().filter(|a| a.contains("rewrapped under KEK 2")).count() >= 2
+            && announced.iter().any(|a| a.contains("proven under the new KEK")),
+        "both data keys rewrapped, the first signing key proven again: {out}"
+    );
+    let (ok, out, err) = txlog(&cluster, &["keys", "rotate-kek", "--resume", "--key-file", key_arg]);
+    assert!(
+        ok && out.contains("already wrapped under KEK 2"),
+        "a second run has nothing to do: {out}{err}"
+    );
+    let (ok, out, err) = txlog(&cluster, &["keys", "status", "--json"]);
+    assert!(ok, "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for row in rows.as_array().unwrap() {
+        let keks: Vec<u64> = row["keks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_u64().unwrap())
+            .collect();
+        assert!(
+            keks.is_empty() || keks.contains(&2),
+            "every key proven under KEK 2 (a chained signing key needs none): {row}"
+        );
+    }
+    append("after-kek");
+
+    // KEK 1 still proves announcements in the WALs.
+    let (ok, _, err) = txlog(&cluster, &["keys", "retire-kek", "--key-file", key_arg, "--id", "1"]);
+    assert!(!ok && err.contains("txlog admin compact"), "{err}");
+    for step in ["snapshot", "compact"] {
+        let (ok, out, err) = txlog(&cluster, &["admin", step]);
+        assert!(ok, "admin {step}: {out}{err}");
+    }
+    let (ok, out, err) = txlog(&cluster, &["keys", "retire-kek", "--key-file", key_arg, "--id", "1"]);
+    assert!(ok && out.contains("removed KEK 1"), "{out}{err}");
+    let keks = wait_for_keks(&cluster, |nodes| nodes.iter().all(|k| k == &[2]));
+    assert!(keks.iter().all(|k| k == &[2]), "every node reloaded the file: {keks:?}");
+
+    // Another cluster's key file is refused by every node: keys would be stranded.
+    let saved = std::fs::read(&key_file).unwrap();
+    let foreign = dir.path().join("foreign.key");
+    let (ok, _, err) = txlog(&cluster, &["keys", "init", "--out", foreign.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    std::fs::copy(&foreign, &key_file).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let keks = wait_for_keks(&cluster, |_| true);
+    assert!(
+        keks.iter().all(|k| k == &[2]),
+        "the foreign file is not taken: {keks:?}"
+    );
+    let log = std::fs::read_to_string(data_dir.join("paris/node.log")).unwrap();
+    assert!(log.contains("key file changed but not taken"), "one clear line says so");
+    std::fs::write(&key_file, &saved).unwrap();
+    // An entry after the compaction point: a cluster restarted on fully
+    // purged WALs stalls (the leader keeps sending snapshots; a known bug,
+    // unrelated to keys), which this test is not about.
+    append("after-retire");
+    stop_dev(dev);
+
+    // Offline, with only KEK 2: the record file, WAL and snapshots verify.
+    let (ok, out, err) = txlog(
+        &cluster,
+        &[
+            "verify",
+            "--data-dir",
+            data_dir.join("lyon").to_str().unwrap(),
+            "--key-file",
+            key_arg,
+        ],
+    );
+    assert!(ok && out.contains("verify: ok"), "{out}{err}");
+    // Restarted with only KEK 2, every node rebuilds its keyring from the log.
+    let (dev, _) = start_dev(&data_dir, base);
+    append("after-restart");
+    let (ok, out, err) = txlog(&cluster, &["read", "--from", "1", "--json"]);
+    assert!(ok, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let records: Vec<(String, String)> = json["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["channel"] == "orders")
+        .map(|r| {
+            (
+                r["txid"].as_str().unwrap().to_string(),
+                r["payload"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let txids = [
+        "before-kek",
+        "before-kek-2",
+        "after-kek",
+        "after-retire",
+        "after-restart",
+    ];
+    assert_eq!(
+        records,
+        txids
+            .iter()
+            .map(|t| (t.to_string(), format!("payload of {t}")))
+            .collect::<Vec<_>>()
+    );
     stop_dev(dev);
 }

@@ -12,6 +12,7 @@ use txlog_proto::JoinRequest;
 use txlog_proto::MembershipResponse;
 use txlog_proto::NodeStatus;
 use txlog_proto::RemoveRequest;
+use txlog_proto::RotateKekRequest;
 use txlog_proto::RotateKeysRequest;
 use txlog_proto::RotateKeysResponse;
 use txlog_proto::SnapshotRequest;
@@ -136,6 +137,22 @@ impl Client {
                 .await
                 .map(|r| r.into_inner())
         })
+        .await
+    }
+
+    /// Wrap every data key, and prove every first signing key, again under
+    /// KEK `kek_id` (the key file's newest), on the leader.
+    pub async fn rotate_kek(&self, kek_id: u32) -> Result<RotateKeysResponse, ClientError> {
+        self.call(
+            membership_call("rotate_kek", Shape::Unary),
+            RotateKekRequest { kek_id },
+            |route, request| async move {
+                admin_service(route.channel)
+                    .rotate_kek(request)
+                    .await
+                    .map(|r| r.into_inner())
+            },
+        )
         .await
     }
 

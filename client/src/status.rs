@@ -162,6 +162,10 @@ pub struct NodeView {
     pub applied_index: u64,
     pub last_seq: u64,
     pub term: u64,
+    /// The KEKs the node's key file holds, as it loaded them.
+    pub kek_ids: Vec<u32>,
+    /// The KEK the node wraps new keys under (0: unsealed or not answering).
+    pub kek_current: u32,
 }
 
 impl NodeView {
@@ -194,6 +198,8 @@ impl NodeView {
             applied_index: answer.map(|s| s.applied_index).unwrap_or(0),
             last_seq: answer.map(|s| s.last_seq).unwrap_or(0),
             term: answer.map(|s| s.term).unwrap_or(0),
+            kek_ids: answer.map(|s| s.kek_ids.clone()).unwrap_or_default(),
+            kek_current: answer.map(|s| s.kek_current).unwrap_or(0),
         }
     }
 }

@@ -36,9 +36,11 @@
 //! same announcement a duplicate) and ignored with a warning on receive.
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::sync::RwLock;
 
 use aes_gcm::aead::AeadInPlace;
@@ -78,6 +80,12 @@ const LOG_TAIL_READ_ENTRIES: u64 = 256;
 pub enum KeyEvent {
     Signing(SigningAnnounce),
     Data(DataKeyAnnounce),
+    /// A data key announced before, wrapped again under another KEK (a
+    /// KEK rotation). It never makes the key current.
+    Rewrap(DataKeyAnnounce),
+    /// A node's first signing key, announced before, proven again under
+    /// another KEK (a KEK rotation). The proof must be [`SigningProof::Kek`].
+    Reprove(SigningAnnounce),
 }
 
 /// A node's public signing key.
@@ -141,6 +149,13 @@ impl KeyEvent {
         let txid = match self {
             KeyEvent::Signing(a) => format!("{KEYS_CHANNEL}/signing/{}", a.id),
             KeyEvent::Data(a) => format!("{KEYS_CHANNEL}/data/{}", a.id),
+            // One rewrap per key and KEK: rotating to the same KEK again is
+            // a duplicate.
+            KeyEvent::Rewrap(a) => format!("{KEYS_CHANNEL}/data/{}/kek/{}", a.id, a.kek_id),
+            KeyEvent::Reprove(a) => match &a.proof {
+                SigningProof::Kek { kek_id, .. } => format!("{KEYS_CHANNEL}/signing/{}/kek/{kek_id}", a.id),
+                SigningProof::Previous { .. } => format!("{KEYS_CHANNEL}/signing/{}/kek/none", a.id),
+            },
         };
         NewRecord {
             txid: txid.into_bytes().into(),
@@ -208,6 +223,9 @@ pub struct SigningKeyInfo {
     pub created_ns: u64,
     /// The sequence number of its announcement, once applied.
     pub seq: Option<u64>,
+    /// The KEKs a verified proof of this key is under (a node's first key;
+    /// empty for a key signed by its predecessor).
+    pub keks: BTreeSet<u32>,
 }
 
 /// What the keyring knows of a data key (never the key itself).
@@ -216,6 +234,15 @@ pub struct DataKeyInfo {
     pub created_ns: u64,
     pub by_node: u64,
     pub seq: Option<u64>,
+    /// The KEKs a verified wrapping of this key is under.
+    pub keks: BTreeSet<u32>,
+}
+
+/// Which key a rewrap or re-proof is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum KeyName {
+    Signing(u32),
+    Data(u32),
 }
 
 #[derive(Default)]
@@ -225,6 +252,31 @@ struct Ring {
     data: BTreeMap<u32, (DataKeyInfo, [u8; 32])>,
     /// The newest applied data key: the one a leader seals with.
     current_data: Option<u32>,
+    /// Rewraps and re-proofs that verified under a KEK this node holds:
+    /// what vouches for an older announcement whose KEK has been retired.
+    rewraps: HashMap<KeyName, Vec<KeyEvent>>,
+}
+
+/// The key-encryption keys of the key file, reloadable.
+struct KekSet {
+    ciphers: HashMap<u32, Arc<Aes256Gcm>>,
+    /// The key bytes, to tell a changed key file from another cluster's.
+    keys: HashMap<u32, [u8; 32]>,
+    current: u32,
+}
+
+impl KekSet {
+    fn new(file: &KekFile) -> KekSet {
+        KekSet {
+            ciphers: file
+                .keks
+                .iter()
+                .map(|k| (k.id, Arc::new(Aes256Gcm::new((&k.key).into()))))
+                .collect(),
+            keys: file.keks.iter().map(|k| (k.id, k.key)).collect(),
+            current: file.current().id,
+        }
+    }
 }
 
 /// Counts an operator graphs: batches checked before persisting, refused,
@@ -260,8 +312,7 @@ impl SealStats {
 /// The cluster KEKs and the keyring, shared by the peer service, the state
 /// machine and the leader's sealer.
 pub struct Keys {
-    keks: HashMap<u32, Aes256Gcm>,
-    current_kek: u32,
+    keks: RwLock<KekSet>,
     ring: RwLock<Ring>,
     /// Bumped whenever a key joins the ring or becomes current.
     changed: tokio::sync::watch::Sender<u64>,
@@ -271,24 +322,100 @@ pub struct Keys {
 impl Keys {
     pub fn new(kek_file: &KekFile) -> Keys {
         Keys {
-            keks: kek_file
-                .keks
-                .iter()
-                .map(|k| (k.id, Aes256Gcm::new((&k.key).into())))
-                .collect(),
-            current_kek: kek_file.current().id,
+            keks: RwLock::new(KekSet::new(kek_file)),
             ring: RwLock::default(),
             changed: tokio::sync::watch::Sender::new(0),
             stats: SealStats::default(),
         }
     }
 
-    fn kek(&self, id: u32) -> Result<&Aes256Gcm, Error> {
-        self.keks.get(&id).ok_or_else(|| {
-            Error::Unauthorized(format!(
-                "key-encryption key {id} is not in this node's key file (a key file from another cluster, or one not updated after a KEK rotation)"
-            ))
-        })
+    fn kek(&self, id: u32) -> Result<Arc<Aes256Gcm>, Error> {
+        self.keks
+            .read()
+            .expect("kek lock poisoned")
+            .ciphers
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| {
+                Error::Unauthorized(format!(
+                    "key-encryption key {id} is not in this node's key file (a key file from another cluster, or one not updated after a KEK rotation)"
+                ))
+            })
+    }
+
+    fn holds_kek(&self, id: u32) -> bool {
+        self.keks.read().expect("kek lock poisoned").ciphers.contains_key(&id)
+    }
+
+    /// The KEK new data keys and first signing keys are wrapped under: the
+    /// newest in the key file.
+    pub fn current_kek(&self) -> u32 {
+        self.keks.read().expect("kek lock poisoned").current
+    }
+
+    /// The ids of the KEKs this node holds, ascending.
+    pub fn kek_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self
+            .keks
+            .read()
+            .expect("kek lock poisoned")
+            .ciphers
+            .keys()
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Take the KEKs of a changed key file. Refused, keeping the KEKs held,
+    /// when the file changes a KEK this node holds (another cluster's file)
+    /// or drops the last KEK that any applied key is wrapped or proven
+    /// under in the log (the node could not rebuild its keyring on its
+    /// next start): rotate the KEK (`txlog keys rotate-kek`) first.
+    pub fn reload(&self, file: &KekFile) -> Result<(), Error> {
+        let next = KekSet::new(file);
+        let mut keks = self.keks.write().expect("kek lock poisoned");
+        if let Some((id, _)) = next
+            .keys
+            .iter()
+            .find(|(id, key)| keks.keys.get(id).is_some_and(|held| held != *key))
+        {
+            return Err(Error::Unauthorized(format!(
+                "key-encryption key {id} differs from the one this node holds: a key file of another cluster?"
+            )));
+        }
+        // What vouches for a key after the change: a KEK both files hold,
+        // with the same bytes (an id alone may name another cluster's KEK).
+        let kept: BTreeSet<u32> = next
+            .keys
+            .iter()
+            .filter(|(id, key)| keks.keys.get(id) == Some(*key))
+            .map(|(id, _)| *id)
+            .collect();
+        let ring = self.ring.read().expect("keyring lock poisoned");
+        let stranded = |held: &BTreeSet<u32>| !held.is_empty() && held.is_disjoint(&kept);
+        let mut lost: Vec<String> = ring
+            .data
+            .iter()
+            .filter(|(_, (info, _))| info.seq.is_some() && stranded(&info.keks))
+            .map(|(id, (info, _))| format!("data key {id} (under KEK {:?})", info.keks))
+            .collect();
+        lost.extend(
+            ring.signing
+                .iter()
+                .filter(|(_, info)| info.seq.is_some() && stranded(&info.keks))
+                .map(|(id, info)| format!("signing key {id} of node {} (under KEK {:?})", info.node_id, info.keks)),
+        );
+        if !lost.is_empty() {
+            lost.truncate(5);
+            return Err(Error::Unauthorized(format!(
+                "the key file drops every KEK that {} {} under; rewrap them first (txlog keys rotate-kek)",
+                lost.join(", "),
+                if lost.len() == 1 { "is wrapped" } else { "are wrapped" }
+            )));
+        }
+        *keks = next;
+        Ok(())
     }
 
     /// An announcement of `seed`'s public key by `node_id`, signed by
@@ -321,20 +448,83 @@ impl Keys {
                     .to_bytes()
                     .to_vec(),
             },
-            None => {
-                let nonce = random_nonce()?;
-                let tag = self
-                    .kek(self.current_kek)?
-                    .encrypt_in_place_detached((&nonce).into(), &message, &mut [])
-                    .map_err(|_| Error::Internal("AES-GCM failed on an empty message".into()))?;
-                SigningProof::Kek {
-                    kek_id: self.current_kek,
-                    nonce,
-                    tag: tag.into(),
-                }
-            }
+            None => self.kek_proof(self.current_kek(), &message)?,
         };
         Ok(KeyEvent::Signing(announce))
+    }
+
+    /// A proof of a signing announcement's `message` under KEK `kek_id`.
+    fn kek_proof(&self, kek_id: u32, message: &[u8]) -> Result<SigningProof, Error> {
+        let nonce = random_nonce()?;
+        let tag = self
+            .kek(kek_id)?
+            .encrypt_in_place_detached((&nonce).into(), message, &mut [])
+            .map_err(|_| Error::Internal("AES-GCM failed on an empty message".into()))?;
+        Ok(SigningProof::Kek {
+            kek_id,
+            nonce,
+            tag: tag.into(),
+        })
+    }
+
+    /// `key` wrapped under KEK `kek_id`, with `id`, `created_ns` and
+    /// `by_node` bound to it.
+    fn wrap(
+        &self,
+        kek_id: u32,
+        id: u32,
+        created_ns: u64,
+        by_node: u64,
+        key: &[u8; 32],
+    ) -> Result<DataKeyAnnounce, Error> {
+        let mut announce = DataKeyAnnounce {
+            id,
+            created_ns,
+            by_node,
+            kek_id,
+            nonce: random_nonce()?,
+            wrapped: Vec::new(),
+        };
+        let mut wrapped = key.to_vec();
+        let tag = self
+            .kek(kek_id)?
+            .encrypt_in_place_detached((&announce.nonce).into(), &data_key_aad(&announce), &mut wrapped)
+            .map_err(|_| Error::Internal("AES-GCM failed to wrap a data key".into()))?;
+        wrapped.extend_from_slice(&tag);
+        announce.wrapped = wrapped;
+        Ok(announce)
+    }
+
+    /// What a KEK rotation announces: every applied data key wrapped again,
+    /// and every applied first signing key proven again, under the current
+    /// KEK, unless the log already holds that. Empty when nothing is left.
+    pub fn rewrap_events(&self) -> Result<Vec<KeyEvent>, Error> {
+        let kek_id = self.current_kek();
+        let ring = self.ring.read().expect("keyring lock poisoned");
+        let mut events = Vec::new();
+        for (id, (info, key)) in &ring.data {
+            if info.seq.is_some() && !info.keks.contains(&kek_id) {
+                let announce = self.wrap(kek_id, *id, info.created_ns, info.by_node, key)?;
+                events.push(KeyEvent::Rewrap(announce));
+            }
+        }
+        for (id, info) in &ring.signing {
+            if info.seq.is_some() && !info.keks.is_empty() && !info.keks.contains(&kek_id) {
+                let mut announce = SigningAnnounce {
+                    id: *id,
+                    node_id: info.node_id,
+                    public: info.public,
+                    created_ns: info.created_ns,
+                    proof: SigningProof::Previous {
+                        id: 0,
+                        signature: Vec::new(),
+                    },
+                };
+                announce.proof = self.kek_proof(kek_id, &signing_message(&announce))?;
+                events.push(KeyEvent::Reprove(announce));
+            }
+        }
+        Ok(events)
     }
 
     /// A fresh data key, wrapped under the current KEK, with an id free in
@@ -345,22 +535,14 @@ impl Keys {
             random_id(|id| ring.data.contains_key(&id))?
         };
         let key = crate::seal::random_key()?;
-        let mut announce = DataKeyAnnounce {
+        let created_ns = crate::state_machine::wall_clock_ns();
+        Ok(KeyEvent::Data(self.wrap(
+            self.current_kek(),
             id,
-            created_ns: crate::state_machine::wall_clock_ns(),
+            created_ns,
             by_node,
-            kek_id: self.current_kek,
-            nonce: random_nonce()?,
-            wrapped: Vec::new(),
-        };
-        let mut wrapped = key.to_vec();
-        let tag = self
-            .kek(self.current_kek)?
-            .encrypt_in_place_detached((&announce.nonce).into(), &data_key_aad(&announce), &mut wrapped)
-            .map_err(|_| Error::Internal("AES-GCM failed to wrap a data key".into()))?;
-        wrapped.extend_from_slice(&tag);
-        announce.wrapped = wrapped;
-        Ok(KeyEvent::Data(announce))
+            &key,
+        )?))
     }
 
     /// A free signing key id.
@@ -369,40 +551,109 @@ impl Keys {
         random_id(|id| ring.signing.contains_key(&id))
     }
 
-    /// Check `event` against the KEKs and the keyring (for a signing key
-    /// proven by a previous key).
-    fn verify(&self, ring: &Ring, event: &KeyEvent) -> Result<Material, Error> {
+    /// Check `event` against the KEKs and the keyring. A signing key proven
+    /// by a previous key needs that key in the ring; a rewrap or re-proof
+    /// needs its key there with the same material. A first announcement
+    /// under a KEK this node no longer holds is vouched for by a rewrap
+    /// (re-proof) of the same key under one it holds, if the ring has one.
+    fn verify(&self, ring: &Ring, event: &KeyEvent) -> Result<Verified, Error> {
         match event {
-            KeyEvent::Signing(a) => {
+            KeyEvent::Signing(a) => match &a.proof {
+                SigningProof::Kek { kek_id, .. } => match self.vouched(ring, event, *kek_id) {
+                    Some(vouched) => Ok(vouched),
+                    None => self.verify_under_kek(event),
+                },
+                SigningProof::Previous { id, signature } => {
+                    let refused =
+                        |why: String| Error::Unauthorized(format!("signing key {} of node {}: {why}", a.id, a.node_id));
+                    let public = ed25519_dalek::VerifyingKey::from_bytes(&a.public)
+                        .map_err(|_| refused("not a valid ed25519 public key".into()))?;
+                    let previous = ring
+                        .signing
+                        .get(id)
+                        .ok_or_else(|| refused(format!("signed by unknown key {id}")))?;
+                    if previous.node_id != a.node_id {
+                        return Err(refused(format!("signed by key {id} of node {}", previous.node_id)));
+                    }
+                    let signature = ed25519_dalek::Signature::from_slice(signature)
+                        .map_err(|_| refused("malformed signature".into()))?;
+                    ed25519_dalek::VerifyingKey::from_bytes(&previous.public)
+                        .expect("keys in the ring are valid")
+                        .verify_strict(&signing_message(a), &signature)
+                        .map_err(|_| refused(format!("signature by its previous key {id} does not verify")))?;
+                    Ok(Verified {
+                        material: Material::Signing(public),
+                        kek: None,
+                    })
+                }
+            },
+            KeyEvent::Data(a) => match self.vouched(ring, event, a.kek_id) {
+                Some(vouched) => Ok(vouched),
+                None => self.verify_under_kek(event),
+            },
+            KeyEvent::Reprove(a) => {
+                let verified = self.verify_under_kek(event)?;
+                match ring.signing.get(&a.id) {
+                    None => Err(Error::Unauthorized(format!(
+                        "re-proof of signing key {}, which was never announced",
+                        a.id
+                    ))),
+                    Some(known)
+                        if (known.node_id, known.public, known.created_ns) != (a.node_id, a.public, a.created_ns) =>
+                    {
+                        Err(Error::Unauthorized(format!(
+                            "re-proof of signing key {} differs from its announcement",
+                            a.id
+                        )))
+                    }
+                    Some(_) => Ok(verified),
+                }
+            }
+            KeyEvent::Rewrap(a) => {
+                let verified = self.verify_under_kek(event)?;
+                let Material::Data(key) = &verified.material else {
+                    unreachable!("a rewrap holds a data key")
+                };
+                match ring.data.get(&a.id) {
+                    None => Err(Error::Unauthorized(format!(
+                        "rewrap of data key {}, which was never announced",
+                        a.id
+                    ))),
+                    Some((info, known))
+                        if known != key || (info.created_ns, info.by_node) != (a.created_ns, a.by_node) =>
+                    {
+                        Err(Error::Unauthorized(format!(
+                            "rewrap of data key {} differs from its announcement",
+                            a.id
+                        )))
+                    }
+                    Some(_) => Ok(verified),
+                }
+            }
+        }
+    }
+
+    /// Check an event whose proof is under a KEK (a first signing key, a
+    /// re-proof, a data key or a rewrap) against that KEK alone.
+    fn verify_under_kek(&self, event: &KeyEvent) -> Result<Verified, Error> {
+        match event {
+            KeyEvent::Signing(a) | KeyEvent::Reprove(a) => {
                 let refused =
                     |why: String| Error::Unauthorized(format!("signing key {} of node {}: {why}", a.id, a.node_id));
                 let public = ed25519_dalek::VerifyingKey::from_bytes(&a.public)
                     .map_err(|_| refused("not a valid ed25519 public key".into()))?;
-                let message = signing_message(a);
-                match &a.proof {
-                    SigningProof::Kek { kek_id, nonce, tag } => self
-                        .kek(*kek_id)?
-                        .decrypt_in_place_detached(nonce.into(), &message, &mut [], tag.into())
-                        .map_err(|_| refused(format!("its proof under key-encryption key {kek_id} does not verify")))?,
-                    SigningProof::Previous { id, signature } => {
-                        let previous = ring
-                            .signing
-                            .get(id)
-                            .ok_or_else(|| refused(format!("signed by unknown key {id}")))?;
-                        if previous.node_id != a.node_id {
-                            return Err(refused(format!("signed by key {id} of node {}", previous.node_id)));
-                        }
-                        let signature = ed25519_dalek::Signature::from_slice(signature)
-                            .map_err(|_| refused("malformed signature".into()))?;
-                        ed25519_dalek::VerifyingKey::from_bytes(&previous.public)
-                            .expect("keys in the ring are valid")
-                            .verify_strict(&message, &signature)
-                            .map_err(|_| refused(format!("signature by its previous key {id} does not verify")))?;
-                    }
-                }
-                Ok(Material::Signing(public))
+                let SigningProof::Kek { kek_id, nonce, tag } = &a.proof else {
+                    return Err(refused("its proof is not under a key-encryption key".into()));
+                };
+                self.kek(*kek_id)?
+                    .decrypt_in_place_detached(nonce.into(), &signing_message(a), &mut [], tag.into())
+                    .map_err(|_| refused(format!("its proof under key-encryption key {kek_id} does not verify")))?;
+                Ok(Verified {
+                    material: Material::Signing(public),
+                    kek: Some(*kek_id),
+                })
             }
-            KeyEvent::Data(a) => {
+            KeyEvent::Data(a) | KeyEvent::Rewrap(a) => {
                 if a.wrapped.len() != 32 + 16 {
                     return Err(Error::decode(
                         "key event",
@@ -420,9 +671,41 @@ impl Keys {
                             a.id, a.kek_id
                         ))
                     })?;
-                Ok(Material::Data(key))
+                Ok(Verified {
+                    material: Material::Data(key),
+                    kek: Some(a.kek_id),
+                })
             }
         }
+    }
+
+    /// For a first announcement under a KEK this node does not hold: the
+    /// same key, with the same fields, as a rewrap (re-proof) in the ring
+    /// under a KEK it holds gives it.
+    fn vouched(&self, ring: &Ring, event: &KeyEvent, kek_id: u32) -> Option<Verified> {
+        if self.holds_kek(kek_id) {
+            return None;
+        }
+        let mut candidates: Vec<&KeyEvent> = match event {
+            KeyEvent::Signing(a) => ring
+                .rewraps
+                .get(&KeyName::Signing(a.id))?
+                .iter()
+                .filter(|r| {
+                    matches!(r, KeyEvent::Reprove(b)
+                        if (b.node_id, b.public, b.created_ns) == (a.node_id, a.public, a.created_ns))
+                })
+                .collect(),
+            KeyEvent::Data(a) => ring
+                .rewraps
+                .get(&KeyName::Data(a.id))?
+                .iter()
+                .filter(|r| matches!(r, KeyEvent::Rewrap(b) if (b.created_ns, b.by_node) == (a.created_ns, a.by_node)))
+                .collect(),
+            KeyEvent::Rewrap(_) | KeyEvent::Reprove(_) => return None,
+        };
+        candidates.retain(|r| self.holds_kek(rewrap_kek(r)));
+        candidates.into_iter().find_map(|r| self.verify_under_kek(r).ok())
     }
 
     /// Verify a key event and add it to the keyring. `applied_seq` is its
@@ -430,8 +713,12 @@ impl Keys {
     /// becomes the current data key), `None` when a follower receives it.
     pub fn observe(&self, payload: &[u8], applied_seq: Option<u64>) -> Result<(), Error> {
         let event = KeyEvent::decode(payload)?;
+        self.observe_event(event, applied_seq)
+    }
+
+    fn observe_event(&self, event: KeyEvent, applied_seq: Option<u64>) -> Result<(), Error> {
         let mut ring = self.ring.write().expect("keyring lock poisoned");
-        let material = self.verify(&ring, &event)?;
+        let Verified { material, kek } = self.verify(&ring, &event)?;
         let conflict = |what: &str, id: u32| {
             let err = Error::Unauthorized(format!("{what} {id} was announced before with other material"));
             match applied_seq {
@@ -451,6 +738,7 @@ impl Keys {
                         return conflict("signing key", a.id);
                     }
                     known.seq = known.seq.or(applied_seq);
+                    known.keks.extend(kek);
                     drop(ring);
                     // Applied now: its node may seal with it.
                     self.changed.send_modify(|version| *version += 1);
@@ -464,19 +752,30 @@ impl Keys {
                         public: a.public,
                         created_ns: a.created_ns,
                         seq: applied_seq,
+                        keks: kek.into_iter().collect(),
                     },
                 );
+            }
+            (event @ KeyEvent::Reprove(_), Material::Signing(_)) => {
+                let KeyEvent::Reprove(a) = &event else { unreachable!() };
+                let known = ring.signing.get_mut(&a.id).expect("verify checked the key is known");
+                known.keks.extend(kek);
+                remember_rewrap(&mut ring, event);
             }
             (KeyEvent::Data(a), Material::Data(key)) => {
                 match ring.data.get_mut(&a.id) {
                     Some((_, known)) if *known != key => return conflict("data key", a.id),
-                    Some((info, _)) => info.seq = info.seq.or(applied_seq),
+                    Some((info, _)) => {
+                        info.seq = info.seq.or(applied_seq);
+                        info.keks.extend(kek);
+                    }
                     None => {
                         ring.live.add_data_key(DataKey::new(a.id, &key));
                         let info = DataKeyInfo {
                             created_ns: a.created_ns,
                             by_node: a.by_node,
                             seq: applied_seq,
+                            keks: kek.into_iter().collect(),
                         };
                         ring.data.insert(a.id, (info, key));
                     }
@@ -484,6 +783,12 @@ impl Keys {
                 if applied_seq.is_some() {
                     ring.current_data = Some(a.id);
                 }
+            }
+            (event @ KeyEvent::Rewrap(_), Material::Data(_)) => {
+                let KeyEvent::Rewrap(a) = &event else { unreachable!() };
+                let (info, _) = ring.data.get_mut(&a.id).expect("verify checked the key is known");
+                info.keks.extend(kek);
+                remember_rewrap(&mut ring, event);
             }
             _ => unreachable!("verify returns the material of the event's kind"),
         }
@@ -551,15 +856,55 @@ impl Keys {
 
     /// Add applied key events, in sequence order, from the record store
     /// (on start and after a snapshot install). Keys already in the ring
-    /// stay.
+    /// stay. Rewraps are learnt first, so an announcement under a KEK the
+    /// key file no longer holds verifies by its later rewrap.
     pub fn load_applied(&self, events: impl IntoIterator<Item = (u64, Vec<u8>)>) -> Result<usize, Error> {
+        let in_store = |seq: u64, e: Error| Error::Internal(format!("key event at seq {seq} in the record store: {e}"));
+        let events = events
+            .into_iter()
+            .map(|(seq, payload)| {
+                KeyEvent::decode(&payload)
+                    .map(|e| (seq, e))
+                    .map_err(|e| in_store(seq, e))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        self.learn_rewraps(events.iter().map(|(_, e)| e));
         let mut count = 0;
-        for (seq, payload) in events {
-            self.observe(&payload, Some(seq))
-                .map_err(|e| Error::Internal(format!("key event at seq {seq} in the record store: {e}")))?;
+        for (seq, event) in events {
+            self.observe_loaded(event, seq).map_err(|e| in_store(seq, e))?;
             count += 1;
         }
         Ok(count)
+    }
+
+    /// Remember the rewraps and re-proofs among `events` that verify under
+    /// a KEK this node holds: what [`Self::observe_loaded`] needs before it
+    /// meets announcements under KEKs retired since.
+    pub fn learn_rewraps<'a>(&self, events: impl IntoIterator<Item = &'a KeyEvent>) {
+        let mut ring = self.ring.write().expect("keyring lock poisoned");
+        for event in events {
+            if matches!(event, KeyEvent::Rewrap(_) | KeyEvent::Reprove(_))
+                && self.holds_kek(rewrap_kek(event))
+                && self.verify_under_kek(event).is_ok()
+            {
+                remember_rewrap(&mut ring, event.clone());
+            }
+        }
+    }
+
+    /// [`Self::observe`] for an event read back from a record store, which
+    /// was checked when it was applied: a rewrap under a KEK retired since
+    /// is skipped (it vouches for nothing this node can use).
+    pub fn observe_loaded(&self, event: KeyEvent, seq: u64) -> Result<(), Error> {
+        if matches!(event, KeyEvent::Rewrap(_) | KeyEvent::Reprove(_)) && !self.holds_kek(rewrap_kek(&event)) {
+            tracing::debug!(
+                seq,
+                kek = rewrap_kek(&event),
+                "skipping a rewrap under a retired key-encryption key"
+            );
+            return Ok(());
+        }
+        self.observe_event(event, Some(seq))
     }
 
     /// Check one entry's frame before it is persisted: a sealed frame's
@@ -677,9 +1022,39 @@ fn key_event_payloads<'a>(body: &'a BatchBodyRef<'a>) -> Result<impl Iterator<It
     Ok(body.records.iter().map(|r| r.payload))
 }
 
+fn remember_rewrap(ring: &mut Ring, event: KeyEvent) {
+    let name = match &event {
+        KeyEvent::Rewrap(a) => KeyName::Data(a.id),
+        KeyEvent::Reprove(a) => KeyName::Signing(a.id),
+        KeyEvent::Data(_) | KeyEvent::Signing(_) => unreachable!("only rewraps vouch for keys"),
+    };
+    let known = ring.rewraps.entry(name).or_default();
+    if !known.contains(&event) {
+        known.push(event);
+    }
+}
+
+/// The KEK a rewrap or re-proof is under.
+fn rewrap_kek(event: &KeyEvent) -> u32 {
+    match event {
+        KeyEvent::Data(a) | KeyEvent::Rewrap(a) => a.kek_id,
+        KeyEvent::Signing(a) | KeyEvent::Reprove(a) => match a.proof {
+            SigningProof::Kek { kek_id, .. } => kek_id,
+            SigningProof::Previous { .. } => 0,
+        },
+    }
+}
+
 enum Material {
     Signing(ed25519_dalek::VerifyingKey),
     Data([u8; 32]),
+}
+
+/// A key event that verified: its key, and the KEK its proof is under
+/// (`None` for a signing key signed by its predecessor).
+struct Verified {
+    material: Material,
+    kek: Option<u32>,
 }
 
 #[cfg(test)]
@@ -830,5 +1205,167 @@ pub(crate) mod tests {
         assert!(matches!(keys.check_frame(&forged), Err(Error::Unauthorized(_))));
         assert_eq!(keys.stats.rejected_batches.load(Ordering::Relaxed), 2);
         assert_eq!(keys.stats.verified_batches.load(Ordering::Relaxed), 2);
+    }
+
+    fn kek(id: u32, byte: u8) -> Kek {
+        Kek {
+            id,
+            created_ns: 0,
+            key: [byte; 32],
+        }
+    }
+
+    fn events_of(keys: &Keys, events: &[(u64, KeyEvent)]) {
+        for (seq, event) in events {
+            keys.observe(&event.encode(), Some(*seq)).unwrap();
+        }
+    }
+
+    /// A KEK rotation: rewraps every applied data key and re-proves every
+    /// first signing key under the new KEK (once), never changes the
+    /// current data key, and then lets the old KEK go — a node holding only
+    /// the new KEK rebuilds the same keyring; before the rewrap it cannot,
+    /// and says which KEK it lacks.
+    #[test]
+    fn kek_rotation_rewraps_then_retires_the_old_kek() {
+        let keys = Keys::new(&KekFile { keks: vec![kek(1, 1)] });
+        let mut log = vec![
+            (1, keys.announce_signing(1000, &seed(7, 2), None).unwrap()),
+            (2, keys.announce_signing(1000, &seed(8, 3), Some(&seed(7, 2))).unwrap()),
+            (3, keys.new_data_key(1000).unwrap()),
+        ];
+        events_of(&keys, &log);
+        let old_data = keys.current_data_key().unwrap().0.id();
+        // Dropping KEK 1 now would strand every key.
+        let err = keys.reload(&KekFile { keks: vec![kek(2, 9)] }).unwrap_err().to_string();
+        assert!(err.contains("rewrap them first"), "{err}");
+        // Another cluster's KEK 1 is refused.
+        let err = keys.reload(&KekFile { keks: vec![kek(1, 5)] }).unwrap_err().to_string();
+        assert!(err.contains("differs"), "{err}");
+        keys.reload(&KekFile {
+            keks: vec![kek(1, 1), kek(2, 9)],
+        })
+        .unwrap();
+        assert_eq!((keys.current_kek(), keys.kek_ids()), (2, vec![1, 2]));
+        let new_data = keys.new_data_key(1000).unwrap();
+        log.push((4, new_data.clone()));
+        events_of(&keys, &log[3..]);
+        let KeyEvent::Data(new_data) = new_data else {
+            unreachable!()
+        };
+        assert_eq!(new_data.kek_id, 2, "new keys are wrapped under the newest KEK");
+
+        let rewraps = keys.rewrap_events().unwrap();
+        let mut named: Vec<String> = rewraps
+            .iter()
+            .map(|e| match e {
+                KeyEvent::Rewrap(a) => format!("data {} kek {}", a.id, a.kek_id),
+                KeyEvent::Reprove(a) => format!("signing {} kek {}", a.id, rewrap_kek(e)),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        named.sort();
+        let mut expected = vec![format!("data {old_data} kek 2"), "signing 7 kek 2".to_string()];
+        expected.sort();
+        assert_eq!(named, expected, "the chained key 8 and the new data key need nothing");
+        for (i, event) in rewraps.into_iter().enumerate() {
+            log.push((5 + i as u64, event));
+        }
+        events_of(&keys, &log[4..]);
+        assert!(
+            keys.rewrap_events().unwrap().is_empty(),
+            "a second rotation to KEK 2 has nothing to do"
+        );
+        assert_eq!(
+            keys.current_data_key().unwrap().0.id(),
+            new_data.id,
+            "a rewrap never becomes current"
+        );
+        let txids: Vec<_> = log.iter().map(|(_, e)| e.to_record().txid).collect();
+        assert_eq!(
+            txids.iter().collect::<std::collections::HashSet<_>>().len(),
+            txids.len(),
+            "every announcement has its own txid"
+        );
+
+        // KEK 1 may go now; a node holding only KEK 2 rebuilds the same ring.
+        keys.reload(&KekFile { keks: vec![kek(2, 9)] }).unwrap();
+        let restarted = Keys::new(&KekFile { keks: vec![kek(2, 9)] });
+        let loaded = restarted
+            .load_applied(log.iter().map(|(seq, e)| (*seq, e.encode())))
+            .unwrap();
+        assert_eq!(loaded, log.len());
+        assert_eq!(restarted.key_counts(), (2, 2));
+        assert_eq!(restarted.current_data_key().unwrap().0.id(), new_data.id);
+        for id in [old_data, new_data.id] {
+            let material = |k: &Keys| k.ring.read().unwrap().data.get(&id).unwrap().1;
+            assert_eq!(material(&restarted), material(&keys));
+        }
+        assert_eq!(
+            restarted.signing_key(8).unwrap().node_id,
+            1000,
+            "the chain from key 7 verifies"
+        );
+
+        // Without the rewraps, a node holding only KEK 2 names what it lacks.
+        let early = Keys::new(&KekFile { keks: vec![kek(2, 9)] });
+        let err = early
+            .load_applied(log[..4].iter().map(|(seq, e)| (*seq, e.encode())))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("key-encryption key 1 is not in this node's key file"),
+            "{err}"
+        );
+    }
+
+    /// A rewrap or re-proof must be of a known key with the same material
+    /// and fields, under a KEK; anything else is refused.
+    #[test]
+    fn forged_rewraps_are_refused() {
+        let keys = Keys::new(&KekFile {
+            keks: vec![kek(1, 1), kek(2, 9)],
+        });
+        let first = keys.announce_signing(1000, &seed(7, 2), None).unwrap();
+        let data = keys.new_data_key(1000).unwrap();
+        events_of(&keys, &[(1, first.clone()), (2, data.clone())]);
+        let KeyEvent::Data(d) = &data else { unreachable!() };
+        // Another key under the same id.
+        let other = keys.wrap(2, d.id, d.created_ns, d.by_node, &[3; 32]).unwrap();
+        let err = keys
+            .observe(&KeyEvent::Rewrap(other).encode(), Some(3))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("differs from its announcement"), "{err}");
+        // A key never announced.
+        let stray = keys.wrap(2, d.id ^ 1, d.created_ns, d.by_node, &[3; 32]).unwrap();
+        let err = keys
+            .observe(&KeyEvent::Rewrap(stray).encode(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("never announced"), "{err}");
+        // Same key, another creation time.
+        let moved = keys.wrap(2, d.id, d.created_ns + 1, d.by_node, &[0; 32]).unwrap();
+        assert!(keys.observe(&KeyEvent::Rewrap(moved).encode(), Some(3)).is_err());
+        // A re-proof signed by a key, not under a KEK.
+        let KeyEvent::Signing(chained) = keys.announce_signing(1000, &seed(8, 3), Some(&seed(7, 2))).unwrap() else {
+            unreachable!()
+        };
+        let err = keys
+            .observe(&KeyEvent::Reprove(chained).encode(), Some(3))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not under a key-encryption key"), "{err}");
+        // A re-proof of key 7 with another public key.
+        let KeyEvent::Signing(mut swapped) = keys.announce_signing(1000, &seed(7, 4), None).unwrap() else {
+            unreachable!()
+        };
+        swapped.proof = keys.kek_proof(2, &signing_message(&swapped)).unwrap();
+        let err = keys
+            .observe(&KeyEvent::Reprove(swapped).encode(), Some(3))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("differs from its announcement"), "{err}");
+        assert_eq!(keys.key_counts(), (1, 1));
     }
 }

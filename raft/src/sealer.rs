@@ -97,6 +97,11 @@ impl Sealer {
     /// Seal `body` as this node's batch: one compression, encryption and
     /// signature. [`Error::Unavailable`] while the keys to seal under are
     /// not applied yet (a new leader announces them within moments).
+    /// The keyring this sealer seals under.
+    pub fn keys(&self) -> &Arc<Keys> {
+        &self.keys
+    }
+
     pub fn seal(&self, body: &BatchBody) -> Result<BatchFrame, Error> {
         let (data_key, _) = self
             .keys

@@ -100,13 +100,56 @@ pub enum KeysCommand {
     /// wrapped under it. Refuses to replace an existing file.
     Init(KeysInitArgs),
     /// List the keys announced in the log: signing keys (per node, newest current) and data
-    /// keys (the newest seals new entries), with age and the seq that announced each.
+    /// keys (the newest seals new entries), with age, the seq that announced each, the KEKs
+    /// it is wrapped or proven under, and which records use it. A data key seals the records
+    /// from its announcement to the next data key's (batches sealed just before a rotation
+    /// applied may follow it); a signing key signs its node's batches while it leads, from
+    /// its announcement to that node's next signing key.
     Status(KeysStatusArgs),
     /// Announce new keys now, through the log: a new data key (it seals every entry from
     /// then on) and a new signing key for the leader (signed by its previous one). Keys
     /// also rotate by themselves (data_key_rotate_s, signing_key_rotate_s); old keys stay
     /// in the keyring so older entries still open and verify.
     Rotate(KeysRotateArgs),
+    /// Rotate the cluster key-encryption key (KEK): add a new KEK to the key file, wait
+    /// until every node has loaded it (nodes reload their key file within 2 s of a change;
+    /// copy the file to every node that does not share it), then have the leader wrap every
+    /// data key and prove every first signing key again under it, through the log. Old KEKs
+    /// stay in the file until `txlog keys retire-kek` removes them. With --resume, use the
+    /// file's newest KEK instead of adding one (to finish a rotation that stopped waiting).
+    RotateKek(KeysRotateKekArgs),
+    /// Remove a KEK from the key file once nothing needs it: every key in the log must be
+    /// wrapped (or proven) under another KEK of the file, and every node's WAL compacted
+    /// past the last entry announced under it (`txlog admin compact`). Copy the file to every
+    /// node afterwards; a node refuses a file that would leave a key it holds unreadable.
+    RetireKek(KeysRetireKekArgs),
+}
+
+#[derive(Args)]
+pub struct KeysRotateKekArgs {
+    /// The cluster key file to add the new KEK to.
+    #[arg(long)]
+    pub key_file: PathBuf,
+    /// Use the file's newest KEK; add none.
+    #[arg(long)]
+    pub resume: bool,
+    /// How long to wait for every node to load the new KEK.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub wait: std::time::Duration,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Args)]
+pub struct KeysRetireKekArgs {
+    /// The cluster key file to remove the KEK from.
+    #[arg(long)]
+    pub key_file: PathBuf,
+    /// Id of the KEK to remove (see `txlog keys status`).
+    #[arg(long)]
+    pub id: u32,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 #[derive(Args)]

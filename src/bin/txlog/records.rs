@@ -118,6 +118,8 @@ fn payload_text(r: &CommittedRecord) -> String {
     match txlog_raft::KeyEvent::decode(&r.payload) {
         Ok(txlog_raft::KeyEvent::Signing(a)) => format!("<signing key {} of node {}>", a.id, a.node_id),
         Ok(txlog_raft::KeyEvent::Data(a)) => format!("<data key {}, wrapped under KEK {}>", a.id, a.kek_id),
+        Ok(txlog_raft::KeyEvent::Rewrap(a)) => format!("<data key {}, rewrapped under KEK {}>", a.id, a.kek_id),
+        Ok(txlog_raft::KeyEvent::Reprove(a)) => format!("<signing key {} of node {}, proven again>", a.id, a.node_id),
         Err(err) => format!("<key event that does not decode: {err}>"),
     }
 }
