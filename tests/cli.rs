@@ -440,10 +440,10 @@ async fn kek_rotation_through_the_cli() {
     let log = std::fs::read_to_string(data_dir.join("paris/node.log")).unwrap();
     assert!(log.contains("key file changed but not taken"), "one clear line says so");
     std::fs::write(&key_file, &saved).unwrap();
-    // An entry after the compaction point: a cluster restarted on fully
-    // purged WALs stalls (the leader keeps sending snapshots; a known bug,
-    // unrelated to keys), which this test is not about.
-    append("after-retire");
+    // Stopped with every WAL purged to its last entry: the restart below
+    // also checks that the restored leader gets its followers back (they
+    // once stayed at match 0, refusing the leader's snapshot of a log id
+    // they had snapshotted themselves).
     stop_dev(dev);
 
     // Offline, with only KEK 2: the record file, WAL and snapshots verify.
@@ -476,13 +476,7 @@ async fn kek_rotation_through_the_cli() {
             )
         })
         .collect();
-    let txids = [
-        "before-kek",
-        "before-kek-2",
-        "after-kek",
-        "after-retire",
-        "after-restart",
-    ];
+    let txids = ["before-kek", "before-kek-2", "after-kek", "after-restart"];
     assert_eq!(
         records,
         txids
