@@ -94,17 +94,25 @@ impl SnapshotDir {
             .collect())
     }
 
+    /// The linked snapshot this node built under `name`, if any. A
+    /// snapshot under a name is of that log id, so it holds the same records
+    /// as any other of it: what would be written there can be this one
+    /// instead (a directory, which a file cannot be renamed over).
+    pub fn linked(&self, name: &str) -> Option<PathBuf> {
+        Some(self.snapshot_path(name)).filter(|path| path.is_dir())
+    }
+
     /// Durably copy the verified snapshot at `source` (a file, or a linked
     /// snapshot's directory) to `name` in this directory: hard-link (or
     /// copy) to `.partial`, fsync, rename, fsync the directory.
     /// Returns the final path; a source already there is left alone.
     pub fn install_copy(&self, source: &Path, name: &str) -> Result<PathBuf> {
         let target = self.snapshot_path(name);
-        // A snapshot already under this name is of the same log id, so it
-        // holds the same records (a linked one, built here, is a directory
-        // that a file cannot be renamed over).
-        if source == target || target.is_dir() {
+        if source == target {
             return Ok(target);
+        }
+        if let Some(linked) = self.linked(name) {
+            return Ok(linked);
         }
         let staging = target.with_extension(PARTIAL_EXTENSION);
         crate::linked_snapshot::remove_any(&staging)?;

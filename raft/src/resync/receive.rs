@@ -335,16 +335,16 @@ async fn merge_staged(follower: &ResyncFollower, header: &DeltaHeader, path: Pat
 /// Write `1..=base` from the local store (re-verifying its chain) and then
 /// the delta into a complete snapshot file named after the leader's meta.
 fn merge(reader: &StateMachineReader, header: &DeltaHeader, delta: &Path) -> Result<PathBuf> {
-    let target = reader.snapshot_dir().snapshot_path(&snapshot_name(&header.meta));
-    if target.is_dir() {
-        // This node built a (linked) snapshot of the same log id itself: the
-        // same records, and a directory a file cannot be renamed over. Seen
-        // after a whole cluster restarted on WALs purged to that id: the
-        // restored leader can only send a snapshot, and a merge failing
-        // with EISDIR kept every follower at match 0 for good.
-        tracing::info!(snapshot = %target.display(), "the leader's snapshot is one this node holds already");
-        return Ok(target);
+    let name = snapshot_name(&header.meta);
+    if let Some(linked) = reader.snapshot_dir().linked(&name) {
+        // This node built a snapshot of the same log id itself. Seen after
+        // a whole cluster restarted on WALs purged to that id: the restored
+        // leader can only send a snapshot, and a merge failing with EISDIR
+        // kept every follower at match 0 for good.
+        tracing::info!(snapshot = %linked.display(), "the leader's snapshot is one this node holds already");
+        return Ok(linked);
     }
+    let target = reader.snapshot_dir().snapshot_path(&name);
     let mut writer = SnapshotWriter::create(&target, &crate::meta::encode_snapshot_meta(&header.meta))?;
     let verdict = reader
         .store()
