@@ -32,6 +32,16 @@ fn txlog(cluster: &str, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// A JSON array of strings.
+fn strings(array: &serde_json::Value) -> Vec<&str> {
+    array.as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect()
+}
+
+/// A JSON array of unsigned numbers.
+fn numbers(array: &serde_json::Value) -> Vec<u64> {
+    array.as_array().unwrap().iter().map(|a| a.as_u64().unwrap()).collect()
+}
+
 /// Three consecutive free ports (best effort: probed, then released).
 fn free_port_block() -> u16 {
     for _ in 0..200 {
@@ -201,12 +211,7 @@ async fn dev_cluster_through_the_cli() {
     let (ok, out, err) = txlog(&cluster, &["keys", "rotate", "--json"]);
     assert!(ok, "keys rotate: {err}");
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let announced: Vec<&str> = json["announced"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
+    let announced = strings(&json["announced"]);
     assert_eq!(announced.len(), 2, "{out}");
     assert!(
         announced[0].starts_with("signing key ") && announced[1].starts_with("data key "),
@@ -327,14 +332,7 @@ fn wait_for_keks(cluster: &str, want: impl Fn(&[Vec<u64>]) -> bool) -> Vec<Vec<u
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|n| {
-                    n["kek_ids"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|k| k.as_u64().unwrap())
-                        .collect()
-                })
+                .map(|n| numbers(&n["kek_ids"]))
                 .collect();
             if seen.len() == 3 && want(&seen) {
                 return seen;
@@ -380,12 +378,7 @@ async fn kek_rotation_through_the_cli() {
     assert!(err.contains("added KEK 2"), "{err}");
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(json["kek"], 2, "{out}");
-    let announced: Vec<&str> = json["announced"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
+    let announced = strings(&json["announced"]);
     assert!(
         announced.iter().filter(|a| a.contains("rewrapped under KEK 2")).count() >= 2
             && announced.iter().any(|a| a.contains("proven under the new KEK")),
@@ -400,12 +393,7 @@ async fn kek_rotation_through_the_cli() {
     assert!(ok, "{err}");
     let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
     for row in rows.as_array().unwrap() {
-        let keks: Vec<u64> = row["keks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|k| k.as_u64().unwrap())
-            .collect();
+        let keks = numbers(&row["keks"]);
         assert!(
             keks.is_empty() || keks.contains(&2),
             "every key proven under KEK 2 (a chained signing key needs none): {row}"

@@ -143,6 +143,18 @@ impl KeyEvent {
         }
     }
 
+    /// The KEK the event is wrapped or proven under; `None` for a signing
+    /// key signed by its predecessor.
+    pub fn kek_id(&self) -> Option<u32> {
+        match self {
+            KeyEvent::Data(a) | KeyEvent::Rewrap(a) => Some(a.kek_id),
+            KeyEvent::Signing(a) | KeyEvent::Reprove(a) => match a.proof {
+                SigningProof::Kek { kek_id, .. } => Some(kek_id),
+                SigningProof::Previous { .. } => None,
+            },
+        }
+    }
+
     /// The record that carries this event; its txid makes a repeat of the
     /// same announcement a duplicate.
     pub fn to_record(&self) -> NewRecord {
@@ -152,9 +164,9 @@ impl KeyEvent {
             // One rewrap per key and KEK: rotating to the same KEK again is
             // a duplicate.
             KeyEvent::Rewrap(a) => format!("{KEYS_CHANNEL}/data/{}/kek/{}", a.id, a.kek_id),
-            KeyEvent::Reprove(a) => match &a.proof {
-                SigningProof::Kek { kek_id, .. } => format!("{KEYS_CHANNEL}/signing/{}/kek/{kek_id}", a.id),
-                SigningProof::Previous { .. } => format!("{KEYS_CHANNEL}/signing/{}/kek/none", a.id),
+            KeyEvent::Reprove(a) => match self.kek_id() {
+                Some(kek_id) => format!("{KEYS_CHANNEL}/signing/{}/kek/{kek_id}", a.id),
+                None => format!("{KEYS_CHANNEL}/signing/{}/kek/none", a.id),
             },
         };
         NewRecord {
@@ -686,7 +698,7 @@ impl Keys {
         if self.holds_kek(kek_id) {
             return None;
         }
-        let mut candidates: Vec<&KeyEvent> = match event {
+        let candidates: Vec<&KeyEvent> = match event {
             KeyEvent::Signing(a) => ring
                 .rewraps
                 .get(&KeyName::Signing(a.id))?
@@ -704,7 +716,6 @@ impl Keys {
                 .collect(),
             KeyEvent::Rewrap(_) | KeyEvent::Reprove(_) => return None,
         };
-        candidates.retain(|r| self.holds_kek(rewrap_kek(r)));
         candidates.into_iter().find_map(|r| self.verify_under_kek(r).ok())
     }
 
@@ -883,10 +894,8 @@ impl Keys {
     pub fn learn_rewraps<'a>(&self, events: impl IntoIterator<Item = &'a KeyEvent>) {
         let mut ring = self.ring.write().expect("keyring lock poisoned");
         for event in events {
-            if matches!(event, KeyEvent::Rewrap(_) | KeyEvent::Reprove(_))
-                && self.holds_kek(rewrap_kek(event))
-                && self.verify_under_kek(event).is_ok()
-            {
+            // A rewrap under a KEK this node lacks does not verify.
+            if matches!(event, KeyEvent::Rewrap(_) | KeyEvent::Reprove(_)) && self.verify_under_kek(event).is_ok() {
                 remember_rewrap(&mut ring, event.clone());
             }
         }
@@ -896,10 +905,12 @@ impl Keys {
     /// was checked when it was applied: a rewrap under a KEK retired since
     /// is skipped (it vouches for nothing this node can use).
     pub fn observe_loaded(&self, event: KeyEvent, seq: u64) -> Result<(), Error> {
-        if matches!(event, KeyEvent::Rewrap(_) | KeyEvent::Reprove(_)) && !self.holds_kek(rewrap_kek(&event)) {
+        if matches!(event, KeyEvent::Rewrap(_) | KeyEvent::Reprove(_))
+            && !event.kek_id().is_some_and(|kek_id| self.holds_kek(kek_id))
+        {
             tracing::debug!(
                 seq,
-                kek = rewrap_kek(&event),
+                kek = ?event.kek_id(),
                 "skipping a rewrap under a retired key-encryption key"
             );
             return Ok(());
@@ -1031,17 +1042,6 @@ fn remember_rewrap(ring: &mut Ring, event: KeyEvent) {
     let known = ring.rewraps.entry(name).or_default();
     if !known.contains(&event) {
         known.push(event);
-    }
-}
-
-/// The KEK a rewrap or re-proof is under.
-fn rewrap_kek(event: &KeyEvent) -> u32 {
-    match event {
-        KeyEvent::Data(a) | KeyEvent::Rewrap(a) => a.kek_id,
-        KeyEvent::Signing(a) | KeyEvent::Reprove(a) => match a.proof {
-            SigningProof::Kek { kek_id, .. } => kek_id,
-            SigningProof::Previous { .. } => 0,
-        },
     }
 }
 
@@ -1260,7 +1260,7 @@ pub(crate) mod tests {
             .iter()
             .map(|e| match e {
                 KeyEvent::Rewrap(a) => format!("data {} kek {}", a.id, a.kek_id),
-                KeyEvent::Reprove(a) => format!("signing {} kek {}", a.id, rewrap_kek(e)),
+                KeyEvent::Reprove(a) => format!("signing {} kek {}", a.id, e.kek_id().unwrap()),
                 other => panic!("{other:?}"),
             })
             .collect();

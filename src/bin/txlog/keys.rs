@@ -119,17 +119,6 @@ async fn key_events(cluster: &ClusterArgs) -> anyhow::Result<Vec<Announcement>> 
     Ok(events)
 }
 
-/// The KEK an announcement is wrapped or proven under, if any.
-fn event_kek(event: &KeyEvent) -> Option<u32> {
-    match event {
-        KeyEvent::Data(a) | KeyEvent::Rewrap(a) => Some(a.kek_id),
-        KeyEvent::Signing(a) | KeyEvent::Reprove(a) => match a.proof {
-            SigningProof::Kek { kek_id, .. } => Some(kek_id),
-            SigningProof::Previous { .. } => None,
-        },
-    }
-}
-
 /// One key as `status` shows it.
 #[derive(serde::Serialize)]
 struct KeyRow {
@@ -147,10 +136,31 @@ struct KeyRow {
     /// A signing key's proof: "first key" or "signed by key N".
     proof: Option<String>,
     /// The records it seals (data key) or whose batches it signs while its
-    /// node leads (signing key): from this seq up to `until_seq`
-    /// (exclusive; none while it is current).
-    from_seq: u64,
+    /// node leads (signing key) run from `seq` up to this one (exclusive;
+    /// none while it is current).
     until_seq: Option<u64>,
+}
+
+impl KeyRow {
+    /// The row of a first announcement (a data or signing key).
+    fn announced(a: &Announcement) -> KeyRow {
+        let (kind, id, node, created_ns, proof) = match &a.event {
+            KeyEvent::Data(d) => ("data", d.id, d.by_node, d.created_ns, None),
+            KeyEvent::Signing(s) => ("signing", s.id, s.node_id, s.created_ns, Some(proof_name(&s.proof))),
+            KeyEvent::Rewrap(_) | KeyEvent::Reprove(_) => unreachable!("a rewrap is of a key announced before"),
+        };
+        KeyRow {
+            kind,
+            id,
+            node,
+            created_ns,
+            seq: a.seq,
+            current: true,
+            keks: a.event.kek_id().into_iter().collect(),
+            proof,
+            until_seq: None,
+        }
+    }
 }
 
 /// One row per key, in the order they were announced.
@@ -158,45 +168,19 @@ fn key_rows(events: &[Announcement]) -> Vec<KeyRow> {
     let mut rows: Vec<KeyRow> = Vec::new();
     for a in events {
         match &a.event {
-            KeyEvent::Data(d) => {
-                if let Some(previous) = rows.iter_mut().rev().find(|r| r.kind == "data") {
-                    previous.current = false;
-                    previous.until_seq.get_or_insert(a.seq);
-                }
-                rows.push(KeyRow {
-                    kind: "data",
-                    id: d.id,
-                    node: d.by_node,
-                    created_ns: d.created_ns,
-                    seq: a.seq,
-                    current: true,
-                    keks: BTreeSet::from([d.kek_id]),
-                    proof: None,
-                    from_seq: a.seq,
-                    until_seq: None,
-                });
-            }
-            KeyEvent::Signing(s) => {
+            KeyEvent::Data(_) | KeyEvent::Signing(_) => {
+                let row = KeyRow::announced(a);
+                // The key before it in its series (the data keys; one
+                // node's signing keys) stops being current here.
                 if let Some(previous) = rows
                     .iter_mut()
                     .rev()
-                    .find(|r| r.kind == "signing" && r.node == s.node_id)
+                    .find(|r| r.kind == row.kind && (r.kind == "data" || r.node == row.node))
                 {
                     previous.current = false;
                     previous.until_seq.get_or_insert(a.seq);
                 }
-                rows.push(KeyRow {
-                    kind: "signing",
-                    id: s.id,
-                    node: s.node_id,
-                    created_ns: s.created_ns,
-                    seq: a.seq,
-                    current: true,
-                    keks: event_kek(&a.event).into_iter().collect(),
-                    proof: Some(proof_name(&s.proof)),
-                    from_seq: a.seq,
-                    until_seq: None,
-                });
+                rows.push(row);
             }
             KeyEvent::Rewrap(d) => {
                 if let Some(row) = rows.iter_mut().find(|r| r.kind == "data" && r.id == d.id) {
@@ -205,7 +189,7 @@ fn key_rows(events: &[Announcement]) -> Vec<KeyRow> {
             }
             KeyEvent::Reprove(s) => {
                 if let Some(row) = rows.iter_mut().find(|r| r.kind == "signing" && r.id == s.id) {
-                    row.keks.extend(event_kek(&a.event));
+                    row.keks.extend(a.event.kek_id());
                 }
             }
         }
@@ -241,8 +225,8 @@ async fn status(cluster: &ClusterArgs) -> anyhow::Result<()> {
             false => r.keks.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
         };
         let used = match r.until_seq {
-            Some(until) => format!("{}..{}", r.from_seq, until),
-            None => format!("{}..", r.from_seq),
+            Some(until) => format!("{}..{}", r.seq, until),
+            None => format!("{}..", r.seq),
         };
         let age = format_age(now.saturating_sub(r.created_ns) / 1_000_000_000);
         println!(
@@ -388,7 +372,7 @@ async fn retire_kek(args: &KeysRetireKekArgs) -> anyhow::Result<()> {
     );
     let last_index = events
         .iter()
-        .filter(|a| event_kek(&a.event) == Some(args.id))
+        .filter(|a| a.event.kek_id() == Some(args.id))
         .map(|a| a.log_index)
         .max();
     if let Some(last_index) = last_index {
