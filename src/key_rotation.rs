@@ -183,7 +183,7 @@ async fn rewrap(
         log_index: 0,
     };
     for _ in 0..REWRAP_BATCHES_MAX {
-        let mut events = keys.rewrap_events().map_err(|err| {
+        let events = keys.rewrap_events(REWRAP_EVENTS_PER_BATCH_MAX).map_err(|err| {
             tracing::error!(%err, "cannot prepare a rewrap");
             Error::Internal(format!("cannot prepare a rewrap: {err}"))
         })?;
@@ -195,7 +195,6 @@ async fn rewrap(
             );
             return Ok(announced);
         }
-        events.truncate(REWRAP_EVENTS_PER_BATCH_MAX);
         let batch = propose(raft, node_id, events, metrics, shutdown).await?;
         announced.keys.extend(batch.keys);
         announced.log_index = batch.log_index;

@@ -509,18 +509,25 @@ impl Keys {
 
     /// What a KEK rotation announces: every applied data key wrapped again,
     /// and every applied first signing key proven again, under the current
-    /// KEK, unless the log already holds that. Empty when nothing is left.
-    pub fn rewrap_events(&self) -> Result<Vec<KeyEvent>, Error> {
+    /// KEK, unless the log already holds that; at most `max` of them. Empty
+    /// when nothing is left.
+    pub fn rewrap_events(&self, max: usize) -> Result<Vec<KeyEvent>, Error> {
         let kek_id = self.current_kek();
         let ring = self.ring.read().expect("keyring lock poisoned");
         let mut events = Vec::new();
         for (id, (info, key)) in &ring.data {
+            if events.len() == max {
+                return Ok(events);
+            }
             if info.seq.is_some() && !info.keks.contains(&kek_id) {
                 let announce = self.wrap(kek_id, *id, info.created_ns, info.by_node, key)?;
                 events.push(KeyEvent::Rewrap(announce));
             }
         }
         for (id, info) in &ring.signing {
+            if events.len() == max {
+                return Ok(events);
+            }
             if info.seq.is_some() && !info.keks.is_empty() && !info.keks.contains(&kek_id) {
                 let mut announce = SigningAnnounce {
                     id: *id,
@@ -1255,7 +1262,12 @@ pub(crate) mod tests {
         };
         assert_eq!(new_data.kek_id, 2, "new keys are wrapped under the newest KEK");
 
-        let rewraps = keys.rewrap_events().unwrap();
+        assert_eq!(
+            keys.rewrap_events(1).unwrap().len(),
+            1,
+            "a batch holds at most what is asked"
+        );
+        let rewraps = keys.rewrap_events(usize::MAX).unwrap();
         let mut named: Vec<String> = rewraps
             .iter()
             .map(|e| match e {
@@ -1273,7 +1285,7 @@ pub(crate) mod tests {
         }
         events_of(&keys, &log[4..]);
         assert!(
-            keys.rewrap_events().unwrap().is_empty(),
+            keys.rewrap_events(usize::MAX).unwrap().is_empty(),
             "a second rotation to KEK 2 has nothing to do"
         );
         assert_eq!(
