@@ -206,6 +206,41 @@ impl BatchFrame {
         .map(drop)
     }
 
+    /// [`Self::verify`] for several frames, with their signatures checked
+    /// by one ed25519 batch verification. `Ok` only if every frame passes;
+    /// an error does not say which failed (check them one by one for that).
+    pub fn verify_all(frames: &[&BatchFrame], keyring: &Keyring) -> Result<(), Error> {
+        let parsed = frames.iter().map(|f| f.parse()).collect::<Result<Vec<_>, _>>()?;
+        let signed: Vec<_> = frames
+            .iter()
+            .zip(&parsed)
+            .map(|(f, p)| (&f.0[..HEADER_BYTES], p.body, p.keys()))
+            .collect();
+        seal::verify_signatures(&signed, keyring)?;
+        for (header, body, keys) in signed {
+            seal::authenticate(header, body, keys, keyring, seal::Signature::CheckedBefore)?;
+        }
+        Ok(())
+    }
+
+    /// A sealed frame's nonce under its data key, and its tag: what an
+    /// offline check needs to find a nonce used twice. `None` for a plain
+    /// or malformed frame.
+    pub fn seal_nonce(&self) -> Option<SealNonce> {
+        let frame = self.parse().ok()?;
+        if frame.flags & seal::FLAG_SEALED == 0 || frame.body.len() < seal::SEAL_OVERHEAD_BYTES {
+            return None;
+        }
+        let (nonce, _) = frame.body.split_first_chunk::<{ seal::NONCE_BYTES }>()?;
+        let signed = &frame.body[..frame.body.len() - seal::SIGNATURE_BYTES];
+        let (_, tag) = signed.split_last_chunk::<{ seal::TAG_BYTES }>()?;
+        Some(SealNonce {
+            data_key_id: frame.key_ids as u32,
+            nonce: *nonce,
+            tag: *tag,
+        })
+    }
+
     /// Whether the header says the frame is sealed (before any check).
     pub fn is_sealed(&self) -> bool {
         self.0.get(5).is_some_and(|flags| flags & seal::FLAG_SEALED != 0)
@@ -293,6 +328,15 @@ impl OpenedBatch {
 }
 
 /// A frame's header fields and its (possibly sealed) body.
+/// Where a sealed frame sits in its data key's nonce space; see
+/// [`BatchFrame::seal_nonce`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealNonce {
+    pub data_key_id: u32,
+    pub nonce: [u8; seal::NONCE_BYTES],
+    pub tag: [u8; seal::TAG_BYTES],
+}
+
 struct ParsedFrame<'a> {
     origin_node: u64,
     flags: u8,

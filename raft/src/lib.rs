@@ -72,6 +72,7 @@ pub use batch_frame::BatchBodyRef;
 pub use batch_frame::BatchFrame;
 pub use batch_frame::DecodedBatch;
 pub use batch_frame::OpenedBatch;
+pub use batch_frame::SealNonce;
 pub use batch_frame::SealWith;
 pub use batch_frame::BATCH_BYTES_MAX;
 pub use error::codec_status;

@@ -33,6 +33,7 @@ use txlog_proto::raft_service_server::RaftServiceServer;
 use txlog_proto::RaftMessage;
 use txlog_proto::SnapshotChunk;
 
+use crate::batch_frame::BatchFrame;
 use crate::codec;
 use crate::error::codec_status;
 use crate::error::Error;
@@ -150,16 +151,22 @@ fn decode<T: DeserializeOwned>(request: &Request<RaftMessage>) -> Result<T> {
 /// returned: see [`Refused`].
 fn check_entries(keys: Option<&Keys>, req: &mut AppendEntriesRequest<TypeConfig>) -> Option<Refused> {
     let keys = keys?;
-    for (i, entry) in req.entries.iter().enumerate() {
-        if let openraft::EntryPayload::Normal(frame) = &entry.payload {
-            if let Err(err) = keys.check_frame(frame) {
-                tracing::warn!(log_id = %entry.log_id, leader = ?req.vote, %err, "refusing an entry before it reaches the WAL");
-                req.entries.truncate(i);
-                return Some(Refused(err));
-            }
-        }
-    }
-    None
+    // Entries that carry no frame (blank, membership) need no check; the
+    // index maps a refused frame back to its entry.
+    let (at, frames): (Vec<usize>, Vec<&BatchFrame>) = req
+        .entries
+        .iter()
+        .enumerate()
+        .filter_map(|(i, entry)| match &entry.payload {
+            openraft::EntryPayload::Normal(frame) => Some((i, frame)),
+            _ => None,
+        })
+        .unzip();
+    let (refused, err) = keys.check_frames(&frames).err()?;
+    let i = at[refused];
+    tracing::warn!(log_id = %req.entries[i].log_id, leader = ?req.vote, %err, "refusing an entry before it reaches the WAL");
+    req.entries.truncate(i);
+    Some(Refused(err))
 }
 
 /// An AppendEntries with an entry that failed its check. openraft still
