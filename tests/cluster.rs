@@ -302,6 +302,176 @@ async fn keys_rotate_under_load_and_kill() {
         .count();
     assert!(data_keys >= 4, "data keys rotated: {data_keys}\n{}", cluster.logs());
     assert!(signing_keys >= 2, "signing keys rotated: {signing_keys}");
+
+    // Offline, after the kills: each node's WAL holds every sealed batch
+    // since the start (no snapshot yet), each nonce once under its data key
+    // (a nonce counter reused after a kill -9 would seal two batches under
+    // one), and every seal, signature and chain checks.
+    for id in cluster.ids() {
+        cluster.stop(id).await;
+    }
+    for id in cluster.ids() {
+        let (code, out, err) = verify(&cluster.node(id).data_dir, cluster.key_file());
+        assert_eq!(code, 0, "node {id}: {out}{err}");
+        let sealed = out
+            .split(';')
+            .find_map(|part| part.trim().strip_suffix(" sealed batches (CRC, signature, tag"))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("node {id}: no count of sealed batches in {out}"));
+        assert!(out.contains("each nonce used once"), "{out}");
+        assert!(
+            sealed >= acked.len() as u64 / 100,
+            "node {id}: the WAL still holds the run's batches: {sealed}\n{out}"
+        );
+    }
+}
+
+/// `txlog` run against `addresses`: success, stdout, stderr.
+fn txlog_cli(addresses: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_txlog"))
+        .args(args)
+        .env("TXLOG_CLUSTER", addresses)
+        .output()
+        .expect("run txlog");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Data keys made before the KEK rotation in
+/// `kek_rotation_survives_a_leader_kill`: more than two rewrap batches.
+const KEK_ROTATION_DATA_KEYS: usize = 600;
+
+/// A KEK rotation with the leader killed (-9) once the first of its
+/// rewrap batches is committed, while data keys rotate every second under
+/// load: rerun with `--resume`, it rewraps every key; the old KEK retires;
+/// the cluster, killed and restarted with only the new KEK, reads back
+/// every acknowledged record, identically on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kek_rotation_survives_a_leader_kill() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = TestCluster::start_with_ids(&[7, 300, 65_000], &["--data-key-rotate-s", "1"]);
+    let leader = cluster.wait_for_leader(LEADER_WAIT).await;
+    let key_file = cluster.key_file().expect("a sealed cluster").to_path_buf();
+    let key_arg = key_file.to_str().unwrap().to_string();
+    let addresses = cluster.addresses();
+    let acks: Acks = Arc::default();
+    let load = |cluster: &TestCluster, prefix: &str, seconds: u64| {
+        let stop = Instant::now() + Duration::from_secs(seconds);
+        (0..2)
+            .map(|w| {
+                tokio::spawn(append_until(
+                    cluster.client(),
+                    format!("{prefix}{w}"),
+                    stop,
+                    acks.clone(),
+                ))
+            })
+            .collect::<Vec<_>>()
+    };
+    for task in load(&cluster, "a", 3) {
+        task.await.unwrap();
+    }
+
+    // Enough data keys that the rewrap takes several batches of 256.
+    let client = cluster.client();
+    for _ in 0..KEK_ROTATION_DATA_KEYS {
+        client.rotate_keys(true, false).await.expect("rotate a data key");
+    }
+
+    // Rotate under load; kill the leader as soon as the first rewrap is
+    // committed: in the middle of proposing the rest.
+    let during = load(&cluster, "b", 4);
+    let rotate = {
+        let (addresses, key_arg) = (addresses.clone(), key_arg.clone());
+        tokio::task::spawn_blocking(move || {
+            txlog_cli(
+                &addresses,
+                &["keys", "rotate-kek", "--key-file", &key_arg, "--wait", "20s"],
+            )
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut from, mut rewrapped) = (1, 0);
+    while rewrapped == 0 {
+        // A read returns a bounded page: walk `_keys` forward from the last one seen.
+        if let Ok(page) = client.read(from, 1_000, Some("_keys"), false).await {
+            rewrapped += page.records.iter().filter(|r| r.txid.ends_with(b"/kek/2")).count();
+            from = page.records.last().map_or(from, |r| r.seq + 1);
+        }
+        assert!(Instant::now() < deadline, "no rewrap committed\n{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    cluster.kill(leader);
+    let (ok, out, err) = rotate.await.unwrap();
+    assert!(
+        ok || err.contains("--resume"),
+        "a rotation cut short says how to finish it: {err}"
+    );
+    eprintln!(
+        "leader {leader} killed with {rewrapped} of {KEK_ROTATION_DATA_KEYS}+ keys rewrapped; rotate-kek: ok {ok}\n{out}{err}"
+    );
+    for task in during {
+        task.await.unwrap();
+    }
+    cluster.start_node(leader);
+    cluster.wait_for_leader(LEADER_WAIT).await;
+
+    let (ok, out, err) = txlog_cli(&addresses, &["keys", "rotate-kek", "--resume", "--key-file", &key_arg]);
+    assert!(ok, "rotate-kek --resume: {out}{err}");
+    let (ok, out, err) = txlog_cli(&addresses, &["keys", "status", "--json"]);
+    assert!(ok, "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert!(rows.len() >= 4, "keys rotated under load: {out}");
+    for row in rows {
+        let keks: Vec<u64> = row["keks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_u64().unwrap())
+            .collect();
+        assert!(
+            keks.is_empty() || keks.contains(&2),
+            "every key under KEK 2 after the resume (a chained signing key needs none): {row}"
+        );
+    }
+    for task in load(&cluster, "c", 2) {
+        task.await.unwrap();
+    }
+
+    // KEK 1 retires once every WAL is compacted past its announcements.
+    for step in ["snapshot", "compact"] {
+        let (ok, out, err) = txlog_cli(&addresses, &["admin", step]);
+        assert!(ok, "admin {step}: {out}{err}");
+    }
+    let (ok, out, err) = txlog_cli(&addresses, &["keys", "retire-kek", "--key-file", &key_arg, "--id", "1"]);
+    assert!(ok && out.contains("removed KEK 1"), "{out}{err}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !client
+        .cluster_status()
+        .await
+        .is_ok_and(|s| s.nodes.iter().all(|n| n.kek_ids == [2]))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "nodes never dropped KEK 1\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Killed and restarted with only KEK 2: every node rebuilds its keyring
+    // and serves every acknowledged record.
+    let last = kill_all_then_append(&mut cluster, "after-kek", &acks).await;
+    let acked = acks.lock().unwrap().clone();
+    assert!(acked.len() > 20, "appends went through: {}", acked.len());
+    assert_eq!(
+        check_logs_upto(&cluster, &cluster.ids(), &acked, last).await,
+        acked.len() as u64
+    );
 }
 
 /// Malformed requests are INVALID_ARGUMENT with a clear message and change nothing.

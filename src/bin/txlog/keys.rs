@@ -307,7 +307,12 @@ async fn rotate_kek(args: &KeysRotateKekArgs) -> anyhow::Result<()> {
     let response = client
         .rotate_kek(kek_id)
         .await
-        .with_context(|| format!("rewrap under KEK {kek_id} failed"))?;
+        .with_context(|| {
+            format!(
+                "rewrap under KEK {kek_id} did not finish (the rewraps already committed stay); once there is a leader, run `txlog keys rotate-kek --resume --key-file {}`",
+                path.display()
+            )
+        })?;
     let older: Vec<u32> = file.keks.iter().map(|k| k.id).filter(|&id| id != kek_id).collect();
     if args.cluster.json {
         println!(

@@ -71,6 +71,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
         },
         purged,
         kept_last: None,
+        nonces: Default::default(),
         tally: Tally::default(),
     };
     println!(
@@ -113,7 +114,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
     .map_err(failed)?;
     let t = &checker.tally;
     println!(
-        "wal: {} segment(s), {} (purged up to {}, {} of those still in segments); {} sealed batches (CRC, signature, tag), {} key batches, {} plain batches, {} blank or membership{}",
+        "wal: {} segment(s), {} (purged up to {}, {} of those still in segments); {} sealed batches (CRC, signature, tag; each nonce used once), {} key batches, {} plain batches, {} blank or membership{}",
         wal.segments,
         match (t.first_index, t.last_index) {
             (Some(first), Some(last)) => format!("entries {first}..={last}"),
@@ -199,6 +200,9 @@ struct Checker<'a> {
     purged: Option<u64>,
     /// The last WAL entry after the purge point seen so far.
     kept_last: Option<u64>,
+    /// Every sealed entry's nonce under its data key, with its tag and log
+    /// index: a nonce sealing two different ciphertexts breaks AES-GCM.
+    nonces: std::collections::HashMap<(u32, [u8; 12]), ([u8; 16], u64)>,
     tally: Tally,
 }
 
@@ -281,7 +285,7 @@ impl Checker<'_> {
             let keys = self.keys_for(format_args!("log entry {index}"))?;
             keys.check_frame(frame).map_err(|e| bad(path, at(Some(index)), e))?;
             self.tally.sealed_batches += 1;
-            return Ok(());
+            return self.nonce_once(path, index, frame);
         }
         let decoded = frame.decode().map_err(|e| bad(path, at(Some(index)), e))?;
         let key_batch =
@@ -309,5 +313,86 @@ impl Checker<'_> {
             self.tally.plain_batches += 1;
         }
         Ok(())
+    }
+
+    /// A sealed entry's nonce must be new under its data key, unless the
+    /// entry is the same sealed batch again (same tag: same ciphertext,
+    /// nothing revealed). Two different ciphertexts under one nonce are
+    /// what a restart that reused a nonce counter would leave.
+    fn nonce_once(&mut self, path: &Path, index: u64, frame: &txlog_raft::BatchFrame) -> txlog_storage::Result<()> {
+        let Some(seal) = frame.seal_nonce() else {
+            return Ok(());
+        };
+        match self.nonces.entry((seal.data_key_id, seal.nonce)) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert((seal.tag, index));
+                Ok(())
+            }
+            std::collections::hash_map::Entry::Occupied(seen) if seen.get().0 == seal.tag => Ok(()),
+            std::collections::hash_map::Entry::Occupied(seen) => Err(bad(
+                path,
+                format_args!("log index {index}"),
+                format_args!(
+                    "nonce {} under data key {} already sealed log index {} (another ciphertext): a nonce was reused",
+                    hex(&seal.nonce),
+                    seal.data_key_id,
+                    seen.get().1
+                ),
+            )),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two batches sealed under one nonce with different contents are
+    /// refused, naming the first's log index; the same sealed batch twice,
+    /// and the next nonce, pass.
+    #[test]
+    fn a_nonce_sealing_two_ciphertexts_is_refused() {
+        let key = txlog_raft::DataKey::new(9, &[1; 32]);
+        let signer = txlog_raft::Signer::new(3, &[2; 32]);
+        let with = txlog_raft::SealWith {
+            node_id: 7,
+            data_key: &key,
+            signer: &signer,
+        };
+        let body = |payload: &str| txlog_raft::BatchBody {
+            created_ns: 1,
+            records: vec![txlog_storage::NewRecord {
+                txid: "t".into(),
+                channel: "orders".into(),
+                payload: payload.to_string().into(),
+                client_time_ns: 0,
+            }],
+        };
+        let first = txlog_raft::BatchFrame::seal(7, &body("a"), &with, 1);
+        let next = txlog_raft::BatchFrame::seal(7, &body("b"), &with, 2);
+        let reused = txlog_raft::BatchFrame::seal(7, &body("b"), &with, 1);
+        let mut checker = Checker {
+            keys: None,
+            progress: Progress {
+                last: std::time::Instant::now(),
+            },
+            purged: None,
+            kept_last: None,
+            nonces: Default::default(),
+            tally: Tally::default(),
+        };
+        let path = Path::new("wal/00000001.seg");
+        checker.nonce_once(path, 1, &first).unwrap();
+        checker.nonce_once(path, 2, &first.clone()).unwrap();
+        checker.nonce_once(path, 3, &next).unwrap();
+        let err = checker.nonce_once(path, 4, &reused).unwrap_err().to_string();
+        assert!(
+            err.contains("log index 4") && err.contains("already sealed log index 1") && err.contains("reused"),
+            "{err}"
+        );
     }
 }
