@@ -63,8 +63,9 @@ pub enum Command {
     /// Check a stopped node's files offline: every CRC, signature and tag, and the hash chain.
     #[command(
         long_about = "Check a stopped node's data directory offline, changing nothing: every WAL \
-                      segment and entry (CRC; for a sealed batch its signature and AEAD tag, for a \
-                      key batch its announcements), every record segment (CRC, dense seqs, the hash \
+                      segment and entry (CRC; for a sealed batch its signature and AEAD tag, and that \
+                      no nonce sealed two different batches under one data key; for a key batch \
+                      its announcements), every record segment (CRC, dense seqs, the hash \
                       chain recomputed at every record, the tag of every payload sealed at rest), \
                       and every snapshot (the same, and the chain's final value). A staged delta \
                       and a torn tail at the end of the WAL or the record file (what a crash leaves; \
