@@ -51,7 +51,7 @@ pub struct Metrics {
     pub appends_refused: Counter,
     resync_seen: std::sync::Mutex<txlog_raft::ResyncCounts>,
     pub seal_verified_batches: Counter,
-    pub seal_batch_verifications: Counter,
+    pub seal_signature_batches: Counter,
     pub seal_rejected_batches: Counter,
     pub seal_opened_batches: Counter,
     pub key_events: Counter,
@@ -85,8 +85,8 @@ impl Metrics {
         let mut seen = self.seal_seen.lock().expect("metrics lock poisoned");
         self.seal_verified_batches
             .inc_by(now.verified_batches - seen.verified_batches);
-        self.seal_batch_verifications
-            .inc_by(now.batch_verifications - seen.batch_verifications);
+        self.seal_signature_batches
+            .inc_by(now.signature_batches - seen.signature_batches);
         self.seal_rejected_batches
             .inc_by(now.rejected_batches - seen.rejected_batches);
         self.seal_opened_batches
@@ -123,7 +123,7 @@ impl Metrics {
             appends_refused: Counter::default(),
             resync_seen: Default::default(),
             seal_verified_batches: Counter::default(),
-            seal_batch_verifications: Counter::default(),
+            seal_signature_batches: Counter::default(),
             seal_rejected_batches: Counter::default(),
             seal_opened_batches: Counter::default(),
             key_events: Counter::default(),
@@ -146,9 +146,9 @@ impl Metrics {
             self.seal_verified_batches.clone(),
         );
         registry.register(
-            "seal_batch_verifications",
-            "ed25519 batch verifications that covered a run of entries of one AppendEntries (each entry is also counted in seal_verified_batches)",
-            self.seal_batch_verifications.clone(),
+            "seal_signature_batches",
+            "Runs of sealed entries of one AppendEntries whose signatures were checked together (each entry also counts in seal_verified_batches)",
+            self.seal_signature_batches.clone(),
         );
         registry.register(
             "seal_rejected_batches",

@@ -908,7 +908,7 @@ async fn a_catching_up_follower_verifies_in_batches() {
     loop {
         let applied = cluster.client.node_status(&address).await.map_or(0, |s| s.last_seq);
         let batches = cluster
-            .try_metric(follower, "txlog_seal_batch_verifications_total")
+            .try_metric(follower, "txlog_seal_signature_batches_total")
             .await
             .unwrap_or(0.0);
         let verified = cluster

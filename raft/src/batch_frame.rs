@@ -206,21 +206,23 @@ impl BatchFrame {
         .map(drop)
     }
 
-    /// [`Self::verify`] for several frames, with their signatures checked
-    /// by one ed25519 batch verification. `Ok` only if every frame passes;
-    /// an error does not say which failed (check them one by one for that).
-    pub fn verify_all(frames: &[&BatchFrame], keyring: &Keyring) -> Result<(), Error> {
-        let parsed = frames.iter().map(|f| f.parse()).collect::<Result<Vec<_>, _>>()?;
+    /// Whether every frame passes [`Self::verify`], with their signatures
+    /// checked together (see `signature.rs`: the same answer as one by
+    /// one). `false` does not say which failed or why: check them one by
+    /// one for that.
+    pub fn verify_all(frames: &[&BatchFrame], keyring: &Keyring) -> bool {
+        let Ok(parsed) = frames.iter().map(|f| f.parse()).collect::<Result<Vec<_>, _>>() else {
+            return false;
+        };
         let signed: Vec<_> = frames
             .iter()
             .zip(&parsed)
             .map(|(f, p)| (&f.0[..HEADER_BYTES], p.body, p.keys()))
             .collect();
-        seal::verify_signatures(&signed, keyring)?;
-        for (header, body, keys) in signed {
-            seal::authenticate(header, body, keys, keyring, seal::Signature::CheckedBefore)?;
-        }
-        Ok(())
+        seal::verify_signatures(&signed, keyring)
+            && signed.into_iter().all(|(header, body, keys)| {
+                seal::authenticate(header, body, keys, keyring, seal::Signature::CheckedBefore).is_ok()
+            })
     }
 
     /// A sealed frame's nonce under its data key, and its tag: what an
@@ -228,16 +230,11 @@ impl BatchFrame {
     /// or malformed frame.
     pub fn seal_nonce(&self) -> Option<SealNonce> {
         let frame = self.parse().ok()?;
-        if frame.flags & seal::FLAG_SEALED == 0 || frame.body.len() < seal::SEAL_OVERHEAD_BYTES {
-            return None;
-        }
-        let (nonce, _) = frame.body.split_first_chunk::<{ seal::NONCE_BYTES }>()?;
-        let signed = &frame.body[..frame.body.len() - seal::SIGNATURE_BYTES];
-        let (_, tag) = signed.split_last_chunk::<{ seal::TAG_BYTES }>()?;
+        let (nonce, tag) = seal::nonce_and_tag(frame.body, frame.keys())?;
         Some(SealNonce {
-            data_key_id: frame.key_ids as u32,
-            nonce: *nonce,
-            tag: *tag,
+            data_key_id: frame.keys().data_key_id(),
+            nonce,
+            tag,
         })
     }
 
@@ -327,7 +324,6 @@ impl OpenedBatch {
     }
 }
 
-/// A frame's header fields and its (possibly sealed) body.
 /// Where a sealed frame sits in its data key's nonce space; see
 /// [`BatchFrame::seal_nonce`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -337,6 +333,7 @@ pub struct SealNonce {
     pub tag: [u8; seal::TAG_BYTES],
 }
 
+/// A frame's header fields and its (possibly sealed) body.
 struct ParsedFrame<'a> {
     origin_node: u64,
     flags: u8,

@@ -74,25 +74,12 @@ const SIGNING_DOMAIN: &[u8] = b"txlog signing key v1";
 const DATA_KEY_DOMAIN: &[u8] = b"txlog data key v1";
 /// WAL entries read per call when scanning the unapplied tail for key events.
 const LOG_TAIL_READ_ENTRIES: u64 = 256;
-/// An announced public signing key: a valid point, and not of small order.
-/// Batches are checked with RFC 8032 verification (`seal.rs`), which unlike
-/// `verify_strict` accepts a weak key; refusing weak keys here, once per
-/// key, is what keeps that sound.
-fn announced_public(public: &[u8; 32]) -> Result<ed25519_dalek::VerifyingKey, String> {
-    let key =
-        ed25519_dalek::VerifyingKey::from_bytes(public).map_err(|_| "not a valid ed25519 public key".to_string())?;
-    if key.is_weak() {
-        return Err("a weak (small-order) ed25519 public key".into());
-    }
-    Ok(key)
-}
-
-/// Fewest sealed entries in a row whose signatures a follower checks with
-/// one ed25519 batch verification. Measured on the EPYC hosts (AVX-512
-/// IFMA): one verification ~17 µs; in a batch of 2 ~17 µs a signature, 4
-/// ~14, 16 ~11.5. A batch of 2 or 3 saves nothing and costs a second pass
-/// when it fails, so runs start at 4.
-const VERIFY_BATCH_MIN: usize = 4;
+/// Fewest sealed entries in a row whose signatures a follower checks
+/// together. Measured on the EPYC hosts (AVX-512 IFMA), ed25519-dalek's
+/// batch check: one verification ~17 µs; in a batch of 2 ~17 µs a
+/// signature, 4 ~14, 16 ~11.5. A batch of 2 or 3 saves nothing and costs a
+/// second pass when it fails, so runs start at 4.
+const VERIFY_BATCH_FRAMES_MIN: usize = 4;
 
 /// One key announcement: the payload of a [`KEYS_CHANNEL`] record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,6 +205,19 @@ fn signing_message(a: &SigningAnnounce) -> Vec<u8> {
     m
 }
 
+/// An announced public signing key: a valid point, and not of small order
+/// (which no honest key is: an honest key is a multiple of the base point).
+/// Batch signatures are checked under a cofactored rule (`signature.rs`),
+/// under which a small-order key would verify anything.
+fn announced_public(public: &[u8; 32]) -> Result<ed25519_dalek::VerifyingKey, String> {
+    let key = ed25519_dalek::VerifyingKey::from_bytes(public)
+        .map_err(|_| "its public key is not an ed25519 point".to_string())?;
+    if key.is_weak() {
+        return Err("its public key is of small order (a weak key)".into());
+    }
+    Ok(key)
+}
+
 fn data_key_aad(a: &DataKeyAnnounce) -> Vec<u8> {
     let mut m = Vec::with_capacity(DATA_KEY_DOMAIN.len() + 24);
     m.extend_from_slice(DATA_KEY_DOMAIN);
@@ -315,9 +315,9 @@ impl KekSet {
 #[derive(Debug, Default)]
 pub struct SealStats {
     pub verified_batches: AtomicU64,
-    /// ed25519 batch verifications that passed (each covered a run of
-    /// sealed entries of one AppendEntries).
-    pub batch_verifications: AtomicU64,
+    /// Runs of sealed entries of one AppendEntries whose signatures passed
+    /// checked together (their entries also count in `verified_batches`).
+    pub signature_batches: AtomicU64,
     pub rejected_batches: AtomicU64,
     pub opened_batches: AtomicU64,
     pub key_events: AtomicU64,
@@ -327,7 +327,7 @@ pub struct SealStats {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SealCounts {
     pub verified_batches: u64,
-    pub batch_verifications: u64,
+    pub signature_batches: u64,
     pub rejected_batches: u64,
     pub opened_batches: u64,
     pub key_events: u64,
@@ -337,7 +337,7 @@ impl SealStats {
     pub fn counts(&self) -> SealCounts {
         SealCounts {
             verified_batches: self.verified_batches.load(Ordering::Relaxed),
-            batch_verifications: self.batch_verifications.load(Ordering::Relaxed),
+            signature_batches: self.signature_batches.load(Ordering::Relaxed),
             rejected_batches: self.rejected_batches.load(Ordering::Relaxed),
             opened_batches: self.opened_batches.load(Ordering::Relaxed),
             key_events: self.key_events.load(Ordering::Relaxed),
@@ -623,6 +623,10 @@ impl Keys {
                     }
                     let signature = ed25519_dalek::Signature::from_slice(signature)
                         .map_err(|_| refused("malformed signature".into()))?;
+                    // dalek's strict rule, not the batch rule of `signature.rs`:
+                    // announcements are checked one at a time, at apply, on
+                    // every node by the same code, and nodes of older builds
+                    // check them this way too.
                     ed25519_dalek::VerifyingKey::from_bytes(&previous.public)
                         .expect("keys in the ring are valid")
                         .verify_strict(&signing_message(a), &signature)
@@ -971,33 +975,35 @@ impl Keys {
 
     /// Check the frames of one AppendEntries, in order, as
     /// [`Self::check_frame`] does each; on a refusal, the index of the first
-    /// refused frame and why. A run of at least [`VERIFY_BATCH_MIN`] sealed
-    /// frames has its signatures checked by one ed25519 batch verification
-    /// (a catching-up follower gets hundreds per call); if that fails, the
-    /// run is checked one frame at a time, so the refusal names the same
-    /// entry it would have. Plain frames (key events) stay one at a time:
+    /// refused frame and why. A run of at least [`VERIFY_BATCH_FRAMES_MIN`]
+    /// sealed frames has its signatures checked together (a catching-up
+    /// follower gets hundreds per call), under the same rule as one by one
+    /// (`signature.rs`); if that fails, the run is checked one frame at a
+    /// time, so the refusal names the same entry and error it would have. Plain frames (key events) stay one at a time:
     /// one may announce the key that the next is sealed under.
     pub fn check_frames(&self, frames: &[&BatchFrame]) -> Result<(), (usize, Error)> {
         let mut at = 0;
         while at < frames.len() {
-            let run = frames[at..].iter().take_while(|f| f.is_sealed()).count();
-            if run >= VERIFY_BATCH_MIN {
-                let batch = &frames[at..at + run];
+            let run_len = frames[at..].iter().take_while(|f| f.is_sealed()).count();
+            if run_len >= VERIFY_BATCH_FRAMES_MIN {
+                let run = &frames[at..at + run_len];
                 let verified = {
                     let ring = self.ring.read().expect("keyring lock poisoned");
-                    BatchFrame::verify_all(batch, &ring.live).is_ok()
+                    BatchFrame::verify_all(run, &ring.live)
                 };
                 if verified {
-                    self.stats.verified_batches.fetch_add(run as u64, Ordering::Relaxed);
-                    self.stats.batch_verifications.fetch_add(1, Ordering::Relaxed);
-                    at += run;
+                    self.stats.verified_batches.fetch_add(run_len as u64, Ordering::Relaxed);
+                    self.stats.signature_batches.fetch_add(1, Ordering::Relaxed);
+                    at += run_len;
                     continue;
                 }
             }
-            for (i, frame) in frames[at..at + run.max(1)].iter().enumerate() {
+            // A short run, a plain frame, or a run with a bad frame in it.
+            let one_by_one = run_len.max(1);
+            for (i, frame) in frames[at..at + one_by_one].iter().enumerate() {
                 self.check_frame(frame).map_err(|err| (at + i, err))?;
             }
-            at += run.max(1);
+            at += one_by_one;
         }
         Ok(())
     }
@@ -1287,24 +1293,29 @@ pub(crate) mod tests {
         let first_frame = KeyEvent::frame(1000, std::slice::from_ref(&first));
         keys.check_frame(&first_frame).unwrap();
         let body = one_record_body();
-        let sealed_under = |announce: &DataKeyAnnounce, counter: u32| {
-            let ring = keys.ring.read().unwrap();
-            let (_, key) = ring.data.get(&announce.id).unwrap();
-            let key = DataKey::new(announce.id, key);
+        let sealed_with = |key: &DataKey, counter: u32| {
             let signer = Signer::new(7, &[2; 32]);
             let with = crate::batch_frame::SealWith {
                 node_id: 1000,
-                data_key: &key,
+                data_key: key,
                 signer: &signer,
             };
             BatchFrame::seal(1000, &body, &with, counter)
+        };
+        let sealed_under = |announce: &DataKeyAnnounce, counter: u32| {
+            let key = {
+                let ring = keys.ring.read().unwrap();
+                let (_, key) = ring.data.get(&announce.id).unwrap();
+                DataKey::new(announce.id, key)
+            };
+            sealed_with(&key, counter)
         };
         let key_frame = KeyEvent::frame(1000, std::slice::from_ref(&data));
         keys.check_frame(&key_frame).unwrap();
         let good: Vec<BatchFrame> = (1..=6).map(|c| sealed_under(d, c)).collect();
         let refs: Vec<&BatchFrame> = good.iter().collect();
         keys.check_frames(&refs).unwrap();
-        assert_eq!(keys.stats.batch_verifications.load(Ordering::Relaxed), 1);
+        assert_eq!(keys.stats.signature_batches.load(Ordering::Relaxed), 1);
         assert_eq!(keys.stats.verified_batches.load(Ordering::Relaxed), 2 + 6);
 
         // Forged (signature flipped, CRC fixed) or damaged (CRC wrong) at
@@ -1320,10 +1331,31 @@ pub(crate) mod tests {
                 }
                 let alone = keys.check_frame(&frames[bad_at]).unwrap_err().to_string();
                 let refs: Vec<&BatchFrame> = frames.iter().collect();
+                let before = keys.stats.counts();
                 let (at, err) = keys.check_frames(&refs).unwrap_err();
                 assert_eq!((at, err.to_string()), (bad_at, alone), "forged {forge}");
+                let after = keys.stats.counts();
+                assert_eq!(
+                    (
+                        after.signature_batches - before.signature_batches,
+                        after.verified_batches - before.verified_batches,
+                        after.rejected_batches - before.rejected_batches
+                    ),
+                    (0, bad_at as u64, 1),
+                    "a failed run counts only what the one-by-one checks found"
+                );
             }
         }
+        // A good signature over a ciphertext under the wrong key with the
+        // right id: the run's signatures pass together, its tag does not.
+        let wrong_key = DataKey::new(d.id, &[9; 32]);
+        let mut frames = good.clone();
+        frames[2] = sealed_with(&wrong_key, 3);
+        let alone = keys.check_frame(&frames[2]).unwrap_err().to_string();
+        assert!(alone.contains("authentication tag does not match"), "{alone}");
+        let refs: Vec<&BatchFrame> = frames.iter().collect();
+        let (at, err) = keys.check_frames(&refs).unwrap_err();
+        assert_eq!((at, err.to_string()), (2, alone));
 
         // A key event between two runs announces the data key of the run
         // after it; in one call, in order, everything passes.
@@ -1340,7 +1372,7 @@ pub(crate) mod tests {
             fresh.check_frame(event).unwrap();
         }
         fresh.check_frames(&frames).unwrap();
-        assert_eq!(fresh.stats.batch_verifications.load(Ordering::Relaxed), 2);
+        assert_eq!(fresh.stats.signature_batches.load(Ordering::Relaxed), 2);
         // Without the key event, the run after it is refused at its first frame.
         let without: Vec<&BatchFrame> = frames
             .iter()

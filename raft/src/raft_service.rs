@@ -153,7 +153,7 @@ fn check_entries(keys: Option<&Keys>, req: &mut AppendEntriesRequest<TypeConfig>
     let keys = keys?;
     // Entries that carry no frame (blank, membership) need no check; the
     // index maps a refused frame back to its entry.
-    let (at, frames): (Vec<usize>, Vec<&BatchFrame>) = req
+    let (entry_indexes, frames): (Vec<usize>, Vec<&BatchFrame>) = req
         .entries
         .iter()
         .enumerate()
@@ -163,7 +163,7 @@ fn check_entries(keys: Option<&Keys>, req: &mut AppendEntriesRequest<TypeConfig>
         })
         .unzip();
     let (refused, err) = keys.check_frames(&frames).err()?;
-    let i = at[refused];
+    let i = entry_indexes[refused];
     tracing::warn!(log_id = %req.entries[i].log_id, leader = ?req.vote, %err, "refusing an entry before it reaches the WAL");
     req.entries.truncate(i);
     Some(Refused(err))

@@ -375,11 +375,11 @@ pub(crate) struct FrameKeys {
 }
 
 impl FrameKeys {
-    fn data_key_id(self) -> u32 {
+    pub(crate) fn data_key_id(self) -> u32 {
         self.key_ids as u32
     }
 
-    fn signing_key_id(self) -> u32 {
+    pub(crate) fn signing_key_id(self) -> u32 {
         (self.key_ids >> 32) as u32
     }
 }
@@ -395,68 +395,60 @@ pub(crate) fn authenticate(
     keyring: &Keyring,
     signature: Signature,
 ) -> Result<Vec<u8>, Error> {
-    let refused = |detail: String| Error::Unauthorized(format!("sealed batch: {detail}"));
     let signed = signed_part(sealed, frame)?;
     let verifying = signing_key(frame, keyring)?;
     if signature == Signature::Check {
         let signature = frame_signature(sealed);
-        // RFC 8032 verification, not `verify_strict`: the strict checks
-        // reject small-order keys and R points, which matter for keys an
-        // attacker picks. Ours come from announcements that refuse weak
-        // keys (`keys.rs`), and a small-order R does not help anyone forge
-        // under a key they do not hold. It saves ~5 µs of the ~22.
-        ed25519_dalek::Verifier::verify(verifying, &signed_digest(header, signed), &signature).map_err(|_| {
-            refused(format!(
+        // One rule for a batch alone and batches together (`signature.rs`).
+        if !crate::signature::verify(verifying, &signed_digest(header, signed), &signature) {
+            return Err(refused(format_args!(
                 "signature does not verify under key {}",
                 frame.signing_key_id()
-            ))
-        })?;
+            )));
+        }
     }
     let data_key_id = frame.data_key_id();
     let key = keyring
         .data
         .get(&data_key_id)
-        .ok_or_else(|| refused(format!("encrypted under unknown data key {data_key_id}")))?;
+        .ok_or_else(|| refused(format_args!("encrypted under unknown data key {data_key_id}")))?;
     let (nonce, rest) = signed.split_first_chunk::<NONCE_BYTES>().expect("length checked above");
     let (ciphertext, tag) = rest.split_last_chunk::<TAG_BYTES>().expect("length checked above");
     let mut plain = ciphertext.to_vec();
     key.cipher
         .decrypt_inout_detached(nonce.into(), header, (&mut plain[..]).into(), tag.into())
         .map_err(|_| {
-            refused(format!(
+            refused(format_args!(
                 "authentication tag does not match under data key {data_key_id}"
             ))
         })?;
     Ok(plain)
 }
 
-/// Check the signatures of several sealed frames at once, with one ed25519
-/// batch verification: `Ok` only if every one verifies. It checks nothing
-/// else (CRC, tag); a caller that gets an error checks the frames one by
-/// one to find which is bad, since a batch cannot tell.
-pub(crate) fn verify_signatures(frames: &[(&[u8], &[u8], FrameKeys)], keyring: &Keyring) -> Result<(), Error> {
-    let mut digests = Vec::with_capacity(frames.len());
-    let mut signatures = Vec::with_capacity(frames.len());
-    let mut keys = Vec::with_capacity(frames.len());
+/// Whether the signatures of several sealed frames all verify, checked
+/// together (`signature::verify_all`: exactly when each would alone). It
+/// checks nothing else (CRC, tag); a caller that gets `false` checks the
+/// frames one by one to find which is bad and why.
+pub(crate) fn verify_signatures(frames: &[(&[u8], &[u8], FrameKeys)], keyring: &Keyring) -> bool {
+    let mut checks = Vec::with_capacity(frames.len());
     for &(header, sealed, frame) in frames {
-        let signed = signed_part(sealed, frame)?;
-        keys.push(*signing_key(frame, keyring)?);
-        digests.push(signed_digest(header, signed));
-        signatures.push(frame_signature(sealed));
+        let (Ok(signed), Ok(key)) = (signed_part(sealed, frame), signing_key(frame, keyring)) else {
+            return false;
+        };
+        checks.push((key, signed_digest(header, signed), frame_signature(sealed)));
     }
-    let messages: Vec<&[u8]> = digests.iter().map(|d| &d[..]).collect();
-    ed25519_dalek::verify_batch(&messages, &signatures, &keys)
-        .map_err(|_| Error::Unauthorized("sealed batch: a signature in the batch does not verify".into()))
+    let items: Vec<_> = checks
+        .iter()
+        .map(|(key, digest, signature)| (*key, &digest[..], signature))
+        .collect();
+    crate::signature::verify_all(&items)
 }
 
 /// The part of a sealed body that the signature covers (nonce through
 /// tag), after checking the frame claims a seal and is long enough for one.
 fn signed_part(sealed: &[u8], frame: FrameKeys) -> Result<&[u8], Error> {
     if frame.flags & FLAG_SEALED == 0 {
-        return Err(Error::Unauthorized(format!(
-            "sealed batch: frame is not sealed (flags {:#x})",
-            frame.flags
-        )));
+        return Err(refused(format_args!("frame is not sealed (flags {:#x})", frame.flags)));
     }
     if sealed.len() < SEAL_OVERHEAD_BYTES {
         return Err(Error::decode(
@@ -465,6 +457,20 @@ fn signed_part(sealed: &[u8], frame: FrameKeys) -> Result<&[u8], Error> {
         ));
     }
     Ok(&sealed[..sealed.len() - SIGNATURE_BYTES])
+}
+
+/// A sealed frame's nonce and tag, if it is sealed and long enough to
+/// hold a seal.
+pub(crate) fn nonce_and_tag(sealed: &[u8], frame: FrameKeys) -> Option<([u8; NONCE_BYTES], [u8; TAG_BYTES])> {
+    let signed = signed_part(sealed, frame).ok()?;
+    let (nonce, _) = signed.split_first_chunk::<NONCE_BYTES>()?;
+    let (_, tag) = signed.split_last_chunk::<TAG_BYTES>()?;
+    Some((*nonce, *tag))
+}
+
+/// A seal that does not check: a forgery, or keys this node lacks.
+fn refused(detail: std::fmt::Arguments<'_>) -> Error {
+    Error::Unauthorized(format!("sealed batch: {detail}"))
 }
 
 /// The last [`SIGNATURE_BYTES`] of a sealed body; its length is checked by
@@ -477,14 +483,13 @@ fn frame_signature(sealed: &[u8]) -> ed25519_dalek::Signature {
 /// The key a frame names as its signer, if the keyring holds it and it
 /// belongs to the frame's origin node.
 fn signing_key(frame: FrameKeys, keyring: &Keyring) -> Result<&ed25519_dalek::VerifyingKey, Error> {
-    let refused = |detail: String| Error::Unauthorized(format!("sealed batch: {detail}"));
     let id = frame.signing_key_id();
     let (key_node, verifying) = keyring
         .verifying
         .get(&id)
-        .ok_or_else(|| refused(format!("signed by unknown key {id}")))?;
+        .ok_or_else(|| refused(format_args!("signed by unknown key {id}")))?;
     if *key_node != frame.origin_node {
-        return Err(refused(format!(
+        return Err(refused(format_args!(
             "signed by key {id} of node {key_node}, but the batch names node {}",
             frame.origin_node
         )));

@@ -7,12 +7,16 @@
 //! adds the announcements it holds beyond those, in log order, before the
 //! entries sealed under them.
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::fmt::Display;
 use std::path::Path;
 
 use openraft::EntryPayload;
 use txlog_raft::Keys;
 use txlog_raft::KEYS_CHANNEL;
+use txlog_raft::NONCE_BYTES;
+use txlog_raft::TAG_BYTES;
 use txlog_storage::verify as files;
 use txlog_storage::StoredRecord;
 
@@ -64,16 +68,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let mut checker = Checker {
-        keys: keys.as_ref(),
-        progress: Progress {
-            last: std::time::Instant::now(),
-        },
-        purged,
-        kept_last: None,
-        nonces: Default::default(),
-        tally: Tally::default(),
-    };
+    let mut checker = Checker::new(keys.as_ref(), purged);
     println!(
         "verifying {} ({})",
         dir.display(),
@@ -202,7 +197,7 @@ struct Checker<'a> {
     kept_last: Option<u64>,
     /// Every sealed entry's nonce under its data key, with its tag and log
     /// index: a nonce sealing two different ciphertexts breaks AES-GCM.
-    nonces: std::collections::HashMap<(u32, [u8; 12]), ([u8; 16], u64)>,
+    nonces: HashMap<(u32, [u8; NONCE_BYTES]), ([u8; TAG_BYTES], u64)>,
     tally: Tally,
 }
 
@@ -214,7 +209,20 @@ fn bad(path: &Path, what: impl Display, err: impl Display) -> txlog_storage::Err
     }
 }
 
-impl Checker<'_> {
+impl<'a> Checker<'a> {
+    fn new(keys: Option<&'a Keys>, purged: Option<u64>) -> Checker<'a> {
+        Checker {
+            keys,
+            progress: Progress {
+                last: std::time::Instant::now(),
+            },
+            purged,
+            kept_last: None,
+            nonces: HashMap::new(),
+            tally: Tally::default(),
+        }
+    }
+
     fn keys_for(&self, what: impl Display) -> txlog_storage::Result<&Keys> {
         self.keys.ok_or_else(|| {
             txlog_storage::Error::InvalidInput(format!(
@@ -324,12 +332,12 @@ impl Checker<'_> {
             return Ok(());
         };
         match self.nonces.entry((seal.data_key_id, seal.nonce)) {
-            std::collections::hash_map::Entry::Vacant(slot) => {
+            Entry::Vacant(slot) => {
                 slot.insert((seal.tag, index));
                 Ok(())
             }
-            std::collections::hash_map::Entry::Occupied(seen) if seen.get().0 == seal.tag => Ok(()),
-            std::collections::hash_map::Entry::Occupied(seen) => Err(bad(
+            Entry::Occupied(seen) if seen.get().0 == seal.tag => Ok(()),
+            Entry::Occupied(seen) => Err(bad(
                 path,
                 format_args!("log index {index}"),
                 format_args!(
@@ -375,16 +383,7 @@ mod tests {
         let first = txlog_raft::BatchFrame::seal(7, &body("a"), &with, 1);
         let next = txlog_raft::BatchFrame::seal(7, &body("b"), &with, 2);
         let reused = txlog_raft::BatchFrame::seal(7, &body("b"), &with, 1);
-        let mut checker = Checker {
-            keys: None,
-            progress: Progress {
-                last: std::time::Instant::now(),
-            },
-            purged: None,
-            kept_last: None,
-            nonces: Default::default(),
-            tally: Tally::default(),
-        };
+        let mut checker = Checker::new(None, None);
         let path = Path::new("wal/00000001.seg");
         checker.nonce_once(path, 1, &first).unwrap();
         checker.nonce_once(path, 2, &first.clone()).unwrap();
