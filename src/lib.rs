@@ -47,6 +47,7 @@ pub mod node;
 pub mod prefer_region;
 mod raft_runtime;
 pub mod snapshot_trigger;
+pub mod token_check;
 pub mod validate;
 
 pub use error::Error;

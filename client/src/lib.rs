@@ -42,6 +42,7 @@ mod log_calls;
 mod options;
 mod retry;
 mod status;
+mod token;
 
 pub use address::normalize_address;
 pub use client::Client;
@@ -56,6 +57,21 @@ pub use status::Kind;
 pub use status::NodeView;
 pub use status::ResyncSent;
 pub use status::Role;
+pub use token::check_token_name;
+pub use token::token_mac;
+pub use token::token_mac_input;
+pub use token::token_mac_matches;
+pub use token::token_payload_digest;
+pub use token::ClientSecret;
+pub use token::TokenError;
+pub use token::CLIENT_SECRET_BYTES;
+pub use token::TOKEN_MAC_BYTES;
+pub use token::TOKEN_METADATA_KEY;
+pub use token::TOKEN_NAME_BYTES_MAX;
+pub use token::TOKEN_NONCE_BYTES;
+pub use token::TOKEN_ROLES_MAX;
+pub use token::TOKEN_TTL_MAX;
+pub use token::TOKEN_VERSION;
 
 /// gRPC metadata key carrying the leader's address on `UNAVAILABLE`; nodes
 /// set it, the client follows it.

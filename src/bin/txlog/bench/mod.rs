@@ -1,7 +1,7 @@
 //! `txlog bench`: append load against a running cluster (the default mode),
 //! and the benches that start their own local cluster because they kill and
-//! restart nodes (`failover`, `resync`, `startup`), and `seal`, which
-//! measures the batch seal in one process.
+//! restart nodes (`failover`, `resync`, `startup`), and `seal` and `token`,
+//! which measure a batch seal and a request token in one process.
 
 mod append;
 mod cluster;
@@ -9,8 +9,9 @@ mod failover;
 mod resync;
 mod seal;
 mod startup;
+mod token;
 
-/// `txlog bench [append] …`, `txlog bench failover …`, `txlog bench resync …`, `txlog bench startup …`, `txlog bench seal …`.
+/// `txlog bench [append] …`, `txlog bench failover …`, `txlog bench resync …`, `txlog bench startup …`, `txlog bench seal …`, `txlog bench token …`.
 #[derive(clap::Args, Debug, Clone)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct BenchCommand {
@@ -32,6 +33,8 @@ pub enum BenchMode {
     Startup(startup::StartupArgs),
     /// CPU cost of sealing and opening one batch (LZ4, AES-256-GCM, ed25519) and LZ4's ratio, on generated corpora.
     Seal(seal::SealArgs),
+    /// CPU cost of issuing and checking one request token (HMAC-SHA256, payload digest, replay memory).
+    Token(token::TokenArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -42,5 +45,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         Some(BenchMode::Resync(args)) => resync::run(args).await,
         Some(BenchMode::Startup(args)) => startup::run(args).await,
         Some(BenchMode::Seal(args)) => seal::run(args).await,
+        Some(BenchMode::Token(args)) => token::run(args).await,
     }
 }
