@@ -474,3 +474,84 @@ async fn kek_rotation_through_the_cli() {
     );
     stop_dev(dev);
 }
+
+/// `txlog token secret` writes a 0600 secret file and never replaces one;
+/// `txlog token issue` prints a token the node-side check accepts once,
+/// for that method and request only; a TTL over 300 s and a secret file
+/// others may read are refused.
+#[test]
+fn token_secret_and_issue() {
+    use base64::Engine as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("desk.key");
+    let secret_arg = secret.to_str().unwrap();
+    let (ok, _, err) = txlog("", &["token", "secret", "--key-id", "desk-1", "--out", secret_arg]);
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777, 0o600);
+    let (ok, _, err) = txlog("", &["token", "secret", "--key-id", "desk-1", "--out", secret_arg]);
+    assert!(!ok && err.contains("never replaced"), "{err}");
+
+    let request = txlog_proto::ReadRequest {
+        from_seq: 7,
+        limit: 10,
+        ..Default::default()
+    };
+    let request_file = dir.path().join("read.bin");
+    std::fs::write(&request_file, prost::Message::encode_to_vec(&request)).unwrap();
+    let method = "/txlog.v1.LogService/Read";
+    let issue = |ttl: &str| {
+        txlog(
+            "",
+            &[
+                "token",
+                "issue",
+                "--secret-file",
+                secret_arg,
+                "--role",
+                "reader",
+                "--ttl",
+                ttl,
+                "--method",
+                method,
+                "--request",
+                request_file.to_str().unwrap(),
+            ],
+        )
+    };
+    let (ok, _, err) = issue("301s");
+    assert!(!ok && err.contains("at most 300s"), "{err}");
+    let (ok, out, err) = issue("60s");
+    assert!(ok, "{err}");
+    let bytes = base64::engine::general_purpose::STANDARD.decode(out.trim()).unwrap();
+    let token: txlog_proto::RequestToken = prost::Message::decode(&bytes[..]).unwrap();
+    assert_eq!(
+        (token.key_id.as_str(), token.roles.clone()),
+        ("desk-1", vec!["reader".to_string()])
+    );
+
+    let key = txlog_client::ClientSecret::parse(&std::fs::read_to_string(&secret).unwrap()).unwrap();
+    let checker = txlog::token_check::TokenChecker::default();
+    let now_ms = txlog_raft::wall_clock_ns() / 1_000_000;
+    let secret_of = |id: &str| (id == "desk-1").then(|| *key.secret());
+    let digest = txlog_client::token_payload_digest(&request);
+    let other = txlog_client::token_payload_digest(&txlog_proto::ReadRequest {
+        from_seq: 8,
+        ..request.clone()
+    });
+    assert!(
+        checker.check(&token, method, &other, now_ms, secret_of).is_err(),
+        "another payload"
+    );
+    checker
+        .check(&token, method, &digest, now_ms, secret_of)
+        .expect("the token is accepted");
+    assert!(
+        checker.check(&token, method, &digest, now_ms, secret_of).is_err(),
+        "but only once"
+    );
+
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (ok, _, err) = issue("60s");
+    assert!(!ok && err.contains("chmod 600"), "{err}");
+}

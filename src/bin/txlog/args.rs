@@ -60,6 +60,8 @@ pub enum Command {
     Bench(Box<crate::bench::BenchCommand>),
     /// Sealing keys: create the cluster key file, list the keys announced in the log, rotate them now.
     Keys(KeysArgs),
+    /// Client request tokens: make a client key's secret file, issue a token for one call.
+    Token(TokenArgs),
     /// Check a stopped node's files offline: every CRC, signature and tag, and the hash chain.
     #[command(
         long_about = "Check a stopped node's data directory offline, changing nothing: every WAL \
@@ -86,6 +88,56 @@ pub struct VerifyArgs {
     /// signatures and tags; public keys and wrapped data keys are read from the node's own log.
     #[arg(long)]
     pub key_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Make a new client key: a 32-byte secret from the OS generator, written as `KEY_ID:HEX`
+    /// to a new file with mode 0600 (an existing file is never replaced).
+    Secret(TokenSecretArgs),
+    /// Print a request token for one call: HMAC-SHA256 under the client secret over the key
+    /// id, roles, times, a fresh nonce, the method and the SHA-256 of the request message's
+    /// protobuf encoding. It is accepted once, for at most --ttl (300 s at most). Send it in
+    /// the binary gRPC metadata key `txlog-token-bin`. Nodes do not require tokens yet.
+    Issue(TokenIssueArgs),
+}
+
+#[derive(Args)]
+pub struct TokenSecretArgs {
+    /// The client key's id: 1-64 characters of [A-Za-z0-9._-].
+    #[arg(long)]
+    pub key_id: String,
+    /// Where to write the secret.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct TokenIssueArgs {
+    /// The client secret file (from `txlog token secret`; mode 0600).
+    #[arg(long)]
+    pub secret_file: PathBuf,
+    /// A role the token claims (repeat for several; at most 16).
+    #[arg(long)]
+    pub role: Vec<String>,
+    /// How long the token is valid, at most 300s.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// The full gRPC method the token is for, e.g. /txlog.v1.LogService/Append.
+    #[arg(long)]
+    pub method: String,
+    /// A file holding the request message, protobuf-encoded; without it, the empty message.
+    #[arg(long)]
+    pub request: Option<PathBuf>,
+    /// Print `txlog-token-bin: <value>` (a header line) instead of the value alone.
+    #[arg(long)]
+    pub header: bool,
 }
 
 #[derive(Args)]

@@ -18,6 +18,7 @@ mod keys;
 mod process;
 mod records;
 mod status;
+mod token;
 mod verify;
 
 use clap::Parser;
@@ -71,6 +72,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Admin(args) => admin::run(args.command).await,
         Command::Bench(command) => bench::run(*command).await,
         Command::Keys(args) => keys::run(args.command).await,
+        Command::Token(args) => token::run(args.command),
         Command::Verify(args) => verify::run(args),
     }
 }

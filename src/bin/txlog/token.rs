@@ -1,0 +1,102 @@
+//! `txlog token`: client secrets and request tokens (see
+//! `client/src/token.rs`). `secret` makes a client key's secret file;
+//! `issue` prints a token for one call, to pass by hand (e.g. with
+//! grpcurl's `-H`). Nodes do not require tokens yet.
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use prost::Message as _;
+use txlog_client::ClientSecret;
+use txlog_client::TOKEN_METADATA_KEY;
+
+use crate::args::TokenCommand;
+use crate::args::TokenIssueArgs;
+use crate::args::TokenSecretArgs;
+
+/// Largest request file `issue` reads: a request's own limit on the wire.
+const REQUEST_FILE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+pub fn run(command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Secret(args) => secret(args),
+        TokenCommand::Issue(args) => issue(args),
+    }
+}
+
+fn secret(args: TokenSecretArgs) -> anyhow::Result<()> {
+    let key = ClientSecret::generate(&args.key_id)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&args.out)
+        .with_context(|| format!("create {} (an existing file is never replaced)", args.out.display()))?;
+    writeln!(file, "{}", key.to_line())?;
+    file.sync_all()?;
+    eprintln!(
+        "wrote the secret of client key {:?} to {} (mode 0600)",
+        key.key_id(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Read a client secret file, refusing one that group or others may read.
+pub fn load_secret(path: &Path) -> anyhow::Result<ClientSecret> {
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("client secret file {}", path.display()))?
+        .permissions()
+        .mode();
+    anyhow::ensure!(
+        mode & 0o077 == 0,
+        "client secret file {} has mode {:o}: group or others may read it; `chmod 600` it (and consider the secret exposed)",
+        path.display(),
+        mode & 0o777
+    );
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    ClientSecret::parse(&text).with_context(|| format!("client secret file {}", path.display()))
+}
+
+fn issue(args: TokenIssueArgs) -> anyhow::Result<()> {
+    let key = load_secret(&args.secret_file)?;
+    let request = match &args.request {
+        Some(path) => {
+            let bytes = std::fs::metadata(path)
+                .with_context(|| format!("request file {}", path.display()))?
+                .len();
+            anyhow::ensure!(
+                bytes <= REQUEST_FILE_BYTES_MAX,
+                "request file {} holds {bytes} bytes; at most {REQUEST_FILE_BYTES_MAX}",
+                path.display()
+            );
+            std::fs::read(path).with_context(|| format!("read {}", path.display()))?
+        }
+        None => Vec::new(),
+    };
+    let digest: [u8; 32] = {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(&request).into()
+    };
+    let now_ms = txlog_raft::wall_clock_ns() / 1_000_000;
+    let token = key.issue(&args.role, args.ttl, now_ms, &args.method, &digest)?;
+    let value = base64::engine::general_purpose::STANDARD.encode(token.encode_to_vec());
+    if args.header {
+        println!("{TOKEN_METADATA_KEY}: {value}");
+    } else {
+        println!("{value}");
+    }
+    eprintln!(
+        "token of key {:?} for {} (request of {} bytes), roles {:?}, valid {} s",
+        key.key_id(),
+        args.method,
+        request.len(),
+        args.role,
+        args.ttl.as_secs()
+    );
+    Ok(())
+}
