@@ -13,6 +13,9 @@
 //! peers = ["1=paris@127.0.0.1:7401", "2=frankfurt@127.0.0.1:7402", "3=lyon@127.0.0.1:7403"]
 //! # join = "127.0.0.1:7401"  # instead of peers: join a running cluster through any member
 //! # prefer_region = "paris"  # move leadership back to this region when it is healthy
+//! # allow_clients = ["10.1.0.0/16"]  # who may call LogService; absent: any address
+//! # allow_admin = ["10.1.9.0/24"]    # AdminService
+//! # allow_peers = ["10.1.0.11", "10.2.0.11", "10.3.0.11"]  # RaftService
 //! metrics_listen = "127.0.0.1:9401"
 //! timing = "lan"            # or "wan"; the *_ms fields below override it
 //! # heartbeat_interval_ms = 10
@@ -153,6 +156,17 @@ pub struct NodeSettings {
     /// another region leads.
     #[arg(long, env = "TXLOG_PREFER_REGION")]
     pub prefer_region: Option<String>,
+    /// Addresses that may call LogService, health and reflection: comma-separated CIDR blocks
+    /// or addresses (e.g. 10.1.0.0/16,127.0.0.1) [default: any].
+    #[arg(long, env = "TXLOG_ALLOW_CLIENTS", value_delimiter = ',')]
+    pub allow_clients: Option<Vec<String>>,
+    /// Addresses that may call AdminService (membership, snapshots, keys) [default: any].
+    #[arg(long, env = "TXLOG_ALLOW_ADMIN", value_delimiter = ',')]
+    pub allow_admin: Option<Vec<String>>,
+    /// Addresses that may call RaftService: the other members [default: any]. A connection
+    /// from an address in none of the three lists is closed at once.
+    #[arg(long, env = "TXLOG_ALLOW_PEERS", value_delimiter = ',')]
+    pub allow_peers: Option<Vec<String>>,
     /// Address for the Prometheus /metrics endpoint ("off" to disable) [default: off].
     #[arg(long, env = "TXLOG_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
@@ -231,6 +245,9 @@ impl NodeSettings {
             peers,
             join,
             prefer_region,
+            allow_clients,
+            allow_admin,
+            allow_peers,
             metrics_listen,
             timing,
             heartbeat_interval_ms,
@@ -274,6 +291,8 @@ pub struct NodeConfig {
     pub join: Option<String>,
     /// Leadership is handed back to a healthy voter of this region.
     pub prefer_region: Option<String>,
+    /// Who may call which services (`allowlist.rs`).
+    pub allowlist: crate::allowlist::Allowlist,
     pub metrics_listen: Option<SocketAddr>,
     pub timing: Timing,
     pub payload_bytes_max: usize,
@@ -320,6 +339,15 @@ impl NodeConfig {
         let peers = peers_of(&s, id, &advertise)?;
         let join = join_of(&s, &peers)?;
         let prefer_region = s.prefer_region.clone().filter(|r| !r.trim().is_empty());
+        let list = |setting: &str, entries: &Option<Vec<String>>| {
+            crate::allowlist::Allowlist::parse_list(setting, entries.as_deref().unwrap_or_default())
+                .map_err(Error::Config)
+        };
+        let allowlist = crate::allowlist::Allowlist {
+            clients: list("allow_clients", &s.allow_clients)?,
+            admin: list("allow_admin", &s.allow_admin)?,
+            peers: list("allow_peers", &s.allow_peers)?,
+        };
         let metrics_listen = metrics_listen_of(&s)?;
         let timing = timing_of(&s)?;
         let payload_bytes_max = s
@@ -376,6 +404,7 @@ impl NodeConfig {
             peers,
             join,
             prefer_region,
+            allowlist,
             metrics_listen,
             timing,
             payload_bytes_max,
@@ -595,6 +624,28 @@ mod tests {
             ..Default::default()
         };
         assert!(resolve(unsealed).unwrap().sealing.is_none());
+    }
+
+    /// Allowlists parse from the file and from flags; a bad entry names its list.
+    #[test]
+    fn allowlists() {
+        let file: NodeSettings = toml::from_str(
+            r#"
+            id = 1
+            seal = false
+            allow_peers = ["10.1.0.11", "10.2.0.0/16"]
+            "#,
+        )
+        .unwrap();
+        let config = NodeConfig::resolve(file.clone(), NodeSettings::default()).unwrap();
+        assert_eq!(config.allowlist.peers.len(), 2);
+        assert!(config.allowlist.clients.is_empty() && config.allowlist.admin.is_empty());
+        let bad = NodeSettings {
+            allow_admin: Some(vec!["10.0.0.1/8".into()]),
+            ..Default::default()
+        };
+        let err = NodeConfig::resolve(file, bad).unwrap_err().to_string();
+        assert!(err.contains("allow_admin") && err.contains("host bits"), "{err}");
     }
 
     /// Every key of the module's example file parses, and the file and the flags are one

@@ -31,6 +31,7 @@
 //! opts into `stale`; clients never see a raw openraft error.
 
 pub mod admin_service;
+pub mod allowlist;
 pub mod append_stream;
 pub mod batcher;
 pub mod config;

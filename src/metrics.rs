@@ -49,6 +49,10 @@ pub struct Metrics {
     pub resync_delta_refused: Counter,
     /// AppendEntries a follower refused as damaged on the way; resent.
     pub appends_refused: Counter,
+    /// Connections closed at accept: the address is in no allowlist.
+    pub connections_refused: Counter,
+    /// Calls refused: the address is not in the allowlist of the method's class.
+    pub calls_refused: Counter,
     resync_seen: std::sync::Mutex<txlog_raft::ResyncCounts>,
     pub seal_verified_batches: Counter,
     pub seal_signature_batches: Counter,
@@ -121,6 +125,8 @@ impl Metrics {
             resync_full_transfers: Counter::default(),
             resync_delta_refused: Counter::default(),
             appends_refused: Counter::default(),
+            connections_refused: Counter::default(),
+            calls_refused: Counter::default(),
             resync_seen: Default::default(),
             seal_verified_batches: Counter::default(),
             seal_signature_batches: Counter::default(),
@@ -174,6 +180,16 @@ impl Metrics {
 
     /// The append path: records, batches, latencies, WAL fsyncs.
     fn register_append(&self, registry: &mut Registry) {
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept because the source address is in no allowlist",
+            self.connections_refused.clone(),
+        );
+        registry.register(
+            "calls_refused",
+            "Calls refused because the source address is not in the allowlist of the method's class",
+            self.calls_refused.clone(),
+        );
         registry.register(
             "appended_records",
             "Records committed by appends on this node (leader)",

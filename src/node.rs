@@ -272,7 +272,25 @@ impl Parts<'_> {
         // itself; accepted sockets here need it set on the incoming stream.
         // Without it a response larger than one segment waited for the
         // client's delayed ACK: every 100-record read took ~44 ms.
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let gate = Arc::new(crate::allowlist::Gate::new(
+            config.allowlist.clone(),
+            self.metrics.clone(),
+        ));
+        if !gate.is_open() {
+            tracing::info!(allowlist = %config.allowlist.describe(), "connections limited by allowlist");
+        }
+        // A connection from an address in no allowlist is dropped (closed)
+        // here, before its first byte is read.
+        let incoming = {
+            let gate = gate.clone();
+            tokio_stream::StreamExt::filter(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                move |connection| match connection {
+                    Ok(stream) => stream.peer_addr().map_or(true, |peer| gate.accept(peer.ip())),
+                    Err(_) => true,
+                },
+            )
+        };
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let reflection_service = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(txlog_proto::FILE_DESCRIPTOR_SET)
@@ -298,6 +316,8 @@ impl Parts<'_> {
             // get INVALID_ARGUMENT and RESOURCE_EXHAUSTED instead, on every
             // service of this port (see `error::rewrite_codec_status`).
             .layer(tower::util::MapResponseLayer::new(crate::error::rewrite_codec_status))
+            // Each call's source address against its service's allowlist.
+            .layer(crate::allowlist::GateLayer(gate))
             .add_service(
                 LogServiceServer::new(self.log_server())
                     .max_decoding_message_size(validate::MESSAGE_BYTES_MAX)

@@ -58,6 +58,11 @@ impl Cluster {
 
     /// [`Cluster::start`], sealed or not.
     async fn start_sealed(ids: &[u64], sealed: bool) -> Cluster {
+        Cluster::start_with(ids, sealed, &[]).await
+    }
+
+    /// [`Cluster::start_sealed`], with more `txlog node` flags for every node.
+    async fn start_with(ids: &[u64], sealed: bool, extra_args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let specs = ids
             .iter()
@@ -65,6 +70,7 @@ impl Cluster {
             .map(|(&id, region)| {
                 let mut spec = NodeSpec::loopback(id, region, dir.path().join(region)).expect("free port");
                 spec.metrics = Some(format!("127.0.0.1:{}", txlog_testkit::free_port().expect("free port")));
+                spec.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
                 spec
             })
             .collect();
@@ -925,4 +931,118 @@ async fn a_catching_up_follower_verifies_in_batches() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A unary call to `path` on `address`, from the local address `from`.
+async fn raw_unary_from(address: &str, from: &str, path: &'static str, body: Bytes) -> Result<Bytes, Status> {
+    let channel = Endpoint::from_shared(format!("http://{address}"))
+        .expect("endpoint")
+        .local_address(Some(from.parse().expect("an IP address")))
+        .connect()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    grpc.unary(tonic::Request::new(body), path, RawCodec)
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Allowlists by source address and service: with peers and admin limited
+/// to 127.0.0.1 and clients to 127.0.0.1 and 127.0.0.2, a call from
+/// 127.0.0.2 to RaftService or AdminService is PERMISSION_DENIED naming the
+/// list, while its read is served; a connection from 127.0.0.3 (in no
+/// list) is closed before any reply. Refusals are counted and logged; the
+/// cluster's own traffic (127.0.0.1) keeps committing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowlists_refuse_by_address_and_service() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start_with(
+        &[31, 700, 12_000],
+        true,
+        &[
+            "--allow-peers",
+            "127.0.0.1",
+            "--allow-admin",
+            "127.0.0.1/32",
+            "--allow-clients",
+            "127.0.0.1,127.0.0.2",
+        ],
+    )
+    .await;
+    let first = cluster
+        .client
+        .append_one("orders", b"allowed", b"from 127.0.0.1")
+        .await
+        .expect("append from an allowed address");
+    let node = cluster.address(700);
+
+    let status = raw_unary_from(&node, "127.0.0.2", "/txlog.v1.RaftService/Vote", Bytes::new())
+        .await
+        .expect_err("a vote from a client address");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("allow_peers"), "{status:?}");
+    let status = raw_unary_from(&node, "127.0.0.2", "/txlog.v1.AdminService/Status", Bytes::new())
+        .await
+        .expect_err("admin from a client address");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("allow_admin"), "{status:?}");
+    let read = txlog_proto::ReadRequest {
+        from_seq: 1,
+        limit: 10,
+        stale: true,
+        ..Default::default()
+    };
+    raw_unary_from(
+        &node,
+        "127.0.0.2",
+        "/txlog.v1.LogService/Read",
+        prost::Message::encode_to_vec(&read).into(),
+    )
+    .await
+    .expect("a read from an allowed client address");
+
+    // In no list: the connection is closed before any reply.
+    let (closed, _) = tokio::time::timeout(Duration::from_secs(5), async {
+        use tokio::io::AsyncReadExt as _;
+        use tokio::io::AsyncWriteExt as _;
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+        let mut stream = socket.connect(node.parse().unwrap()).await.unwrap();
+        let _ = stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+        let mut buf = [0u8; 64];
+        (matches!(stream.read(&mut buf).await, Ok(0) | Err(_)), ())
+    })
+    .await
+    .expect("closed within 5 s");
+    assert!(closed, "a connection from 127.0.0.3 got an answer");
+
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let connections = cluster
+            .try_metric(700, "txlog_connections_refused_total")
+            .await
+            .unwrap_or(0.0);
+        let calls = cluster
+            .try_metric(700, "txlog_calls_refused_total")
+            .await
+            .unwrap_or(0.0);
+        if connections >= 1.0 && calls >= 2.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "refusals counted: {connections} connections, {calls} calls"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logs = cluster.logs();
+    assert!(logs.contains("connection refused: address in no allowlist"), "{logs}");
+    let next = cluster
+        .client
+        .append_one("orders", b"still", b"committing")
+        .await
+        .expect("the cluster still commits");
+    assert!(next.seq > first.seq);
 }
