@@ -1,4 +1,5 @@
-//! `AdminService`: membership, leadership, snapshots and status.
+//! `AdminService`: membership, leadership, snapshots, status, key
+//! rotation, and access changes (client keys and roles, `access_policy.rs`).
 //!
 //! Membership changes run on the leader; any other node forwards the call
 //! to the leader it knows. One change at a time: a second one while a join
@@ -23,18 +24,26 @@ use txlog_client::Kind;
 use txlog_client::Role;
 use txlog_proto::admin_service_client::AdminServiceClient;
 use txlog_proto::admin_service_server::AdminService;
+use txlog_proto::AccessChange;
+use txlog_proto::AccessList;
+use txlog_proto::AddClientKeyRequest;
+use txlog_proto::ClientKeyView;
 use txlog_proto::CompactRequest;
 use txlog_proto::CompactResponse;
 use txlog_proto::JoinProgress;
 use txlog_proto::JoinRequest;
+use txlog_proto::ListAccessRequest;
 use txlog_proto::Member;
 use txlog_proto::MembershipResponse;
 use txlog_proto::NodeStatus;
 use txlog_proto::RemoveRequest;
 use txlog_proto::ResyncCounters;
+use txlog_proto::RevokeClientKeyRequest;
+use txlog_proto::RoleView;
 use txlog_proto::RotateKekRequest;
 use txlog_proto::RotateKeysRequest;
 use txlog_proto::RotateKeysResponse;
+use txlog_proto::SetRoleRequest;
 use txlog_proto::SnapshotRequest;
 use txlog_proto::SnapshotResponse;
 use txlog_proto::StatusRequest;
@@ -52,6 +61,11 @@ use txlog_raft::ResyncStats;
 use txlog_raft::StateMachineReader;
 use txlog_raft::TypeConfig;
 
+use crate::access_policy::AccessEvent;
+use crate::access_policy::AccessPolicy;
+use crate::access_policy::RoleRule;
+use crate::access_policy::ACCESS_CHANNEL;
+use crate::access_policy::ROLE_RULES_MAX;
 use crate::error::raft_error;
 use crate::error::raft_stopped;
 use crate::log_service::known_leader;
@@ -79,6 +93,8 @@ pub struct AdminServer {
     pub(crate) rotations: Option<crate::key_rotation::Rotations>,
     /// The keyring and KEKs; `None` when sealing is off.
     pub keys: Option<Arc<txlog_raft::Keys>>,
+    /// The log service's batcher, through which access changes are proposed.
+    pub batcher: Option<crate::batcher::Batcher>,
 }
 
 /// The role a node reports for itself; the names are the client crate's
@@ -513,6 +529,31 @@ impl AdminService for AdminServer {
     ) -> std::result::Result<Response<RotateKeysResponse>, Status> {
         Ok(Response::new(self.rotate_kek_now(request.into_inner()).await?))
     }
+
+    async fn add_client_key(
+        &self,
+        request: Request<AddClientKeyRequest>,
+    ) -> std::result::Result<Response<AccessChange>, Status> {
+        Ok(Response::new(self.add_client_key_now(request.into_inner()).await?))
+    }
+
+    async fn revoke_client_key(
+        &self,
+        request: Request<RevokeClientKeyRequest>,
+    ) -> std::result::Result<Response<AccessChange>, Status> {
+        Ok(Response::new(self.revoke_client_key_now(request.into_inner()).await?))
+    }
+
+    async fn set_role(&self, request: Request<SetRoleRequest>) -> std::result::Result<Response<AccessChange>, Status> {
+        Ok(Response::new(self.set_role_now(request.into_inner()).await?))
+    }
+
+    async fn list_access(
+        &self,
+        _request: Request<ListAccessRequest>,
+    ) -> std::result::Result<Response<AccessList>, Status> {
+        Ok(Response::new(self.list_access_now()?))
+    }
 }
 
 /// Change the membership only while this node leads a membership that
@@ -546,4 +587,170 @@ pub(crate) async fn change_membership_guarded(
         .await
         .map_err(|e| raft_error(e, what))?;
     Ok(())
+}
+
+/// Access changes (client keys and roles), proposed on the leader as
+/// records of [`ACCESS_CHANNEL`]; see `access_policy.rs`.
+impl AdminServer {
+    /// Records of the access channel read per page when folding the policy.
+    const ACCESS_READ_PAGE: usize = 1024;
+
+    /// The policy as this node has applied it: the fold of its access records.
+    pub fn access_policy(&self) -> Result<AccessPolicy> {
+        let mut policy = AccessPolicy::default();
+        let mut from = 1;
+        loop {
+            let records = self
+                .reader
+                .read(from, Self::ACCESS_READ_PAGE, usize::MAX, Some(ACCESS_CHANNEL))?;
+            let Some(last) = records.last() else { break };
+            from = last.seq + 1;
+            for record in &records {
+                if let Err(err) = policy.apply(record.seq, &record.payload) {
+                    tracing::warn!(seq = record.seq, %err, "access record skipped");
+                }
+            }
+        }
+        Ok(policy)
+    }
+
+    /// Propose one access change on the leader; the seq of its record.
+    async fn propose_access(&self, event: AccessEvent) -> Result<AccessChange> {
+        if self.keys.is_none() {
+            return Err(Error::FailedPrecondition(
+                "client keys and roles need a sealed cluster (this one runs with --no-seal): a secret must never be in clear in the log".into(),
+            ));
+        }
+        let Some(batcher) = &self.batcher else {
+            return Err(Error::Unavailable(
+                "this node takes no access changes yet; retry".into(),
+            ));
+        };
+        if let Some(leader) = self.leader_elsewhere()? {
+            return Err(Error::NotLeader { leader: Some(leader) });
+        }
+        let record = txlog_storage::NewRecord {
+            txid: event.txid().into_bytes().into(),
+            channel: ACCESS_CHANNEL.into(),
+            payload: event.encode().into(),
+            client_time_ns: 0,
+        };
+        let outcomes = batcher.append(vec![record]).await?;
+        let seq = outcomes
+            .first()
+            .map(|o| o.seq)
+            .ok_or_else(|| Error::Internal("an access change was committed without an outcome".into()))?;
+        tracing::info!(seq, change = %describe_access(&event), "access changed");
+        Ok(AccessChange { seq })
+    }
+
+    async fn add_client_key_now(&self, req: AddClientKeyRequest) -> Result<AccessChange> {
+        txlog_client::check_token_name("a key id", &req.key_id).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let secret: [u8; 32] = req.secret[..].try_into().map_err(|_| {
+            Error::InvalidInput(format!("a client secret is 32 bytes; {} were given", req.secret.len()))
+        })?;
+        if req.roles.is_empty() || req.roles.len() > txlog_client::TOKEN_ROLES_MAX {
+            return Err(Error::InvalidInput(format!(
+                "a key needs 1 to {} roles",
+                txlog_client::TOKEN_ROLES_MAX
+            )));
+        }
+        let policy = self.access_policy()?;
+        for role in &req.roles {
+            if !policy.roles.contains_key(role) {
+                return Err(Error::FailedPrecondition(format!(
+                    "role {role:?} is not defined: `txlog admin role set {role} --allow OPERATIONS:CHANNELS` first"
+                )));
+            }
+        }
+        if policy.secret_of(&req.key_id).is_some() {
+            return Err(Error::AlreadyExists(format!(
+                "key {:?} exists: revoke it first to replace it",
+                req.key_id
+            )));
+        }
+        self.propose_access(AccessEvent::KeyAdd {
+            key_id: req.key_id,
+            secret,
+            roles: req.roles,
+            created_ns: txlog_raft::wall_clock_ns(),
+        })
+        .await
+    }
+
+    async fn revoke_client_key_now(&self, req: RevokeClientKeyRequest) -> Result<AccessChange> {
+        let policy = self.access_policy()?;
+        match policy.keys.get(&req.key_id) {
+            None => return Err(Error::NotFound(format!("no client key {:?}", req.key_id))),
+            Some(key) if key.revoked_seq.is_some() => {
+                return Err(Error::FailedPrecondition(format!(
+                    "key {:?} is already revoked",
+                    req.key_id
+                )))
+            }
+            Some(_) => {}
+        }
+        self.propose_access(AccessEvent::KeyRevoke {
+            key_id: req.key_id,
+            created_ns: txlog_raft::wall_clock_ns(),
+        })
+        .await
+    }
+
+    async fn set_role_now(&self, req: SetRoleRequest) -> Result<AccessChange> {
+        txlog_client::check_token_name("a role name", &req.name).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        if req.rules.is_empty() || req.rules.len() > ROLE_RULES_MAX {
+            return Err(Error::InvalidInput(format!("a role needs 1 to {ROLE_RULES_MAX} rules")));
+        }
+        let rules = req
+            .rules
+            .iter()
+            .map(|rule| RoleRule::parse(rule))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(Error::InvalidInput)?;
+        self.propose_access(AccessEvent::RoleSet {
+            name: req.name,
+            rules,
+            created_ns: txlog_raft::wall_clock_ns(),
+        })
+        .await
+    }
+
+    fn list_access_now(&self) -> Result<AccessList> {
+        let policy = self.access_policy()?;
+        Ok(AccessList {
+            keys: policy
+                .keys
+                .iter()
+                .map(|(key_id, key)| ClientKeyView {
+                    key_id: key_id.clone(),
+                    roles: key.roles.clone(),
+                    added_seq: key.added_seq,
+                    revoked_seq: key.revoked_seq.unwrap_or(0),
+                })
+                .collect(),
+            roles: policy
+                .roles
+                .iter()
+                .map(|(name, role)| RoleView {
+                    name: name.clone(),
+                    rules: role.rules.iter().map(RoleRule::to_string).collect(),
+                    set_seq: role.set_seq,
+                })
+                .collect(),
+            applied_seq: policy.applied_seq,
+        })
+    }
+}
+
+/// One line for the log: never the secret.
+fn describe_access(event: &AccessEvent) -> String {
+    match event {
+        AccessEvent::KeyAdd { key_id, roles, .. } => format!("client key {key_id:?} added with roles {roles:?}"),
+        AccessEvent::KeyRevoke { key_id, .. } => format!("client key {key_id:?} revoked"),
+        AccessEvent::RoleSet { name, rules, .. } => {
+            let rules: Vec<String> = rules.iter().map(RoleRule::to_string).collect();
+            format!("role {name:?} set to {rules:?}")
+        }
+    }
 }

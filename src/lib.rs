@@ -30,6 +30,7 @@
 //! returns its original sequence; reads are linearizable unless the caller
 //! opts into `stale`; clients never see a raw openraft error.
 
+pub mod access_policy;
 pub mod admin_service;
 pub mod allowlist;
 pub mod append_stream;

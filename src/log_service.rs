@@ -69,13 +69,21 @@ pub struct LogServer {
     pub shutdown: CancellationToken,
 }
 
+/// A record as clients are served it. An access record's payload (it holds
+/// a client secret) is never served: readers see its seq, txid and channel
+/// with an empty payload, so seqs stay dense.
 pub fn to_proto(r: StoredRecord) -> CommittedRecord {
+    let payload = if r.channel == crate::access_policy::ACCESS_CHANNEL {
+        Default::default()
+    } else {
+        r.payload.into()
+    };
     CommittedRecord {
         seq: r.seq,
         channel_seq: r.channel_seq,
         txid: r.txid.into(),
         channel: r.channel,
-        payload: r.payload.into(),
+        payload,
         client_time_ns: r.client_time_ns,
         commit_time_ns: r.commit_time_ns,
         log_index: r.log_index,

@@ -304,6 +304,8 @@ impl Parts<'_> {
             Duration::from_millis(self.config.timing.election_timeout_ms_max),
             self.keys.cloned(),
         );
+        let log_server = self.log_server();
+        let batcher = log_server.batcher.clone();
         let router = Server::builder()
             // Peers cancel RPCs that miss openraft's deadline (a heartbeat
             // gets 10 ms on LAN), and each cancel is an HTTP/2 reset. h2's
@@ -319,12 +321,12 @@ impl Parts<'_> {
             // Each call's source address against its service's allowlist.
             .layer(crate::allowlist::GateLayer(gate))
             .add_service(
-                LogServiceServer::new(self.log_server())
+                LogServiceServer::new(log_server)
                     .max_decoding_message_size(validate::MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(validate::MESSAGE_BYTES_MAX),
             )
             .add_service(
-                AdminServiceServer::new(self.admin_server())
+                AdminServiceServer::new(self.admin_server(batcher))
                     .max_decoding_message_size(validate::MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(validate::MESSAGE_BYTES_MAX),
             )
@@ -369,7 +371,8 @@ impl Parts<'_> {
         }
     }
 
-    fn admin_server(&self) -> AdminServer {
+    /// `AdminService`; access changes go through the log service's `batcher`.
+    fn admin_server(&self, batcher: Batcher) -> AdminServer {
         AdminServer {
             node_id: self.config.id,
             region: self.config.region.clone(),
@@ -382,6 +385,7 @@ impl Parts<'_> {
             membership_lock: Arc::default(),
             rotations: self.rotations.clone(),
             keys: self.keys.cloned(),
+            batcher: Some(batcher),
         }
     }
 

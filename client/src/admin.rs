@@ -5,16 +5,22 @@ use std::time::Duration;
 
 use tonic::transport::Channel;
 use txlog_proto::admin_service_client::AdminServiceClient;
+use txlog_proto::AccessChange;
+use txlog_proto::AccessList;
+use txlog_proto::AddClientKeyRequest;
 use txlog_proto::CompactRequest;
 use txlog_proto::CompactResponse;
 use txlog_proto::JoinProgress;
 use txlog_proto::JoinRequest;
+use txlog_proto::ListAccessRequest;
 use txlog_proto::MembershipResponse;
 use txlog_proto::NodeStatus;
 use txlog_proto::RemoveRequest;
+use txlog_proto::RevokeClientKeyRequest;
 use txlog_proto::RotateKekRequest;
 use txlog_proto::RotateKeysRequest;
 use txlog_proto::RotateKeysResponse;
+use txlog_proto::SetRoleRequest;
 use txlog_proto::SnapshotRequest;
 use txlog_proto::SnapshotResponse;
 use txlog_proto::StatusRequest;
@@ -169,6 +175,71 @@ impl Client {
                     .map(|r| r.into_inner())
             },
         )
+        .await
+    }
+
+    /// Add a client key (its secret and the roles it may claim) to the
+    /// cluster's access policy, on the leader.
+    pub async fn add_client_key(&self, request: AddClientKeyRequest) -> Result<AccessChange, ClientError> {
+        self.call(
+            membership_call("add_client_key", Shape::Unary),
+            request,
+            |route, request| async move {
+                admin_service(route.channel)
+                    .add_client_key(request)
+                    .await
+                    .map(|r| r.into_inner())
+            },
+        )
+        .await
+    }
+
+    /// Revoke a client key, on the leader.
+    pub async fn revoke_client_key(&self, key_id: &str) -> Result<AccessChange, ClientError> {
+        self.call(
+            membership_call("revoke_client_key", Shape::Unary),
+            RevokeClientKeyRequest {
+                key_id: key_id.to_string(),
+            },
+            |route, request| async move {
+                admin_service(route.channel)
+                    .revoke_client_key(request)
+                    .await
+                    .map(|r| r.into_inner())
+            },
+        )
+        .await
+    }
+
+    /// Define or replace a role (`OPERATIONS:CHANNELS` rules), on the leader.
+    pub async fn set_role(&self, name: &str, rules: Vec<String>) -> Result<AccessChange, ClientError> {
+        self.call(
+            membership_call("set_role", Shape::Unary),
+            SetRoleRequest {
+                name: name.to_string(),
+                rules,
+            },
+            |route, request| async move {
+                admin_service(route.channel)
+                    .set_role(request)
+                    .await
+                    .map(|r| r.into_inner())
+            },
+        )
+        .await
+    }
+
+    /// The client keys (without secrets) and roles the node at `address`
+    /// has applied.
+    pub async fn list_access(&self, address: &str) -> Result<AccessList, ClientError> {
+        let address = normalize_address(address)?;
+        let call = node_call("list_access", &address, STATUS_RPC_TIMEOUT);
+        self.call(call, ListAccessRequest {}, |route, request| async move {
+            admin_service(route.channel)
+                .list_access(request)
+                .await
+                .map(|r| r.into_inner())
+        })
         .await
     }
 }

@@ -1,10 +1,17 @@
-//! `txlog admin …`: membership (join, remove, transfer-leader) and
-//! maintenance (snapshot, compact) against a running cluster.
+//! `txlog admin …`: membership (join, remove, transfer-leader),
+//! maintenance (snapshot, compact), and access (client keys, roles)
+//! against a running cluster.
 
 use txlog_client::Client;
 use txlog_client::ClientError;
 
 use crate::args::AdminCommand;
+use crate::args::AdminKeyAddArgs;
+use crate::args::AdminKeyCommand;
+use crate::args::AdminKeyRevokeArgs;
+use crate::args::AdminListArgs;
+use crate::args::AdminRoleCommand;
+use crate::args::AdminRoleSetArgs;
 use crate::args::CompactArgs;
 use crate::args::JoinArgs;
 use crate::args::RemoveArgs;
@@ -80,6 +87,140 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        AdminCommand::Key(command) => key(command).await,
+        AdminCommand::Role(command) => role(command).await,
+    }
+}
+
+async fn key(command: AdminKeyCommand) -> anyhow::Result<()> {
+    match command {
+        AdminKeyCommand::Add(AdminKeyAddArgs {
+            key_id,
+            role,
+            secret_file,
+            cluster,
+        }) => {
+            let secret = if secret_file.exists() {
+                let secret = crate::token::load_secret(&secret_file)?;
+                anyhow::ensure!(
+                    secret.key_id() == key_id,
+                    "{} holds the secret of key {:?}, not {key_id:?}",
+                    secret_file.display(),
+                    secret.key_id()
+                );
+                secret
+            } else {
+                let secret = txlog_client::ClientSecret::generate(&key_id)?;
+                crate::token::write_secret(&secret_file, &secret)?;
+                eprintln!(
+                    "made a new secret for {key_id:?} in {} (mode 0600)",
+                    secret_file.display()
+                );
+                secret
+            };
+            let change = client(&cluster)?
+                .add_client_key(txlog_proto::AddClientKeyRequest {
+                    key_id: key_id.clone(),
+                    secret: secret.secret().to_vec().into(),
+                    roles: role.clone(),
+                })
+                .await?;
+            print_change(
+                &cluster,
+                &format!("added client key {key_id:?} with roles {role:?}"),
+                change.seq,
+            );
+            Ok(())
+        }
+        AdminKeyCommand::Revoke(AdminKeyRevokeArgs { key_id, cluster }) => {
+            let change = client(&cluster)?.revoke_client_key(&key_id).await?;
+            print_change(&cluster, &format!("revoked client key {key_id:?}"), change.seq);
+            Ok(())
+        }
+        AdminKeyCommand::List(args) => {
+            let access = list(&args).await?;
+            if args.cluster.json {
+                let keys: Vec<_> = access
+                    .keys
+                    .iter()
+                    .map(|k| {
+                        serde_json::json!({
+                            "key_id": k.key_id, "roles": k.roles, "added_seq": k.added_seq,
+                            "revoked_seq": (k.revoked_seq != 0).then_some(k.revoked_seq),
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({ "keys": keys, "applied_seq": access.applied_seq })
+                );
+                return Ok(());
+            }
+            println!("{:<24} {:<32} {:>10} {:>10}", "KEY", "ROLES", "ADDED", "REVOKED");
+            for k in &access.keys {
+                let revoked = if k.revoked_seq == 0 {
+                    "-".to_string()
+                } else {
+                    k.revoked_seq.to_string()
+                };
+                println!(
+                    "{:<24} {:<32} {:>10} {:>10}",
+                    k.key_id,
+                    k.roles.join(","),
+                    k.added_seq,
+                    revoked
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn role(command: AdminRoleCommand) -> anyhow::Result<()> {
+    match command {
+        AdminRoleCommand::Set(AdminRoleSetArgs { name, allow, cluster }) => {
+            let change = client(&cluster)?.set_role(&name, allow.clone()).await?;
+            print_change(&cluster, &format!("role {name:?} set to {allow:?}"), change.seq);
+            Ok(())
+        }
+        AdminRoleCommand::List(args) => {
+            let access = list(&args).await?;
+            if args.cluster.json {
+                let roles: Vec<_> = access
+                    .roles
+                    .iter()
+                    .map(|r| serde_json::json!({ "name": r.name, "rules": r.rules, "set_seq": r.set_seq }))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({ "roles": roles, "applied_seq": access.applied_seq })
+                );
+                return Ok(());
+            }
+            println!("{:<24} {:>10}  RULES", "ROLE", "SET");
+            for r in &access.roles {
+                println!("{:<24} {:>10}  {}", r.name, r.set_seq, r.rules.join(" "));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The access policy one node (`--node`, or the first of `--cluster`) has applied.
+async fn list(args: &AdminListArgs) -> anyhow::Result<txlog_proto::AccessList> {
+    let client = client(&args.cluster)?;
+    let node = match &args.node {
+        Some(node) => node.clone(),
+        None => args.cluster.cluster.split(',').next().unwrap_or_default().to_string(),
+    };
+    Ok(client.list_access(&node).await?)
+}
+
+fn print_change(cluster: &crate::args::ClusterArgs, what: &str, seq: u64) {
+    if cluster.json {
+        println!("{}", serde_json::json!({ "change": what, "seq": seq }));
+    } else {
+        println!("{what} (seq {seq})");
     }
 }
 

@@ -248,6 +248,79 @@ pub enum AdminCommand {
     Snapshot(SnapshotArgs),
     /// Purge the WAL behind the latest durable snapshot on one node (--node) or every member.
     Compact(CompactArgs),
+    /// Client keys, kept in the log: add (with the roles the key may claim), revoke, list.
+    /// Nodes do not require keys on calls yet.
+    #[command(subcommand)]
+    Key(AdminKeyCommand),
+    /// Roles, kept in the log: what each may do on which channels. Not enforced yet.
+    #[command(subcommand)]
+    Role(AdminRoleCommand),
+}
+
+#[derive(Subcommand)]
+pub enum AdminKeyCommand {
+    /// Add a client key: its secret (from --secret-file, made there with mode 0600 if the file
+    /// does not exist) goes to the leader and into the log, sealed like every batch. Its roles
+    /// must exist (`txlog admin role set`).
+    Add(AdminKeyAddArgs),
+    /// Revoke a client key: its tokens are refused from the revocation's seq on.
+    Revoke(AdminKeyRevokeArgs),
+    /// The client keys one node has applied (never their secrets).
+    List(AdminListArgs),
+}
+
+#[derive(Args)]
+pub struct AdminKeyAddArgs {
+    /// The key's id: 1-64 characters of [A-Za-z0-9._-].
+    #[arg(long)]
+    pub key_id: String,
+    /// A role the key may claim (repeat for several).
+    #[arg(long, required = true)]
+    pub role: Vec<String>,
+    /// The client secret file (`KEY_ID:HEX`); created with a new secret if absent.
+    #[arg(long)]
+    pub secret_file: PathBuf,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Args)]
+pub struct AdminKeyRevokeArgs {
+    /// The key to revoke.
+    #[arg(long)]
+    pub key_id: String,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Args)]
+pub struct AdminListArgs {
+    /// HOST:PORT of the node to ask (default: the first of --cluster).
+    #[arg(long)]
+    pub node: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Subcommand)]
+pub enum AdminRoleCommand {
+    /// Define or replace a role. Each --allow is OPERATIONS:CHANNELS, with operations from
+    /// append, read, subscribe, admin and channels `*`, a name, or a prefix ending in `*`:
+    /// e.g. --allow subscribe:order-book, --allow read,subscribe:*, --allow append:orders.
+    Set(AdminRoleSetArgs),
+    /// The roles one node has applied.
+    List(AdminListArgs),
+}
+
+#[derive(Args)]
+pub struct AdminRoleSetArgs {
+    /// The role's name: 1-64 characters of [A-Za-z0-9._-].
+    pub name: String,
+    /// A rule, OPERATIONS:CHANNELS (repeat for several).
+    #[arg(long, required = true)]
+    pub allow: Vec<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 #[derive(Args)]

@@ -30,19 +30,26 @@ pub fn run(command: TokenCommand) -> anyhow::Result<()> {
 
 fn secret(args: TokenSecretArgs) -> anyhow::Result<()> {
     let key = ClientSecret::generate(&args.key_id)?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&args.out)
-        .with_context(|| format!("create {} (an existing file is never replaced)", args.out.display()))?;
-    writeln!(file, "{}", key.to_line())?;
-    file.sync_all()?;
+    write_secret(&args.out, &key)?;
     eprintln!(
         "wrote the secret of client key {:?} to {} (mode 0600)",
         key.key_id(),
         args.out.display()
     );
+    Ok(())
+}
+
+/// Write `key` to a new file `path` (mode 0600; an existing file is never
+/// replaced).
+pub fn write_secret(path: &Path, key: &ClientSecret) -> anyhow::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("create {} (an existing file is never replaced)", path.display()))?;
+    writeln!(file, "{}", key.to_line())?;
+    file.sync_all()?;
     Ok(())
 }
 
