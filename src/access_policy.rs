@@ -72,7 +72,7 @@ impl ChannelPattern {
     pub fn parse(text: &str) -> Result<ChannelPattern, String> {
         let valid = |name: &str| {
             !name.is_empty()
-                && name.len() <= 128
+                && name.len() <= 64
                 && name
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
@@ -141,8 +141,8 @@ impl std::fmt::Display for RoleRule {
     }
 }
 
-/// One access change, as stored in the log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One access change, as stored in the log. `Debug` never shows a secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AccessEvent {
     /// A client key and its secret; replaces an earlier key of that id.
     KeyAdd {
@@ -161,10 +161,44 @@ pub enum AccessEvent {
     },
 }
 
+impl std::fmt::Debug for AccessEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AccessEvent::KeyAdd {
+                key_id,
+                roles,
+                created_ns,
+                ..
+            } => f
+                .debug_struct("KeyAdd")
+                .field("key_id", key_id)
+                .field("roles", roles)
+                .field("created_ns", created_ns)
+                .finish_non_exhaustive(),
+            AccessEvent::KeyRevoke { key_id, created_ns } => f
+                .debug_struct("KeyRevoke")
+                .field("key_id", key_id)
+                .field("created_ns", created_ns)
+                .finish(),
+            AccessEvent::RoleSet {
+                name,
+                rules,
+                created_ns,
+            } => f
+                .debug_struct("RoleSet")
+                .field("name", name)
+                .field("rules", rules)
+                .field("created_ns", created_ns)
+                .finish(),
+        }
+    }
+}
+
 impl AccessEvent {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![ACCESS_EVENT_VERSION];
         out.extend(postcard::to_allocvec(self).expect("encoding an access event cannot fail"));
+        assert!(out.len() <= ACCESS_EVENT_BYTES_MAX, "access event over its limit");
         out
     }
 
@@ -223,15 +257,27 @@ pub struct AccessPolicy {
     pub roles: BTreeMap<String, Role>,
     /// The last access record applied.
     pub applied_seq: u64,
+    /// The first access record this build could not read, and why. A
+    /// policy with one is broken: it may have missed a revocation (say,
+    /// written by a newer build), so it grants nothing until rebuilt by a
+    /// build that reads every record.
+    pub unreadable: Option<(u64, String)>,
 }
 
 impl AccessPolicy {
     /// Apply the access record at `seq`. Records come in seq order; one
-    /// that does not decode changes nothing (on every node alike) and is
-    /// reported.
+    /// that does not decode leaves the policy broken ([`Self::unreadable`])
+    /// and is reported.
     pub fn apply(&mut self, seq: u64, payload: &[u8]) -> Result<(), String> {
         self.applied_seq = self.applied_seq.max(seq);
-        match AccessEvent::decode(payload)? {
+        let event = match AccessEvent::decode(payload) {
+            Ok(event) => event,
+            Err(err) => {
+                self.unreadable.get_or_insert((seq, err.clone()));
+                return Err(err);
+            }
+        };
+        match event {
             AccessEvent::KeyAdd {
                 key_id, secret, roles, ..
             } => {
@@ -257,8 +303,12 @@ impl AccessPolicy {
         Ok(())
     }
 
-    /// The secret of a key that exists and is not revoked.
+    /// The secret of a key that exists and is not revoked (none while the
+    /// policy is broken).
     pub fn secret_of(&self, key_id: &str) -> Option<[u8; 32]> {
+        if self.unreadable.is_some() {
+            return None;
+        }
         self.keys
             .get(key_id)
             .filter(|k| k.revoked_seq.is_none())
@@ -266,9 +316,9 @@ impl AccessPolicy {
     }
 
     /// Whether key `key_id`, claiming `claimed` roles, may do `operation`
-    /// on `channel` (`None`: an operation on no channel, such as admin
-    /// calls). Only roles both claimed and granted to the key count; the
-    /// error says which check failed.
+    /// on `channel`. `None` means every channel (an unfiltered read, or an
+    /// admin call): only a `*` rule covers it. Only roles both claimed and
+    /// granted to the key count; the error says which check failed.
     pub fn authorize(
         &self,
         key_id: &str,
@@ -276,6 +326,11 @@ impl AccessPolicy {
         operation: Operation,
         channel: Option<&str>,
     ) -> Result<(), String> {
+        if let Some((seq, err)) = &self.unreadable {
+            return Err(format!(
+                "the access policy is unreadable at seq {seq} ({err}); nothing is granted until every node runs a build that reads it"
+            ));
+        }
         let key = self
             .keys
             .get(key_id)
@@ -287,15 +342,19 @@ impl AccessPolicy {
             .filter_map(|role| self.roles.get(role))
             .flat_map(|role| &role.rules)
             .any(|rule| {
-                rule.operations.contains(&operation) && channel.is_none_or(|channel| rule.channels.matches(channel))
+                rule.operations.contains(&operation)
+                    && match channel {
+                        Some(channel) => rule.channels.matches(channel),
+                        None => rule.channels == ChannelPattern::Any,
+                    }
             });
         if allowed {
             Ok(())
         } else {
             Err(format!(
-                "key {key_id:?} with roles {claimed:?} may not {}{}",
+                "key {key_id:?} with roles {claimed:?} may not {} on {}",
                 operation.as_str(),
-                channel.map(|c| format!(" on channel {c:?}")).unwrap_or_default()
+                channel.map_or("every channel".to_string(), |c| format!("channel {c:?}"))
             ))
         }
     }
@@ -375,11 +434,12 @@ mod tests {
             .authorize("risk-1", &risk, Operation::Read, Some("anything"))
             .unwrap();
         assert!(policy.authorize("risk-1", &risk, Operation::Admin, None).is_err());
-
-        let before = policy.clone();
-        assert!(policy.apply(20, b"\x01garbage").is_err());
-        assert!(policy.apply(21, b"\x07").is_err());
-        assert_eq!((policy.keys.clone(), policy.roles.clone()), (before.keys, before.roles));
+        policy.authorize("risk-1", &risk, Operation::Read, None).unwrap();
+        assert!(
+            policy.authorize("bot-1", &md, Operation::Subscribe, None).is_err(),
+            "every channel needs a * rule"
+        );
+        assert!(!format!("{:?}", events[2]).contains("[1, 1"), "Debug hides the secret");
 
         let revoke = AccessEvent::KeyRevoke {
             key_id: "bot-1".into(),
@@ -394,5 +454,17 @@ mod tests {
         assert_eq!(policy.keys["bot-1"].revoked_seq, Some(30));
         assert_eq!(policy.applied_seq, 30);
         assert!(!format!("{:?}", policy.keys["risk-1"]).contains("secret"));
+
+        // A record this build cannot read (a newer format, say) leaves the
+        // policy granting nothing: it may have been a revocation.
+        let mut broken = policy.clone();
+        assert!(broken.apply(40, b"\x07").is_err());
+        assert!(broken.apply(41, b"\x01garbage").is_err());
+        assert_eq!(broken.unreadable.as_ref().map(|(seq, _)| *seq), Some(40));
+        assert_eq!(broken.secret_of("risk-1"), None);
+        let err = broken
+            .authorize("risk-1", &risk, Operation::Read, Some("x"))
+            .unwrap_err();
+        assert!(err.contains("unreadable at seq 40"), "{err}");
     }
 }

@@ -95,6 +95,9 @@ pub struct AdminServer {
     pub keys: Option<Arc<txlog_raft::Keys>>,
     /// The log service's batcher, through which access changes are proposed.
     pub batcher: Option<crate::batcher::Batcher>,
+    /// Held from checking an access change against the policy until it is
+    /// applied, so that two changes of one key cannot both pass the check.
+    pub access_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The role a node reports for itself; the names are the client crate's
@@ -593,7 +596,7 @@ pub(crate) async fn change_membership_guarded(
 /// records of [`ACCESS_CHANNEL`]; see `access_policy.rs`.
 impl AdminServer {
     /// Records of the access channel read per page when folding the policy.
-    const ACCESS_READ_PAGE: usize = 1024;
+    const ACCESS_READ_PAGE_RECORDS: usize = 1024;
 
     /// The policy as this node has applied it: the fold of its access records.
     pub fn access_policy(&self) -> Result<AccessPolicy> {
@@ -602,7 +605,7 @@ impl AdminServer {
         loop {
             let records = self
                 .reader
-                .read(from, Self::ACCESS_READ_PAGE, usize::MAX, Some(ACCESS_CHANNEL))?;
+                .read(from, Self::ACCESS_READ_PAGE_RECORDS, usize::MAX, Some(ACCESS_CHANNEL))?;
             let Some(last) = records.last() else { break };
             from = last.seq + 1;
             for record in &records {
@@ -614,21 +617,29 @@ impl AdminServer {
         Ok(policy)
     }
 
-    /// Propose one access change on the leader; the seq of its record.
-    async fn propose_access(&self, event: AccessEvent) -> Result<AccessChange> {
+    /// Before an access change: a sealed cluster, and this node leads (a
+    /// follower's policy may lag; the client follows the hint). The
+    /// returned guard serialises check and proposal.
+    async fn access_change_begins(&self) -> Result<tokio::sync::OwnedMutexGuard<()>> {
         if self.keys.is_none() {
             return Err(Error::FailedPrecondition(
                 "client keys and roles need a sealed cluster (this one runs with --no-seal): a secret must never be in clear in the log".into(),
             ));
         }
+        if let Some(leader) = self.leader_elsewhere()? {
+            return Err(Error::NotLeader { leader: Some(leader) });
+        }
+        Ok(self.access_lock.clone().lock_owned().await)
+    }
+
+    /// Propose one access change on the leader; the seq of its record,
+    /// once applied here.
+    async fn propose_access(&self, event: AccessEvent) -> Result<AccessChange> {
         let Some(batcher) = &self.batcher else {
             return Err(Error::Unavailable(
                 "this node takes no access changes yet; retry".into(),
             ));
         };
-        if let Some(leader) = self.leader_elsewhere()? {
-            return Err(Error::NotLeader { leader: Some(leader) });
-        }
         let record = txlog_storage::NewRecord {
             txid: event.txid().into_bytes().into(),
             channel: ACCESS_CHANNEL.into(),
@@ -655,6 +666,7 @@ impl AdminServer {
                 txlog_client::TOKEN_ROLES_MAX
             )));
         }
+        let _serial = self.access_change_begins().await?;
         let policy = self.access_policy()?;
         for role in &req.roles {
             if !policy.roles.contains_key(role) {
@@ -679,6 +691,7 @@ impl AdminServer {
     }
 
     async fn revoke_client_key_now(&self, req: RevokeClientKeyRequest) -> Result<AccessChange> {
+        let _serial = self.access_change_begins().await?;
         let policy = self.access_policy()?;
         match policy.keys.get(&req.key_id) {
             None => return Err(Error::NotFound(format!("no client key {:?}", req.key_id))),
@@ -708,6 +721,7 @@ impl AdminServer {
             .map(|rule| RoleRule::parse(rule))
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(Error::InvalidInput)?;
+        let _serial = self.access_change_begins().await?;
         self.propose_access(AccessEvent::RoleSet {
             name: req.name,
             rules,

@@ -165,10 +165,15 @@ impl Allowlist {
         }
     }
 
-    /// Whether `ip` may call services of `class`.
+    /// Whether `ip` may call services of `class`. Peers may also call
+    /// `AdminService`: a joining node asks a member to add it, and a
+    /// follower forwards removals and leadership transfers to the leader.
     pub fn allows(&self, class: ServiceClass, ip: IpAddr) -> bool {
-        let list = self.list(class);
-        list.is_empty() || list.iter().any(|c| c.contains(ip))
+        let listed = |class| {
+            let list = self.list(class);
+            list.is_empty() || list.iter().any(|c: &Cidr| c.contains(ip))
+        };
+        listed(class) || (class == ServiceClass::Admin && !self.peers.is_empty() && listed(ServiceClass::Peers))
     }
 
     /// Whether `ip` may call anything at all: what a connection is judged
@@ -238,15 +243,24 @@ impl Gate {
     /// Judge a call of `path` from `ip`.
     pub fn call(&self, path: &str, ip: Option<IpAddr>) -> Result<(), tonic::Status> {
         let class = ServiceClass::of_path(path);
-        // No address (not a TCP connection): nothing to judge by; the
-        // server listens only on TCP, so this does not happen there.
-        let Some(ip) = ip else { return Ok(()) };
+        // No address: nothing to judge by, so refused unless nothing is
+        // checked. The server listens only on TCP and gives every call its
+        // address (TLS will wrap the connection info: read it there too).
+        let Some(ip) = ip else {
+            if self.is_open() {
+                return Ok(());
+            }
+            self.metrics.calls_refused.inc();
+            return Err(tonic::Status::permission_denied(format!(
+                "a call of {path} without a source address is refused while allowlists are set"
+            )));
+        };
         if self.allowlist.allows(class, ip) {
             return Ok(());
         }
         self.metrics.calls_refused.inc();
         if let Some(held_back) = self.log_limit.check(ip, Instant::now()) {
-            tracing::warn!(source = %ip, path, held_back, "call refused: address not in {}", class.setting());
+            tracing::warn!(source = %ip, path, list = class.setting(), held_back, "call refused: address not in the list");
         }
         Err(tonic::Status::permission_denied(format!(
             "address {ip} may not call {path}: it is not in this node's {}",
@@ -364,6 +378,16 @@ mod tests {
             list.allows(ServiceClass::Admin, ip("192.0.2.1")),
             "an empty list allows all"
         );
+        let admins = Allowlist {
+            admin: vec![Cidr::parse("10.9.0.0/16").unwrap()],
+            ..list.clone()
+        };
+        assert!(
+            admins.allows(ServiceClass::Admin, ip("127.0.0.1")),
+            "peers may call admin (join, forwarding)"
+        );
+        assert!(!admins.allows(ServiceClass::Admin, ip("127.0.0.2")));
+        assert!(Cidr::parse("::1/128").unwrap().contains(ip("::1")));
         assert!(list.allows_any(ip("192.0.2.1")));
         let closed = Allowlist {
             admin: vec![Cidr::parse("10.0.0.0/8").unwrap()],

@@ -286,7 +286,8 @@ impl Parts<'_> {
             tokio_stream::StreamExt::filter(
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 move |connection| match connection {
-                    Ok(stream) => stream.peer_addr().map_or(true, |peer| gate.accept(peer.ip())),
+                    // No peer address: kept only while nothing is checked.
+                    Ok(stream) => stream.peer_addr().map_or(gate.is_open(), |peer| gate.accept(peer.ip())),
                     Err(_) => true,
                 },
             )
@@ -386,6 +387,7 @@ impl Parts<'_> {
             rotations: self.rotations.clone(),
             keys: self.keys.cloned(),
             batcher: Some(batcher),
+            access_lock: Arc::default(),
         }
     }
 

@@ -13,7 +13,12 @@
 //!
 //! **Replay memory.** Each key remembers the nonces of its accepted
 //! tokens until they expire (plus the skew), at most
-//! [`NONCES_PER_KEY_MAX`]. It never forgets a nonce early: when a key's
+//! [`NONCES_PER_KEY_MAX`]. Once it has forgotten nonces up to some time,
+//! it refuses every token that would be forgotten by then, so a check
+//! with an earlier clock cannot accept a replay of a forgotten nonce. A
+//! key's memory is pruned when that key is checked; a key that goes quiet
+//! keeps its last nonces (bounded per key; there is one memory per key the
+//! policy knows). It never forgets a nonce early: when a key's
 //! memory is full, its new tokens are refused (`RESOURCE_EXHAUSTED`, with
 //! the time until the oldest entry expires) rather than accepted
 //! unchecked. A client that keeps its tokens' TTL short (as the client
@@ -101,6 +106,11 @@ pub struct TokenChecker {
 struct KeyNonces {
     seen: HashSet<[u8; TOKEN_NONCE_BYTES]>,
     by_expiry: BinaryHeap<Reverse<(u64, [u8; TOKEN_NONCE_BYTES])>>,
+    /// Nonces remembered until this time or earlier have been forgotten.
+    /// A token that would be remembered no longer than that is refused:
+    /// its nonce may have been forgotten already (a check that ran with a
+    /// later clock pruned it), so a replay could not be told apart.
+    forgotten_until_ms: u64,
 }
 
 impl TokenChecker {
@@ -175,6 +185,13 @@ impl TokenChecker {
             }
             nonces.by_expiry.pop();
             nonces.seen.remove(&old);
+            nonces.forgotten_until_ms = nonces.forgotten_until_ms.max(at);
+        }
+        if forget_at_ms <= nonces.forgotten_until_ms {
+            return Err(TokenRefusal::Expired {
+                ago_ms: now_ms.saturating_sub(token.expires_at_ms),
+                skew_ms,
+            });
         }
         if nonces.seen.contains(&nonce) {
             return Err(TokenRefusal::Replayed(token.key_id.clone()));
@@ -333,6 +350,13 @@ mod tests {
             .check(&fresh, METHOD, &digest, last_valid + 1, secrets(&key))
             .unwrap();
         assert_eq!(checker.remembered("bot"), 1);
+        // The first token's nonce is forgotten now. A check with an earlier
+        // clock (a concurrent request, or the clock stepping back) would
+        // take its replay as new: it is refused instead.
+        assert!(matches!(
+            checker.check(&token, METHOD, &digest, NOW + 1, secrets(&key)),
+            Err(TokenRefusal::Expired { .. })
+        ));
 
         // Fill one key's memory (directly: a million tokens would make a slow test).
         {

@@ -670,12 +670,17 @@ async fn access_policy_through_the_cli() {
     let line = std::fs::read_to_string(&secret_file).unwrap();
     let secret = txlog_client::ClientSecret::parse(&line).unwrap();
     stop_dev(dev);
+    let hex = line.trim().split_once(':').unwrap().1.as_bytes().to_vec();
+    let debug = format!("{:?}", secret.secret()).into_bytes();
     for file in files_under(&data_dir) {
         let bytes = std::fs::read(&file).unwrap();
-        assert!(
-            !bytes.windows(32).any(|w| w == secret.secret()),
-            "the secret is in clear in {}",
-            file.display()
-        );
+        for form in [&secret.secret()[..], &hex[..], &debug[..]] {
+            assert!(
+                !bytes.windows(form.len()).any(|w| w == form),
+                "the secret is in {} (as {} bytes)",
+                file.display(),
+                form.len()
+            );
+        }
     }
 }

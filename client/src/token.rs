@@ -97,7 +97,7 @@ impl ClientSecret {
     /// [`Self::to_line`] writes it.
     pub fn parse(line: &str) -> Result<ClientSecret, TokenError> {
         let (key_id, hex) = line.trim().split_once(':').ok_or(TokenError::BadSecret)?;
-        if hex.len() != 2 * CLIENT_SECRET_BYTES {
+        if hex.len() != 2 * CLIENT_SECRET_BYTES || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(TokenError::BadSecret);
         }
         let mut secret = [0u8; CLIENT_SECRET_BYTES];
@@ -303,11 +303,15 @@ mod tests {
         let back = ClientSecret::parse(&line).unwrap();
         assert_eq!((back.key_id(), back.secret()), (key.key_id(), key.secret()));
         assert!(!format!("{key:?}").contains(&line[6..]));
+        let non_ascii = format!("k:{}", "é".repeat(32));
+        let signed = format!("k:+f{}", "0".repeat(62));
         for bad in [
             "bot.7",
             "bot.7:abc",
             &line.replace(':', ";"),
             &format!("{}zz", &line[..line.len() - 2]),
+            &non_ascii,
+            &signed,
         ] {
             assert_eq!(ClientSecret::parse(bad).unwrap_err(), TokenError::BadSecret, "{bad}");
         }

@@ -133,6 +133,8 @@ pub struct TokenIssueArgs {
     #[arg(long)]
     pub method: String,
     /// A file holding the request message, protobuf-encoded; without it, the empty message.
+    /// Nodes digest the message as they encode it again (fields in number order, packed,
+    /// no unknown fields), so the file must hold exactly that encoding.
     #[arg(long)]
     pub request: Option<PathBuf>,
     /// Print `txlog-token-bin: <value>` (a header line) instead of the value alone.
