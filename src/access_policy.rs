@@ -70,13 +70,8 @@ pub enum ChannelPattern {
 
 impl ChannelPattern {
     pub fn parse(text: &str) -> Result<ChannelPattern, String> {
-        let valid = |name: &str| {
-            !name.is_empty()
-                && name.len() <= 64
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
-        };
+        // A name, or a prefix, follows the rules of channel names.
+        let valid = |name: &str| txlog_storage::ChannelName::parse(name).is_ok();
         match text {
             "*" => Ok(ChannelPattern::Any),
             _ => match text.strip_suffix('*') {

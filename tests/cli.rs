@@ -13,24 +13,12 @@ use std::process::Stdio;
 use std::time::Duration;
 use std::time::Instant;
 
+use common::txlog;
 use common::SERIAL;
 use txlog_client::Role;
 
 /// `txlog status` calls tolerated while the cluster settles (200 ms apart).
 const STATUS_ATTEMPTS_MAX: u32 = 50;
-
-fn txlog(cluster: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_txlog"))
-        .args(args)
-        .env("TXLOG_CLUSTER", cluster)
-        .output()
-        .expect("run txlog");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// A JSON array of strings.
 fn strings(array: &serde_json::Value) -> Vec<&str> {

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
+use common::txlog;
 use common::TestCluster;
 use common::SERIAL;
 use tonic::Code;
@@ -47,6 +48,29 @@ async fn append_until(client: Client, prefix: String, stop: Instant, acks: Acks)
         }
     }
     failures
+}
+
+/// Start `workers` appenders (txids `<prefix><worker>-<n>`) that append
+/// for `seconds`, each ack recorded in `acks`; each task returns its
+/// failure count.
+fn spawn_appenders(
+    cluster: &TestCluster,
+    prefix: &str,
+    workers: usize,
+    seconds: u64,
+    acks: &Acks,
+) -> Vec<tokio::task::JoinHandle<usize>> {
+    let stop = Instant::now() + Duration::from_secs(seconds);
+    (0..workers)
+        .map(|w| {
+            tokio::spawn(append_until(
+                cluster.client(),
+                format!("{prefix}{w}"),
+                stop,
+                acks.clone(),
+            ))
+        })
+        .collect()
 }
 
 /// Check that every node holds the same dense log and every acknowledged txid exactly once at its acked seq.
@@ -175,16 +199,7 @@ async fn replicated_appends_survive_leader_kill_and_full_restart() {
     assert_eq!(retried.seq, snapshot["w3-7"]);
 
     // Phase 2: kill -9 the leader while clients keep appending.
-    let stop = Instant::now() + Duration::from_secs(4);
-    let mut writers = Vec::new();
-    for worker in 0..4 {
-        writers.push(tokio::spawn(append_until(
-            cluster.client(),
-            format!("f{worker}"),
-            stop,
-            acks.clone(),
-        )));
-    }
+    let writers = spawn_appenders(&cluster, "f", 4, 4, &acks);
     tokio::time::sleep(Duration::from_millis(500)).await;
     cluster.kill(first_leader);
     let killed_at = Instant::now();
@@ -255,18 +270,7 @@ async fn keys_rotate_under_load_and_kill() {
     let first_leader = cluster.wait_for_leader(LEADER_WAIT).await;
     let acks: Acks = Arc::default();
     async fn load(cluster: &TestCluster, prefix: &str, seconds: u64, acks: &Acks) {
-        let stop = Instant::now() + Duration::from_secs(seconds);
-        let tasks: Vec<_> = (0..4)
-            .map(|w| {
-                tokio::spawn(append_until(
-                    cluster.client(),
-                    format!("{prefix}{w}"),
-                    stop,
-                    acks.clone(),
-                ))
-            })
-            .collect();
-        for task in tasks {
+        for task in spawn_appenders(cluster, prefix, 4, seconds, acks) {
             task.await.unwrap();
         }
     }
@@ -325,20 +329,6 @@ async fn keys_rotate_under_load_and_kill() {
     }
 }
 
-/// `txlog` run against `addresses`: success, stdout, stderr.
-fn txlog_cli(addresses: &str, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_txlog"))
-        .args(args)
-        .env("TXLOG_CLUSTER", addresses)
-        .output()
-        .expect("run txlog");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// Data keys made before the KEK rotation in
 /// `kek_rotation_survives_a_leader_kill`: more than two rewrap batches.
 const KEK_ROTATION_DATA_KEYS: usize = 600;
@@ -357,19 +347,7 @@ async fn kek_rotation_survives_a_leader_kill() {
     let key_arg = key_file.to_str().unwrap().to_string();
     let addresses = cluster.addresses();
     let acks: Acks = Arc::default();
-    let load = |cluster: &TestCluster, prefix: &str, seconds: u64| {
-        let stop = Instant::now() + Duration::from_secs(seconds);
-        (0..2)
-            .map(|w| {
-                tokio::spawn(append_until(
-                    cluster.client(),
-                    format!("{prefix}{w}"),
-                    stop,
-                    acks.clone(),
-                ))
-            })
-            .collect::<Vec<_>>()
-    };
+    let load = |cluster: &TestCluster, prefix: &str, seconds: u64| spawn_appenders(cluster, prefix, 2, seconds, &acks);
     for task in load(&cluster, "a", 3) {
         task.await.unwrap();
     }
@@ -386,7 +364,7 @@ async fn kek_rotation_survives_a_leader_kill() {
     let rotate = {
         let (addresses, key_arg) = (addresses.clone(), key_arg.clone());
         tokio::task::spawn_blocking(move || {
-            txlog_cli(
+            txlog(
                 &addresses,
                 &["keys", "rotate-kek", "--key-file", &key_arg, "--wait", "20s"],
             )
@@ -420,9 +398,9 @@ async fn kek_rotation_survives_a_leader_kill() {
     cluster.start_node(leader);
     cluster.wait_for_leader(LEADER_WAIT).await;
 
-    let (ok, out, err) = txlog_cli(&addresses, &["keys", "rotate-kek", "--resume", "--key-file", &key_arg]);
+    let (ok, out, err) = txlog(&addresses, &["keys", "rotate-kek", "--resume", "--key-file", &key_arg]);
     assert!(ok, "rotate-kek --resume: {out}{err}");
-    let (ok, out, err) = txlog_cli(&addresses, &["keys", "status", "--json"]);
+    let (ok, out, err) = txlog(&addresses, &["keys", "status", "--json"]);
     assert!(ok, "{err}");
     let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
     let rows = rows.as_array().unwrap();
@@ -445,10 +423,10 @@ async fn kek_rotation_survives_a_leader_kill() {
 
     // KEK 1 retires once every WAL is compacted past its announcements.
     for step in ["snapshot", "compact"] {
-        let (ok, out, err) = txlog_cli(&addresses, &["admin", step]);
+        let (ok, out, err) = txlog(&addresses, &["admin", step]);
         assert!(ok, "admin {step}: {out}{err}");
     }
-    let (ok, out, err) = txlog_cli(&addresses, &["keys", "retire-kek", "--key-file", &key_arg, "--id", "1"]);
+    let (ok, out, err) = txlog(&addresses, &["keys", "retire-kek", "--key-file", &key_arg, "--id", "1"]);
     assert!(ok && out.contains("removed KEK 1"), "{out}{err}");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !client

@@ -75,10 +75,10 @@ const DATA_KEY_DOMAIN: &[u8] = b"txlog data key v1";
 /// WAL entries read per call when scanning the unapplied tail for key events.
 const LOG_TAIL_READ_ENTRIES: u64 = 256;
 /// Fewest sealed entries in a row whose signatures a follower checks
-/// together. Measured on the EPYC hosts (AVX-512 IFMA), ed25519-dalek's
-/// batch check: one verification ~17 µs; in a batch of 2 ~17 µs a
-/// signature, 4 ~14, 16 ~11.5. A batch of 2 or 3 saves nothing and costs a
-/// second pass when it fails, so runs start at 4.
+/// together. Measured on the EPYC hosts (AVX-512 IFMA) with
+/// `signature.rs`: one alone ~18.4 µs; together, per signature, 4 ~12.9,
+/// 16 ~11.2. ed25519-dalek's batch of 2 gained nothing over one alone, and
+/// a failed batch costs a second pass, so runs start at 4.
 const VERIFY_BATCH_FRAMES_MIN: usize = 4;
 
 /// One key announcement: the payload of a [`KEYS_CHANNEL`] record.
@@ -979,8 +979,9 @@ impl Keys {
     /// sealed frames has its signatures checked together (a catching-up
     /// follower gets hundreds per call), under the same rule as one by one
     /// (`signature.rs`); if that fails, the run is checked one frame at a
-    /// time, so the refusal names the same entry and error it would have. Plain frames (key events) stay one at a time:
-    /// one may announce the key that the next is sealed under.
+    /// time, so the refusal names the same entry and error it would have.
+    /// Plain frames (key events) stay one at a time: one may announce the
+    /// key that the next is sealed under.
     pub fn check_frames(&self, frames: &[&BatchFrame]) -> Result<(), (usize, Error)> {
         let mut at = 0;
         while at < frames.len() {

@@ -271,3 +271,18 @@ impl Drop for TestCluster {
         // Dropping `local` kills every node still running.
     }
 }
+
+/// The `txlog` binary run with `args` against the cluster at `cluster`
+/// (comma-separated addresses): success, stdout, stderr.
+pub fn txlog(cluster: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_txlog"))
+        .args(args)
+        .env("TXLOG_CLUSTER", cluster)
+        .output()
+        .expect("run txlog");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
