@@ -20,6 +20,7 @@ use tonic::transport::Endpoint;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
+use txlog_client::methods;
 use txlog_client::Kind;
 use txlog_client::Role;
 use txlog_proto::admin_service_client::AdminServiceClient;
@@ -63,6 +64,7 @@ use txlog_raft::TypeConfig;
 
 use crate::access_policy::AccessEvent;
 use crate::access_policy::AccessPolicy;
+use crate::access_policy::Operation;
 use crate::access_policy::RoleRule;
 use crate::access_policy::ACCESS_CHANNEL;
 use crate::access_policy::ROLE_RULES_MAX;
@@ -98,7 +100,12 @@ pub struct AdminServer {
     /// Held from checking an access change against the policy until it is
     /// applied, so that two changes of one key cannot both pass the check.
     pub access_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Admits every call; signs this node's calls to others.
+    pub guard: Arc<crate::access_guard::Guard>,
 }
+
+/// How long an access change's answer waits for this node to enforce it.
+const ACCESS_ENFORCED_WAIT: Duration = Duration::from_secs(5);
 
 /// The role a node reports for itself; the names are the client crate's
 /// [`Role`], so server and client cannot drift apart.
@@ -352,7 +359,9 @@ impl AdminServer {
     }
 
     async fn forward_remove(&self, leader: &str, req: RemoveRequest) -> Result<MembershipResponse> {
-        let response = admin_client(leader, self.source_address)?.remove(req).await?;
+        let response = admin_client(leader, self.source_address)?
+            .remove(self.guard.node_request(methods::REMOVE, req))
+            .await?;
         Ok(response.into_inner())
     }
 
@@ -372,7 +381,9 @@ impl AdminServer {
             if metrics.current_leader == Some(id) {
                 return Ok(self.membership_response(format!("node {id} already leads")));
             }
-            let response = admin_client(&leader, self.source_address)?.transfer_leader(req).await?;
+            let response = admin_client(&leader, self.source_address)?
+                .transfer_leader(self.guard.node_request(methods::TRANSFER_LEADER, req))
+                .await?;
             return Ok(response.into_inner());
         }
         if id == self.node_id {
@@ -478,16 +489,27 @@ impl AdminServer {
     }
 }
 
+impl AdminServer {
+    /// Every admin call needs the `admin` operation on every channel.
+    fn admit<M: prost::Message>(&self, request: &Request<M>, method: &str) -> std::result::Result<(), Status> {
+        self.guard
+            .admit(request.metadata(), request.get_ref(), method, Operation::Admin, None)
+            .map(|_| ())
+    }
+}
+
 /// Every error leaves through `Status::from` (`Error::to_status`).
 #[tonic::async_trait]
 impl AdminService for AdminServer {
-    async fn status(&self, _request: Request<StatusRequest>) -> std::result::Result<Response<NodeStatus>, Status> {
+    async fn status(&self, request: Request<StatusRequest>) -> std::result::Result<Response<NodeStatus>, Status> {
+        self.admit(&request, methods::STATUS)?;
         Ok(Response::new(self.node_status()))
     }
 
     type JoinStream = JoinStream;
 
     async fn join(&self, request: Request<JoinRequest>) -> std::result::Result<Response<JoinStream>, Status> {
+        self.admit(&request, methods::JOIN)?;
         Ok(Response::new(self.join_node(request.into_inner()).await?))
     }
 
@@ -495,6 +517,7 @@ impl AdminService for AdminServer {
         &self,
         request: Request<RemoveRequest>,
     ) -> std::result::Result<Response<MembershipResponse>, Status> {
+        self.admit(&request, methods::REMOVE)?;
         Ok(Response::new(self.remove_node(request.into_inner()).await?))
     }
 
@@ -502,20 +525,23 @@ impl AdminService for AdminServer {
         &self,
         request: Request<TransferLeaderRequest>,
     ) -> std::result::Result<Response<MembershipResponse>, Status> {
+        self.admit(&request, methods::TRANSFER_LEADER)?;
         Ok(Response::new(self.transfer_leadership(request.into_inner()).await?))
     }
 
     async fn snapshot(
         &self,
-        _request: Request<SnapshotRequest>,
+        request: Request<SnapshotRequest>,
     ) -> std::result::Result<Response<SnapshotResponse>, Status> {
+        self.admit(&request, methods::SNAPSHOT)?;
         Ok(Response::new(self.take_snapshot().await?))
     }
 
     async fn compact(
         &self,
-        _request: Request<CompactRequest>,
+        request: Request<CompactRequest>,
     ) -> std::result::Result<Response<CompactResponse>, Status> {
+        self.admit(&request, methods::COMPACT)?;
         Ok(Response::new(self.compact_log().await?))
     }
 
@@ -523,6 +549,7 @@ impl AdminService for AdminServer {
         &self,
         request: Request<RotateKeysRequest>,
     ) -> std::result::Result<Response<RotateKeysResponse>, Status> {
+        self.admit(&request, methods::ROTATE_KEYS)?;
         Ok(Response::new(self.rotate_keys_now(request.into_inner()).await?))
     }
 
@@ -530,6 +557,7 @@ impl AdminService for AdminServer {
         &self,
         request: Request<RotateKekRequest>,
     ) -> std::result::Result<Response<RotateKeysResponse>, Status> {
+        self.admit(&request, methods::ROTATE_KEK)?;
         Ok(Response::new(self.rotate_kek_now(request.into_inner()).await?))
     }
 
@@ -537,6 +565,7 @@ impl AdminService for AdminServer {
         &self,
         request: Request<AddClientKeyRequest>,
     ) -> std::result::Result<Response<AccessChange>, Status> {
+        self.admit(&request, methods::ADD_CLIENT_KEY)?;
         Ok(Response::new(self.add_client_key_now(request.into_inner()).await?))
     }
 
@@ -544,17 +573,20 @@ impl AdminService for AdminServer {
         &self,
         request: Request<RevokeClientKeyRequest>,
     ) -> std::result::Result<Response<AccessChange>, Status> {
+        self.admit(&request, methods::REVOKE_CLIENT_KEY)?;
         Ok(Response::new(self.revoke_client_key_now(request.into_inner()).await?))
     }
 
     async fn set_role(&self, request: Request<SetRoleRequest>) -> std::result::Result<Response<AccessChange>, Status> {
+        self.admit(&request, methods::SET_ROLE)?;
         Ok(Response::new(self.set_role_now(request.into_inner()).await?))
     }
 
     async fn list_access(
         &self,
-        _request: Request<ListAccessRequest>,
+        request: Request<ListAccessRequest>,
     ) -> std::result::Result<Response<AccessList>, Status> {
+        self.admit(&request, methods::LIST_ACCESS)?;
         Ok(Response::new(self.list_access_now()?))
     }
 }
@@ -595,25 +627,11 @@ pub(crate) async fn change_membership_guarded(
 /// Access changes (client keys and roles), proposed on the leader as
 /// records of [`ACCESS_CHANNEL`]; see `access_policy.rs`.
 impl AdminServer {
-    /// Records of the access channel read per page when folding the policy.
-    const ACCESS_READ_PAGE_RECORDS: usize = 1024;
-
-    /// The policy as this node has applied it: the fold of its access records.
+    /// The policy as this node has applied it: the fold of its access
+    /// records, read now (the guard's copy may be a moment behind).
     pub fn access_policy(&self) -> Result<AccessPolicy> {
         let mut policy = AccessPolicy::default();
-        let mut from = 1;
-        loop {
-            let records = self
-                .reader
-                .read(from, Self::ACCESS_READ_PAGE_RECORDS, usize::MAX, Some(ACCESS_CHANNEL))?;
-            let Some(last) = records.last() else { break };
-            from = last.seq + 1;
-            for record in &records {
-                if let Err(err) = policy.apply(record.seq, &record.payload) {
-                    tracing::warn!(seq = record.seq, %err, "access record skipped");
-                }
-            }
-        }
+        crate::access_guard::fold_access_records(&self.reader, &mut policy)?;
         Ok(policy)
     }
 
@@ -652,6 +670,13 @@ impl AdminServer {
             .map(|o| o.seq)
             .ok_or_else(|| Error::Internal("an access change was committed without an outcome".into()))?;
         tracing::info!(seq, change = %describe_access(&event), "access changed");
+        // Answered once this node enforces it (its follower task folds it
+        // in at once; a stalled one is reported, not waited on forever).
+        if !self.guard.policy.wait_applied(seq, ACCESS_ENFORCED_WAIT).await {
+            return Err(Error::Unavailable(format!(
+                "access change committed at seq {seq} but not yet enforced on this node after {ACCESS_ENFORCED_WAIT:?}"
+            )));
+        }
         Ok(AccessChange { seq })
     }
 
@@ -664,6 +689,12 @@ impl AdminServer {
             return Err(Error::InvalidInput(format!(
                 "a key needs 1 to {} roles",
                 txlog_client::TOKEN_ROLES_MAX
+            )));
+        }
+        if Some(req.key_id.as_str()) == self.guard.root_key_id() {
+            return Err(Error::InvalidInput(format!(
+                "key id {:?} is the root key's (--root-key-file); pick another",
+                req.key_id
             )));
         }
         let _serial = self.access_change_begins().await?;

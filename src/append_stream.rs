@@ -31,6 +31,7 @@ use txlog_proto::APPEND_STREAM_MESSAGE_CALLS_MAX;
 
 use crate::log_service::append_results;
 use crate::log_service::LogServer;
+use crate::token_check::Caller;
 
 /// Reply messages buffered per stream before the task waits for the client.
 pub const STREAM_REPLY_MESSAGES_MAX: usize = 16;
@@ -84,13 +85,16 @@ fn reply_messages(replies: Vec<AppendReply>) -> Vec<AppendStreamResponse> {
 }
 
 impl LogServer {
-    /// Check `call` and queue it; its reply, now if it failed, else once it commits.
-    async fn start_call(&self, call: AppendCall) -> Result<CallFuture, AppendReply> {
+    /// Check `call` (made by `caller`) and queue it; its reply, now if it
+    /// failed, else once it commits.
+    async fn start_call(&self, call: AppendCall, caller: Option<&Caller>) -> Result<CallFuture, AppendReply> {
         let id = call.id;
         let fail = |err| failed(id, self.reject(err));
         let records = self
             .validate_append(txlog_proto::AppendRequest { records: call.records })
             .map_err(fail)?;
+        self.authorize_append(caller, &records)
+            .map_err(|status| failed(id, status))?;
         self.check_leader().map_err(fail)?;
         let committed = self.batcher.submit(records).await.map_err(fail)?;
         let server = self.clone();
@@ -145,8 +149,21 @@ impl LogServer {
                                 .await;
                             return;
                         }
+                        // Each message carries its own token, bound to the
+                        // message without it; a refusal answers each call.
+                        let mut message = message;
+                        let token = message.token.take();
+                        let caller = self.guard.authenticate_message(
+                            token.as_ref(),
+                            &message,
+                            txlog_client::methods::APPEND_STREAM,
+                        );
                         for call in message.calls {
-                            match self.start_call(call).await {
+                            let started = match &caller {
+                                Ok(caller) => self.start_call(call, caller.as_ref()).await,
+                                Err(status) => Err(failed(call.id, status.clone())),
+                            };
+                            match started {
                                 Ok(future) => pending.push(future),
                                 Err(reply) => replies.push(reply),
                             }

@@ -29,6 +29,8 @@
 //! snapshot_wal_bytes_max = 134217728
 //! segment_bytes_max = 67108864
 //! key_file = "/etc/txlog/cluster.key"  # from `txlog keys init`; mode 0600
+//! root_key_file = "/etc/txlog/root.secret"  # from `txlog token secret --key-id root`; mode 0600
+//! # insecure = true  # instead of root_key_file: no tokens, every call allowed
 //! signing_key_rotate_s = 86400
 //! data_key_rotate_s = 3600
 //! ```
@@ -215,6 +217,16 @@ pub struct NodeSettings {
     /// Seconds before the leader announces a new data key [default: 3600].
     #[arg(long, env = "TXLOG_DATA_KEY_ROTATE_S")]
     pub data_key_rotate_s: Option<u64>,
+    /// The root client key's secret file (from `txlog token secret --key-id root --out FILE`,
+    /// mode 0600, the same file on every node). Calls need a request token; the root key may do
+    /// everything, other keys what their roles allow (`txlog admin key|role`). Required unless
+    /// --insecure.
+    #[arg(long, env = "TXLOG_ROOT_KEY_FILE")]
+    pub root_key_file: Option<PathBuf>,
+    /// Accept every call without a token or role check (a warning is logged at every start).
+    /// Only for a cluster that nothing untrusted can reach.
+    #[arg(long, env = "TXLOG_INSECURE", num_args = 0..=1, default_missing_value = "true")]
+    pub insecure: Option<bool>,
     /// Seal entries (on by default). Off only to measure what sealing costs: an unsealed node
     /// cannot join a sealed cluster, nor the other way round.
     #[arg(long, env = "TXLOG_SEAL", hide = true)]
@@ -263,6 +275,8 @@ impl NodeSettings {
             key_file,
             signing_key_rotate_s,
             data_key_rotate_s,
+            root_key_file,
+            insecure,
             seal,
         )
     }
@@ -306,6 +320,8 @@ pub struct NodeConfig {
     pub segment_bytes_max: u64,
     /// How entries are sealed; `None` only when sealing is turned off.
     pub sealing: Option<Sealing>,
+    /// Whether calls need tokens, and the root key's file (`access_guard.rs`).
+    pub access: Access,
 }
 
 /// Sealing settings of a node.
@@ -395,6 +411,7 @@ impl NodeConfig {
             )));
         }
         let sealing = sealing_of(&s)?;
+        let access = access_of(&s)?;
         Ok(NodeConfig {
             id,
             region,
@@ -415,8 +432,35 @@ impl NodeConfig {
             snapshot_wal_bytes_max,
             segment_bytes_max,
             sealing,
+            access,
         })
     }
+}
+
+/// Whether calls need tokens: they do, checked against the root key in
+/// this file (read when the node starts) and the keys in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// `--insecure`: no token asked, every call allowed.
+    Insecure,
+    RootKeyFile(PathBuf),
+}
+
+/// Enforced with the root key from `root_key_file`, unless `insecure`.
+fn access_of(s: &NodeSettings) -> Result<Access> {
+    if s.insecure == Some(true) {
+        return Ok(Access::Insecure);
+    }
+    let path = s.root_key_file.clone().ok_or_else(|| {
+        Error::Config(
+            "calls need request tokens, so a root key file is required: create one with \
+             `txlog token secret --key-id root --out FILE` (the same file for every node) and give it \
+             with --root-key-file or `root_key_file`; or run with --insecure where nothing untrusted \
+             can reach the node"
+                .into(),
+        )
+    })?;
+    Ok(Access::RootKeyFile(path))
 }
 
 /// The sealing settings, `None` when sealing is off; a sealed node needs
@@ -530,6 +574,7 @@ mod tests {
             peers = ["1=paris@127.0.0.1:7401", "2=frankfurt@127.0.0.1:7402"]
             timing = "wan"
             key_file = "cluster.key"
+            insecure = true
             "#,
         )
         .unwrap();
@@ -582,6 +627,7 @@ mod tests {
                 segment_bytes_max: Some(segment),
                 snapshot_wal_bytes_max: limit,
                 seal: Some(false),
+                insecure: Some(true),
                 ..Default::default()
             };
             NodeConfig::resolve(settings, NodeSettings::default()).map(|c| c.snapshot_wal_bytes_max)
@@ -608,6 +654,7 @@ mod tests {
         let sealed = |id: u64| NodeSettings {
             id: Some(id),
             key_file: Some("k".into()),
+            root_key_file: Some("root.secret".into()),
             ..Default::default()
         };
         let sealing = resolve(sealed(1 << 40)).unwrap().sealing.unwrap();
@@ -621,9 +668,52 @@ mod tests {
         let unsealed = NodeSettings {
             id: Some(1 << 40),
             seal: Some(false),
+            insecure: Some(true),
             ..Default::default()
         };
         assert!(resolve(unsealed).unwrap().sealing.is_none());
+    }
+
+    /// Access control is on unless `--insecure`, and then needs a root key
+    /// file; the flag takes no value (or an explicit one).
+    #[test]
+    fn access_needs_a_root_key_or_insecure() {
+        let base = || NodeSettings {
+            id: Some(1),
+            seal: Some(false),
+            ..Default::default()
+        };
+        let err = NodeConfig::resolve(base(), NodeSettings::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("--root-key-file") && err.to_string().contains("--insecure"),
+            "{err}"
+        );
+        let with_root = NodeSettings {
+            root_key_file: Some("/etc/txlog/root.secret".into()),
+            ..base()
+        };
+        assert_eq!(
+            NodeConfig::resolve(with_root, NodeSettings::default()).unwrap().access,
+            Access::RootKeyFile("/etc/txlog/root.secret".into())
+        );
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            settings: NodeSettings,
+        }
+        for (args, insecure) in [
+            (&["txlog", "--insecure"][..], Access::Insecure),
+            (&["txlog", "--insecure", "true"][..], Access::Insecure),
+        ] {
+            let flags = Cli::parse_from(args).settings;
+            assert_eq!(NodeConfig::resolve(base(), flags).unwrap().access, insecure, "{args:?}");
+        }
+        let off = Cli::parse_from(["txlog", "--insecure", "false"]).settings;
+        assert!(
+            NodeConfig::resolve(base(), off).is_err(),
+            "--insecure false still needs a root key"
+        );
     }
 
     /// Allowlists parse from the file and from flags; a bad entry names its list.
@@ -633,6 +723,7 @@ mod tests {
             r#"
             id = 1
             seal = false
+            insecure = true
             allow_peers = ["10.1.0.11", "10.2.0.0/16"]
             "#,
         )

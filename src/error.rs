@@ -47,6 +47,20 @@ pub enum Error {
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
 
+    /// The request carries no valid token: none, malformed, expired,
+    /// issued in the future, replayed, a bad MAC, or an unknown or revoked key.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+
+    /// The caller's roles do not allow the operation on the channel.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+
+    /// A bounded resource is full for this caller (its replay memory); it
+    /// may retry later.
+    #[error("resource exhausted: {0}")]
+    Exhausted(String),
+
     /// Durable data failed a check.
     #[error("corruption: {0}")]
     Corruption(String),
@@ -97,6 +111,9 @@ impl Error {
             Error::AlreadyExists(m) => Status::already_exists(m.clone()),
             Error::FailedPrecondition(m) => Status::failed_precondition(m.clone()),
             Error::DeadlineExceeded(m) => Status::deadline_exceeded(m.clone()),
+            Error::Unauthenticated(m) => Status::unauthenticated(m.clone()),
+            Error::PermissionDenied(m) => Status::permission_denied(m.clone()),
+            Error::Exhausted(m) => Status::resource_exhausted(m.clone()),
             Error::Corruption(m) => Status::data_loss(m.clone()),
             Error::Remote(status) => status.clone(),
             Error::Storage(e) => match e {

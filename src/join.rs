@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::Status;
+use txlog_client::methods;
 use txlog_proto::JoinProgress;
 use txlog_proto::JoinRequest;
 use txlog_raft::openraft::type_config::async_runtime::WatchReceiver;
@@ -29,6 +30,7 @@ use txlog_raft::openraft::ServerState;
 use txlog_raft::NodeInfo;
 use txlog_raft::Raft;
 
+use crate::access_guard::AccessMode;
 use crate::admin_service::admin_client;
 use crate::admin_service::change_membership_guarded;
 use crate::admin_service::validate_id;
@@ -51,7 +53,7 @@ impl AdminServer {
         validate_region(&req.region)?;
         if let Some(leader) = self.leader_elsewhere()? {
             let stream = admin_client(&leader, self.source_address)?
-                .join(req)
+                .join(self.guard.node_request(methods::JOIN, req))
                 .await?
                 .into_inner();
             return Ok(Box::pin(stream));
@@ -247,6 +249,7 @@ pub async fn join_cluster(
     address: String,
     region: String,
     source: Option<IpAddr>,
+    access: AccessMode,
     shutdown: CancellationToken,
 ) {
     let was_voter = watch_voter(raft, id, shutdown.clone());
@@ -256,7 +259,7 @@ pub async fn join_cluster(
             tracing::info!(%via, "this node has been a voter since it started; not asking to join again");
             return;
         }
-        let attempt = join_once(&via, id, &address, &region, source);
+        let attempt = join_once(&via, id, &address, &region, source, &access);
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
             outcome = attempt => outcome,
@@ -319,6 +322,7 @@ async fn join_once(
     address: &str,
     region: &str,
     source: Option<IpAddr>,
+    access: &AccessMode,
 ) -> std::result::Result<String, Status> {
     let mut client = admin_client(via, source)?;
     let request = JoinRequest {
@@ -328,7 +332,10 @@ async fn join_once(
         learner_only: false,
         timeout_ms: 0,
     };
-    let mut stream = client.join(request).await?.into_inner();
+    let mut stream = client
+        .join(access.node_request(methods::JOIN, request))
+        .await?
+        .into_inner();
     while let Some(progress) = stream.message().await? {
         if progress.done {
             return Ok(progress.message);

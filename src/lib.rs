@@ -13,6 +13,9 @@
 //!   every batch under the applied ones (`txlog_raft::Sealer`).
 //! * `log_service`, `admin_service` — the gRPC `LogService` (clients) and
 //!   `AdminService` (operators).
+//! * [`access_guard`] — who may call what: request tokens checked
+//!   (`token_check`), the caller's roles against the policy kept in the log
+//!   (`access_policy`); [`allowlist`] — which addresses may connect.
 //! * [`config`] — node configuration: TOML file, flags, `TXLOG_*` variables.
 //! * [`metrics`] — Prometheus metrics and the `/metrics` endpoint.
 //! * [`health`] — `grpc.health.v1`: `SERVING` only with a leader and caught up;
@@ -30,6 +33,7 @@
 //! returns its original sequence; reads are linearizable unless the caller
 //! opts into `stale`; clients never see a raw openraft error.
 
+pub mod access_guard;
 pub mod access_policy;
 pub mod admin_service;
 pub mod allowlist;

@@ -45,6 +45,10 @@ use txlog_storage::AppendOutcome;
 use txlog_storage::NewRecord;
 use txlog_storage::StoredRecord;
 
+use txlog_client::methods;
+
+use crate::access_guard::Guard;
+use crate::access_policy::Operation;
 use crate::append_stream::STREAM_REPLY_MESSAGES_MAX;
 use crate::batcher::Batcher;
 use crate::error::raft_error;
@@ -67,6 +71,8 @@ pub struct LogServer {
     pub metrics: Arc<Metrics>,
     pub payload_bytes_max: usize,
     pub shutdown: CancellationToken,
+    /// Admits every call (`access_guard.rs`).
+    pub guard: Arc<Guard>,
 }
 
 /// A record as clients are served it. An access record's payload (it holds
@@ -167,6 +173,24 @@ impl LogServer {
         }
     }
 
+    /// Whether `caller` may append to every channel of `records`.
+    pub(crate) fn authorize_append(
+        &self,
+        caller: Option<&crate::token_check::Caller>,
+        records: &[NewRecord],
+    ) -> std::result::Result<(), Status> {
+        if caller.is_none() {
+            return self.guard.authorize(None, Operation::Append, None);
+        }
+        let mut checked = std::collections::BTreeSet::new();
+        for record in records {
+            if checked.insert(record.channel.as_str()) {
+                self.guard.authorize(caller, Operation::Append, Some(&record.channel))?;
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn validate_append(&self, request: AppendRequest) -> Result<Vec<NewRecord>> {
         if request.records.is_empty() {
             return Err(Error::InvalidInput("append needs at least one record".into()));
@@ -198,13 +222,26 @@ impl LogServer {
     }
 }
 
+/// Why a subscription was closed under its caller: `ABORTED` (retryable:
+/// subscribe again, with a key that may, from `next`), with the reason.
+fn subscription_ended(status: &Status, next: u64) -> Status {
+    Status::aborted(format!(
+        "subscription closed: {}; subscribe again from seq {next} with a key that may",
+        status.message()
+    ))
+}
+
 type AppendStream = Pin<Box<dyn Stream<Item = std::result::Result<AppendStreamResponse, Status>> + Send + 'static>>;
 type SubscribeStream = Pin<Box<dyn Stream<Item = std::result::Result<CommittedRecord, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl LogService for LogServer {
     async fn append(&self, request: Request<AppendRequest>) -> std::result::Result<Response<AppendResponse>, Status> {
+        let caller = self
+            .guard
+            .authenticate_metadata(request.metadata(), request.get_ref(), methods::APPEND)?;
         let records = self.validate_append(request.into_inner()).map_err(|e| self.reject(e))?;
+        self.authorize_append(caller.as_ref(), &records)?;
         self.check_leader().map_err(|e| self.reject(e))?;
         let outcomes = self.batcher.append(records).await.map_err(|e| self.reject(e))?;
         Ok(Response::new(AppendResponse {
@@ -224,6 +261,13 @@ impl LogService for LogServer {
     }
 
     async fn read(&self, request: Request<ReadRequest>) -> std::result::Result<Response<ReadResponse>, Status> {
+        self.guard.admit(
+            request.metadata(),
+            request.get_ref(),
+            methods::READ,
+            Operation::Read,
+            request.get_ref().channel.as_deref(),
+        )?;
         let request = request.into_inner();
         let limit = validate::read_limit(request.limit).map_err(|e| self.reject(e))?;
         if let Some(channel) = &request.channel {
@@ -247,6 +291,9 @@ impl LogService for LogServer {
     }
 
     async fn lookup(&self, request: Request<LookupRequest>) -> std::result::Result<Response<LookupResponse>, Status> {
+        let caller = self
+            .guard
+            .authenticate_metadata(request.metadata(), request.get_ref(), methods::LOOKUP)?;
         let request = request.into_inner();
         validate::txid(&request.txid).map_err(|e| self.reject(e))?;
         if !request.stale {
@@ -257,9 +304,14 @@ impl LogService for LogServer {
             .lookup_txid(&request.txid)
             .map_err(|e| self.reject(e.into()))?
         {
-            Some(record) => Ok(Response::new(LookupResponse {
-                record: Some(to_proto(record)),
-            })),
+            Some(record) => {
+                // The channel is known only now: the caller must be allowed to read it.
+                self.guard
+                    .authorize(caller.as_ref(), Operation::Read, Some(&record.channel))?;
+                Ok(Response::new(LookupResponse {
+                    record: Some(to_proto(record)),
+                }))
+            }
             None => Err(Error::NotFound(format!(
                 "no committed record with txid {:?}",
                 String::from_utf8_lossy(&request.txid)
@@ -274,6 +326,13 @@ impl LogService for LogServer {
         &self,
         request: Request<SubscribeRequest>,
     ) -> std::result::Result<Response<SubscribeStream>, Status> {
+        let caller = self.guard.admit(
+            request.metadata(),
+            request.get_ref(),
+            methods::SUBSCRIBE,
+            Operation::Subscribe,
+            request.get_ref().channel.as_deref(),
+        )?;
         let request = request.into_inner();
         if let Some(channel) = &request.channel {
             validate::channel_to_read(channel).map_err(|e| self.reject(e))?;
@@ -283,9 +342,21 @@ impl LogService for LogServer {
         let shutdown = self.shutdown.clone();
         let channel = request.channel;
         let mut next = request.from_seq.max(1);
+        let guard = self.guard.clone();
         tokio::spawn(async move {
             let mut applied = reader.watch_last_seq();
+            let mut policy = guard.policy.watch();
+            let mut recheck = false;
             loop {
+                // Checked again at every policy change: a revoked key or a
+                // role that lost the right ends the stream.
+                if std::mem::take(&mut recheck) || policy.has_changed().unwrap_or(false) {
+                    policy.borrow_and_update();
+                    if let Err(status) = guard.authorize(caller.as_ref(), Operation::Subscribe, channel.as_deref()) {
+                        let _ = tx.send(Err(subscription_ended(&status, next))).await;
+                        return;
+                    }
+                }
                 // Mark the current applied sequence as seen *before* reading,
                 // so an apply that lands after the read still wakes us.
                 applied.borrow_and_update();
@@ -306,6 +377,7 @@ impl LogService for LogServer {
                         _ = shutdown.cancelled() => return,
                         _ = tx.closed() => return,
                         changed = applied.changed() => if changed.is_err() { return },
+                        _ = policy.changed() => recheck = true,
                     }
                     continue;
                 }

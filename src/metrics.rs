@@ -53,6 +53,10 @@ pub struct Metrics {
     pub connections_refused: Counter,
     /// Calls refused: the address is not in the allowlist of the method's class.
     pub calls_refused: Counter,
+    /// Calls refused for their token: none, malformed, expired, replayed, bad MAC, unknown key.
+    pub tokens_refused: Counter,
+    /// Calls refused for their caller's roles.
+    pub calls_denied: Counter,
     resync_seen: std::sync::Mutex<txlog_raft::ResyncCounts>,
     pub seal_verified_batches: Counter,
     pub seal_signature_batches: Counter,
@@ -127,6 +131,8 @@ impl Metrics {
             appends_refused: Counter::default(),
             connections_refused: Counter::default(),
             calls_refused: Counter::default(),
+            tokens_refused: Counter::default(),
+            calls_denied: Counter::default(),
             resync_seen: Default::default(),
             seal_verified_batches: Counter::default(),
             seal_signature_batches: Counter::default(),
@@ -189,6 +195,16 @@ impl Metrics {
             "calls_refused",
             "Calls refused because the source address is not in the allowlist of the method's class",
             self.calls_refused.clone(),
+        );
+        registry.register(
+            "tokens_refused",
+            "Calls refused UNAUTHENTICATED: no token, or one malformed, expired, from the future, replayed, with a bad MAC or of an unknown or revoked key",
+            self.tokens_refused.clone(),
+        );
+        registry.register(
+            "calls_denied",
+            "Calls refused PERMISSION_DENIED: the caller's roles do not allow the operation on the channel",
+            self.calls_denied.clone(),
         );
         registry.register(
             "appended_records",

@@ -93,6 +93,15 @@ impl Node {
 
         let tracker = TaskTracker::new();
         let contact = txlog_raft::LeaderContact::default();
+        let guard = Arc::new(crate::access_guard::Guard::new(access_mode(&config)?, metrics.clone()));
+        if guard.is_enforced() {
+            // In force before the first call is served.
+            let mut policy = crate::access_policy::AccessPolicy::default();
+            crate::access_guard::fold_access_records(&reader, &mut policy)?;
+            guard.policy.publish(policy);
+        } else {
+            tracing::warn!("access control is off (--insecure): every call is accepted without a token or role check");
+        }
         // Operator key rotations: the admin service's end, and the rotation task's.
         let rotations = sealer.as_ref().map(|_| crate::key_rotation::rotations());
         let parts = Parts {
@@ -106,6 +115,7 @@ impl Node {
             sealer: sealer.as_ref(),
             rotations: rotations.as_ref().map(|(rotations, _)| rotations.clone()),
             source_address,
+            guard: &guard,
             tracker: &tracker,
             shutdown: &shutdown,
         };
@@ -194,6 +204,19 @@ impl Node {
     }
 }
 
+/// Whether calls need tokens; the root key from its file when they do.
+fn access_mode(config: &NodeConfig) -> Result<crate::access_guard::AccessMode> {
+    use crate::access_guard::AccessMode;
+    match &config.access {
+        crate::config::Access::Insecure => Ok(AccessMode::Insecure),
+        crate::config::Access::RootKeyFile(path) => {
+            let root =
+                txlog_client::ClientSecret::read_file(path).map_err(|e| Error::Config(format!("root key: {e}")))?;
+            Ok(AccessMode::Enforced { root })
+        }
+    }
+}
+
 /// The cluster's keyring, from the key file, in a sealed cluster.
 fn open_keys(config: &NodeConfig) -> Result<Option<Arc<txlog_raft::Keys>>> {
     let Some(sealing) = &config.sealing else {
@@ -255,6 +278,7 @@ struct Parts<'a> {
     /// Asks the key-rotation task for keys now; `None` when sealing is off.
     rotations: Option<crate::key_rotation::Rotations>,
     source_address: Option<std::net::IpAddr>,
+    guard: &'a Arc<crate::access_guard::Guard>,
     tracker: &'a TaskTracker,
     shutdown: &'a CancellationToken,
 }
@@ -369,6 +393,7 @@ impl Parts<'_> {
             metrics: self.metrics.clone(),
             payload_bytes_max: config.payload_bytes_max,
             shutdown: self.shutdown.clone(),
+            guard: self.guard.clone(),
         }
     }
 
@@ -388,6 +413,7 @@ impl Parts<'_> {
             keys: self.keys.cloned(),
             batcher: Some(batcher),
             access_lock: Arc::default(),
+            guard: self.guard.clone(),
         }
     }
 
@@ -406,6 +432,11 @@ impl Parts<'_> {
             raft.clone(),
             self.contact.clone(),
             health_reporter,
+            shutdown.clone(),
+        ));
+        self.tracker.spawn(crate::access_guard::follow(
+            self.guard.policy.clone(),
+            self.reader.clone(),
             shutdown.clone(),
         ));
         self.tracker.spawn(watch_raft(
@@ -469,6 +500,7 @@ impl Parts<'_> {
                 config.advertise.clone(),
                 config.region.clone(),
                 self.source_address,
+                self.guard.mode().clone(),
                 shutdown.clone(),
             ));
         }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use std::time::Instant;
 
 use common::txlog;
+use common::Cli;
 use common::SERIAL;
 use txlog_client::Role;
 
@@ -121,12 +122,15 @@ async fn dev_cluster_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("dev");
     let base = free_port_block();
-    let cluster = format!(
-        "127.0.0.1:{},http://127.0.0.1:{},127.0.0.1:{}",
-        base,
-        base + 1,
-        base + 2
-    );
+    let cluster = Cli {
+        cluster: format!(
+            "127.0.0.1:{},http://127.0.0.1:{},127.0.0.1:{}",
+            base,
+            base + 1,
+            base + 2
+        ),
+        ..Cli::dev(base, &data_dir)
+    };
 
     let (dev, banner) = start_dev(&data_dir, base);
     for region in ["paris", "frankfurt", "lyon"] {
@@ -310,7 +314,7 @@ async fn dev_cluster_through_the_cli() {
 
 /// Every node's KEK ids as `txlog status --json` reports them, once each
 /// answers; polls until `want` holds or `STATUS_ATTEMPTS_MAX` tries pass.
-fn wait_for_keks(cluster: &str, want: impl Fn(&[Vec<u64>]) -> bool) -> Vec<Vec<u64>> {
+fn wait_for_keks(cluster: &Cli, want: impl Fn(&[Vec<u64>]) -> bool) -> Vec<Vec<u64>> {
     let mut seen = Vec::new();
     for _ in 0..STATUS_ATTEMPTS_MAX {
         let (ok, out, _) = txlog(cluster, &["status", "--json"]);
@@ -344,7 +348,7 @@ async fn kek_rotation_through_the_cli() {
     let key_file = data_dir.join("cluster.key");
     let key_arg = key_file.to_str().unwrap();
     let base = free_port_block();
-    let cluster = format!("127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}", base, base + 1, base + 2);
+    let cluster = Cli::dev(base, &data_dir);
     let (dev, _) = start_dev(&data_dir, base);
     let append = |txid: &str| {
         let (ok, _, err) = txlog(
@@ -569,7 +573,7 @@ async fn access_policy_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("dev");
     let base = free_port_block();
-    let cluster = format!("127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}", base, base + 1, base + 2);
+    let cluster = Cli::dev(base, &data_dir);
     let (dev, _) = start_dev(&data_dir, base);
     let secret_file = dir.path().join("desk-1.key");
     let secret_arg = secret_file.to_str().unwrap();
@@ -631,7 +635,7 @@ async fn access_policy_through_the_cli() {
             std::thread::sleep(Duration::from_millis(100));
         }
     };
-    let nodes: Vec<&str> = cluster.split(',').collect();
+    let nodes: Vec<&str> = cluster.cluster.split(',').collect();
     let first = listing(nodes[0]);
     assert_eq!(first["keys"][0]["key_id"], "desk-1");
     assert_eq!(first["keys"][0]["roles"], serde_json::json!(["trader"]));

@@ -345,7 +345,7 @@ async fn kek_rotation_survives_a_leader_kill() {
     cluster.wait_for_leader(LEADER_WAIT).await;
     let key_file = cluster.key_file().expect("a sealed cluster").to_path_buf();
     let key_arg = key_file.to_str().unwrap().to_string();
-    let addresses = cluster.addresses();
+    let addresses = cluster.cli();
     let acks: Acks = Arc::default();
     let load = |cluster: &TestCluster, prefix: &str, seconds: u64| spawn_appenders(cluster, prefix, 2, seconds, &acks);
     for task in load(&cluster, "a", 3) {

@@ -23,16 +23,26 @@ use tonic::transport::Channel;
 use tonic::transport::Endpoint;
 use tonic::Code;
 use tonic::Status;
+use txlog_client::methods;
+use txlog_client::token_payload_digest;
 use txlog_client::Client;
+use txlog_client::ClientError;
+use txlog_client::ClientOptions;
+use txlog_client::ClientSecret;
+use txlog_client::Credentials;
 use txlog_client::MESSAGE_BYTES_MAX;
+use txlog_client::TOKEN_METADATA_KEY;
 use txlog_proto::log_service_client::LogServiceClient;
+use txlog_proto::AddClientKeyRequest;
 use txlog_proto::AppendCall;
 use txlog_proto::AppendReply;
 use txlog_proto::AppendRequest;
 use txlog_proto::AppendStreamRequest;
 use txlog_proto::JoinRequest;
 use txlog_proto::RaftMessage;
+use txlog_proto::ReadRequest;
 use txlog_proto::Record;
+use txlog_proto::RequestToken;
 use txlog_proto::RAFT_MESSAGE_VERSION;
 use txlog_testkit::LocalCluster;
 use txlog_testkit::NodeSpec;
@@ -63,6 +73,15 @@ impl Cluster {
 
     /// [`Cluster::start_sealed`], with more `txlog node` flags for every node.
     async fn start_with(ids: &[u64], sealed: bool, extra_args: &[&str]) -> Cluster {
+        Cluster::start_access(ids, sealed, false, extra_args).await
+    }
+
+    /// Sealed nodes with access control enforced; the client signs with the root key.
+    async fn start_secured(ids: &[u64]) -> Cluster {
+        Cluster::start_access(ids, true, true, &[]).await
+    }
+
+    async fn start_access(ids: &[u64], sealed: bool, secured: bool, extra_args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let specs = ids
             .iter()
@@ -79,10 +98,15 @@ impl Cluster {
         if !sealed {
             local = local.unsealed();
         }
+        // Most tests here send malformed and over-limit messages with the
+        // raw generated clients; access control has tests of its own.
+        if !secured {
+            local = local.insecure();
+        }
         for i in 0..ids.len() {
             local.start(i).expect("start node");
         }
-        let client = Client::connect(&local.addresses()).expect("client");
+        let client = local.client(ClientOptions::default()).expect("client");
         client.wait_for_leader(WAIT).await.expect("a leader within 30 s");
         let cluster = Cluster {
             local,
@@ -363,12 +387,14 @@ async fn append_stream_answers_each_call() {
         &leader,
         vec![
             AppendStreamRequest {
+                token: None,
                 calls: vec![
                     call(10, vec![record("s-1", "orders")]),
                     call(11, vec![record("s-2", "orders"), record("s-3", "BAD CHANNEL")]),
                 ],
             },
             AppendStreamRequest {
+                token: None,
                 calls: vec![
                     call(12, vec![record("s-1", "orders")]),
                     call(13, vec![record("s-4", "fills")]),
@@ -404,6 +430,7 @@ async fn append_stream_answers_each_call() {
     let on_follower = append_stream(
         &cluster.address(follower),
         vec![AppendStreamRequest {
+            token: None,
             calls: vec![call(1, vec![record("s-5", "orders")])],
         }],
         1,
@@ -415,6 +442,7 @@ async fn append_stream_answers_each_call() {
     assert_eq!(refused.leader, leader, "{}", cluster.logs());
 
     let too_many = AppendStreamRequest {
+        token: None,
         calls: (0..=txlog_proto::APPEND_STREAM_MESSAGE_CALLS_MAX as u64)
             .map(|id| call(id, vec![record(&format!("many-{id}"), "orders")]))
             .collect(),
@@ -466,6 +494,7 @@ async fn append_stream_answers_each_call() {
     let (requests, outgoing) = tokio::sync::mpsc::channel(1);
     requests
         .send(AppendStreamRequest {
+            token: None,
             calls: vec![call(1, vec![record("s-6", "orders")])],
         })
         .await
@@ -519,6 +548,7 @@ async fn append_stream_answers_each_call() {
         let batches_before = batches().await;
         let messages = (0..CALLS)
             .map(|id| AppendStreamRequest {
+                token: None,
                 calls: vec![call(id, vec![record(&format!("ordered-{round}-{id}"), "orders")])],
             })
             .collect();
@@ -1045,4 +1075,289 @@ async fn allowlists_refuse_by_address_and_service() {
         .await
         .expect("the cluster still commits");
     assert!(next.seq > first.seq);
+}
+
+fn now_ms() -> u64 {
+    txlog_client::wall_clock_ns() / 1_000_000
+}
+
+/// A client of `cluster` signing as `secret` claiming `roles`.
+fn client_as(cluster: &Cluster, secret: &ClientSecret, roles: &[&str]) -> Client {
+    let credentials =
+        Credentials::new(secret.clone(), roles.iter().map(|r| r.to_string()).collect()).expect("credentials");
+    Client::connect(&cluster.local.addresses())
+        .expect("client")
+        .with_credentials(credentials)
+}
+
+fn code_of<T: std::fmt::Debug>(result: Result<T, ClientError>) -> (Code, String) {
+    let err = result.expect_err("refused");
+    (err.code(), err.to_string())
+}
+
+/// A `Read` of `request` sent to `address` with `token` (or none) in its metadata.
+async fn raw_read(address: &str, request: ReadRequest, token: Option<&RequestToken>) -> Result<(), tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut call = tonic::Request::new(request);
+    if let Some(token) = token {
+        call.metadata_mut().insert_bin(
+            TOKEN_METADATA_KEY,
+            tonic::metadata::MetadataValue::from_bytes(&token.encode_to_vec()),
+        );
+    }
+    LogServiceClient::new(channel).read(call).await.map(|_| ())
+}
+
+async fn refusals(cluster: &Cluster, id: u64) -> (f64, f64) {
+    (
+        cluster.metric(id, "txlog_tokens_refused_total").await,
+        cluster.metric(id, "txlog_calls_denied_total").await,
+    )
+}
+
+/// Keys and roles added through the root key decide what each client may
+/// do; expired, future-dated, replayed, wrongly keyed and revoked tokens are
+/// refused UNAUTHENTICATED, role violations PERMISSION_DENIED; a
+/// subscription of a revoked key is closed ABORTED; and none of it writes a
+/// record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_roles_decide_every_call() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start_secured(&[11, 2000, 70_000]).await;
+    let root = cluster.client.clone();
+    root.append_one("orders", b"o-1", b"first")
+        .await
+        .expect("the root key appends");
+
+    // Unsigned calls are refused before anything happens.
+    let anonymous = Client::connect(&cluster.local.addresses()).expect("client");
+    let (code, message) = code_of(anonymous.append_one("orders", b"anon", b"x").await);
+    assert_eq!(code, Code::Unauthenticated, "{message}");
+    assert!(message.contains("needs a request token"), "{message}");
+    let (code, _) = code_of(anonymous.cluster_status().await.map(|_| ()));
+    assert_ne!(code, Code::Ok);
+
+    for (role, rule) in [
+        ("writer", "append,read:orders"),
+        ("reader", "read,subscribe:*"),
+        ("md-bot", "subscribe:order-book"),
+    ] {
+        root.set_role(role, vec![rule.to_string()]).await.expect("set role");
+    }
+    let desk = ClientSecret::generate("desk-1").unwrap();
+    let risk = ClientSecret::generate("risk-1").unwrap();
+    let bot = ClientSecret::generate("bot-1").unwrap();
+    for (key, role) in [(&desk, "writer"), (&risk, "reader"), (&bot, "md-bot")] {
+        root.add_client_key(AddClientKeyRequest {
+            key_id: key.key_id().to_string(),
+            secret: key.secret().to_vec().into(),
+            roles: vec![role.to_string()],
+        })
+        .await
+        .expect("add key");
+    }
+    let (code, message) = code_of(
+        root.add_client_key(AddClientKeyRequest {
+            key_id: "root".into(),
+            secret: vec![1; 32].into(),
+            roles: vec!["writer".into()],
+        })
+        .await,
+    );
+    assert_eq!(
+        code,
+        Code::InvalidArgument,
+        "the root key's id is not for the log: {message}"
+    );
+
+    // What each key may do.
+    let desk_client = client_as(&cluster, &desk, &["writer"]);
+    desk_client
+        .append_one("orders", b"o-2", b"buy")
+        .await
+        .expect("a writer appends to orders");
+    desk_client
+        .read(1, 10, Some("orders"), false)
+        .await
+        .expect("a writer reads orders");
+    let (code, message) = code_of(desk_client.append_one("fills", b"f-1", b"x").await);
+    assert_eq!(code, Code::PermissionDenied, "{message}");
+    assert!(message.contains("may not append on channel \"fills\""), "{message}");
+    let (code, _) = code_of(desk_client.read(1, 10, None, false).await);
+    assert_eq!(code, Code::PermissionDenied, "reading every channel needs a * rule");
+    let (code, _) = code_of(desk_client.cluster_status().await.map(|_| ()));
+    assert_eq!(code, Code::PermissionDenied, "status is an admin call");
+
+    let risk_client = client_as(&cluster, &risk, &[]);
+    risk_client
+        .read(1, 10, None, false)
+        .await
+        .expect("a reader reads everything, claiming every role it has");
+    let (code, message) = code_of(risk_client.append_one("orders", b"r-1", b"x").await);
+    assert_eq!(code, Code::PermissionDenied, "a reader appending: {message}");
+    let found = risk_client.lookup(b"o-2", false).await.expect("lookup");
+    assert!(found.is_some());
+    let refused_append = client_as(&cluster, &desk, &["writer"])
+        .lookup(b"r-1", false)
+        .await
+        .expect("lookup");
+    assert!(refused_append.is_none(), "a refused append wrote nothing");
+
+    let claims_other = client_as(&cluster, &desk, &["reader"]);
+    let (code, message) = code_of(claims_other.read(1, 10, None, false).await);
+    assert_eq!(
+        code,
+        Code::PermissionDenied,
+        "a role claimed but not granted: {message}"
+    );
+
+    // Tokens that fail a check, sent by hand.
+    let leader_id = root
+        .cluster_status()
+        .await
+        .expect("status")
+        .leader_id
+        .expect("a leader");
+    let leader = cluster.address(leader_id);
+    let request = ReadRequest {
+        from_seq: 1,
+        limit: 10,
+        channel: Some("orders".into()),
+        stale: false,
+    };
+    let digest = token_payload_digest(&request);
+    let issue = |key: &ClientSecret, at_ms: u64, ttl_s: u64| {
+        key.issue(
+            &["writer".into()],
+            Duration::from_secs(ttl_s),
+            at_ms,
+            methods::READ,
+            &digest,
+        )
+        .unwrap()
+    };
+    let refused = |result: Result<(), tonic::Status>, code: Code, says: &str| {
+        let status = result.expect_err(says);
+        assert_eq!(status.code(), code, "{says}: {status:?}");
+        assert!(status.message().contains(says), "{says}: {status:?}");
+        assert!(
+            !status.message().contains(&desk.to_line()[7..]),
+            "no secret in {status:?}"
+        );
+    };
+    let good = issue(&desk, now_ms(), 60);
+    raw_read(&leader, request.clone(), Some(&good))
+        .await
+        .expect("a good token");
+    refused(
+        raw_read(&leader, request.clone(), Some(&good)).await,
+        Code::Unauthenticated,
+        "already used",
+    );
+    refused(
+        raw_read(&leader, request.clone(), Some(&issue(&desk, now_ms() - 400_000, 60))).await,
+        Code::Unauthenticated,
+        "expired",
+    );
+    refused(
+        raw_read(&leader, request.clone(), Some(&issue(&desk, now_ms() + 300_000, 60))).await,
+        Code::Unauthenticated,
+        "in the future",
+    );
+    let forged = ClientSecret::new("desk-1", [7; 32]).unwrap();
+    refused(
+        raw_read(&leader, request.clone(), Some(&issue(&forged, now_ms(), 60))).await,
+        Code::Unauthenticated,
+        "MAC does not match",
+    );
+    let other_payload = ReadRequest {
+        channel: Some("fills".into()),
+        ..request.clone()
+    };
+    refused(
+        raw_read(&leader, other_payload, Some(&issue(&desk, now_ms(), 60))).await,
+        Code::Unauthenticated,
+        "MAC does not match",
+    );
+    refused(
+        raw_read(
+            &leader,
+            request.clone(),
+            Some(&issue(&ClientSecret::generate("nobody").unwrap(), now_ms(), 60)),
+        )
+        .await,
+        Code::Unauthenticated,
+        "unknown key",
+    );
+
+    // A subscription of a key that is then revoked is closed, retryably.
+    let bot_client = client_as(&cluster, &bot, &["md-bot"]);
+    let mut stream = bot_client.subscribe(1, Some("order-book")).await.expect("subscribe");
+    let (code, _) = code_of(bot_client.subscribe(1, Some("orders")).await.map(|_| ()));
+    assert_eq!(code, Code::PermissionDenied);
+    root.append_one("order-book", b"ob-1", b"bid").await.expect("append");
+    let first = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .expect("a record within 30 s")
+        .expect("stream open")
+        .expect("a record");
+    assert_eq!(first.channel, "order-book");
+    root.revoke_client_key("bot-1").await.expect("revoke");
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("closed within 30 s");
+    let status = ended.expect_err("closed with a status");
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert!(status.message().contains("revoked"), "{status:?}");
+    let (code, message) = code_of(bot_client.subscribe(1, Some("order-book")).await.map(|_| ()));
+    assert_eq!(code, Code::Unauthenticated, "a revoked key: {message}");
+
+    // A flood of bad tokens: every one refused and counted, nothing written.
+    let (refused_before, _) = refusals(&cluster, leader_id).await;
+    let last_before = root.read(1, 1, None, false).await.expect("read").last_seq;
+    let flood = 10_000;
+    let forged_flood = {
+        let flooder = client_as(&cluster, &forged, &["writer"]);
+        let mut tasks = Vec::new();
+        for worker in 0..8 {
+            let flooder = flooder.separate();
+            tasks.push(tokio::spawn(async move {
+                let mut refused = 0;
+                for i in (worker..flood).step_by(8) {
+                    let txid = format!("flood-{i}");
+                    if let Err(err) = flooder.append_one("orders", txid.as_bytes(), b"x").await {
+                        assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+                        refused += 1;
+                    }
+                }
+                refused
+            }));
+        }
+        let mut refused = 0;
+        for task in tasks {
+            refused += task.await.expect("flooder");
+        }
+        refused
+    };
+    assert_eq!(forged_flood, flood, "every forged append refused");
+    let (refused_after, _) = refusals(&cluster, leader_id).await;
+    assert!(
+        refused_after - refused_before >= flood as f64,
+        "counted: {refused_before} -> {refused_after}"
+    );
+    let last_after = root.read(1, 1, None, false).await.expect("read").last_seq;
+    assert_eq!(last_before, last_after, "refused calls wrote nothing");
+    let (_, denied) = refusals(&cluster, leader_id).await;
+    assert!(denied >= 1.0, "denials counted on the leader");
 }

@@ -126,16 +126,13 @@ impl Cluster {
             })
             .collect();
         let local = LocalCluster::with_exe(specs, exe);
-        let client = Client::new(
-            &local.addresses(),
-            ClientOptions {
-                rpc_timeout: Duration::from_secs(1),
-                attempts_max: 3,
-                backoff_initial: Duration::from_millis(20),
-                backoff_max: Duration::from_millis(100),
-                connect_timeout: Duration::from_millis(300),
-            },
-        )?;
+        let client = local.client(ClientOptions {
+            rpc_timeout: Duration::from_secs(1),
+            attempts_max: 3,
+            backoff_initial: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(100),
+            connect_timeout: Duration::from_millis(300),
+        })?;
         Ok(Cluster {
             local,
             placement,

@@ -325,7 +325,7 @@ fn spawn_workers(
     let next_value = Arc::new(AtomicU64::new(1));
     let mut workers = tokio::task::JoinSet::new();
     for w in 0..options.clients {
-        let client = worker_client(&cluster.local.addresses())?;
+        let client = worker_client(&cluster.local)?;
         workers.spawn(workload::worker(
             w,
             workload_options,
@@ -495,17 +495,15 @@ impl Nemesis {
     }
 }
 
-fn worker_client(addresses: &str) -> anyhow::Result<Client> {
-    Ok(Client::new(
-        addresses,
-        ClientOptions {
-            rpc_timeout: Duration::from_secs(1),
-            attempts_max: 6,
-            backoff_initial: Duration::from_millis(20),
-            backoff_max: Duration::from_millis(200),
-            connect_timeout: Duration::from_millis(300),
-        },
-    )?)
+/// A worker's own client (own connections), signing with the cluster's root key.
+fn worker_client(local: &txlog_testkit::LocalCluster) -> anyhow::Result<Client> {
+    local.client(ClientOptions {
+        rpc_timeout: Duration::from_secs(1),
+        attempts_max: 6,
+        backoff_initial: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        connect_timeout: Duration::from_millis(300),
+    })
 }
 
 async fn heal_with_retries(

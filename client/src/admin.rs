@@ -26,6 +26,7 @@ use txlog_proto::SnapshotResponse;
 use txlog_proto::StatusRequest;
 use txlog_proto::TransferLeaderRequest;
 
+use crate::methods;
 use crate::normalize_address;
 use crate::retry::Call;
 use crate::retry::Retry;
@@ -43,9 +44,10 @@ fn admin_service(channel: Channel) -> AdminServiceClient<Channel> {
 
 /// A membership call: any member takes it (members forward it to the
 /// leader); retried only while nodes answer `UNAVAILABLE`.
-fn membership_call(name: &'static str, shape: Shape) -> Call<'static> {
+fn membership_call(name: &'static str, method: &'static str, shape: Shape) -> Call<'static> {
     Call {
         name,
+        method: Some(method),
         target: Target::Leader,
         retry: Retry::Unavailable,
         shape,
@@ -54,9 +56,10 @@ fn membership_call(name: &'static str, shape: Shape) -> Call<'static> {
 }
 
 /// A call to the one node at `address`, tried once.
-fn node_call<'a>(name: &'static str, address: &'a str, deadline: Duration) -> Call<'a> {
+fn node_call<'a>(name: &'static str, method: &'static str, address: &'a str, deadline: Duration) -> Call<'a> {
     Call {
         name,
+        method: Some(method),
         target: Target::Node(address),
         retry: Retry::Never,
         shape: Shape::Unary,
@@ -68,7 +71,7 @@ impl Client {
     /// One node's own status, no retries.
     pub async fn node_status(&self, address: &str) -> Result<NodeStatus, ClientError> {
         let address = normalize_address(address)?;
-        let call = node_call("status", &address, STATUS_RPC_TIMEOUT);
+        let call = node_call("status", methods::STATUS, &address, STATUS_RPC_TIMEOUT);
         self.call(call, StatusRequest {}, |route, request| async move {
             admin_service(route.channel)
                 .status(request)
@@ -83,7 +86,7 @@ impl Client {
     /// when 0).
     pub async fn join(&self, request: JoinRequest) -> Result<tonic::Streaming<JoinProgress>, ClientError> {
         self.call(
-            membership_call("join", Shape::Stream),
+            membership_call("join", methods::JOIN, Shape::Stream),
             request,
             |route, request| async move { admin_service(route.channel).join(request).await.map(|r| r.into_inner()) },
         )
@@ -93,7 +96,7 @@ impl Client {
     /// Take node `node_id` out of the cluster.
     pub async fn remove_node(&self, node_id: u64) -> Result<MembershipResponse, ClientError> {
         self.call(
-            membership_call("remove", Shape::Unary),
+            membership_call("remove", methods::REMOVE, Shape::Unary),
             RemoveRequest { node_id },
             |route, request| async move {
                 admin_service(route.channel)
@@ -108,7 +111,7 @@ impl Client {
     /// Make voter `node_id` the leader.
     pub async fn transfer_leader(&self, node_id: u64) -> Result<MembershipResponse, ClientError> {
         self.call(
-            membership_call("transfer_leader", Shape::Unary),
+            membership_call("transfer_leader", methods::TRANSFER_LEADER, Shape::Unary),
             TransferLeaderRequest { node_id },
             |route, request| async move {
                 admin_service(route.channel)
@@ -123,7 +126,7 @@ impl Client {
     /// Build a snapshot on the node at `address` now.
     pub async fn snapshot_node(&self, address: &str) -> Result<SnapshotResponse, ClientError> {
         let address = normalize_address(address)?;
-        let call = node_call("snapshot", &address, SNAPSHOT_RPC_TIMEOUT);
+        let call = node_call("snapshot", methods::SNAPSHOT, &address, SNAPSHOT_RPC_TIMEOUT);
         self.call(call, SnapshotRequest {}, |route, request| async move {
             admin_service(route.channel)
                 .snapshot(request)
@@ -136,7 +139,7 @@ impl Client {
     /// Purge the WAL of the node at `address` behind its latest snapshot.
     pub async fn compact_node(&self, address: &str) -> Result<CompactResponse, ClientError> {
         let address = normalize_address(address)?;
-        let call = node_call("compact", &address, ADMIN_RPC_TIMEOUT);
+        let call = node_call("compact", methods::COMPACT, &address, ADMIN_RPC_TIMEOUT);
         self.call(call, CompactRequest {}, |route, request| async move {
             admin_service(route.channel)
                 .compact(request)
@@ -150,7 +153,7 @@ impl Client {
     /// KEK `kek_id` (the key file's newest), on the leader.
     pub async fn rotate_kek(&self, kek_id: u32) -> Result<RotateKeysResponse, ClientError> {
         self.call(
-            membership_call("rotate_kek", Shape::Unary),
+            membership_call("rotate_kek", methods::ROTATE_KEK, Shape::Unary),
             RotateKekRequest { kek_id },
             |route, request| async move {
                 admin_service(route.channel)
@@ -166,7 +169,7 @@ impl Client {
     /// key, or both when neither is asked for), on the leader.
     pub async fn rotate_keys(&self, data: bool, signing: bool) -> Result<RotateKeysResponse, ClientError> {
         self.call(
-            membership_call("rotate_keys", Shape::Unary),
+            membership_call("rotate_keys", methods::ROTATE_KEYS, Shape::Unary),
             RotateKeysRequest { data, signing },
             |route, request| async move {
                 admin_service(route.channel)
@@ -182,7 +185,7 @@ impl Client {
     /// cluster's access policy, on the leader.
     pub async fn add_client_key(&self, request: AddClientKeyRequest) -> Result<AccessChange, ClientError> {
         self.call(
-            membership_call("add_client_key", Shape::Unary),
+            membership_call("add_client_key", methods::ADD_CLIENT_KEY, Shape::Unary),
             request,
             |route, request| async move {
                 admin_service(route.channel)
@@ -197,7 +200,7 @@ impl Client {
     /// Revoke a client key, on the leader.
     pub async fn revoke_client_key(&self, key_id: &str) -> Result<AccessChange, ClientError> {
         self.call(
-            membership_call("revoke_client_key", Shape::Unary),
+            membership_call("revoke_client_key", methods::REVOKE_CLIENT_KEY, Shape::Unary),
             RevokeClientKeyRequest {
                 key_id: key_id.to_string(),
             },
@@ -214,7 +217,7 @@ impl Client {
     /// Define or replace a role (`OPERATIONS:CHANNELS` rules), on the leader.
     pub async fn set_role(&self, name: &str, rules: Vec<String>) -> Result<AccessChange, ClientError> {
         self.call(
-            membership_call("set_role", Shape::Unary),
+            membership_call("set_role", methods::SET_ROLE, Shape::Unary),
             SetRoleRequest {
                 name: name.to_string(),
                 rules,
@@ -233,7 +236,7 @@ impl Client {
     /// has applied.
     pub async fn list_access(&self, address: &str) -> Result<AccessList, ClientError> {
         let address = normalize_address(address)?;
-        let call = node_call("list_access", &address, STATUS_RPC_TIMEOUT);
+        let call = node_call("list_access", methods::LIST_ACCESS, &address, STATUS_RPC_TIMEOUT);
         self.call(call, ListAccessRequest {}, |route, request| async move {
             admin_service(route.channel)
                 .list_access(request)

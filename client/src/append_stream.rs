@@ -12,6 +12,7 @@
 //! safe), and the next call opens a new stream.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -28,6 +29,7 @@ use txlog_proto::AppendStreamRequest;
 use txlog_proto::Record;
 use txlog_proto::APPEND_STREAM_MESSAGE_CALLS_MAX;
 
+use crate::Credentials;
 use crate::LEADER_METADATA_KEY;
 use crate::MESSAGE_BYTES_MAX;
 
@@ -56,9 +58,14 @@ pub(crate) struct AppendSession {
 impl AppendSession {
     /// Start the task for the node behind `channel`; it opens the stream on
     /// the first call and ends when every handle is dropped.
-    pub fn start(address: String, channel: Channel, open_timeout: Duration) -> AppendSession {
+    pub fn start(
+        address: String,
+        channel: Channel,
+        open_timeout: Duration,
+        credentials: Option<Arc<Credentials>>,
+    ) -> AppendSession {
         let (tx, rx) = mpsc::channel(QUEUE_CALLS_MAX);
-        tokio::spawn(run(address, channel, open_timeout, rx));
+        tokio::spawn(run(address, channel, open_timeout, credentials, rx));
         AppendSession { tx }
     }
 
@@ -123,7 +130,14 @@ fn transport_status(address: &str, status: Status) -> Status {
     }
 }
 
-async fn run(address: String, channel: Channel, open_timeout: Duration, mut rx: mpsc::Receiver<Queued>) {
+async fn run(
+    address: String,
+    channel: Channel,
+    open_timeout: Duration,
+    credentials: Option<Arc<Credentials>>,
+    mut rx: mpsc::Receiver<Queued>,
+) {
+    let credentials = credentials.as_deref();
     // A call taken from the queue and not sent yet: it did not fit in the
     // last message, or it was just received.
     let mut held: Option<Queued> = None;
@@ -143,7 +157,7 @@ async fn run(address: String, channel: Channel, open_timeout: Duration, mut rx: 
         // The first message is queued before the stream opens: tonic sends
         // the request headers and the first body frame together.
         let message;
-        (message, held) = take_message(first, &mut rx, &mut inflight);
+        (message, held) = take_message(first, &mut rx, &mut inflight, credentials);
         if message.calls.is_empty() {
             // Every queued caller gave up already.
             continue;
@@ -172,7 +186,7 @@ async fn run(address: String, channel: Channel, open_timeout: Duration, mut rx: 
             if out_tx.capacity() > 0 {
                 if let Some(first) = held.take() {
                     let message;
-                    (message, held) = take_message(first, &mut rx, &mut inflight);
+                    (message, held) = take_message(first, &mut rx, &mut inflight, credentials);
                     if !message.calls.is_empty() {
                         let _ = out_tx.try_send(message);
                     }
@@ -216,6 +230,7 @@ fn take_message(
     first: Queued,
     rx: &mut mpsc::Receiver<Queued>,
     inflight: &mut InFlight,
+    credentials: Option<&Credentials>,
 ) -> (AppendStreamRequest, Option<Queued>) {
     let mut calls = Vec::new();
     let mut bytes = 0;
@@ -229,7 +244,7 @@ fn take_message(
             continue;
         }
         if !calls.is_empty() && bytes + q.bytes > MESSAGE_RECORD_BYTES_MAX {
-            return (AppendStreamRequest { calls }, Some(q));
+            return (signed(calls, credentials), Some(q));
         }
         bytes += q.bytes;
         let id = inflight.next_id;
@@ -240,5 +255,19 @@ fn take_message(
             next = rx.try_recv().ok();
         }
     }
-    (AppendStreamRequest { calls }, None)
+    (signed(calls, credentials), None)
+}
+
+/// A message of `calls`, with a token bound to it when there are
+/// credentials. A token that cannot be issued (no randomness) leaves the
+/// message unsigned, and the node's refusal says so for each call.
+fn signed(calls: Vec<AppendCall>, credentials: Option<&Credentials>) -> AppendStreamRequest {
+    let mut message = AppendStreamRequest { calls, token: None };
+    if let Some(credentials) = credentials {
+        match credentials.token(crate::methods::APPEND_STREAM, &message) {
+            Ok(token) => message.token = Some(token),
+            Err(err) => tracing::warn!(%err, "append stream message sent without a token"),
+        }
+    }
+    message
 }

@@ -11,6 +11,7 @@ use crate::address::parse_cluster;
 use crate::append_stream::AppendSession;
 use crate::ClientError;
 use crate::ClientOptions;
+use crate::Credentials;
 
 /// HTTP/2 ping interval on every node connection, and how long a ping may
 /// go unanswered before the connection counts as dead.
@@ -26,6 +27,8 @@ pub struct Client {
     appends: Arc<Mutex<Vec<(String, AppendSession)>>>,
     state: Arc<Mutex<State>>,
     pub(crate) options: ClientOptions,
+    /// What every request is signed with; none against an `--insecure` cluster.
+    pub(crate) credentials: Option<Arc<Credentials>>,
 }
 
 struct State {
@@ -66,7 +69,36 @@ impl Client {
                 hinted: None,
             })),
             options,
+            credentials: None,
         })
+    }
+
+    /// Sign every request with `credentials` (a fresh token per attempt).
+    pub fn with_credentials(mut self, credentials: Credentials) -> Client {
+        self.credentials = Some(Arc::new(credentials));
+        self
+    }
+
+    /// A client of the same nodes with the same options and credentials,
+    /// but with connections, append streams and a leader view of its own
+    /// (a bench or a test that wants one connection per simulated client).
+    pub fn separate(&self) -> Client {
+        Client {
+            endpoints: self.endpoints.clone(),
+            channels: Arc::new(Mutex::new(Vec::new())),
+            appends: Arc::new(Mutex::new(Vec::new())),
+            state: Arc::new(Mutex::new(State {
+                preferred: 0,
+                hinted: None,
+            })),
+            options: self.options,
+            credentials: self.credentials.clone(),
+        }
+    }
+
+    /// What requests are signed with, if anything.
+    pub fn credentials(&self) -> Option<&Credentials> {
+        self.credentials.as_deref()
     }
 
     /// A client with [`ClientOptions::default`].
@@ -96,7 +128,12 @@ impl Client {
         if let Some((_, session)) = appends.iter().find(|(a, _)| *a == route.address) {
             return session.clone();
         }
-        let session = AppendSession::start(route.address.clone(), route.channel.clone(), self.options.rpc_timeout);
+        let session = AppendSession::start(
+            route.address.clone(),
+            route.channel.clone(),
+            self.options.rpc_timeout,
+            self.credentials.clone(),
+        );
         appends.push((route.address.clone(), session.clone()));
         session
     }

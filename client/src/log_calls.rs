@@ -15,6 +15,7 @@ use txlog_proto::ReadResponse;
 use txlog_proto::Record;
 use txlog_proto::SubscribeRequest;
 
+use crate::methods;
 use crate::normalize_address;
 use crate::retry::Call;
 use crate::retry::Retry;
@@ -45,9 +46,10 @@ fn check_message_bytes(bytes: usize) -> Result<(), ClientError> {
 
 impl Client {
     /// A leader-bound, idempotent unary log call.
-    fn log_call(&self, name: &'static str) -> Call<'static> {
+    fn log_call(&self, name: &'static str, method: &'static str) -> Call<'static> {
         Call {
             name,
+            method: Some(method),
             target: Target::Leader,
             retry: Retry::Transient,
             shape: Shape::Unary,
@@ -62,15 +64,21 @@ impl Client {
         // Measured as the call alone in a stream message, its largest form.
         let alone = AppendStreamRequest {
             calls: vec![AppendCall { id: u64::MAX, records }],
+            token: None,
         };
         let bytes = prost::Message::encoded_len(&alone);
         check_message_bytes(bytes)?;
         let records = alone.calls.into_iter().next().map(|c| c.records).unwrap_or_default();
         let deadline = self.options.rpc_timeout;
-        self.call(self.log_call("append"), records, |route, request| {
+        // The stream signs each message it sends, not this call.
+        let call = Call {
+            method: None,
+            ..self.log_call("append", methods::APPEND_STREAM)
+        };
+        self.call(call, AppendRequest { records }, |route, request| {
             let session = self.append_session(&route);
             async move {
-                match tokio::time::timeout(deadline, session.append(request.into_inner(), bytes)).await {
+                match tokio::time::timeout(deadline, session.append(request.into_inner().records, bytes)).await {
                     Ok(reply) => reply,
                     Err(_) => Err(Status::deadline_exceeded(format!(
                         "append not answered within {deadline:?}"
@@ -85,12 +93,16 @@ impl Client {
     pub async fn append_unary(&self, records: Vec<Record>) -> Result<Vec<AppendResult>, ClientError> {
         let request = AppendRequest { records };
         check_message_bytes(prost::Message::encoded_len(&request))?;
-        self.call(self.log_call("append"), request, |route, request| async move {
-            log_service(route.channel)
-                .append(request)
-                .await
-                .map(|r| r.into_inner().results)
-        })
+        self.call(
+            self.log_call("append", methods::APPEND),
+            request,
+            |route, request| async move {
+                log_service(route.channel)
+                    .append(request)
+                    .await
+                    .map(|r| r.into_inner().results)
+            },
+        )
         .await
     }
 
@@ -122,9 +134,11 @@ impl Client {
             channel: channel.map(str::to_string),
             stale,
         };
-        self.call(self.log_call("read"), request, |route, request| async move {
-            log_service(route.channel).read(request).await.map(|r| r.into_inner())
-        })
+        self.call(
+            self.log_call("read", methods::READ),
+            request,
+            |route, request| async move { log_service(route.channel).read(request).await.map(|r| r.into_inner()) },
+        )
         .await
     }
 
@@ -140,7 +154,7 @@ impl Client {
         let call = Call {
             target: Target::Node(&address),
             retry: Retry::Never,
-            ..self.log_call("read_at")
+            ..self.log_call("read_at", methods::READ)
         };
         let request = ReadRequest {
             from_seq,
@@ -161,12 +175,16 @@ impl Client {
             stale,
         };
         let result = self
-            .call(self.log_call("lookup"), request, |route, request| async move {
-                log_service(route.channel)
-                    .lookup(request)
-                    .await
-                    .map(|r| r.into_inner().record)
-            })
+            .call(
+                self.log_call("lookup", methods::LOOKUP),
+                request,
+                |route, request| async move {
+                    log_service(route.channel)
+                        .lookup(request)
+                        .await
+                        .map(|r| r.into_inner().record)
+                },
+            )
             .await;
         match result {
             Err(ClientError::Status(s)) if s.code() == Code::NotFound => Ok(None),
@@ -182,7 +200,7 @@ impl Client {
     ) -> Result<tonic::Streaming<CommittedRecord>, ClientError> {
         let call = Call {
             shape: Shape::Stream,
-            ..self.log_call("subscribe")
+            ..self.log_call("subscribe", methods::SUBSCRIBE)
         };
         let request = SubscribeRequest {
             from_seq,

@@ -69,6 +69,10 @@ pub(crate) enum Shape {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Call<'a> {
     pub name: &'static str,
+    /// The gRPC method a token is issued for, when the client has
+    /// credentials; `None` when the call signs its own messages (the
+    /// append stream).
+    pub method: Option<&'static str>,
     pub target: Target<'a>,
     pub retry: Retry,
     pub shape: Shape,
@@ -107,7 +111,7 @@ impl Client {
     /// attempts.
     pub(crate) async fn call<M, T, F, Fut>(&self, call: Call<'_>, message: M, mut rpc: F) -> Result<T, ClientError>
     where
-        M: Clone,
+        M: Clone + prost::Message,
         F: FnMut(Route, tonic::Request<M>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
@@ -128,7 +132,11 @@ impl Client {
                 },
             };
             let (address, slot) = (route.address.clone(), route.slot);
-            let status = match attempt_once(&call, route, message.clone(), &mut rpc).await {
+            let mut request = tonic::Request::new(message.clone());
+            if let (Some(credentials), Some(method)) = (&self.credentials, call.method) {
+                credentials.sign(&mut request, method).map_err(ClientError::Status)?;
+            }
+            let status = match attempt_once(&call, route, request, &mut rpc).await {
                 Ok(value) => return Ok(value),
                 Err(status) if !call.retry.retries(status.code()) => return Err(ClientError::Status(status)),
                 Err(status) => status,
@@ -161,13 +169,18 @@ impl Client {
     }
 }
 
-/// One attempt of `call` at `route`, under its deadline.
-async fn attempt_once<M, T, F, Fut>(call: &Call<'_>, route: Route, message: M, rpc: &mut F) -> Result<T, Status>
+/// One attempt of `call` at `route` with `request` (a fresh token each
+/// attempt), under its deadline.
+async fn attempt_once<M, T, F, Fut>(
+    call: &Call<'_>,
+    route: Route,
+    mut request: tonic::Request<M>,
+    rpc: &mut F,
+) -> Result<T, Status>
 where
     F: FnMut(Route, tonic::Request<M>) -> Fut,
     Fut: Future<Output = Result<T, Status>>,
 {
-    let mut request = tonic::Request::new(message);
     match call.shape {
         Shape::Unary => {
             request.set_timeout(call.deadline);

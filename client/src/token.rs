@@ -40,6 +40,9 @@ pub const TOKEN_NAME_BYTES_MAX: usize = 64;
 /// Most roles one token may claim.
 pub const TOKEN_ROLES_MAX: usize = 16;
 
+/// Largest client secret file read (one line).
+const SECRET_FILE_BYTES_MAX: u64 = 4096;
+
 /// What the MAC is computed over starts with this, so that a txlog token
 /// MAC can never be taken for a MAC of anything else under the same secret.
 const MAC_DOMAIN: &[u8] = b"txlog request token v1\0";
@@ -105,6 +108,29 @@ impl ClientSecret {
             *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| TokenError::BadSecret)?;
         }
         ClientSecret::new(key_id, secret)
+    }
+
+    /// Read a secret file (one `KEY_ID:SECRET` line, as `txlog token
+    /// secret` writes it), refusing one that group or others may read.
+    pub fn read_file(path: &std::path::Path) -> Result<ClientSecret, String> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let shown = path.display();
+        let metadata = std::fs::metadata(path).map_err(|e| format!("client secret file {shown}: {e}"))?;
+        if metadata.len() > SECRET_FILE_BYTES_MAX {
+            return Err(format!(
+                "client secret file {shown}: {} bytes; a secret file is one line",
+                metadata.len()
+            ));
+        }
+        let mode = metadata.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "client secret file {shown} has mode {:o}: group or others may read it; `chmod 600` it (and consider the secret exposed)",
+                mode & 0o777
+            ));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| format!("client secret file {shown}: {e}"))?;
+        ClientSecret::parse(&text).map_err(|e| format!("client secret file {shown}: {e}"))
     }
 
     pub fn to_line(&self) -> String {

@@ -21,6 +21,12 @@
 //! ([`LocalCluster::in_caller_process_group`]) so an interrupted test run
 //! takes its nodes with it.
 //!
+//! **Access.** Nodes run sealed and with access control on, like
+//! production: the testkit makes the cluster key file and the root client
+//! key beside the data directories before the first start, and
+//! [`LocalCluster::client`] signs with the root key. `unsealed()` and
+//! `insecure()` turn either off, only to measure what they cost.
+//!
 //! **Data flow.** Specs in, processes out: `with_exe(specs)` fixes the
 //! founding members (`--peers`), `start(i)` runs node `i`, `stop`/`kill`/
 //! `pause`/`resume` act on it, `add` brings in a node that joins through
@@ -38,6 +44,9 @@ pub use local_cluster::LocalCluster;
 pub use local_cluster::LocalNode;
 pub use local_cluster::NodeSpec;
 pub use local_cluster::Stopped;
+pub use local_cluster::KEY_FILE;
+pub use local_cluster::ROOT_KEY_FILE;
+pub use local_cluster::ROOT_KEY_ID;
 pub use ports::free_port;
 pub use ports::free_port_on;
 

@@ -14,6 +14,9 @@ use std::time::Duration;
 use std::time::Instant;
 
 use anyhow::Context;
+use txlog_client::Client;
+use txlog_client::ClientOptions;
+use txlog_client::Credentials;
 
 use crate::free_port;
 
@@ -78,10 +81,17 @@ pub struct LocalCluster {
     /// The cluster key file every node gets (`--key-file`), made with
     /// `txlog keys init` before the first start; `None` runs unsealed.
     key_file: Option<PathBuf>,
+    /// The root client key every node gets (`--root-key-file`), made with
+    /// `txlog token secret` before the first start; `None` runs `--insecure`.
+    root_key_file: Option<PathBuf>,
 }
 
 /// The key file's name, beside the nodes' data directories.
 pub const KEY_FILE: &str = "cluster.key";
+/// The root client key's secret file, beside the key file.
+pub const ROOT_KEY_FILE: &str = "root.secret";
+/// The root key's id in local clusters.
+pub const ROOT_KEY_ID: &str = "root";
 
 /// How one start of a node differs from the plain command (chaos runs use
 /// this for clock skew and network namespaces, tests for the log level).
@@ -137,15 +147,16 @@ impl LocalCluster {
             .collect::<Vec<_>>()
             .join(",");
         // Beside the first node's data dir: the nodes of one cluster share it.
-        let key_file = specs
+        let dir = specs
             .first()
-            .map(|n| n.data_dir.parent().unwrap_or(Path::new(".")).join(KEY_FILE));
+            .map(|n| n.data_dir.parent().unwrap_or(Path::new(".")).to_path_buf());
         let mut cluster = LocalCluster {
             nodes: Vec::new(),
             peers,
             exe,
             own_process_group: true,
-            key_file,
+            key_file: dir.as_ref().map(|d| d.join(KEY_FILE)),
+            root_key_file: dir.as_ref().map(|d| d.join(ROOT_KEY_FILE)),
         };
         for spec in specs {
             cluster.add(spec);
@@ -165,6 +176,38 @@ impl LocalCluster {
     pub fn unsealed(mut self) -> Self {
         self.key_file = None;
         self
+    }
+
+    /// Run the nodes `--insecure` (no tokens asked, every call allowed):
+    /// only to measure what access control costs.
+    pub fn insecure(mut self) -> Self {
+        self.root_key_file = None;
+        self
+    }
+
+    /// The root key's secret file the nodes get, unless insecure.
+    pub fn root_key_file(&self) -> Option<&Path> {
+        self.root_key_file.as_deref()
+    }
+
+    /// What a client of this cluster signs its calls with: the root key,
+    /// unless the nodes run insecure. The file is made on first use.
+    pub fn credentials(&self) -> anyhow::Result<Option<Credentials>> {
+        let Some(path) = &self.root_key_file else {
+            return Ok(None);
+        };
+        self.ensure_root_key_file()?;
+        let credentials = Credentials::from_file(path, Vec::new()).map_err(anyhow::Error::msg)?;
+        Ok(Some(credentials))
+    }
+
+    /// A client of every node, signing with [`Self::credentials`].
+    pub fn client(&self, options: ClientOptions) -> anyhow::Result<Client> {
+        let client = Client::new(&self.addresses(), options)?;
+        Ok(match self.credentials()? {
+            Some(credentials) => client.with_credentials(credentials),
+            None => client,
+        })
     }
 
     /// The key file the nodes get, if sealed.
@@ -189,6 +232,32 @@ impl LocalCluster {
         anyhow::ensure!(
             output.status.success(),
             "txlog keys init --out {} failed: {}",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        Ok(())
+    }
+
+    /// Create the root key's secret file with `txlog token secret` unless it exists.
+    fn ensure_root_key_file(&self) -> anyhow::Result<()> {
+        let Some(path) = &self.root_key_file else {
+            return Ok(());
+        };
+        if path.exists() {
+            return Ok(());
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        }
+        let output = Command::new(&self.exe)
+            .args(["token", "secret", "--key-id", ROOT_KEY_ID, "--out"])
+            .arg(path)
+            .stdin(Stdio::null())
+            .output()
+            .context("run txlog token secret")?;
+        anyhow::ensure!(
+            output.status.success(),
+            "txlog token secret --out {} failed: {}",
             path.display(),
             String::from_utf8_lossy(&output.stderr).trim()
         );
@@ -255,6 +324,10 @@ impl LocalCluster {
             Some(path) => command.arg("--key-file").arg(path),
             None => command.args(["--seal", "false"]),
         };
+        match &self.root_key_file {
+            Some(path) => command.arg("--root-key-file").arg(path),
+            None => command.arg("--insecure"),
+        };
         command
             .args(&spec.extra_args)
             .envs(launch.env.iter().map(|(k, v)| (k, v)))
@@ -274,6 +347,7 @@ impl LocalCluster {
         anyhow::ensure!(self.nodes[i].child.is_none(), "node {} is already running", spec.id);
         std::fs::create_dir_all(&spec.data_dir).with_context(|| format!("create {}", spec.data_dir.display()))?;
         self.ensure_key_file()?;
+        self.ensure_root_key_file()?;
         let spec = &self.nodes[i].spec;
         let log_path = spec.log_path();
         let log = OpenOptions::new()

@@ -210,15 +210,26 @@ impl TestCluster {
         self.local.addresses()
     }
 
+    /// A client signing with the root key.
     pub fn client(&self) -> Client {
-        Client::new(
-            &self.addresses(),
-            ClientOptions {
+        self.local
+            .client(ClientOptions {
                 attempts_max: 100,
                 ..ClientOptions::default()
-            },
-        )
-        .expect("client")
+            })
+            .expect("client")
+    }
+
+    /// Where the `txlog` CLI reaches this cluster, signing with the root key.
+    pub fn cli(&self) -> Cli {
+        Cli {
+            cluster: self.addresses(),
+            secret_file: self.local.root_key_file().map(|p| p.to_path_buf()),
+        }
+    }
+
+    pub fn root_key_file(&self) -> Option<&std::path::Path> {
+        self.local.root_key_file()
     }
 
     /// Wait for a leader; returns its id.
@@ -274,15 +285,71 @@ impl Drop for TestCluster {
 
 /// The `txlog` binary run with `args` against the cluster at `cluster`
 /// (comma-separated addresses): success, stdout, stderr.
-pub fn txlog(cluster: &str, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_txlog"))
+pub fn txlog(target: &(impl CliTarget + ?Sized), args: &[&str]) -> (bool, String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_txlog"));
+    command
         .args(args)
-        .env("TXLOG_CLUSTER", cluster)
-        .output()
-        .expect("run txlog");
+        .env("TXLOG_CLUSTER", target.cluster())
+        .env_remove("TXLOG_SECRET_FILE")
+        .env_remove("TXLOG_ROLES");
+    if let Some(secret) = target.secret_file() {
+        command.env("TXLOG_SECRET_FILE", secret);
+    }
+    let out = command.output().expect("run txlog");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A cluster the `txlog` CLI talks to, and the secret file it signs with.
+#[derive(Clone)]
+pub struct Cli {
+    pub cluster: String,
+    pub secret_file: Option<PathBuf>,
+}
+
+impl Cli {
+    /// `txlog dev` on `base`..`base + 2`, with the root key it made in `data_dir`.
+    pub fn dev(base: u16, data_dir: &std::path::Path) -> Cli {
+        Cli {
+            cluster: format!("127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}", base, base + 1, base + 2),
+            secret_file: Some(data_dir.join(txlog_testkit::ROOT_KEY_FILE)),
+        }
+    }
+}
+
+/// What [`txlog`] runs against: a cluster, and a secret file or none.
+pub trait CliTarget {
+    fn cluster(&self) -> &str;
+    fn secret_file(&self) -> Option<&std::path::Path>;
+}
+
+/// Addresses alone: unsigned calls (commands that need no cluster, or an insecure one).
+impl CliTarget for str {
+    fn cluster(&self) -> &str {
+        self
+    }
+    fn secret_file(&self) -> Option<&std::path::Path> {
+        None
+    }
+}
+
+impl CliTarget for String {
+    fn cluster(&self) -> &str {
+        self
+    }
+    fn secret_file(&self) -> Option<&std::path::Path> {
+        None
+    }
+}
+
+impl CliTarget for Cli {
+    fn cluster(&self) -> &str {
+        &self.cluster
+    }
+    fn secret_file(&self) -> Option<&std::path::Path> {
+        self.secret_file.as_deref()
+    }
 }

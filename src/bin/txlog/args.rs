@@ -33,6 +33,15 @@ pub struct ClusterArgs {
     /// Comma-separated node addresses (HOST:PORT, `http://` optional).
     #[arg(long, env = "TXLOG_CLUSTER", default_value = txlog_client::DEV_CLUSTER)]
     pub cluster: String,
+    /// Client secret file (`KEY_ID:SECRET`, mode 0600; from `txlog token secret`) to sign each
+    /// request with [default: the dev cluster's root key, txlog-dev-data/root.secret, if it
+    /// exists; else requests go unsigned, which only an --insecure cluster accepts].
+    #[arg(long, env = "TXLOG_SECRET_FILE")]
+    pub secret_file: Option<PathBuf>,
+    /// A role the requests claim (repeat, or comma-separate, for several) [default: every role
+    /// the cluster grants the key].
+    #[arg(long = "role", env = "TXLOG_ROLES", value_delimiter = ',')]
+    pub roles: Vec<String>,
     /// Print JSON instead of human-readable text.
     #[arg(long)]
     pub json: bool,

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use txlog_client::Client;
+use txlog_client::ClientOptions;
 use txlog_client::ClusterStatus;
 use txlog_testkit::LocalCluster;
 use txlog_testkit::NodeSpec;
@@ -28,7 +28,7 @@ pub async fn run(options: DevArgs, shutdown: CancellationToken) -> anyhow::Resul
     for i in 0..nodes.nodes.len() {
         nodes.start(i)?;
     }
-    let client = Client::connect(&nodes.addresses())?;
+    let client = nodes.client(ClientOptions::default())?;
     let started = Instant::now();
     let status = tokio::select! {
         _ = shutdown.cancelled() => None,
@@ -103,6 +103,12 @@ fn print_banner(nodes: &LocalCluster, status: &ClusterStatus, took: Duration, op
         println!(
             "  entries sealed (LZ4, AES-256-GCM, ed25519) under the cluster key file {}",
             key_file.display()
+        );
+    }
+    if let Some(root) = nodes.root_key_file() {
+        println!(
+            "  calls need request tokens; the CLI here signs them with the root key {}",
+            root.display()
         );
     }
     println!();

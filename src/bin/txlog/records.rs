@@ -4,6 +4,7 @@
 use anyhow::Context;
 use txlog_client::Client;
 use txlog_client::ClientError;
+use txlog_client::Credentials;
 use txlog_proto::CommittedRecord;
 
 use crate::args::AppendArgs;
@@ -12,8 +13,24 @@ use crate::args::LookupArgs;
 use crate::args::ReadArgs;
 use crate::args::TailArgs;
 
+/// A client of `args.cluster`, signing with `args.secret_file` (or the
+/// dev cluster's root key when it exists and no file is named).
 pub fn client(args: &ClusterArgs) -> anyhow::Result<Client> {
-    Ok(Client::connect(&args.cluster)?)
+    let client = Client::connect(&args.cluster)?;
+    let secret_file = args.secret_file.clone().or_else(dev_root_key_file);
+    Ok(match secret_file {
+        Some(path) => {
+            client.with_credentials(Credentials::from_file(&path, args.roles.clone()).map_err(anyhow::Error::msg)?)
+        }
+        None => client,
+    })
+}
+
+/// The root key `txlog dev` made, if there is one here.
+fn dev_root_key_file() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("TXLOG_DEV_DATA_DIR").map_or_else(|| "txlog-dev-data".into(), std::path::PathBuf::from);
+    let path = dir.join(txlog_testkit::ROOT_KEY_FILE);
+    path.exists().then_some(path)
 }
 
 pub async fn append(args: AppendArgs) -> anyhow::Result<()> {

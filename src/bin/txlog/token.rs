@@ -5,7 +5,6 @@
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
 use anyhow::Context as _;
@@ -55,18 +54,7 @@ pub fn write_secret(path: &Path, key: &ClientSecret) -> anyhow::Result<()> {
 
 /// Read a client secret file, refusing one that group or others may read.
 pub fn load_secret(path: &Path) -> anyhow::Result<ClientSecret> {
-    let mode = std::fs::metadata(path)
-        .with_context(|| format!("client secret file {}", path.display()))?
-        .permissions()
-        .mode();
-    anyhow::ensure!(
-        mode & 0o077 == 0,
-        "client secret file {} has mode {:o}: group or others may read it; `chmod 600` it (and consider the secret exposed)",
-        path.display(),
-        mode & 0o777
-    );
-    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-    ClientSecret::parse(&text).with_context(|| format!("client secret file {}", path.display()))
+    ClientSecret::read_file(path).map_err(anyhow::Error::msg)
 }
 
 fn issue(args: TokenIssueArgs) -> anyhow::Result<()> {

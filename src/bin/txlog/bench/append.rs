@@ -217,7 +217,12 @@ pub struct NodeDisk {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     args.check()?;
     if !args.local {
-        let client = Client::connect(&args.cluster)?;
+        let client = crate::records::client(&crate::args::ClusterArgs {
+            cluster: args.cluster.clone(),
+            json: false,
+            secret_file: std::env::var_os("TXLOG_SECRET_FILE").map(Into::into),
+            roles: Vec::new(),
+        })?;
         let report = load(&args, &client).await?;
         return print_report(&report, args.common.json);
     }
@@ -377,9 +382,7 @@ async fn load(args: &BenchArgs, client: &Client) -> anyhow::Result<BenchReport> 
     let mut tasks = Vec::new();
     let run_id = txlog_client::wall_clock_ns();
     let payloads: Arc<Vec<bytes::Bytes>> = Arc::new(args.payload.generate(args.record_bytes, PAYLOAD_POOL));
-    let connections = (0..args.connections)
-        .map(|_| Client::connect(&client.endpoints().join(",")))
-        .collect::<Result<Vec<_>, _>>()?;
+    let connections = (0..args.connections).map(|_| client.separate()).collect::<Vec<_>>();
     for c in 0..args.clients {
         for p in 0..args.pipeline {
             let worker = Worker {

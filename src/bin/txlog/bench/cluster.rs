@@ -38,6 +38,10 @@ pub struct ClusterBenchArgs {
     /// against the same command without it. A bench-only switch.
     #[arg(long)]
     pub no_seal: bool,
+    /// Run the nodes --insecure (no request tokens checked), to measure what access control
+    /// costs against the same command without it. A bench-only switch.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// How a cluster bench fills the cluster: `clients` appenders, each sending
@@ -115,23 +119,28 @@ impl BenchCluster {
         if common.no_seal {
             nodes = nodes.unsealed();
         }
+        if common.insecure {
+            nodes = nodes.insecure();
+        }
         for i in 0..3 {
             nodes.start(i)?;
         }
-        let client = Client::new(
-            &nodes.addresses(),
-            ClientOptions {
-                rpc_timeout: Duration::from_millis(2000),
-                attempts_max: 100_000,
-                backoff_initial: Duration::from_millis(1),
-                backoff_max: Duration::from_millis(5),
-                connect_timeout: Duration::from_millis(200),
-            },
-        )?;
+        let client = nodes.client(ClientOptions {
+            rpc_timeout: Duration::from_millis(2000),
+            attempts_max: 100_000,
+            backoff_initial: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(5),
+            connect_timeout: Duration::from_millis(200),
+        })?;
         eprintln!(
             "cluster of 3 nodes starting in {} ({})",
             dir.display(),
-            if common.no_seal { "unsealed" } else { "sealed" }
+            match (common.no_seal, common.insecure) {
+                (false, false) => "sealed, tokens checked",
+                (true, false) => "unsealed, tokens checked",
+                (false, true) => "sealed, insecure",
+                (true, true) => "unsealed, insecure",
+            }
         );
         Ok(BenchCluster {
             nodes,
