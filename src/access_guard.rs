@@ -281,7 +281,7 @@ impl Guard {
         };
         let Some(token) = token else {
             return Err(self.refuse_token(Error::Unauthenticated(format!(
-                "{method} needs a request token (metadata {TOKEN_METADATA_KEY}); issue one with `txlog token issue`, or use a client with a secret file"
+                "{method} needs a request token (metadata {TOKEN_METADATA_KEY}): the CLI signs with --credentials FILE, the client library with Credentials; `txlog token issue` makes one by hand"
             ))));
         };
         let policy = self.policy.current();

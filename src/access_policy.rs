@@ -12,8 +12,8 @@
 //! Records: `version u8 | postcard(AccessEvent)`, txid
 //! `_access/<kind>/<name>/<unix ns>`.
 //!
-//! Not yet: nodes do not enforce the policy (no token or role is required
-//! on any call), and the secret travels in the admin request without TLS.
+//! Nodes enforce the policy on every call (`access_guard.rs`). Not yet:
+//! the secret travels in the admin request without TLS.
 
 use std::collections::BTreeMap;
 

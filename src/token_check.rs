@@ -24,9 +24,8 @@
 //! unchecked. A client that keeps its tokens' TTL short (as the client
 //! library does) needs room for its request rate × (TTL + 2 × skew).
 //!
-//! Not yet: nodes do not call this on requests, and the secrets come from
-//! whatever the caller passes (the access-control work that follows keeps
-//! client keys in the log and checks every request).
+//! Nodes check every call through `access_guard.rs`, with the secrets of
+//! the root key and of the keys in the log.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

@@ -15,9 +15,8 @@
 //! make tokens the same way. Checking is the server's job
 //! (`src/token_check.rs`), using the same [`token_mac_input`].
 //!
-//! Not yet: the client library does not attach tokens to its calls, and
-//! nodes do not require them (the access-control work that follows wires
-//! both, with client keys and roles kept in the log).
+//! The client library signs its calls with [`crate::Credentials`]; nodes
+//! refuse calls without a valid token unless they run `--insecure`.
 
 use std::time::Duration;
 

@@ -290,10 +290,10 @@ pub fn txlog(target: &(impl CliTarget + ?Sized), args: &[&str]) -> (bool, String
     command
         .args(args)
         .env("TXLOG_CLUSTER", target.cluster())
-        .env_remove("TXLOG_SECRET_FILE")
-        .env_remove("TXLOG_ROLES");
+        .env_remove("TXLOG_CREDENTIALS")
+        .env_remove("TXLOG_CLAIM_ROLES");
     if let Some(secret) = target.secret_file() {
-        command.env("TXLOG_SECRET_FILE", secret);
+        command.env("TXLOG_CREDENTIALS", secret);
     }
     let out = command.output().expect("run txlog");
     (

@@ -36,12 +36,12 @@ pub struct ClusterArgs {
     /// Client secret file (`KEY_ID:SECRET`, mode 0600; from `txlog token secret`) to sign each
     /// request with [default: the dev cluster's root key, txlog-dev-data/root.secret, if it
     /// exists; else requests go unsigned, which only an --insecure cluster accepts].
-    #[arg(long, env = "TXLOG_SECRET_FILE")]
-    pub secret_file: Option<PathBuf>,
+    #[arg(long, env = "TXLOG_CREDENTIALS")]
+    pub credentials: Option<PathBuf>,
     /// A role the requests claim (repeat, or comma-separate, for several) [default: every role
     /// the cluster grants the key].
-    #[arg(long = "role", env = "TXLOG_ROLES", value_delimiter = ',')]
-    pub roles: Vec<String>,
+    #[arg(long = "claim-role", env = "TXLOG_CLAIM_ROLES", value_delimiter = ',')]
+    pub claim_roles: Vec<String>,
     /// Print JSON instead of human-readable text.
     #[arg(long)]
     pub json: bool,
@@ -113,7 +113,8 @@ pub enum TokenCommand {
     /// Print a request token for one call: HMAC-SHA256 under the client secret over the key
     /// id, roles, times, a fresh nonce, the method and the SHA-256 of the request message's
     /// protobuf encoding. It is accepted once, for at most --ttl (300 s at most). Send it in
-    /// the binary gRPC metadata key `txlog-token-bin`. Nodes do not require tokens yet.
+    /// the binary gRPC metadata key `txlog-token-bin` (the client library and the CLI make
+    /// their own; this is for calls made by hand).
     Issue(TokenIssueArgs),
 }
 
@@ -260,10 +261,10 @@ pub enum AdminCommand {
     /// Purge the WAL behind the latest durable snapshot on one node (--node) or every member.
     Compact(CompactArgs),
     /// Client keys, kept in the log: add (with the roles the key may claim), revoke, list.
-    /// Nodes do not require keys on calls yet.
+    /// Every call is signed by a key: the root key (--root-key-file) or one of these.
     #[command(subcommand)]
     Key(AdminKeyCommand),
-    /// Roles, kept in the log: what each may do on which channels. Not enforced yet.
+    /// Roles, kept in the log: what each may do on which channels.
     #[command(subcommand)]
     Role(AdminRoleCommand),
 }
@@ -470,4 +471,20 @@ pub struct CompactArgs {
     pub node: Option<String>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    /// Every subcommand's flags are consistent (no name used twice in one
+    /// command, e.g. a flattened client flag against a subcommand's own):
+    /// clap checks this only when the command is parsed, so it is checked
+    /// here for all of them at once.
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

@@ -13,15 +13,14 @@ use crate::args::LookupArgs;
 use crate::args::ReadArgs;
 use crate::args::TailArgs;
 
-/// A client of `args.cluster`, signing with `args.secret_file` (or the
+/// A client of `args.cluster`, signing with `args.credentials` (or the
 /// dev cluster's root key when it exists and no file is named).
 pub fn client(args: &ClusterArgs) -> anyhow::Result<Client> {
     let client = Client::connect(&args.cluster)?;
-    let secret_file = args.secret_file.clone().or_else(dev_root_key_file);
+    let secret_file = args.credentials.clone().or_else(dev_root_key_file);
     Ok(match secret_file {
-        Some(path) => {
-            client.with_credentials(Credentials::from_file(&path, args.roles.clone()).map_err(anyhow::Error::msg)?)
-        }
+        Some(path) => client
+            .with_credentials(Credentials::from_file(&path, args.claim_roles.clone()).map_err(anyhow::Error::msg)?),
         None => client,
     })
 }

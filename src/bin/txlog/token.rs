@@ -1,7 +1,7 @@
 //! `txlog token`: client secrets and request tokens (see
 //! `client/src/token.rs`). `secret` makes a client key's secret file;
 //! `issue` prints a token for one call, to pass by hand (e.g. with
-//! grpcurl's `-H`). Nodes do not require tokens yet.
+//! grpcurl's `-H`); the client library and the CLI make their own.
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;

@@ -220,8 +220,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let client = crate::records::client(&crate::args::ClusterArgs {
             cluster: args.cluster.clone(),
             json: false,
-            secret_file: std::env::var_os("TXLOG_SECRET_FILE").map(Into::into),
-            roles: Vec::new(),
+            credentials: std::env::var_os("TXLOG_CREDENTIALS").map(Into::into),
+            claim_roles: Vec::new(),
         })?;
         let report = load(&args, &client).await?;
         return print_report(&report, args.common.json);
