@@ -146,6 +146,7 @@ async fn replace_a_region_node_with_join() {
 
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_txlog"))
         .args(["admin", "remove", "--id", "3", "--cluster", &cluster.addresses()])
+        .env("TXLOG_CREDENTIALS", cluster.root_key_file().expect("a root key"))
         .output()
         .expect("run txlog admin remove");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -175,6 +176,7 @@ async fn replace_a_region_node_with_join() {
     // `txlog admin status` shows the new member with its region and role.
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_txlog"))
         .args(["admin", "status", "--cluster", &cluster.addresses()])
+        .env("TXLOG_CREDENTIALS", cluster.root_key_file().expect("a root key"))
         .output()
         .expect("run txlog admin status");
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -217,30 +217,20 @@ impl LocalCluster {
 
     /// Create the key file with `txlog keys init` unless it exists.
     fn ensure_key_file(&self) -> anyhow::Result<()> {
-        let Some(path) = &self.key_file else {
-            return Ok(());
-        };
-        if path.exists() {
-            return Ok(());
-        }
-        let output = Command::new(&self.exe)
-            .args(["keys", "init", "--out"])
-            .arg(path)
-            .stdin(Stdio::null())
-            .output()
-            .context("run txlog keys init")?;
-        anyhow::ensure!(
-            output.status.success(),
-            "txlog keys init --out {} failed: {}",
-            path.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-        Ok(())
+        self.ensure_file(self.key_file.as_deref(), &["keys", "init"])
     }
 
     /// Create the root key's secret file with `txlog token secret` unless it exists.
     fn ensure_root_key_file(&self) -> anyhow::Result<()> {
-        let Some(path) = &self.root_key_file else {
+        self.ensure_file(
+            self.root_key_file.as_deref(),
+            &["token", "secret", "--key-id", ROOT_KEY_ID],
+        )
+    }
+
+    /// Run `txlog COMMAND --out PATH` unless `path` exists (or is `None`).
+    fn ensure_file(&self, path: Option<&Path>, command: &[&str]) -> anyhow::Result<()> {
+        let Some(path) = path else {
             return Ok(());
         };
         if path.exists() {
@@ -249,16 +239,17 @@ impl LocalCluster {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         }
+        let shown = format!("txlog {} --out {}", command.join(" "), path.display());
         let output = Command::new(&self.exe)
-            .args(["token", "secret", "--key-id", ROOT_KEY_ID, "--out"])
+            .args(command)
+            .arg("--out")
             .arg(path)
             .stdin(Stdio::null())
             .output()
-            .context("run txlog token secret")?;
+            .with_context(|| format!("run {shown}"))?;
         anyhow::ensure!(
             output.status.success(),
-            "txlog token secret --out {} failed: {}",
-            path.display(),
+            "{shown} failed: {}",
             String::from_utf8_lossy(&output.stderr).trim()
         );
         Ok(())
