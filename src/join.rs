@@ -235,6 +235,17 @@ fn validate_region(region: &str) -> Result<()> {
     }
 }
 
+/// A node asking to be admitted: through which member, as whom, from
+/// where, and the root key its request is signed with.
+pub struct Joining {
+    pub via: String,
+    pub id: u64,
+    pub address: String,
+    pub region: String,
+    pub source: Option<IpAddr>,
+    pub access: AccessMode,
+}
+
 /// Ask `via` (any member) to admit this node; retry until admitted, refused
 /// for good, or shut down. A node that is already a voter is told so at once.
 ///
@@ -242,24 +253,16 @@ fn validate_region(region: &str) -> Result<()> {
 /// operator may have removed it since: so once this node has been a voter
 /// (in its own view of the membership) it never asks again. Otherwise a
 /// removed node whose join loop was still retrying added itself back.
-pub async fn join_cluster(
-    raft: Raft,
-    via: String,
-    id: u64,
-    address: String,
-    region: String,
-    source: Option<IpAddr>,
-    access: AccessMode,
-    shutdown: CancellationToken,
-) {
-    let was_voter = watch_voter(raft, id, shutdown.clone());
+pub async fn join_cluster(raft: Raft, joining: Joining, shutdown: CancellationToken) {
+    let via = joining.via.clone();
+    let was_voter = watch_voter(raft, joining.id, shutdown.clone());
     let mut backoff = Duration::from_millis(200);
     loop {
         if was_voter.load(std::sync::atomic::Ordering::Acquire) {
             tracing::info!(%via, "this node has been a voter since it started; not asking to join again");
             return;
         }
-        let attempt = join_once(&via, id, &address, &region, source, &access);
+        let attempt = join_once(&joining);
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
             outcome = attempt => outcome,
@@ -272,7 +275,11 @@ pub async fn join_cluster(
             Err(status)
                 if matches!(
                     status.code(),
-                    Code::AlreadyExists | Code::InvalidArgument | Code::NotFound | Code::PermissionDenied
+                    Code::AlreadyExists
+                        | Code::InvalidArgument
+                        | Code::NotFound
+                        | Code::PermissionDenied
+                        | Code::Unauthenticated
                 ) =>
             {
                 tracing::error!(%via, code = ?status.code(), "the cluster refused to admit this node: {}", status.message());
@@ -316,24 +323,17 @@ fn watch_voter(raft: Raft, id: u64, shutdown: CancellationToken) -> std::sync::A
     flag
 }
 
-async fn join_once(
-    via: &str,
-    id: u64,
-    address: &str,
-    region: &str,
-    source: Option<IpAddr>,
-    access: &AccessMode,
-) -> std::result::Result<String, Status> {
-    let mut client = admin_client(via, source)?;
+async fn join_once(joining: &Joining) -> std::result::Result<String, Status> {
+    let mut client = admin_client(&joining.via, joining.source)?;
     let request = JoinRequest {
-        node_id: id,
-        address: address.to_string(),
-        region: region.to_string(),
+        node_id: joining.id,
+        address: joining.address.clone(),
+        region: joining.region.clone(),
         learner_only: false,
         timeout_ms: 0,
     };
     let mut stream = client
-        .join(access.node_request(methods::JOIN, request))
+        .join(joining.access.node_request(methods::JOIN, request))
         .await?
         .into_inner();
     while let Some(progress) = stream.message().await? {

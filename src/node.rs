@@ -493,16 +493,16 @@ impl Parts<'_> {
             ));
         }
         if let Some(join) = config.join.clone() {
-            self.tracker.spawn(crate::join::join_cluster(
-                self.raft.clone(),
-                join,
-                config.id,
-                config.advertise.clone(),
-                config.region.clone(),
-                self.source_address,
-                self.guard.mode().clone(),
-                shutdown.clone(),
-            ));
+            let joining = crate::join::Joining {
+                via: join,
+                id: config.id,
+                address: config.advertise.clone(),
+                region: config.region.clone(),
+                source: self.source_address,
+                access: self.guard.mode().clone(),
+            };
+            self.tracker
+                .spawn(crate::join::join_cluster(self.raft.clone(), joining, shutdown.clone()));
         }
     }
 }
