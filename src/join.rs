@@ -275,15 +275,17 @@ pub async fn join_cluster(raft: Raft, joining: Joining, shutdown: CancellationTo
             Err(status)
                 if matches!(
                     status.code(),
-                    Code::AlreadyExists
-                        | Code::InvalidArgument
-                        | Code::NotFound
-                        | Code::PermissionDenied
-                        | Code::Unauthenticated
+                    Code::AlreadyExists | Code::InvalidArgument | Code::NotFound | Code::PermissionDenied
                 ) =>
             {
                 tracing::error!(%via, code = ?status.code(), "the cluster refused to admit this node: {}", status.message());
                 return;
+            }
+            // A refused token is retried: it may be this node's clock, which
+            // can be put right without a restart (a wrong root key is not,
+            // and the line says so every attempt).
+            Err(status) if status.code() == Code::Unauthenticated => {
+                tracing::error!(%via, retry_in = ?backoff, "the cluster refused this node's root-key token (same --root-key-file as the members? clocks within 30 s?): {}", status.message());
             }
             Err(status) => {
                 tracing::warn!(%via, code = ?status.code(), retry_in = ?backoff, "join attempt failed: {}", status.message());
