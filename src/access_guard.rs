@@ -29,7 +29,6 @@
 //! Not yet: mutual TLS, the `_audit` channel.
 
 use std::sync::Arc;
-use std::sync::RwLock;
 use std::time::Duration;
 
 use prost::Message as _;
@@ -39,6 +38,7 @@ use tonic::metadata::MetadataMap;
 use tonic::Status;
 use txlog_client::token_payload_digest;
 use txlog_client::ClientSecret;
+use txlog_client::Credentials;
 use txlog_client::TOKEN_METADATA_KEY;
 use txlog_proto::RequestToken;
 use txlog_raft::StateMachineReader;
@@ -63,21 +63,25 @@ const ACCESS_READ_PAGE_RECORDS: usize = 1024;
 pub enum AccessMode {
     /// No token asked, every call allowed (`--insecure`).
     Insecure,
-    /// Every call needs a token; `root` may do everything.
-    Enforced { root: ClientSecret },
+    /// Every call needs a token; `root` (which claims no role: it may do
+    /// everything) signs this node's calls to its peers.
+    Enforced { root: Credentials },
 }
 
 impl AccessMode {
+    /// Enforced, with `root` as the root key.
+    pub fn enforced(root: ClientSecret) -> AccessMode {
+        let root = Credentials::new(root, Vec::new()).expect("a claim of no roles is always valid");
+        AccessMode::Enforced { root }
+    }
+
     /// A request of this node to another's `AdminService` (a join, a
     /// forwarded membership change): signed with the root key when access
     /// is enforced.
     pub fn node_request<M: prost::Message>(&self, method: &str, message: M) -> tonic::Request<M> {
         let mut request = tonic::Request::new(message);
         if let AccessMode::Enforced { root } = self {
-            let signed = txlog_client::Credentials::new(root.clone(), Vec::new())
-                .map_err(|e| Status::internal(e.to_string()))
-                .and_then(|credentials| credentials.sign(&mut request, method));
-            if let Err(status) = signed {
+            if let Err(status) = root.sign(&mut request, method) {
                 tracing::warn!(%status, "node request sent without a token");
             }
         }
@@ -88,33 +92,29 @@ impl AccessMode {
 /// The access policy this node enforces, kept current by [`follow`].
 #[derive(Default)]
 pub struct LivePolicy {
-    current: RwLock<Arc<AccessPolicy>>,
-    /// The seq of the last access record folded in.
-    applied: watch::Sender<u64>,
+    current: watch::Sender<Arc<AccessPolicy>>,
 }
 
 impl LivePolicy {
     pub fn current(&self) -> Arc<AccessPolicy> {
-        self.current.read().expect("policy lock poisoned").clone()
+        self.current.borrow().clone()
     }
 
     /// Changes each time a new policy is in force.
-    pub fn watch(&self) -> watch::Receiver<u64> {
-        self.applied.subscribe()
+    pub fn watch(&self) -> watch::Receiver<Arc<AccessPolicy>> {
+        self.current.subscribe()
     }
 
     /// Wait until the access record at `seq` is in force, at most `timeout`.
     pub async fn wait_applied(&self, seq: u64, timeout: Duration) -> bool {
-        let mut applied = self.applied.subscribe();
-        tokio::time::timeout(timeout, applied.wait_for(|at| *at >= seq))
+        let mut current = self.current.subscribe();
+        tokio::time::timeout(timeout, current.wait_for(|policy| policy.applied_seq >= seq))
             .await
             .is_ok_and(|r| r.is_ok())
     }
 
     pub(crate) fn publish(&self, policy: AccessPolicy) {
-        let seq = policy.applied_seq;
-        *self.current.write().expect("policy lock poisoned") = Arc::new(policy);
-        self.applied.send_replace(seq);
+        self.current.send_replace(Arc::new(policy));
     }
 }
 
@@ -287,14 +287,14 @@ impl Guard {
         let policy = self.policy.current();
         let secret_of = |key_id: &str| {
             if key_id == root.key_id() {
-                Some(*root.secret())
+                Some(*root.secret().secret())
             } else {
                 policy.secret_of(key_id)
             }
         };
         match self
             .checker
-            .check(token, method, payload_digest, wall_clock_ms(), secret_of)
+            .check(token, method, payload_digest, txlog_client::wall_clock_ms(), secret_of)
         {
             Ok(caller) => Ok(Some(caller)),
             Err(refusal) => {
@@ -353,8 +353,4 @@ impl Guard {
         tracing::debug!(%err, "call denied");
         err.to_status()
     }
-}
-
-fn wall_clock_ms() -> u64 {
-    txlog_client::wall_clock_ns() / 1_000_000
 }

@@ -179,8 +179,8 @@ impl LogServer {
         caller: Option<&crate::token_check::Caller>,
         records: &[NewRecord],
     ) -> std::result::Result<(), Status> {
-        if caller.is_none() {
-            return self.guard.authorize(None, Operation::Append, None);
+        if !self.guard.is_enforced() {
+            return Ok(());
         }
         let mut checked = std::collections::BTreeSet::new();
         for record in records {

@@ -94,14 +94,13 @@ impl Node {
         let tracker = TaskTracker::new();
         let contact = txlog_raft::LeaderContact::default();
         let guard = Arc::new(crate::access_guard::Guard::new(access_mode(&config)?, metrics.clone()));
-        if guard.is_enforced() {
-            // In force before the first call is served.
-            let mut policy = crate::access_policy::AccessPolicy::default();
-            crate::access_guard::fold_access_records(&reader, &mut policy)?;
-            guard.policy.publish(policy);
-        } else {
+        if !guard.is_enforced() {
             tracing::warn!("access control is off (--insecure): every call is accepted without a token or role check");
         }
+        // In force before the first call is served.
+        let mut policy = crate::access_policy::AccessPolicy::default();
+        crate::access_guard::fold_access_records(&reader, &mut policy)?;
+        guard.policy.publish(policy);
         // Operator key rotations: the admin service's end, and the rotation task's.
         let rotations = sealer.as_ref().map(|_| crate::key_rotation::rotations());
         let parts = Parts {
@@ -212,7 +211,7 @@ fn access_mode(config: &NodeConfig) -> Result<crate::access_guard::AccessMode> {
         crate::config::Access::RootKeyFile(path) => {
             let root =
                 txlog_client::ClientSecret::read_file(path).map_err(|e| Error::Config(format!("root key: {e}")))?;
-            Ok(AccessMode::Enforced { root })
+            Ok(AccessMode::enforced(root))
         }
     }
 }

@@ -524,7 +524,7 @@ fn token_secret_and_issue() {
 
     let key = txlog_client::ClientSecret::parse(&std::fs::read_to_string(&secret).unwrap()).unwrap();
     let checker = txlog::token_check::TokenChecker::default();
-    let now_ms = txlog_raft::wall_clock_ns() / 1_000_000;
+    let now_ms = txlog_client::wall_clock_ms();
     let secret_of = |id: &str| (id == "desk-1").then(|| *key.secret());
     let digest = txlog_client::token_payload_digest(&request);
     let other = txlog_client::token_payload_digest(&txlog_proto::ReadRequest {

@@ -25,6 +25,7 @@ use tonic::Code;
 use tonic::Status;
 use txlog_client::methods;
 use txlog_client::token_payload_digest;
+use txlog_client::wall_clock_ms;
 use txlog_client::Client;
 use txlog_client::ClientError;
 use txlog_client::ClientOptions;
@@ -1077,10 +1078,6 @@ async fn allowlists_refuse_by_address_and_service() {
     assert!(next.seq > first.seq);
 }
 
-fn now_ms() -> u64 {
-    txlog_client::wall_clock_ns() / 1_000_000
-}
-
 /// A client of `cluster` signing as `secret` claiming `roles`.
 fn client_as(cluster: &Cluster, secret: &ClientSecret, roles: &[&str]) -> Client {
     let credentials =
@@ -1097,11 +1094,6 @@ fn code_of<T: std::fmt::Debug>(result: Result<T, ClientError>) -> (Code, String)
 
 /// A `Read` of `request` sent to `address` with `token` (or none) in its metadata.
 async fn raw_read(address: &str, request: ReadRequest, token: Option<&RequestToken>) -> Result<(), tonic::Status> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
     let mut call = tonic::Request::new(request);
     if let Some(token) = token {
         call.metadata_mut().insert_bin(
@@ -1109,7 +1101,10 @@ async fn raw_read(address: &str, request: ReadRequest, token: Option<&RequestTok
             tonic::metadata::MetadataValue::from_bytes(&token.encode_to_vec()),
         );
     }
-    LogServiceClient::new(channel).read(call).await.map(|_| ())
+    LogServiceClient::new(channel(address).await)
+        .read(call)
+        .await
+        .map(|_| ())
 }
 
 async fn refusals(cluster: &Cluster, id: u64) -> (f64, f64) {
@@ -1249,7 +1244,7 @@ async fn tokens_and_roles_decide_every_call() {
             "no secret in {status:?}"
         );
     };
-    let good = issue(&desk, now_ms(), 60);
+    let good = issue(&desk, wall_clock_ms(), 60);
     raw_read(&leader, request.clone(), Some(&good))
         .await
         .expect("a good token");
@@ -1259,18 +1254,28 @@ async fn tokens_and_roles_decide_every_call() {
         "already used",
     );
     refused(
-        raw_read(&leader, request.clone(), Some(&issue(&desk, now_ms() - 400_000, 60))).await,
+        raw_read(
+            &leader,
+            request.clone(),
+            Some(&issue(&desk, wall_clock_ms() - 400_000, 60)),
+        )
+        .await,
         Code::Unauthenticated,
         "expired",
     );
     refused(
-        raw_read(&leader, request.clone(), Some(&issue(&desk, now_ms() + 300_000, 60))).await,
+        raw_read(
+            &leader,
+            request.clone(),
+            Some(&issue(&desk, wall_clock_ms() + 300_000, 60)),
+        )
+        .await,
         Code::Unauthenticated,
         "in the future",
     );
     let forged = ClientSecret::new("desk-1", [7; 32]).unwrap();
     refused(
-        raw_read(&leader, request.clone(), Some(&issue(&forged, now_ms(), 60))).await,
+        raw_read(&leader, request.clone(), Some(&issue(&forged, wall_clock_ms(), 60))).await,
         Code::Unauthenticated,
         "MAC does not match",
     );
@@ -1279,7 +1284,7 @@ async fn tokens_and_roles_decide_every_call() {
         ..request.clone()
     };
     refused(
-        raw_read(&leader, other_payload, Some(&issue(&desk, now_ms(), 60))).await,
+        raw_read(&leader, other_payload, Some(&issue(&desk, wall_clock_ms(), 60))).await,
         Code::Unauthenticated,
         "MAC does not match",
     );
@@ -1287,7 +1292,7 @@ async fn tokens_and_roles_decide_every_call() {
         raw_read(
             &leader,
             request.clone(),
-            Some(&issue(&ClientSecret::generate("nobody").unwrap(), now_ms(), 60)),
+            Some(&issue(&ClientSecret::generate("nobody").unwrap(), wall_clock_ms(), 60)),
         )
         .await,
         Code::Unauthenticated,

@@ -56,6 +56,10 @@ impl Credentials {
         self.secret.key_id()
     }
 
+    pub fn secret(&self) -> &ClientSecret {
+        &self.secret
+    }
+
     pub fn roles(&self) -> &[String] {
         &self.roles
     }
@@ -65,7 +69,7 @@ impl Credentials {
         self.secret.issue(
             &self.roles,
             CLIENT_TOKEN_TTL,
-            wall_clock_ms(),
+            crate::wall_clock_ms(),
             method,
             &token_payload_digest(message),
         )
@@ -81,8 +85,4 @@ impl Credentials {
             .insert_bin(TOKEN_METADATA_KEY, MetadataValue::from_bytes(&token.encode_to_vec()));
         Ok(())
     }
-}
-
-fn wall_clock_ms() -> u64 {
-    crate::wall_clock_ns() / 1_000_000
 }

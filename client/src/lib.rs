@@ -97,3 +97,9 @@ pub fn wall_clock_ns() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
 }
+
+/// Current time in milliseconds since the Unix epoch: the clock request
+/// tokens are issued and checked by.
+pub fn wall_clock_ms() -> u64 {
+    wall_clock_ns() / 1_000_000
+}

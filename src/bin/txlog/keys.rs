@@ -29,6 +29,7 @@ use crate::args::KeysRetireKekArgs;
 use crate::args::KeysRotateArgs;
 use crate::args::KeysRotateKekArgs;
 use crate::records::client;
+use crate::status::cluster_status;
 
 pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
     match command {
@@ -274,10 +275,7 @@ async fn rotate_kek(args: &KeysRotateKekArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + args.wait;
     let mut reported = Instant::now();
     loop {
-        let status = client
-            .cluster_status()
-            .await
-            .with_context(|| format!("no node of {} answered", args.cluster.cluster))?;
+        let status = cluster_status(&client, &args.cluster).await?;
         let behind: Vec<String> = status
             .nodes
             .iter()
@@ -381,10 +379,7 @@ async fn retire_kek(args: &KeysRetireKekArgs) -> anyhow::Result<()> {
         .map(|a| a.log_index)
         .max();
     if let Some(last_index) = last_index {
-        let status = client(&args.cluster)?
-            .cluster_status()
-            .await
-            .with_context(|| format!("no node of {} answered", args.cluster.cluster))?;
+        let status = cluster_status(&client(&args.cluster)?, &args.cluster).await?;
         let holding: Vec<String> = status
             .nodes
             .iter()

@@ -3,16 +3,23 @@
 //! snapshot bytes the leader sent.
 
 use anyhow::Context;
+use txlog_client::Client;
+use txlog_client::ClusterStatus;
 use txlog_client::Role;
 
 use crate::args::ClusterArgs;
 use crate::records::client;
 
-pub async fn print_status(cluster: &ClusterArgs, detailed: bool) -> anyhow::Result<()> {
-    let status = client(cluster)?
+/// The cluster's status as `client` sees it, or an error naming the nodes asked.
+pub async fn cluster_status(client: &Client, cluster: &ClusterArgs) -> anyhow::Result<ClusterStatus> {
+    client
         .cluster_status()
         .await
-        .with_context(|| format!("no node of {} answered", cluster.cluster))?;
+        .with_context(|| format!("no node of {} answered", cluster.cluster))
+}
+
+pub async fn print_status(cluster: &ClusterArgs, detailed: bool) -> anyhow::Result<()> {
+    let status = cluster_status(&client(cluster)?, cluster).await?;
     if cluster.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());

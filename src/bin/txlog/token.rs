@@ -77,7 +77,7 @@ fn issue(args: TokenIssueArgs) -> anyhow::Result<()> {
         use sha2::Digest as _;
         sha2::Sha256::digest(&request).into()
     };
-    let now_ms = txlog_raft::wall_clock_ns() / 1_000_000;
+    let now_ms = txlog_client::wall_clock_ms();
     let token = key.issue(&args.role, args.ttl, now_ms, &args.method, &digest)?;
     let value = base64::engine::general_purpose::STANDARD.encode(token.encode_to_vec());
     if args.header {

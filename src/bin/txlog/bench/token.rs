@@ -82,7 +82,7 @@ pub async fn run(args: TokenArgs) -> anyhow::Result<()> {
     let mut check_ns = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     // A simulated clock, one request per microsecond, so that expired
     // nonces leave the replay memory as they would under a steady load.
-    let start_ms = txlog_raft::wall_clock_ns() / 1_000_000;
+    let start_ms = txlog_client::wall_clock_ms();
     for i in 0..args.requests {
         let now_ms = start_ms + u64::from(i) / 1_000;
         let t = Instant::now();
