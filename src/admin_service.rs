@@ -9,21 +9,17 @@
 //! as learners that the leader keeps replicating to.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use tonic::transport::Channel;
-use tonic::transport::Endpoint;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 use txlog_client::methods;
 use txlog_client::Kind;
 use txlog_client::Role;
-use txlog_proto::admin_service_client::AdminServiceClient;
 use txlog_proto::admin_service_server::AdminService;
 use txlog_proto::AccessChange;
 use txlog_proto::AccessList;
@@ -77,7 +73,6 @@ use crate::Result;
 const LEADER_CHANGE_WAIT: Duration = Duration::from_secs(3);
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(120);
 const PURGE_WAIT: Duration = Duration::from_secs(10);
-const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 pub struct AdminServer {
     pub node_id: u64,
@@ -87,8 +82,8 @@ pub struct AdminServer {
     pub reader: StateMachineReader,
     pub timing: Timing,
     pub resync: Arc<ResyncStats>,
-    /// Local IP for forwarded requests (the node's listen IP, when it has one).
-    pub source_address: Option<IpAddr>,
+    /// How forwarded requests reach the leader.
+    pub dial: crate::peer_dial::PeerDial,
     /// Held for the whole of a join or removal on the leader.
     pub membership_lock: Arc<tokio::sync::Mutex<()>>,
     /// Asks this node's key-rotation task for keys now; `None` when sealing is off.
@@ -186,17 +181,6 @@ pub(crate) fn validate_id(id: u64) -> Result<()> {
         return Err(Error::InvalidInput("node id 0 is reserved; use 1 or more".into()));
     }
     Ok(())
-}
-
-/// A client for another node's AdminService (forwarding to the leader).
-/// `source` binds the connection to this node's listen IP (see `Network::with_source_address`).
-pub fn admin_client(address: &str, source: Option<IpAddr>) -> Result<AdminServiceClient<Channel>> {
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| Error::Internal(format!("bad leader address {address:?}: {e}")))?
-        .connect_timeout(FORWARD_CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .local_address(source);
-    Ok(AdminServiceClient::new(endpoint.connect_lazy()))
 }
 
 impl AdminServer {
@@ -359,7 +343,9 @@ impl AdminServer {
     }
 
     async fn forward_remove(&self, leader: &str, req: RemoveRequest) -> Result<MembershipResponse> {
-        let response = admin_client(leader, self.source_address)?
+        let response = self
+            .dial
+            .admin_client(leader)?
             .remove(self.guard.node_request(methods::REMOVE, req))
             .await?;
         Ok(response.into_inner())
@@ -381,7 +367,9 @@ impl AdminServer {
             if metrics.current_leader == Some(id) {
                 return Ok(self.membership_response(format!("node {id} already leads")));
             }
-            let response = admin_client(&leader, self.source_address)?
+            let response = self
+                .dial
+                .admin_client(&leader)?
                 .transfer_leader(self.guard.node_request(methods::TRANSFER_LEADER, req))
                 .await?;
             return Ok(response.into_inner());

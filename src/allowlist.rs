@@ -5,11 +5,13 @@
 //! reflection), `allow_admin` (`AdminService`) and `allow_peers`
 //! (`RaftService`). They are checked twice:
 //! - **At accept.** A connection from an address in none of the lists is
-//!   closed at once, before a byte of HTTP/2 (or, later, TLS) is read.
+//!   closed at once, before a byte of TLS or HTTP/2 is read.
 //! - **Per call.** An address in some list but not in the class of the
 //!   method it calls gets `PERMISSION_DENIED`, naming the list to change.
 //!   One port serves every class, so this is the only place the class of a
-//!   connection is known.
+//!   connection is known — and so also where a `RaftService` call on a TLS
+//!   connection is refused unless the caller holds a node certificate
+//!   (`tls.rs`).
 //!
 //! Each refusal is counted (`txlog_connections_refused`,
 //! `txlog_calls_refused`), and logged at most once per source address per
@@ -245,7 +247,7 @@ impl Gate {
         let class = ServiceClass::of_path(path);
         // No address: nothing to judge by, so refused unless nothing is
         // checked. The server listens only on TCP and gives every call its
-        // address (TLS will wrap the connection info: read it there too).
+        // address (`tls::ConnectionInfo`, plain or TLS).
         let Some(ip) = ip else {
             if self.is_open() {
                 return Ok(());
@@ -307,12 +309,14 @@ where
     }
 
     fn call(&mut self, request: tonic::codegen::http::Request<B>) -> Self::Future {
-        let ip = request
-            .extensions()
-            .get::<tonic::transport::server::TcpConnectInfo>()
-            .and_then(|info| info.remote_addr())
-            .map(|addr| addr.ip());
-        match self.gate.call(request.uri().path(), ip) {
+        let info = request.extensions().get::<crate::tls::ConnectionInfo>();
+        let ip = info.and_then(|info| info.remote_ip());
+        let path = request.uri().path();
+        let judged = self.gate.call(path, ip).and_then(|()| match info {
+            Some(info) if ServiceClass::of_path(path) == ServiceClass::Peers => info.require_node(path),
+            _ => Ok(()),
+        });
+        match judged {
             Ok(()) => Box::pin(self.inner.call(request)),
             Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
         }

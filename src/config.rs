@@ -30,7 +30,10 @@
 //! segment_bytes_max = 67108864
 //! key_file = "/etc/txlog/cluster.key"  # from `txlog keys init`; mode 0600
 //! root_key_file = "/etc/txlog/root.secret"  # from `txlog token secret --key-id root`; mode 0600
-//! # insecure = true  # instead of root_key_file: no tokens, every call allowed
+//! tls_ca_file = "/etc/txlog/certs/ca.pem"  # from `txlog certs init`
+//! tls_cert_file = "/etc/txlog/certs/node-paris.pem"  # `txlog certs issue --node paris`
+//! tls_key_file = "/etc/txlog/certs/node-paris.key"  # mode 0600
+//! # insecure = true  # instead of root_key_file and tls_*: no TLS, no tokens, every call allowed
 //! signing_key_rotate_s = 86400
 //! data_key_rotate_s = 3600
 //! ```
@@ -223,8 +226,19 @@ pub struct NodeSettings {
     /// --insecure.
     #[arg(long, env = "TXLOG_ROOT_KEY_FILE")]
     pub root_key_file: Option<PathBuf>,
-    /// Accept every call without a token or role check (a warning is logged at every start).
-    /// Only for a cluster that nothing untrusted can reach.
+    /// The cluster CA's certificate (`ca.pem` from `txlog certs init`, the same on every node).
+    /// Every connection, in and out, is mutual TLS with certificates this CA issued. Required
+    /// unless --insecure.
+    #[arg(long, env = "TXLOG_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// This node's certificate (`txlog certs issue --node NAME`); reloaded when it changes.
+    #[arg(long, env = "TXLOG_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// This node's private key (mode 0600); reloaded when it changes.
+    #[arg(long, env = "TXLOG_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// No TLS, and every call accepted without a token or role check (a warning is logged at
+    /// every start). Only for a cluster that nothing untrusted can reach.
     #[arg(long, env = "TXLOG_INSECURE", num_args = 0..=1, default_missing_value = "true")]
     pub insecure: Option<bool>,
     /// Seal entries (on by default). Off only to measure what sealing costs: an unsealed node
@@ -276,6 +290,9 @@ impl NodeSettings {
             signing_key_rotate_s,
             data_key_rotate_s,
             root_key_file,
+            tls_ca_file,
+            tls_cert_file,
+            tls_key_file,
             insecure,
             seal,
         )
@@ -437,21 +454,42 @@ impl NodeConfig {
     }
 }
 
-/// Whether calls need tokens: they do, checked against the root key in
-/// this file (read when the node starts) and the keys in the log.
+/// Whether connections are mutual TLS and calls need tokens: both, unless
+/// `--insecure`. Tokens are checked against the root key in this file
+/// (read when the node starts) and the keys in the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Access {
-    /// `--insecure`: no token asked, every call allowed.
+    /// `--insecure`: plain connections, no token asked, every call allowed.
     Insecure,
-    RootKeyFile(PathBuf),
+    Secured {
+        root_key_file: PathBuf,
+        tls: txlog_client::TlsFiles,
+    },
 }
 
-/// Enforced with the root key from `root_key_file`, unless `insecure`.
+/// Secured with the root key from `root_key_file` and the three TLS
+/// files, unless `insecure`.
 fn access_of(s: &NodeSettings) -> Result<Access> {
     if s.insecure == Some(true) {
         return Ok(Access::Insecure);
     }
-    let path = s.root_key_file.clone().ok_or_else(|| {
+    let tls = match (&s.tls_ca_file, &s.tls_cert_file, &s.tls_key_file) {
+        (Some(ca), Some(cert), Some(key)) => txlog_client::TlsFiles {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ => {
+            return Err(Error::Config(
+                "connections are mutual TLS, so --tls-ca-file, --tls-cert-file and --tls-key-file \
+                 (`tls_ca_file`, `tls_cert_file`, `tls_key_file`) are all required: create a CA with \
+                 `txlog certs init --dir DIR` and this node's certificate with `txlog certs issue \
+                 --dir DIR --node NAME`; or run with --insecure where nothing untrusted can reach the node"
+                    .into(),
+            ))
+        }
+    };
+    let root_key_file = s.root_key_file.clone().ok_or_else(|| {
         Error::Config(
             "calls need request tokens, so a root key file is required: create one with \
              `txlog token secret --key-id root --out FILE` (the same file for every node) and give it \
@@ -460,7 +498,7 @@ fn access_of(s: &NodeSettings) -> Result<Access> {
                 .into(),
         )
     })?;
-    Ok(Access::RootKeyFile(path))
+    Ok(Access::Secured { root_key_file, tls })
 }
 
 /// The sealing settings, `None` when sealing is off; a sealed node needs
@@ -654,7 +692,7 @@ mod tests {
         let sealed = |id: u64| NodeSettings {
             id: Some(id),
             key_file: Some("k".into()),
-            root_key_file: Some("root.secret".into()),
+            insecure: Some(true),
             ..Default::default()
         };
         let sealing = resolve(sealed(1 << 40)).unwrap().sealing.unwrap();
@@ -675,26 +713,53 @@ mod tests {
     }
 
     /// Access control is on unless `--insecure`, and then needs a root key
-    /// file; the flag takes no value (or an explicit one).
+    /// file and all three TLS files; the flag takes no value (or an
+    /// explicit one).
     #[test]
-    fn access_needs_a_root_key_or_insecure() {
+    fn access_needs_a_root_key_and_tls_or_insecure() {
         let base = || NodeSettings {
             id: Some(1),
             seal: Some(false),
             ..Default::default()
         };
-        let err = NodeConfig::resolve(base(), NodeSettings::default()).unwrap_err();
-        assert!(
-            err.to_string().contains("--root-key-file") && err.to_string().contains("--insecure"),
-            "{err}"
-        );
-        let with_root = NodeSettings {
+        let secured = || NodeSettings {
             root_key_file: Some("/etc/txlog/root.secret".into()),
+            tls_ca_file: Some("/etc/txlog/ca.pem".into()),
+            tls_cert_file: Some("/etc/txlog/node-paris.pem".into()),
+            tls_key_file: Some("/etc/txlog/node-paris.key".into()),
             ..base()
         };
+        let err = NodeConfig::resolve(base(), NodeSettings::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("--tls-ca-file") && err.to_string().contains("--insecure"),
+            "{err}"
+        );
+        for missing in ["root", "ca", "cert", "key"] {
+            let mut settings = secured();
+            match missing {
+                "root" => settings.root_key_file = None,
+                "ca" => settings.tls_ca_file = None,
+                "cert" => settings.tls_cert_file = None,
+                _ => settings.tls_key_file = None,
+            }
+            let err = NodeConfig::resolve(settings, NodeSettings::default()).unwrap_err();
+            let named = if missing == "root" {
+                "--root-key-file"
+            } else {
+                "--tls-cert-file"
+            };
+            assert!(err.to_string().contains(named), "without {missing}: {err}");
+        }
         assert_eq!(
-            NodeConfig::resolve(with_root, NodeSettings::default()).unwrap().access,
-            Access::RootKeyFile("/etc/txlog/root.secret".into())
+            NodeConfig::resolve(secured(), NodeSettings::default()).unwrap().access,
+            Access::Secured {
+                root_key_file: "/etc/txlog/root.secret".into(),
+                tls: txlog_client::TlsFiles {
+                    ca: "/etc/txlog/ca.pem".into(),
+                    cert: "/etc/txlog/node-paris.pem".into(),
+                    key: "/etc/txlog/node-paris.key".into(),
+                },
+            }
         );
         use clap::Parser;
         #[derive(clap::Parser)]
@@ -712,7 +777,7 @@ mod tests {
         let off = Cli::parse_from(["txlog", "--insecure", "false"]).settings;
         assert!(
             NodeConfig::resolve(base(), off).is_err(),
-            "--insecure false still needs a root key"
+            "--insecure false still needs a root key and certificates"
         );
     }
 

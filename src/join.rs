@@ -14,7 +14,6 @@
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -31,7 +30,6 @@ use txlog_raft::NodeInfo;
 use txlog_raft::Raft;
 
 use crate::access_guard::AccessMode;
-use crate::admin_service::admin_client;
 use crate::admin_service::change_membership_guarded;
 use crate::admin_service::validate_id;
 use crate::admin_service::AdminServer;
@@ -52,7 +50,9 @@ impl AdminServer {
         crate::config::validate_address(&req.address).map_err(Error::InvalidInput)?;
         validate_region(&req.region)?;
         if let Some(leader) = self.leader_elsewhere()? {
-            let stream = admin_client(&leader, self.source_address)?
+            let stream = self
+                .dial
+                .admin_client(&leader)?
                 .join(self.guard.node_request(methods::JOIN, req))
                 .await?
                 .into_inner();
@@ -242,7 +242,7 @@ pub struct Joining {
     pub id: u64,
     pub address: String,
     pub region: String,
-    pub source: Option<IpAddr>,
+    pub dial: crate::peer_dial::PeerDial,
     pub access: AccessMode,
 }
 
@@ -326,7 +326,7 @@ fn watch_voter(raft: Raft, id: u64, shutdown: CancellationToken) -> std::sync::A
 }
 
 async fn join_once(joining: &Joining) -> std::result::Result<String, Status> {
-    let mut client = admin_client(&joining.via, joining.source)?;
+    let mut client = joining.dial.admin_client(&joining.via)?;
     let request = JoinRequest {
         node_id: joining.id,
         address: joining.address.clone(),

@@ -57,6 +57,12 @@ pub struct Metrics {
     pub tokens_refused: Counter,
     /// Calls refused for their caller's roles.
     pub calls_denied: Counter,
+    /// TLS handshakes that failed, timed out or found no free slot.
+    pub tls_handshakes_failed: Counter,
+    /// Changed certificate files put in force.
+    pub tls_reloads: Counter,
+    /// Changed certificate files refused (unreadable, wrong CA, key mismatch).
+    pub tls_reloads_refused: Counter,
     resync_seen: std::sync::Mutex<txlog_raft::ResyncCounts>,
     pub seal_verified_batches: Counter,
     pub seal_signature_batches: Counter,
@@ -133,6 +139,9 @@ impl Metrics {
             calls_refused: Counter::default(),
             tokens_refused: Counter::default(),
             calls_denied: Counter::default(),
+            tls_handshakes_failed: Counter::default(),
+            tls_reloads: Counter::default(),
+            tls_reloads_refused: Counter::default(),
             resync_seen: Default::default(),
             seal_verified_batches: Counter::default(),
             seal_signature_batches: Counter::default(),
@@ -195,6 +204,21 @@ impl Metrics {
             "calls_refused",
             "Calls refused because the source address is not in the allowlist of the method's class",
             self.calls_refused.clone(),
+        );
+        registry.register(
+            "tls_handshakes_failed",
+            "TLS handshakes that failed (no or wrong certificate, bad protocol), timed out, or found every handshake slot taken",
+            self.tls_handshakes_failed.clone(),
+        );
+        registry.register(
+            "tls_reloads",
+            "Changed certificate files put in force without a restart",
+            self.tls_reloads.clone(),
+        );
+        registry.register(
+            "tls_reloads_refused",
+            "Changed certificate files refused: unreadable, not a node certificate of the CA, or key and certificate apart",
+            self.tls_reloads_refused.clone(),
         );
         registry.register(
             "tokens_refused",

@@ -83,10 +83,18 @@ impl Node {
             }
         };
         let resync_stats = txlog_raft::ResyncStats::new();
+        let tls = open_tls(&config)?;
         // Peer traffic leaves from the listen IP unless the node listens on all interfaces.
-        let source_address = Some(config.listen.ip()).filter(|ip| !ip.is_unspecified());
+        let dial = crate::peer_dial::PeerDial {
+            source: Some(config.listen.ip()).filter(|ip| !ip.is_unspecified()),
+            tls: match &tls {
+                Some((_, in_force)) => in_force.client.subscribe(),
+                None => crate::peer_dial::PeerDial::plain(None).tls,
+            },
+        };
         let network = Network::new(reader.clone(), resync_stats.clone())
-            .with_source_address(source_address)
+            .with_source_address(dial.source)
+            .with_tls(dial.tls.clone())
             .with_data_runtime(tokio::runtime::Handle::current());
         let raft_runtime = RaftRuntime::start()?;
         let raft = build_raft(&raft_runtime, &config, network, log_store, state_machine).await?;
@@ -113,7 +121,8 @@ impl Node {
             keys: keys.as_ref(),
             sealer: sealer.as_ref(),
             rotations: rotations.as_ref().map(|(rotations, _)| rotations.clone()),
-            source_address,
+            dial,
+            tls: tls.as_ref(),
             guard: &guard,
             tracker: &tracker,
             shutdown: &shutdown,
@@ -208,12 +217,22 @@ fn access_mode(config: &NodeConfig) -> Result<crate::access_guard::AccessMode> {
     use crate::access_guard::AccessMode;
     match &config.access {
         crate::config::Access::Insecure => Ok(AccessMode::Insecure),
-        crate::config::Access::RootKeyFile(path) => {
-            let root =
-                txlog_client::ClientSecret::read_file(path).map_err(|e| Error::Config(format!("root key: {e}")))?;
+        crate::config::Access::Secured { root_key_file, .. } => {
+            let root = txlog_client::ClientSecret::read_file(root_key_file)
+                .map_err(|e| Error::Config(format!("root key: {e}")))?;
             Ok(AccessMode::enforced(root))
         }
     }
+}
+
+/// The certificates to serve and dial with, checked, on a secured node.
+fn open_tls(config: &NodeConfig) -> Result<Option<(txlog_client::TlsFiles, Arc<crate::tls::InForce>)>> {
+    let crate::config::Access::Secured { tls: files, .. } = &config.access else {
+        tracing::warn!("TLS is off (--insecure): connections are plain, peers and clients unauthenticated");
+        return Ok(None);
+    };
+    let loaded = crate::tls::load(files).map_err(|e| Error::Config(format!("TLS: {e}")))?;
+    Ok(Some((files.clone(), Arc::new(crate::tls::InForce::new(loaded)))))
 }
 
 /// The cluster's keyring, from the key file, in a sealed cluster.
@@ -276,7 +295,9 @@ struct Parts<'a> {
     sealer: Option<&'a Arc<txlog_raft::Sealer>>,
     /// Asks the key-rotation task for keys now; `None` when sealing is off.
     rotations: Option<crate::key_rotation::Rotations>,
-    source_address: Option<std::net::IpAddr>,
+    dial: crate::peer_dial::PeerDial,
+    /// The TLS files and the certificates in force; `None` on an `--insecure` node.
+    tls: Option<&'a (txlog_client::TlsFiles, Arc<crate::tls::InForce>)>,
     guard: &'a Arc<crate::access_guard::Guard>,
     tracker: &'a TaskTracker,
     shutdown: &'a CancellationToken,
@@ -291,10 +312,6 @@ impl Parts<'_> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", config.listen)))?;
-        // The builder's `tcp_nodelay` applies only to listeners it binds
-        // itself; accepted sockets here need it set on the incoming stream.
-        // Without it a response larger than one segment waited for the
-        // client's delayed ACK: every 100-record read took ~44 ms.
         let gate = Arc::new(crate::allowlist::Gate::new(
             config.allowlist.clone(),
             self.metrics.clone(),
@@ -302,19 +319,15 @@ impl Parts<'_> {
         if !gate.is_open() {
             tracing::info!(allowlist = %config.allowlist.describe(), "connections limited by allowlist");
         }
-        // A connection from an address in no allowlist is dropped (closed)
-        // here, before its first byte is read.
-        let incoming = {
-            let gate = gate.clone();
-            tokio_stream::StreamExt::filter(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                move |connection| match connection {
-                    // No peer address: kept only while nothing is checked.
-                    Ok(stream) => stream.peer_addr().map_or(gate.is_open(), |peer| gate.accept(peer.ip())),
-                    Err(_) => true,
-                },
-            )
-        };
+        // Allowlist, then TLS handshake, then the server (see `tls.rs`).
+        let incoming = crate::tls::accept(
+            listener,
+            gate.clone(),
+            self.tls.map(|(_, in_force)| in_force.server.subscribe()),
+            self.metrics.clone(),
+            self.tracker,
+            self.shutdown.clone(),
+        );
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let reflection_service = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(txlog_proto::FILE_DESCRIPTOR_SET)
@@ -406,7 +419,7 @@ impl Parts<'_> {
             reader: self.reader.clone(),
             timing: self.config.timing,
             resync: self.resync.clone(),
-            source_address: self.source_address,
+            dial: self.dial.clone(),
             membership_lock: Arc::default(),
             rotations: self.rotations.clone(),
             keys: self.keys.cloned(),
@@ -446,6 +459,14 @@ impl Parts<'_> {
             self.keys.cloned(),
             shutdown.clone(),
         ));
+        if let Some((files, in_force)) = self.tls {
+            self.tracker.spawn(crate::tls::watch_files(
+                files.clone(),
+                in_force.clone(),
+                self.metrics.clone(),
+                shutdown.clone(),
+            ));
+        }
         if let (Some(keys), Some(sealing)) = (self.keys, &config.sealing) {
             self.tracker.spawn(crate::key_file_watch::run(
                 sealing.key_file.clone(),
@@ -497,7 +518,7 @@ impl Parts<'_> {
                 id: config.id,
                 address: config.advertise.clone(),
                 region: config.region.clone(),
-                source: self.source_address,
+                dial: self.dial.clone(),
                 access: self.guard.mode().clone(),
             };
             self.tracker

@@ -20,19 +20,9 @@ use tonic_reflection::pb::v1::ServerReflectionRequest;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A connection to `address`; `None` while nothing listens there yet.
-async fn channel(address: &str) -> Option<tonic::transport::Channel> {
-    tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .expect("endpoint")
-        .connect_timeout(Duration::from_secs(1))
-        .connect()
-        .await
-        .ok()
-}
-
 /// The status `address` reports for `service` (`""` is the whole server).
-async fn health(address: &str, service: &str) -> Option<ServingStatus> {
-    let mut client = HealthClient::new(channel(address).await?);
+async fn health(cluster: &TestCluster, address: &str, service: &str) -> Option<ServingStatus> {
+    let mut client = HealthClient::new(cluster.channel(address).await?);
     let mut request = tonic::Request::new(HealthCheckRequest {
         service: service.to_string(),
     });
@@ -45,7 +35,7 @@ async fn wait_for_health(cluster: &TestCluster, id: u64, service: &str, expected
     let address = cluster.node(id).address.clone();
     let deadline = Instant::now() + WAIT;
     loop {
-        let status = health(&address, service).await;
+        let status = health(cluster, &address, service).await;
         if status == Some(expected) {
             return;
         }
@@ -59,8 +49,8 @@ async fn wait_for_health(cluster: &TestCluster, id: u64, service: &str, expected
 }
 
 /// Service names reflection lists on `address`.
-async fn reflected_services(address: &str) -> Vec<String> {
-    let mut client = ServerReflectionClient::new(channel(address).await.expect("connect"));
+async fn reflected_services(cluster: &TestCluster, address: &str) -> Vec<String> {
+    let mut client = ServerReflectionClient::new(cluster.channel(address).await.expect("connect"));
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
@@ -93,12 +83,12 @@ async fn health_and_reflection() {
         wait_for_health(&cluster, id, "txlog.v1.AdminService", ServingStatus::Serving).await;
     }
     assert_eq!(
-        health(&cluster.node(leader).address, "txlog.v1.NoSuchService").await,
+        health(&cluster, &cluster.node(leader).address, "txlog.v1.NoSuchService").await,
         None,
         "an unknown service is an error (NOT_FOUND), not a status"
     );
 
-    let services = reflected_services(&cluster.node(leader).address).await;
+    let services = reflected_services(&cluster, &cluster.node(leader).address).await;
     for expected in ["txlog.v1.LogService", "txlog.v1.AdminService", "grpc.health.v1.Health"] {
         assert!(services.iter().any(|s| s == expected), "{expected} not in {services:?}");
     }

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::txlog;
 use common::TestCluster;
 use common::SERIAL;
 use tonic::Code;
@@ -144,18 +145,8 @@ async fn replace_a_region_node_with_join() {
     cluster.wait_for_leader(WAIT).await;
     cluster.append_many("before", 300).await;
 
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_txlog"))
-        .args(["admin", "remove", "--id", "3", "--cluster", &cluster.addresses()])
-        .env("TXLOG_CREDENTIALS", cluster.root_key_file().expect("a root key"))
-        .output()
-        .expect("run txlog admin remove");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "admin remove failed: {}\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        cluster.logs()
-    );
+    let (ok, stdout, stderr) = txlog(&cluster.cli(), &["admin", "remove", "--id", "3"]);
+    assert!(ok, "admin remove failed: {stderr}\n{}", cluster.logs());
     assert!(stdout.contains("node 3 removed"), "{stdout}");
     cluster.kill(3);
     cluster.wait_for_voters(&[1, 2], WAIT).await;
@@ -174,13 +165,8 @@ async fn replace_a_region_node_with_join() {
     check_logs(&cluster, &[1, 2, 4], &BTreeMap::new()).await;
 
     // `txlog admin status` shows the new member with its region and role.
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_txlog"))
-        .args(["admin", "status", "--cluster", &cluster.addresses()])
-        .env("TXLOG_CREDENTIALS", cluster.root_key_file().expect("a root key"))
-        .output()
-        .expect("run txlog admin status");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success());
+    let (ok, stdout, stderr) = txlog(&cluster.cli(), &["admin", "status"]);
+    assert!(ok, "{stderr}");
     assert!(
         stdout
             .lines()

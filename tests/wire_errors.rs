@@ -1082,9 +1082,20 @@ async fn allowlists_refuse_by_address_and_service() {
 fn client_as(cluster: &Cluster, secret: &ClientSecret, roles: &[&str]) -> Client {
     let credentials =
         Credentials::new(secret.clone(), roles.iter().map(|r| r.to_string()).collect()).expect("credentials");
+    anonymous(cluster).with_credentials(credentials)
+}
+
+/// A client of `cluster` that speaks TLS (with the local client
+/// certificate) but signs nothing.
+fn anonymous(cluster: &Cluster) -> Client {
+    let tls = cluster
+        .local
+        .client_tls()
+        .expect("client certificate")
+        .expect("a secured cluster");
     Client::connect(&cluster.local.addresses())
         .expect("client")
-        .with_credentials(credentials)
+        .with_tls(&tls)
 }
 
 fn code_of<T: std::fmt::Debug>(result: Result<T, ClientError>) -> (Code, String) {
@@ -1093,7 +1104,12 @@ fn code_of<T: std::fmt::Debug>(result: Result<T, ClientError>) -> (Code, String)
 }
 
 /// A `Read` of `request` sent to `address` with `token` (or none) in its metadata.
-async fn raw_read(address: &str, request: ReadRequest, token: Option<&RequestToken>) -> Result<(), tonic::Status> {
+async fn raw_read(
+    cluster: &Cluster,
+    address: &str,
+    request: ReadRequest,
+    token: Option<&RequestToken>,
+) -> Result<(), tonic::Status> {
     let mut call = tonic::Request::new(request);
     if let Some(token) = token {
         call.metadata_mut().insert_bin(
@@ -1101,10 +1117,19 @@ async fn raw_read(address: &str, request: ReadRequest, token: Option<&RequestTok
             tonic::metadata::MetadataValue::from_bytes(&token.encode_to_vec()),
         );
     }
-    LogServiceClient::new(channel(address).await)
-        .read(call)
+    let tls = cluster
+        .local
+        .client_tls()
+        .expect("client certificate")
+        .expect("a secured cluster");
+    let channel = Endpoint::from_shared(format!("https://{address}"))
+        .expect("endpoint")
+        .tls_config(tls.client_config())
+        .expect("TLS settings")
+        .connect()
         .await
-        .map(|_| ())
+        .expect("connect");
+    LogServiceClient::new(channel).read(call).await.map(|_| ())
 }
 
 async fn refusals(cluster: &Cluster, id: u64) -> (f64, f64) {
@@ -1129,7 +1154,7 @@ async fn tokens_and_roles_decide_every_call() {
         .expect("the root key appends");
 
     // Unsigned calls are refused before anything happens.
-    let anonymous = Client::connect(&cluster.local.addresses()).expect("client");
+    let anonymous = anonymous(&cluster);
     let (code, message) = code_of(anonymous.append_one("orders", b"anon", b"x").await);
     assert_eq!(code, Code::Unauthenticated, "{message}");
     assert!(message.contains("needs a request token"), "{message}");
@@ -1245,16 +1270,17 @@ async fn tokens_and_roles_decide_every_call() {
         );
     };
     let good = issue(&desk, wall_clock_ms(), 60);
-    raw_read(&leader, request.clone(), Some(&good))
+    raw_read(&cluster, &leader, request.clone(), Some(&good))
         .await
         .expect("a good token");
     refused(
-        raw_read(&leader, request.clone(), Some(&good)).await,
+        raw_read(&cluster, &leader, request.clone(), Some(&good)).await,
         Code::Unauthenticated,
         "already used",
     );
     refused(
         raw_read(
+            &cluster,
             &leader,
             request.clone(),
             Some(&issue(&desk, wall_clock_ms() - 400_000, 60)),
@@ -1265,6 +1291,7 @@ async fn tokens_and_roles_decide_every_call() {
     );
     refused(
         raw_read(
+            &cluster,
             &leader,
             request.clone(),
             Some(&issue(&desk, wall_clock_ms() + 300_000, 60)),
@@ -1275,7 +1302,13 @@ async fn tokens_and_roles_decide_every_call() {
     );
     let forged = ClientSecret::new("desk-1", [7; 32]).unwrap();
     refused(
-        raw_read(&leader, request.clone(), Some(&issue(&forged, wall_clock_ms(), 60))).await,
+        raw_read(
+            &cluster,
+            &leader,
+            request.clone(),
+            Some(&issue(&forged, wall_clock_ms(), 60)),
+        )
+        .await,
         Code::Unauthenticated,
         "MAC does not match",
     );
@@ -1284,12 +1317,19 @@ async fn tokens_and_roles_decide_every_call() {
         ..request.clone()
     };
     refused(
-        raw_read(&leader, other_payload, Some(&issue(&desk, wall_clock_ms(), 60))).await,
+        raw_read(
+            &cluster,
+            &leader,
+            other_payload,
+            Some(&issue(&desk, wall_clock_ms(), 60)),
+        )
+        .await,
         Code::Unauthenticated,
         "MAC does not match",
     );
     refused(
         raw_read(
+            &cluster,
             &leader,
             request.clone(),
             Some(&issue(&ClientSecret::generate("nobody").unwrap(), wall_clock_ms(), 60)),

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 
 use tonic::transport::Channel;
+use tonic::transport::ClientTlsConfig;
 use tonic::transport::Endpoint;
 
 use crate::address::parse_cluster;
@@ -12,6 +13,7 @@ use crate::append_stream::AppendSession;
 use crate::ClientError;
 use crate::ClientOptions;
 use crate::Credentials;
+use crate::TlsPem;
 
 /// HTTP/2 ping interval on every node connection, and how long a ping may
 /// go unanswered before the connection counts as dead.
@@ -29,6 +31,8 @@ pub struct Client {
     pub(crate) options: ClientOptions,
     /// What every request is signed with; none against an `--insecure` cluster.
     pub(crate) credentials: Option<Arc<Credentials>>,
+    /// Mutual TLS to every node; none against an `--insecure` cluster.
+    tls: Option<ClientTlsConfig>,
 }
 
 struct State {
@@ -70,6 +74,7 @@ impl Client {
             })),
             options,
             credentials: None,
+            tls: None,
         })
     }
 
@@ -77,6 +82,19 @@ impl Client {
     pub fn with_credentials(mut self, credentials: Credentials) -> Client {
         self.credentials = Some(Arc::new(credentials));
         self
+    }
+
+    /// Speak mutual TLS to every node: present `pem`'s certificate, trust
+    /// its CA, and accept only a node certificate on the other end.
+    pub fn with_tls(mut self, pem: &TlsPem) -> Client {
+        self.channels.lock().expect("client lock poisoned").clear();
+        self.tls = Some(pem.client_config());
+        self
+    }
+
+    /// Whether connections use TLS.
+    pub fn uses_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// A client of the same nodes with the same options and credentials,
@@ -93,6 +111,7 @@ impl Client {
             })),
             options: self.options,
             credentials: self.credentials.clone(),
+            tls: self.tls.clone(),
         }
     }
 
@@ -139,8 +158,15 @@ impl Client {
     }
 
     fn new_channel(&self, address: &str) -> Result<Channel, ClientError> {
-        Ok(Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| ClientError::BadCluster(format!("{address}: {e}")))?
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
+            .map_err(|e| ClientError::BadCluster(format!("{address}: {e}")))?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| ClientError::BadCluster(format!("{address}: TLS: {e}")))?;
+        }
+        Ok(endpoint
             .connect_timeout(self.options.connect_timeout)
             .tcp_nodelay(true)
             // A node that vanished without closing the connection (power

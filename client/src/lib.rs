@@ -29,6 +29,11 @@
 //! already committed returns its original sequence instead of writing
 //! again.
 //!
+//! **Security.** [`Client::with_credentials`] signs every attempt of every
+//! call with a fresh request token; [`Client::with_tls`] speaks mutual TLS
+//! and accepts only a node certificate from the cluster CA on the other
+//! end (`tls.rs`). Both are off only against an `--insecure` cluster.
+//!
 //! **Status.** [`Client::cluster_status`] asks every node it knows of and
 //! returns a [`ClusterStatus`] with a typed [`Role`] and [`Kind`] per node;
 //! the strings on the wire are parsed in exactly one place (`status.rs`).
@@ -44,6 +49,7 @@ pub mod methods;
 mod options;
 mod retry;
 mod status;
+mod tls;
 mod token;
 
 pub use address::normalize_address;
@@ -61,6 +67,10 @@ pub use status::Kind;
 pub use status::NodeView;
 pub use status::ResyncSent;
 pub use status::Role;
+pub use tls::TlsFiles;
+pub use tls::TlsPem;
+pub use tls::NODE_SERVER_NAME;
+pub use tls::TLS_FILE_BYTES_MAX;
 pub use token::check_token_name;
 pub use token::token_mac;
 pub use token::token_mac_input;

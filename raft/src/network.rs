@@ -16,6 +16,11 @@
 //! sends the next batch while the follower is still writing the previous
 //! one. Heartbeats (one request each) go as unary `AppendEntries`.
 //!
+//! On a secured cluster every peer connection is mutual TLS under the
+//! node's certificate ([`Network::with_tls`]); when the certificates in
+//! force change, the cache is emptied and the next call dials with the new
+//! ones (calls in flight finish on the old connections).
+//!
 //! Snapshots go through resync (`resync/send.rs`): a probe, then either only
 //! the records the follower is missing (delta) or the whole snapshot file
 //! (full), both as bounded streams of CRC'd chunks. Bytes sent are counted
@@ -53,6 +58,7 @@ use openraft::OptionalSend;
 use openraft::RPCTypes;
 use openraft::RaftNetworkV2;
 use tonic::transport::Channel;
+use tonic::transport::ClientTlsConfig;
 use tonic::transport::Endpoint;
 use txlog_proto::raft_service_client::RaftServiceClient;
 
@@ -76,7 +82,7 @@ const SNAPSHOT_TTL_MIN: Duration = Duration::from_secs(120);
 /// Creates per-peer clients; holds the channel cache.
 #[derive(Clone)]
 pub struct Network {
-    channels: Arc<Mutex<HashMap<(String, Lane), Channel>>>,
+    channels: Arc<Mutex<Channels>>,
     /// Where the data lane's connection tasks run (`None`: the caller's runtime).
     data_runtime: Option<tokio::runtime::Handle>,
     reader: StateMachineReader,
@@ -90,7 +96,10 @@ impl Network {
     /// counts snapshot bytes sent.
     pub fn new(reader: StateMachineReader, stats: Arc<ResyncStats>) -> Self {
         Network {
-            channels: Arc::default(),
+            channels: Arc::new(Mutex::new(Channels {
+                cached: HashMap::new(),
+                tls: tokio::sync::watch::Sender::new(None).subscribe(),
+            })),
             data_runtime: None,
             reader,
             stats,
@@ -106,6 +115,14 @@ impl Network {
         self
     }
 
+    /// Dial peers with mutual TLS under the client settings in `tls` (the
+    /// node certificate in force; `None`: plain connections).
+    pub fn with_tls(self, mut tls: tokio::sync::watch::Receiver<Option<ClientTlsConfig>>) -> Self {
+        tls.mark_changed();
+        self.channels.lock().expect("channel cache poisoned").tls = tls;
+        self
+    }
+
     /// Run the data lane's connection tasks (request encoding, h2 framing of
     /// entries and snapshot chunks) on `runtime` rather than openraft's.
     pub fn with_data_runtime(mut self, runtime: tokio::runtime::Handle) -> Self {
@@ -115,12 +132,25 @@ impl Network {
 
     fn channel(&self, address: &str, lane: Lane) -> Result<Channel, Error> {
         let mut channels = self.channels.lock().expect("channel cache poisoned");
+        let channels = &mut *channels;
+        if channels.tls.has_changed().unwrap_or(false) {
+            channels.cached.clear();
+            channels.tls.mark_unchanged();
+        }
         let key = (address.to_string(), lane);
-        if let Some(channel) = channels.get(&key) {
+        if let Some(channel) = channels.cached.get(&key) {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| Error::InvalidInput(format!("bad peer address {address:?}: {e}")))?
+        let tls = channels.tls.borrow().clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
+            .map_err(|e| Error::InvalidInput(format!("bad peer address {address:?}: {e}")))?;
+        if let Some(tls) = tls {
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| Error::InvalidInput(format!("TLS to peer {address:?}: {e}")))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .local_address(self.source_address)
@@ -132,7 +162,7 @@ impl Network {
             _ => None,
         };
         let channel = endpoint.connect_lazy();
-        channels.insert(key, channel.clone());
+        channels.cached.insert(key, channel.clone());
         Ok(channel)
     }
 
@@ -143,6 +173,12 @@ impl Network {
                 .max_encoding_message_size(codec::PEER_MESSAGE_BYTES_MAX)
         })
     }
+}
+
+/// The channel cache, and the TLS settings it was dialled with.
+struct Channels {
+    cached: HashMap<(String, Lane), Channel>,
+    tls: tokio::sync::watch::Receiver<Option<ClientTlsConfig>>,
 }
 
 /// Which of a peer's two connections a call uses.

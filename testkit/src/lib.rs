@@ -38,12 +38,16 @@ mod ports;
 
 pub use catch_up::catch_up_with_trickle;
 pub use catch_up::wait_for_seq;
+pub use local_cluster::client_tls_files;
+pub use local_cluster::node_tls_files;
 pub use local_cluster::txlog_binary;
 pub use local_cluster::Launch;
 pub use local_cluster::LocalCluster;
 pub use local_cluster::LocalNode;
 pub use local_cluster::NodeSpec;
 pub use local_cluster::Stopped;
+pub use local_cluster::CERTS_DIR;
+pub use local_cluster::CLIENT_CERT_NAME;
 pub use local_cluster::KEY_FILE;
 pub use local_cluster::ROOT_KEY_FILE;
 pub use local_cluster::ROOT_KEY_ID;

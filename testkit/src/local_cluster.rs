@@ -17,6 +17,8 @@ use anyhow::Context;
 use txlog_client::Client;
 use txlog_client::ClientOptions;
 use txlog_client::Credentials;
+use txlog_client::TlsFiles;
+use txlog_client::TlsPem;
 
 use crate::free_port;
 
@@ -84,6 +86,9 @@ pub struct LocalCluster {
     /// The root client key every node gets (`--root-key-file`), made with
     /// `txlog token secret` before the first start; `None` runs `--insecure`.
     root_key_file: Option<PathBuf>,
+    /// The CA and certificates (`txlog certs`), made before the first start
+    /// of each node; `None` runs `--insecure`.
+    certs_dir: Option<PathBuf>,
 }
 
 /// The key file's name, beside the nodes' data directories.
@@ -92,6 +97,20 @@ pub const KEY_FILE: &str = "cluster.key";
 pub const ROOT_KEY_FILE: &str = "root.secret";
 /// The root key's id in local clusters.
 pub const ROOT_KEY_ID: &str = "root";
+/// The CA and certificates' directory, beside the key file.
+pub const CERTS_DIR: &str = "certs";
+/// The name of the client certificate local clients use (`client-admin.pem`).
+pub const CLIENT_CERT_NAME: &str = "admin";
+
+/// The client certificate files in `certs_dir`.
+pub fn client_tls_files(certs_dir: &Path) -> TlsFiles {
+    TlsFiles::in_dir(certs_dir, &format!("client-{CLIENT_CERT_NAME}"))
+}
+
+/// Node `id`'s certificate files in `certs_dir` (`node-n<ID>.pem`).
+pub fn node_tls_files(certs_dir: &Path, id: u64) -> TlsFiles {
+    TlsFiles::in_dir(certs_dir, &format!("node-n{id}"))
+}
 
 /// How one start of a node differs from the plain command (chaos runs use
 /// this for clock skew and network namespaces, tests for the log level).
@@ -157,6 +176,7 @@ impl LocalCluster {
             own_process_group: true,
             key_file: dir.as_ref().map(|d| d.join(KEY_FILE)),
             root_key_file: dir.as_ref().map(|d| d.join(ROOT_KEY_FILE)),
+            certs_dir: dir.as_ref().map(|d| d.join(CERTS_DIR)),
         };
         for spec in specs {
             cluster.add(spec);
@@ -178,11 +198,61 @@ impl LocalCluster {
         self
     }
 
-    /// Run the nodes `--insecure` (no tokens asked, every call allowed):
-    /// only to measure what access control costs.
+    /// Run the nodes `--insecure` (plain connections, no tokens asked,
+    /// every call allowed): only to measure what access control costs.
     pub fn insecure(mut self) -> Self {
         self.root_key_file = None;
+        self.certs_dir = None;
         self
+    }
+
+    /// The directory of the CA and certificates, unless insecure.
+    pub fn certs_dir(&self) -> Option<&Path> {
+        self.certs_dir.as_deref()
+    }
+
+    /// What a client of this cluster speaks TLS with: the `admin` client
+    /// certificate, unless the nodes run insecure. Made on first use.
+    pub fn client_tls(&self) -> anyhow::Result<Option<TlsPem>> {
+        let Some(dir) = &self.certs_dir else {
+            return Ok(None);
+        };
+        self.ensure_certs(None)?;
+        Ok(Some(client_tls_files(dir).read().map_err(anyhow::Error::msg)?))
+    }
+
+    /// Make the CA (with the client certificate) unless it exists, and
+    /// node `id`'s certificate unless it exists.
+    fn ensure_certs(&self, node: Option<u64>) -> anyhow::Result<()> {
+        let Some(dir) = &self.certs_dir else {
+            return Ok(());
+        };
+        let shown = dir.display().to_string();
+        if !dir.join("ca.pem").exists() {
+            self.run_txlog(&["certs", "init", "--dir", &shown, "--client", CLIENT_CERT_NAME])?;
+        }
+        if let Some(id) = node {
+            if !node_tls_files(dir, id).cert.exists() {
+                self.run_txlog(&["certs", "issue", "--dir", &shown, "--node", &format!("n{id}")])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Run `txlog ARGS` to completion; its stderr is the error if it fails.
+    fn run_txlog(&self, args: &[&str]) -> anyhow::Result<()> {
+        let shown = format!("txlog {}", args.join(" "));
+        let output = Command::new(&self.exe)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("run {shown}"))?;
+        anyhow::ensure!(
+            output.status.success(),
+            "{shown} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        Ok(())
     }
 
     /// The root key's secret file the nodes get, unless insecure.
@@ -201,13 +271,17 @@ impl LocalCluster {
         Ok(Some(credentials))
     }
 
-    /// A client of every node, signing with [`Self::credentials`].
+    /// A client of every node, signing with [`Self::credentials`] and
+    /// speaking TLS with [`Self::client_tls`].
     pub fn client(&self, options: ClientOptions) -> anyhow::Result<Client> {
-        let client = Client::new(&self.addresses(), options)?;
-        Ok(match self.credentials()? {
-            Some(credentials) => client.with_credentials(credentials),
-            None => client,
-        })
+        let mut client = Client::new(&self.addresses(), options)?;
+        if let Some(credentials) = self.credentials()? {
+            client = client.with_credentials(credentials);
+        }
+        if let Some(tls) = self.client_tls()? {
+            client = client.with_tls(&tls);
+        }
+        Ok(client)
     }
 
     /// The key file the nodes get, if sealed.
@@ -239,20 +313,10 @@ impl LocalCluster {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         }
-        let shown = format!("txlog {} --out {}", command.join(" "), path.display());
-        let output = Command::new(&self.exe)
-            .args(command)
-            .arg("--out")
-            .arg(path)
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("run {shown}"))?;
-        anyhow::ensure!(
-            output.status.success(),
-            "{shown} failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-        Ok(())
+        let out = path.display().to_string();
+        let mut args = command.to_vec();
+        args.extend(["--out", &out]);
+        self.run_txlog(&args)
     }
 
     /// Add a node that is not running yet (start it with [`Self::start`]);
@@ -315,9 +379,20 @@ impl LocalCluster {
             Some(path) => command.arg("--key-file").arg(path),
             None => command.args(["--seal", "false"]),
         };
-        match &self.root_key_file {
-            Some(path) => command.arg("--root-key-file").arg(path),
-            None => command.arg("--insecure"),
+        match (&self.root_key_file, &self.certs_dir) {
+            (Some(path), Some(certs)) => {
+                let tls = node_tls_files(certs, spec.id);
+                command
+                    .arg("--root-key-file")
+                    .arg(path)
+                    .arg("--tls-ca-file")
+                    .arg(tls.ca)
+                    .arg("--tls-cert-file")
+                    .arg(tls.cert)
+                    .arg("--tls-key-file")
+                    .arg(tls.key)
+            }
+            _ => command.arg("--insecure"),
         };
         command
             .args(&spec.extra_args)
@@ -339,6 +414,7 @@ impl LocalCluster {
         std::fs::create_dir_all(&spec.data_dir).with_context(|| format!("create {}", spec.data_dir.display()))?;
         self.ensure_key_file()?;
         self.ensure_root_key_file()?;
+        self.ensure_certs(Some(self.nodes[i].spec.id))?;
         let spec = &self.nodes[i].spec;
         let log_path = spec.log_path();
         let log = OpenOptions::new()

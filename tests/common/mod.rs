@@ -225,11 +225,31 @@ impl TestCluster {
         Cli {
             cluster: self.addresses(),
             secret_file: self.local.root_key_file().map(|p| p.to_path_buf()),
+            certs_dir: self.local.certs_dir().map(|p| p.to_path_buf()),
         }
     }
 
     pub fn root_key_file(&self) -> Option<&std::path::Path> {
         self.local.root_key_file()
+    }
+
+    /// A raw gRPC connection to `address`, over TLS with the local client
+    /// certificate on a secured cluster; `None` while nothing listens there.
+    pub async fn channel(&self, address: &str) -> Option<tonic::transport::Channel> {
+        let tls = self.local.client_tls().expect("client certificate");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{address}"))
+            .expect("endpoint")
+            .connect_timeout(Duration::from_secs(1));
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls.client_config()).expect("TLS settings");
+        }
+        endpoint.connect().await.ok()
+    }
+
+    /// The CA and certificates the nodes and clients use.
+    pub fn certs_dir(&self) -> Option<&std::path::Path> {
+        self.local.certs_dir()
     }
 
     /// Wait for a leader; returns its id.
@@ -295,6 +315,13 @@ pub fn txlog(target: &(impl CliTarget + ?Sized), args: &[&str]) -> (bool, String
     if let Some(secret) = target.secret_file() {
         command.env("TXLOG_CREDENTIALS", secret);
     }
+    if let Some(dir) = target.certs_dir() {
+        let tls = txlog_testkit::client_tls_files(dir);
+        command
+            .env("TXLOG_CLIENT_TLS_CA_FILE", tls.ca)
+            .env("TXLOG_CLIENT_TLS_CERT_FILE", tls.cert)
+            .env("TXLOG_CLIENT_TLS_KEY_FILE", tls.key);
+    }
     let out = command.output().expect("run txlog");
     (
         out.status.success(),
@@ -303,11 +330,13 @@ pub fn txlog(target: &(impl CliTarget + ?Sized), args: &[&str]) -> (bool, String
     )
 }
 
-/// A cluster the `txlog` CLI talks to, and the secret file it signs with.
+/// A cluster the `txlog` CLI talks to, the secret file it signs with and
+/// the certificates it speaks TLS with.
 #[derive(Clone)]
 pub struct Cli {
     pub cluster: String,
     pub secret_file: Option<PathBuf>,
+    pub certs_dir: Option<PathBuf>,
 }
 
 impl Cli {
@@ -316,6 +345,7 @@ impl Cli {
         Cli {
             cluster: format!("127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}", base, base + 1, base + 2),
             secret_file: Some(data_dir.join(txlog_testkit::ROOT_KEY_FILE)),
+            certs_dir: Some(data_dir.join(txlog_testkit::CERTS_DIR)),
         }
     }
 }
@@ -324,6 +354,9 @@ impl Cli {
 pub trait CliTarget {
     fn cluster(&self) -> &str;
     fn secret_file(&self) -> Option<&std::path::Path>;
+    fn certs_dir(&self) -> Option<&std::path::Path> {
+        None
+    }
 }
 
 /// Addresses alone: unsigned calls (commands that need no cluster, or an insecure one).
@@ -351,5 +384,8 @@ impl CliTarget for Cli {
     }
     fn secret_file(&self) -> Option<&std::path::Path> {
         self.secret_file.as_deref()
+    }
+    fn certs_dir(&self) -> Option<&std::path::Path> {
+        self.certs_dir.as_deref()
     }
 }

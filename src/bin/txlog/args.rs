@@ -42,6 +42,17 @@ pub struct ClusterArgs {
     /// the cluster grants the key].
     #[arg(long = "claim-role", env = "TXLOG_CLAIM_ROLES", value_delimiter = ',')]
     pub claim_roles: Vec<String>,
+    /// The cluster CA's certificate; with --tls-cert-file and --tls-key-file, connections are
+    /// mutual TLS [default: the dev cluster's txlog-dev-data/certs/ca.pem and client-admin
+    /// certificate, if they exist; else plain, which only an --insecure cluster accepts].
+    #[arg(long, env = "TXLOG_CLIENT_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// This client's certificate (`txlog certs issue --client NAME`).
+    #[arg(long, env = "TXLOG_CLIENT_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// This client's private key (mode 0600).
+    #[arg(long, env = "TXLOG_CLIENT_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
     /// Print JSON instead of human-readable text.
     #[arg(long)]
     pub json: bool,
@@ -71,6 +82,8 @@ pub enum Command {
     Keys(KeysArgs),
     /// Client request tokens: make a client key's secret file, issue a token for one call.
     Token(TokenArgs),
+    /// TLS certificates: make the cluster CA, issue node and client certificates.
+    Certs(CertsArgs),
     /// Check a stopped node's files offline: every CRC, signature and tag, and the hash chain.
     #[command(
         long_about = "Check a stopped node's data directory offline, changing nothing: every WAL \
@@ -150,6 +163,48 @@ pub struct TokenIssueArgs {
     /// Print `txlog-token-bin: <value>` (a header line) instead of the value alone.
     #[arg(long)]
     pub header: bool,
+}
+
+#[derive(Args)]
+pub struct CertsArgs {
+    #[command(subcommand)]
+    pub command: CertsCommand,
+}
+
+#[derive(Subcommand)]
+pub enum CertsCommand {
+    /// Make the cluster CA (ca.pem, and ca.key with mode 0600) in --dir, and the certificates
+    /// named with --node and --client. Every node is given ca.pem and its own node certificate
+    /// (--tls-ca-file, --tls-cert-file, --tls-key-file); clients get ca.pem and a client
+    /// certificate. An existing CA is never replaced.
+    Init(CertsInitArgs),
+    /// Issue or renew node and client certificates with the CA in --dir. A renewed certificate
+    /// replaces the old files; a running node takes it within seconds, without a restart.
+    Issue(CertsInitArgs),
+}
+
+#[derive(Args)]
+pub struct CertsInitArgs {
+    /// The directory of the CA (created by `init` if absent).
+    #[arg(long)]
+    pub dir: PathBuf,
+    #[command(flatten)]
+    pub holders: CertHolders,
+    /// How long each certificate is valid, in days (at most 3650).
+    #[arg(long, default_value_t = txlog::certs::LEAF_DAYS_DEFAULT)]
+    pub days: u32,
+}
+
+#[derive(Args)]
+pub struct CertHolders {
+    /// A node certificate to issue (repeat for several): node-NAME.pem and node-NAME.key,
+    /// valid for server and client authentication. NAME: 1-63 of a-z, 0-9 and '-'.
+    #[arg(long = "node", value_name = "NAME")]
+    pub nodes: Vec<String>,
+    /// A client certificate to issue (repeat for several): client-NAME.pem and
+    /// client-NAME.key. It cannot speak Raft; request tokens decide what it may call.
+    #[arg(long = "client", value_name = "NAME")]
+    pub clients: Vec<String>,
 }
 
 #[derive(Args)]

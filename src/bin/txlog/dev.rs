@@ -105,6 +105,12 @@ fn print_banner(nodes: &LocalCluster, status: &ClusterStatus, took: Duration, op
             key_file.display()
         );
     }
+    if let Some(certs) = nodes.certs_dir() {
+        println!(
+            "  connections are mutual TLS; CA and certificates in {} (the CLI here uses client-admin)",
+            certs.display()
+        );
+    }
     if let Some(root) = nodes.root_key_file() {
         println!(
             "  calls need request tokens; the CLI here signs them with the root key {}",

@@ -12,6 +12,7 @@
 mod admin;
 mod args;
 mod bench;
+mod certs;
 mod dev;
 mod duration;
 mod keys;
@@ -73,6 +74,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Bench(command) => bench::run(*command).await,
         Command::Keys(args) => keys::run(args.command).await,
         Command::Token(args) => token::run(args.command),
+        Command::Certs(args) => certs::run(args.command),
         Command::Verify(args) => verify::run(args),
     }
 }

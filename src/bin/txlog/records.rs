@@ -5,6 +5,7 @@ use anyhow::Context;
 use txlog_client::Client;
 use txlog_client::ClientError;
 use txlog_client::Credentials;
+use txlog_client::TlsFiles;
 use txlog_proto::CommittedRecord;
 
 use crate::args::AppendArgs;
@@ -14,21 +15,43 @@ use crate::args::ReadArgs;
 use crate::args::TailArgs;
 
 /// A client of `args.cluster`, signing with `args.credentials` (or the
-/// dev cluster's root key when it exists and no file is named).
+/// dev cluster's root key when it exists and no file is named), over TLS
+/// with `args.tls_*` (or the dev cluster's client certificate).
 pub fn client(args: &ClusterArgs) -> anyhow::Result<Client> {
-    let client = Client::connect(&args.cluster)?;
-    let secret_file = args.credentials.clone().or_else(dev_root_key_file);
-    Ok(match secret_file {
-        Some(path) => client
-            .with_credentials(Credentials::from_file(&path, args.claim_roles.clone()).map_err(anyhow::Error::msg)?),
-        None => client,
-    })
+    let mut client = Client::connect(&args.cluster)?;
+    let secret_file = args
+        .credentials
+        .clone()
+        .or_else(|| dev_file(txlog_testkit::ROOT_KEY_FILE));
+    if let Some(path) = secret_file {
+        let credentials = Credentials::from_file(&path, args.claim_roles.clone()).map_err(anyhow::Error::msg)?;
+        client = client.with_credentials(credentials);
+    }
+    if let Some(files) = tls_files(args)? {
+        client = client.with_tls(&files.read().map_err(anyhow::Error::msg)?);
+    }
+    Ok(client)
 }
 
-/// The root key `txlog dev` made, if there is one here.
-fn dev_root_key_file() -> Option<std::path::PathBuf> {
+/// The three TLS files named, or the dev cluster's; all or none.
+fn tls_files(args: &ClusterArgs) -> anyhow::Result<Option<TlsFiles>> {
+    match (&args.tls_ca_file, &args.tls_cert_file, &args.tls_key_file) {
+        (Some(ca), Some(cert), Some(key)) => Ok(Some(TlsFiles {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        })),
+        (None, None, None) => Ok(dev_file(txlog_testkit::CERTS_DIR)
+            .map(|dir| txlog_testkit::client_tls_files(&dir))
+            .filter(|files| files.cert.exists())),
+        _ => anyhow::bail!("give all three of --tls-ca-file, --tls-cert-file and --tls-key-file, or none"),
+    }
+}
+
+/// `name` in the directory `txlog dev` keeps its cluster in, if it exists.
+fn dev_file(name: &str) -> Option<std::path::PathBuf> {
     let dir = std::env::var_os("TXLOG_DEV_DATA_DIR").map_or_else(|| "txlog-dev-data".into(), std::path::PathBuf::from);
-    let path = dir.join(txlog_testkit::ROOT_KEY_FILE);
+    let path = dir.join(name);
     path.exists().then_some(path)
 }
 

@@ -222,6 +222,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             json: false,
             credentials: std::env::var_os("TXLOG_CREDENTIALS").map(Into::into),
             claim_roles: Vec::new(),
+            tls_ca_file: std::env::var_os("TXLOG_CLIENT_TLS_CA_FILE").map(Into::into),
+            tls_cert_file: std::env::var_os("TXLOG_CLIENT_TLS_CERT_FILE").map(Into::into),
+            tls_key_file: std::env::var_os("TXLOG_CLIENT_TLS_KEY_FILE").map(Into::into),
         })?;
         let report = load(&args, &client).await?;
         return print_report(&report, args.common.json);
