@@ -38,8 +38,8 @@ pub struct ClusterBenchArgs {
     /// against the same command without it. A bench-only switch.
     #[arg(long)]
     pub no_seal: bool,
-    /// Run the nodes --insecure (no request tokens checked), to measure what access control
-    /// costs against the same command without it. A bench-only switch.
+    /// Run the nodes --insecure (plain connections, no request tokens checked), to measure
+    /// what access control (mutual TLS and tokens) costs against the same command without it.
     #[arg(long)]
     pub insecure: bool,
 }
@@ -136,8 +136,8 @@ impl BenchCluster {
             "cluster of 3 nodes starting in {} ({})",
             dir.display(),
             match (common.no_seal, common.insecure) {
-                (false, false) => "sealed, tokens checked",
-                (true, false) => "unsealed, tokens checked",
+                (false, false) => "sealed, mutual TLS, tokens checked",
+                (true, false) => "unsealed, mutual TLS, tokens checked",
                 (false, true) => "sealed, insecure",
                 (true, true) => "unsealed, insecure",
             }
