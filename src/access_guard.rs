@@ -173,15 +173,18 @@ pub struct Guard {
     checker: TokenChecker,
     pub policy: Arc<LivePolicy>,
     metrics: Arc<Metrics>,
+    /// Where refusals are recorded (the `_audit` channel).
+    audit: Arc<crate::audit::Auditor>,
 }
 
 impl Guard {
-    pub fn new(mode: AccessMode, metrics: Arc<Metrics>) -> Guard {
+    pub fn new(mode: AccessMode, metrics: Arc<Metrics>, audit: Arc<crate::audit::Auditor>) -> Guard {
         Guard {
             mode,
             checker: TokenChecker::default(),
             policy: Arc::default(),
             metrics,
+            audit,
         }
     }
 
@@ -238,16 +241,16 @@ impl Guard {
             Some(value) => {
                 let bytes = value
                     .to_bytes()
-                    .map_err(|_| self.refuse_token(Error::Unauthenticated("token: not valid base64".into())))?;
+                    .map_err(|_| self.refuse_token("-", Error::Unauthenticated("token: not valid base64".into())))?;
                 if bytes.len() > TOKEN_BYTES_MAX {
-                    return Err(self.refuse_token(Error::Unauthenticated(format!(
-                        "token: {} bytes (at most {TOKEN_BYTES_MAX})",
-                        bytes.len()
-                    ))));
+                    return Err(self.refuse_token(
+                        "-",
+                        Error::Unauthenticated(format!("token: {} bytes (at most {TOKEN_BYTES_MAX})", bytes.len())),
+                    ));
                 }
                 Some(
                     RequestToken::decode(bytes)
-                        .map_err(|e| self.refuse_token(Error::Unauthenticated(format!("token: {e}"))))?,
+                        .map_err(|e| self.refuse_token("-", Error::Unauthenticated(format!("token: {e}"))))?,
                 )
             }
         };
@@ -280,7 +283,7 @@ impl Guard {
             return Ok(None);
         };
         let Some(token) = token else {
-            return Err(self.refuse_token(Error::Unauthenticated(format!(
+            return Err(self.refuse_token("unsigned", Error::Unauthenticated(format!(
                 "{method} needs a request token (metadata {TOKEN_METADATA_KEY}): the CLI signs with --credentials FILE, the client library with Credentials; `txlog token issue` makes one by hand"
             ))));
         };
@@ -302,7 +305,7 @@ impl Guard {
                     tonic::Code::ResourceExhausted => Error::Exhausted(refusal.to_string()),
                     _ => Error::Unauthenticated(refusal.to_string()),
                 };
-                Err(self.refuse_token(err))
+                Err(self.refuse_token(&token.key_id, err))
             }
         }
     }
@@ -319,7 +322,7 @@ impl Guard {
             return Ok(());
         };
         let Some(caller) = caller else {
-            return Err(self.deny(Error::Unauthenticated("no caller".into())));
+            return Err(self.deny("-", Error::Unauthenticated("no caller".into())));
         };
         if caller.key_id == root.key_id() {
             return Ok(());
@@ -335,22 +338,27 @@ impl Guard {
             .authorize(&caller.key_id, claimed, operation, channel)
             .map_err(|message| {
                 if policy.secret_of(&caller.key_id).is_none() {
-                    self.refuse_token(Error::Unauthenticated(message))
+                    self.refuse_token(&caller.key_id, Error::Unauthenticated(message))
                 } else {
-                    self.deny(Error::PermissionDenied(message))
+                    self.deny(&caller.key_id, Error::PermissionDenied(message))
                 }
             })
     }
 
-    fn refuse_token(&self, err: Error) -> Status {
+    /// `source`: the token's key id when there is one.
+    fn refuse_token(&self, source: &str, err: Error) -> Status {
         self.metrics.tokens_refused.inc();
         tracing::debug!(%err, "call refused");
+        self.audit
+            .refused(crate::audit::Refusal::Token, source, &err.to_string());
         err.to_status()
     }
 
-    fn deny(&self, err: Error) -> Status {
+    fn deny(&self, source: &str, err: Error) -> Status {
         self.metrics.calls_denied.inc();
         tracing::debug!(%err, "call denied");
+        self.audit
+            .refused(crate::audit::Refusal::Permission, source, &err.to_string());
         err.to_status()
     }
 }

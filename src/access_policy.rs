@@ -74,6 +74,8 @@ impl ChannelPattern {
         let valid = |name: &str| txlog_storage::ChannelName::parse(name).is_ok();
         match text {
             "*" => Ok(ChannelPattern::Any),
+            // The reserved channels clients may read (an auditor's role).
+            crate::audit::AUDIT_CHANNEL | txlog_raft::KEYS_CHANNEL => Ok(ChannelPattern::Exact(text.to_string())),
             _ => match text.strip_suffix('*') {
                 Some(prefix) if valid(prefix) => Ok(ChannelPattern::Prefix(prefix.to_string())),
                 None if valid(text) => Ok(ChannelPattern::Exact(text.to_string())),
@@ -367,7 +369,17 @@ mod tests {
         assert_eq!(rule.to_string(), "append,read:orders");
         assert_eq!(RoleRule::parse("subscribe:md.*").unwrap().to_string(), "subscribe:md.*");
         assert_eq!(RoleRule::parse("admin:*").unwrap().channels, ChannelPattern::Any);
-        for bad in ["append", "write:orders", "read:Orders", "read:", "read:*x*", ":orders"] {
+        assert_eq!(RoleRule::parse("read:_audit").unwrap().to_string(), "read:_audit");
+        for bad in [
+            "append",
+            "write:orders",
+            "read:Orders",
+            "read:",
+            "read:*x*",
+            ":orders",
+            "read:_access",
+            "read:_x",
+        ] {
             assert!(RoleRule::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

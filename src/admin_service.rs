@@ -24,6 +24,8 @@ use txlog_proto::admin_service_server::AdminService;
 use txlog_proto::AccessChange;
 use txlog_proto::AccessList;
 use txlog_proto::AddClientKeyRequest;
+use txlog_proto::AuditAck;
+use txlog_proto::AuditReport;
 use txlog_proto::ClientKeyView;
 use txlog_proto::CompactRequest;
 use txlog_proto::CompactResponse;
@@ -97,6 +99,10 @@ pub struct AdminServer {
     pub access_lock: Arc<tokio::sync::Mutex<()>>,
     /// Admits every call; signs this node's calls to others.
     pub guard: Arc<crate::access_guard::Guard>,
+    /// Where admin calls are recorded (the `_audit` channel).
+    pub audit: Arc<crate::audit::Auditor>,
+    /// Appends reported audit events on the leader; `None` until serving.
+    pub audit_writer: Option<Arc<crate::audit::AuditWriter>>,
 }
 
 /// How long an access change's answer waits for this node to enforce it.
@@ -478,11 +484,27 @@ impl AdminServer {
 }
 
 impl AdminServer {
-    /// Every admin call needs the `admin` operation on every channel.
-    fn admit<M: prost::Message>(&self, request: &Request<M>, method: &str) -> std::result::Result<(), Status> {
-        self.guard
-            .admit(request.metadata(), request.get_ref(), method, Operation::Admin, None)
-            .map(|_| ())
+    /// Every admin call needs the `admin` operation on every channel. The
+    /// caller's key id ("-" when access is not enforced).
+    fn admit<M: prost::Message>(&self, request: &Request<M>, method: &str) -> std::result::Result<String, Status> {
+        let caller = self
+            .guard
+            .admit(request.metadata(), request.get_ref(), method, Operation::Admin, None)?;
+        Ok(caller.map_or_else(|| "-".to_string(), |c| c.key_id))
+    }
+
+    /// Record a changing call in the audit trail, then answer it.
+    fn audited<T>(
+        &self,
+        method: &str,
+        caller: &str,
+        detail: &str,
+        result: Result<T>,
+    ) -> std::result::Result<Response<T>, Status> {
+        let outcome = result.as_ref().map(drop).map_err(|e| e.to_string());
+        let method = method.rsplit('/').next().unwrap_or(method);
+        self.audit.admin(method, caller, detail, outcome);
+        Ok(Response::new(result?))
     }
 }
 
@@ -497,77 +519,115 @@ impl AdminService for AdminServer {
     type JoinStream = JoinStream;
 
     async fn join(&self, request: Request<JoinRequest>) -> std::result::Result<Response<JoinStream>, Status> {
-        self.admit(&request, methods::JOIN)?;
-        Ok(Response::new(self.join_node(request.into_inner()).await?))
+        let caller = self.admit(&request, methods::JOIN)?;
+        let req = request.into_inner();
+        let detail = format!(
+            "node {} at {} in {}{}",
+            req.node_id,
+            req.address,
+            req.region,
+            if req.learner_only { " as a learner" } else { "" }
+        );
+        self.audited(methods::JOIN, &caller, &detail, self.join_node(req).await)
     }
 
     async fn remove(
         &self,
         request: Request<RemoveRequest>,
     ) -> std::result::Result<Response<MembershipResponse>, Status> {
-        self.admit(&request, methods::REMOVE)?;
-        Ok(Response::new(self.remove_node(request.into_inner()).await?))
+        let caller = self.admit(&request, methods::REMOVE)?;
+        let req = request.into_inner();
+        let detail = format!("node {}", req.node_id);
+        self.audited(methods::REMOVE, &caller, &detail, self.remove_node(req).await)
     }
 
     async fn transfer_leader(
         &self,
         request: Request<TransferLeaderRequest>,
     ) -> std::result::Result<Response<MembershipResponse>, Status> {
-        self.admit(&request, methods::TRANSFER_LEADER)?;
-        Ok(Response::new(self.transfer_leadership(request.into_inner()).await?))
+        let caller = self.admit(&request, methods::TRANSFER_LEADER)?;
+        let req = request.into_inner();
+        let detail = format!("to node {}", req.node_id);
+        self.audited(
+            methods::TRANSFER_LEADER,
+            &caller,
+            &detail,
+            self.transfer_leadership(req).await,
+        )
     }
 
     async fn snapshot(
         &self,
         request: Request<SnapshotRequest>,
     ) -> std::result::Result<Response<SnapshotResponse>, Status> {
-        self.admit(&request, methods::SNAPSHOT)?;
-        Ok(Response::new(self.take_snapshot().await?))
+        let caller = self.admit(&request, methods::SNAPSHOT)?;
+        self.audited(methods::SNAPSHOT, &caller, "", self.take_snapshot().await)
     }
 
     async fn compact(
         &self,
         request: Request<CompactRequest>,
     ) -> std::result::Result<Response<CompactResponse>, Status> {
-        self.admit(&request, methods::COMPACT)?;
-        Ok(Response::new(self.compact_log().await?))
+        let caller = self.admit(&request, methods::COMPACT)?;
+        self.audited(methods::COMPACT, &caller, "", self.compact_log().await)
     }
 
     async fn rotate_keys(
         &self,
         request: Request<RotateKeysRequest>,
     ) -> std::result::Result<Response<RotateKeysResponse>, Status> {
-        self.admit(&request, methods::ROTATE_KEYS)?;
-        Ok(Response::new(self.rotate_keys_now(request.into_inner()).await?))
+        let caller = self.admit(&request, methods::ROTATE_KEYS)?;
+        let req = request.into_inner();
+        let detail = format!("{req:?}");
+        self.audited(methods::ROTATE_KEYS, &caller, &detail, self.rotate_keys_now(req).await)
     }
 
     async fn rotate_kek(
         &self,
         request: Request<RotateKekRequest>,
     ) -> std::result::Result<Response<RotateKeysResponse>, Status> {
-        self.admit(&request, methods::ROTATE_KEK)?;
-        Ok(Response::new(self.rotate_kek_now(request.into_inner()).await?))
+        let caller = self.admit(&request, methods::ROTATE_KEK)?;
+        let req = request.into_inner();
+        let detail = format!("to KEK {}", req.kek_id);
+        self.audited(methods::ROTATE_KEK, &caller, &detail, self.rotate_kek_now(req).await)
     }
 
     async fn add_client_key(
         &self,
         request: Request<AddClientKeyRequest>,
     ) -> std::result::Result<Response<AccessChange>, Status> {
-        self.admit(&request, methods::ADD_CLIENT_KEY)?;
-        Ok(Response::new(self.add_client_key_now(request.into_inner()).await?))
+        let caller = self.admit(&request, methods::ADD_CLIENT_KEY)?;
+        let req = request.into_inner();
+        // Never the secret.
+        let detail = format!("key {:?} with roles {:?}", req.key_id, req.roles);
+        self.audited(
+            methods::ADD_CLIENT_KEY,
+            &caller,
+            &detail,
+            self.add_client_key_now(req).await,
+        )
     }
 
     async fn revoke_client_key(
         &self,
         request: Request<RevokeClientKeyRequest>,
     ) -> std::result::Result<Response<AccessChange>, Status> {
-        self.admit(&request, methods::REVOKE_CLIENT_KEY)?;
-        Ok(Response::new(self.revoke_client_key_now(request.into_inner()).await?))
+        let caller = self.admit(&request, methods::REVOKE_CLIENT_KEY)?;
+        let req = request.into_inner();
+        let detail = format!("key {:?}", req.key_id);
+        self.audited(
+            methods::REVOKE_CLIENT_KEY,
+            &caller,
+            &detail,
+            self.revoke_client_key_now(req).await,
+        )
     }
 
     async fn set_role(&self, request: Request<SetRoleRequest>) -> std::result::Result<Response<AccessChange>, Status> {
-        self.admit(&request, methods::SET_ROLE)?;
-        Ok(Response::new(self.set_role_now(request.into_inner()).await?))
+        let caller = self.admit(&request, methods::SET_ROLE)?;
+        let req = request.into_inner();
+        let detail = format!("{req:?}");
+        self.audited(methods::SET_ROLE, &caller, &detail, self.set_role_now(req).await)
     }
 
     async fn list_access(
@@ -576,6 +636,24 @@ impl AdminService for AdminServer {
     ) -> std::result::Result<Response<AccessList>, Status> {
         self.admit(&request, methods::LIST_ACCESS)?;
         Ok(Response::new(self.list_access_now()?))
+    }
+
+    /// A node's security events, appended here if this node leads; the
+    /// reporter keeps them until this answers OK.
+    async fn record_audit(&self, request: Request<AuditReport>) -> std::result::Result<Response<AuditAck>, Status> {
+        self.admit(&request, methods::RECORD_AUDIT)?;
+        if let Some(leader) = self.leader_elsewhere()? {
+            return Err(Error::NotLeader { leader: Some(leader) }.into());
+        }
+        let Some(writer) = &self.audit_writer else {
+            return Err(Error::Unavailable("this node takes no audit events yet; retry".into()).into());
+        };
+        let entries = crate::audit::decode_entries(&request.get_ref().entries).map_err(Error::InvalidInput)?;
+        if entries.len() > crate::audit::AUDIT_EVENTS_MAX + crate::audit::AUDIT_REFUSAL_KEYS_MAX + 1 {
+            return Err(Error::InvalidInput(format!("{} audit events in one report", entries.len())).into());
+        }
+        writer.append(&entries).await?;
+        Ok(Response::new(AuditAck {}))
     }
 }
 

@@ -21,8 +21,11 @@
 //! An empty or absent list allows every address (today's behaviour, and
 //! what `txlog dev` keeps on loopback).
 //!
+//! Refusals are also recorded in the audit trail (`audit.rs`), aggregated
+//! per source.
+//!
 //! Not yet: changing the lists at runtime through the admin API
-//! (replicated), and the audit records of refusals.
+//! (replicated).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -215,14 +218,16 @@ pub struct Gate {
     allowlist: Allowlist,
     metrics: Arc<crate::metrics::Metrics>,
     log_limit: RateLimiter<IpAddr>,
+    pub audit: Arc<crate::audit::Auditor>,
 }
 
 impl Gate {
-    pub fn new(allowlist: Allowlist, metrics: Arc<crate::metrics::Metrics>) -> Gate {
+    pub fn new(allowlist: Allowlist, metrics: Arc<crate::metrics::Metrics>, audit: Arc<crate::audit::Auditor>) -> Gate {
         Gate {
             allowlist,
             metrics,
             log_limit: RateLimiter::new(REFUSAL_LOG_INTERVAL, REFUSAL_SOURCES_MAX),
+            audit,
         }
     }
 
@@ -236,6 +241,11 @@ impl Gate {
             return true;
         }
         self.metrics.connections_refused.inc();
+        self.audit.refused(
+            crate::audit::Refusal::Connection,
+            &ip.to_string(),
+            "address in no allowlist",
+        );
         if let Some(held_back) = self.log_limit.check(ip, Instant::now()) {
             tracing::warn!(source = %ip, held_back, "connection refused: address in no allowlist");
         }
@@ -261,6 +271,11 @@ impl Gate {
             return Ok(());
         }
         self.metrics.calls_refused.inc();
+        self.audit.refused(
+            crate::audit::Refusal::Call,
+            &ip.to_string(),
+            &format!("{path}: not in {}", class.setting()),
+        );
         if let Some(held_back) = self.log_limit.check(ip, Instant::now()) {
             tracing::warn!(source = %ip, path, list = class.setting(), held_back, "call refused: address not in the list");
         }
@@ -313,7 +328,14 @@ where
         let ip = info.and_then(|info| info.remote_ip());
         let path = request.uri().path();
         let judged = self.gate.call(path, ip).and_then(|()| match info {
-            Some(info) if ServiceClass::of_path(path) == ServiceClass::Peers => info.require_node(path),
+            Some(info) if ServiceClass::of_path(path) == ServiceClass::Peers => {
+                info.require_node(path).inspect_err(|status| {
+                    let source = ip.map_or_else(|| "-".to_string(), |ip| ip.to_string());
+                    self.gate
+                        .audit
+                        .refused(crate::audit::Refusal::Call, &source, status.message());
+                })
+            }
             _ => Ok(()),
         });
         match judged {

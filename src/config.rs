@@ -157,6 +157,10 @@ pub struct NodeSettings {
     /// restart: a node that is already a voter is left as it is.
     #[arg(long, env = "TXLOG_JOIN")]
     pub join: Option<String>,
+    /// With --join: stay a learner that holds a full copy of the log but never votes (an audit
+    /// copy in a region of its own, which serves `txlog audit verify --stale`).
+    #[arg(long, env = "TXLOG_LEARNER", num_args = 0..=1, default_missing_value = "true")]
+    pub learner: Option<bool>,
     /// Hand leadership back to a healthy voter in this region (e.g. paris) whenever
     /// another region leads.
     #[arg(long, env = "TXLOG_PREFER_REGION")]
@@ -270,6 +274,7 @@ impl NodeSettings {
             data_dir,
             peers,
             join,
+            learner,
             prefer_region,
             allow_clients,
             allow_admin,
@@ -320,6 +325,8 @@ pub struct NodeConfig {
     pub peers: BTreeMap<u64, NodeInfo>,
     /// A member to ask for admission (`txlog node --join`).
     pub join: Option<String>,
+    /// Join as a learner and stay one (`--learner`).
+    pub learner: bool,
     /// Leadership is handed back to a healthy voter of this region.
     pub prefer_region: Option<String>,
     /// Who may call which services (`allowlist.rs`).
@@ -429,6 +436,12 @@ impl NodeConfig {
         }
         let sealing = sealing_of(&s)?;
         let access = access_of(&s)?;
+        let learner = s.learner == Some(true);
+        if learner && join.is_none() {
+            return Err(Error::Config(
+                "--learner needs --join: a learner is added to a running cluster".into(),
+            ));
+        }
         Ok(NodeConfig {
             id,
             region,
@@ -437,6 +450,7 @@ impl NodeConfig {
             data_dir,
             peers,
             join,
+            learner,
             prefer_region,
             allowlist,
             metrics_listen,

@@ -244,6 +244,8 @@ pub struct Joining {
     pub region: String,
     pub dial: crate::peer_dial::PeerDial,
     pub access: AccessMode,
+    /// Stay a learner (`--learner`).
+    pub learner: bool,
 }
 
 /// Ask `via` (any member) to admit this node; retry until admitted, refused
@@ -331,7 +333,7 @@ async fn join_once(joining: &Joining) -> std::result::Result<String, Status> {
         node_id: joining.id,
         address: joining.address.clone(),
         region: joining.region.clone(),
-        learner_only: false,
+        learner_only: joining.learner,
         timeout_ms: 0,
     };
     let mut stream = client

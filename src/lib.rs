@@ -38,6 +38,7 @@ pub mod access_policy;
 pub mod admin_service;
 pub mod allowlist;
 pub mod append_stream;
+pub mod audit;
 pub mod batcher;
 pub mod certs;
 pub mod config;

@@ -63,6 +63,8 @@ pub struct Metrics {
     pub tls_reloads: Counter,
     /// Changed certificate files refused (unreadable, wrong CA, key mismatch).
     pub tls_reloads_refused: Counter,
+    /// Audit events a node could not keep (its bounds were full).
+    pub audit_events_dropped: Counter,
     resync_seen: std::sync::Mutex<txlog_raft::ResyncCounts>,
     pub seal_verified_batches: Counter,
     pub seal_signature_batches: Counter,
@@ -142,6 +144,7 @@ impl Metrics {
             tls_handshakes_failed: Counter::default(),
             tls_reloads: Counter::default(),
             tls_reloads_refused: Counter::default(),
+            audit_events_dropped: Counter::default(),
             resync_seen: Default::default(),
             seal_verified_batches: Counter::default(),
             seal_signature_batches: Counter::default(),
@@ -219,6 +222,11 @@ impl Metrics {
             "tls_reloads_refused",
             "Changed certificate files refused: unreadable, not a node certificate of the CA, or key and certificate apart",
             self.tls_reloads_refused.clone(),
+        );
+        registry.register(
+            "audit_events_dropped",
+            "Security events not recorded in the _audit channel because the node's audit bounds were full",
+            self.audit_events_dropped.clone(),
         );
         registry.register(
             "tokens_refused",

@@ -101,7 +101,12 @@ impl Node {
 
         let tracker = TaskTracker::new();
         let contact = txlog_raft::LeaderContact::default();
-        let guard = Arc::new(crate::access_guard::Guard::new(access_mode(&config)?, metrics.clone()));
+        let audit = Arc::new(crate::audit::Auditor::new(config.id, metrics.clone()));
+        let guard = Arc::new(crate::access_guard::Guard::new(
+            access_mode(&config)?,
+            metrics.clone(),
+            audit.clone(),
+        ));
         if !guard.is_enforced() {
             tracing::warn!("access control is off (--insecure): every call is accepted without a token or role check");
         }
@@ -124,6 +129,7 @@ impl Node {
             dial,
             tls: tls.as_ref(),
             guard: &guard,
+            audit: &audit,
             tracker: &tracker,
             shutdown: &shutdown,
         };
@@ -299,6 +305,7 @@ struct Parts<'a> {
     /// The TLS files and the certificates in force; `None` on an `--insecure` node.
     tls: Option<&'a (txlog_client::TlsFiles, Arc<crate::tls::InForce>)>,
     guard: &'a Arc<crate::access_guard::Guard>,
+    audit: &'a Arc<crate::audit::Auditor>,
     tracker: &'a TaskTracker,
     shutdown: &'a CancellationToken,
 }
@@ -315,6 +322,7 @@ impl Parts<'_> {
         let gate = Arc::new(crate::allowlist::Gate::new(
             config.allowlist.clone(),
             self.metrics.clone(),
+            self.audit.clone(),
         ));
         if !gate.is_open() {
             tracing::info!(allowlist = %config.allowlist.describe(), "connections limited by allowlist");
@@ -343,6 +351,19 @@ impl Parts<'_> {
         );
         let log_server = self.log_server();
         let batcher = log_server.batcher.clone();
+        let audit_writer = Arc::new(crate::audit::AuditWriter::new(
+            config.id,
+            self.raft.clone(),
+            self.reader.clone(),
+            batcher.clone(),
+            self.dial.clone(),
+            self.guard.clone(),
+        ));
+        self.tracker.spawn(crate::audit::run(
+            self.audit.clone(),
+            audit_writer.clone(),
+            self.shutdown.clone(),
+        ));
         let router = Server::builder()
             // Peers cancel RPCs that miss openraft's deadline (a heartbeat
             // gets 10 ms on LAN), and each cancel is an HTTP/2 reset. h2's
@@ -363,7 +384,7 @@ impl Parts<'_> {
                     .max_encoding_message_size(validate::MESSAGE_BYTES_MAX),
             )
             .add_service(
-                AdminServiceServer::new(self.admin_server(batcher))
+                AdminServiceServer::new(self.admin_server(batcher, audit_writer))
                     .max_decoding_message_size(validate::MESSAGE_BYTES_MAX)
                     .max_encoding_message_size(validate::MESSAGE_BYTES_MAX),
             )
@@ -410,7 +431,7 @@ impl Parts<'_> {
     }
 
     /// `AdminService`; access changes go through the log service's `batcher`.
-    fn admin_server(&self, batcher: Batcher) -> AdminServer {
+    fn admin_server(&self, batcher: Batcher, audit_writer: Arc<crate::audit::AuditWriter>) -> AdminServer {
         AdminServer {
             node_id: self.config.id,
             region: self.config.region.clone(),
@@ -426,6 +447,8 @@ impl Parts<'_> {
             batcher: Some(batcher),
             access_lock: Arc::default(),
             guard: self.guard.clone(),
+            audit: self.audit.clone(),
+            audit_writer: Some(audit_writer),
         }
     }
 
@@ -464,6 +487,7 @@ impl Parts<'_> {
                 files.clone(),
                 in_force.clone(),
                 self.metrics.clone(),
+                self.audit.clone(),
                 shutdown.clone(),
             ));
         }
@@ -520,6 +544,7 @@ impl Parts<'_> {
                 region: config.region.clone(),
                 dial: self.dial.clone(),
                 access: self.guard.mode().clone(),
+                learner: config.learner,
             };
             self.tracker
                 .spawn(crate::join::join_cluster(self.raft.clone(), joining, shutdown.clone()));

@@ -58,6 +58,8 @@ use txlog_client::TlsPem;
 use txlog_client::NODE_SERVER_NAME;
 
 use crate::allowlist::Gate;
+use crate::audit::AuditEvent;
+use crate::audit::Refusal;
 use crate::log_throttle::RateLimiter;
 use crate::metrics::Metrics;
 
@@ -285,6 +287,7 @@ pub fn accept(
             };
             let Ok(permit) = handshakes.clone().try_acquire_owned() else {
                 metrics.tls_handshakes_failed.inc();
+                gate.audit.refused(Refusal::Handshake, &peer.ip().to_string(), "every handshake slot taken");
                 if let Some(held_back) = failures.check(peer.ip(), Instant::now()) {
                     tracing::warn!(source = %peer, held_back, "connection closed: {TLS_HANDSHAKES_MAX} TLS handshakes already in progress");
                 }
@@ -292,6 +295,7 @@ pub fn accept(
             };
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.borrow().clone());
             let (tx, metrics, failures, shutdown) = (tx.clone(), metrics.clone(), failures.clone(), shutdown.clone());
+            let audit = gate.audit.clone();
             handshake_tracker.spawn(async move {
                 let _permit = permit;
                 let outcome = tokio::select! {
@@ -307,6 +311,7 @@ pub fn accept(
                     Err(_) => format!("no handshake within {TLS_HANDSHAKE_TIMEOUT:?}"),
                 };
                 metrics.tls_handshakes_failed.inc();
+                audit.refused(Refusal::Handshake, &peer.ip().to_string(), &failure);
                 if let Some(held_back) = failures.check(peer.ip(), Instant::now()) {
                     tracing::warn!(source = %peer, held_back, reason = %failure, "TLS handshake failed; connection closed");
                 }
@@ -341,7 +346,13 @@ impl InForce {
 }
 
 /// Reload `files` when they change (see the module comment).
-pub async fn watch_files(files: TlsFiles, in_force: Arc<InForce>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+pub async fn watch_files(
+    files: TlsFiles,
+    in_force: Arc<InForce>,
+    metrics: Arc<Metrics>,
+    audit: Arc<crate::audit::Auditor>,
+    shutdown: CancellationToken,
+) {
     let mut seen = stamp(&files);
     loop {
         tokio::select! {
@@ -358,10 +369,20 @@ pub async fn watch_files(files: TlsFiles, in_force: Arc<InForce>, metrics: Arc<M
                 in_force.server.send_replace(loaded.server);
                 in_force.client.send_replace(Some(loaded.client));
                 metrics.tls_reloads.inc();
+                audit.event(AuditEvent::CertificatesReloaded {
+                    file: files.cert.display().to_string(),
+                    taken: true,
+                    detail: String::new(),
+                });
                 tracing::info!(cert = %files.cert.display(), "TLS certificates reloaded; new connections use them");
             }
             Err(err) => {
                 metrics.tls_reloads_refused.inc();
+                audit.event(AuditEvent::CertificatesReloaded {
+                    file: files.cert.display().to_string(),
+                    taken: false,
+                    detail: err.clone(),
+                });
                 tracing::error!(%err, "TLS files changed but not taken; keeping the certificates in force");
             }
         }

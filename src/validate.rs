@@ -37,9 +37,10 @@ pub fn channel(name: &str) -> Result<ChannelName, Error> {
 }
 
 /// A channel to read or subscribe to: a client channel, or one of the
-/// reserved channels the cluster writes itself (the keyring's key events).
+/// reserved channels the cluster writes itself (the keyring's key events,
+/// the audit trail).
 pub fn channel_to_read(name: &str) -> Result<(), Error> {
-    if name == txlog_raft::KEYS_CHANNEL {
+    if name == txlog_raft::KEYS_CHANNEL || name == crate::audit::AUDIT_CHANNEL {
         return Ok(());
     }
     channel(name).map(drop)

@@ -20,3 +20,4 @@ pub const ADD_CLIENT_KEY: &str = "/txlog.v1.AdminService/AddClientKey";
 pub const REVOKE_CLIENT_KEY: &str = "/txlog.v1.AdminService/RevokeClientKey";
 pub const SET_ROLE: &str = "/txlog.v1.AdminService/SetRole";
 pub const LIST_ACCESS: &str = "/txlog.v1.AdminService/ListAccess";
+pub const RECORD_AUDIT: &str = "/txlog.v1.AdminService/RecordAudit";

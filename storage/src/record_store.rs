@@ -631,6 +631,20 @@ impl RecordStore {
         Ok(out)
     }
 
+    /// The seq of `channel`'s last record, if it has one: the end of its
+    /// last index run (one index lookup, however long the channel).
+    pub fn last_seq_of_channel(&self, channel: &str) -> Result<Option<u64>> {
+        let last_run = self
+            .tree
+            .range(channel_key(channel, 0)..=channel_key(channel, u64::MAX))
+            .next_back()
+            .transpose()?;
+        match last_run {
+            Some((_, run)) => Ok(decode_channel_run(&run)?.last()),
+            None => Ok(None),
+        }
+    }
+
     /// Visit the seqs of `channel`'s records in `from_seq..=upto`, in order,
     /// until `visit` returns `false`. The run holding `from_seq` starts at or
     /// before it; every later run starts after it.
@@ -1217,6 +1231,16 @@ mod tests {
             assert!(limited.iter().all(|r| r.channel == channel && r.seq >= 700));
         }
         assert!(store.read(1, 10, usize::MAX, Some("none")).unwrap().is_empty());
+        for channel in ["fills", "orders"] {
+            let last = expected(channel, 0).last().map(|&(seq, _)| seq);
+            assert_eq!(store.last_seq_of_channel(channel).unwrap(), last, "{channel}");
+        }
+        assert_eq!(store.last_seq_of_channel("none").unwrap(), None);
+        assert_eq!(
+            store.last_seq_of_channel("fill").unwrap(),
+            None,
+            "a prefix of a channel is not it"
+        );
     }
 
     /// The channel-run index values round-trip, and malformed ones are refused.

@@ -113,9 +113,16 @@ impl TestCluster {
 
     /// Add node `id` (a new, empty node) that joins through `via` with `--join`.
     pub fn start_joining(&mut self, id: u64, region: &str, via: u64) {
+        self.start_joining_with(id, region, via, &[]);
+    }
+
+    /// [`Self::start_joining`] with more `txlog node` flags (e.g. `--learner`).
+    pub fn start_joining_with(&mut self, id: u64, region: &str, via: u64, args: &[&str]) {
+        let mut extra_args = self.extra_args.clone();
+        extra_args.extend(args.iter().map(|a| a.to_string()));
         let spec = NodeSpec {
             join: Some(self.node(via).address.clone()),
-            extra_args: self.extra_args.clone(),
+            extra_args,
             ..NodeSpec::loopback(id, region, self.dir.path().join(format!("{region}-{id}"))).expect("free port")
         };
         self.local.add(spec);
@@ -245,6 +252,11 @@ impl TestCluster {
             endpoint = endpoint.tls_config(tls.client_config()).expect("TLS settings");
         }
         endpoint.connect().await.ok()
+    }
+
+    /// The client certificate a client of this cluster speaks TLS with.
+    pub fn local_client_tls(&self) -> Option<txlog_client::TlsPem> {
+        self.local.client_tls().expect("client certificate")
     }
 
     /// The CA and certificates the nodes and clients use.

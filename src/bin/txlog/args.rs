@@ -84,6 +84,8 @@ pub enum Command {
     Token(TokenArgs),
     /// TLS certificates: make the cluster CA, issue node and client certificates.
     Certs(CertsArgs),
+    /// The audit trail (the `_audit` channel): print its events, verify its hash chain.
+    Audit(AuditArgs),
     /// Check a stopped node's files offline: every CRC, signature and tag, and the hash chain.
     #[command(
         long_about = "Check a stopped node's data directory offline, changing nothing: every WAL \
@@ -163,6 +165,47 @@ pub struct TokenIssueArgs {
     /// Print `txlog-token-bin: <value>` (a header line) instead of the value alone.
     #[arg(long)]
     pub header: bool,
+}
+
+#[derive(Args)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub command: AuditCommand,
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Print the security events of the `_audit` channel, one line each: refused connections,
+    /// handshakes, tokens and calls (aggregated, with counts), admin calls with their caller
+    /// and outcome, certificate reloads.
+    Tail(AuditTailArgs),
+    /// Read every `_audit` record and recompute its hash chain; print the chain head, or the
+    /// first record that breaks it (removed, reordered or altered records) and exit 1.
+    Verify(AuditVerifyArgs),
+}
+
+#[derive(Args)]
+pub struct AuditTailArgs {
+    /// First sequence number to read from.
+    #[arg(long, default_value_t = 1)]
+    pub from: u64,
+    /// Keep printing new events until Ctrl-C.
+    #[arg(long)]
+    pub follow: bool,
+    /// Read from the node in --cluster without asking the leader (an audit learner's copy).
+    #[arg(long)]
+    pub stale: bool,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Args)]
+pub struct AuditVerifyArgs {
+    /// Read from the node in --cluster without asking the leader (an audit learner's copy).
+    #[arg(long)]
+    pub stale: bool,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 #[derive(Args)]

@@ -11,6 +11,7 @@
 
 mod admin;
 mod args;
+mod audit;
 mod bench;
 mod certs;
 mod dev;
@@ -75,6 +76,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Keys(args) => keys::run(args.command).await,
         Command::Token(args) => token::run(args.command),
         Command::Certs(args) => certs::run(args.command),
+        Command::Audit(args) => audit::run(args.command).await,
         Command::Verify(args) => verify::run(args),
     }
 }
