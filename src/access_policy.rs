@@ -156,6 +156,13 @@ pub enum AccessEvent {
         rules: Vec<RoleRule>,
         created_ns: u64,
     },
+    /// An address allowlist (`allow_clients`, `allow_admin`,
+    /// `allow_peers`) for every node; `None` goes back to each node's config.
+    AllowlistSet {
+        list: String,
+        cidrs: Option<Vec<String>>,
+        created_ns: u64,
+    },
 }
 
 impl std::fmt::Debug for AccessEvent {
@@ -187,6 +194,16 @@ impl std::fmt::Debug for AccessEvent {
                 .field("rules", rules)
                 .field("created_ns", created_ns)
                 .finish(),
+            AccessEvent::AllowlistSet {
+                list,
+                cidrs,
+                created_ns,
+            } => f
+                .debug_struct("AllowlistSet")
+                .field("list", list)
+                .field("cidrs", cidrs)
+                .field("created_ns", created_ns)
+                .finish(),
         }
     }
 }
@@ -216,6 +233,7 @@ impl AccessEvent {
             AccessEvent::KeyAdd { key_id, created_ns, .. } => format!("_access/key/{key_id}/add/{created_ns}"),
             AccessEvent::KeyRevoke { key_id, created_ns } => format!("_access/key/{key_id}/revoke/{created_ns}"),
             AccessEvent::RoleSet { name, created_ns, .. } => format!("_access/role/{name}/set/{created_ns}"),
+            AccessEvent::AllowlistSet { list, created_ns, .. } => format!("_access/allowlist/{list}/{created_ns}"),
         }
     }
 }
@@ -259,6 +277,9 @@ pub struct AccessPolicy {
     /// written by a newer build), so it grants nothing until rebuilt by a
     /// build that reads every record.
     pub unreadable: Option<(u64, String)>,
+    /// Address allowlists set through the log, by setting name; each
+    /// replaces that list of every node's config.
+    pub allowlists: BTreeMap<String, Vec<String>>,
 }
 
 impl AccessPolicy {
@@ -296,6 +317,14 @@ impl AccessPolicy {
             AccessEvent::RoleSet { name, rules, .. } => {
                 self.roles.insert(name, Role { rules, set_seq: seq });
             }
+            AccessEvent::AllowlistSet { list, cidrs, .. } => match cidrs {
+                Some(cidrs) => {
+                    self.allowlists.insert(list, cidrs);
+                }
+                None => {
+                    self.allowlists.remove(&list);
+                }
+            },
         }
         Ok(())
     }

@@ -9,6 +9,7 @@
 //! as learners that the leader keeps replicating to.
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,7 @@ use txlog_proto::admin_service_server::AdminService;
 use txlog_proto::AccessChange;
 use txlog_proto::AccessList;
 use txlog_proto::AddClientKeyRequest;
+use txlog_proto::AllowlistView;
 use txlog_proto::AuditAck;
 use txlog_proto::AuditReport;
 use txlog_proto::ClientKeyView;
@@ -42,6 +44,7 @@ use txlog_proto::RoleView;
 use txlog_proto::RotateKekRequest;
 use txlog_proto::RotateKeysRequest;
 use txlog_proto::RotateKeysResponse;
+use txlog_proto::SetAllowlistRequest;
 use txlog_proto::SetRoleRequest;
 use txlog_proto::SnapshotRequest;
 use txlog_proto::SnapshotResponse;
@@ -66,6 +69,8 @@ use crate::access_policy::Operation;
 use crate::access_policy::RoleRule;
 use crate::access_policy::ACCESS_CHANNEL;
 use crate::access_policy::ROLE_RULES_MAX;
+use crate::allowlist::Allowlist;
+use crate::allowlist::ServiceClass;
 use crate::error::raft_error;
 use crate::error::raft_stopped;
 use crate::log_service::known_leader;
@@ -101,6 +106,8 @@ pub struct AdminServer {
     pub guard: Arc<crate::access_guard::Guard>,
     /// Where admin calls are recorded (the `_audit` channel).
     pub audit: Arc<crate::audit::Auditor>,
+    /// This node's configured allowlists (the log may replace them).
+    pub allowlist: Allowlist,
     /// Appends reported audit events on the leader; `None` until serving.
     pub audit_writer: Option<Arc<crate::audit::AuditWriter>>,
 }
@@ -630,6 +637,26 @@ impl AdminService for AdminServer {
         self.audited(methods::SET_ROLE, &caller, &detail, self.set_role_now(req).await)
     }
 
+    async fn set_allowlist(
+        &self,
+        request: Request<SetAllowlistRequest>,
+    ) -> std::result::Result<Response<AccessChange>, Status> {
+        let caller = self.admit(&request, methods::SET_ALLOWLIST)?;
+        let source = request
+            .extensions()
+            .get::<crate::tls::ConnectionInfo>()
+            .and_then(|info| info.remote_ip());
+        let req = request.into_inner();
+        let detail = format!(
+            "{} {:?}{}",
+            req.list,
+            req.cidrs,
+            if req.reset { " (reset)" } else { "" }
+        );
+        let result = self.set_allowlist_now(req, source).await;
+        self.audited(methods::SET_ALLOWLIST, &caller, &detail, result)
+    }
+
     async fn list_access(
         &self,
         request: Request<ListAccessRequest>,
@@ -850,7 +877,74 @@ impl AdminServer {
                 })
                 .collect(),
             applied_seq: policy.applied_seq,
+            allowlists: ServiceClass::ALL
+                .iter()
+                .map(|class| {
+                    let setting = class.setting();
+                    match policy.allowlists.get(setting) {
+                        Some(cidrs) => AllowlistView {
+                            list: setting.into(),
+                            cidrs: cidrs.clone(),
+                            from_log: true,
+                        },
+                        None => AllowlistView {
+                            list: setting.into(),
+                            cidrs: self.allowlist.list(*class).iter().map(|c| c.to_string()).collect(),
+                            from_log: false,
+                        },
+                    }
+                })
+                .collect(),
         })
+    }
+
+    /// Replace (or reset) one allowlist for every node, unless it would
+    /// shut out a member or the caller (at `caller`).
+    async fn set_allowlist_now(&self, req: SetAllowlistRequest, caller: Option<IpAddr>) -> Result<AccessChange> {
+        let class = ServiceClass::from_setting(&req.list).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "no allowlist {:?}: use allow_clients, allow_admin or allow_peers",
+                req.list
+            ))
+        })?;
+        let cidrs = if req.reset {
+            None
+        } else {
+            let parsed = Allowlist::parse_list(class.setting(), &req.cidrs).map_err(Error::InvalidInput)?;
+            Some(parsed.iter().map(|c| c.to_string()).collect::<Vec<_>>())
+        };
+        let _serial = self.access_change_begins().await?;
+        // What every list would be on this node with the change.
+        let mut policy = (*self.guard.policy.current()).clone();
+        match &cidrs {
+            Some(cidrs) => policy.allowlists.insert(class.setting().into(), cidrs.clone()),
+            None => policy.allowlists.remove(class.setting()),
+        };
+        let after = crate::allowlist::effective(&self.allowlist, &policy);
+        for (id, node) in self.metrics().membership_config.membership().nodes() {
+            let host = node.address.rsplit_once(':').map_or(node.address.as_str(), |(h, _)| h);
+            if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
+                if !after.allows(ServiceClass::Peers, ip) {
+                    return Err(Error::FailedPrecondition(format!(
+                        "refused: member {id} at {} would no longer be an allowed peer",
+                        node.address
+                    )));
+                }
+            }
+        }
+        if let Some(ip) = caller {
+            if !after.allows(ServiceClass::Admin, ip) {
+                return Err(Error::FailedPrecondition(format!(
+                    "refused: your address {ip} could no longer make admin calls"
+                )));
+            }
+        }
+        self.propose_access(AccessEvent::AllowlistSet {
+            list: class.setting().into(),
+            cidrs,
+            created_ns: txlog_raft::wall_clock_ns(),
+        })
+        .await
     }
 }
 
@@ -863,5 +957,11 @@ fn describe_access(event: &AccessEvent) -> String {
             let rules: Vec<String> = rules.iter().map(RoleRule::to_string).collect();
             format!("role {name:?} set to {rules:?}")
         }
+        AccessEvent::AllowlistSet {
+            list,
+            cidrs: Some(cidrs),
+            ..
+        } => format!("{list} set to {cidrs:?}"),
+        AccessEvent::AllowlistSet { list, cidrs: None, .. } => format!("{list} reset to each node's config"),
     }
 }

@@ -24,8 +24,12 @@
 //! Refusals are also recorded in the audit trail (`audit.rs`), aggregated
 //! per source.
 //!
-//! Not yet: changing the lists at runtime through the admin API
-//! (replicated).
+//! **At runtime.** `AdminService.SetAllowlist` (`txlog admin allow`)
+//! replaces one list for every node through the log (an `_access` record),
+//! or resets it to each node's config; the lists in force are the config's
+//! with those replacements ([`effective`]). The leader refuses a change
+//! that would shut out a member's address (peers) or the caller's own
+//! (admin).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -119,6 +123,13 @@ pub enum ServiceClass {
 }
 
 impl ServiceClass {
+    pub const ALL: [ServiceClass; 3] = [ServiceClass::Clients, ServiceClass::Admin, ServiceClass::Peers];
+
+    /// The class whose list `setting` names (`allow_clients`, …).
+    pub fn from_setting(setting: &str) -> Option<ServiceClass> {
+        ServiceClass::ALL.into_iter().find(|c| c.setting() == setting)
+    }
+
     /// The class of a gRPC path (`/package.Service/Method`). Health checks
     /// and reflection are the clients' class.
     pub fn of_path(path: &str) -> ServiceClass {
@@ -162,7 +173,7 @@ impl Allowlist {
             .collect()
     }
 
-    fn list(&self, class: ServiceClass) -> &[Cidr] {
+    pub fn list(&self, class: ServiceClass) -> &[Cidr] {
         match class {
             ServiceClass::Clients => &self.clients,
             ServiceClass::Admin => &self.admin,
@@ -212,32 +223,75 @@ impl Allowlist {
     }
 }
 
-/// The allowlist as the server applies it: the lists, the counters and the
-/// throttled log line.
+/// The lists in force: `config`'s, each replaced by the one the access
+/// policy holds for it, if any (set through the log, `SetAllowlist`).
+/// Entries were checked when they entered the log; one that does not
+/// parse (a newer build's syntax) is left out.
+pub fn effective(config: &Allowlist, policy: &crate::access_policy::AccessPolicy) -> Allowlist {
+    let list = |class: ServiceClass| match policy.allowlists.get(class.setting()) {
+        Some(cidrs) => cidrs.iter().filter_map(|c| Cidr::parse(c).ok()).collect(),
+        None => config.list(class).to_vec(),
+    };
+    Allowlist {
+        clients: list(ServiceClass::Clients),
+        admin: list(ServiceClass::Admin),
+        peers: list(ServiceClass::Peers),
+    }
+}
+
+/// The allowlist as the server applies it: the lists in force, the
+/// counters and the throttled log line.
 pub struct Gate {
-    allowlist: Allowlist,
+    /// The configured lists.
+    config: Allowlist,
+    /// The access policy in force, and the lists in force under the policy
+    /// last seen (rebuilt when a new one is published).
+    policy: Arc<crate::access_guard::LivePolicy>,
+    in_force: std::sync::RwLock<(u64, Arc<Allowlist>)>,
     metrics: Arc<crate::metrics::Metrics>,
     log_limit: RateLimiter<IpAddr>,
     pub audit: Arc<crate::audit::Auditor>,
 }
 
 impl Gate {
-    pub fn new(allowlist: Allowlist, metrics: Arc<crate::metrics::Metrics>, audit: Arc<crate::audit::Auditor>) -> Gate {
+    pub fn new(
+        allowlist: Allowlist,
+        policy: Arc<crate::access_guard::LivePolicy>,
+        metrics: Arc<crate::metrics::Metrics>,
+        audit: Arc<crate::audit::Auditor>,
+    ) -> Gate {
+        let in_force = Arc::new(effective(&allowlist, &policy.current()));
         Gate {
-            allowlist,
+            config: allowlist,
+            policy,
+            in_force: std::sync::RwLock::new((u64::MAX, in_force)),
             metrics,
             log_limit: RateLimiter::new(REFUSAL_LOG_INTERVAL, REFUSAL_SOURCES_MAX),
             audit,
         }
     }
 
+    /// The lists in force now.
+    pub fn allowlist(&self) -> Arc<Allowlist> {
+        let policy = self.policy.current();
+        {
+            let in_force = self.in_force.read().expect("allowlist lock poisoned");
+            if in_force.0 == policy.applied_seq {
+                return in_force.1.clone();
+            }
+        }
+        let rebuilt = Arc::new(effective(&self.config, &policy));
+        *self.in_force.write().expect("allowlist lock poisoned") = (policy.applied_seq, rebuilt.clone());
+        rebuilt
+    }
+
     pub fn is_open(&self) -> bool {
-        self.allowlist.is_open()
+        self.allowlist().is_open()
     }
 
     /// Judge a new connection from `ip`: `false` means close it now.
     pub fn accept(&self, ip: IpAddr) -> bool {
-        if self.allowlist.allows_any(ip) {
+        if self.allowlist().allows_any(ip) {
             return true;
         }
         self.metrics.connections_refused.inc();
@@ -255,11 +309,12 @@ impl Gate {
     /// Judge a call of `path` from `ip`.
     pub fn call(&self, path: &str, ip: Option<IpAddr>) -> Result<(), tonic::Status> {
         let class = ServiceClass::of_path(path);
+        let allowlist = self.allowlist();
         // No address: nothing to judge by, so refused unless nothing is
         // checked. The server listens only on TCP and gives every call its
         // address (`tls::ConnectionInfo`, plain or TLS).
         let Some(ip) = ip else {
-            if self.is_open() {
+            if allowlist.is_open() {
                 return Ok(());
             }
             self.metrics.calls_refused.inc();
@@ -267,7 +322,7 @@ impl Gate {
                 "a call of {path} without a source address is refused while allowlists are set"
             )));
         };
-        if self.allowlist.allows(class, ip) {
+        if allowlist.allows(class, ip) {
             return Ok(());
         }
         self.metrics.calls_refused.inc();

@@ -321,11 +321,12 @@ impl Parts<'_> {
             .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", config.listen)))?;
         let gate = Arc::new(crate::allowlist::Gate::new(
             config.allowlist.clone(),
+            self.guard.policy.clone(),
             self.metrics.clone(),
             self.audit.clone(),
         ));
         if !gate.is_open() {
-            tracing::info!(allowlist = %config.allowlist.describe(), "connections limited by allowlist");
+            tracing::info!(allowlist = %gate.allowlist().describe(), "connections limited by allowlist");
         }
         // Allowlist, then TLS handshake, then the server (see `tls.rs`).
         let incoming = crate::tls::accept(
@@ -448,6 +449,7 @@ impl Parts<'_> {
             access_lock: Arc::default(),
             guard: self.guard.clone(),
             audit: self.audit.clone(),
+            allowlist: self.config.allowlist.clone(),
             audit_writer: Some(audit_writer),
         }
     }

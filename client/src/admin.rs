@@ -20,6 +20,7 @@ use txlog_proto::RevokeClientKeyRequest;
 use txlog_proto::RotateKekRequest;
 use txlog_proto::RotateKeysRequest;
 use txlog_proto::RotateKeysResponse;
+use txlog_proto::SetAllowlistRequest;
 use txlog_proto::SetRoleRequest;
 use txlog_proto::SnapshotRequest;
 use txlog_proto::SnapshotResponse;
@@ -225,6 +226,27 @@ impl Client {
             |route, request| async move {
                 admin_service(route.channel)
                     .set_role(request)
+                    .await
+                    .map(|r| r.into_inner())
+            },
+        )
+        .await
+    }
+
+    /// Replace the address allowlist `list` (`allow_clients`,
+    /// `allow_admin`, `allow_peers`) on every node, or reset it to their
+    /// configs (`cidrs: None`).
+    pub async fn set_allowlist(&self, list: &str, cidrs: Option<Vec<String>>) -> Result<AccessChange, ClientError> {
+        self.call(
+            membership_call("set_allowlist", methods::SET_ALLOWLIST, Shape::Unary),
+            SetAllowlistRequest {
+                list: list.to_string(),
+                reset: cidrs.is_none(),
+                cidrs: cidrs.unwrap_or_default(),
+            },
+            |route, request| async move {
+                admin_service(route.channel)
+                    .set_allowlist(request)
                     .await
                     .map(|r| r.into_inner())
             },

@@ -19,5 +19,6 @@ pub const ROTATE_KEK: &str = "/txlog.v1.AdminService/RotateKek";
 pub const ADD_CLIENT_KEY: &str = "/txlog.v1.AdminService/AddClientKey";
 pub const REVOKE_CLIENT_KEY: &str = "/txlog.v1.AdminService/RevokeClientKey";
 pub const SET_ROLE: &str = "/txlog.v1.AdminService/SetRole";
+pub const SET_ALLOWLIST: &str = "/txlog.v1.AdminService/SetAllowlist";
 pub const LIST_ACCESS: &str = "/txlog.v1.AdminService/ListAccess";
 pub const RECORD_AUDIT: &str = "/txlog.v1.AdminService/RecordAudit";

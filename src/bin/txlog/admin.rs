@@ -5,6 +5,9 @@
 use txlog_client::Client;
 use txlog_client::ClientError;
 
+use crate::args::AdminAllowCommand;
+use crate::args::AdminAllowResetArgs;
+use crate::args::AdminAllowSetArgs;
 use crate::args::AdminCommand;
 use crate::args::AdminKeyAddArgs;
 use crate::args::AdminKeyCommand;
@@ -89,6 +92,7 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
         }
         AdminCommand::Key(command) => key(command).await,
         AdminCommand::Role(command) => role(command).await,
+        AdminCommand::Allow(command) => allow(command).await,
     }
 }
 
@@ -200,6 +204,57 @@ async fn role(command: AdminRoleCommand) -> anyhow::Result<()> {
             println!("{:<24} {:>10}  RULES", "ROLE", "SET");
             for r in &access.roles {
                 println!("{:<24} {:>10}  {}", r.name, r.set_seq, r.rules.join(" "));
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn allow(command: AdminAllowCommand) -> anyhow::Result<()> {
+    match command {
+        AdminAllowCommand::Set(AdminAllowSetArgs { list, cidrs, cluster }) => {
+            let list = format!("allow_{list}");
+            let change = client(&cluster)?.set_allowlist(&list, Some(cidrs.clone())).await?;
+            let what = if cidrs.is_empty() {
+                format!("{list} set to allow every address")
+            } else {
+                format!("{list} set to {}", cidrs.join(" "))
+            };
+            print_change(&cluster, &what, change.seq);
+            Ok(())
+        }
+        AdminAllowCommand::Reset(AdminAllowResetArgs { list, cluster }) => {
+            let list = format!("allow_{list}");
+            let change = client(&cluster)?.set_allowlist(&list, None).await?;
+            print_change(&cluster, &format!("{list} reset to each node's config"), change.seq);
+            Ok(())
+        }
+        AdminAllowCommand::List(args) => {
+            let access = list(&args).await?;
+            if args.cluster.json {
+                let lists: Vec<_> = access
+                    .allowlists
+                    .iter()
+                    .map(|l| serde_json::json!({ "list": l.list, "cidrs": l.cidrs, "from_log": l.from_log }))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({ "allowlists": lists, "applied_seq": access.applied_seq })
+                );
+                return Ok(());
+            }
+            println!("{:<14} {:<7} CIDRS", "LIST", "FROM");
+            for l in &access.allowlists {
+                let cidrs = if l.cidrs.is_empty() {
+                    "(every address)".to_string()
+                } else {
+                    l.cidrs.join(" ")
+                };
+                println!(
+                    "{:<14} {:<7} {cidrs}",
+                    l.list,
+                    if l.from_log { "log" } else { "config" }
+                );
             }
             Ok(())
         }

@@ -365,6 +365,60 @@ pub enum AdminCommand {
     /// Roles, kept in the log: what each may do on which channels.
     #[command(subcommand)]
     Role(AdminRoleCommand),
+    /// Address allowlists for every node, kept in the log: replace one, reset it to the
+    /// nodes' config, list those in force.
+    #[command(subcommand)]
+    Allow(AdminAllowCommand),
+}
+
+/// Which allowlist: the `allow_*` config setting it replaces.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum AllowList {
+    /// LogService, health and reflection (`allow_clients`).
+    Clients,
+    /// AdminService (`allow_admin`; peers may call it too).
+    Admin,
+    /// RaftService (`allow_peers`).
+    Peers,
+}
+
+impl std::fmt::Display for AllowList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AllowList::Clients => "clients",
+            AllowList::Admin => "admin",
+            AllowList::Peers => "peers",
+        })
+    }
+}
+
+#[derive(Subcommand)]
+pub enum AdminAllowCommand {
+    /// Replace one list on every node (through the log, in force within moments): the
+    /// addresses or CIDR blocks given, or every address when none is. Refused when it would
+    /// shut out a member (peers) or your own address (admin). Connections already open stay
+    /// open; their next call is judged by the new list.
+    Set(AdminAllowSetArgs),
+    /// Go back to each node's configured list.
+    Reset(AdminAllowResetArgs),
+    /// The lists in force on one node, and whether each comes from the log or the config.
+    List(AdminListArgs),
+}
+
+#[derive(Args)]
+pub struct AdminAllowSetArgs {
+    pub list: AllowList,
+    /// Addresses or CIDR blocks, e.g. 10.1.0.0/16 127.0.0.1 (at most 1024).
+    pub cidrs: Vec<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Args)]
+pub struct AdminAllowResetArgs {
+    pub list: AllowList,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 #[derive(Subcommand)]
