@@ -23,10 +23,11 @@
 //! its events to the leader (`AdminService.RecordAudit`, signed with the
 //! root key) and keeps them to send again while that fails. The leader
 //! chains: every record names the digest of the `_audit` record before it
-//! ([`AuditRecord::prev`]). Its writes are serialised, and after a change
-//! of term it first waits until it has applied everything before its term
-//! (a read-index barrier), then takes the chain head from its store — the
-//! last `_audit` record, found through the channel index in one lookup.
+//! ([`AuditRecord::prev`]). Its writes are serialised; after a change of
+//! term, or an append whose answer was lost, it first waits until
+//! everything in its log is applied (a read-index barrier, then its last
+//! log index), then takes the chain head from its store — the last
+//! `_audit` record, found through the channel index in one lookup.
 //!
 //! **Format** of one `_audit` record's payload: `version u8 (1) |
 //! postcard(AuditRecord)`. Its digest, the next record's `prev`, is
@@ -69,6 +70,9 @@ pub const AUDIT_REFUSAL_KEYS_MAX: usize = 64;
 pub const AUDIT_EVENTS_MAX: usize = 256;
 /// Longest reason or detail kept in an event, in bytes.
 pub const AUDIT_TEXT_BYTES_MAX: usize = 256;
+/// How long a new leader waits for its log to be applied before it reads
+/// the chain head (then it tries again at the next flush).
+pub const AUDIT_HEAD_WAIT: Duration = Duration::from_secs(5);
 /// Prefix of every chain digest.
 pub const CHAIN_DOMAIN: &[u8] = b"txlog audit chain v1\0";
 const RECORD_VERSION: u8 = 1;
@@ -444,13 +448,28 @@ impl AuditWriter {
         Ok(seq)
     }
 
-    /// The digest of the last `_audit` record, once everything before
-    /// this leader's term is applied here.
+    /// The digest of the last `_audit` record, once everything in this
+    /// node's log is applied here: what earlier terms committed (the
+    /// read-index barrier), and any audit append of this term whose answer
+    /// was lost — it commits or, with the term, goes, before the head is read.
     async fn head_from_store(&self) -> Result<[u8; 32]> {
         self.raft
             .ensure_linearizable(txlog_raft::openraft::ReadPolicy::ReadIndex)
             .await
             .map_err(|e| crate::error::raft_error(e, "audit chain head"))?;
+        let (term, last_log_index) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow_watched();
+            (metrics.current_term, metrics.last_log_index)
+        };
+        self.raft
+            .wait(Some(AUDIT_HEAD_WAIT))
+            .applied_index_at_least(last_log_index, "audit chain head")
+            .await
+            .map_err(|e| Error::Unavailable(format!("audit chain head: {e}")))?;
+        if self.raft.metrics().borrow_watched().current_term != term {
+            return Err(Error::Unavailable("audit chain head: the term changed; retry".into()));
+        }
         let Some(seq) = self.reader.store().last_seq_of_channel(AUDIT_CHANNEL)? else {
             return Ok([0; 32]);
         };

@@ -203,12 +203,21 @@ pub async fn run(options: RunOptions, interrupt: CancellationToken) -> anyhow::R
         facts.fault_errors.push(format!("convergence: {e:#}"));
     }
     final_reads(&cluster, &recorder).await;
+    let audit_breaks = audit_checks(&cluster);
     cluster.local.stop_all(Duration::from_secs(10)).await;
     drop(firewall);
 
     let recorder = Arc::try_unwrap(recorder).map_err(|_| anyhow::anyhow!("a worker still holds the recorder"))?;
     let events = recorder.finish()?;
-    let verdict = check(&events)?;
+    let mut verdict = check(&events)?;
+    // Each node's copy of the audit trail must chain (`txlog audit verify`).
+    verdict
+        .anomaly_counts
+        .insert("audit-chain".into(), audit_breaks.len() as u64);
+    if !audit_breaks.is_empty() {
+        verdict.valid = false;
+        facts.fault_errors.extend(audit_breaks);
+    }
     write_report(&options, &facts, &verdict, &events)?;
     Ok(Outcome { verdict, facts })
 }
@@ -618,6 +627,49 @@ async fn final_reads(cluster: &Cluster, recorder: &Recorder) {
         }
         recorder.record(done);
     }
+}
+
+/// `txlog audit verify --stale` against each node's own copy: the failures.
+fn audit_checks(cluster: &Cluster) -> Vec<String> {
+    let Ok(exe) = txlog_testkit::txlog_binary() else {
+        return vec!["audit check: no txlog binary".into()];
+    };
+    let mut breaks = Vec::new();
+    for i in 0..cluster.len() {
+        let mut command = std::process::Command::new(&exe);
+        command
+            .args(["audit", "verify", "--stale", "--cluster", &cluster.address(i)])
+            .env_remove("TXLOG_CREDENTIALS")
+            .stdin(std::process::Stdio::null());
+        if let Some(root) = cluster.local.root_key_file() {
+            command.env("TXLOG_CREDENTIALS", root);
+        }
+        if let Some(dir) = cluster.local.certs_dir() {
+            let tls = txlog_testkit::client_tls_files(dir);
+            command
+                .env("TXLOG_CLIENT_TLS_CA_FILE", tls.ca)
+                .env("TXLOG_CLIENT_TLS_CERT_FILE", tls.cert)
+                .env("TXLOG_CLIENT_TLS_KEY_FILE", tls.key);
+        }
+        match command.output() {
+            Ok(out) if out.status.success() => {
+                let line = String::from_utf8_lossy(&out.stdout);
+                progress(&format!("n{}: {}", i + 1, line.trim()));
+            }
+            Ok(out) => {
+                let why = format!(
+                    "n{} audit chain: {}{}",
+                    i + 1,
+                    String::from_utf8_lossy(&out.stderr).trim(),
+                    String::from_utf8_lossy(&out.stdout).trim()
+                );
+                progress(&why);
+                breaks.push(why);
+            }
+            Err(e) => breaks.push(format!("n{} audit check: {e}", i + 1)),
+        }
+    }
+    breaks
 }
 
 async fn read_whole_log(cluster: &Cluster, i: usize) -> anyhow::Result<Vec<u64>> {
