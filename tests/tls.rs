@@ -179,6 +179,24 @@ async fn only_the_clusters_certificates_connect_and_only_nodes_speak_raft() {
     let status = pre_vote_as(&address, &node).await;
     assert_ne!(status.code(), Code::PermissionDenied, "{status:?}");
 
+    // Each refusal is in the audit trail: handshakes without a
+    // certificate of the CA, and the client certificate's Raft call.
+    let cli = cluster.cli();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (ok, out, err) = txlog(&cli, &["audit", "tail"]);
+        assert!(ok, "{err}");
+        let handshakes = out
+            .lines()
+            .filter(|l| l.contains("refused Handshake from 127.0.0.1"))
+            .count();
+        if handshakes >= 1 && out.contains("refused Call from 127.0.0.1") && out.contains("only node certificates") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "refusals not audited:\n{out}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
     // Refused connections changed nothing: the cluster commits, the
     // record of the refused clients is nowhere.
     let next = client.append_one("orders", b"tls-2", b"second").await.expect("append");

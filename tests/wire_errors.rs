@@ -1070,12 +1070,61 @@ async fn allowlists_refuse_by_address_and_service() {
     }
     let logs = cluster.logs();
     assert!(logs.contains("connection refused: address in no allowlist"), "{logs}");
+    // And audited, by source address.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let events = audit_events(&cluster.client).await;
+        let from = |what: txlog::audit::Refusal, address: &str| {
+            events
+                .iter()
+                .filter(|e| {
+                    matches!(e, txlog::audit::AuditEvent::Refused { what: w, source, .. } if *w == what && source == address)
+                })
+                .count()
+        };
+        let connections = from(txlog::audit::Refusal::Connection, "127.0.0.3");
+        let calls = from(txlog::audit::Refusal::Call, "127.0.0.2");
+        if connections >= 1 && calls >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "audited: {connections} connections from 127.0.0.3, {calls} calls from 127.0.0.2\n{events:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     let next = cluster
         .client
         .append_one("orders", b"still", b"committing")
         .await
         .expect("the cluster still commits");
     assert!(next.seq > first.seq);
+}
+
+/// Every event of the `_audit` channel, read through `client`; the chain
+/// must hold.
+async fn audit_events(client: &Client) -> Vec<txlog::audit::AuditEvent> {
+    let mut check = txlog::audit::ChainCheck::default();
+    let mut events = Vec::new();
+    let mut from = 1;
+    loop {
+        let page = client
+            .read(from, 1000, Some(txlog::audit::AUDIT_CHANNEL), false)
+            .await
+            .expect("read _audit")
+            .records;
+        let Some(last) = page.last().map(|r| r.seq) else {
+            break;
+        };
+        for record in &page {
+            check.push(record.seq, &record.payload);
+            let decoded = txlog::audit::AuditRecord::decode(&record.payload).expect("an audit record");
+            events.extend(decoded.entries.into_iter().map(|e| e.event));
+        }
+        from = last + 1;
+    }
+    assert_eq!(check.first_break, None, "the audit chain holds");
+    events
 }
 
 /// A client of `cluster` signing as `secret` claiming `roles`.
@@ -1418,6 +1467,53 @@ async fn tokens_and_roles_decide_every_call() {
         "{} audit records for {flood} refusals",
         written.len()
     );
+
+    // Each refusal above is in the audit trail, with its reason; the flood
+    // as a few aggregated events whose counts add up to it.
+    use txlog::audit::AuditEvent;
+    use txlog::audit::Refusal;
+    let refused_for = |events: &[AuditEvent], what: Refusal, says: &str| -> u64 {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                AuditEvent::Refused {
+                    what: w, reason, count, ..
+                } if *w == what && reason.contains(says) => Some(*count),
+                _ => None,
+            })
+            .sum()
+    };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let events = audit_events(&root).await;
+        let missing: Vec<&str> = [
+            (Refusal::Token, "needs a request token"),
+            (Refusal::Token, "already used"),
+            (Refusal::Token, "expired"),
+            (Refusal::Token, "in the future"),
+            (Refusal::Token, "unknown key"),
+            (Refusal::Token, "revoked"),
+            (Refusal::Permission, "may not append on channel \"fills\""),
+            (Refusal::Permission, "may not append on channel \"orders\""),
+        ]
+        .into_iter()
+        .filter(|(what, says)| refused_for(&events, *what, says) == 0)
+        .map(|(_, says)| says)
+        .collect();
+        let flooded = refused_for(&events, Refusal::Token, "MAC does not match");
+        let admin_calls = events
+            .iter()
+            .filter(|e| matches!(e, AuditEvent::Admin { method, .. } if method == "AddClientKey" || method == "RevokeClientKey"))
+            .count();
+        if missing.is_empty() && flooded >= flood as u64 && admin_calls >= 5 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "audit trail lacks {missing:?}; {flooded} MAC refusals of {flood}; {admin_calls} key changes\n{events:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     let (_, denied) = refusals(&cluster, leader_id).await;
     assert!(denied >= 1.0, "denials counted on the leader");
 }
