@@ -11,7 +11,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic::transport::ClientTlsConfig;
-use tonic::transport::Endpoint;
 use txlog_proto::admin_service_client::AdminServiceClient;
 
 use crate::Error;
@@ -40,14 +39,8 @@ impl PeerDial {
     /// A client for `address`'s AdminService.
     pub fn admin_client(&self, address: &str) -> Result<AdminServiceClient<Channel>> {
         let tls = self.tls.borrow().clone();
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
-            .map_err(|e| Error::Internal(format!("bad peer address {address:?}: {e}")))?;
-        if let Some(tls) = tls {
-            endpoint = endpoint
-                .tls_config(tls)
-                .map_err(|e| Error::Internal(format!("TLS to {address}: {e}")))?;
-        }
+        let endpoint =
+            txlog_client::endpoint(address, tls).map_err(|e| Error::Internal(format!("bad peer address: {e}")))?;
         let endpoint = endpoint
             .connect_timeout(PEER_CONNECT_TIMEOUT)
             .tcp_nodelay(true)

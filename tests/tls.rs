@@ -97,10 +97,8 @@ fn certs(cluster: &TestCluster) -> &Path {
 
 /// A `PreVote` with an empty message on `address`, over TLS as `holder`.
 async fn pre_vote_as(address: &str, holder: &TlsPem) -> tonic::Status {
-    let channel = tonic::transport::Endpoint::from_shared(format!("https://{address}"))
+    let channel = txlog_client::endpoint(address, Some(holder.client_config()))
         .expect("endpoint")
-        .tls_config(holder.client_config())
-        .expect("TLS settings")
         .connect()
         .await
         .expect("connect");

@@ -1171,10 +1171,8 @@ async fn raw_read(
         .client_tls()
         .expect("client certificate")
         .expect("a secured cluster");
-    let channel = Endpoint::from_shared(format!("https://{address}"))
+    let channel = txlog_client::endpoint(address, Some(tls.client_config()))
         .expect("endpoint")
-        .tls_config(tls.client_config())
-        .expect("TLS settings")
         .connect()
         .await
         .expect("connect");

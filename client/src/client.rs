@@ -6,7 +6,6 @@ use std::sync::Mutex;
 
 use tonic::transport::Channel;
 use tonic::transport::ClientTlsConfig;
-use tonic::transport::Endpoint;
 
 use crate::address::parse_cluster;
 use crate::append_stream::AppendSession;
@@ -158,14 +157,7 @@ impl Client {
     }
 
     fn new_channel(&self, address: &str) -> Result<Channel, ClientError> {
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
-            .map_err(|e| ClientError::BadCluster(format!("{address}: {e}")))?;
-        if let Some(tls) = &self.tls {
-            endpoint = endpoint
-                .tls_config(tls.clone())
-                .map_err(|e| ClientError::BadCluster(format!("{address}: TLS: {e}")))?;
-        }
+        let endpoint = crate::endpoint(address, self.tls.clone()).map_err(ClientError::BadCluster)?;
         Ok(endpoint
             .connect_timeout(self.options.connect_timeout)
             .tcp_nodelay(true)

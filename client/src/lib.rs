@@ -67,6 +67,7 @@ pub use status::Kind;
 pub use status::NodeView;
 pub use status::ResyncSent;
 pub use status::Role;
+pub use tls::endpoint;
 pub use tls::TlsFiles;
 pub use tls::TlsPem;
 pub use tls::NODE_SERVER_NAME;

@@ -106,6 +106,18 @@ impl TlsPem {
     }
 }
 
+/// The endpoint for `address` (`HOST:PORT`): `https` with `tls`, else
+/// plain `http`. The one place a dialler picks its scheme.
+pub fn endpoint(address: &str, tls: Option<ClientTlsConfig>) -> Result<tonic::transport::Endpoint, String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{address}"))
+        .map_err(|e| format!("{address}: {e}"))?;
+    match tls {
+        Some(tls) => endpoint.tls_config(tls).map_err(|e| format!("{address}: TLS: {e}")),
+        None => Ok(endpoint),
+    }
+}
+
 fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()

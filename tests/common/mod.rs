@@ -244,14 +244,12 @@ impl TestCluster {
     /// certificate on a secured cluster; `None` while nothing listens there.
     pub async fn channel(&self, address: &str) -> Option<tonic::transport::Channel> {
         let tls = self.local.client_tls().expect("client certificate");
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{address}"))
+        txlog_client::endpoint(address, tls.map(|t| t.client_config()))
             .expect("endpoint")
-            .connect_timeout(Duration::from_secs(1));
-        if let Some(tls) = tls {
-            endpoint = endpoint.tls_config(tls.client_config()).expect("TLS settings");
-        }
-        endpoint.connect().await.ok()
+            .connect_timeout(Duration::from_secs(1))
+            .connect()
+            .await
+            .ok()
     }
 
     /// The client certificate a client of this cluster speaks TLS with.
