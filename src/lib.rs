@@ -15,7 +15,11 @@
 //!   `AdminService` (operators).
 //! * [`access_guard`] — who may call what: request tokens checked
 //!   (`token_check`), the caller's roles against the policy kept in the log
-//!   (`access_policy`); [`allowlist`] — which addresses may connect.
+//!   (`access_policy`); [`allowlist`] — which addresses may connect;
+//!   [`tls`] — mutual TLS on the port, certificates reloaded when their
+//!   files change ([`certs`] makes them); [`audit`] — security events,
+//!   hash-chained in the `_audit` channel; [`peer_dial`] — how a node
+//!   reaches its peers' admin services.
 //! * [`config`] — node configuration: TOML file, flags, `TXLOG_*` variables.
 //! * [`metrics`] — Prometheus metrics and the `/metrics` endpoint.
 //! * [`health`] — `grpc.health.v1`: `SERVING` only with a leader and caught up;
