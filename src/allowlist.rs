@@ -260,11 +260,12 @@ impl Gate {
         metrics: Arc<crate::metrics::Metrics>,
         audit: Arc<crate::audit::Auditor>,
     ) -> Gate {
-        let in_force = Arc::new(effective(&allowlist, &policy.current()));
+        let current = policy.current();
+        let in_force = (current.applied_seq, Arc::new(effective(&allowlist, &current)));
         Gate {
             config: allowlist,
             policy,
-            in_force: std::sync::RwLock::new((u64::MAX, in_force)),
+            in_force: std::sync::RwLock::new(in_force),
             metrics,
             log_limit: RateLimiter::new(REFUSAL_LOG_INTERVAL, REFUSAL_SOURCES_MAX),
             audit,

@@ -437,12 +437,13 @@ impl AuditWriter {
                     .into_bytes()
                     .into(),
                 channel: AUDIT_CHANNEL.into(),
-                payload: payload.clone().into(),
+                payload: payload.into(),
                 client_time_ns: 0,
             };
+            let next = digest(&record.payload);
             let outcome = self.batcher.append(vec![record]).await?;
             seq = outcome.first().map_or(0, |o| o.seq);
-            prev = digest(&payload);
+            prev = next;
         }
         *head = Some((term, prev));
         Ok(seq)

@@ -21,8 +21,8 @@ use txlog_raft::Keys;
 /// How often the key file is checked for a change.
 pub const KEY_FILE_POLL: Duration = Duration::from_secs(2);
 
-/// What tells one version of the file from another without reading it.
-fn stamp(path: &std::path::Path) -> Option<(u64, SystemTime)> {
+/// What tells one version of a file from another without reading it.
+pub(crate) fn stamp(path: &std::path::Path) -> Option<(u64, SystemTime)> {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.len(), meta.modified().ok()?))
 }

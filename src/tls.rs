@@ -321,13 +321,10 @@ pub fn accept(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-/// What tells one version of a file from another without reading it.
+/// What tells one version of the three files from another.
 fn stamp(files: &TlsFiles) -> [Option<(u64, SystemTime)>; 3] {
-    let one = |path: &std::path::Path| {
-        let meta = std::fs::metadata(path).ok()?;
-        Some((meta.len(), meta.modified().ok()?))
-    };
-    [one(&files.ca), one(&files.cert), one(&files.key)]
+    use crate::key_file_watch::stamp;
+    [stamp(&files.ca), stamp(&files.cert), stamp(&files.key)]
 }
 
 /// The certificates in force, published to the acceptor and the dialers.

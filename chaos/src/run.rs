@@ -640,17 +640,11 @@ fn audit_checks(cluster: &Cluster) -> Vec<String> {
         command
             .args(["audit", "verify", "--stale", "--cluster", &cluster.address(i)])
             .env_remove("TXLOG_CREDENTIALS")
+            .envs(txlog_testkit::cli_env(
+                cluster.local.root_key_file(),
+                cluster.local.certs_dir(),
+            ))
             .stdin(std::process::Stdio::null());
-        if let Some(root) = cluster.local.root_key_file() {
-            command.env("TXLOG_CREDENTIALS", root);
-        }
-        if let Some(dir) = cluster.local.certs_dir() {
-            let tls = txlog_testkit::client_tls_files(dir);
-            command
-                .env("TXLOG_CLIENT_TLS_CA_FILE", tls.ca)
-                .env("TXLOG_CLIENT_TLS_CERT_FILE", tls.cert)
-                .env("TXLOG_CLIENT_TLS_KEY_FILE", tls.key);
-        }
         match command.output() {
             Ok(out) if out.status.success() => {
                 let line = String::from_utf8_lossy(&out.stdout);

@@ -44,6 +44,7 @@ mod append_stream;
 mod client;
 mod credentials;
 mod error;
+mod local_file;
 mod log_calls;
 pub mod methods;
 mod options;

@@ -129,21 +129,5 @@ fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 fn read_pem_file(path: &Path, what: &str, private: bool) -> Result<Vec<u8>, String> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let shown = path.display();
-    let metadata = std::fs::metadata(path).map_err(|e| format!("TLS {what} {shown}: {e}"))?;
-    if metadata.len() > TLS_FILE_BYTES_MAX {
-        return Err(format!(
-            "TLS {what} {shown}: {} bytes, more than the {TLS_FILE_BYTES_MAX} a PEM file may have",
-            metadata.len()
-        ));
-    }
-    let mode = metadata.permissions().mode();
-    if private && mode & 0o077 != 0 {
-        return Err(format!(
-            "TLS {what} {shown} has mode {:o}: group or others may read it; `chmod 600` it (and consider the key exposed)",
-            mode & 0o777
-        ));
-    }
-    std::fs::read(path).map_err(|e| format!("TLS {what} {shown}: {e}"))
+    crate::local_file::read_bounded(path, &format!("TLS {what}"), TLS_FILE_BYTES_MAX, private)
 }

@@ -112,24 +112,10 @@ impl ClientSecret {
     /// Read a secret file (one `KEY_ID:SECRET` line, as `txlog token
     /// secret` writes it), refusing one that group or others may read.
     pub fn read_file(path: &std::path::Path) -> Result<ClientSecret, String> {
-        use std::os::unix::fs::PermissionsExt as _;
-        let shown = path.display();
-        let metadata = std::fs::metadata(path).map_err(|e| format!("client secret file {shown}: {e}"))?;
-        if metadata.len() > SECRET_FILE_BYTES_MAX {
-            return Err(format!(
-                "client secret file {shown}: {} bytes; a secret file is one line",
-                metadata.len()
-            ));
-        }
-        let mode = metadata.permissions().mode();
-        if mode & 0o077 != 0 {
-            return Err(format!(
-                "client secret file {shown} has mode {:o}: group or others may read it; `chmod 600` it (and consider the secret exposed)",
-                mode & 0o777
-            ));
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| format!("client secret file {shown}: {e}"))?;
-        ClientSecret::parse(&text).map_err(|e| format!("client secret file {shown}: {e}"))
+        let what = "client secret file";
+        let bytes = crate::local_file::read_bounded(path, what, SECRET_FILE_BYTES_MAX, true)?;
+        let text = String::from_utf8(bytes).map_err(|_| format!("{what} {}: not text", path.display()))?;
+        ClientSecret::parse(&text).map_err(|e| format!("{what} {}: {e}", path.display()))
     }
 
     pub fn to_line(&self) -> String {

@@ -117,8 +117,7 @@ impl Network {
 
     /// Dial peers with mutual TLS under the client settings in `tls` (the
     /// node certificate in force; `None`: plain connections).
-    pub fn with_tls(self, mut tls: tokio::sync::watch::Receiver<Option<ClientTlsConfig>>) -> Self {
-        tls.mark_changed();
+    pub fn with_tls(self, tls: tokio::sync::watch::Receiver<Option<ClientTlsConfig>>) -> Self {
         self.channels.lock().expect("channel cache poisoned").tls = tls;
         self
     }

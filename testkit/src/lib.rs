@@ -38,6 +38,7 @@ mod ports;
 
 pub use catch_up::catch_up_with_trickle;
 pub use catch_up::wait_for_seq;
+pub use local_cluster::cli_env;
 pub use local_cluster::client_tls_files;
 pub use local_cluster::node_tls_files;
 pub use local_cluster::txlog_binary;

@@ -107,6 +107,22 @@ pub fn client_tls_files(certs_dir: &Path) -> TlsFiles {
     TlsFiles::in_dir(certs_dir, &format!("client-{CLIENT_CERT_NAME}"))
 }
 
+/// The environment that points the `txlog` CLI at a cluster's root key
+/// (`TXLOG_CREDENTIALS`) and client certificate (`TXLOG_CLIENT_TLS_*`).
+pub fn cli_env(root_key_file: Option<&Path>, certs_dir: Option<&Path>) -> Vec<(&'static str, PathBuf)> {
+    let mut env = Vec::new();
+    if let Some(root) = root_key_file {
+        env.push(("TXLOG_CREDENTIALS", root.to_path_buf()));
+    }
+    if let Some(dir) = certs_dir {
+        let tls = client_tls_files(dir);
+        env.push(("TXLOG_CLIENT_TLS_CA_FILE", tls.ca));
+        env.push(("TXLOG_CLIENT_TLS_CERT_FILE", tls.cert));
+        env.push(("TXLOG_CLIENT_TLS_KEY_FILE", tls.key));
+    }
+    env
+}
+
 /// Node `id`'s certificate files in `certs_dir` (`node-n<ID>.pem`).
 pub fn node_tls_files(certs_dir: &Path, id: u64) -> TlsFiles {
     TlsFiles::in_dir(certs_dir, &format!("node-n{id}"))

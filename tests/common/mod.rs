@@ -322,16 +322,7 @@ pub fn txlog(target: &(impl CliTarget + ?Sized), args: &[&str]) -> (bool, String
         .env("TXLOG_CLUSTER", target.cluster())
         .env_remove("TXLOG_CREDENTIALS")
         .env_remove("TXLOG_CLAIM_ROLES");
-    if let Some(secret) = target.secret_file() {
-        command.env("TXLOG_CREDENTIALS", secret);
-    }
-    if let Some(dir) = target.certs_dir() {
-        let tls = txlog_testkit::client_tls_files(dir);
-        command
-            .env("TXLOG_CLIENT_TLS_CA_FILE", tls.ca)
-            .env("TXLOG_CLIENT_TLS_CERT_FILE", tls.cert)
-            .env("TXLOG_CLIENT_TLS_KEY_FILE", tls.key);
-    }
+    command.envs(txlog_testkit::cli_env(target.secret_file(), target.certs_dir()));
     let out = command.output().expect("run txlog");
     (
         out.status.success(),
