@@ -1,0 +1,73 @@
+//! txlog's feed: committed records as sequenced UDP streams, MoldUDP64
+//! style, one stream per priority class, with gap recovery.
+//!
+//! **What it guarantees.** A subscriber that follows a feed gets every
+//! record of its classes exactly once, in global seq order per class:
+//! packets carry dense stream seqs, so a loss shows as a gap; the gap is
+//! re-requested from the publisher's retransmit ring, and what the ring no
+//! longer holds is read from the log itself ([`receiver`]). The feed is a
+//! copy of the log, never the source of truth: every record in it is
+//! committed and applied on the publishing node.
+//!
+//! **What it never does.** It never waits on the Raft path: the publisher
+//! reads applied records on its own thread, UDP never blocks on a reader,
+//! and egress sheds (counted, recoverable) rather than queue without bound.
+//! It never publishes the cluster's own channels (`_keys`, `_audit`,
+//! `_access`), and it never opens sealed payloads: a record sealed at rest
+//! is published sealed, as the record file holds it.
+//!
+//! **Layout.** [`packet`] is the wire format (versioned, checksummed);
+//! [`packer`] fills packets for one class stream; [`class`] maps channels
+//! to classes; [`scheduler`] orders egress across classes; the
+//! [`retransmit_ring`] and [`retransmit`] service answer re-requests;
+//! [`publisher`] ties them to a [`Backend`] ([`kernel`]: UDP with
+//! `sendmmsg`); [`receiver`] is the subscriber's logic without I/O (the
+//! client library's `FeedSubscriber` drives it).
+//!
+//! **Left out for now.** The DPDK backend and speculative (pre-commit)
+//! streams are not built yet; the packet header reserves a flags byte for
+//! the latter.
+
+pub mod backend;
+pub mod class;
+pub mod counters;
+pub mod describe;
+pub mod error;
+pub mod kernel;
+pub mod packer;
+pub mod packet;
+pub mod publisher;
+pub mod receiver;
+pub mod record;
+pub mod retransmit;
+pub mod retransmit_ring;
+pub mod scheduler;
+
+pub use backend::Backend;
+pub use class::Classes;
+pub use class::PriorityClass;
+pub use counters::Counters;
+pub use describe::Description;
+pub use error::Error;
+pub use kernel::KernelBackend;
+pub use publisher::Publisher;
+pub use publisher::PublisherConfig;
+pub use publisher::RecordSource;
+pub use receiver::Action;
+pub use receiver::Delivered;
+pub use receiver::Receiver;
+pub use receiver::ReceiverConfig;
+pub use receiver::ReceiverCounters;
+pub use receiver::Via;
+pub use record::FeedRecord;
+pub use retransmit::RetransmitLimits;
+pub use retransmit::RetransmitService;
+
+/// Default IP packet size of feed packets: Ethernet's.
+pub const MTU_BYTES_DEFAULT: usize = 1500;
+/// Default bytes of recent packets kept for re-requests.
+pub const RING_BYTES_DEFAULT: usize = 64 << 20;
+/// Default heartbeat of an idle stream (MoldUDP64's: one a second).
+pub const HEARTBEAT_MS_DEFAULT: u64 = 1000;
+/// Default packets a class may have queued for egress.
+pub const QUEUE_PACKETS_MAX_DEFAULT: usize = 16_384;
