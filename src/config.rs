@@ -36,6 +36,13 @@
 //! # insecure = true  # instead of root_key_file and tls_*: no TLS, no tokens, every call allowed
 //! signing_key_rotate_s = 86400
 //! data_key_rotate_s = 3600
+//! # feed_listen = "10.1.0.11:7500"   # the UDP feed: source and retransmit address; absent: no feed
+//! # feed_targets = ["239.192.0.1:7500"]  # a multicast group, or unicast subscribers
+//! # feed_classes = "market-data=8:market-data*;order-book=4:order-book*;execution=2:execution*;other=1:*"
+//! # feed_mtu_bytes = 1500
+//! # feed_ring_bytes = 67108864
+//! # feed_heartbeat_ms = 1000
+//! # feed_egress_packets_per_s = 0   # 0: unpaced
 //! ```
 
 use std::collections::BTreeMap;
@@ -249,6 +256,31 @@ pub struct NodeSettings {
     /// cannot join a sealed cluster, nor the other way round.
     #[arg(long, env = "TXLOG_SEAL", hide = true)]
     pub seal: Option<bool>,
+    /// UDP address of this node's feed: its packets leave from it and its retransmit service
+    /// answers there ("off" or absent: no feed).
+    #[arg(long, env = "TXLOG_FEED_LISTEN")]
+    pub feed_listen: Option<String>,
+    /// Where the feed goes: a multicast group (e.g. 239.192.0.1:7500) or unicast subscribers,
+    /// comma-separated. Needed with --feed-listen.
+    #[arg(long, env = "TXLOG_FEED_TARGETS", value_delimiter = ',')]
+    pub feed_targets: Option<Vec<String>>,
+    /// Priority classes, highest first: NAME=WEIGHT:PATTERN[,PATTERN…];… (a pattern is a
+    /// channel, a prefix ending in *, or *) [default: market-data=8:market-data*;
+    /// order-book=4:order-book*;execution=2:execution*;other=1:*].
+    #[arg(long, env = "TXLOG_FEED_CLASSES")]
+    pub feed_classes: Option<String>,
+    /// IP packet size of feed packets [default: 1500].
+    #[arg(long, env = "TXLOG_FEED_MTU_BYTES")]
+    pub feed_mtu_bytes: Option<usize>,
+    /// Bytes of recent feed packets kept for re-requests [default: 67108864].
+    #[arg(long, env = "TXLOG_FEED_RING_BYTES")]
+    pub feed_ring_bytes: Option<usize>,
+    /// Heartbeat of an idle feed stream, ms [default: 1000].
+    #[arg(long, env = "TXLOG_FEED_HEARTBEAT_MS")]
+    pub feed_heartbeat_ms: Option<u64>,
+    /// Most live feed packets per second (a link's limit); 0: unpaced [default: 0].
+    #[arg(long, env = "TXLOG_FEED_EGRESS_PACKETS_PER_S")]
+    pub feed_egress_packets_per_s: Option<u64>,
 }
 
 impl NodeSettings {
@@ -300,6 +332,13 @@ impl NodeSettings {
             tls_key_file,
             insecure,
             seal,
+            feed_listen,
+            feed_targets,
+            feed_classes,
+            feed_mtu_bytes,
+            feed_ring_bytes,
+            feed_heartbeat_ms,
+            feed_egress_packets_per_s,
         )
     }
 
@@ -346,6 +385,20 @@ pub struct NodeConfig {
     pub sealing: Option<Sealing>,
     /// Whether calls need tokens, and the root key's file (`access_guard.rs`).
     pub access: Access,
+    /// The UDP feed, if this node publishes one.
+    pub feed: Option<Feed>,
+}
+
+/// Feed settings of a node.
+#[derive(Debug, Clone)]
+pub struct Feed {
+    pub listen: SocketAddr,
+    pub targets: Vec<SocketAddr>,
+    pub classes: txlog_feed::Classes,
+    pub mtu_bytes: usize,
+    pub ring_bytes: usize,
+    pub heartbeat: std::time::Duration,
+    pub egress_packets_per_s: u64,
 }
 
 /// Sealing settings of a node.
@@ -436,6 +489,7 @@ impl NodeConfig {
         }
         let sealing = sealing_of(&s)?;
         let access = access_of(&s)?;
+        let feed = feed_of(&s)?;
         let learner = s.learner == Some(true);
         if learner && join.is_none() {
             return Err(Error::Config(
@@ -464,7 +518,74 @@ impl NodeConfig {
             segment_bytes_max,
             sealing,
             access,
+            feed,
         })
+    }
+}
+
+/// Most feed targets (each packet is sent once per target).
+const FEED_TARGETS_MAX: usize = 256;
+
+fn feed_of(s: &NodeSettings) -> Result<Option<Feed>> {
+    let listen = match s.feed_listen.as_deref().map(str::trim) {
+        None | Some("") | Some("off") => {
+            if s.feed_targets.as_ref().is_some_and(|t| !t.is_empty()) {
+                return Err(Error::Config("feed_targets needs feed_listen (the feed's own address)".into()));
+            }
+            return Ok(None);
+        }
+        Some(text) => text
+            .parse::<SocketAddr>()
+            .map_err(|e| Error::Config(format!("feed_listen {text:?}: {e}")))?,
+    };
+    let targets = s
+        .feed_targets
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|t| {
+            t.trim()
+                .parse::<SocketAddr>()
+                .map_err(|e| Error::Config(format!("feed target {t:?}: {e} (HOST:PORT, an IP address)")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if targets.is_empty() || targets.len() > FEED_TARGETS_MAX {
+        return Err(Error::Config(format!(
+            "feed_listen needs 1..={FEED_TARGETS_MAX} feed_targets (a multicast group or subscribers)"
+        )));
+    }
+    if targets.iter().any(|t| t.ip().is_multicast()) && !listen.is_ipv4() {
+        return Err(Error::Config("multicast feed targets need an IPv4 feed_listen".into()));
+    }
+    let classes = match &s.feed_classes {
+        Some(spec) => txlog_feed::Classes::parse(spec).map_err(|e| Error::Config(e.to_string()))?,
+        None => txlog_feed::Classes::default(),
+    };
+    let feed = Feed {
+        listen,
+        targets,
+        classes,
+        mtu_bytes: s.feed_mtu_bytes.unwrap_or(txlog_feed::MTU_BYTES_DEFAULT),
+        ring_bytes: s.feed_ring_bytes.unwrap_or(txlog_feed::RING_BYTES_DEFAULT),
+        heartbeat: std::time::Duration::from_millis(s.feed_heartbeat_ms.unwrap_or(txlog_feed::HEARTBEAT_MS_DEFAULT)),
+        egress_packets_per_s: s.feed_egress_packets_per_s.unwrap_or(0),
+    };
+    feed.publisher_config(0).validate().map_err(|e| Error::Config(e.to_string()))?;
+    Ok(Some(feed))
+}
+
+impl Feed {
+    /// The publisher's configuration for a session.
+    pub fn publisher_config(&self, session: u64) -> txlog_feed::PublisherConfig {
+        txlog_feed::PublisherConfig {
+            session,
+            mtu_bytes: self.mtu_bytes,
+            classes: self.classes.clone(),
+            ring_bytes: self.ring_bytes,
+            heartbeat: self.heartbeat,
+            egress_packets_per_s: self.egress_packets_per_s,
+            queue_packets_max: txlog_feed::QUEUE_PACKETS_MAX_DEFAULT,
+        }
     }
 }
 

@@ -48,6 +48,7 @@ pub mod certs;
 pub mod config;
 mod error;
 pub mod failure_detector;
+pub mod feed_publisher;
 pub mod health;
 pub mod join;
 mod key_file_watch;

@@ -25,6 +25,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// All of a node's metrics.
 pub struct Metrics {
     registry: Registry,
+    /// The feed publisher's counters, once it runs (`txlog_feed_*`).
+    feed: std::sync::OnceLock<Arc<txlog_feed::Counters>>,
     pub appended_records: Counter,
     pub duplicate_records: Counter,
     pub append_batches: Counter,
@@ -153,6 +155,7 @@ impl Metrics {
             key_events: Counter::default(),
             key_announcements: Counter::default(),
             seal_seen: Default::default(),
+            feed: Default::default(),
             registry: Registry::default(),
         };
         m.register_append(&mut registry);
@@ -359,9 +362,28 @@ impl Metrics {
         );
     }
 
+    /// Export the feed publisher's counters from now on.
+    pub fn set_feed(&self, counters: Arc<txlog_feed::Counters>) {
+        let _ = self.feed.set(counters);
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        if let Some(feed) = self.feed.get() {
+            // The registry's text ends with the OpenMetrics EOF marker; the
+            // feed's counters go before it.
+            let eof = out.rfind("# EOF").unwrap_or(out.len());
+            let mut lines = String::new();
+            for (name, value) in feed.snapshot() {
+                let kind = if name == "last_record_seq" { "gauge" } else { "counter" };
+                let suffix = if kind == "counter" { "_total" } else { "" };
+                lines.push_str(&format!(
+                    "# TYPE txlog_feed_{name} {kind}\ntxlog_feed_{name}{suffix} {value}\n"
+                ));
+            }
+            out.insert_str(eof, &lines);
+        }
         out
     }
 }

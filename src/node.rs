@@ -328,6 +328,17 @@ impl Parts<'_> {
         if !gate.is_open() {
             tracing::info!(allowlist = %gate.allowlist().describe(), "connections limited by allowlist");
         }
+        if let Some(feed) = &config.feed {
+            // The retransmit service answers only addresses the clients' allowlist admits.
+            crate::feed_publisher::start(
+                feed,
+                self.reader.clone(),
+                gate.clone(),
+                self.metrics,
+                self.tracker,
+                self.shutdown.clone(),
+            )?;
+        }
         // Allowlist, then TLS handshake, then the server (see `tls.rs`).
         let incoming = crate::tls::accept(
             listener,

@@ -15,6 +15,9 @@ pub enum ClientError {
     /// Every attempt failed with a retryable error.
     #[error("gave up after {attempts} attempts; last error: {}: {}", last.code(), last.message())]
     Exhausted { attempts: u32, last: Status },
+    /// The feed subscriber's socket failed, or the log could not fill a gap.
+    #[error("feed: {0}")]
+    Feed(String),
 }
 
 impl ClientError {
@@ -24,6 +27,7 @@ impl ClientError {
             ClientError::BadCluster(_) => Code::InvalidArgument,
             ClientError::Status(s) => s.code(),
             ClientError::Exhausted { last, .. } => last.code(),
+            ClientError::Feed(_) => Code::Unavailable,
         }
     }
 
@@ -35,6 +39,7 @@ impl ClientError {
             ClientError::BadCluster(_) => false,
             ClientError::Status(s) => is_transient(s.code()),
             ClientError::Exhausted { .. } => true,
+            ClientError::Feed(_) => false,
         }
     }
 }

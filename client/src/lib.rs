@@ -1,6 +1,7 @@
 //! The txlog client library: what the CLI, the benches, the chaos harness
-//! and the tests use to talk to a cluster. It depends on the wire protocol
-//! (`txlog-proto`) and nothing of the server: no sled, no openraft.
+//! and the tests use to talk to a cluster. It depends on the wire protocols
+//! (`txlog-proto`, and `txlog-feed` for the UDP feed's format and its
+//! subscriber logic) and nothing of the server: no sled, no openraft.
 //!
 //! **What it owns.** A [`Client`] knows a list of node addresses and keeps
 //! one lazily connected channel per address. Every RPC it makes goes through
@@ -44,6 +45,7 @@ mod append_stream;
 mod client;
 mod credentials;
 mod error;
+mod feed_subscriber;
 mod local_file;
 mod log_calls;
 pub mod methods;
@@ -58,6 +60,9 @@ pub use client::Client;
 pub use credentials::Credentials;
 pub use credentials::CLIENT_TOKEN_TTL;
 pub use error::ClientError;
+pub use feed_subscriber::FeedSubscriber;
+pub use feed_subscriber::FeedSubscriberOptions;
+pub use txlog_feed as feed;
 pub use options::ClientOptions;
 pub use options::ADMIN_RPC_TIMEOUT;
 pub use options::SNAPSHOT_RPC_TIMEOUT;
@@ -95,6 +100,12 @@ pub const LEADER_METADATA_KEY: &str = "txlog-leader";
 
 /// Default client endpoints: the `txlog dev` cluster.
 pub const DEV_CLUSTER: &str = "127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403";
+
+/// The `txlog dev` cluster's feed: every node publishes to this multicast
+/// group and port, on loopback.
+pub const DEV_FEED_GROUP: &str = "239.192.74.1:7410";
+/// The `txlog dev` nodes' feed addresses (their retransmit services).
+pub const DEV_FEED_NODES: &str = "127.0.0.1:7411,127.0.0.1:7412,127.0.0.1:7413";
 
 /// Most bytes in one gRPC request or response, on both sides of the wire:
 /// nodes refuse larger messages with `RESOURCE_EXHAUSTED`, and the client

@@ -733,6 +733,12 @@ impl Receiver {
         deadline
     }
 
+    /// The name of `class` in the session followed for it, once described.
+    pub fn class_name(&self, class: u8) -> Option<&str> {
+        let (session, _) = self.following(class)?;
+        Some(self.descriptions.get(&session)?.get(class)?.name.as_str())
+    }
+
     /// The session followed for `class`, if any, and its source.
     pub fn following(&self, class: u8) -> Option<(u64, SocketAddr)> {
         self.classes

@@ -84,6 +84,8 @@ pub enum Command {
     Token(TokenArgs),
     /// TLS certificates: make the cluster CA, issue node and client certificates.
     Certs(CertsArgs),
+    /// The UDP feed: subscribe to it, show each node's publisher counters.
+    Feed(FeedArgs),
     /// The audit trail (the `_audit` channel): print its events, verify its hash chain.
     Audit(AuditArgs),
     /// Check a stopped node's files offline: every CRC, signature and tag, and the hash chain.
@@ -498,6 +500,10 @@ pub struct DevArgs {
     /// Metrics port of node 1; nodes 2 and 3 use the next two ports (0 = off).
     #[arg(long, default_value_t = 9401)]
     pub metrics_base_port: u16,
+    /// Feed port of node 1 (its retransmit service); nodes 2 and 3 use the next two ports.
+    /// All three publish to the multicast group 239.192.74.1:7410 on loopback (0 = no feed).
+    #[arg(long, default_value_t = 7411)]
+    pub feed_base_port: u16,
 }
 
 #[derive(Args)]
@@ -555,6 +561,73 @@ pub struct TailArgs {
     pub from: Option<u64>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
+}
+
+#[derive(Args)]
+pub struct FeedArgs {
+    #[command(subcommand)]
+    pub command: FeedCommand,
+}
+
+#[derive(Subcommand)]
+pub enum FeedCommand {
+    /// Follow the feed: print each record once, in order per priority class, recovering gaps
+    /// from the publisher's retransmit ring or, past it, from the log. A status line of
+    /// packets, gaps, recovered records and fallback reads goes to stderr every second.
+    Subscribe(FeedSubscribeArgs),
+    /// Ask each node's feed for its session, classes and publisher counters.
+    Status(FeedStatusArgs),
+}
+
+#[derive(Args)]
+pub struct FeedSubscribeArgs {
+    /// The feed's address: a multicast group and port, or (unicast) the local port the nodes
+    /// send to, e.g. 0.0.0.0:7500 [default: the dev cluster's 239.192.74.1:7410].
+    #[arg(long, env = "TXLOG_FEED", default_value = txlog_client::DEV_FEED_GROUP)]
+    pub feed: String,
+    /// Local interface address to join a multicast group on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub interface: std::net::Ipv4Addr,
+    /// Print only this channel.
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// Print only these priority classes (by name; repeat or comma-separate).
+    #[arg(long = "class", value_delimiter = ',')]
+    pub classes: Vec<String>,
+    /// Start at this sequence: older records come from the log first [default: from the
+    /// first record the feed carries after joining].
+    #[arg(long)]
+    pub from: Option<u64>,
+    /// Exit after this many records.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Exit when no record arrived for this long (e.g. 10s) [default: never].
+    #[arg(long, value_parser = parse_duration)]
+    pub idle_exit: Option<Duration>,
+    /// Print only the status line, not the records.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Never read the log: gaps the ring cannot fill are skipped and counted as unfilled.
+    #[arg(long)]
+    pub no_log: bool,
+    /// Opt into the speculative (pre-commit) stream. Not built yet: refused with a message.
+    #[arg(long)]
+    pub speculative: bool,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Args)]
+pub struct FeedStatusArgs {
+    /// Comma-separated feed addresses of the nodes (their feed_listen).
+    #[arg(long, env = "TXLOG_FEED_NODES", default_value = txlog_client::DEV_FEED_NODES)]
+    pub nodes: String,
+    /// How long to wait for each node's answer.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub timeout: Duration,
+    /// Print JSON instead of human-readable text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]

@@ -67,8 +67,19 @@ fn node_specs(options: &DevArgs) -> Vec<NodeSpec> {
                 .then(|| format!("127.0.0.1:{}", options.metrics_base_port + i as u16)),
             data_dir: options.data_dir.join(REGIONS[i]),
             join: None,
-            // Leadership returns to paris when it is healthy again.
-            extra_args: vec!["--prefer-region".into(), REGIONS[0].into()],
+            extra_args: {
+                // Leadership returns to paris when it is healthy again.
+                let mut args = vec!["--prefer-region".into(), REGIONS[0].into()];
+                if options.feed_base_port != 0 {
+                    args.extend([
+                        "--feed-listen".into(),
+                        format!("127.0.0.1:{}", options.feed_base_port + i as u16),
+                        "--feed-targets".into(),
+                        txlog_client::DEV_FEED_GROUP.into(),
+                    ]);
+                }
+                args
+            },
         })
         .collect()
 }
@@ -117,6 +128,12 @@ fn print_banner(nodes: &LocalCluster, status: &ClusterStatus, took: Duration, op
             root.display()
         );
     }
+    if options.feed_base_port != 0 {
+        println!(
+            "  committed records are published as a UDP feed to {} (one session per node)",
+            txlog_client::DEV_FEED_GROUP
+        );
+    }
     println!();
     println!("try:");
     println!("  txlog append --channel order-book --txid order-1 'BUY 100 EURUSD 1.0842'");
@@ -124,6 +141,10 @@ fn print_banner(nodes: &LocalCluster, status: &ClusterStatus, took: Duration, op
     println!("  txlog status");
     println!("  txlog tail --from 1");
     println!("  txlog keys status");
+    if options.feed_base_port != 0 {
+        println!("  txlog feed subscribe --from 1");
+        println!("  txlog feed status");
+    }
     println!();
     println!("logs: {}/<region>/node.log    stop: Ctrl-C", options.data_dir.display());
 }

@@ -16,6 +16,7 @@ mod bench;
 mod certs;
 mod dev;
 mod duration;
+mod feed;
 mod keys;
 mod process;
 mod records;
@@ -77,6 +78,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Token(args) => token::run(args.command),
         Command::Certs(args) => certs::run(args.command),
         Command::Audit(args) => audit::run(args.command).await,
+        Command::Feed(args) => feed::run(args.command).await,
         Command::Verify(args) => verify::run(args),
     }
 }

@@ -1,0 +1,249 @@
+//! `FeedSubscriber`: follows a txlog UDP feed and hands out its records
+//! exactly once, in order per priority class.
+//!
+//! It drives the feed's [`Receiver`] (all of the recovery logic, without
+//! I/O) with a UDP socket and, for what the publisher's ring no longer
+//! holds, reads from the log through a [`Client`]. Without a client, such
+//! gaps are skipped and counted in `unfilled`.
+//!
+//! Selection: `classes` (by name) and `channel` narrow what is handed out;
+//! the receiver still follows every class it hears, so switching classes
+//! later needs no rejoin. Payloads of a sealed cluster arrive sealed from
+//! the feed (`record.sealed`) and opened from the log.
+
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
+use std::net::SocketAddr;
+use std::time::Duration;
+use std::time::Instant;
+
+use tokio::net::UdpSocket;
+use txlog_feed::Action;
+use txlog_feed::Delivered;
+use txlog_feed::FeedRecord;
+use txlog_feed::Receiver;
+use txlog_feed::ReceiverConfig;
+use txlog_feed::ReceiverCounters;
+
+use crate::Client;
+use crate::ClientError;
+
+/// Records per log read while filling a gap.
+const FILL_READ_LIMIT: u32 = 10_000;
+/// Log reads one fill may take (10,000 records each).
+const FILL_READS_MAX: usize = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct FeedSubscriberOptions {
+    /// Local address to receive on: the port the feed is sent to.
+    pub listen: SocketAddr,
+    /// A multicast group to join, with the interface address to join it on.
+    pub group: Option<(Ipv4Addr, Ipv4Addr)>,
+    /// Deliver only these classes (by name); `None`: all.
+    pub classes: Option<Vec<String>>,
+    /// Deliver only this channel.
+    pub channel: Option<String>,
+    pub receiver: ReceiverConfig,
+}
+
+/// Follows a feed; see the module docs.
+pub struct FeedSubscriber {
+    socket: UdpSocket,
+    receiver: Receiver,
+    client: Option<Client>,
+    options: FeedSubscriberOptions,
+    ready: VecDeque<Delivered>,
+    buffer: Vec<u8>,
+}
+
+impl FeedSubscriber {
+    /// Bind `options.listen` (shared with other subscribers on the same
+    /// port), join the group if any. `client` reads the log for history and
+    /// for gaps the ring cannot fill.
+    pub fn join(options: FeedSubscriberOptions, client: Option<Client>) -> Result<FeedSubscriber, ClientError> {
+        let io = |what: &str, err: std::io::Error| ClientError::Feed(format!("{what}: {err}"));
+        let socket = reuse_bind(options.listen).map_err(|e| io(&format!("cannot bind feed address {}", options.listen), e))?;
+        if let Some((group, interface)) = options.group {
+            socket
+                .join_multicast_v4(&group, &interface)
+                .map_err(|e| io(&format!("cannot join multicast group {group} on {interface}"), e))?;
+        }
+        socket.set_nonblocking(true).map_err(|e| io("feed socket", e))?;
+        txlog_feed::kernel::set_buffer(&socket, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF);
+        let socket = UdpSocket::from_std(socket).map_err(|e| io("feed socket", e))?;
+        Ok(FeedSubscriber {
+            socket,
+            receiver: Receiver::new(options.receiver.clone()),
+            client,
+            options,
+            ready: VecDeque::new(),
+            buffer: vec![0; txlog_feed::packet::UDP_PAYLOAD_BYTES_MAX],
+        })
+    }
+
+    /// The address the subscriber receives on.
+    pub fn local_addr(&self) -> Result<SocketAddr, ClientError> {
+        self.socket
+            .local_addr()
+            .map_err(|e| ClientError::Feed(format!("feed socket: {e}")))
+    }
+
+    pub fn counters(&self) -> &ReceiverCounters {
+        self.receiver.counters()
+    }
+
+    /// The next record, waiting up to `timeout` for one (`None`: none came).
+    pub async fn next(&mut self, timeout: Duration) -> Result<Option<Delivered>, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(delivered) = self.ready.pop_front() {
+                return Ok(Some(delivered));
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let wake = self
+                .receiver
+                .next_deadline()
+                .map(tokio::time::Instant::from_std)
+                .map_or(deadline, |d| d.min(deadline));
+            let mut out = Vec::new();
+            let mut actions = Vec::new();
+            tokio::select! {
+                received = self.socket.recv_from(&mut self.buffer) => {
+                    let (len, from) = received.map_err(|e| ClientError::Feed(format!("feed receive: {e}")))?;
+                    self.receiver.on_datagram(&self.buffer[..len], from, Instant::now(), &mut out, &mut actions);
+                    // Take what else is queued without waiting, so a burst
+                    // is handled in one pass.
+                    for _ in 0..256 {
+                        match self.socket.try_recv_from(&mut self.buffer) {
+                            Ok((len, from)) => self.receiver.on_datagram(&self.buffer[..len], from, Instant::now(), &mut out, &mut actions),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    self.receiver.tick(Instant::now(), &mut actions);
+                }
+            }
+            self.act(actions, &mut out).await?;
+            self.accept(out);
+        }
+    }
+
+    fn accept(&mut self, out: Vec<Delivered>) {
+        for delivered in out {
+            if let Some(channel) = &self.options.channel {
+                if &delivered.record.channel != channel {
+                    continue;
+                }
+            }
+            if let Some(names) = &self.options.classes {
+                let name = self.receiver.class_name(delivered.class);
+                if !name.is_some_and(|n| names.iter().any(|w| w == n)) {
+                    continue;
+                }
+            }
+            self.ready.push_back(delivered);
+        }
+    }
+
+    async fn act(&mut self, mut actions: Vec<Action>, out: &mut Vec<Delivered>) -> Result<(), ClientError> {
+        while let Some(action) = actions.pop() {
+            match action {
+                Action::Send { to, packet } => {
+                    if let Err(err) = self.socket.send_to(&packet, to).await {
+                        tracing::debug!(%to, %err, "feed request not sent");
+                    }
+                }
+                Action::ReadLog {
+                    class,
+                    fill_id,
+                    after,
+                    before,
+                    classes,
+                } => {
+                    let Some(client) = &self.client else {
+                        self.receiver.fill_failed(class, fill_id, Instant::now(), out, &mut actions);
+                        continue;
+                    };
+                    let records = read_range(client, after, before, |r| classes.classify(&r.channel) == Some(class)).await?;
+                    self.receiver.filled(class, fill_id, records, Instant::now(), out, &mut actions);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every record with `after < seq < before` that `keep` accepts, from the log.
+async fn read_range(
+    client: &Client,
+    after: u64,
+    before: u64,
+    keep: impl Fn(&FeedRecord) -> bool,
+) -> Result<Vec<FeedRecord>, ClientError> {
+    let mut records = Vec::new();
+    let mut from = after + 1;
+    for _ in 0..FILL_READS_MAX {
+        if from >= before {
+            return Ok(records);
+        }
+        let limit = (before - from).min(FILL_READ_LIMIT as u64) as u32;
+        let response = client.read(from, limit, None, false).await?;
+        let read = response.records.len();
+        for record in response.records {
+            if record.seq >= before {
+                break;
+            }
+            let record = FeedRecord {
+                seq: record.seq,
+                channel_seq: record.channel_seq,
+                channel: record.channel,
+                txid: record.txid.to_vec(),
+                payload: record.payload.to_vec(),
+                sealed: false,
+            };
+            if keep(&record) {
+                records.push(record);
+            }
+        }
+        if read == 0 || response.next_seq <= from {
+            return Err(ClientError::Feed(format!(
+                "the log has no records from {from} though the feed published up to {}",
+                before - 1
+            )));
+        }
+        from = response.next_seq;
+    }
+    Err(ClientError::Feed(format!("gap {after}..{before} is over {FILL_READS_MAX} log reads")))
+}
+
+/// Bind with SO_REUSEADDR, so several subscribers on one machine can
+/// share a multicast port.
+fn reuse_bind(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use std::os::fd::FromRawFd;
+    let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket calls; the fd is owned by the UdpSocket made from it.
+    unsafe {
+        let fd = libc::socket(domain, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let socket = std::net::UdpSocket::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            &one as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let (storage, len) = txlog_feed::kernel::sockaddr(&addr);
+        if libc::bind(fd, &storage as *const _ as *const libc::sockaddr, len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(socket)
+    }
+}

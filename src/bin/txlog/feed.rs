@@ -1,0 +1,186 @@
+//! `txlog feed subscribe | status`: the UDP feed from a subscriber's side.
+
+use std::net::SocketAddr;
+use std::net::UdpSocket;
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::Context;
+use txlog_client::feed::Description;
+use txlog_client::feed::ReceiverConfig;
+use txlog_client::feed::Via;
+use txlog_client::FeedSubscriber;
+use txlog_client::FeedSubscriberOptions;
+
+use crate::args::FeedCommand;
+use crate::args::FeedStatusArgs;
+use crate::args::FeedSubscribeArgs;
+
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+
+pub async fn run(command: FeedCommand) -> anyhow::Result<()> {
+    match command {
+        FeedCommand::Subscribe(args) => subscribe(args).await,
+        FeedCommand::Status(args) => status(args),
+    }
+}
+
+async fn subscribe(args: FeedSubscribeArgs) -> anyhow::Result<()> {
+    if args.speculative {
+        anyhow::bail!(
+            "the speculative (pre-commit) stream is not built yet; the feed carries committed records only"
+        );
+    }
+    let feed: SocketAddr = args
+        .feed
+        .parse()
+        .with_context(|| format!("--feed {:?} is not IP:PORT", args.feed))?;
+    let (listen, group) = match feed {
+        SocketAddr::V4(v4) if v4.ip().is_multicast() => (
+            SocketAddr::from(([0, 0, 0, 0], v4.port())),
+            Some((*v4.ip(), args.interface)),
+        ),
+        other => (other, None),
+    };
+    let client = if args.no_log {
+        None
+    } else {
+        Some(crate::records::client(&args.cluster)?)
+    };
+    let options = FeedSubscriberOptions {
+        listen,
+        group,
+        classes: (!args.classes.is_empty()).then(|| args.classes.clone()),
+        channel: args.channel.clone(),
+        receiver: ReceiverConfig {
+            from_seq: args.from,
+            ..ReceiverConfig::default()
+        },
+    };
+    let mut subscriber = FeedSubscriber::join(options, client)?;
+    eprintln!("txlog feed: listening on {feed}");
+    let mut printed = 0u64;
+    let mut last_record = Instant::now();
+    let mut last_status = Instant::now();
+    loop {
+        let next = tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            next = subscriber.next(STATUS_EVERY) => next?,
+        };
+        if let Some(delivered) = next {
+            last_record = Instant::now();
+            printed += 1;
+            if !args.quiet {
+                let r = &delivered.record;
+                let payload = if r.sealed {
+                    format!("<sealed, {} bytes>", r.payload.len())
+                } else {
+                    String::from_utf8_lossy(&r.payload).into_owned()
+                };
+                let via = match delivered.via {
+                    Via::Live => "live",
+                    Via::Retransmit => "retransmit",
+                    Via::Log => "log",
+                };
+                println!(
+                    "seq={} channel={} channel_seq={} txid={} via={via} payload={payload}",
+                    r.seq,
+                    r.channel,
+                    r.channel_seq,
+                    String::from_utf8_lossy(&r.txid)
+                );
+            }
+            if args.count.is_some_and(|c| printed >= c) {
+                break;
+            }
+        }
+        if last_status.elapsed() >= STATUS_EVERY {
+            last_status = Instant::now();
+            eprintln!("{}", status_line(&subscriber, printed));
+        }
+        if args.idle_exit.is_some_and(|idle| last_record.elapsed() >= idle) {
+            break;
+        }
+    }
+    eprintln!("{}", status_line(&subscriber, printed));
+    Ok(())
+}
+
+fn status_line(subscriber: &FeedSubscriber, printed: u64) -> String {
+    let c = subscriber.counters();
+    format!(
+        "feed: records {printed}, packets {}, gaps {}, re-requests {}, recovered {}, fallback reads {} ({} records), duplicates {}, malformed {}, session switches {}, unfilled {}",
+        c.packets,
+        c.gaps,
+        c.rerequests,
+        c.recovered,
+        c.fallback_reads,
+        c.records_from_log,
+        c.duplicate_packets,
+        c.malformed,
+        c.session_switches,
+        c.unfilled
+    )
+}
+
+fn status(args: FeedStatusArgs) -> anyhow::Result<()> {
+    let socket = UdpSocket::bind("0.0.0.0:0").context("binding a local UDP socket")?;
+    socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let mut failed = 0;
+    for node in args.nodes.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let address: SocketAddr = node.parse().with_context(|| format!("{node:?} is not IP:PORT"))?;
+        match describe(&socket, address, args.timeout) {
+            Ok(description) if args.json => {
+                let counters: serde_json::Map<String, serde_json::Value> = description
+                    .counters
+                    .iter()
+                    .map(|(k, v)| (k.clone(), (*v).into()))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "node": node,
+                        "session": description.session,
+                        "classes": description.classes.to_string(),
+                        "counters": counters,
+                    })
+                );
+            }
+            Ok(description) => {
+                println!("{node}  session {:016x}  classes {}", description.session, description.classes);
+                let counters: Vec<String> = description.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                println!("  {}", counters.join(" "));
+            }
+            Err(err) => {
+                failed += 1;
+                println!("{node}  no answer: {err}");
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} feed(s) did not answer");
+    }
+    Ok(())
+}
+
+/// Ask `address` for its description, retrying every 200 ms until `timeout`.
+fn describe(socket: &UdpSocket, address: SocketAddr, timeout: Duration) -> anyhow::Result<Description> {
+    let deadline = Instant::now() + timeout;
+    let mut buffer = vec![0u8; txlog_client::feed::packet::UDP_PAYLOAD_BYTES_MAX];
+    let mut sent_at = None::<Instant>;
+    while Instant::now() < deadline {
+        if sent_at.is_none_or(|at| at.elapsed() >= Duration::from_millis(200)) {
+            socket.send_to(&txlog_client::feed::retransmit::describe_request(), address)?;
+            sent_at = Some(Instant::now());
+        }
+        let Ok((len, from)) = socket.recv_from(&mut buffer) else { continue };
+        if from != address {
+            continue;
+        }
+        let Ok((header, body)) = txlog_client::feed::packet::parse(&buffer[..len]) else { continue };
+        if header.kind == txlog_client::feed::packet::PacketKind::Description {
+            return Ok(Description::decode(body)?);
+        }
+    }
+    anyhow::bail!("nothing within {timeout:?} (is the node's feed on, at this address?)")
+}

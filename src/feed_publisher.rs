@@ -1,0 +1,162 @@
+//! The node's side of the UDP feed: a publisher thread that reads applied
+//! records from the record store and a retransmit thread, both on the
+//! feed address (`feed_listen`).
+//!
+//! The Raft path pays nothing for the feed: apply already publishes its
+//! last seq on a watch (a ring of one, overwritten, never waited on); the
+//! publisher thread wakes on it and reads the new records from the record
+//! store itself, in seq order, from the page cache. So it can never make
+//! apply wait, can never fall behind by dropping a record (it reads what
+//! it has not yet published), and a slow publisher only delays the feed.
+//! Records are published as the store holds them: sealed at rest in a
+//! sealed cluster.
+//!
+//! A node's session is random at each start; it starts at the store's
+//! last seq, so a subscriber gets older records from the log.
+
+use std::io;
+use std::net::IpAddr;
+use std::net::UdpSocket;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use txlog_feed::FeedRecord;
+use txlog_raft::StateMachineReader;
+
+use crate::allowlist::Gate;
+use crate::allowlist::ServiceClass;
+use crate::config::Feed;
+use crate::Error;
+use crate::Result;
+
+/// Records read from the store per publisher step.
+const READ_RECORDS_MAX: usize = 4096;
+const READ_BYTES_MAX: usize = 8 << 20;
+
+/// Reads applied records in seq order from the record store.
+struct StoreSource {
+    reader: StateMachineReader,
+    last_seq: watch::Receiver<u64>,
+    runtime: tokio::runtime::Handle,
+    next_seq: u64,
+}
+
+impl txlog_feed::RecordSource for StoreSource {
+    fn next(&mut self, timeout: Duration) -> io::Result<Vec<FeedRecord>> {
+        if self.reader.last_seq() < self.next_seq {
+            let changed = self.last_seq.changed();
+            let _ = self.runtime.block_on(async { tokio::time::timeout(timeout, changed).await });
+            if self.reader.last_seq() < self.next_seq {
+                return Ok(Vec::new());
+            }
+        }
+        let records = self
+            .reader
+            .store()
+            .read(self.next_seq, READ_RECORDS_MAX, READ_BYTES_MAX, None)
+            .map_err(io::Error::other)?;
+        // A snapshot install clears the store and refills it: a read that
+        // finds nothing (or a later seq first) waits and reads again.
+        let records: Vec<FeedRecord> = records
+            .into_iter()
+            .take_while({
+                let mut expected = self.next_seq;
+                move |r| {
+                    let ok = r.seq == expected;
+                    expected += 1;
+                    ok
+                }
+            })
+            .map(|r| FeedRecord {
+                seq: r.seq,
+                channel_seq: r.channel_seq,
+                channel: r.channel,
+                txid: r.txid,
+                payload: r.payload,
+                sealed: r.sealed_at_rest,
+            })
+            .collect();
+        if let Some(last) = records.last() {
+            self.next_seq = last.seq + 1;
+        }
+        Ok(records)
+    }
+}
+
+/// Start the feed: bind `feed.listen`, then run the publisher and the
+/// retransmit service on their own threads until `shutdown`.
+pub fn start(
+    feed: &Feed,
+    reader: StateMachineReader,
+    gate: Arc<Gate>,
+    metrics: &crate::metrics::Metrics,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let socket = UdpSocket::bind(feed.listen)
+        .map_err(|e| Error::Config(format!("cannot bind the feed address {}: {e}", feed.listen)))?;
+    let session = loop {
+        let session: u64 = rand::random();
+        if session != 0 {
+            break session;
+        }
+    };
+    let publisher = txlog_feed::Publisher::new(feed.publisher_config(session)).map_err(|e| Error::Config(e.to_string()))?;
+    let shared = publisher.shared();
+    metrics.set_feed(shared.counters.clone());
+    let clone = |socket: &UdpSocket| {
+        socket
+            .try_clone()
+            .map_err(|e| Error::Internal(format!("feed socket: {e}")))
+    };
+    let backend = txlog_feed::KernelBackend::new(clone(&socket)?, &feed.targets, 1)
+        .map_err(|e| Error::Config(format!("feed targets {:?}: {e}", feed.targets)))?;
+    let admit = move |ip: IpAddr| gate.allowlist().allows(ServiceClass::Clients, ip);
+    let service = txlog_feed::RetransmitService::new(socket, shared, txlog_feed::RetransmitLimits::default(), Box::new(admit));
+    let last_seq = reader.watch_last_seq();
+    let source = StoreSource {
+        next_seq: reader.last_seq() + 1,
+        reader,
+        last_seq,
+        runtime: tokio::runtime::Handle::current(),
+    };
+    tracing::info!(
+        listen = %feed.listen,
+        targets = ?feed.targets,
+        session,
+        from_seq = source.next_seq,
+        "feed publishing"
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let spawn = |name: &str, run: Box<dyn FnOnce(&AtomicBool) -> io::Result<()> + Send>| {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                if let Err(err) = run(&stop) {
+                    tracing::error!(%err, "feed thread stopped; the node goes on without it");
+                }
+            })
+            .map_err(|e| Error::Internal(format!("feed thread: {e}")))
+    };
+    let publishing = spawn(
+        "feed-publisher",
+        Box::new(move |stop| txlog_feed::publisher::run(publisher, Box::new(backend), source, stop)),
+    )?;
+    let serving = spawn("feed-retransmit", Box::new(move |stop| service.run(stop)))?;
+    tracker.spawn(async move {
+        shutdown.cancelled().await;
+        stop.store(true, Ordering::Relaxed);
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = publishing.join();
+            let _ = serving.join();
+        })
+        .await;
+    });
+    Ok(())
+}
