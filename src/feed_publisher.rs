@@ -100,6 +100,9 @@ pub fn start(
 ) -> Result<()> {
     let socket = UdpSocket::bind(feed.listen)
         .map_err(|e| Error::Config(format!("cannot bind the feed address {}: {e}", feed.listen)))?;
+    let service_address = socket
+        .local_addr()
+        .map_err(|e| Error::Internal(format!("feed socket: {e}")))?;
     let session = loop {
         let session: u64 = rand::random();
         if session != 0 {
@@ -126,7 +129,7 @@ pub fn start(
         runtime: tokio::runtime::Handle::current(),
     };
     tracing::info!(
-        listen = %feed.listen,
+        listen = %service_address,
         targets = ?feed.targets,
         session,
         from_seq = source.next_seq,

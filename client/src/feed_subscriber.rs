@@ -33,7 +33,7 @@ const FILL_READ_LIMIT: u32 = 10_000;
 /// Log reads one fill may take (10,000 records each).
 const FILL_READS_MAX: usize = 10_000;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FeedSubscriberOptions {
     /// Local address to receive on: the port the feed is sent to.
     pub listen: SocketAddr,
@@ -44,6 +44,22 @@ pub struct FeedSubscriberOptions {
     /// Deliver only this channel.
     pub channel: Option<String>,
     pub receiver: ReceiverConfig,
+    /// Fault injection for tests and benches: a received datagram (by its
+    /// index, from 0) for which this returns true is dropped as if lost.
+    pub drop_datagram: Option<std::sync::Arc<dyn Fn(u64) -> bool + Send + Sync>>,
+}
+
+impl std::fmt::Debug for FeedSubscriberOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FeedSubscriberOptions")
+            .field("listen", &self.listen)
+            .field("group", &self.group)
+            .field("classes", &self.classes)
+            .field("channel", &self.channel)
+            .field("receiver", &self.receiver)
+            .field("drop_datagram", &self.drop_datagram.is_some())
+            .finish()
+    }
 }
 
 /// Follows a feed; see the module docs.
@@ -54,6 +70,10 @@ pub struct FeedSubscriber {
     options: FeedSubscriberOptions,
     ready: VecDeque<Delivered>,
     buffer: Vec<u8>,
+    /// Datagrams received so far (the index `drop_datagram` is given).
+    received: u64,
+    /// Datagrams `drop_datagram` dropped.
+    dropped: u64,
 }
 
 impl FeedSubscriber {
@@ -78,6 +98,8 @@ impl FeedSubscriber {
             options,
             ready: VecDeque::new(),
             buffer: vec![0; txlog_feed::packet::UDP_PAYLOAD_BYTES_MAX],
+            received: 0,
+            dropped: 0,
         })
     }
 
@@ -113,12 +135,12 @@ impl FeedSubscriber {
             tokio::select! {
                 received = self.socket.recv_from(&mut self.buffer) => {
                     let (len, from) = received.map_err(|e| ClientError::Feed(format!("feed receive: {e}")))?;
-                    self.receiver.on_datagram(&self.buffer[..len], from, Instant::now(), &mut out, &mut actions);
+                    self.on_datagram(len, from, &mut out, &mut actions);
                     // Take what else is queued without waiting, so a burst
                     // is handled in one pass.
                     for _ in 0..256 {
                         match self.socket.try_recv_from(&mut self.buffer) {
-                            Ok((len, from)) => self.receiver.on_datagram(&self.buffer[..len], from, Instant::now(), &mut out, &mut actions),
+                            Ok((len, from)) => self.on_datagram(len, from, &mut out, &mut actions),
                             Err(_) => break,
                         }
                     }
@@ -130,6 +152,27 @@ impl FeedSubscriber {
             self.act(actions, &mut out).await?;
             self.accept(out);
         }
+    }
+
+    fn on_datagram(&mut self, len: usize, from: SocketAddr, out: &mut Vec<Delivered>, actions: &mut Vec<Action>) {
+        let index = self.received;
+        self.received += 1;
+        if self.options.drop_datagram.as_ref().is_some_and(|drop| drop(index)) {
+            self.dropped += 1;
+            return;
+        }
+        self.receiver
+            .on_datagram(&self.buffer[..len], from, Instant::now(), out, actions);
+    }
+
+    /// Datagrams dropped by `drop_datagram`.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// The publisher followed for `class` and its feed address, if any.
+    pub fn following(&self, class: u8) -> Option<(u64, SocketAddr)> {
+        self.receiver.following(class)
     }
 
     fn accept(&mut self, out: Vec<Delivered>) {

@@ -53,13 +53,22 @@ impl TestCluster {
     }
 
     fn launch(ids: &[u64], extra_args: &[&str], sealed: bool) -> TestCluster {
+        Self::launch_with(ids, extra_args, sealed, |_| Vec::new())
+    }
+
+    /// [`TestCluster::start_with_ids`] where each node also gets `node_args(id)`.
+    pub fn start_with_node_args(ids: &[u64], extra_args: &[&str], node_args: impl Fn(u64) -> Vec<String>) -> TestCluster {
+        Self::launch_with(ids, extra_args, true, node_args)
+    }
+
+    fn launch_with(ids: &[u64], extra_args: &[&str], sealed: bool, node_args: impl Fn(u64) -> Vec<String>) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
         let specs = ids
             .iter()
             .zip(REGIONS)
             .map(|(&id, region)| NodeSpec {
-                extra_args: extra_args.clone(),
+                extra_args: extra_args.iter().cloned().chain(node_args(id)).collect(),
                 ..NodeSpec::loopback(id, region, dir.path().join(region)).expect("free port")
             })
             .collect();

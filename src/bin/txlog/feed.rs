@@ -56,6 +56,7 @@ async fn subscribe(args: FeedSubscribeArgs) -> anyhow::Result<()> {
             from_seq: args.from,
             ..ReceiverConfig::default()
         },
+        drop_datagram: None,
     };
     let mut subscriber = FeedSubscriber::join(options, client)?;
     eprintln!("txlog feed: listening on {feed}");

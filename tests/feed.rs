@@ -1,0 +1,225 @@
+//! The UDP feed end to end: real `txlog node` processes publish what they
+//! apply; a `FeedSubscriber` with loss injected must get every record of
+//! the log exactly once, in order per class, through ring recovery, log
+//! fallback and the loss of the publisher it followed (`kill -9`).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::net::UdpSocket;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use common::txlog;
+use common::TestCluster;
+use common::SERIAL;
+use txlog_client::feed::Classes;
+use txlog_client::feed::Delivered;
+use txlog_client::feed::ReceiverConfig;
+use txlog_client::feed::Via;
+use txlog_client::FeedSubscriber;
+use txlog_client::FeedSubscriberOptions;
+
+const WAIT: Duration = Duration::from_secs(60);
+const CHANNELS: [&str; 4] = ["market-data", "order-book", "execution", "orders"];
+
+/// A cluster of `ids` whose nodes publish to `127.0.0.1:subscriber_port`,
+/// each from its own feed port (returned by id).
+fn feed_cluster(ids: &[u64], subscriber_port: u16, extra: &[&str]) -> (TestCluster, BTreeMap<u64, u16>) {
+    let ports: BTreeMap<u64, u16> = ids
+        .iter()
+        .map(|&id| (id, txlog_testkit::free_port().expect("free port")))
+        .collect();
+    let target = format!("127.0.0.1:{subscriber_port}");
+    let mut args = vec!["--feed-targets", target.as_str(), "--feed-heartbeat-ms", "100"];
+    args.extend_from_slice(extra);
+    let node_ports = ports.clone();
+    let cluster = TestCluster::start_with_node_args(ids, &args, move |id| {
+        vec!["--feed-listen".into(), format!("127.0.0.1:{}", node_ports[&id])]
+    });
+    (cluster, ports)
+}
+
+fn subscriber(cluster: &TestCluster, port: u16, drop: impl Fn(u64) -> bool + Send + Sync + 'static) -> FeedSubscriber {
+    let options = FeedSubscriberOptions {
+        listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        group: None,
+        classes: None,
+        channel: None,
+        receiver: ReceiverConfig {
+            from_seq: Some(1),
+            session_timeout: Duration::from_secs(1),
+            ..ReceiverConfig::default()
+        },
+        drop_datagram: Some(Arc::new(drop)),
+    };
+    FeedSubscriber::join(options, Some(cluster.client())).expect("subscriber joins")
+}
+
+/// Append `count` records over [`CHANNELS`] in batches of 20; returns txid → (seq, channel).
+async fn append(client: &txlog_client::Client, prefix: &str, count: usize) -> BTreeMap<String, (u64, String)> {
+    let mut appended = BTreeMap::new();
+    for start in (0..count).step_by(20) {
+        let records: Vec<txlog_proto::Record> = (start..(start + 20).min(count))
+            .map(|i| txlog_proto::Record {
+                txid: format!("{prefix}-{i}").into_bytes().into(),
+                channel: CHANNELS[i % CHANNELS.len()].into(),
+                payload: format!("payload {prefix} {i}").into_bytes().into(),
+                client_time_ns: 0,
+            })
+            .collect();
+        let results = client.append(records.clone()).await.expect("append");
+        for (record, result) in records.iter().zip(results) {
+            appended.insert(
+                String::from_utf8(record.txid.to_vec()).expect("utf-8"),
+                (result.seq, record.channel.clone()),
+            );
+        }
+    }
+    appended
+}
+
+/// Receive until every appended record arrived (or `WAIT` passes).
+async fn collect(subscriber: &mut FeedSubscriber, want: usize, delivered: &mut Vec<Delivered>) {
+    let deadline = Instant::now() + WAIT;
+    while delivered.len() < want && Instant::now() < deadline {
+        if let Some(d) = subscriber.next(Duration::from_millis(200)).await.expect("feed") {
+            delivered.push(d);
+        }
+    }
+}
+
+/// Each class got exactly the appended records of its channels, once, in
+/// seq order, each with its own txid and channel.
+fn check(delivered: &[Delivered], appended: &BTreeMap<String, (u64, String)>) {
+    let classes = Classes::default();
+    let by_seq: BTreeMap<u64, (&String, &String)> = appended.iter().map(|(t, (s, c))| (*s, (t, c))).collect();
+    for class in 0..classes.len() as u8 {
+        let want: Vec<u64> = by_seq
+            .iter()
+            .filter(|(_, (_, c))| classes.classify(c) == Some(class))
+            .map(|(&s, _)| s)
+            .collect();
+        let got: Vec<u64> = delivered.iter().filter(|d| d.class == class).map(|d| d.record.seq).collect();
+        assert_eq!(got, want, "class {class}: every record once, in order");
+    }
+    for d in delivered {
+        let (txid, channel) = by_seq[&d.record.seq];
+        assert_eq!((txid.as_bytes(), channel), (d.record.txid.as_slice(), &d.record.channel));
+        if !d.record.sealed {
+            assert!(d.record.payload.starts_with(b"payload "), "an unsealed payload is the one appended");
+        }
+    }
+}
+
+/// Loss injected at the subscriber (1 %, pseudo-random) is recovered from
+/// the ring; killing the publisher it follows mid-stream moves it to
+/// another node's feed with nothing lost or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loss_and_a_killed_publisher_lose_and_repeat_nothing() {
+    let _serial = SERIAL.lock().await;
+    let port = txlog_testkit::free_port().expect("free port");
+    let (mut cluster, feed_ports) = feed_cluster(&[7, 70, 700], port, &[]);
+    cluster.wait_for_leader(WAIT).await;
+    let mut subscriber = subscriber(&cluster, port, |i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32 & 0xFFFF < 655);
+    let client = cluster.client();
+    let mut delivered = Vec::new();
+
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move { append(&client, "a", 1000).await }
+    });
+    collect(&mut subscriber, 1000, &mut delivered).await;
+    let mut appended = first.await.expect("appends");
+    assert_eq!(delivered.len(), 1000, "{:?}\n{}", subscriber.counters(), cluster.logs());
+
+    // Kill the node whose feed the subscriber follows.
+    let (_, source) = subscriber.following(0).expect("following a feed");
+    let followed = *feed_ports
+        .iter()
+        .find(|(_, &p)| p == source.port())
+        .map(|(id, _)| id)
+        .expect("the followed feed is a node's");
+    cluster.kill(followed);
+    let second = tokio::spawn({
+        let client = client.clone();
+        async move { append(&client, "b", 1000).await }
+    });
+    collect(&mut subscriber, 2000, &mut delivered).await;
+    appended.extend(second.await.expect("appends"));
+    let counters = subscriber.counters().clone();
+    check(&delivered, &appended);
+    assert!(subscriber.dropped() > 0, "loss was injected");
+    assert!(counters.recovered > 0, "lost packets came back from the ring: {counters:?}");
+    assert!(counters.session_switches >= 1, "moved to another node's feed: {counters:?}");
+    let (_, now_following) = subscriber.following(0).expect("following a feed");
+    assert_ne!(now_following.port(), source.port());
+    assert!(delivered.iter().any(|d| d.via == Via::Live));
+}
+
+/// With a small ring, a burst the subscriber misses is no longer there: it
+/// is read from the log. Malformed, truncated and oversized datagrams sent
+/// to a node's feed port are dropped and counted, and the feed goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gaps_past_the_ring_come_from_the_log_and_garbage_is_dropped() {
+    let _serial = SERIAL.lock().await;
+    let port = txlog_testkit::free_port().expect("free port");
+    let (cluster, feed_ports) = feed_cluster(&[3, 4, 5], port, &["--feed-ring-bytes", "24000"]);
+    cluster.wait_for_leader(WAIT).await;
+    let mut subscriber = subscriber(&cluster, port, |i| (30..1200).contains(&i));
+    let client = cluster.client();
+    let mut delivered = Vec::new();
+    let appends = tokio::spawn({
+        let client = client.clone();
+        async move { append(&client, "c", 1500).await }
+    });
+    collect(&mut subscriber, 1500, &mut delivered).await;
+    let appended = appends.await.expect("appends");
+    check(&delivered, &appended);
+    let counters = subscriber.counters().clone();
+    assert!(counters.records_from_log > 0, "{counters:?}");
+
+    // Garbage at every node's feed port.
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let valid = txlog_client::feed::retransmit::rerequest(1, 0, 1, 1);
+    let mut damaged = valid.clone();
+    damaged[12] ^= 0x40;
+    let bad: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        b"TF".to_vec(),
+        vec![0xFF; 100],
+        vec![0xAB; 65_000],
+        valid[..30].to_vec(),
+        damaged,
+    ];
+    for &feed_port in feed_ports.values() {
+        for datagram in &bad {
+            socket.send_to(datagram, ("127.0.0.1", feed_port)).expect("sent");
+        }
+    }
+    let nodes: Vec<String> = feed_ports.values().map(|p| format!("127.0.0.1:{p}")).collect();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (ok, out, err) = txlog(&cluster.cli(), &["feed", "status", "--nodes", &nodes.join(","), "--json"]);
+        assert!(ok, "{err}");
+        let counts: Vec<u64> = out
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json")["counters"]["malformed_received"].as_u64().expect("count"))
+            .collect();
+        if counts.len() == 3 && counts.iter().all(|&c| c >= bad.len() as u64) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "malformed datagrams not all counted: {out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The feed still works after the garbage.
+    let more = append(&client, "d", 40).await;
+    let mut after = Vec::new();
+    collect(&mut subscriber, 40, &mut after).await;
+    let mut all = appended;
+    all.extend(more);
+    delivered.extend(after);
+    check(&delivered, &all);
+}
