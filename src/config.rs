@@ -530,7 +530,9 @@ fn feed_of(s: &NodeSettings) -> Result<Option<Feed>> {
     let listen = match s.feed_listen.as_deref().map(str::trim) {
         None | Some("") | Some("off") => {
             if s.feed_targets.as_ref().is_some_and(|t| !t.is_empty()) {
-                return Err(Error::Config("feed_targets needs feed_listen (the feed's own address)".into()));
+                return Err(Error::Config(
+                    "feed_targets needs feed_listen (the feed's own address)".into(),
+                ));
             }
             return Ok(None);
         }
@@ -570,7 +572,9 @@ fn feed_of(s: &NodeSettings) -> Result<Option<Feed>> {
         heartbeat: std::time::Duration::from_millis(s.feed_heartbeat_ms.unwrap_or(txlog_feed::HEARTBEAT_MS_DEFAULT)),
         egress_packets_per_s: s.feed_egress_packets_per_s.unwrap_or(0),
     };
-    feed.publisher_config(0).validate().map_err(|e| Error::Config(e.to_string()))?;
+    feed.publisher_config(0)
+        .validate()
+        .map_err(|e| Error::Config(e.to_string()))?;
     Ok(Some(feed))
 }
 

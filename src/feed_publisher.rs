@@ -50,7 +50,9 @@ impl txlog_feed::RecordSource for StoreSource {
     fn next(&mut self, timeout: Duration) -> io::Result<Vec<FeedRecord>> {
         if self.reader.last_seq() < self.next_seq {
             let changed = self.last_seq.changed();
-            let _ = self.runtime.block_on(async { tokio::time::timeout(timeout, changed).await });
+            let _ = self
+                .runtime
+                .block_on(async { tokio::time::timeout(timeout, changed).await });
             if self.reader.last_seq() < self.next_seq {
                 return Ok(Vec::new());
             }
@@ -88,6 +90,9 @@ impl txlog_feed::RecordSource for StoreSource {
     }
 }
 
+/// The body of one of the feed's threads: runs until its flag is set.
+type FeedThread = Box<dyn FnOnce(&AtomicBool) -> io::Result<()> + Send>;
+
 /// Start the feed: bind `feed.listen`, then run the publisher and the
 /// retransmit service on their own threads until `shutdown`.
 pub fn start(
@@ -109,7 +114,8 @@ pub fn start(
             break session;
         }
     };
-    let publisher = txlog_feed::Publisher::new(feed.publisher_config(session)).map_err(|e| Error::Config(e.to_string()))?;
+    let publisher =
+        txlog_feed::Publisher::new(feed.publisher_config(session)).map_err(|e| Error::Config(e.to_string()))?;
     let shared = publisher.shared();
     metrics.set_feed(shared.counters.clone());
     let clone = |socket: &UdpSocket| {
@@ -120,7 +126,8 @@ pub fn start(
     let backend = txlog_feed::KernelBackend::new(clone(&socket)?, &feed.targets, 1)
         .map_err(|e| Error::Config(format!("feed targets {:?}: {e}", feed.targets)))?;
     let admit = move |ip: IpAddr| gate.allowlist().allows(ServiceClass::Clients, ip);
-    let service = txlog_feed::RetransmitService::new(socket, shared, txlog_feed::RetransmitLimits::default(), Box::new(admit));
+    let service =
+        txlog_feed::RetransmitService::new(socket, shared, txlog_feed::RetransmitLimits::default(), Box::new(admit));
     let last_seq = reader.watch_last_seq();
     let source = StoreSource {
         next_seq: reader.last_seq() + 1,
@@ -136,7 +143,7 @@ pub fn start(
         "feed publishing"
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let spawn = |name: &str, run: Box<dyn FnOnce(&AtomicBool) -> io::Result<()> + Send>| {
+    let spawn = |name: &str, run: FeedThread| {
         let stop = stop.clone();
         std::thread::Builder::new()
             .name(name.into())

@@ -102,14 +102,24 @@ fn check(delivered: &[Delivered], appended: &BTreeMap<String, (u64, String)>) {
             .filter(|(_, (_, c))| classes.classify(c) == Some(class))
             .map(|(&s, _)| s)
             .collect();
-        let got: Vec<u64> = delivered.iter().filter(|d| d.class == class).map(|d| d.record.seq).collect();
+        let got: Vec<u64> = delivered
+            .iter()
+            .filter(|d| d.class == class)
+            .map(|d| d.record.seq)
+            .collect();
         assert_eq!(got, want, "class {class}: every record once, in order");
     }
     for d in delivered {
         let (txid, channel) = by_seq[&d.record.seq];
-        assert_eq!((txid.as_bytes(), channel), (d.record.txid.as_slice(), &d.record.channel));
+        assert_eq!(
+            (txid.as_bytes(), channel),
+            (d.record.txid.as_slice(), &d.record.channel)
+        );
         if !d.record.sealed {
-            assert!(d.record.payload.starts_with(b"payload "), "an unsealed payload is the one appended");
+            assert!(
+                d.record.payload.starts_with(b"payload "),
+                "an unsealed payload is the one appended"
+            );
         }
     }
 }
@@ -123,7 +133,9 @@ async fn loss_and_a_killed_publisher_lose_and_repeat_nothing() {
     let port = txlog_testkit::free_port().expect("free port");
     let (mut cluster, feed_ports) = feed_cluster(&[7, 70, 700], port, &[]);
     cluster.wait_for_leader(WAIT).await;
-    let mut subscriber = subscriber(&cluster, port, |i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32 & 0xFFFF < 655);
+    let mut subscriber = subscriber(&cluster, port, |i| {
+        i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32 & 0xFFFF < 655
+    });
     let client = cluster.client();
     let mut delivered = Vec::new();
 
@@ -152,8 +164,14 @@ async fn loss_and_a_killed_publisher_lose_and_repeat_nothing() {
     let counters = subscriber.counters().clone();
     check(&delivered, &appended);
     assert!(subscriber.dropped() > 0, "loss was injected");
-    assert!(counters.recovered > 0, "lost packets came back from the ring: {counters:?}");
-    assert!(counters.session_switches >= 1, "moved to another node's feed: {counters:?}");
+    assert!(
+        counters.recovered > 0,
+        "lost packets came back from the ring: {counters:?}"
+    );
+    assert!(
+        counters.session_switches >= 1,
+        "moved to another node's feed: {counters:?}"
+    );
     let (_, now_following) = subscriber.following(0).expect("following a feed");
     assert_ne!(now_following.port(), source.port());
     assert!(delivered.iter().any(|d| d.via == Via::Live));
@@ -202,11 +220,18 @@ async fn gaps_past_the_ring_come_from_the_log_and_garbage_is_dropped() {
     let nodes: Vec<String> = feed_ports.values().map(|p| format!("127.0.0.1:{p}")).collect();
     let deadline = Instant::now() + WAIT;
     loop {
-        let (ok, out, err) = txlog(&cluster.cli(), &["feed", "status", "--nodes", &nodes.join(","), "--json"]);
+        let (ok, out, err) = txlog(
+            &cluster.cli(),
+            &["feed", "status", "--nodes", &nodes.join(","), "--json"],
+        );
         assert!(ok, "{err}");
         let counts: Vec<u64> = out
             .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json")["counters"]["malformed_received"].as_u64().expect("count"))
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).expect("json")["counters"]["malformed_received"]
+                    .as_u64()
+                    .expect("count")
+            })
             .collect();
         if counts.len() == 3 && counts.iter().all(|&c| c >= bad.len() as u64) {
             break;

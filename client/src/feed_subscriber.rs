@@ -82,7 +82,8 @@ impl FeedSubscriber {
     /// for gaps the ring cannot fill.
     pub fn join(options: FeedSubscriberOptions, client: Option<Client>) -> Result<FeedSubscriber, ClientError> {
         let io = |what: &str, err: std::io::Error| ClientError::Feed(format!("{what}: {err}"));
-        let socket = reuse_bind(options.listen).map_err(|e| io(&format!("cannot bind feed address {}", options.listen), e))?;
+        let socket =
+            reuse_bind(options.listen).map_err(|e| io(&format!("cannot bind feed address {}", options.listen), e))?;
         if let Some((group, interface)) = options.group {
             socket
                 .join_multicast_v4(&group, &interface)
@@ -208,11 +209,14 @@ impl FeedSubscriber {
                     classes,
                 } => {
                     let Some(client) = &self.client else {
-                        self.receiver.fill_failed(class, fill_id, Instant::now(), out, &mut actions);
+                        self.receiver
+                            .fill_failed(class, fill_id, Instant::now(), out, &mut actions);
                         continue;
                     };
-                    let records = read_range(client, after, before, |r| classes.classify(&r.channel) == Some(class)).await?;
-                    self.receiver.filled(class, fill_id, records, Instant::now(), out, &mut actions);
+                    let records =
+                        read_range(client, after, before, |r| classes.classify(&r.channel) == Some(class)).await?;
+                    self.receiver
+                        .filled(class, fill_id, records, Instant::now(), out, &mut actions);
                 }
             }
         }
@@ -260,7 +264,9 @@ async fn read_range(
         }
         from = response.next_seq;
     }
-    Err(ClientError::Feed(format!("gap {after}..{before} is over {FILL_READS_MAX} log reads")))
+    Err(ClientError::Feed(format!(
+        "gap {after}..{before} is over {FILL_READS_MAX} log reads"
+    )))
 }
 
 /// Bind with SO_REUSEADDR, so several subscribers on one machine can

@@ -62,7 +62,6 @@ pub use credentials::CLIENT_TOKEN_TTL;
 pub use error::ClientError;
 pub use feed_subscriber::FeedSubscriber;
 pub use feed_subscriber::FeedSubscriberOptions;
-pub use txlog_feed as feed;
 pub use options::ClientOptions;
 pub use options::ADMIN_RPC_TIMEOUT;
 pub use options::SNAPSHOT_RPC_TIMEOUT;
@@ -93,6 +92,7 @@ pub use token::TOKEN_NONCE_BYTES;
 pub use token::TOKEN_ROLES_MAX;
 pub use token::TOKEN_TTL_MAX;
 pub use token::TOKEN_VERSION;
+pub use txlog_feed as feed;
 
 /// gRPC metadata key carrying the leader's address on `UNAVAILABLE`; nodes
 /// set it, the client follows it.

@@ -93,7 +93,10 @@ impl Classes {
             }
             for pattern in &class.patterns {
                 let stem = pattern.strip_suffix('*').unwrap_or(pattern);
-                if pattern.len() > NAME_BYTES_MAX || !stem.bytes().all(name_byte) || (stem.is_empty() && pattern.is_empty()) {
+                if pattern.len() > NAME_BYTES_MAX
+                    || !stem.bytes().all(name_byte)
+                    || (stem.is_empty() && pattern.is_empty())
+                {
                     return Err(Error::config(format!(
                         "class {:?}: pattern {pattern:?} must be a channel name, a prefix ending in '*', or '*'",
                         class.name
@@ -183,7 +186,11 @@ mod tests {
         assert_eq!(classes.classify("order-book"), Some(1));
         assert_eq!(classes.classify("execution"), Some(2));
         assert_eq!(classes.classify("orders"), Some(3));
-        assert_eq!(classes.classify("_audit"), None, "the cluster's own channels are never published");
+        assert_eq!(
+            classes.classify("_audit"),
+            None,
+            "the cluster's own channels are never published"
+        );
         assert_eq!(classes.classify("_keys"), None);
     }
 
@@ -197,7 +204,11 @@ mod tests {
         assert_eq!(custom.classify("ticks"), Some(0));
         assert_eq!(custom.classify("ticks2"), Some(1));
         let only = Classes::parse("fills=1:fills").expect("valid");
-        assert_eq!(only.classify("orders"), None, "no catch-all: unmatched channels are not published");
+        assert_eq!(
+            only.classify("orders"),
+            None,
+            "no catch-all: unmatched channels are not published"
+        );
     }
 
     #[test]

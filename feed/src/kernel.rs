@@ -93,7 +93,9 @@ impl Backend for KernelBackend {
                     Some(libc::EINTR) => continue,
                     // The first datagram found no buffer (or no route, for a
                     // target that went away): skip it, count it.
-                    Some(libc::ENOBUFS | libc::EAGAIN | libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH) => {
+                    Some(
+                        libc::ENOBUFS | libc::EAGAIN | libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH,
+                    ) => {
                         dropped += 1;
                         sent += 1;
                         continue;
@@ -202,7 +204,9 @@ impl BatchReceiver {
             buffers: (0..batch).map(|_| vec![0; datagram_bytes_max]).collect(),
             lengths: vec![0; batch],
             // SAFETY: all-zero sockaddr_storage is valid.
-            sources: (0..batch).map(|_| unsafe { MaybeUninit::zeroed().assume_init() }).collect(),
+            sources: (0..batch)
+                .map(|_| unsafe { MaybeUninit::zeroed().assume_init() })
+                .collect(),
         }
     }
 
@@ -250,8 +254,8 @@ impl BatchReceiver {
                 }
             }
             let n = n as usize;
-            for i in 0..n {
-                self.lengths[i] = headers[i].msg_len as usize;
+            for (length, header) in self.lengths.iter_mut().zip(&headers).take(n) {
+                *length = header.msg_len as usize;
             }
             return Ok(n);
         }
@@ -309,7 +313,9 @@ mod tests {
         let refs: Vec<&[u8]> = packets.iter().map(Vec::as_slice).collect();
         assert_eq!(backend.send(&refs).expect("sent"), 0);
         for receiver in &receivers {
-            receiver.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+            receiver
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
             let mut batch = BatchReceiver::new(64, 2048);
             let mut got = Vec::new();
             while got.len() < packets.len() {

@@ -198,7 +198,11 @@ mod tests {
         let mut next = 1;
         let mut rebuilt: Vec<Vec<u8>> = Vec::new();
         for packet in &packets {
-            assert!(packet.bytes.len() <= packet_bytes_max, "{} > {packet_bytes_max}", packet.bytes.len());
+            assert!(
+                packet.bytes.len() <= packet_bytes_max,
+                "{} > {packet_bytes_max}",
+                packet.bytes.len()
+            );
             let (header, body) = parse(&packet.bytes).expect("valid");
             assert_eq!((header.first_seq, header.count), (packet.first_seq, packet.count));
             assert_eq!(header.first_seq, next, "stream seqs are dense");
@@ -213,7 +217,11 @@ mod tests {
                     Message::FragmentMore { seq, offset, chunk } => {
                         let records = rebuilt.len() as u64;
                         let last = rebuilt.last_mut().expect("a start came first");
-                        assert_eq!((seq, offset as usize), (records, last.len()), "fragments follow their start");
+                        assert_eq!(
+                            (seq, offset as usize),
+                            (records, last.len()),
+                            "fragments follow their start"
+                        );
                         last.extend_from_slice(chunk);
                     }
                 }
@@ -234,7 +242,10 @@ mod tests {
     fn large_records_are_fragmented_and_reassemble() {
         for packet_bytes_max in [548, 1472, 8972] {
             let sizes = [0, 1, 300, 500, 510, 520, 1400, 1500, 3000, 9000, 70_000, 1 << 20, 7];
-            let payloads: Vec<Vec<u8>> = sizes.iter().map(|&n| (0..n).map(|i| (i % 251) as u8).collect()).collect();
+            let payloads: Vec<Vec<u8>> = sizes
+                .iter()
+                .map(|&n| (0..n).map(|i| (i % 251) as u8).collect())
+                .collect();
             pack_and_check(packet_bytes_max, &payloads);
         }
     }
@@ -244,8 +255,13 @@ mod tests {
         let mut packer = StreamPacker::new(3, 9, 1472);
         packer.push(&record(40, b"x"), 0, &mut |_| {});
         packer.flush(0, &mut |_| {});
-        let (header, body) = parse(&packer.mark(PacketKind::Heartbeat, 1)).map(|(h, b)| (h, b.to_vec())).expect("valid");
-        assert_eq!((header.kind, header.class, header.first_seq), (PacketKind::Heartbeat, 3, 2));
+        let (header, body) = parse(&packer.mark(PacketKind::Heartbeat, 1))
+            .map(|(h, b)| (h, b.to_vec()))
+            .expect("valid");
+        assert_eq!(
+            (header.kind, header.class, header.first_seq),
+            (PacketKind::Heartbeat, 3, 2)
+        );
         assert_eq!(crate::packet::parse_stream_mark(&body).expect("valid"), 40);
     }
 }

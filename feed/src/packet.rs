@@ -171,7 +171,8 @@ pub fn parse(packet: &[u8]) -> Result<(PacketHeader, &[u8]), Error> {
     if stored != checksum(packet) {
         return Err(Error::malformed("packet checksum mismatch"));
     }
-    let kind = PacketKind::from_u8(packet[3]).ok_or_else(|| Error::malformed(format!("unknown packet kind {}", packet[3])))?;
+    let kind =
+        PacketKind::from_u8(packet[3]).ok_or_else(|| Error::malformed(format!("unknown packet kind {}", packet[3])))?;
     let header = PacketHeader {
         kind,
         class: packet[4],
@@ -204,8 +205,15 @@ pub enum Message<'a> {
     Record(RecordRef<'a>),
     /// The first part of a record too large for one packet: `record.payload`
     /// is the first chunk of `payload_bytes`.
-    FragmentStart { record: RecordRef<'a>, payload_bytes: u32 },
-    FragmentMore { seq: u64, offset: u32, chunk: &'a [u8] },
+    FragmentStart {
+        record: RecordRef<'a>,
+        payload_bytes: u32,
+    },
+    FragmentMore {
+        seq: u64,
+        offset: u32,
+        chunk: &'a [u8],
+    },
 }
 
 const TYPE_RECORD: u8 = 1;
@@ -287,7 +295,11 @@ impl<'a> Messages<'a> {
     pub fn new(header: &PacketHeader, body: &'a [u8]) -> Messages<'a> {
         Messages {
             body,
-            left: if header.kind == PacketKind::Data { header.count } else { 0 },
+            left: if header.kind == PacketKind::Data {
+                header.count
+            } else {
+                0
+            },
         }
     }
 }
@@ -321,7 +333,9 @@ fn next_message<'a>(body: &mut &'a [u8]) -> Result<Message<'a>, Error> {
             let (record, payload_bytes) = read_record_head(&mut reader, true)?;
             let payload_bytes = payload_bytes.expect("read with a payload length");
             if (payload_bytes as usize) < record.payload.len() {
-                return Err(Error::malformed("fragment start carries more than its record's payload"));
+                return Err(Error::malformed(
+                    "fragment start carries more than its record's payload",
+                ));
             }
             Message::FragmentStart { record, payload_bytes }
         }
@@ -344,7 +358,8 @@ fn read_record_head<'a>(reader: &mut Reader<'a>, fragment: bool) -> Result<(Reco
     let channel_seq = reader.u64()?;
     let payload_bytes = if fragment { Some(reader.u32()?) } else { None };
     let channel_len = reader.u8()? as usize;
-    let channel = std::str::from_utf8(reader.take(channel_len)?).map_err(|_| Error::malformed("channel is not UTF-8"))?;
+    let channel =
+        std::str::from_utf8(reader.take(channel_len)?).map_err(|_| Error::malformed("channel is not UTF-8"))?;
     let txid_len = reader.u8()? as usize;
     let txid = reader.take(txid_len)?;
     Ok((
@@ -421,7 +436,7 @@ mod tests {
             channel: "market-data",
             txid: b"tx-1",
             payload,
-            sealed: seq % 2 == 0,
+            sealed: seq.is_multiple_of(2),
         }
     }
 
@@ -449,7 +464,9 @@ mod tests {
         finish_with_count(&mut packet, messages.len() as u16);
         let (parsed, body) = parse(&packet).expect("valid packet");
         assert_eq!(parsed, header(PacketKind::Data, messages.len() as u16));
-        let read: Vec<Message<'_>> = Messages::new(&parsed, body).collect::<Result<_, _>>().expect("valid messages");
+        let read: Vec<Message<'_>> = Messages::new(&parsed, body)
+            .collect::<Result<_, _>>()
+            .expect("valid messages");
         assert_eq!(read, messages);
         assert_eq!(
             record_overhead_bytes("market-data", b"tx-1") + 5,
@@ -473,7 +490,10 @@ mod tests {
             for bit in 0..8 {
                 let mut damaged = packet.clone();
                 damaged[byte] ^= 1 << bit;
-                assert!(parse(&damaged).is_err(), "bit {bit} of byte {byte} flipped was accepted");
+                assert!(
+                    parse(&damaged).is_err(),
+                    "bit {bit} of byte {byte} flipped was accepted"
+                );
             }
         }
         for len in 0..packet.len() {

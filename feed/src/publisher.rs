@@ -201,7 +201,8 @@ impl Publisher {
     pub fn send(&mut self, backend: &mut dyn Backend, now: Instant) -> io::Result<()> {
         loop {
             self.sending.clear();
-            self.scheduler.next_batch(SEND_BATCH_PACKETS_MAX, now, &mut self.sending);
+            self.scheduler
+                .next_batch(SEND_BATCH_PACKETS_MAX, now, &mut self.sending);
             if self.sending.is_empty() {
                 return Ok(());
             }

@@ -319,7 +319,9 @@ impl Receiver {
         }
         let class = header.class;
         let state = self.state(class);
-        let follow = state.follow.get_or_insert_with(|| Follow::new(header.session, from, now));
+        let follow = state
+            .follow
+            .get_or_insert_with(|| Follow::new(header.session, from, now));
         if follow.session != header.session {
             if header.kind != PacketKind::EndOfSession {
                 if state.others.len() < OTHER_SESSIONS_MAX || state.others.contains_key(&header.session) {
@@ -390,7 +392,11 @@ impl Receiver {
             self.counters.malformed += 1;
             return;
         }
-        if self.classes[class as usize].follow.as_ref().is_some_and(|f| f.next_seq.is_none()) {
+        if self.classes[class as usize]
+            .follow
+            .as_ref()
+            .is_some_and(|f| f.next_seq.is_none())
+        {
             let before = messages[0].fill_before();
             self.place(class, header.first_seq, before, now, actions);
         }
@@ -552,7 +558,8 @@ impl Receiver {
     /// Hand out the log reads that can go now (their session is described).
     fn issue_fills(&mut self, _now: Instant, actions: &mut Vec<Action>) {
         for (class, state) in self.classes.iter_mut().enumerate() {
-            let (Some(fill), Some(follow), Some(last)) = (state.fill.as_mut(), state.follow.as_ref(), state.last_delivered)
+            let (Some(fill), Some(follow), Some(last)) =
+                (state.fill.as_mut(), state.follow.as_ref(), state.last_delivered)
             else {
                 continue;
             };
@@ -621,7 +628,14 @@ impl Receiver {
 
     /// A log read could not be done (no log access): its range is skipped
     /// and counted as lost.
-    pub fn fill_failed(&mut self, class: u8, fill_id: u64, now: Instant, out: &mut Vec<Delivered>, actions: &mut Vec<Action>) {
+    pub fn fill_failed(
+        &mut self,
+        class: u8,
+        fill_id: u64,
+        now: Instant,
+        out: &mut Vec<Delivered>,
+        actions: &mut Vec<Action>,
+    ) {
         self.counters.unfilled += 1;
         self.filled(class, fill_id, Vec::new(), now, out, actions);
     }
@@ -632,14 +646,19 @@ impl Receiver {
         for class in 0..self.classes.len() {
             let state = &mut self.classes[class];
             // Failover: the followed session ended or went silent.
-            let switch = state.follow.as_ref().is_some_and(|f| {
-                f.ended || now.saturating_duration_since(f.last_heard) >= config.session_timeout
-            });
+            let switch = state
+                .follow
+                .as_ref()
+                .is_some_and(|f| f.ended || now.saturating_duration_since(f.last_heard) >= config.session_timeout);
             if switch {
                 state
                     .others
                     .retain(|_, (_, heard)| now.saturating_duration_since(*heard) < config.session_timeout);
-                let next = state.others.iter().max_by_key(|(_, (_, heard))| *heard).map(|(&s, &(a, h))| (s, a, h));
+                let next = state
+                    .others
+                    .iter()
+                    .max_by_key(|(_, (_, heard))| *heard)
+                    .map(|(&s, &(a, h))| (s, a, h));
                 let ended = state.follow.as_ref().is_some_and(|f| f.ended);
                 match next {
                     Some((session, source, heard)) => {

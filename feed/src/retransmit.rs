@@ -107,7 +107,13 @@ impl RetransmitService {
     }
 
     /// Answer one datagram from `source`: the packets to send back.
-    pub fn handle(&mut self, datagram: &[u8], source: SocketAddr, now: Instant, replies: &mut Vec<std::sync::Arc<Vec<u8>>>) {
+    pub fn handle(
+        &mut self,
+        datagram: &[u8],
+        source: SocketAddr,
+        now: Instant,
+        replies: &mut Vec<std::sync::Arc<Vec<u8>>>,
+    ) {
         let counters = self.shared.counters.clone();
         let header = match crate::packet::parse(datagram) {
             Ok((header, _)) if matches!(header.kind, PacketKind::ReRequest | PacketKind::Describe) => header,
@@ -135,24 +141,33 @@ impl RetransmitService {
             let description = Description {
                 session: self.shared.session,
                 classes: self.shared.classes.clone(),
-                counters: counters.snapshot().into_iter().map(|(n, v)| (n.to_string(), v)).collect(),
+                counters: counters
+                    .snapshot()
+                    .into_iter()
+                    .map(|(n, v)| (n.to_string(), v))
+                    .collect(),
             };
-            replies.push(std::sync::Arc::new(self.reply_header(PacketKind::Description, 0, 0).packet(&description.encode())));
+            replies.push(std::sync::Arc::new(
+                self.reply_header(PacketKind::Description, 0, 0)
+                    .packet(&description.encode()),
+            ));
             return;
         }
         Counters::add(&counters.rerequests, 1);
         if header.session != self.shared.session || header.class as usize >= self.shared.classes.len() {
             // Another session's packets are not here: the subscriber reads the log.
             Counters::add(&counters.rerequests_gone, 1);
-            replies.push(std::sync::Arc::new(self.reply_header(PacketKind::NotAvailable, header.class, 0).packet(&[])));
+            replies.push(std::sync::Arc::new(
+                self.reply_header(PacketKind::NotAvailable, header.class, 0).packet(&[]),
+            ));
             return;
         }
-        let lookup = self
-            .shared
-            .ring
-            .lock()
-            .expect("feed ring lock poisoned")
-            .lookup(header.class, header.first_seq, header.count, PACKETS_PER_REREQUEST_MAX);
+        let lookup = self.shared.ring.lock().expect("feed ring lock poisoned").lookup(
+            header.class,
+            header.first_seq,
+            header.count,
+            PACKETS_PER_REREQUEST_MAX,
+        );
         match lookup {
             Lookup::Found(packets) => {
                 let wanted = packets.len();
@@ -166,7 +181,8 @@ impl RetransmitService {
             Lookup::Gone { oldest } => {
                 Counters::add(&counters.rerequests_gone, 1);
                 replies.push(std::sync::Arc::new(
-                    self.reply_header(PacketKind::NotAvailable, header.class, oldest).packet(&[]),
+                    self.reply_header(PacketKind::NotAvailable, header.class, oldest)
+                        .packet(&[]),
                 ));
             }
             // Asked for the future: the subscriber saw a heartbeat before
@@ -284,14 +300,28 @@ mod tests {
         let (mut publisher, mut service) = service(RetransmitLimits::default());
         publish(&mut publisher, 100);
         let mut replies = Vec::new();
-        service.handle(&rerequest(5, 0, 10, 3), SUBSCRIBER.parse().unwrap(), Instant::now(), &mut replies);
+        service.handle(
+            &rerequest(5, 0, 10, 3),
+            SUBSCRIBER.parse().unwrap(),
+            Instant::now(),
+            &mut replies,
+        );
         assert_eq!(replies.len(), 1, "records 10..13 share a packet");
         let (header, _) = crate::packet::parse(&replies[0]).expect("valid");
         assert!(header.first_seq <= 10 && header.first_seq + header.count as u64 > 12);
         replies.clear();
-        service.handle(&rerequest(6, 0, 10, 3), SUBSCRIBER.parse().unwrap(), Instant::now(), &mut replies);
+        service.handle(
+            &rerequest(6, 0, 10, 3),
+            SUBSCRIBER.parse().unwrap(),
+            Instant::now(),
+            &mut replies,
+        );
         let (header, _) = crate::packet::parse(&replies[0]).expect("valid");
-        assert_eq!(header.kind, PacketKind::NotAvailable, "another session's seqs are not here");
+        assert_eq!(
+            header.kind,
+            PacketKind::NotAvailable,
+            "another session's seqs are not here"
+        );
     }
 
     /// Garbage, truncated, checksum-damaged and non-request packets are
@@ -314,13 +344,24 @@ mod tests {
         .packet(&[0; 8]);
         let huge = vec![0xAB; 65_000];
         let mut replies = Vec::new();
-        for bad in [&b""[..], b"TF", &damaged, &heartbeat, &huge, &rerequest(5, 0, 1, 1)[..20]] {
+        for bad in [
+            &b""[..],
+            b"TF",
+            &damaged,
+            &heartbeat,
+            &huge,
+            &rerequest(5, 0, 1, 1)[..20],
+        ] {
             service.handle(bad, from, Instant::now(), &mut replies);
         }
         assert!(replies.is_empty());
         assert_eq!(service.shared.counters.malformed_received.load(Ordering::Relaxed), 6);
         service.handle(&rerequest(5, 200, 1, 1), from, Instant::now(), &mut replies);
-        assert_eq!(crate::packet::parse(&replies[0]).expect("valid").0.kind, PacketKind::NotAvailable, "unknown class");
+        assert_eq!(
+            crate::packet::parse(&replies[0]).expect("valid").0.kind,
+            PacketKind::NotAvailable,
+            "unknown class"
+        );
         replies.clear();
         service.handle(&rerequest(5, 0, 1, 1), from, Instant::now(), &mut replies);
         assert_eq!(replies.len(), 1);
@@ -342,9 +383,19 @@ mod tests {
             service.handle(&rerequest(5, 0, 1, 1), SUBSCRIBER.parse().unwrap(), now, &mut replies);
         }
         assert_eq!(replies.len(), 3);
-        service.handle(&rerequest(5, 0, 1, 1), "127.0.0.2:1".parse().unwrap(), now, &mut replies);
+        service.handle(
+            &rerequest(5, 0, 1, 1),
+            "127.0.0.2:1".parse().unwrap(),
+            now,
+            &mut replies,
+        );
         assert_eq!(replies.len(), 4, "another subscriber has its own bucket");
-        service.handle(&rerequest(5, 0, 1, 1), SUBSCRIBER.parse().unwrap(), now + Duration::from_millis(200), &mut replies);
+        service.handle(
+            &rerequest(5, 0, 1, 1),
+            SUBSCRIBER.parse().unwrap(),
+            now + Duration::from_millis(200),
+            &mut replies,
+        );
         assert_eq!(replies.len(), 5, "refilled at 10/s");
         service.handle(&rerequest(5, 0, 1, 1), "10.1.1.1:1".parse().unwrap(), now, &mut replies);
         assert_eq!(replies.len(), 5, "not admitted");
@@ -356,7 +407,12 @@ mod tests {
         let (mut publisher, mut service) = service(RetransmitLimits::default());
         publish(&mut publisher, 3);
         let mut replies = Vec::new();
-        service.handle(&describe_request(), SUBSCRIBER.parse().unwrap(), Instant::now(), &mut replies);
+        service.handle(
+            &describe_request(),
+            SUBSCRIBER.parse().unwrap(),
+            Instant::now(),
+            &mut replies,
+        );
         let (header, body) = crate::packet::parse(&replies[0]).expect("valid");
         assert_eq!(header.kind, PacketKind::Description);
         let description = Description::decode(body).expect("valid");

@@ -42,7 +42,11 @@ impl RetransmitRing {
         let class = packet.class as usize;
         let stream = &mut self.streams[class];
         if let Some(last) = stream.back() {
-            assert_eq!(last.first_seq + last.count as u64, packet.first_seq, "ring packets are contiguous");
+            assert_eq!(
+                last.first_seq + last.count as u64,
+                packet.first_seq,
+                "ring packets are contiguous"
+            );
         }
         self.bytes[class] += packet.bytes.len();
         stream.push_back(packet);
@@ -105,9 +109,13 @@ mod tests {
         for i in 0..10u64 {
             ring.push(packet(0, 1 + i * 4, 4, 100));
         }
-        let Lookup::Found(found) = ring.lookup(0, 6, 5, 64) else { panic!("held") };
+        let Lookup::Found(found) = ring.lookup(0, 6, 5, 64) else {
+            panic!("held")
+        };
         assert_eq!(found.iter().map(|p| p.first_seq).collect::<Vec<_>>(), vec![5, 9]);
-        let Lookup::Found(found) = ring.lookup(0, 6, 5, 1) else { panic!("held") };
+        let Lookup::Found(found) = ring.lookup(0, 6, 5, 1) else {
+            panic!("held")
+        };
         assert_eq!(found.len(), 1, "at most packets_max");
         assert!(matches!(ring.lookup(0, 41, 1, 64), Lookup::Ahead));
         assert!(matches!(ring.lookup(1, 1, 1, 64), Lookup::Gone { oldest: 0 }));

@@ -88,7 +88,9 @@ impl Scheduler {
         let mut taken = 0;
         while taken < allowed {
             let Some(class) = self.next_class() else { break };
-            let packet = self.queues[class].pop_front().expect("next_class picks a backlogged class");
+            let packet = self.queues[class]
+                .pop_front()
+                .expect("next_class picks a backlogged class");
             self.quota[class] -= 1;
             out.push(packet);
             taken += 1;

@@ -55,7 +55,7 @@ fn log(count: u64) -> Vec<FeedRecord> {
                 channel: CHANNELS[c].to_string(),
                 txid: format!("tx-{seq}").into_bytes(),
                 payload: (0..len).map(|i| (i as u64 + seq) as u8).collect(),
-                sealed: seq % 2 == 0,
+                sealed: seq.is_multiple_of(2),
             }
         })
         .collect()
@@ -81,7 +81,12 @@ impl Node {
         })
         .expect("valid config");
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let service = RetransmitService::new(socket, publisher.shared(), RetransmitLimits::default(), Box::new(|_| true));
+        let service = RetransmitService::new(
+            socket,
+            publisher.shared(),
+            RetransmitLimits::default(),
+            Box::new(|_| true),
+        );
         Node {
             publisher,
             service,
@@ -140,7 +145,9 @@ impl Harness {
         while let Some(action) = actions.pop() {
             match action {
                 Action::Send { to, packet } => {
-                    let Some(node) = nodes.iter_mut().find(|n| n.address == to) else { continue };
+                    let Some(node) = nodes.iter_mut().find(|n| n.address == to) else {
+                        continue;
+                    };
                     let mut replies = Vec::new();
                     node.service
                         .handle(&packet, "127.0.0.1:5000".parse().unwrap(), self.now, &mut replies);
@@ -199,7 +206,12 @@ impl Harness {
             let got_seqs: Vec<u64> = got.iter().map(|d| d.record.seq).collect();
             assert_eq!(got_seqs, want, "class {class}");
             for d in got {
-                assert_eq!(d.record, self.log[d.record.seq as usize - 1], "record {} intact", d.record.seq);
+                assert_eq!(
+                    d.record,
+                    self.log[d.record.seq as usize - 1],
+                    "record {} intact",
+                    d.record.seq
+                );
             }
         }
         let via = |v| self.delivered.iter().filter(|d| d.via == v).count();
@@ -243,7 +255,12 @@ fn every_nth_packet_lost_is_recovered_from_the_ring() {
         let harness = run_lossy(3000, |i| usize::from(i < 8 || i % nth != nth - 1));
         let [live, retransmit, from_log] = harness.check(1);
         assert!(retransmit > 0, "every {nth}th lost: some came again");
-        assert_eq!(from_log, 0, "every {nth}th lost: the ring held everything; {:?}", harness.receiver.counters());
+        assert_eq!(
+            from_log,
+            0,
+            "every {nth}th lost: the ring held everything; {:?}",
+            harness.receiver.counters()
+        );
         assert!(live > 0);
     }
 }
@@ -251,7 +268,9 @@ fn every_nth_packet_lost_is_recovered_from_the_ring() {
 /// Losing the last packets of a burst shows only at the next heartbeat.
 #[test]
 fn bursts_and_a_lost_tail_are_recovered() {
-    let harness = run_lossy(3000, |i| usize::from(!(100..160).contains(&i) && i < 700 || (800..900).contains(&i)));
+    let harness = run_lossy(3000, |i| {
+        usize::from(!(100..160).contains(&i) && i < 700 || (800..900).contains(&i))
+    });
     let [_, retransmit, _] = harness.check(1);
     assert!(retransmit > 0);
 }
@@ -350,7 +369,10 @@ fn late_subscriber_gets_history_then_live() {
         live_only.receive(&mut [&mut node], &packet, 0);
     }
     assert_eq!(live_only.receiver.counters().fallback_reads, 0);
-    assert!(live_only.delivered.iter().all(|d| d.record.seq > 2000 && d.via == Via::Live));
+    assert!(live_only
+        .delivered
+        .iter()
+        .all(|d| d.record.seq > 2000 && d.via == Via::Live));
 }
 
 /// A subscriber that sleeps past the ring gets "not available" for its gap
@@ -399,7 +421,10 @@ fn publisher_killed_mid_stream_switches_session() {
             harness.receive(&mut [&mut a, &mut b], packet, 1);
         }
     }
-    let followed: Vec<u64> = (0..4).filter_map(|c| harness.receiver.following(c)).map(|(s, _)| s).collect();
+    let followed: Vec<u64> = (0..4)
+        .filter_map(|c| harness.receiver.following(c))
+        .map(|(s, _)| s)
+        .collect();
     assert!(followed.iter().all(|&s| s == 10), "{followed:?}");
     // a is gone: only b goes on, and is followed once a times out.
     let mut nodes = [&mut a, &mut b];
@@ -415,7 +440,10 @@ fn publisher_killed_mid_stream_switches_session() {
     harness.advance(&mut nodes, Duration::from_millis(100));
     harness.check(1);
     assert!(harness.receiver.counters().session_switches >= 1);
-    let followed: Vec<u64> = (0..4).filter_map(|c| harness.receiver.following(c)).map(|(s, _)| s).collect();
+    let followed: Vec<u64> = (0..4)
+        .filter_map(|c| harness.receiver.following(c))
+        .map(|(s, _)| s)
+        .collect();
     assert!(followed.iter().all(|&s| s == 20), "{followed:?}");
 }
 

@@ -57,11 +57,20 @@ impl TestCluster {
     }
 
     /// [`TestCluster::start_with_ids`] where each node also gets `node_args(id)`.
-    pub fn start_with_node_args(ids: &[u64], extra_args: &[&str], node_args: impl Fn(u64) -> Vec<String>) -> TestCluster {
+    pub fn start_with_node_args(
+        ids: &[u64],
+        extra_args: &[&str],
+        node_args: impl Fn(u64) -> Vec<String>,
+    ) -> TestCluster {
         Self::launch_with(ids, extra_args, true, node_args)
     }
 
-    fn launch_with(ids: &[u64], extra_args: &[&str], sealed: bool, node_args: impl Fn(u64) -> Vec<String>) -> TestCluster {
+    fn launch_with(
+        ids: &[u64],
+        extra_args: &[&str],
+        sealed: bool,
+        node_args: impl Fn(u64) -> Vec<String>,
+    ) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
         let specs = ids

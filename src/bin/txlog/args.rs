@@ -574,7 +574,7 @@ pub enum FeedCommand {
     /// Follow the feed: print each record once, in order per priority class, recovering gaps
     /// from the publisher's retransmit ring or, past it, from the log. A status line of
     /// packets, gaps, recovered records and fallback reads goes to stderr every second.
-    Subscribe(FeedSubscribeArgs),
+    Subscribe(Box<FeedSubscribeArgs>),
     /// Ask each node's feed for its session, classes and publisher counters.
     Status(FeedStatusArgs),
 }

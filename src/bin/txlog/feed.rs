@@ -20,16 +20,14 @@ const STATUS_EVERY: Duration = Duration::from_secs(1);
 
 pub async fn run(command: FeedCommand) -> anyhow::Result<()> {
     match command {
-        FeedCommand::Subscribe(args) => subscribe(args).await,
+        FeedCommand::Subscribe(args) => subscribe(*args).await,
         FeedCommand::Status(args) => status(args),
     }
 }
 
 async fn subscribe(args: FeedSubscribeArgs) -> anyhow::Result<()> {
     if args.speculative {
-        anyhow::bail!(
-            "the speculative (pre-commit) stream is not built yet; the feed carries committed records only"
-        );
+        anyhow::bail!("the speculative (pre-commit) stream is not built yet; the feed carries committed records only");
     }
     let feed: SocketAddr = args
         .feed
@@ -148,7 +146,10 @@ fn status(args: FeedStatusArgs) -> anyhow::Result<()> {
                 );
             }
             Ok(description) => {
-                println!("{node}  session {:016x}  classes {}", description.session, description.classes);
+                println!(
+                    "{node}  session {:016x}  classes {}",
+                    description.session, description.classes
+                );
                 let counters: Vec<String> = description.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 println!("  {}", counters.join(" "));
             }
@@ -174,11 +175,15 @@ fn describe(socket: &UdpSocket, address: SocketAddr, timeout: Duration) -> anyho
             socket.send_to(&txlog_client::feed::retransmit::describe_request(), address)?;
             sent_at = Some(Instant::now());
         }
-        let Ok((len, from)) = socket.recv_from(&mut buffer) else { continue };
+        let Ok((len, from)) = socket.recv_from(&mut buffer) else {
+            continue;
+        };
         if from != address {
             continue;
         }
-        let Ok((header, body)) = txlog_client::feed::packet::parse(&buffer[..len]) else { continue };
+        let Ok((header, body)) = txlog_client::feed::packet::parse(&buffer[..len]) else {
+            continue;
+        };
         if header.kind == txlog_client::feed::packet::PacketKind::Description {
             return Ok(Description::decode(body)?);
         }

@@ -1,11 +1,12 @@
 //! `txlog bench`: append load against a running cluster (the default mode),
 //! and the benches that start their own local cluster because they kill and
-//! restart nodes (`failover`, `resync`, `startup`), and `seal` and `token`,
-//! which measure a batch seal and a request token in one process.
+//! restart nodes (`failover`, `resync`, `startup`), and `seal`, `token` and `feed`,
+//! which measure a batch seal, a request token and the UDP feed in one process.
 
 mod append;
 mod cluster;
 mod failover;
+mod feed;
 mod resync;
 mod seal;
 mod startup;
@@ -35,6 +36,8 @@ pub enum BenchMode {
     Seal(seal::SealArgs),
     /// CPU cost of issuing and checking one request token (HMAC-SHA256, payload digest, replay memory).
     Token(token::TokenArgs),
+    /// The UDP feed on loopback: publisher throughput, latency to N subscribers, priority under overload, loss recovery.
+    Feed(feed::FeedBenchArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -46,5 +49,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         Some(BenchMode::Startup(args)) => startup::run(args).await,
         Some(BenchMode::Seal(args)) => seal::run(args).await,
         Some(BenchMode::Token(args)) => token::run(args).await,
+        Some(BenchMode::Feed(args)) => feed::run(args).await,
     }
 }

@@ -1,0 +1,420 @@
+//! `txlog bench feed`: the UDP feed's publisher and subscribers in one
+//! process on loopback, no cluster. Four phases:
+//!
+//! * **throughput**: one publisher thread packs and sends 256-B records as
+//!   fast as it can to a bound socket; records/s, packets/s and the
+//!   thread's CPU time (so "one core" is measured, not assumed);
+//! * **latency**: N subscribers (`FeedSubscriber`, multicast on loopback)
+//!   at a steady rate; latency from the publisher's hand-off (the moment
+//!   a node's applied records reach it) to each subscriber's delivery;
+//! * **priority**: egress paced to a link's packets/s; the highest class's
+//!   latency with the link at half load and at 2× overload;
+//! * **loss**: 1 % of datagrams dropped at a subscriber; every record must
+//!   arrive once, in order; recovery time of records re-sent from the ring.
+
+use std::net::Ipv4Addr;
+use std::net::SocketAddr;
+use std::net::UdpSocket;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use txlog_client::feed::publisher::wall_clock_ns;
+use txlog_client::feed::Classes;
+use txlog_client::feed::FeedRecord;
+use txlog_client::feed::KernelBackend;
+use txlog_client::feed::Publisher;
+use txlog_client::feed::PublisherConfig;
+use txlog_client::feed::ReceiverConfig;
+use txlog_client::feed::RetransmitLimits;
+use txlog_client::feed::RetransmitService;
+use txlog_client::feed::Via;
+use txlog_client::FeedSubscriber;
+use txlog_client::FeedSubscriberOptions;
+
+/// Targets from the feed issue.
+const RECORDS_PER_S_TARGET: f64 = 1_000_000.0;
+const PACKETS_PER_S_TARGET: f64 = 200_000.0;
+const LATENCY_P50_TARGET_US: f64 = 50.0;
+const LATENCY_P99_TARGET_US: f64 = 200.0;
+const RECOVERY_P99_TARGET_MS: f64 = 5.0;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct FeedBenchArgs {
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 3)]
+    pub seconds: u64,
+    /// Payload bytes per record.
+    #[arg(long, default_value_t = 256)]
+    pub record_bytes: usize,
+    /// IP packet size.
+    #[arg(long, default_value_t = txlog_client::feed::MTU_BYTES_DEFAULT)]
+    pub mtu_bytes: usize,
+    /// Subscribers in the latency phase.
+    #[arg(long, default_value_t = 64)]
+    pub subscribers: usize,
+    /// Records per second in the latency and loss phases.
+    #[arg(long, default_value_t = 20_000)]
+    pub rate: u64,
+    /// The paced link of the priority phase, packets per second.
+    #[arg(long, default_value_t = 20_000)]
+    pub link_packets_per_s: u64,
+    /// Run only these phases (throughput, latency, priority, loss; comma-separated) [default: all].
+    #[arg(long, value_delimiter = ',')]
+    pub phases: Vec<String>,
+}
+
+pub async fn run(args: FeedBenchArgs) -> anyhow::Result<()> {
+    let all = args.phases.is_empty();
+    let wants = |phase: &str| all || args.phases.iter().any(|p| p == phase);
+    println!(
+        "txlog bench feed: {} s per phase, {}-B records, MTU {}",
+        args.seconds, args.record_bytes, args.mtu_bytes
+    );
+    if wants("throughput") {
+        let a = args.clone();
+        tokio::task::spawn_blocking(move || throughput(&a)).await??;
+    }
+    if wants("latency") {
+        latency(&args).await?;
+    }
+    if wants("priority") {
+        priority(&args).await?;
+    }
+    if wants("loss") {
+        loss(&args).await?;
+    }
+    Ok(())
+}
+
+fn config(args: &FeedBenchArgs, session: u64, egress_packets_per_s: u64) -> PublisherConfig {
+    PublisherConfig {
+        session,
+        mtu_bytes: args.mtu_bytes,
+        classes: Classes::default(),
+        ring_bytes: txlog_client::feed::RING_BYTES_DEFAULT,
+        heartbeat: Duration::from_millis(100),
+        egress_packets_per_s,
+        queue_packets_max: txlog_client::feed::QUEUE_PACKETS_MAX_DEFAULT,
+    }
+}
+
+fn record(seq: u64, channel: &str, bytes: usize) -> FeedRecord {
+    FeedRecord {
+        seq,
+        channel_seq: seq,
+        channel: channel.into(),
+        txid: format!("tx-{seq:012}").into_bytes(),
+        payload: vec![0x5A; bytes.max(8)],
+        sealed: false,
+    }
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+fn throughput(args: &FeedBenchArgs) -> anyhow::Result<()> {
+    let sink = UdpSocket::bind("127.0.0.1:0")?;
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    let mut backend = KernelBackend::new(socket, &[sink.local_addr()?], 1)?;
+    let mut publisher = Publisher::new(config(args, 1, 0))?;
+    let counters = publisher.shared().counters;
+    let mut batch: Vec<FeedRecord> = (1..=256).map(|s| record(s, "market-data", args.record_bytes)).collect();
+    let started = Instant::now();
+    let cpu_started = thread_cpu();
+    let mut seq = 0u64;
+    while started.elapsed() < Duration::from_secs(args.seconds) {
+        for r in &mut batch {
+            seq += 1;
+            r.seq = seq;
+        }
+        let now = Instant::now();
+        publisher.publish(batch.iter().map(FeedRecord::borrowed), now);
+        publisher.send(&mut backend, now)?;
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = (thread_cpu() - cpu_started).as_secs_f64();
+    let packets = counters.packets_sent.load(Ordering::Relaxed) as f64;
+    let dropped = counters.datagrams_dropped.load(Ordering::Relaxed);
+    let records_per_s = seq as f64 / wall;
+    println!(
+        "throughput  {:>10.0} records/s  {:>9.0} packets/s  {:>6.0} MB/s  {:.1} records/packet  cpu {:.0} % of one core  ({} datagrams dropped for buffer)  targets ≥ {RECORDS_PER_S_TARGET:.0} records/s, ≥ {PACKETS_PER_S_TARGET:.0} packets/s: {}",
+        records_per_s,
+        packets / wall,
+        counters.bytes_sent.load(Ordering::Relaxed) as f64 / wall / 1e6,
+        seq as f64 / packets.max(1.0),
+        cpu / wall * 100.0,
+        dropped,
+        if records_per_s >= RECORDS_PER_S_TARGET && packets / wall >= PACKETS_PER_S_TARGET { "met" } else { "MISSED" },
+    );
+    Ok(())
+}
+
+/// A publisher thread sending `make(seq)` records at `rate` per second in
+/// 1-ms batches for `seconds`, with a retransmit service on its socket.
+/// Each record's payload starts with its hand-off time.
+fn start_publisher(
+    args: &FeedBenchArgs,
+    targets: Vec<SocketAddr>,
+    egress_packets_per_s: u64,
+    seconds: u64,
+    make: impl Fn(u64) -> (String, usize, u64) + Send + 'static,
+) -> anyhow::Result<(std::thread::JoinHandle<anyhow::Result<u64>>, Arc<AtomicBool>)> {
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    let backend_socket = socket.try_clone()?;
+    let mut backend = KernelBackend::new(backend_socket, &targets, 1)?;
+    let mut publisher = Publisher::new(config(args, rand::random::<u64>() | 1, egress_packets_per_s))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let service = RetransmitService::new(
+        socket,
+        publisher.shared(),
+        RetransmitLimits::default(),
+        Box::new(|_| true),
+    );
+    let service_stop = stop.clone();
+    std::thread::spawn(move || service.run(&service_stop));
+    let thread_stop = stop.clone();
+    let handle = std::thread::Builder::new()
+        .name("bench-publisher".into())
+        .spawn(move || -> anyhow::Result<u64> {
+            let started = Instant::now();
+            let mut seq = 0u64;
+            let mut tick = started;
+            while started.elapsed() < Duration::from_secs(seconds) && !thread_stop.load(Ordering::Relaxed) {
+                tick += Duration::from_millis(1);
+                let mut batch = Vec::new();
+                let (_, _, per_ms) = make(0);
+                for _ in 0..per_ms {
+                    seq += 1;
+                    let (channel, bytes, _) = make(seq);
+                    let mut r = record(seq, &channel, bytes);
+                    r.payload[..8].copy_from_slice(&wall_clock_ns().to_le_bytes());
+                    batch.push(r);
+                }
+                let now = Instant::now();
+                publisher.publish(batch.iter().map(FeedRecord::borrowed), now);
+                publisher.heartbeats(now);
+                publisher.send(&mut backend, now)?;
+                // Paced egress: keep sending what waits until the next batch is due.
+                while Instant::now() < tick {
+                    if publisher.backlog() > 0 {
+                        publisher.send(&mut backend, Instant::now())?;
+                    }
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            }
+            // Heartbeats so subscribers see the end of every stream.
+            for _ in 0..3 {
+                std::thread::sleep(Duration::from_millis(110));
+                let now = Instant::now();
+                publisher.heartbeats(now);
+                publisher.send(&mut backend, now)?;
+            }
+            Ok(seq)
+        })?;
+    Ok((handle, stop))
+}
+
+fn latency_of(delivered: &txlog_client::feed::Delivered) -> u64 {
+    let sent = u64::from_le_bytes(delivered.record.payload[..8].try_into().expect("8 bytes"));
+    wall_clock_ns().saturating_sub(sent)
+}
+
+fn summary(h: &Histogram<u64>) -> String {
+    format!(
+        "p50 {:>6.1} µs  p99 {:>7.1} µs  p99.9 {:>7.1} µs  max {:>8.1} µs  ({} samples)",
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.value_at_quantile(0.999) as f64 / 1000.0,
+        h.max() as f64 / 1000.0,
+        h.len()
+    )
+}
+
+fn subscriber_options(listen: SocketAddr, group: Option<(Ipv4Addr, Ipv4Addr)>) -> FeedSubscriberOptions {
+    FeedSubscriberOptions {
+        listen,
+        group,
+        classes: None,
+        channel: None,
+        receiver: ReceiverConfig::default(),
+        drop_datagram: None,
+    }
+}
+
+async fn latency(args: &FeedBenchArgs) -> anyhow::Result<()> {
+    let port = txlog_testkit::free_port()?;
+    let group = Ipv4Addr::new(239, 192, 77, 1);
+    let mut tasks = Vec::new();
+    for _ in 0..args.subscribers {
+        let mut subscriber = FeedSubscriber::join(
+            subscriber_options(
+                SocketAddr::from(([0, 0, 0, 0], port)),
+                Some((group, Ipv4Addr::LOCALHOST)),
+            ),
+            None,
+        )?;
+        let seconds = args.seconds;
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new(3).expect("histogram");
+            let deadline = Instant::now() + Duration::from_secs(seconds + 2);
+            let mut count = 0u64;
+            while Instant::now() < deadline {
+                if let Ok(Some(d)) = subscriber.next(Duration::from_millis(100)).await {
+                    // The first 100 ms warm up (joins, describes).
+                    count += 1;
+                    if count > 100 {
+                        let _ = h.record(latency_of(&d));
+                    }
+                }
+            }
+            (h, count, subscriber.counters().clone())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let per_ms = (args.rate / 1000).max(1);
+    let bytes = args.record_bytes;
+    let (publisher, _stop) = start_publisher(
+        args,
+        vec![SocketAddr::from((group, port))],
+        0,
+        args.seconds,
+        move |_| ("market-data".into(), bytes, per_ms),
+    )?;
+    let published = tokio::task::spawn_blocking(move || publisher.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("publisher panicked"))??;
+    let mut all = Histogram::<u64>::new(3)?;
+    let mut short = 0;
+    for task in tasks {
+        let (h, count, _) = task.await?;
+        all.add(&h)?;
+        if count < published {
+            short += 1;
+        }
+    }
+    let p50 = all.value_at_quantile(0.5) as f64 / 1000.0;
+    let p99 = all.value_at_quantile(0.99) as f64 / 1000.0;
+    println!(
+        "latency     {} subscribers, {} records/s: {}  targets p50 ≤ {LATENCY_P50_TARGET_US} µs, p99 ≤ {LATENCY_P99_TARGET_US} µs: {}{}",
+        args.subscribers,
+        args.rate,
+        summary(&all),
+        if p50 <= LATENCY_P50_TARGET_US && p99 <= LATENCY_P99_TARGET_US { "met" } else { "MISSED" },
+        if short > 0 { format!("; {short} subscribers got fewer than all {published} records") } else { String::new() }
+    );
+    Ok(())
+}
+
+async fn priority(args: &FeedBenchArgs) -> anyhow::Result<()> {
+    // One record per packet: a record that fills the packet.
+    let bytes = args.mtu_bytes - 28 - 36 - 64;
+    let link = args.link_packets_per_s;
+    let high_per_ms = (link / 20 / 1000).max(1);
+    for load in [0.5f64, 2.0] {
+        let total_per_ms = ((link as f64 * load) / 1000.0) as u64;
+        let low_per_ms = total_per_ms.saturating_sub(high_per_ms);
+        let port = txlog_testkit::free_port()?;
+        let mut subscriber =
+            FeedSubscriber::join(subscriber_options(SocketAddr::from(([127, 0, 0, 1], port)), None), None)?;
+        let per_ms = high_per_ms + low_per_ms;
+        let (publisher, _stop) = start_publisher(
+            args,
+            vec![SocketAddr::from(([127, 0, 0, 1], port))],
+            link,
+            args.seconds,
+            move |seq| {
+                // Market data every (per_ms / high_per_ms)th record, the rest "other".
+                let channel = if seq % (per_ms / high_per_ms).max(1) == 0 {
+                    "market-data"
+                } else {
+                    "orders"
+                };
+                (channel.into(), bytes, per_ms)
+            },
+        )?;
+        let mut high = Histogram::<u64>::new(3)?;
+        let mut low = Histogram::<u64>::new(3)?;
+        let deadline = Instant::now() + Duration::from_secs(args.seconds);
+        while Instant::now() < deadline {
+            if let Some(d) = subscriber.next(Duration::from_millis(100)).await? {
+                if d.via == Via::Live {
+                    let h = if d.class == 0 { &mut high } else { &mut low };
+                    let _ = h.record(latency_of(&d));
+                }
+            }
+        }
+        let _ = tokio::task::spawn_blocking(move || publisher.join()).await;
+        println!(
+            "priority    link {link} packets/s at {:.1}× load: market-data {}\n            other {}",
+            load,
+            summary(&high),
+            summary(&low)
+        );
+    }
+    Ok(())
+}
+
+async fn loss(args: &FeedBenchArgs) -> anyhow::Result<()> {
+    let port = txlog_testkit::free_port()?;
+    let mut options = subscriber_options(SocketAddr::from(([127, 0, 0, 1], port)), None);
+    options.receiver.from_seq = None;
+    options.drop_datagram = Some(Arc::new(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 100 == 0));
+    let mut subscriber = FeedSubscriber::join(options, None)?;
+    let per_ms = (args.rate / 1000).max(1);
+    let bytes = args.record_bytes;
+    let (publisher, _stop) = start_publisher(
+        args,
+        vec![SocketAddr::from(([127, 0, 0, 1], port))],
+        0,
+        args.seconds,
+        move |_| ("market-data".into(), bytes, per_ms),
+    )?;
+    let mut recovery = Histogram::<u64>::new(3)?;
+    let mut seqs = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(args.seconds + 2);
+    while Instant::now() < deadline {
+        if let Some(d) = subscriber.next(Duration::from_millis(100)).await? {
+            if d.via == Via::Retransmit {
+                let _ = recovery.record(latency_of(&d));
+            }
+            seqs.push(d.record.seq);
+        }
+    }
+    let published = tokio::task::spawn_blocking(move || publisher.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("publisher panicked"))??;
+    let first = seqs.first().copied().unwrap_or(1);
+    let in_order_once = seqs.windows(2).all(|w| w[1] == w[0] + 1) && seqs.last() == Some(&published);
+    let c = subscriber.counters();
+    println!(
+        "loss        1 % dropped ({} datagrams): {} records from seq {first} to {published}, each once in order: {}; re-requests {}, recovered {}, unfilled {}",
+        subscriber.dropped(),
+        seqs.len(),
+        if in_order_once { "yes" } else { "NO" },
+        c.rerequests,
+        c.recovered,
+        c.unfilled
+    );
+    println!(
+        "            recovery (loss to delivery) {}  target p99 ≤ {RECOVERY_P99_TARGET_MS} ms: {}",
+        summary(&recovery),
+        if !recovery.is_empty() && (recovery.value_at_quantile(0.99) as f64 / 1e6) <= RECOVERY_P99_TARGET_MS {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+    if !in_order_once {
+        anyhow::bail!("the loss phase did not deliver every record once in order");
+    }
+    Ok(())
+}
