@@ -71,7 +71,15 @@ fn start_dev(data_dir: &std::path::Path, base_port: u16) -> (DevProcess, String)
         .arg("dev")
         .arg("--data-dir")
         .arg(data_dir)
-        .args(["--base-port", &base_port.to_string(), "--metrics-base-port", "0"])
+        // No feed: its ports are fixed, and these tests run beside other clusters.
+        .args([
+            "--base-port",
+            &base_port.to_string(),
+            "--metrics-base-port",
+            "0",
+            "--feed-base-port",
+            "0",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
