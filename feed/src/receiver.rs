@@ -41,6 +41,9 @@ use crate::retransmit::rerequest;
 
 /// Other sessions a class remembers as failover candidates.
 const OTHER_SESSIONS_MAX: usize = 16;
+/// Sessions whose description is kept or asked for, before those not
+/// followed are forgotten.
+const SESSIONS_REMEMBERED_MAX: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct ReceiverConfig {
@@ -287,7 +290,11 @@ impl Receiver {
         match header.kind {
             PacketKind::Description => {
                 match Description::decode(body) {
-                    Ok(description) if description.session == header.session => {
+                    // Only descriptions asked for are kept (the map stays bounded).
+                    Ok(description)
+                        if description.session == header.session
+                            && self.describe_sent.contains_key(&header.session) =>
+                    {
                         self.descriptions.insert(description.session, description.classes);
                     }
                     _ => self.counters.malformed += 1,
@@ -304,19 +311,7 @@ impl Receiver {
         if !self.wants(header.class) {
             return;
         }
-        if !self.descriptions.contains_key(&header.session) {
-            let due = self
-                .describe_sent
-                .get(&header.session)
-                .is_none_or(|&at| now.saturating_duration_since(at) >= self.config.rerequest_timeout);
-            if due {
-                self.describe_sent.insert(header.session, now);
-                actions.push(Action::Send {
-                    to: from,
-                    packet: describe_request(),
-                });
-            }
-        }
+        self.ask_description(header.session, from, now, actions);
         let class = header.class;
         let state = self.state(class);
         let follow = state
@@ -712,22 +707,43 @@ impl Receiver {
         }
         self.issue_fills(now, actions);
         // Sessions not yet described are asked again.
-        for state in &self.classes {
-            if let Some(follow) = &state.follow {
-                if !self.descriptions.contains_key(&follow.session) {
-                    let due = self
-                        .describe_sent
-                        .get(&follow.session)
-                        .is_none_or(|&at| now.saturating_duration_since(at) >= self.config.rerequest_timeout);
-                    if due {
-                        self.describe_sent.insert(follow.session, now);
-                        actions.push(Action::Send {
-                            to: follow.source,
-                            packet: describe_request(),
-                        });
-                    }
-                }
+        let followed: Vec<(u64, SocketAddr)> = self
+            .classes
+            .iter()
+            .filter_map(|state| state.follow.as_ref().map(|f| (f.session, f.source)))
+            .collect();
+        for (session, source) in followed {
+            self.ask_description(session, source, now, actions);
+        }
+    }
+
+    /// Ask `source` for `session`'s description unless it is known or was
+    /// asked for less than a re-request timeout ago.
+    fn ask_description(&mut self, session: u64, source: SocketAddr, now: Instant, actions: &mut Vec<Action>) {
+        if self.descriptions.contains_key(&session) {
+            return;
+        }
+        let due = self
+            .describe_sent
+            .get(&session)
+            .is_none_or(|&at| now.saturating_duration_since(at) >= self.config.rerequest_timeout);
+        if due {
+            if self.describe_sent.len() >= SESSIONS_REMEMBERED_MAX {
+                // Many sessions seen (restarts, or forged packets): keep
+                // only those followed.
+                let followed: Vec<u64> = self
+                    .classes
+                    .iter()
+                    .filter_map(|s| s.follow.as_ref().map(|f| f.session))
+                    .collect();
+                self.describe_sent.retain(|s, _| followed.contains(s));
+                self.descriptions.retain(|s, _| followed.contains(s));
             }
+            self.describe_sent.insert(session, now);
+            actions.push(Action::Send {
+                to: source,
+                packet: describe_request(),
+            });
         }
     }
 
