@@ -151,11 +151,6 @@ impl Classes {
     pub fn iter(&self) -> impl Iterator<Item = &PriorityClass> {
         self.classes.iter()
     }
-
-    /// The index of the class named `name`.
-    pub fn by_name(&self, name: &str) -> Option<u8> {
-        self.classes.iter().position(|c| c.name == name).map(|i| i as u8)
-    }
 }
 
 fn name_byte(b: u8) -> bool {

@@ -289,11 +289,6 @@ fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
-/// Join `group` on the interface owning `interface` (0.0.0.0: the kernel picks).
-pub fn join_multicast(socket: &UdpSocket, group: Ipv4Addr, interface: Ipv4Addr) -> io::Result<()> {
-    socket.join_multicast_v4(&group, &interface)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

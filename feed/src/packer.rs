@@ -59,10 +59,6 @@ impl StreamPacker {
         self.next_seq
     }
 
-    pub fn last_record_seq(&self) -> u64 {
-        self.last_record_seq
-    }
-
     /// Pack `record`; every packet it fills is handed to `done`.
     pub fn push(&mut self, record: &RecordRef<'_>, now_ns: u64, done: &mut impl FnMut(Packet)) {
         assert!(

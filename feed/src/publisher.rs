@@ -129,10 +129,6 @@ impl Publisher {
         self.shared.clone()
     }
 
-    pub fn config(&self) -> &PublisherConfig {
-        &self.config
-    }
-
     /// Pack `records` (in global seq order) into their class streams and
     /// queue every finished packet; partial packets are finished too, so
     /// nothing waits for more records to come.

@@ -248,11 +248,6 @@ impl Receiver {
         &self.counters
     }
 
-    /// The classes of the session followed for `class`, once described.
-    pub fn classes_of(&self, session: u64) -> Option<&Classes> {
-        self.descriptions.get(&session)
-    }
-
     fn wants(&self, class: u8) -> bool {
         self.config.classes.as_ref().is_none_or(|c| c.contains(&class))
     }
@@ -637,18 +632,22 @@ impl Receiver {
 
     /// Time-driven work: re-requests that timed out, fallbacks, session failover.
     pub fn tick(&mut self, now: Instant, actions: &mut Vec<Action>) {
-        let config = self.config.clone();
+        let (session_timeout, rerequest_timeout, attempts_max) = (
+            self.config.session_timeout,
+            self.config.rerequest_timeout,
+            self.config.rerequest_attempts_max,
+        );
         for class in 0..self.classes.len() {
             let state = &mut self.classes[class];
             // Failover: the followed session ended or went silent.
             let switch = state
                 .follow
                 .as_ref()
-                .is_some_and(|f| f.ended || now.saturating_duration_since(f.last_heard) >= config.session_timeout);
+                .is_some_and(|f| f.ended || now.saturating_duration_since(f.last_heard) >= session_timeout);
             if switch {
                 state
                     .others
-                    .retain(|_, (_, heard)| now.saturating_duration_since(*heard) < config.session_timeout);
+                    .retain(|_, (_, heard)| now.saturating_duration_since(*heard) < session_timeout);
                 let next = state
                     .others
                     .iter()
@@ -673,10 +672,10 @@ impl Receiver {
                 continue;
             }
             let Some(gap) = follow.gap.as_mut() else { continue };
-            if gap.attempts != u32::MAX && now.saturating_duration_since(gap.requested_at) < config.rerequest_timeout {
+            if gap.attempts != u32::MAX && now.saturating_duration_since(gap.requested_at) < rerequest_timeout {
                 continue;
             }
-            if gap.attempts < config.rerequest_attempts_max {
+            if gap.attempts < attempts_max {
                 let count = (gap.end - gap.first).min(u16::MAX as u64) as u16;
                 gap.attempts += 1;
                 gap.requested_at = now;

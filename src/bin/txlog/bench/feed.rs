@@ -158,16 +158,18 @@ fn throughput(args: &FeedBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A publisher thread sending `make(seq)` records at `rate` per second in
-/// 1-ms batches for `seconds`, with a retransmit service on its socket.
-/// Each record's payload starts with its hand-off time.
+/// A publisher thread sending `per_ms` records of `bytes` each millisecond
+/// for `args.seconds`, record `seq` on `channel_of(seq)`, with a retransmit
+/// service on its socket until it ends. Each record's payload starts with
+/// its hand-off time. The thread returns the last seq it published.
 fn start_publisher(
     args: &FeedBenchArgs,
     targets: Vec<SocketAddr>,
     egress_packets_per_s: u64,
-    seconds: u64,
-    make: impl Fn(u64) -> (String, usize, u64) + Send + 'static,
-) -> anyhow::Result<(std::thread::JoinHandle<anyhow::Result<u64>>, Arc<AtomicBool>)> {
+    per_ms: u64,
+    bytes: usize,
+    channel_of: impl Fn(u64) -> &'static str + Send + 'static,
+) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<u64>>> {
     let socket = UdpSocket::bind("127.0.0.1:0")?;
     let backend_socket = socket.try_clone()?;
     let mut backend = KernelBackend::new(backend_socket, &targets, 1)?;
@@ -181,21 +183,27 @@ fn start_publisher(
     );
     let service_stop = stop.clone();
     std::thread::spawn(move || service.run(&service_stop));
-    let thread_stop = stop.clone();
+    let seconds = args.seconds;
     let handle = std::thread::Builder::new()
         .name("bench-publisher".into())
         .spawn(move || -> anyhow::Result<u64> {
+            // The retransmit service stops when this thread ends, however it ends.
+            struct StopOnDrop(Arc<AtomicBool>);
+            impl Drop for StopOnDrop {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::Relaxed);
+                }
+            }
+            let _stop_service = StopOnDrop(stop);
             let started = Instant::now();
             let mut seq = 0u64;
             let mut tick = started;
-            while started.elapsed() < Duration::from_secs(seconds) && !thread_stop.load(Ordering::Relaxed) {
+            while started.elapsed() < Duration::from_secs(seconds) {
                 tick += Duration::from_millis(1);
                 let mut batch = Vec::new();
-                let (_, _, per_ms) = make(0);
                 for _ in 0..per_ms {
                     seq += 1;
-                    let (channel, bytes, _) = make(seq);
-                    let mut r = record(seq, &channel, bytes);
+                    let mut r = record(seq, channel_of(seq), bytes);
                     r.payload[..8].copy_from_slice(&wall_clock_ns().to_le_bytes());
                     batch.push(r);
                 }
@@ -220,7 +228,7 @@ fn start_publisher(
             }
             Ok(seq)
         })?;
-    Ok((handle, stop))
+    Ok(handle)
 }
 
 fn latency_of(delivered: &txlog_client::feed::Delivered) -> u64 {
@@ -281,13 +289,13 @@ async fn latency(args: &FeedBenchArgs) -> anyhow::Result<()> {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let per_ms = (args.rate / 1000).max(1);
-    let bytes = args.record_bytes;
-    let (publisher, _stop) = start_publisher(
+    let publisher = start_publisher(
         args,
         vec![SocketAddr::from((group, port))],
         0,
-        args.seconds,
-        move |_| ("market-data".into(), bytes, per_ms),
+        per_ms,
+        args.record_bytes,
+        |_| "market-data",
     )?;
     let published = tokio::task::spawn_blocking(move || publisher.join())
         .await?
@@ -326,19 +334,19 @@ async fn priority(args: &FeedBenchArgs) -> anyhow::Result<()> {
         let mut subscriber =
             FeedSubscriber::join(subscriber_options(SocketAddr::from(([127, 0, 0, 1], port)), None), None)?;
         let per_ms = high_per_ms + low_per_ms;
-        let (publisher, _stop) = start_publisher(
+        let publisher = start_publisher(
             args,
             vec![SocketAddr::from(([127, 0, 0, 1], port))],
             link,
-            args.seconds,
+            per_ms,
+            bytes,
             move |seq| {
                 // Market data every (per_ms / high_per_ms)th record, the rest "other".
-                let channel = if seq % (per_ms / high_per_ms).max(1) == 0 {
+                if seq % (per_ms / high_per_ms).max(1) == 0 {
                     "market-data"
                 } else {
                     "orders"
-                };
-                (channel.into(), bytes, per_ms)
+                }
             },
         )?;
         let mut high = Histogram::<u64>::new(3)?;
@@ -370,13 +378,13 @@ async fn loss(args: &FeedBenchArgs) -> anyhow::Result<()> {
     options.drop_datagram = Some(Arc::new(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 100 == 0));
     let mut subscriber = FeedSubscriber::join(options, None)?;
     let per_ms = (args.rate / 1000).max(1);
-    let bytes = args.record_bytes;
-    let (publisher, _stop) = start_publisher(
+    let publisher = start_publisher(
         args,
         vec![SocketAddr::from(([127, 0, 0, 1], port))],
         0,
-        args.seconds,
-        move |_| ("market-data".into(), bytes, per_ms),
+        per_ms,
+        args.record_bytes,
+        |_| "market-data",
     )?;
     let mut recovery = Histogram::<u64>::new(3)?;
     let mut seqs = Vec::new();
