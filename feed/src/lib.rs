@@ -32,7 +32,10 @@ pub mod backend;
 pub mod class;
 pub mod counters;
 pub mod describe;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod error;
+pub mod frame;
 pub mod kernel;
 pub mod packer;
 pub mod packet;
@@ -42,12 +45,18 @@ pub mod record;
 pub mod retransmit;
 pub mod retransmit_ring;
 pub mod scheduler;
+#[cfg(feature = "dpdk")]
+pub mod veth;
 
 pub use backend::Backend;
 pub use class::Classes;
 pub use class::PriorityClass;
 pub use counters::Counters;
 pub use describe::Description;
+#[cfg(feature = "dpdk")]
+pub use dpdk::DpdkBackend;
+#[cfg(feature = "dpdk")]
+pub use dpdk::DpdkConfig;
 pub use error::Error;
 pub use kernel::KernelBackend;
 pub use publisher::Publisher;
