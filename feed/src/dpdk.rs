@@ -6,10 +6,12 @@
 //! (`txlog-dpdk`) then owns every DPDK port the process opens: it creates
 //! the virtual device, its mbuf pool and queues, builds frames, calls
 //! `tx_burst`, and polls RX for ports that asked for it. The publisher
-//! never touches DPDK: [`DpdkBackend::send`] copies packets into a
-//! bounded outbox, and the data-plane thread takes the whole outbox in one
-//! swap. So one core does all per-frame work, and what the publisher pays
-//! is one copy per packet and one lock per batch.
+//! never touches DPDK: [`DpdkBackend`] puts its packets in a bounded
+//! outbox (references to the packets the retransmit ring holds anyway,
+//! not copies), and the data-plane thread takes the whole outbox in one
+//! swap. So one core does all per-frame work (the one copy of each packet
+//! into its frame), and what the publisher pays is a reference count per
+//! packet and one lock per batch.
 //!
 //! **Devices.** A port is a virtual device created after EAL init
 //! (`rte_vdev_init`), so one process can open and close several:
@@ -159,11 +161,12 @@ pub struct DpdkCountersSnapshot {
     pub frames_ignored: u64,
 }
 
-/// Packets from the publisher to the data-plane thread, laid end to end.
+/// Packets from the publisher to the data-plane thread: shared with the
+/// publisher's retransmit ring, so handing one over copies nothing.
 #[derive(Default)]
 struct Outbox {
-    bytes: Vec<u8>,
-    lens: Vec<u16>,
+    packets: Vec<Arc<Vec<u8>>>,
+    bytes: usize,
 }
 
 /// What a port's backend handle and the data-plane thread share.
@@ -292,7 +295,7 @@ impl DataPlane {
                 // would otherwise wait for the timeout.
                 let pending = ports
                     .iter()
-                    .any(|p| !p.shared.outbox.lock().expect("outbox lock").lens.is_empty());
+                    .any(|p| !p.shared.outbox.lock().expect("outbox lock").packets.is_empty());
                 if !pending {
                     if ports.iter().any(|p| p.receive) {
                         std::thread::park_timeout(IDLE_PARK);
@@ -479,55 +482,55 @@ impl Port {
     fn transmit(&mut self) -> bool {
         {
             let mut outbox = self.shared.outbox.lock().expect("outbox lock");
-            if outbox.lens.is_empty() {
+            if outbox.packets.is_empty() {
                 return false;
             }
             std::mem::swap(&mut *outbox, &mut self.taken);
         }
-        let taken = std::mem::take(&mut self.taken);
-        let mut offset = 0;
-        let mut frames: Vec<(usize, usize, usize)> = Vec::with_capacity(BURST_FRAMES);
+        let taken = std::mem::take(&mut self.taken.packets);
+        let mut frames: Vec<(usize, &[u8])> = Vec::with_capacity(BURST_FRAMES);
         let mut dropped = 0u64;
         let mut sent = 0u64;
-        for &len in &taken.lens {
-            let len = usize::from(len);
+        for packet in &taken {
             for target in 0..self.templates.len() {
-                frames.push((target, offset, len));
+                frames.push((target, packet.as_slice()));
                 if frames.len() == BURST_FRAMES {
-                    let (s, d) = self.send_burst(&frames, &taken.bytes);
+                    let (s, d) = self.send_burst(&frames);
                     sent += s;
                     dropped += d;
                     frames.clear();
                 }
             }
-            offset += len;
         }
         if !frames.is_empty() {
-            let (s, d) = self.send_burst(&frames, &taken.bytes);
+            let (s, d) = self.send_burst(&frames);
             sent += s;
             dropped += d;
         }
+        drop(frames);
         let counters = &self.shared.counters;
         counters.frames_sent.fetch_add(sent, Ordering::Relaxed);
         if dropped > 0 {
             counters.frames_dropped.fetch_add(dropped, Ordering::Relaxed);
             self.shared.unreported_drops.fetch_add(dropped, Ordering::Relaxed);
         }
-        self.taken = taken;
-        self.taken.bytes.clear();
-        self.taken.lens.clear();
+        // Keep the vector's capacity for the next swap.
+        let mut taken = taken;
+        taken.clear();
+        self.taken.packets = taken;
+        self.taken.bytes = 0;
         true
     }
 
-    /// One burst of frames `(target, offset, len)` out of `bytes`:
-    /// (sent, dropped).
-    fn send_burst(&mut self, frames: &[(usize, usize, usize)], bytes: &[u8]) -> (u64, u64) {
+    /// One burst of frames `(target, packet)`: (sent, dropped).
+    fn send_burst(&mut self, frames: &[(usize, &[u8])]) -> (u64, u64) {
         let n = frames.len();
         // SAFETY: self.mbufs has room for BURST_FRAMES ≥ n pointers.
         if unsafe { sys::txlog_dpdk_alloc_bulk(self.pool, self.mbufs.as_mut_ptr(), n as u32) } != 0 {
             return (0, n as u64);
         }
-        for (i, &(target, offset, len)) in frames.iter().enumerate() {
+        for (i, &(target, packet)) in frames.iter().enumerate() {
+            let len = packet.len();
             let frame_bytes = FRAME_HEADER_BYTES + len;
             // SAFETY: mbufs[i] is a fresh mbuf; put returns frame_bytes of
             // its data room (send() refused packets larger than that).
@@ -536,7 +539,7 @@ impl Port {
             // SAFETY: data points at frame_bytes writable bytes of the mbuf.
             let out = unsafe { std::slice::from_raw_parts_mut(data, frame_bytes) };
             self.ip_id = self.ip_id.wrapping_add(1);
-            self.templates[target].write(out, &bytes[offset..offset + len], self.ip_id);
+            self.templates[target].write(out, packet, self.ip_id);
         }
         let mut sent = 0usize;
         let mut refused = 0u32;
@@ -669,40 +672,50 @@ impl DpdkBackend {
 
     /// Whether the data-plane thread has taken everything handed to it.
     pub fn is_drained(&self) -> bool {
-        self.shared.outbox.lock().expect("outbox lock").lens.is_empty()
+        self.shared.outbox.lock().expect("outbox lock").packets.is_empty()
+    }
+}
+
+impl DpdkBackend {
+    /// Put `packets` in the outbox; those that do not fit are dropped.
+    fn hand_off<'a>(
+        &mut self,
+        packets: impl Iterator<Item = (usize, impl FnOnce() -> Arc<Vec<u8>> + 'a)>,
+    ) -> io::Result<u64> {
+        let mut dropped = self.shared.unreported_drops.swap(0, Ordering::Relaxed);
+        {
+            let mut outbox = self.shared.outbox.lock().expect("outbox lock");
+            for (len, packet) in packets {
+                if len > PACKET_BYTES_MAX {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("a feed packet of {len} bytes exceeds a DPDK frame's {PACKET_BYTES_MAX}"),
+                    ));
+                }
+                if outbox.bytes + len > OUTBOX_BYTES_MAX {
+                    dropped += self.targets;
+                    self.shared
+                        .counters
+                        .frames_dropped
+                        .fetch_add(self.targets, Ordering::Relaxed);
+                    continue;
+                }
+                outbox.bytes += len;
+                outbox.packets.push(packet());
+            }
+        }
+        self.plane.wake();
+        Ok(dropped)
     }
 }
 
 impl Backend for DpdkBackend {
     fn send(&mut self, packets: &[&[u8]]) -> io::Result<u64> {
-        let mut dropped = self.shared.unreported_drops.swap(0, Ordering::Relaxed);
-        let targets = self.targets;
-        {
-            let mut outbox = self.shared.outbox.lock().expect("outbox lock");
-            for packet in packets {
-                if packet.len() > PACKET_BYTES_MAX {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!(
-                            "a feed packet of {} bytes exceeds a DPDK frame's {PACKET_BYTES_MAX}",
-                            packet.len()
-                        ),
-                    ));
-                }
-                if outbox.bytes.len() + packet.len() > OUTBOX_BYTES_MAX {
-                    dropped += targets;
-                    self.shared
-                        .counters
-                        .frames_dropped
-                        .fetch_add(targets, Ordering::Relaxed);
-                    continue;
-                }
-                outbox.bytes.extend_from_slice(packet);
-                outbox.lens.push(packet.len() as u16);
-            }
-        }
-        self.plane.wake();
-        Ok(dropped)
+        self.hand_off(packets.iter().map(|p| (p.len(), move || Arc::new(p.to_vec()))))
+    }
+
+    fn send_shared(&mut self, packets: &[Arc<Vec<u8>>]) -> io::Result<u64> {
+        self.hand_off(packets.iter().map(|p| (p.len(), move || p.clone())))
     }
 
     fn name(&self) -> &'static str {

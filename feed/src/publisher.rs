@@ -96,6 +96,8 @@ pub struct Publisher {
     /// Packets finished but not yet in the ring and the scheduler.
     finished: Vec<Packet>,
     sending: Vec<Packet>,
+    /// The bytes of `sending`, shared with the backend for one call.
+    sending_bytes: Vec<Arc<Vec<u8>>>,
 }
 
 impl Publisher {
@@ -121,6 +123,7 @@ impl Publisher {
             last_queued: vec![now; classes],
             finished: Vec::new(),
             sending: Vec::new(),
+            sending_bytes: Vec::new(),
             config,
         })
     }
@@ -202,13 +205,18 @@ impl Publisher {
             if self.sending.is_empty() {
                 return Ok(());
             }
-            let refs: Vec<&[u8]> = self.sending.iter().map(|p| p.bytes.as_slice()).collect();
-            let dropped = backend.send(&refs)?;
+            self.sending_bytes.clear();
+            self.sending_bytes.extend(self.sending.iter().map(|p| p.bytes.clone()));
+            let dropped = backend.send_shared(&self.sending_bytes)?;
             let counters = &self.shared.counters;
             let heartbeats = self.sending.iter().filter(|p| p.count == 0).count() as u64;
             Counters::add(&counters.heartbeats_sent, heartbeats);
             Counters::add(&counters.packets_sent, self.sending.len() as u64 - heartbeats);
-            Counters::add(&counters.bytes_sent, refs.iter().map(|r| r.len() as u64).sum());
+            Counters::add(
+                &counters.bytes_sent,
+                self.sending_bytes.iter().map(|b| b.len() as u64).sum(),
+            );
+            self.sending_bytes.clear();
             Counters::add(&counters.datagrams_dropped, dropped);
         }
     }

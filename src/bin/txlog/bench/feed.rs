@@ -62,12 +62,32 @@ pub struct FeedBenchArgs {
     /// The paced link of the priority phase, packets per second.
     #[arg(long, default_value_t = 20_000)]
     pub link_packets_per_s: u64,
-    /// Run only these phases (throughput, latency, priority, loss; comma-separated) [default: all].
+    /// Run only these phases, comma-separated [default: all]: throughput,
+    /// latency, priority, loss; and with a build with `--features dpdk`,
+    /// dpdk-null, dpdk-ring, dpdk-veth (root: a veth pair into a network
+    /// namespace, kernel and DPDK backends compared).
     #[arg(long, value_delimiter = ',')]
     pub phases: Vec<String>,
 }
 
+const PHASES: [&str; 4] = ["throughput", "latency", "priority", "loss"];
+const DPDK_PHASES: [&str; 3] = ["dpdk-null", "dpdk-ring", "dpdk-veth"];
+
 pub async fn run(args: FeedBenchArgs) -> anyhow::Result<()> {
+    for phase in &args.phases {
+        if DPDK_PHASES.contains(&phase.as_str()) && !cfg!(feature = "dpdk") {
+            anyhow::bail!(
+                "phase {phase} needs the DPDK backend: build with `cargo build --release --features dpdk` (and libdpdk-dev installed)"
+            );
+        }
+        if !PHASES.contains(&phase.as_str()) && !DPDK_PHASES.contains(&phase.as_str()) {
+            anyhow::bail!(
+                "unknown phase {phase:?}: choose from {}, {}",
+                PHASES.join(", "),
+                DPDK_PHASES.join(", ")
+            );
+        }
+    }
     let all = args.phases.is_empty();
     let wants = |phase: &str| all || args.phases.iter().any(|p| p == phase);
     println!(
@@ -87,10 +107,25 @@ pub async fn run(args: FeedBenchArgs) -> anyhow::Result<()> {
     if wants("loss") {
         loss(&args).await?;
     }
+    #[cfg(feature = "dpdk")]
+    {
+        if wants("dpdk-null") {
+            let a = args.clone();
+            tokio::task::spawn_blocking(move || super::feed_dpdk::raw(&a, "net_null", false)).await??;
+        }
+        if wants("dpdk-ring") {
+            let a = args.clone();
+            tokio::task::spawn_blocking(move || super::feed_dpdk::raw(&a, "net_ring", true)).await??;
+        }
+        if wants("dpdk-veth") {
+            let a = args.clone();
+            tokio::task::spawn_blocking(move || super::feed_dpdk::veth(&a)).await??;
+        }
+    }
     Ok(())
 }
 
-fn config(args: &FeedBenchArgs, session: u64, egress_packets_per_s: u64) -> PublisherConfig {
+pub(super) fn config(args: &FeedBenchArgs, session: u64, egress_packets_per_s: u64) -> PublisherConfig {
     PublisherConfig {
         session,
         mtu_bytes: args.mtu_bytes,
@@ -102,7 +137,7 @@ fn config(args: &FeedBenchArgs, session: u64, egress_packets_per_s: u64) -> Publ
     }
 }
 
-fn record(seq: u64, channel: &str, bytes: usize) -> FeedRecord {
+pub(super) fn record(seq: u64, channel: &str, bytes: usize) -> FeedRecord {
     FeedRecord {
         seq,
         channel_seq: seq,
@@ -236,7 +271,7 @@ fn latency_of(delivered: &txlog_client::feed::Delivered) -> u64 {
     wall_clock_ns().saturating_sub(sent)
 }
 
-fn summary(h: &Histogram<u64>) -> String {
+pub(super) fn summary(h: &Histogram<u64>) -> String {
     format!(
         "p50 {:>6.1} µs  p99 {:>7.1} µs  p99.9 {:>7.1} µs  max {:>8.1} µs  ({} samples)",
         h.value_at_quantile(0.5) as f64 / 1000.0,

@@ -7,6 +7,8 @@ mod append;
 mod cluster;
 mod failover;
 mod feed;
+#[cfg(feature = "dpdk")]
+mod feed_dpdk;
 mod resync;
 mod seal;
 mod startup;
