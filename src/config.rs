@@ -43,6 +43,9 @@
 //! # feed_ring_bytes = 67108864
 //! # feed_heartbeat_ms = 1000
 //! # feed_egress_packets_per_s = 0   # 0: unpaced
+//! # feed_dpdk_device = "net_af_packet0,iface=eth1"  # publish through DPDK (build with --features dpdk)
+//! # feed_dpdk_eal_args = "--no-huge --no-pci --no-shconf --no-telemetry -m 256"
+//! # feed_dpdk_next_hop_mac = "02:00:0a:00:00:01"  # unicast targets' next hop (no ARP in DPDK)
 //! ```
 
 use std::collections::BTreeMap;
@@ -281,6 +284,19 @@ pub struct NodeSettings {
     /// Most live feed packets per second (a link's limit); 0: unpaced [default: 0].
     #[arg(long, env = "TXLOG_FEED_EGRESS_PACKETS_PER_S")]
     pub feed_egress_packets_per_s: Option<u64>,
+    /// Publish the feed through DPDK on this virtual device instead of the kernel:
+    /// net_af_packet0,iface=IF (a real interface; needs CAP_NET_RAW), net_null0 or net_ring0.
+    /// Needs a txlog built with --features dpdk. Re-requests are still answered on feed_listen.
+    #[arg(long, env = "TXLOG_FEED_DPDK_DEVICE")]
+    pub feed_dpdk_device: Option<String>,
+    /// DPDK EAL arguments, space-separated [default: --no-huge --no-pci --no-shconf
+    /// --no-telemetry -m 256 --log-level=*:warning].
+    #[arg(long, env = "TXLOG_FEED_DPDK_EAL_ARGS")]
+    pub feed_dpdk_eal_args: Option<String>,
+    /// Ethernet address of the next hop for unicast feed targets (DPDK does no ARP);
+    /// multicast targets need none.
+    #[arg(long, env = "TXLOG_FEED_DPDK_NEXT_HOP_MAC")]
+    pub feed_dpdk_next_hop_mac: Option<String>,
 }
 
 impl NodeSettings {
@@ -339,6 +355,9 @@ impl NodeSettings {
             feed_ring_bytes,
             feed_heartbeat_ms,
             feed_egress_packets_per_s,
+            feed_dpdk_device,
+            feed_dpdk_eal_args,
+            feed_dpdk_next_hop_mac,
         )
     }
 
@@ -398,6 +417,8 @@ pub struct Feed {
     pub mtu_bytes: usize,
     pub ring_bytes: usize,
     pub heartbeat: std::time::Duration,
+    /// Publish through DPDK instead of the kernel socket.
+    pub dpdk: Option<FeedDpdk>,
     pub egress_packets_per_s: u64,
 }
 
@@ -523,6 +544,14 @@ impl NodeConfig {
     }
 }
 
+/// The feed's DPDK backend settings.
+#[derive(Debug, Clone)]
+pub struct FeedDpdk {
+    pub device: String,
+    pub eal_args: Vec<String>,
+    pub next_hop_mac: Option<txlog_feed::frame::Mac>,
+}
+
 /// Most feed targets (each packet is sent once per target).
 const FEED_TARGETS_MAX: usize = 256;
 
@@ -563,6 +592,7 @@ fn feed_of(s: &NodeSettings) -> Result<Option<Feed>> {
         Some(spec) => txlog_feed::Classes::parse(spec).map_err(|e| Error::Config(e.to_string()))?,
         None => txlog_feed::Classes::default(),
     };
+    let dpdk = feed_dpdk_of(s, &listen, &targets)?;
     let feed = Feed {
         listen,
         targets,
@@ -571,11 +601,55 @@ fn feed_of(s: &NodeSettings) -> Result<Option<Feed>> {
         ring_bytes: s.feed_ring_bytes.unwrap_or(txlog_feed::RING_BYTES_DEFAULT),
         heartbeat: std::time::Duration::from_millis(s.feed_heartbeat_ms.unwrap_or(txlog_feed::HEARTBEAT_MS_DEFAULT)),
         egress_packets_per_s: s.feed_egress_packets_per_s.unwrap_or(0),
+        dpdk,
     };
     feed.publisher_config(0)
         .validate()
         .map_err(|e| Error::Config(e.to_string()))?;
     Ok(Some(feed))
+}
+
+fn feed_dpdk_of(s: &NodeSettings, listen: &SocketAddr, targets: &[SocketAddr]) -> Result<Option<FeedDpdk>> {
+    let device = match s.feed_dpdk_device.as_deref().map(str::trim) {
+        None | Some("") | Some("off") => {
+            if s.feed_dpdk_eal_args.is_some() || s.feed_dpdk_next_hop_mac.is_some() {
+                return Err(Error::Config(
+                    "feed_dpdk_eal_args and feed_dpdk_next_hop_mac need feed_dpdk_device".into(),
+                ));
+            }
+            return Ok(None);
+        }
+        Some(device) => device.to_owned(),
+    };
+    if !cfg!(feature = "dpdk") {
+        return Err(Error::Config(format!(
+            "feed_dpdk_device {device:?}: this txlog was built without DPDK; build it with `cargo build --release --features dpdk` (needs libdpdk-dev)"
+        )));
+    }
+    if !listen.is_ipv4() || targets.iter().any(|t| !t.is_ipv4()) {
+        return Err(Error::Config(
+            "the DPDK feed backend sends IPv4 only: feed_listen and feed_targets must be IPv4".into(),
+        ));
+    }
+    let next_hop_mac = s
+        .feed_dpdk_next_hop_mac
+        .as_deref()
+        .map(|m| txlog_feed::frame::parse_mac(m).map_err(|e| Error::Config(format!("feed_dpdk_next_hop_mac: {e}"))))
+        .transpose()?;
+    if next_hop_mac.is_none() && targets.iter().any(|t| !t.ip().is_multicast()) {
+        return Err(Error::Config(
+            "unicast feed_targets through DPDK need feed_dpdk_next_hop_mac (DPDK does no ARP)".into(),
+        ));
+    }
+    let eal_args = match &s.feed_dpdk_eal_args {
+        Some(args) => args.split_whitespace().map(str::to_owned).collect(),
+        None => txlog_feed::EAL_ARGS_DEFAULT.iter().map(|a| a.to_string()).collect(),
+    };
+    Ok(Some(FeedDpdk {
+        device,
+        eal_args,
+        next_hop_mac,
+    }))
 }
 
 impl Feed {
@@ -972,5 +1046,50 @@ mod tests {
         let config = NodeConfig::resolve(file, flags).unwrap();
         assert_eq!(config.region, "lyon");
         assert_eq!(config.peers.len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod feed_tests {
+    use super::*;
+
+    fn settings(extra: &str) -> NodeSettings {
+        toml::from_str(&format!(
+            "feed_listen = \"10.1.0.11:7500\"\nfeed_targets = [\"10.1.0.20:7500\"]\n{extra}"
+        ))
+        .expect("toml")
+    }
+
+    /// The DPDK settings say what is missing or wrong, and name the setting.
+    #[test]
+    fn dpdk_feed_settings_are_checked() {
+        assert!(feed_of(&settings(""))
+            .expect("kernel feed")
+            .expect("a feed")
+            .dpdk
+            .is_none());
+        let err = feed_of(&settings("feed_dpdk_next_hop_mac = \"02:00:00:00:00:01\"")).expect_err("no device");
+        assert!(err.to_string().contains("need feed_dpdk_device"), "{err}");
+        let with_device = feed_of(&settings("feed_dpdk_device = \"net_af_packet0,iface=eth1\""));
+        if cfg!(feature = "dpdk") {
+            let err = with_device.expect_err("unicast target without a MAC");
+            assert!(err.to_string().contains("feed_dpdk_next_hop_mac"), "{err}");
+            let err = feed_of(&settings(
+                "feed_dpdk_device = \"net_null0\"\nfeed_dpdk_next_hop_mac = \"02:00:00:00:01\"",
+            ))
+            .expect_err("short MAC");
+            assert!(err.to_string().contains("feed_dpdk_next_hop_mac"), "{err}");
+            let feed = feed_of(&settings(
+                "feed_dpdk_device = \"net_null0\"\nfeed_dpdk_next_hop_mac = \"02:00:00:00:00:01\"",
+            ))
+            .expect("valid")
+            .expect("a feed");
+            let dpdk = feed.dpdk.expect("dpdk");
+            assert_eq!(dpdk.next_hop_mac, Some([2, 0, 0, 0, 0, 1]));
+            assert_eq!(dpdk.eal_args[0], "--no-huge");
+        } else {
+            let err = with_device.expect_err("built without DPDK");
+            assert!(err.to_string().contains("--features dpdk"), "{err}");
+        }
     }
 }

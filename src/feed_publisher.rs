@@ -93,6 +93,39 @@ impl txlog_feed::RecordSource for StoreSource {
 /// The body of one of the feed's threads: runs until its flag is set.
 type FeedThread = Box<dyn FnOnce(&AtomicBool) -> io::Result<()> + Send>;
 
+/// The kernel socket `socket`, or the DPDK device `feed.dpdk` names.
+fn backend(feed: &Feed, socket: UdpSocket) -> Result<Box<dyn txlog_feed::Backend>> {
+    match &feed.dpdk {
+        None => Ok(Box::new(
+            txlog_feed::KernelBackend::new(socket, &feed.targets, 1)
+                .map_err(|e| Error::Config(format!("feed targets {:?}: {e}", feed.targets)))?,
+        )),
+        #[cfg(feature = "dpdk")]
+        Some(dpdk) => {
+            let ipv4 = |a: &std::net::SocketAddr| match a {
+                std::net::SocketAddr::V4(v4) => Ok(*v4),
+                std::net::SocketAddr::V6(_) => Err(Error::Config("the DPDK feed backend sends IPv4 only".into())),
+            };
+            let backend = txlog_feed::DpdkBackend::open(txlog_feed::DpdkConfig {
+                eal_args: dpdk.eal_args.clone(),
+                device: dpdk.device.clone(),
+                source: ipv4(&feed.listen)?,
+                targets: feed.targets.iter().map(ipv4).collect::<Result<_>>()?,
+                next_hop_mac: dpdk.next_hop_mac,
+                multicast_ttl: 1,
+                receive: false,
+            })
+            .map_err(|e| Error::Config(format!("feed DPDK device {:?}: {e}", dpdk.device)))?;
+            Ok(Box::new(backend))
+        }
+        #[cfg(not(feature = "dpdk"))]
+        Some(dpdk) => Err(Error::Config(format!(
+            "feed DPDK device {:?}: this txlog was built without DPDK",
+            dpdk.device
+        ))),
+    }
+}
+
 /// Start the feed: bind `feed.listen`, then run the publisher and the
 /// retransmit service on their own threads until `shutdown`.
 pub fn start(
@@ -123,8 +156,8 @@ pub fn start(
             .try_clone()
             .map_err(|e| Error::Internal(format!("feed socket: {e}")))
     };
-    let backend = txlog_feed::KernelBackend::new(clone(&socket)?, &feed.targets, 1)
-        .map_err(|e| Error::Config(format!("feed targets {:?}: {e}", feed.targets)))?;
+    let backend = backend(feed, clone(&socket)?)?;
+    let backend_name = backend.name();
     let admit = move |ip: IpAddr| gate.allowlist().allows(ServiceClass::Clients, ip);
     let service =
         txlog_feed::RetransmitService::new(socket, shared, txlog_feed::RetransmitLimits::default(), Box::new(admit));
@@ -138,6 +171,7 @@ pub fn start(
     tracing::info!(
         listen = %service_address,
         targets = ?feed.targets,
+        backend = backend_name,
         session,
         from_seq = source.next_seq,
         "feed publishing"
@@ -156,7 +190,7 @@ pub fn start(
     };
     let publishing = spawn(
         "feed-publisher",
-        Box::new(move |stop| txlog_feed::publisher::run(publisher, Box::new(backend), source, stop)),
+        Box::new(move |stop| txlog_feed::publisher::run(publisher, backend, source, stop)),
     )?;
     let serving = spawn("feed-retransmit", Box::new(move |stop| service.run(stop)))?;
     tracker.spawn(async move {

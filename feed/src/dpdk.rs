@@ -56,19 +56,7 @@ use crate::frame::FrameTemplate;
 use crate::frame::Mac;
 use crate::frame::FRAME_HEADER_BYTES;
 
-/// EAL arguments when none are configured: no hugepages, no PCI scan, no
-/// shared config, no telemetry socket, 256 MiB of ordinary memory. The
-/// lcore mapping (`--lcores 0@(<allowed CPUs>)`) is added at start so the
-/// data-plane thread may run on any CPU the process may.
-pub const EAL_ARGS_DEFAULT: &[&str] = &[
-    "--no-huge",
-    "--no-pci",
-    "--no-shconf",
-    "--no-telemetry",
-    "-m",
-    "256",
-    "--log-level=*:warning",
-];
+pub use crate::EAL_ARGS_DEFAULT;
 /// Frames per `tx_burst` / `rx_burst`.
 const BURST_FRAMES: usize = 64;
 /// Mbufs per port's pool (2^n − 1 is what the mempool likes).

@@ -72,6 +72,19 @@ pub use record::FeedRecord;
 pub use retransmit::RetransmitLimits;
 pub use retransmit::RetransmitService;
 
+/// EAL arguments when none are configured: no hugepages, no PCI scan, no
+/// shared config, no telemetry socket, 256 MiB of ordinary memory. The
+/// lcore mapping (`--lcores 0@(<allowed CPUs>)`) is added at start so the
+/// data-plane thread may run on any CPU the process may.
+pub const EAL_ARGS_DEFAULT: &[&str] = &[
+    "--no-huge",
+    "--no-pci",
+    "--no-shconf",
+    "--no-telemetry",
+    "-m",
+    "256",
+    "--log-level=*:warning",
+];
 /// Default IP packet size of feed packets: Ethernet's.
 pub const MTU_BYTES_DEFAULT: usize = 1500;
 /// Default bytes of recent packets kept for re-requests.
