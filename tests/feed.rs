@@ -248,3 +248,100 @@ async fn gaps_past_the_ring_come_from_the_log_and_garbage_is_dropped() {
     delivered.extend(after);
     check(&delivered, &all);
 }
+
+/// The node's DPDK backend end to end (feature `dpdk`, root): three nodes
+/// publish through `net_af_packet` on the outer end of a veth pair to a
+/// `FeedSubscriber` whose socket is in a network namespace behind the
+/// inner end. Frames leave from each node's feed address (on the outer
+/// end), so the subscriber's re-requests come back through the kernel to
+/// the node's retransmit socket; loss is injected, so that path is used.
+/// Every record arrives once, in order per class.
+#[cfg(feature = "dpdk")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpdk_backend_publishes_over_a_veth_to_a_subscriber_in_a_namespace() {
+    use txlog_feed::veth::VethNamespace;
+    use txlog_feed::veth::INNER_ADDRESS;
+    use txlog_feed::veth::OUTER_ADDRESS;
+
+    let _serial = SERIAL.lock().await;
+    // SAFETY: plain query.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test makes a network namespace and needs root"
+    );
+    let veth = VethNamespace::create("node", true).expect("veth pair and namespace");
+    let mac = txlog_feed::frame::format_mac(&veth.inner_mac().expect("inner MAC"));
+    let subscriber_port = 7430;
+    let target = format!("{INNER_ADDRESS}:{subscriber_port}");
+    let outer = veth.outer.clone();
+    let ids = [11u64, 1100, 110_000];
+    let ports: BTreeMap<u64, u16> = ids
+        .iter()
+        .map(|&id| (id, txlog_testkit::free_port().expect("free port")))
+        .collect();
+    let node_ports = ports.clone();
+    let cluster = TestCluster::start_with_node_args(
+        &ids,
+        &[
+            "--feed-targets",
+            &target,
+            "--feed-heartbeat-ms",
+            "100",
+            "--feed-dpdk-next-hop-mac",
+            &mac,
+        ],
+        move |id| {
+            vec![
+                "--feed-listen".into(),
+                format!("{OUTER_ADDRESS}:{}", node_ports[&id]),
+                "--feed-dpdk-device".into(),
+                format!("net_af_packet{id},iface={outer}"),
+            ]
+        },
+    );
+    cluster.wait_for_leader(WAIT).await;
+    let options = FeedSubscriberOptions {
+        listen: SocketAddr::from((INNER_ADDRESS, subscriber_port)),
+        group: None,
+        classes: None,
+        channel: None,
+        receiver: ReceiverConfig {
+            from_seq: Some(1),
+            session_timeout: Duration::from_secs(1),
+            ..ReceiverConfig::default()
+        },
+        drop_datagram: Some(Arc::new(|i| {
+            i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32 & 0xFFFF < 1300
+        })),
+    };
+    let client = cluster.client();
+    let runtime = tokio::runtime::Handle::current();
+    let mut subscriber = veth
+        .in_namespace(move || {
+            let _runtime = runtime.enter();
+            FeedSubscriber::join(options, Some(client))
+        })
+        .expect("namespace thread")
+        .expect("subscriber joins in the namespace");
+    let appends = tokio::spawn({
+        let client = cluster.client();
+        async move { append(&client, "n", 1000).await }
+    });
+    let mut delivered = Vec::new();
+    collect(&mut subscriber, 1000, &mut delivered).await;
+    let appended = appends.await.expect("appends");
+    let counters = subscriber.counters().clone();
+    assert_eq!(delivered.len(), 1000, "{counters:?}\n{}", cluster.logs());
+    check(&delivered, &appended);
+    assert!(subscriber.dropped() > 0, "loss was injected");
+    assert!(
+        counters.rerequests > 0 && counters.recovered > 0,
+        "re-requests crossed the veth to a node and came back: {counters:?}"
+    );
+    assert!(delivered.iter().any(|d| d.via == Via::Live));
+    assert!(
+        cluster.logs().contains("DPDK port started"),
+        "the nodes published through DPDK"
+    );
+}

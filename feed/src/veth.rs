@@ -98,8 +98,9 @@ impl VethNamespace {
         })?
     }
 
-    /// Run `f` on a short-lived thread moved into the namespace.
-    fn in_namespace<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
+    /// Run `f` on a short-lived thread moved into the namespace (sockets
+    /// it makes stay there).
+    pub fn in_namespace<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
         let path = format!("/var/run/netns/{}", self.namespace);
         std::thread::spawn(move || -> io::Result<T> {
             let ns = std::fs::File::open(&path)?;
