@@ -547,6 +547,9 @@ impl NodeConfig {
 /// The feed's DPDK backend settings.
 #[derive(Debug, Clone)]
 pub struct FeedDpdk {
+    /// `feed_listen` and `feed_targets` as the IPv4 addresses DPDK frames carry.
+    pub source: std::net::SocketAddrV4,
+    pub targets: Vec<std::net::SocketAddrV4>,
     pub device: String,
     pub eal_args: Vec<String>,
     pub next_hop_mac: Option<txlog_feed::frame::Mac>,
@@ -626,11 +629,14 @@ fn feed_dpdk_of(s: &NodeSettings, listen: &SocketAddr, targets: &[SocketAddr]) -
             "feed_dpdk_device {device:?}: this txlog was built without DPDK; build it with `cargo build --release --features dpdk` (needs libdpdk-dev)"
         )));
     }
-    if !listen.is_ipv4() || targets.iter().any(|t| !t.is_ipv4()) {
-        return Err(Error::Config(
+    let ipv4 = |address: &SocketAddr| match address {
+        SocketAddr::V4(v4) => Ok(*v4),
+        SocketAddr::V6(_) => Err(Error::Config(
             "the DPDK feed backend sends IPv4 only: feed_listen and feed_targets must be IPv4".into(),
-        ));
-    }
+        )),
+    };
+    let source = ipv4(listen)?;
+    let targets = targets.iter().map(ipv4).collect::<Result<Vec<_>>>()?;
     let next_hop_mac = s
         .feed_dpdk_next_hop_mac
         .as_deref()
@@ -646,6 +652,8 @@ fn feed_dpdk_of(s: &NodeSettings, listen: &SocketAddr, targets: &[SocketAddr]) -
         None => txlog_feed::EAL_ARGS_DEFAULT.iter().map(|a| a.to_string()).collect(),
     };
     Ok(Some(FeedDpdk {
+        source,
+        targets,
         device,
         eal_args,
         next_hop_mac,

@@ -102,15 +102,11 @@ fn backend(feed: &Feed, socket: UdpSocket) -> Result<Box<dyn txlog_feed::Backend
         )),
         #[cfg(feature = "dpdk")]
         Some(dpdk) => {
-            let ipv4 = |a: &std::net::SocketAddr| match a {
-                std::net::SocketAddr::V4(v4) => Ok(*v4),
-                std::net::SocketAddr::V6(_) => Err(Error::Config("the DPDK feed backend sends IPv4 only".into())),
-            };
             let backend = txlog_feed::DpdkBackend::open(txlog_feed::DpdkConfig {
                 eal_args: dpdk.eal_args.clone(),
                 device: dpdk.device.clone(),
-                source: ipv4(&feed.listen)?,
-                targets: feed.targets.iter().map(ipv4).collect::<Result<_>>()?,
+                source: dpdk.source,
+                targets: dpdk.targets.clone(),
                 next_hop_mac: dpdk.next_hop_mac,
                 multicast_ttl: 1,
                 receive: false,

@@ -175,10 +175,7 @@ struct DataPlane {
 }
 
 enum Command {
-    Open(
-        Box<DpdkConfig>,
-        mpsc::SyncSender<Result<(Arc<PortShared>, Mac), String>>,
-    ),
+    Open(Box<DpdkConfig>, mpsc::SyncSender<Result<Arc<PortShared>, String>>),
     Close(String, mpsc::SyncSender<()>),
 }
 
@@ -255,9 +252,9 @@ impl DataPlane {
                 match command {
                     Command::Open(config, reply) => {
                         let opened = Port::open(&config).map(|p| {
-                            let handle = (p.shared.clone(), p.mac);
+                            let shared = p.shared.clone();
                             ports.push(p);
-                            handle
+                            shared
                         });
                         let _ = reply.send(opened);
                     }
@@ -353,7 +350,6 @@ struct Port {
     name: String,
     id: u16,
     pool: *mut sys::RteMempool,
-    mac: Mac,
     templates: Vec<FrameTemplate>,
     feed_port: u16,
     receive: bool,
@@ -403,23 +399,19 @@ impl Port {
         let pool = unsafe {
             sys::txlog_dpdk_pool_create(pool_name.as_ptr(), POOL_MBUFS, POOL_CACHE_MBUFS, MBUF_DATA_ROOM_BYTES)
         };
+        if pool.is_null() {
+            let err = sys::errno();
+            // SAFETY: removes the device created above.
+            unsafe { sys::txlog_dpdk_vdev_remove(c_name.as_ptr()) };
+            return Err(format!(
+                "cannot create the mbuf pool for {name}: {} (is EAL's -m large enough?)",
+                sys::strerror(err)
+            ));
+        }
         let fail = |what: String| {
-            // SAFETY: undoes what was set up so far; pool may be null.
-            unsafe {
-                if !pool.is_null() {
-                    sys::txlog_dpdk_port_close(id);
-                    sys::txlog_dpdk_pool_free(pool);
-                }
-                sys::txlog_dpdk_vdev_remove(c_name.as_ptr());
-            }
+            release(id, pool, &c_name);
             what
         };
-        if pool.is_null() {
-            return Err(fail(format!(
-                "cannot create the mbuf pool for {name}: {} (is EAL's -m large enough?)",
-                sys::strerror(sys::errno())
-            )));
-        }
         // SAFETY: id is a valid port, pool a valid mempool.
         let rc = unsafe { sys::txlog_dpdk_port_start(id, pool, PORT_DESCRIPTORS, PORT_DESCRIPTORS) };
         if rc < 0 {
@@ -449,7 +441,6 @@ impl Port {
             name,
             id,
             pool,
-            mac,
             templates,
             feed_port: config.source.port(),
             receive: config.receive,
@@ -594,14 +585,22 @@ impl Port {
     }
 
     fn close(self) {
-        let name = CString::new(self.name.clone()).expect("no NUL");
-        // SAFETY: the port and pool are ours; nothing uses them after this.
-        unsafe {
-            sys::txlog_dpdk_port_close(self.id);
-            sys::txlog_dpdk_vdev_remove(name.as_ptr());
-            sys::txlog_dpdk_pool_free(self.pool);
-        }
+        release(self.id, self.pool, &CString::new(self.name.clone()).expect("no NUL"));
         tracing::info!(device = %self.name, "DPDK port closed");
+    }
+}
+
+/// Stop and close port `id`, remove its device `name`, free its `pool`:
+/// the one teardown, for a port that failed half-way through opening and
+/// for one that closes.
+fn release(id: u16, pool: *mut sys::RteMempool, name: &std::ffi::CStr) {
+    // SAFETY: the port, device and pool were made by `Port::open` and
+    // nothing uses them after this; the port is closed before its pool
+    // (its queues hold mbufs from it) is freed.
+    unsafe {
+        sys::txlog_dpdk_port_close(id);
+        sys::txlog_dpdk_vdev_remove(name.as_ptr());
+        sys::txlog_dpdk_pool_free(pool);
     }
 }
 
@@ -610,7 +609,6 @@ pub struct DpdkBackend {
     plane: Arc<DataPlane>,
     shared: Arc<PortShared>,
     name: String,
-    mac: Mac,
     /// Frames per packet (one per target), for drop accounting.
     targets: u64,
 }
@@ -624,7 +622,7 @@ impl DpdkBackend {
         let targets = config.targets.len() as u64;
         let (reply_tx, reply_rx) = mpsc::sync_channel(1);
         plane.command(Command::Open(Box::new(config), reply_tx));
-        let (shared, mac) = reply_rx
+        let shared = reply_rx
             .recv_timeout(COMMAND_TIMEOUT)
             .map_err(|_| Error::config(format!("DPDK port {name} did not open within 30 s")))?
             .map_err(Error::config)?;
@@ -632,14 +630,8 @@ impl DpdkBackend {
             plane,
             shared,
             name,
-            mac,
             targets,
         })
-    }
-
-    /// The port's Ethernet address.
-    pub fn mac(&self) -> Mac {
-        self.mac
     }
 
     pub fn counters(&self) -> DpdkCountersSnapshot {

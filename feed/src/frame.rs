@@ -33,7 +33,6 @@ pub type Mac = [u8; MAC_BYTES];
 #[derive(Debug, Clone)]
 pub struct FrameTemplate {
     header: [u8; FRAME_HEADER_BYTES],
-    target: SocketAddrV4,
 }
 
 impl FrameTemplate {
@@ -69,11 +68,7 @@ impl FrameTemplate {
         let udp = &mut header[ETHERNET_HEADER_BYTES + IPV4_HEADER_BYTES..];
         udp[0..2].copy_from_slice(&source.port().to_be_bytes());
         udp[2..4].copy_from_slice(&target.port().to_be_bytes());
-        Ok(FrameTemplate { header, target })
-    }
-
-    pub fn target(&self) -> SocketAddrV4 {
-        self.target
+        Ok(FrameTemplate { header })
     }
 
     /// Write the frame carrying `payload` into `out`, which is exactly

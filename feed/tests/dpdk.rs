@@ -107,7 +107,7 @@ fn null_port_counts_every_frame() {
     while !backend.is_drained() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(2));
     }
-    drop_and_wait(&mut backend);
+    wait_until_settled(&backend);
     let counters = backend.counters();
     assert_eq!(
         counters.frames_sent + counters.frames_dropped,
@@ -120,7 +120,7 @@ fn null_port_counts_every_frame() {
 
 /// Waits until the data-plane thread has sent what it took (its counters
 /// settle), without closing the port.
-fn drop_and_wait(backend: &mut DpdkBackend) {
+fn wait_until_settled(backend: &DpdkBackend) {
     let mut last = backend.counters();
     loop {
         std::thread::sleep(Duration::from_millis(20));
