@@ -43,6 +43,18 @@ counters! {
     describe_requests,
     /// Datagrams on the retransmit port that were not valid requests.
     malformed_received,
+    /// Records published on the speculative stream.
+    speculative_records,
+    /// Appended records left off the speculative stream: larger than a
+    /// packet, or in an entry the publisher could not read (they still
+    /// arrive on their committed stream).
+    speculative_skipped,
+    /// Log events the node could not hand to the speculative stream (its
+    /// queue was full); their records still arrive committed.
+    speculative_events_dropped,
+    speculative_committed,
+    speculative_rolled_back,
+    speculative_unknown,
 }
 
 impl Counters {

@@ -24,9 +24,11 @@
 //! `sendmmsg`); [`receiver`] is the subscriber's logic without I/O (the
 //! client library's `FeedSubscriber` drives it).
 //!
-//! **Left out for now.** The DPDK backend and speculative (pre-commit)
-//! streams are not built yet; the packet header reserves a flags byte for
-//! the latter.
+//! **Speculative stream (opt-in).** Besides its class streams a publisher
+//! may run one more stream of records as its node's log appends them,
+//! before commit, each entry followed by a commit, rollback or "unknown"
+//! resolution ([`speculative`], [`speculative_receiver`]). It is a preview:
+//! the class streams stay the truth and carry every committed record.
 
 pub mod backend;
 pub mod class;
@@ -45,6 +47,8 @@ pub mod record;
 pub mod retransmit;
 pub mod retransmit_ring;
 pub mod scheduler;
+pub mod speculative;
+pub mod speculative_receiver;
 #[cfg(feature = "dpdk")]
 pub mod veth;
 
@@ -71,6 +75,15 @@ pub use receiver::Via;
 pub use record::FeedRecord;
 pub use retransmit::RetransmitLimits;
 pub use retransmit::RetransmitService;
+pub use speculative::AppendedEntry;
+pub use speculative::LogEvent;
+pub use speculative::SpeculativeRecord;
+pub use speculative::SpeculativeUpdate;
+pub use speculative_receiver::SpeculativeConfig;
+pub use speculative_receiver::SpeculativeCounters;
+pub use speculative_receiver::SpeculativeDelivered;
+pub use speculative_receiver::SpeculativeEvent;
+pub use speculative_receiver::SpeculativeReceiver;
 
 /// EAL arguments when none are configured: no hugepages, no PCI scan, no
 /// shared config, no telemetry socket, 256 MiB of ordinary memory. The

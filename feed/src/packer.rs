@@ -13,6 +13,7 @@ use crate::packet::Message;
 use crate::packet::PacketHeader;
 use crate::packet::PacketKind;
 use crate::packet::RecordRef;
+use crate::packet::FLAG_SPECULATIVE;
 use crate::packet::FRAGMENT_MORE_OVERHEAD_BYTES;
 use crate::packet::HEADER_BYTES;
 
@@ -27,6 +28,8 @@ pub struct Packet {
 
 pub struct StreamPacker {
     class: u8,
+    /// Header flags of every packet: [`FLAG_SPECULATIVE`] on a speculative stream.
+    flags: u8,
     session: u64,
     /// Largest UDP payload.
     packet_bytes_max: usize,
@@ -44,6 +47,7 @@ impl StreamPacker {
         assert!(packet_bytes_max >= HEADER_BYTES + fragment_start_overhead_bytes(&"c".repeat(64), &[0; 64]) + 64);
         StreamPacker {
             class,
+            flags: 0,
             session,
             packet_bytes_max,
             next_seq: 1,
@@ -52,6 +56,33 @@ impl StreamPacker {
             current_count: 0,
             last_record_seq: 0,
         }
+    }
+
+    /// This packer fills a speculative stream's packets.
+    pub fn speculative(mut self) -> StreamPacker {
+        self.flags = FLAG_SPECULATIVE;
+        self
+    }
+
+    /// Pack one message that takes `bytes` (as written, length prefix
+    /// included) and must not be split; false, packing nothing, when it is
+    /// larger than a packet.
+    pub fn push_message(
+        &mut self,
+        message: Message<'_>,
+        bytes: usize,
+        now_ns: u64,
+        done: &mut impl FnMut(Packet),
+    ) -> bool {
+        if bytes > self.packet_bytes_max - HEADER_BYTES {
+            return false;
+        }
+        if bytes > self.room() {
+            self.flush(now_ns, done);
+        }
+        self.add(message);
+        debug_assert!(self.current.len() <= self.packet_bytes_max);
+        true
     }
 
     /// The stream seq the next message will get.
@@ -134,6 +165,7 @@ impl StreamPacker {
         PacketHeader {
             kind,
             class: self.class,
+            flags: self.flags,
             count: 0,
             session: self.session,
             first_seq,
@@ -220,6 +252,7 @@ mod tests {
                         );
                         last.extend_from_slice(chunk);
                     }
+                    other => panic!("a class stream packed {other:?}"),
                 }
             }
         }

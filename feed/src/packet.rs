@@ -7,7 +7,9 @@
 //!   2  version        u8   = 1
 //!   3  kind           u8   PacketKind
 //!   4  class          u8   priority class (its own stream and sequence space)
-//!   5  flags          u8   reserved, 0
+//!   5  flags          u8   bit 0: a speculative stream's packet (its class
+//!                          is the slot after the last priority class);
+//!                          other bits 0
 //!   6  count          u16  data: messages in the packet; re-request: messages wanted
 //!   8  session        u64  the publisher's session (new at every start)
 //!  16  first_seq      u64  data: stream seq of the first message;
@@ -33,7 +35,17 @@
 //! 2 fragment start  flags u8 | seq u64 | channel_seq u64 | payload_bytes u32
 //!                   | channel_len u8 | channel | txid_len u8 | txid | first chunk
 //! 3 fragment more   seq u64 | offset u32 | chunk
+//! 4 speculative     class u8 | flags u8 | term u64 | index u64 | position u32
+//!                   | channel_len u8 | channel | txid_len u8 | txid | payload
+//! 5 resolution      outcome u8 (1 committed, 2 rolled back, 3 unknown)
+//!                   | term u64 | index u64
 //! ```
+//!
+//! Types 4 and 5 travel only on a speculative stream ([`FLAG_SPECULATIVE`]),
+//! 1 to 3 only on a priority class's: a speculative record is named by the
+//! Raft entry that carries it (term, index) and its position in that entry,
+//! as it has no seq until it is applied; a resolution says what became of
+//! an entry whose records the stream carried (see [`crate::speculative`]).
 //!
 //! Message flag bit 0: the payload is sealed (as the record file holds it;
 //! a subscriber with the cluster's keys opens it). A record too large for
@@ -57,6 +69,9 @@ pub const UDP_PAYLOAD_BYTES_MAX: usize = 65_507;
 
 /// Message flag: the payload is sealed.
 pub const MESSAGE_SEALED: u8 = 1;
+/// Header flag: the packet belongs to a speculative stream.
+pub const FLAG_SPECULATIVE: u8 = 1;
+const FLAGS_KNOWN: u8 = FLAG_SPECULATIVE;
 
 const CRC_OFFSET: usize = 32;
 
@@ -94,6 +109,8 @@ impl PacketKind {
 pub struct PacketHeader {
     pub kind: PacketKind,
     pub class: u8,
+    /// [`FLAG_SPECULATIVE`] or 0.
+    pub flags: u8,
     pub count: u16,
     pub session: u64,
     pub first_seq: u64,
@@ -101,13 +118,17 @@ pub struct PacketHeader {
 }
 
 impl PacketHeader {
+    pub fn is_speculative(&self) -> bool {
+        self.flags & FLAG_SPECULATIVE != 0
+    }
+
     /// Append the header, checksum zero, to `out` (see [`finish`]).
     pub fn write(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&MAGIC);
         out.push(FORMAT_VERSION);
         out.push(self.kind as u8);
         out.push(self.class);
-        out.push(0);
+        out.push(self.flags);
         out.extend_from_slice(&self.count.to_le_bytes());
         out.extend_from_slice(&self.session.to_le_bytes());
         out.extend_from_slice(&self.first_seq.to_le_bytes());
@@ -173,9 +194,13 @@ pub fn parse(packet: &[u8]) -> Result<(PacketHeader, &[u8]), Error> {
     }
     let kind =
         PacketKind::from_u8(packet[3]).ok_or_else(|| Error::malformed(format!("unknown packet kind {}", packet[3])))?;
+    if packet[5] & !FLAGS_KNOWN != 0 {
+        return Err(Error::malformed(format!("unknown packet flags {:#04x}", packet[5])));
+    }
     let header = PacketHeader {
         kind,
         class: packet[4],
+        flags: packet[5],
         count: u16::from_le_bytes([packet[6], packet[7]]),
         session: u64_at(packet, 8),
         first_seq: u64_at(packet, 16),
@@ -214,11 +239,64 @@ pub enum Message<'a> {
         offset: u32,
         chunk: &'a [u8],
     },
+    /// A record appended to the log but not yet known to be committed.
+    Speculative(SpeculativeRef<'a>),
+    /// What became of a speculative entry.
+    Resolution(Resolution),
 }
 
 const TYPE_RECORD: u8 = 1;
 const TYPE_FRAGMENT_START: u8 = 2;
 const TYPE_FRAGMENT_MORE: u8 = 3;
+const TYPE_SPECULATIVE: u8 = 4;
+const TYPE_RESOLUTION: u8 = 5;
+
+/// A speculative record, borrowed: named by its Raft entry and its place in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpeculativeRef<'a> {
+    /// The record's priority class at the publisher.
+    pub class: u8,
+    pub term: u64,
+    pub index: u64,
+    /// The record's position in its entry, from 0.
+    pub position: u32,
+    pub channel: &'a str,
+    pub txid: &'a [u8],
+    pub payload: &'a [u8],
+    /// `payload` is sealed for the speculative stream (a sealed cluster's
+    /// subscriber with its keys opens it).
+    pub sealed: bool,
+}
+
+/// What became of a speculative entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Outcome {
+    /// Applied from this log: its records are committed (a record whose
+    /// txid the log already held stays the record it was).
+    Committed = 1,
+    /// Truncated after a change of leader: its records never existed.
+    RolledBack = 2,
+    /// The publisher cannot tell (a snapshot replaced its log, or it stopped
+    /// tracking the entry): the committed streams decide.
+    Unknown = 3,
+}
+
+/// A resolution message: entry (`term`, `index`) had `outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resolution {
+    pub outcome: Outcome,
+    pub term: u64,
+    pub index: u64,
+}
+
+/// Bytes a speculative message takes besides its payload (length prefix included).
+pub fn speculative_overhead_bytes(channel: &str, txid: &[u8]) -> usize {
+    MESSAGE_LEN_BYTES + 1 + 1 + 1 + 8 + 8 + 4 + 1 + channel.len() + 1 + txid.len()
+}
+
+/// Bytes a resolution message takes (length prefix included).
+pub const RESOLUTION_BYTES: usize = MESSAGE_LEN_BYTES + 1 + 1 + 8 + 8;
 
 /// Bytes a record message's fields take besides its payload (length prefix included).
 pub fn record_overhead_bytes(channel: &str, txid: &[u8]) -> usize {
@@ -256,18 +334,30 @@ impl Message<'_> {
                 out.extend_from_slice(&offset.to_le_bytes());
                 out.extend_from_slice(chunk);
             }
+            Message::Speculative(record) => {
+                assert!(record.channel.len() <= u8::MAX as usize && record.txid.len() <= u8::MAX as usize);
+                out.push(TYPE_SPECULATIVE);
+                out.push(record.class);
+                out.push(if record.sealed { MESSAGE_SEALED } else { 0 });
+                out.extend_from_slice(&record.term.to_le_bytes());
+                out.extend_from_slice(&record.index.to_le_bytes());
+                out.extend_from_slice(&record.position.to_le_bytes());
+                out.push(record.channel.len() as u8);
+                out.extend_from_slice(record.channel.as_bytes());
+                out.push(record.txid.len() as u8);
+                out.extend_from_slice(record.txid);
+                out.extend_from_slice(record.payload);
+            }
+            Message::Resolution(resolution) => {
+                out.push(TYPE_RESOLUTION);
+                out.push(resolution.outcome as u8);
+                out.extend_from_slice(&resolution.term.to_le_bytes());
+                out.extend_from_slice(&resolution.index.to_le_bytes());
+            }
         }
         let len = out.len() - len_at - MESSAGE_LEN_BYTES;
         let len = u16::try_from(len).expect("a message fits a packet");
         out[len_at..len_at + 2].copy_from_slice(&len.to_le_bytes());
-    }
-
-    /// The global seq of the record this message belongs to.
-    pub fn seq(&self) -> u64 {
-        match self {
-            Message::Record(record) | Message::FragmentStart { record, .. } => record.seq,
-            Message::FragmentMore { seq, .. } => *seq,
-        }
     }
 }
 
@@ -348,6 +438,42 @@ fn next_message<'a>(body: &mut &'a [u8]) -> Result<Message<'a>, Error> {
                 chunk: reader.0,
             }
         }
+        TYPE_SPECULATIVE => {
+            let class = reader.u8()?;
+            let flags = reader.u8()?;
+            let term = reader.u64()?;
+            let index = reader.u64()?;
+            let position = reader.u32()?;
+            let channel_len = reader.u8()? as usize;
+            let channel =
+                std::str::from_utf8(reader.take(channel_len)?).map_err(|_| Error::malformed("channel is not UTF-8"))?;
+            let txid_len = reader.u8()? as usize;
+            let txid = reader.take(txid_len)?;
+            Message::Speculative(SpeculativeRef {
+                class,
+                term,
+                index,
+                position,
+                channel,
+                txid,
+                payload: reader.0,
+                sealed: flags & MESSAGE_SEALED != 0,
+            })
+        }
+        TYPE_RESOLUTION => {
+            let outcome = match reader.u8()? {
+                1 => Outcome::Committed,
+                2 => Outcome::RolledBack,
+                3 => Outcome::Unknown,
+                other => return Err(Error::malformed(format!("unknown resolution outcome {other}"))),
+            };
+            let term = reader.u64()?;
+            let index = reader.u64()?;
+            if !reader.0.is_empty() {
+                return Err(Error::malformed("resolution message longer than its fields"));
+            }
+            Message::Resolution(Resolution { outcome, term, index })
+        }
         other => return Err(Error::malformed(format!("unknown message type {other}"))),
     })
 }
@@ -422,6 +548,7 @@ mod tests {
         PacketHeader {
             kind,
             class: 2,
+            flags: 0,
             count,
             session: 0xdead_beef_0000_0007,
             first_seq: 41,
@@ -455,6 +582,21 @@ mod tests {
                 offset: 5,
                 chunk: b"-second",
             },
+            Message::Speculative(SpeculativeRef {
+                class: 3,
+                term: 4,
+                index: 1_000_000,
+                position: 17,
+                channel: "orders",
+                txid: b"tx-9",
+                payload: b"maybe",
+                sealed: true,
+            }),
+            Message::Resolution(Resolution {
+                outcome: Outcome::RolledBack,
+                term: 4,
+                index: 1_000_000,
+            }),
         ];
         let mut packet = Vec::new();
         header(PacketKind::Data, 0).write(&mut packet);
@@ -477,6 +619,13 @@ mod tests {
             },
             "the overhead the packer plans with is what a message takes"
         );
+        let written = |message: &Message<'_>| {
+            let mut one = Vec::new();
+            message.write(&mut one);
+            one.len()
+        };
+        assert_eq!(speculative_overhead_bytes("orders", b"tx-9") + 5, written(&messages[4]));
+        assert_eq!(RESOLUTION_BYTES, written(&messages[5]));
     }
 
     /// Any flipped bit, a truncation or a wrong version is refused, never misread.

@@ -20,13 +20,22 @@ use crate::counters::Counters;
 use crate::error::Error;
 use crate::packer::Packet;
 use crate::packer::StreamPacker;
+use crate::packet::speculative_overhead_bytes;
+use crate::packet::Message;
+use crate::packet::Outcome;
 use crate::packet::PacketKind;
 use crate::packet::RecordRef;
+use crate::packet::Resolution;
+use crate::packet::SpeculativeRef;
 use crate::packet::IP_UDP_HEADER_BYTES;
 use crate::packet::MTU_BYTES_MIN;
+use crate::packet::RESOLUTION_BYTES;
 use crate::packet::UDP_PAYLOAD_BYTES_MAX;
 use crate::record::FeedRecord;
 use crate::retransmit_ring::RetransmitRing;
+use crate::speculative::LogEvent;
+use crate::speculative::SpeculativeUpdate;
+use crate::speculative::Tracker;
 
 /// Packets handed to the backend per call.
 const SEND_BATCH_PACKETS_MAX: usize = 256;
@@ -46,6 +55,9 @@ pub struct PublisherConfig {
     pub egress_packets_per_s: u64,
     /// Packets a class may have waiting to be sent before more are shed.
     pub queue_packets_max: usize,
+    /// Also publish a speculative stream ([`crate::speculative`]) in the
+    /// stream slot after the last class.
+    pub speculative: bool,
 }
 
 impl PublisherConfig {
@@ -57,7 +69,7 @@ impl PublisherConfig {
                 UDP_PAYLOAD_BYTES_MAX + IP_UDP_HEADER_BYTES
             )));
         }
-        if self.ring_bytes < self.mtu_bytes * self.classes.len() {
+        if self.ring_bytes < self.mtu_bytes * self.streams() {
             return Err(Error::config(format!(
                 "feed retransmit ring of {} bytes holds less than one packet per class",
                 self.ring_bytes
@@ -75,6 +87,11 @@ impl PublisherConfig {
     pub fn packet_bytes_max(&self) -> usize {
         self.mtu_bytes - IP_UDP_HEADER_BYTES
     }
+
+    /// Streams published: one per class, and the speculative one if asked for.
+    pub fn streams(&self) -> usize {
+        self.classes.len() + usize::from(self.speculative)
+    }
 }
 
 /// What the publisher shares with its retransmit service and status.
@@ -82,8 +99,21 @@ impl PublisherConfig {
 pub struct Shared {
     pub session: u64,
     pub classes: Classes,
+    pub speculative: bool,
     pub ring: Arc<Mutex<RetransmitRing>>,
     pub counters: Arc<Counters>,
+}
+
+impl Shared {
+    /// Streams published: one per class, and the speculative one if any.
+    pub fn streams(&self) -> usize {
+        self.classes.len() + usize::from(self.speculative)
+    }
+
+    /// `class` is the speculative stream's slot.
+    pub fn is_speculative_class(&self, class: u8) -> bool {
+        self.speculative && class as usize == self.classes.len()
+    }
 }
 
 pub struct Publisher {
@@ -98,32 +128,53 @@ pub struct Publisher {
     sending: Vec<Packet>,
     /// The bytes of `sending`, shared with the backend for one call.
     sending_bytes: Vec<Arc<Vec<u8>>>,
+    /// Speculative entries published and not yet resolved.
+    tracker: Tracker,
+    resolutions: Vec<Resolution>,
 }
 
 impl Publisher {
     pub fn new(config: PublisherConfig) -> Result<Publisher, Error> {
         config.validate()?;
         let classes = config.classes.len();
+        let streams = config.streams();
         let now = Instant::now();
+        let mut packers: Vec<StreamPacker> = (0..classes)
+            .map(|c| StreamPacker::new(c as u8, config.session, config.packet_bytes_max()))
+            .collect();
+        let mut weights: Vec<u32> = config.classes.iter().map(|c| c.weight).collect();
+        if config.speculative {
+            packers.push(StreamPacker::new(classes as u8, config.session, config.packet_bytes_max()).speculative());
+            // The speculative stream is served first in every round, with
+            // the top class's share: it is worth something only while it
+            // is ahead of the commit, and the weighted rounds still give
+            // every class its share under overload.
+            weights.push(weights[0]);
+        }
         Ok(Publisher {
-            packers: (0..classes)
-                .map(|c| StreamPacker::new(c as u8, config.session, config.packet_bytes_max()))
-                .collect(),
+            packers,
             shared: Shared {
                 session: config.session,
                 classes: config.classes.clone(),
-                ring: Arc::new(Mutex::new(RetransmitRing::new(classes, config.ring_bytes))),
+                speculative: config.speculative,
+                ring: Arc::new(Mutex::new(RetransmitRing::new(streams, config.ring_bytes))),
                 counters: Arc::new(Counters::default()),
             },
-            scheduler: crate::scheduler::Scheduler::new(
-                config.classes.iter().map(|c| c.weight).collect(),
-                config.queue_packets_max,
-                config.egress_packets_per_s,
-            ),
-            last_queued: vec![now; classes],
+            scheduler: {
+                let scheduler =
+                    crate::scheduler::Scheduler::new(weights, config.queue_packets_max, config.egress_packets_per_s);
+                if config.speculative {
+                    scheduler.serve_first(classes)
+                } else {
+                    scheduler
+                }
+            },
+            last_queued: vec![now; streams],
             finished: Vec::new(),
             sending: Vec::new(),
             sending_bytes: Vec::new(),
+            tracker: Tracker::default(),
+            resolutions: Vec::new(),
             config,
         })
     }
@@ -148,7 +199,7 @@ impl Publisher {
             self.packers[class as usize].push(&record, now_ns, &mut |p| finished.push(p));
             count += 1;
         }
-        for packer in &mut self.packers {
+        for packer in &mut self.packers[..self.config.classes.len()] {
             packer.flush(now_ns, &mut |p| finished.push(p));
         }
         let counters = &self.shared.counters;
@@ -156,6 +207,63 @@ impl Publisher {
         if let Some(last) = last {
             counters.last_record_seq.store(last, Ordering::Relaxed);
         }
+        self.queue_finished(now);
+    }
+
+    /// Publish one round of the node's log events on the speculative
+    /// stream: the records of appended entries, then the resolutions the
+    /// events and the applied index settle ([`crate::speculative`]).
+    /// Without a speculative stream this does nothing.
+    pub fn publish_speculative(&mut self, update: &SpeculativeUpdate, now: Instant) {
+        if !self.config.speculative {
+            return;
+        }
+        let now_ns = wall_clock_ns();
+        let slot = self.config.classes.len();
+        let packer = &mut self.packers[slot];
+        let finished = &mut self.finished;
+        let counters = &self.shared.counters;
+        let resolutions = &mut self.resolutions;
+        for event in &update.events {
+            match event {
+                LogEvent::Appended(entry) => {
+                    let mut published = 0u64;
+                    let mut skipped = 0u64;
+                    for (position, record) in entry.records.iter().enumerate() {
+                        let Some(class) = self.shared.classes.classify(&record.channel) else {
+                            continue;
+                        };
+                        let message = SpeculativeRef {
+                            class,
+                            term: entry.term,
+                            index: entry.index,
+                            position: position as u32,
+                            channel: &record.channel,
+                            txid: &record.txid,
+                            payload: &record.payload,
+                            sealed: record.sealed,
+                        };
+                        let bytes = speculative_overhead_bytes(&record.channel, &record.txid) + record.payload.len();
+                        if packer.push_message(Message::Speculative(message), bytes, now_ns, &mut |p| finished.push(p))
+                        {
+                            published += 1;
+                        } else {
+                            skipped += 1;
+                        }
+                    }
+                    Counters::add(&counters.speculative_records, published);
+                    Counters::add(&counters.speculative_skipped, skipped);
+                    if published > 0 {
+                        self.tracker.appended(entry, resolutions);
+                    }
+                }
+                LogEvent::TruncatedAfter(last) => self.tracker.truncated_after(*last, resolutions),
+            }
+            pack_resolutions(packer, resolutions, counters, now_ns, finished);
+        }
+        self.tracker.applied(update.applied_index, update.epoch, resolutions);
+        pack_resolutions(packer, resolutions, counters, now_ns, finished);
+        packer.flush(now_ns, &mut |p| finished.push(p));
         self.queue_finished(now);
     }
 
@@ -260,11 +368,40 @@ impl Publisher {
     }
 }
 
+/// Pack (and count) `resolutions` on the speculative stream's `packer`.
+fn pack_resolutions(
+    packer: &mut StreamPacker,
+    resolutions: &mut Vec<Resolution>,
+    counters: &Counters,
+    now_ns: u64,
+    finished: &mut Vec<Packet>,
+) {
+    for resolution in resolutions.drain(..) {
+        let counter = match resolution.outcome {
+            Outcome::Committed => &counters.speculative_committed,
+            Outcome::RolledBack => &counters.speculative_rolled_back,
+            Outcome::Unknown => &counters.speculative_unknown,
+        };
+        Counters::add(counter, 1);
+        let packed = packer.push_message(Message::Resolution(resolution), RESOLUTION_BYTES, now_ns, &mut |p| {
+            finished.push(p)
+        });
+        assert!(packed, "a resolution fits any packet");
+    }
+}
+
 /// Where the publisher's records come from.
 pub trait RecordSource: Send {
     /// Records after the last ones returned, in seq order; waits up to
-    /// `timeout` for some to exist (an empty result is not an error).
+    /// `timeout` for some to exist, or for log events when the source has
+    /// a speculative side (an empty result is not an error).
     fn next(&mut self, timeout: Duration) -> io::Result<Vec<FeedRecord>>;
+
+    /// The log events since the last call, for the speculative stream
+    /// (`None`: this source has none).
+    fn speculative(&mut self) -> Option<SpeculativeUpdate> {
+        None
+    }
 }
 
 /// Wall clock in nanoseconds since the Unix epoch.
@@ -297,6 +434,9 @@ pub fn run(
         let wait = publisher.idle_wait(now).min(WAIT_MAX);
         let records = source.next(wait)?;
         let now = Instant::now();
+        if let Some(update) = source.speculative() {
+            publisher.publish_speculative(&update, now);
+        }
         if !records.is_empty() {
             publisher.publish(records.iter().map(FeedRecord::borrowed), now);
         }

@@ -135,8 +135,9 @@ enum Owned {
 }
 
 impl Owned {
-    fn from_message(message: Message<'_>) -> Owned {
-        match message {
+    /// `None` for the speculative stream's messages, which a class stream never carries.
+    fn from_message(message: Message<'_>) -> Option<Owned> {
+        Some(match message {
             Message::Record(record) => Owned::Record(record.into()),
             Message::FragmentStart { record, payload_bytes } => Owned::FragmentStart {
                 record: record.into(),
@@ -147,7 +148,8 @@ impl Owned {
                 offset,
                 chunk: chunk.to_vec(),
             },
-        }
+            Message::Speculative(_) | Message::Resolution(_) => return None,
+        })
     }
 
     /// The exclusive bound a log read must reach to cover everything
@@ -303,7 +305,8 @@ impl Receiver {
             }
             _ => {}
         }
-        if !self.wants(header.class) {
+        // The speculative stream is the [`crate::SpeculativeReceiver`]'s.
+        if header.is_speculative() || !self.wants(header.class) {
             return;
         }
         self.ask_description(header.session, from, now, actions);
@@ -366,8 +369,13 @@ impl Receiver {
     ) {
         let mut messages = Vec::with_capacity(header.count as usize);
         for message in Messages::new(header, body) {
-            match message {
-                Ok(message) => messages.push(Owned::from_message(message)),
+            match message.map(Owned::from_message) {
+                Ok(Some(message)) => messages.push(message),
+                Ok(None) => {
+                    self.counters.malformed += 1;
+                    tracing::warn!("feed packet of a class stream with a speculative message dropped");
+                    return;
+                }
                 Err(err) => {
                     // A checksummed packet with a bad message is a publisher
                     // bug; the packet is dropped whole so the stream gaps

@@ -154,7 +154,7 @@ impl RetransmitService {
             return;
         }
         Counters::add(&counters.rerequests, 1);
-        if header.session != self.shared.session || header.class as usize >= self.shared.classes.len() {
+        if header.session != self.shared.session || header.class as usize >= self.shared.streams() {
             // Another session's packets are not here: the subscriber reads the log.
             Counters::add(&counters.rerequests_gone, 1);
             replies.push(std::sync::Arc::new(
@@ -195,6 +195,11 @@ impl RetransmitService {
         PacketHeader {
             kind,
             class,
+            flags: if self.shared.is_speculative_class(class) {
+                crate::packet::FLAG_SPECULATIVE
+            } else {
+                0
+            },
             count: 0,
             session: self.shared.session,
             first_seq,
@@ -232,6 +237,7 @@ pub fn rerequest(session: u64, class: u8, first_seq: u64, count: u16) -> Vec<u8>
     PacketHeader {
         kind: PacketKind::ReRequest,
         class,
+        flags: 0,
         count,
         session,
         first_seq,
@@ -245,6 +251,7 @@ pub fn describe_request() -> Vec<u8> {
     PacketHeader {
         kind: PacketKind::Describe,
         class: 0,
+        flags: 0,
         count: 0,
         session: 0,
         first_seq: 0,
@@ -270,6 +277,7 @@ mod tests {
             heartbeat: Duration::from_secs(1),
             egress_packets_per_s: 0,
             queue_packets_max: 1 << 16,
+            speculative: false,
         })
         .expect("valid config");
         let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -336,6 +344,7 @@ mod tests {
         let heartbeat = PacketHeader {
             kind: PacketKind::Heartbeat,
             class: 0,
+            flags: 0,
             count: 0,
             session: 5,
             first_seq: 1,

@@ -19,6 +19,9 @@ use crate::packer::Packet;
 
 pub struct Scheduler {
     queues: Vec<VecDeque<Packet>>,
+    /// The order queues are visited in each round: by index unless
+    /// [`Scheduler::serve_first`] moved one ahead.
+    order: Vec<usize>,
     weights: Vec<u32>,
     quota: Vec<u32>,
     queue_packets_max: usize,
@@ -46,12 +49,21 @@ impl Scheduler {
         });
         Scheduler {
             queues: weights.iter().map(|_| VecDeque::new()).collect(),
+            order: (0..weights.len()).collect(),
             quota: weights.clone(),
             weights,
             queue_packets_max,
             pacing,
             shed: 0,
         }
+    }
+
+    /// Visit queue `first` first in every round (the speculative stream:
+    /// its packets are worth something only while they are early).
+    pub fn serve_first(mut self, first: usize) -> Scheduler {
+        self.order.retain(|&q| q != first);
+        self.order.insert(0, first);
+        self
     }
 
     /// Queue `packet`; returns false (and counts it) if its class's queue is full.
@@ -115,7 +127,11 @@ impl Scheduler {
 
     fn next_class(&mut self) -> Option<usize> {
         for _round in 0..2 {
-            let class = (0..self.queues.len()).find(|&c| self.quota[c] > 0 && !self.queues[c].is_empty());
+            let class = self
+                .order
+                .iter()
+                .copied()
+                .find(|&c| self.quota[c] > 0 && !self.queues[c].is_empty());
             if class.is_some() {
                 return class;
             }

@@ -221,6 +221,7 @@ fn af_packet_over_veth_reaches_kernel_subscribers_in_a_namespace() {
         // Paced below what a veth and one receiving thread keep up with.
         egress_packets_per_s: 50_000,
         queue_packets_max: 1 << 20,
+        speculative: false,
     })
     .expect("publisher");
     let log = records(20_000);

@@ -78,6 +78,7 @@ impl Node {
             heartbeat: Duration::from_millis(100),
             egress_packets_per_s: 0,
             queue_packets_max: 1 << 20,
+            speculative: false,
         })
         .expect("valid config");
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
