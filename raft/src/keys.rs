@@ -1050,6 +1050,13 @@ impl Keys {
         ring.live.at_rest_key(id).cloned()
     }
 
+    /// The speculative feed's key for `term` under data key `id`
+    /// ([`crate::seal::SpeculativeKey`]).
+    pub fn speculative_key(&self, id: u32, term: u64) -> Option<crate::seal::SpeculativeKey> {
+        let ring = self.ring.read().expect("keyring lock poisoned");
+        ring.live.speculative_key(id, term)
+    }
+
     /// The payload of the record at `seq`, sealed at rest, opened.
     pub fn open_at_rest(&self, seq: u64, sealed: &[u8]) -> Result<Vec<u8>, Error> {
         let ring = self.ring.read().expect("keyring lock poisoned");

@@ -103,6 +103,7 @@ pub use seal::random_key;
 pub use seal::DataKey;
 pub use seal::Keyring;
 pub use seal::Signer;
+pub use seal::SpeculativeKey;
 pub use seal::NONCE_BYTES;
 pub use seal::TAG_BYTES;
 pub use sealer::Sealer;

@@ -67,6 +67,8 @@ pub struct DataKey {
     id: u32,
     cipher: Aes256Gcm,
     at_rest: AtRestKey,
+    /// Root of the speculative feed's per-term keys ([`SpeculativeKey`]).
+    speculative_root: [u8; 32],
 }
 
 impl DataKey {
@@ -75,6 +77,13 @@ impl DataKey {
             id,
             cipher: Aes256Gcm::new(key.into()),
             at_rest: AtRestKey::derive(id, key),
+            speculative_root: {
+                use sha2::Digest;
+                let mut hasher = sha2::Sha256::new();
+                hasher.update(SPECULATIVE_DOMAIN);
+                hasher.update(key);
+                hasher.finalize().into()
+            },
         }
     }
 
@@ -93,6 +102,61 @@ impl DataKey {
 const AT_REST_DOMAIN: &[u8; 24] = b"txlog record at rest v1\0";
 /// An at-rest nonce is this prefix and the record's seq (big endian).
 const AT_REST_NONCE_PREFIX: &[u8; 4] = b"rec\0";
+/// Domain of the speculative feed's key root derived from a data key.
+const SPECULATIVE_DOMAIN: &[u8; 24] = b"txlog speculative feed1\0";
+
+/// Seals the payloads of one Raft term's entries for the feed's
+/// speculative stream, before they have a seq: `data key id | flags |
+/// ciphertext | tag`, as at rest, under `SHA-256(root ‖ term)` where the
+/// root is derived from the batch's data key, with nonce `index (BE) ‖
+/// position (BE)`. A (term, index) names one entry for the life of the log
+/// (one leader per term appends each index once), so a (key, nonce) pair
+/// only ever seals one plaintext; every node that publishes the entry
+/// writes the same bytes.
+pub struct SpeculativeKey {
+    id: u32,
+    cipher: Aes256Gcm,
+}
+
+impl SpeculativeKey {
+    pub fn seal(&self, index: u64, position: u32, payload: &[u8], out: &mut Vec<u8>) {
+        let mut nonce = [0u8; NONCE_BYTES];
+        nonce[..8].copy_from_slice(&index.to_be_bytes());
+        nonce[8..].copy_from_slice(&position.to_be_bytes());
+        let start = out.len();
+        out.extend_from_slice(&self.id.to_le_bytes());
+        out.push(0);
+        out.extend_from_slice(payload);
+        let (header, plain) = out[start..].split_at_mut(AT_REST_HEADER_BYTES);
+        let tag = self
+            .cipher
+            .encrypt_inout_detached((&nonce).into(), header, plain.into())
+            .expect("AES-GCM seals any record under the frame limit");
+        out.extend_from_slice(&tag);
+    }
+
+    /// Open what [`SpeculativeKey::seal`] sealed for (`index`, `position`).
+    pub fn open(&self, index: u64, position: u32, sealed: &[u8]) -> Result<Vec<u8>, Error> {
+        let bad = |detail: &str| Error::Corruption(format!("speculative record {index}.{position}: {detail}"));
+        if sealed.len() < AT_REST_OVERHEAD_BYTES {
+            return Err(bad("shorter than its seal"));
+        }
+        let (header, rest) = sealed.split_at(AT_REST_HEADER_BYTES);
+        if header[..4] != self.id.to_le_bytes() || header[4] != 0 {
+            return Err(bad("sealed under another key"));
+        }
+        let (ciphertext, tag) = rest.split_last_chunk::<TAG_BYTES>().expect("length checked above");
+        let mut nonce = [0u8; NONCE_BYTES];
+        nonce[..8].copy_from_slice(&index.to_be_bytes());
+        nonce[8..].copy_from_slice(&position.to_be_bytes());
+        let mut plain = ciphertext.to_vec();
+        self.cipher
+            .decrypt_inout_detached((&nonce).into(), header, (&mut plain[..]).into(), tag.into())
+            .map_err(|_| bad("tag mismatch"))?;
+        Ok(plain)
+    }
+}
+
 /// `data key id u32 LE | flags u8 (0; none defined)`: the head of a payload
 /// sealed at rest, and its associated data.
 pub const AT_REST_HEADER_BYTES: usize = 5;
@@ -206,6 +270,20 @@ impl Keyring {
     /// The at-rest key of data key `id`.
     pub fn at_rest_key(&self, id: u32) -> Option<&AtRestKey> {
         self.data_key(id).map(DataKey::at_rest)
+    }
+
+    /// The speculative feed's key for `term` under data key `id`.
+    pub fn speculative_key(&self, id: u32, term: u64) -> Option<SpeculativeKey> {
+        use sha2::Digest;
+        let data_key = self.data_key(id)?;
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(data_key.speculative_root);
+        hasher.update(term.to_le_bytes());
+        let key: [u8; 32] = hasher.finalize().into();
+        Some(SpeculativeKey {
+            id,
+            cipher: Aes256Gcm::new((&key).into()),
+        })
     }
 
     /// Open the payload of the record at `seq`, sealed at rest: check the
@@ -507,6 +585,31 @@ mod tests {
         let mut keyring = Keyring::default();
         keyring.add_data_key(DataKey::new(id, key));
         keyring
+    }
+
+    /// A speculative payload opens under its own (key, term, index,
+    /// position) only; another term, index, position or key refuses it, and
+    /// terms give different ciphertexts for the same place.
+    #[test]
+    fn speculative_payloads_open_only_where_sealed() {
+        let keyring = keyring(3, &[7; 32]);
+        let key = keyring.speculative_key(3, 5).expect("known key");
+        let mut out = Vec::new();
+        key.seal(100, 2, b"order 42 filled", &mut out);
+        assert_eq!(key.open(100, 2, &out).expect("opens"), b"order 42 filled");
+        assert!(key.open(100, 3, &out).is_err());
+        assert!(key.open(101, 2, &out).is_err());
+        let other_term = keyring.speculative_key(3, 6).expect("known key");
+        assert!(other_term.open(100, 2, &out).is_err());
+        let mut again = Vec::new();
+        other_term.seal(100, 2, b"order 42 filled", &mut again);
+        assert_ne!(again, out);
+        let other_key = self::keyring(4, &[7; 32]).speculative_key(4, 5).expect("known key");
+        assert!(other_key.open(100, 2, &out).is_err());
+        assert!(keyring.speculative_key(9, 5).is_none());
+        let mut damaged = out.clone();
+        damaged[6] ^= 1;
+        assert!(key.open(100, 2, &damaged).is_err());
     }
 
     fn sealed(keyring: &Keyring, id: u32, seq: u64, payload: &[u8]) -> Vec<u8> {

@@ -78,6 +78,7 @@ pub use key_files::NonceReservations;
 pub use key_files::SigningSeed;
 pub use key_files::SigningSeeds;
 pub use log_store::FsyncObserver;
+pub use log_store::LogObserver;
 pub use log_store::LogStore;
 pub use log_store::LogStoreReader;
 pub use log_store::WalOptions;

@@ -66,6 +66,16 @@ const COMMITTED_MAGIC: &[u8; 8] = b"TXLCOMM1";
 /// Called with the duration of every WAL fdatasync (for metrics).
 pub type FsyncObserver = Arc<dyn Fn(Duration) + Send + Sync>;
 
+/// Told what the log does, as it does it (the feed's speculative stream
+/// listens here). Called with the WAL's write lock held, in log order:
+/// implementations must only queue, never block or wait.
+pub trait LogObserver<C: RaftTypeConfig>: Send + Sync {
+    /// `entries` were written (before their fsync).
+    fn appended(&self, entries: &[C::Entry]);
+    /// Every entry after `last` (after none: all) was removed.
+    fn truncated_after(&self, last: Option<u64>);
+}
+
 /// Tunables of the WAL.
 #[derive(Clone)]
 pub struct WalOptions {
@@ -117,6 +127,7 @@ struct Inner<C: RaftTypeConfig> {
     vote: Option<VoteOf<C>>,
     committed: Option<LogIdOf<C>>,
     committed_file: File,
+    observer: Option<Arc<dyn LogObserver<C>>>,
 }
 
 /// A flush request: fdatasync `file`, then tell openraft.
@@ -223,6 +234,7 @@ where
             vote,
             committed,
             committed_file,
+            observer: None,
         };
         inner.recover()?;
 
@@ -252,6 +264,11 @@ where
         if self.purge_tx.send(PurgeJob::Barrier(tx)).is_ok() {
             let _ = rx.recv();
         }
+    }
+
+    /// Tell `observer` of every append and truncation from now on.
+    pub fn set_observer(&self, observer: Arc<dyn LogObserver<C>>) {
+        self.inner.write().expect("wal lock poisoned").observer = Some(observer);
     }
 
     /// The last log id present, or the purge point when the log is empty.
@@ -450,13 +467,13 @@ where
     }
 
     /// Write entries to the active segment; returns the file to fdatasync.
-    fn write_entries(&mut self, entries: Vec<C::Entry>) -> Result<Option<Arc<File>>> {
+    fn write_entries(&mut self, entries: &[C::Entry]) -> Result<Option<Arc<File>>> {
         if entries.is_empty() {
             return Ok(None);
         }
         let mut expected = self.next_index();
         let first_index = entries[0].index();
-        for entry in &entries {
+        for entry in entries {
             if let Some(expected) = expected {
                 assert_eq!(entry.index(), expected, "wal append must be contiguous");
             }
@@ -475,7 +492,7 @@ where
         let (segment_first, seg) = self.active();
         let mut buf = Vec::new();
         let mut locations = Vec::with_capacity(entries.len());
-        for entry in &entries {
+        for entry in entries {
             let offset = seg.bytes + buf.len() as u64;
             let frame_bytes = frame::encode_value_into(&mut buf, entry);
             locations.push(EntryLocation {
@@ -844,7 +861,11 @@ where
         let entries: Vec<C::Entry> = entries.into_iter().collect();
         let file = {
             let mut inner = self.inner.write().expect("wal lock poisoned");
-            inner.write_entries(entries)?
+            let file = inner.write_entries(&entries)?;
+            if let Some(observer) = &inner.observer {
+                observer.appended(&entries);
+            }
+            file
         };
         match file {
             Some(file) => {
@@ -859,7 +880,11 @@ where
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> io::Result<()> {
         let mut inner = self.inner.write().expect("wal lock poisoned");
-        inner.truncate_after(last_log_id.map(|id| id.index()))?;
+        let last = last_log_id.map(|id| id.index());
+        inner.truncate_after(last)?;
+        if let Some(observer) = &inner.observer {
+            observer.truncated_after(last);
+        }
         Ok(())
     }
 
