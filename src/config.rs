@@ -46,6 +46,7 @@
 //! # feed_dpdk_device = "net_af_packet0,iface=eth1"  # publish through DPDK (build with --features dpdk)
 //! # feed_dpdk_eal_args = "--no-huge --no-pci --no-shconf --no-telemetry -m 256"
 //! # feed_dpdk_next_hop_mac = "02:00:0a:00:00:01"  # unicast targets' next hop (no ARP in DPDK)
+//! # feed_speculative = false   # also publish records before commit, then their outcome
 //! ```
 
 use std::collections::BTreeMap;
@@ -297,6 +298,11 @@ pub struct NodeSettings {
     /// multicast targets need none.
     #[arg(long, env = "TXLOG_FEED_DPDK_NEXT_HOP_MAC")]
     pub feed_dpdk_next_hop_mac: Option<String>,
+    /// Also publish a speculative stream: records as this node's log appends them, before
+    /// commit, each entry then marked committed, rolled back or unknown. Opt-in for
+    /// subscribers (`txlog feed subscribe --speculative`); the class streams stay the truth.
+    #[arg(long, env = "TXLOG_FEED_SPECULATIVE", num_args = 0..=1, default_missing_value = "true")]
+    pub feed_speculative: Option<bool>,
 }
 
 impl NodeSettings {
@@ -358,6 +364,7 @@ impl NodeSettings {
             feed_dpdk_device,
             feed_dpdk_eal_args,
             feed_dpdk_next_hop_mac,
+            feed_speculative,
         )
     }
 
@@ -420,6 +427,8 @@ pub struct Feed {
     /// Publish through DPDK instead of the kernel socket.
     pub dpdk: Option<FeedDpdk>,
     pub egress_packets_per_s: u64,
+    /// Publish the speculative stream too.
+    pub speculative: bool,
 }
 
 /// Sealing settings of a node.
@@ -561,6 +570,11 @@ const FEED_TARGETS_MAX: usize = 256;
 fn feed_of(s: &NodeSettings) -> Result<Option<Feed>> {
     let listen = match s.feed_listen.as_deref().map(str::trim) {
         None | Some("") | Some("off") => {
+            if s.feed_speculative == Some(true) {
+                return Err(Error::Config(
+                    "feed_speculative needs feed_listen (the speculative stream is part of the feed)".into(),
+                ));
+            }
             if s.feed_targets.as_ref().is_some_and(|t| !t.is_empty()) {
                 return Err(Error::Config(
                     "feed_targets needs feed_listen (the feed's own address)".into(),
@@ -605,6 +619,7 @@ fn feed_of(s: &NodeSettings) -> Result<Option<Feed>> {
         heartbeat: std::time::Duration::from_millis(s.feed_heartbeat_ms.unwrap_or(txlog_feed::HEARTBEAT_MS_DEFAULT)),
         egress_packets_per_s: s.feed_egress_packets_per_s.unwrap_or(0),
         dpdk,
+        speculative: s.feed_speculative == Some(true),
     };
     feed.publisher_config(0)
         .validate()
@@ -671,6 +686,7 @@ impl Feed {
             heartbeat: self.heartbeat,
             egress_packets_per_s: self.egress_packets_per_s,
             queue_packets_max: txlog_feed::QUEUE_PACKETS_MAX_DEFAULT,
+            speculative: self.speculative,
         }
     }
 }

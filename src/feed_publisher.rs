@@ -13,6 +13,9 @@
 //!
 //! A node's session is random at each start; it starts at the store's
 //! last seq, so a subscriber gets older records from the log.
+//!
+//! With `feed_speculative`, the same thread also publishes the speculative
+//! stream from the log's tap ([`crate::feed_tap`]): it wakes on either.
 
 use std::io;
 use std::net::IpAddr;
@@ -31,6 +34,7 @@ use txlog_raft::StateMachineReader;
 use crate::allowlist::Gate;
 use crate::allowlist::ServiceClass;
 use crate::config::Feed;
+use crate::feed_tap::LogTap;
 use crate::Error;
 use crate::Result;
 
@@ -38,21 +42,40 @@ use crate::Result;
 const READ_RECORDS_MAX: usize = 4096;
 const READ_BYTES_MAX: usize = 8 << 20;
 
-/// Reads applied records in seq order from the record store.
+/// Reads applied records in seq order from the record store, and the
+/// log's tap for the speculative stream.
 struct StoreSource {
     reader: StateMachineReader,
     last_seq: watch::Receiver<u64>,
     runtime: tokio::runtime::Handle,
     next_seq: u64,
+    tap: Option<Arc<LogTap>>,
+    /// Open sealed batches for the speculative stream.
+    keys: Option<Arc<txlog_raft::Keys>>,
+    counters: Arc<txlog_feed::Counters>,
 }
 
 impl txlog_feed::RecordSource for StoreSource {
     fn next(&mut self, timeout: Duration) -> io::Result<Vec<FeedRecord>> {
-        if self.reader.last_seq() < self.next_seq {
+        let tapped = self.tap.as_ref().is_some_and(|tap| !tap.is_empty());
+        if self.reader.last_seq() < self.next_seq && !tapped {
             let changed = self.last_seq.changed();
-            let _ = self
-                .runtime
-                .block_on(async { tokio::time::timeout(timeout, changed).await });
+            let tap = self.tap.clone();
+            let _ = self.runtime.block_on(async move {
+                let appended = async {
+                    match &tap {
+                        Some(tap) => tap.notify.notified().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::time::timeout(timeout, async {
+                    tokio::select! {
+                        _ = changed => {}
+                        _ = appended => {}
+                    }
+                })
+                .await
+            });
             if self.reader.last_seq() < self.next_seq {
                 return Ok(Vec::new());
             }
@@ -87,6 +110,25 @@ impl txlog_feed::RecordSource for StoreSource {
             self.next_seq = last.seq + 1;
         }
         Ok(records)
+    }
+
+    fn speculative(&mut self) -> Option<txlog_feed::SpeculativeUpdate> {
+        let tap = self.tap.as_ref()?;
+        // The applied index before the events (see `txlog_feed::speculative`),
+        // and the install epoch around it: an install under way or between
+        // the two reads resolves nothing as committed this round.
+        let before = self.reader.install_epoch();
+        let applied_index = self.reader.last_applied().map_or(0, |id| id.index);
+        let after = self.reader.install_epoch();
+        let epoch = (before == after && before.is_multiple_of(2)).then_some(before);
+        let (events, dropped, unreadable) = tap.take_events(self.keys.as_deref());
+        txlog_feed::Counters::add(&self.counters.speculative_events_dropped, dropped);
+        txlog_feed::Counters::add(&self.counters.speculative_skipped, unreadable);
+        Some(txlog_feed::SpeculativeUpdate {
+            applied_index,
+            epoch,
+            events,
+        })
     }
 }
 
@@ -123,10 +165,15 @@ fn backend(feed: &Feed, socket: UdpSocket) -> Result<Box<dyn txlog_feed::Backend
 }
 
 /// Start the feed: bind `feed.listen`, then run the publisher and the
-/// retransmit service on their own threads until `shutdown`.
+/// retransmit service on their own threads until `shutdown`. With `tap`
+/// (`feed.speculative`), the publisher also runs the speculative stream;
+/// `keys` open a sealed cluster's batches for it.
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     feed: &Feed,
     reader: StateMachineReader,
+    tap: Option<Arc<LogTap>>,
+    keys: Option<Arc<txlog_raft::Keys>>,
     gate: Arc<Gate>,
     metrics: &crate::metrics::Metrics,
     tracker: &TaskTracker,
@@ -147,6 +194,7 @@ pub fn start(
         txlog_feed::Publisher::new(feed.publisher_config(session)).map_err(|e| Error::Config(e.to_string()))?;
     let shared = publisher.shared();
     metrics.set_feed(shared.counters.clone());
+    let counters = shared.counters.clone();
     let clone = |socket: &UdpSocket| {
         socket
             .try_clone()
@@ -163,12 +211,16 @@ pub fn start(
         reader,
         last_seq,
         runtime: tokio::runtime::Handle::current(),
+        tap,
+        keys,
+        counters,
     };
     tracing::info!(
         listen = %service_address,
         targets = ?feed.targets,
         backend = backend_name,
         session,
+        speculative = feed.speculative,
         from_seq = source.next_seq,
         "feed publishing"
     );

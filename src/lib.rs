@@ -49,6 +49,7 @@ pub mod config;
 mod error;
 pub mod failure_detector;
 pub mod feed_publisher;
+pub mod feed_tap;
 pub mod health;
 pub mod join;
 mod key_file_watch;

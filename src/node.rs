@@ -61,6 +61,12 @@ impl Node {
         let keys = open_keys(&config)?;
         let (mut log_store, state_machine) = open_storage(&config, &metrics, keys.clone())?;
         let reader = state_machine.reader();
+        // Set before Raft starts, so the speculative feed sees every append.
+        let tap = config.feed.as_ref().filter(|feed| feed.speculative).map(|_| {
+            let tap = crate::feed_tap::LogTap::new(reader.clone());
+            log_store.set_observer(tap.clone());
+            tap
+        });
         let sealer = match &keys {
             Some(keys) => {
                 let applied = reader.last_applied().map(|l| l.index);
@@ -124,6 +130,7 @@ impl Node {
             resync: &resync_stats,
             contact: &contact,
             keys: keys.as_ref(),
+            tap: tap.clone(),
             sealer: sealer.as_ref(),
             rotations: rotations.as_ref().map(|(rotations, _)| rotations.clone()),
             dial,
@@ -298,6 +305,8 @@ struct Parts<'a> {
     resync: &'a Arc<txlog_raft::ResyncStats>,
     contact: &'a txlog_raft::LeaderContact,
     keys: Option<&'a Arc<txlog_raft::Keys>>,
+    /// The log's tap for the speculative feed, when it is on.
+    tap: Option<Arc<crate::feed_tap::LogTap>>,
     sealer: Option<&'a Arc<txlog_raft::Sealer>>,
     /// Asks the key-rotation task for keys now; `None` when sealing is off.
     rotations: Option<crate::key_rotation::Rotations>,
@@ -333,6 +342,8 @@ impl Parts<'_> {
             crate::feed_publisher::start(
                 feed,
                 self.reader.clone(),
+                self.tap.clone(),
+                self.keys.cloned(),
                 gate.clone(),
                 self.metrics,
                 self.tracker,

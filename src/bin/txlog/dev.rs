@@ -76,6 +76,8 @@ fn node_specs(options: &DevArgs) -> Vec<NodeSpec> {
                         format!("127.0.0.1:{}", options.feed_base_port + i as u16),
                         "--feed-targets".into(),
                         txlog_client::DEV_FEED_GROUP.into(),
+                        // So `txlog feed subscribe --speculative` has a stream to show.
+                        "--feed-speculative".into(),
                     ]);
                 }
                 args
@@ -130,7 +132,7 @@ fn print_banner(nodes: &LocalCluster, status: &ClusterStatus, took: Duration, op
     }
     if options.feed_base_port != 0 {
         println!(
-            "  committed records are published as a UDP feed to {} (one session per node)",
+            "  committed records (and, speculatively, appended ones) are published as a UDP feed to {} (one session per node)",
             txlog_client::DEV_FEED_GROUP
         );
     }
@@ -143,6 +145,7 @@ fn print_banner(nodes: &LocalCluster, status: &ClusterStatus, took: Duration, op
     println!("  txlog keys status");
     if options.feed_base_port != 0 {
         println!("  txlog feed subscribe --from 1");
+        println!("  txlog feed subscribe --speculative");
         println!("  txlog feed status");
     }
     println!();
