@@ -10,7 +10,13 @@
 //! the receiver still follows every class it hears, so switching classes
 //! later needs no rejoin. Payloads of a sealed cluster arrive sealed from
 //! the feed (`record.sealed`) and opened from the log.
+//!
+//! With `speculative` set it also follows a publisher's speculative stream
+//! ([`txlog_feed::speculative_receiver`]): [`FeedSubscriber::next_event`]
+//! then hands out its records and resolutions between the committed
+//! records, as they arrive.
 
+use std::collections::BTreeMap;
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::net::SocketAddr;
@@ -24,6 +30,10 @@ use txlog_feed::FeedRecord;
 use txlog_feed::Receiver;
 use txlog_feed::ReceiverConfig;
 use txlog_feed::ReceiverCounters;
+use txlog_feed::SpeculativeConfig;
+use txlog_feed::SpeculativeCounters;
+use txlog_feed::SpeculativeEvent;
+use txlog_feed::SpeculativeReceiver;
 
 use crate::Client;
 use crate::ClientError;
@@ -44,6 +54,9 @@ pub struct FeedSubscriberOptions {
     /// Deliver only this channel.
     pub channel: Option<String>,
     pub receiver: ReceiverConfig,
+    /// Follow the speculative stream too (records before commit, then their
+    /// outcome); `None`: committed records only.
+    pub speculative: Option<SpeculativeConfig>,
     /// Fault injection for tests and benches: a received datagram (by its
     /// index, from 0) for which this returns true is dropped as if lost.
     pub drop_datagram: Option<std::sync::Arc<dyn Fn(u64) -> bool + Send + Sync>>,
@@ -57,18 +70,32 @@ impl std::fmt::Debug for FeedSubscriberOptions {
             .field("classes", &self.classes)
             .field("channel", &self.channel)
             .field("receiver", &self.receiver)
+            .field("speculative", &self.speculative)
             .field("drop_datagram", &self.drop_datagram.is_some())
             .finish()
     }
+}
+
+/// What a subscriber hands out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedEvent {
+    /// A committed record, exactly once and in order per class.
+    Committed(Delivered),
+    /// A speculative record or an entry's resolution (opted in).
+    Speculative(SpeculativeEvent),
 }
 
 /// Follows a feed; see the module docs.
 pub struct FeedSubscriber {
     socket: UdpSocket,
     receiver: Receiver,
+    speculative: Option<SpeculativeReceiver>,
+    /// Speculative entries whose records were handed out, by index, with
+    /// their term: only their resolutions are handed out.
+    shown: BTreeMap<u64, u64>,
     client: Option<Client>,
     options: FeedSubscriberOptions,
-    ready: VecDeque<Delivered>,
+    ready: VecDeque<FeedEvent>,
     buffer: Vec<u8>,
     /// Datagrams received so far (the index `drop_datagram` is given).
     received: u64,
@@ -95,6 +122,8 @@ impl FeedSubscriber {
         Ok(FeedSubscriber {
             socket,
             receiver: Receiver::new(options.receiver.clone()),
+            speculative: options.speculative.clone().map(SpeculativeReceiver::new),
+            shown: BTreeMap::new(),
             client,
             options,
             ready: VecDeque::new(),
@@ -115,12 +144,32 @@ impl FeedSubscriber {
         self.receiver.counters()
     }
 
-    /// The next record, waiting up to `timeout` for one (`None`: none came).
+    /// The speculative stream's counters, when it is followed.
+    pub fn speculative_counters(&self) -> Option<&SpeculativeCounters> {
+        self.speculative.as_ref().map(SpeculativeReceiver::counters)
+    }
+
+    /// The next committed record, waiting up to `timeout` for one (`None`:
+    /// none came). Speculative events, if any, are passed over.
     pub async fn next(&mut self, timeout: Duration) -> Result<Option<Delivered>, ClientError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Some(delivered) = self.ready.pop_front() {
-                return Ok(Some(delivered));
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_event(left).await? {
+                Some(FeedEvent::Committed(delivered)) => return Ok(Some(delivered)),
+                Some(FeedEvent::Speculative(_)) => continue,
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// The next committed record or speculative event, waiting up to
+    /// `timeout` for one (`None`: none came).
+    pub async fn next_event(&mut self, timeout: Duration) -> Result<Option<FeedEvent>, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Ok(Some(event));
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
@@ -129,41 +178,89 @@ impl FeedSubscriber {
             let wake = self
                 .receiver
                 .next_deadline()
+                .into_iter()
+                .chain(self.speculative.as_ref().and_then(SpeculativeReceiver::next_deadline))
+                .min()
                 .map(tokio::time::Instant::from_std)
                 .map_or(deadline, |d| d.min(deadline));
             let mut out = Vec::new();
+            let mut speculative = Vec::new();
             let mut actions = Vec::new();
             tokio::select! {
                 received = self.socket.recv_from(&mut self.buffer) => {
                     let (len, from) = received.map_err(|e| ClientError::Feed(format!("feed receive: {e}")))?;
-                    self.on_datagram(len, from, &mut out, &mut actions);
+                    self.on_datagram(len, from, &mut out, &mut speculative, &mut actions);
                     // Take what else is queued without waiting, so a burst
                     // is handled in one pass.
                     for _ in 0..256 {
                         match self.socket.try_recv_from(&mut self.buffer) {
-                            Ok((len, from)) => self.on_datagram(len, from, &mut out, &mut actions),
+                            Ok((len, from)) => self.on_datagram(len, from, &mut out, &mut speculative, &mut actions),
                             Err(_) => break,
                         }
                     }
                 }
                 _ = tokio::time::sleep_until(wake) => {
-                    self.receiver.tick(Instant::now(), &mut actions);
+                    let now = Instant::now();
+                    self.receiver.tick(now, &mut actions);
+                    if let Some(receiver) = self.speculative.as_mut() {
+                        receiver.tick(now, &mut speculative, &mut actions);
+                    }
                 }
             }
+            self.accept_speculative(speculative);
             self.act(actions, &mut out).await?;
             self.accept(out);
         }
     }
 
-    fn on_datagram(&mut self, len: usize, from: SocketAddr, out: &mut Vec<Delivered>, actions: &mut Vec<Action>) {
+    fn on_datagram(
+        &mut self,
+        len: usize,
+        from: SocketAddr,
+        out: &mut Vec<Delivered>,
+        speculative: &mut Vec<SpeculativeEvent>,
+        actions: &mut Vec<Action>,
+    ) {
         let index = self.received;
         self.received += 1;
         if self.options.drop_datagram.as_ref().is_some_and(|drop| drop(index)) {
             self.dropped += 1;
             return;
         }
-        self.receiver
-            .on_datagram(&self.buffer[..len], from, Instant::now(), out, actions);
+        let now = Instant::now();
+        let datagram = &self.buffer[..len];
+        self.receiver.on_datagram(datagram, from, now, out, actions);
+        if let Some(receiver) = self.speculative.as_mut() {
+            receiver.on_datagram(datagram, from, now, speculative, actions);
+        }
+    }
+
+    /// Hand out the speculative events the selection keeps: records of the
+    /// channel and classes asked for, and the resolutions of their entries.
+    fn accept_speculative(&mut self, events: Vec<SpeculativeEvent>) {
+        for event in events {
+            match &event {
+                SpeculativeEvent::Record(record) => {
+                    if self.options.channel.as_ref().is_some_and(|c| c != &record.channel) {
+                        continue;
+                    }
+                    if let Some(names) = &self.options.classes {
+                        let name = self.receiver.class_name(record.class);
+                        if !name.is_some_and(|n| names.iter().any(|w| w == n)) {
+                            continue;
+                        }
+                    }
+                    self.shown.insert(record.index, record.term);
+                }
+                SpeculativeEvent::Resolved(resolution) => {
+                    if self.shown.get(&resolution.index) != Some(&resolution.term) {
+                        continue;
+                    }
+                    self.shown.remove(&resolution.index);
+                }
+            }
+            self.ready.push_back(FeedEvent::Speculative(event));
+        }
     }
 
     /// Datagrams dropped by `drop_datagram`.
@@ -189,7 +286,7 @@ impl FeedSubscriber {
                     continue;
                 }
             }
-            self.ready.push_back(delivered);
+            self.ready.push_back(FeedEvent::Committed(delivered));
         }
     }
 

@@ -60,6 +60,7 @@ pub use client::Client;
 pub use credentials::Credentials;
 pub use credentials::CLIENT_TOKEN_TTL;
 pub use error::ClientError;
+pub use feed_subscriber::FeedEvent;
 pub use feed_subscriber::FeedSubscriber;
 pub use feed_subscriber::FeedSubscriberOptions;
 pub use options::ClientOptions;

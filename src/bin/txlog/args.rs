@@ -610,7 +610,10 @@ pub struct FeedSubscribeArgs {
     /// Never read the log: gaps the ring cannot fill are skipped and counted as unfilled.
     #[arg(long)]
     pub no_log: bool,
-    /// Opt into the speculative (pre-commit) stream. Not built yet: refused with a message.
+    /// Also follow the speculative stream of nodes started with --feed-speculative: records
+    /// as the log appends them, before commit (printed `speculative ...`), then each entry's
+    /// outcome (`committed`, `rolled-back`, or `unknown` when its publisher stopped or cannot
+    /// tell). Committed records still come as usual and are the truth.
     #[arg(long)]
     pub speculative: bool,
     #[command(flatten)]

@@ -6,9 +6,13 @@ use std::time::Duration;
 use std::time::Instant;
 
 use anyhow::Context;
+use txlog_client::feed::packet::Outcome;
 use txlog_client::feed::Description;
 use txlog_client::feed::ReceiverConfig;
+use txlog_client::feed::SpeculativeConfig;
+use txlog_client::feed::SpeculativeEvent;
 use txlog_client::feed::Via;
+use txlog_client::FeedEvent;
 use txlog_client::FeedSubscriber;
 use txlog_client::FeedSubscriberOptions;
 
@@ -26,9 +30,6 @@ pub async fn run(command: FeedCommand) -> anyhow::Result<()> {
 }
 
 async fn subscribe(args: FeedSubscribeArgs) -> anyhow::Result<()> {
-    if args.speculative {
-        anyhow::bail!("the speculative (pre-commit) stream is not built yet; the feed carries committed records only");
-    }
     let feed: SocketAddr = args
         .feed
         .parse()
@@ -54,6 +55,7 @@ async fn subscribe(args: FeedSubscribeArgs) -> anyhow::Result<()> {
             from_seq: args.from,
             ..ReceiverConfig::default()
         },
+        speculative: args.speculative.then(SpeculativeConfig::default),
         drop_datagram: None,
     };
     let mut subscriber = FeedSubscriber::join(options, client)?;
@@ -64,7 +66,17 @@ async fn subscribe(args: FeedSubscribeArgs) -> anyhow::Result<()> {
     loop {
         let next = tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
-            next = subscriber.next(STATUS_EVERY) => next?,
+            next = subscriber.next_event(STATUS_EVERY) => next?,
+        };
+        let next = match next {
+            Some(FeedEvent::Speculative(event)) => {
+                if !args.quiet {
+                    print_speculative(&event);
+                }
+                None
+            }
+            Some(FeedEvent::Committed(delivered)) => Some(delivered),
+            None => None,
         };
         if let Some(delivered) = next {
             last_record = Instant::now();
@@ -105,7 +117,45 @@ async fn subscribe(args: FeedSubscribeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn print_speculative(event: &SpeculativeEvent) {
+    match event {
+        SpeculativeEvent::Record(r) => {
+            let payload = if r.sealed {
+                format!("<sealed, {} bytes>", r.payload.len())
+            } else {
+                String::from_utf8_lossy(&r.payload).into_owned()
+            };
+            println!(
+                "speculative term={} index={} position={} channel={} txid={} payload={payload}",
+                r.term,
+                r.index,
+                r.position,
+                r.channel,
+                String::from_utf8_lossy(&r.txid)
+            );
+        }
+        SpeculativeEvent::Resolved(resolution) => {
+            let outcome = match resolution.outcome {
+                Outcome::Committed => "committed",
+                Outcome::RolledBack => "rolled-back",
+                Outcome::Unknown => "unknown",
+            };
+            println!("{outcome} term={} index={}", resolution.term, resolution.index);
+        }
+    }
+}
+
 fn status_line(subscriber: &FeedSubscriber, printed: u64) -> String {
+    let speculative = subscriber.speculative_counters().map_or(String::new(), |s| {
+        format!(
+            "; speculative: records {}, committed {}, rolled back {}, unknown {}, lost {}",
+            s.records, s.committed, s.rolled_back, s.unknown, s.lost
+        )
+    });
+    status_counters(subscriber, printed) + &speculative
+}
+
+fn status_counters(subscriber: &FeedSubscriber, printed: u64) -> String {
     let c = subscriber.counters();
     format!(
         "feed: records {printed}, packets {}, gaps {}, re-requests {}, recovered {}, fallback reads {} ({} records), duplicates {}, malformed {}, session switches {}, unfilled {}",

@@ -134,6 +134,7 @@ pub(super) fn config(args: &FeedBenchArgs, session: u64, egress_packets_per_s: u
         heartbeat: Duration::from_millis(100),
         egress_packets_per_s,
         queue_packets_max: txlog_client::feed::QUEUE_PACKETS_MAX_DEFAULT,
+        speculative: false,
     }
 }
 
@@ -289,6 +290,7 @@ fn subscriber_options(listen: SocketAddr, group: Option<(Ipv4Addr, Ipv4Addr)>) -
         classes: None,
         channel: None,
         receiver: ReceiverConfig::default(),
+        speculative: None,
         drop_datagram: None,
     }
 }
