@@ -53,6 +53,7 @@ fn subscriber(cluster: &TestCluster, port: u16, drop: impl Fn(u64) -> bool + Sen
             session_timeout: Duration::from_secs(1),
             ..ReceiverConfig::default()
         },
+        speculative: None,
         drop_datagram: Some(Arc::new(drop)),
     };
     FeedSubscriber::join(options, Some(cluster.client())).expect("subscriber joins")
@@ -311,6 +312,7 @@ async fn dpdk_backend_publishes_over_a_veth_to_a_subscriber_in_a_namespace() {
             session_timeout: Duration::from_secs(1),
             ..ReceiverConfig::default()
         },
+        speculative: None,
         drop_datagram: Some(Arc::new(|i| {
             i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32 & 0xFFFF < 1300
         })),
@@ -344,4 +346,179 @@ async fn dpdk_backend_publishes_over_a_veth_to_a_subscriber_in_a_namespace() {
         cluster.logs().contains("DPDK port started"),
         "the nodes published through DPDK"
     );
+}
+
+/// The speculative stream end to end in a sealed cluster (ids 6/60/600),
+/// each node publishing to its own subscriber port: the leader previews
+/// every appended record (sealed for the feed) before its committed copy
+/// and marks each entry committed; an entry appended while the followers
+/// are paused, then cut by a new leader's log, is marked rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speculative_stream_previews_appends_then_commits_and_rolls_back() {
+    use txlog_client::feed::packet::Outcome;
+    use txlog_client::feed::SpeculativeConfig;
+    use txlog_client::feed::SpeculativeEvent;
+    use txlog_client::FeedEvent;
+
+    let _serial = SERIAL.lock().await;
+    let ids = [6u64, 60, 600];
+    let feed_ports: BTreeMap<u64, u16> = ids
+        .iter()
+        .map(|&id| (id, txlog_testkit::free_port().expect("port")))
+        .collect();
+    let subscriber_ports: BTreeMap<u64, u16> = ids
+        .iter()
+        .map(|&id| (id, txlog_testkit::free_port().expect("port")))
+        .collect();
+    let (feeds, subscribers) = (feed_ports.clone(), subscriber_ports.clone());
+    let mut cluster =
+        TestCluster::start_with_node_args(&ids, &["--feed-speculative", "--feed-heartbeat-ms", "100"], move |id| {
+            vec![
+                "--feed-listen".into(),
+                format!("127.0.0.1:{}", feeds[&id]),
+                "--feed-targets".into(),
+                format!("127.0.0.1:{}", subscribers[&id]),
+            ]
+        });
+    let leader = cluster.wait_for_leader(WAIT).await;
+    let options = FeedSubscriberOptions {
+        listen: SocketAddr::from(([127, 0, 0, 1], subscriber_ports[&leader])),
+        group: None,
+        classes: None,
+        channel: None,
+        receiver: ReceiverConfig::default(),
+        speculative: Some(SpeculativeConfig::default()),
+        drop_datagram: None,
+    };
+    let mut subscriber = FeedSubscriber::join(options, Some(cluster.client())).expect("subscriber joins");
+    let client = cluster.client();
+
+    // Committed entries: every record previewed, before its committed copy.
+    let appended = append(&client, "sure", 60).await;
+    // By txid: the event's place in the stream, when it came, its entry.
+    type Preview = (usize, Instant, (u64, u64));
+    let mut speculative_at: BTreeMap<Vec<u8>, Preview> = BTreeMap::new();
+    let mut committed_at: BTreeMap<Vec<u8>, (usize, Instant)> = BTreeMap::new();
+    let mut outcomes: BTreeMap<(u64, u64), Vec<Outcome>> = BTreeMap::new();
+    let mut events = 0usize;
+    let entries_resolved = |speculative_at: &BTreeMap<Vec<u8>, Preview>,
+                            outcomes: &BTreeMap<(u64, u64), Vec<Outcome>>| {
+        speculative_at
+            .values()
+            .all(|(_, _, entry)| outcomes.contains_key(entry))
+    };
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline
+        && !(committed_at.len() == appended.len()
+            && speculative_at.len() == appended.len()
+            && entries_resolved(&speculative_at, &outcomes))
+    {
+        let Some(event) = subscriber.next_event(Duration::from_millis(200)).await.expect("feed") else {
+            continue;
+        };
+        events += 1;
+        match event {
+            FeedEvent::Speculative(SpeculativeEvent::Record(r)) => {
+                assert!(
+                    r.sealed,
+                    "a sealed cluster's speculative payloads are sealed for the feed"
+                );
+                let plain = format!("payload sure {}", &String::from_utf8_lossy(&r.txid)["sure-".len()..]);
+                assert_eq!(r.payload.len(), plain.len() + 21, "sealed: key id, flags and tag added");
+                let first = speculative_at.insert(r.txid.clone(), (events, Instant::now(), (r.term, r.index)));
+                assert!(first.is_none(), "each speculative record once");
+            }
+            FeedEvent::Speculative(SpeculativeEvent::Resolved(res)) => {
+                outcomes.entry((res.term, res.index)).or_default().push(res.outcome);
+            }
+            FeedEvent::Committed(d) => {
+                committed_at.insert(d.record.txid.clone(), (events, Instant::now()));
+            }
+        }
+    }
+    assert_eq!(speculative_at.len(), appended.len(), "every appended record previewed");
+    assert_eq!(
+        committed_at.len(),
+        appended.len(),
+        "every record committed on the class streams"
+    );
+    let mut ahead = Vec::new();
+    for (txid, (order, at, entry)) in &speculative_at {
+        let (committed_order, committed_time) = committed_at[txid];
+        assert!(
+            order < &committed_order,
+            "{:?} previewed before its committed copy",
+            String::from_utf8_lossy(txid)
+        );
+        ahead.push(committed_time.saturating_duration_since(*at));
+        assert_eq!(
+            outcomes[entry],
+            [Outcome::Committed],
+            "entry {entry:?} resolved once, committed"
+        );
+    }
+    ahead.sort();
+    eprintln!(
+        "speculative copy ahead of the committed one: median {:?}",
+        ahead[ahead.len() / 2]
+    );
+
+    // An entry only the leader holds, cut by the next leader: rolled back.
+    // The followers are killed, not paused: a paused follower's kernel
+    // would still take the entry in, and it would commit on resuming.
+    let followers: Vec<u64> = ids.iter().copied().filter(|&id| id != leader).collect();
+    for &id in &followers {
+        cluster.kill(id);
+    }
+    let stuck_client = cluster.client();
+    let stuck = tokio::spawn(async move { append(&stuck_client, "lost", 10).await });
+    let mut lost_entry = None;
+    let deadline = Instant::now() + WAIT;
+    while lost_entry.is_none() && Instant::now() < deadline {
+        if let Some(FeedEvent::Speculative(SpeculativeEvent::Record(r))) =
+            subscriber.next_event(Duration::from_millis(200)).await.expect("feed")
+        {
+            if r.txid.starts_with(b"lost-") {
+                lost_entry = Some((r.term, r.index));
+            }
+        }
+    }
+    let lost_entry = lost_entry.expect("the uncommitted entry is previewed");
+    // The old leader is silenced before the followers return, so the
+    // entry cannot reach them; the request is abandoned, never retried.
+    stuck.abort();
+    cluster.pause(leader);
+    for &id in &followers {
+        cluster.start_node(id);
+    }
+    let after = append(&client, "after", 20).await;
+    cluster.resume(leader);
+    let mut rolled_back = false;
+    let mut committed_after = 0;
+    let deadline = Instant::now() + WAIT;
+    while !(rolled_back && committed_after == after.len()) && Instant::now() < deadline {
+        let event = subscriber.next_event(Duration::from_millis(200)).await.expect("feed");
+        match event {
+            Some(FeedEvent::Speculative(SpeculativeEvent::Resolved(res))) if (res.term, res.index) == lost_entry => {
+                assert_eq!(res.outcome, Outcome::RolledBack, "the cut entry is rolled back");
+                rolled_back = true;
+            }
+            Some(FeedEvent::Committed(d)) => {
+                assert!(
+                    !d.record.txid.starts_with(b"lost-"),
+                    "the cut entry's records never commit"
+                );
+                committed_after += usize::from(d.record.txid.starts_with(b"after-"));
+            }
+            _ => {}
+        }
+    }
+    assert!(rolled_back, "a rollback mark for {lost_entry:?}\n{}", cluster.logs());
+    assert_eq!(
+        committed_after,
+        after.len(),
+        "the new leader's records reach the old leader's feed"
+    );
+    let counters = subscriber.speculative_counters().expect("speculative on");
+    assert!(counters.rolled_back >= 1 && counters.committed >= 1, "{counters:?}");
 }

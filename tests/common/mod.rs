@@ -160,6 +160,16 @@ impl TestCluster {
         self.local.kill(position);
     }
 
+    /// SIGSTOP one node: it keeps its sockets, its peers hear nothing.
+    pub fn pause(&self, id: u64) {
+        self.local.pause(self.position(id));
+    }
+
+    /// SIGCONT a paused node.
+    pub fn resume(&self, id: u64) {
+        self.local.resume(self.position(id));
+    }
+
     /// SIGTERM one node and wait for it to exit (it flushes sled on the way out).
     pub async fn stop(&mut self, id: u64) {
         let position = self.position(id);
