@@ -27,6 +27,22 @@ fn pkg_config(args: &[&str]) -> Vec<String> {
 fn main() {
     println!("cargo:rerun-if-changed=csrc/shim.c");
     println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
+    println!("cargo:rerun-if-env-changed=PKG_CONFIG_LIBDIR");
+    // Cargo makes this in-tree path dependency a workspace member, so
+    // `cargo test --workspace` builds it even where nothing enables the
+    // `dpdk` feature. Without DPDK it builds the declarations alone: nothing
+    // calls them then, and a build that does (`--features dpdk`) fails to
+    // link, after this warning says why.
+    let found = Command::new("pkg-config")
+        .args(["--exists", "libdpdk"])
+        .status()
+        .is_ok_and(|status| status.success());
+    if !found {
+        println!(
+            "cargo:warning=dpdk-sys: libdpdk not found by pkg-config; built without DPDK, so txlog's `dpdk` feature will not link (install pkg-config and libdpdk-dev 22.11)"
+        );
+        return;
+    }
     let version = pkg_config(&["--modversion"]).join("");
     if !version.starts_with("22.11") {
         println!("cargo:warning=dpdk-sys is written against DPDK 22.11; found {version}");

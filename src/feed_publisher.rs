@@ -57,25 +57,28 @@ struct StoreSource {
 
 impl txlog_feed::RecordSource for StoreSource {
     fn next(&mut self, timeout: Duration) -> io::Result<Vec<FeedRecord>> {
-        let tapped = self.tap.as_ref().is_some_and(|tap| !tap.is_empty());
-        if self.reader.last_seq() < self.next_seq && !tapped {
-            let changed = self.last_seq.changed();
-            let tap = self.tap.clone();
-            let _ = self.runtime.block_on(async move {
-                let appended = async {
-                    match &tap {
-                        Some(tap) => tap.notify.notified().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::time::timeout(timeout, async {
-                    tokio::select! {
-                        _ = changed => {}
-                        _ = appended => {}
-                    }
-                })
-                .await
-            });
+        if self.reader.last_seq() < self.next_seq {
+            // Log events for the speculative stream end the wait too.
+            let tapped = self.tap.as_ref().is_some_and(|tap| !tap.is_empty());
+            if !tapped {
+                let changed = self.last_seq.changed();
+                let tap = self.tap.clone();
+                let _ = self.runtime.block_on(async move {
+                    let appended = async {
+                        match &tap {
+                            Some(tap) => tap.notify.notified().await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::time::timeout(timeout, async {
+                        tokio::select! {
+                            _ = changed => {}
+                            _ = appended => {}
+                        }
+                    })
+                    .await
+                });
+            }
             if self.reader.last_seq() < self.next_seq {
                 return Ok(Vec::new());
             }

@@ -395,10 +395,10 @@ async fn speculative_stream_previews_appends_then_commits_and_rolls_back() {
 
     // Committed entries: every record previewed, before its committed copy.
     let appended = append(&client, "sure", 60).await;
-    // By txid: the event's place in the stream, when it came, its entry.
-    type Preview = (usize, Instant, (u64, u64));
+    // By txid: the event's place in the stream, when its packet was sent, its entry.
+    type Preview = (usize, u64, (u64, u64));
     let mut speculative_at: BTreeMap<Vec<u8>, Preview> = BTreeMap::new();
-    let mut committed_at: BTreeMap<Vec<u8>, (usize, Instant)> = BTreeMap::new();
+    let mut committed_at: BTreeMap<Vec<u8>, (usize, u64)> = BTreeMap::new();
     let mut outcomes: BTreeMap<(u64, u64), Vec<Outcome>> = BTreeMap::new();
     let mut events = 0usize;
     let entries_resolved = |speculative_at: &BTreeMap<Vec<u8>, Preview>,
@@ -425,14 +425,14 @@ async fn speculative_stream_previews_appends_then_commits_and_rolls_back() {
                 );
                 let plain = format!("payload sure {}", &String::from_utf8_lossy(&r.txid)["sure-".len()..]);
                 assert_eq!(r.payload.len(), plain.len() + 21, "sealed: key id, flags and tag added");
-                let first = speculative_at.insert(r.txid.clone(), (events, Instant::now(), (r.term, r.index)));
+                let first = speculative_at.insert(r.txid.clone(), (events, r.send_time_ns, (r.term, r.index)));
                 assert!(first.is_none(), "each speculative record once");
             }
             FeedEvent::Speculative(SpeculativeEvent::Resolved(res)) => {
                 outcomes.entry((res.term, res.index)).or_default().push(res.outcome);
             }
             FeedEvent::Committed(d) => {
-                committed_at.insert(d.record.txid.clone(), (events, Instant::now()));
+                committed_at.insert(d.record.txid.clone(), (events, d.send_time_ns));
             }
         }
     }
@@ -450,7 +450,7 @@ async fn speculative_stream_previews_appends_then_commits_and_rolls_back() {
             "{:?} previewed before its committed copy",
             String::from_utf8_lossy(txid)
         );
-        ahead.push(committed_time.saturating_duration_since(*at));
+        ahead.push(Duration::from_nanos(committed_time.saturating_sub(*at)));
         assert_eq!(
             outcomes[entry],
             [Outcome::Committed],
@@ -459,7 +459,7 @@ async fn speculative_stream_previews_appends_then_commits_and_rolls_back() {
     }
     ahead.sort();
     eprintln!(
-        "speculative copy ahead of the committed one: median {:?}",
+        "speculative copy sent ahead of the committed one: median {:?}",
         ahead[ahead.len() / 2]
     );
 
