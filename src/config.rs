@@ -1084,6 +1084,22 @@ mod feed_tests {
         .expect("toml")
     }
 
+    /// The speculative stream is off unless asked for, and needs a feed.
+    #[test]
+    fn speculative_feed_needs_a_feed() {
+        let feed = feed_of(&settings("")).expect("valid").expect("a feed");
+        assert!(!feed.speculative && !feed.publisher_config(1).speculative);
+        let feed = feed_of(&settings("feed_speculative = true"))
+            .expect("valid")
+            .expect("a feed");
+        assert!(feed.speculative && feed.publisher_config(1).speculative);
+        let alone: NodeSettings = toml::from_str("feed_speculative = true").expect("toml");
+        let err = feed_of(&alone).expect_err("no feed_listen");
+        assert!(err.to_string().contains("feed_speculative needs feed_listen"), "{err}");
+        let off: NodeSettings = toml::from_str("feed_speculative = false").expect("toml");
+        assert!(feed_of(&off).expect("valid").is_none());
+    }
+
     /// The DPDK settings say what is missing or wrong, and name the setting.
     #[test]
     fn dpdk_feed_settings_are_checked() {

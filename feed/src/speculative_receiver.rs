@@ -383,68 +383,64 @@ impl SpeculativeReceiver {
     }
 
     /// Hand out what is contiguous from the next seq; open a gap at the
-    /// first hole.
+    /// first hole, or skip it when more than the buffer's bound waits
+    /// behind it.
     fn drain(&mut self, now: Instant, out: &mut Vec<SpeculativeEvent>, actions: &mut Vec<Action>) {
         let buffer_max = self.config.buffer_messages_max;
-        let Some(follow) = self.follow.as_mut() else { return };
-        while let Some(message) = follow.buffer.remove(&follow.next_seq) {
-            follow.next_seq += 1;
-            match message {
-                Owned::Record(record) => {
-                    if self.config.classes.as_ref().is_some_and(|c| !c.contains(&record.class)) {
-                        continue;
-                    }
-                    self.counters.records += 1;
-                    if self.pending.insert(record.index, record.term) != Some(record.term) {
-                        while self.pending.len() > PENDING_ENTRIES_MAX {
-                            let (index, term) = self.pending.pop_first().expect("non-empty");
-                            self.counters.unknown += 1;
-                            out.push(SpeculativeEvent::Resolved(Resolution {
-                                outcome: Outcome::Unknown,
-                                term,
-                                index,
-                            }));
+        loop {
+            let Some(follow) = self.follow.as_mut() else { return };
+            while let Some(message) = follow.buffer.remove(&follow.next_seq) {
+                follow.next_seq += 1;
+                match message {
+                    Owned::Record(record) => {
+                        if self.config.classes.as_ref().is_some_and(|c| !c.contains(&record.class)) {
+                            continue;
                         }
+                        self.counters.records += 1;
+                        if self.pending.insert(record.index, record.term) != Some(record.term) {
+                            while self.pending.len() > PENDING_ENTRIES_MAX {
+                                let (index, term) = self.pending.pop_first().expect("non-empty");
+                                self.counters.unknown += 1;
+                                out.push(SpeculativeEvent::Resolved(Resolution {
+                                    outcome: Outcome::Unknown,
+                                    term,
+                                    index,
+                                }));
+                            }
+                        }
+                        out.push(SpeculativeEvent::Record(record));
                     }
-                    out.push(SpeculativeEvent::Record(record));
-                }
-                Owned::Resolution(resolution) => {
-                    if self.pending.get(&resolution.index) != Some(&resolution.term) {
-                        continue;
+                    Owned::Resolution(resolution) => {
+                        if self.pending.get(&resolution.index) != Some(&resolution.term) {
+                            continue;
+                        }
+                        self.pending.remove(&resolution.index);
+                        match resolution.outcome {
+                            Outcome::Committed => self.counters.committed += 1,
+                            Outcome::RolledBack => self.counters.rolled_back += 1,
+                            Outcome::Unknown => self.counters.unknown += 1,
+                        }
+                        out.push(SpeculativeEvent::Resolved(resolution));
                     }
-                    self.pending.remove(&resolution.index);
-                    match resolution.outcome {
-                        Outcome::Committed => self.counters.committed += 1,
-                        Outcome::RolledBack => self.counters.rolled_back += 1,
-                        Outcome::Unknown => self.counters.unknown += 1,
-                    }
-                    out.push(SpeculativeEvent::Resolved(resolution));
                 }
             }
-        }
-        if let Some(gap) = &follow.gap {
-            if gap.end <= follow.next_seq {
+            if follow.gap.as_ref().is_some_and(|gap| gap.end <= follow.next_seq) {
                 follow.gap = None;
             }
-        }
-        let Some(&ahead) = follow.buffer.keys().next() else {
-            return;
-        };
-        if follow.buffer.len() > buffer_max {
-            let _ = follow.gap.as_mut().map(|g| g.attempts = u32::MAX);
-            if follow.gap.is_none() {
-                follow.gap = Some(Gap {
-                    first: follow.next_seq,
-                    end: ahead,
-                    requested_at: now,
-                    attempts: u32::MAX,
-                });
+            let Some(&ahead) = follow.buffer.keys().next() else {
+                return;
+            };
+            if follow.buffer.len() > buffer_max {
+                // Too much waits behind the hole: it is lost; go on after it.
+                self.counters.lost += ahead - follow.next_seq;
+                follow.next_seq = ahead;
+                follow.gap = None;
+                continue;
             }
-            self.give_up_gap(now, out, actions);
+            if follow.gap.is_none() {
+                self.open_gap(ahead, now, actions);
+            }
             return;
-        }
-        if follow.gap.is_none() {
-            self.open_gap(ahead, now, actions);
         }
     }
 }
@@ -646,6 +642,30 @@ mod tests {
         );
         assert_eq!(receiver.following().map(|f| f.0), Some(88));
         assert!(matches!(out.last(), Some(SpeculativeEvent::Record(r)) if r.index == 8));
+    }
+
+    /// More than the buffer's bound behind a hole: the hole is lost at once
+    /// and what waited behind it is handed out.
+    #[test]
+    fn a_full_buffer_skips_the_hole() {
+        let messages: Vec<Message<'_>> = (1..=6).map(|i| Message::Speculative(record(i, 0, 0))).collect();
+        let packets = packets(&messages);
+        let mut receiver = SpeculativeReceiver::new(SpeculativeConfig {
+            buffer_messages_max: 2,
+            ..SpeculativeConfig::default()
+        });
+        let (out, _) = receive(&mut receiver, &packets, [0, 2, 3]);
+        assert_eq!(out.len(), 1, "two wait behind the hole at 2");
+        let (out, _) = receive(&mut receiver, &packets, [4, 5]);
+        let indexes: Vec<u64> = out
+            .iter()
+            .map(|e| match e {
+                SpeculativeEvent::Record(r) => r.index,
+                SpeculativeEvent::Resolved(r) => panic!("no resolution here: {r:?}"),
+            })
+            .collect();
+        assert_eq!(indexes, [3, 4, 5, 6]);
+        assert_eq!(receiver.counters().lost, 1);
     }
 
     /// Class selection: records of other classes are not shown, and their
