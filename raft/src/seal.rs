@@ -123,16 +123,7 @@ impl SpeculativeKey {
         let mut nonce = [0u8; NONCE_BYTES];
         nonce[..8].copy_from_slice(&index.to_be_bytes());
         nonce[8..].copy_from_slice(&position.to_be_bytes());
-        let start = out.len();
-        out.extend_from_slice(&self.id.to_le_bytes());
-        out.push(0);
-        out.extend_from_slice(payload);
-        let (header, plain) = out[start..].split_at_mut(AT_REST_HEADER_BYTES);
-        let tag = self
-            .cipher
-            .encrypt_inout_detached((&nonce).into(), header, plain.into())
-            .expect("AES-GCM seals any record under the frame limit");
-        out.extend_from_slice(&tag);
+        seal_payload(&self.cipher, self.id, &nonce, payload, out);
     }
 
     /// Open what [`SpeculativeKey::seal`] sealed for (`index`, `position`).
@@ -194,6 +185,20 @@ impl AtRestKey {
     }
 }
 
+/// Append `data key id | flags (0) | ciphertext | tag` of `payload` to
+/// `out`: the layout of a payload sealed at rest or for the speculative feed.
+fn seal_payload(cipher: &Aes256Gcm, id: u32, nonce: &[u8; NONCE_BYTES], payload: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&id.to_le_bytes());
+    out.push(0);
+    out.extend_from_slice(payload);
+    let (header, plain) = out[start..].split_at_mut(AT_REST_HEADER_BYTES);
+    let tag = cipher
+        .encrypt_inout_detached(nonce.into(), header, plain.into())
+        .expect("AES-GCM seals any record under the frame limit");
+    out.extend_from_slice(&tag);
+}
+
 fn at_rest_nonce(seq: u64) -> [u8; NONCE_BYTES] {
     let mut nonce = [0u8; NONCE_BYTES];
     nonce[..4].copy_from_slice(AT_REST_NONCE_PREFIX);
@@ -203,16 +208,7 @@ fn at_rest_nonce(seq: u64) -> [u8; NONCE_BYTES] {
 
 impl txlog_storage::SealAtRest for AtRestKey {
     fn seal(&self, seq: u64, payload: &[u8], out: &mut Vec<u8>) {
-        let start = out.len();
-        out.extend_from_slice(&self.id.to_le_bytes());
-        out.push(0);
-        out.extend_from_slice(payload);
-        let (header, plain) = out[start..].split_at_mut(AT_REST_HEADER_BYTES);
-        let tag = self
-            .cipher
-            .encrypt_inout_detached((&at_rest_nonce(seq)).into(), header, plain.into())
-            .expect("AES-GCM seals any record under the frame limit");
-        out.extend_from_slice(&tag);
+        seal_payload(&self.cipher, self.id, &at_rest_nonce(seq), payload, out);
     }
 }
 
