@@ -522,3 +522,57 @@ async fn speculative_stream_previews_appends_then_commits_and_rolls_back() {
     let counters = subscriber.speculative_counters().expect("speculative on");
     assert!(counters.rolled_back >= 1 && counters.committed >= 1, "{counters:?}");
 }
+
+/// `txlog feed subscribe --key-file` opens a sealed cluster's payloads on
+/// both streams (ids 4/40/400): each live record prints its plaintext, as
+/// its speculative copy and as the committed record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_opens_sealed_payloads_on_both_streams() {
+    let _serial = SERIAL.lock().await;
+    let port = txlog_testkit::free_port().expect("port");
+    let (cluster, _) = feed_cluster(&[4, 40, 400], port, &["--feed-speculative"]);
+    cluster.wait_for_leader(WAIT).await;
+    let cli = common::Cli {
+        cluster: cluster.addresses(),
+        secret_file: cluster.root_key_file().map(|p| p.to_path_buf()),
+        certs_dir: cluster.certs_dir().map(|p| p.to_path_buf()),
+    };
+    let key_file = cluster.key_file().expect("a sealed cluster").display().to_string();
+    let feed = format!("127.0.0.1:{port}");
+    let subscribe = std::thread::spawn(move || {
+        txlog(
+            &cli,
+            &[
+                "feed",
+                "subscribe",
+                "--feed",
+                &feed,
+                "--speculative",
+                "--key-file",
+                &key_file,
+                "--count",
+                "20",
+                "--idle-exit",
+                "30s",
+            ],
+        )
+    });
+    // Live records only: give the subscriber time to join first.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let appended = append(&cluster.client(), "open", 20).await;
+    let (ok, out, err) = tokio::task::spawn_blocking(move || subscribe.join().expect("subscriber thread"))
+        .await
+        .expect("join");
+    assert!(ok, "feed subscribe: {err}");
+    for txid in appended.keys() {
+        let plain = format!("payload=payload {}", txid.replace('-', " "));
+        let committed = out
+            .lines()
+            .any(|l| l.starts_with("seq=") && l.contains(&format!("txid={txid} ")) && l.ends_with(&plain));
+        let previewed = out
+            .lines()
+            .any(|l| l.starts_with("speculative ") && l.contains(&format!("txid={txid} ")) && l.ends_with(&plain));
+        assert!(committed && previewed, "{txid} opened on both streams:\n{out}\n{err}");
+    }
+    assert!(!out.contains("<sealed"), "every payload opened:\n{out}");
+}

@@ -616,6 +616,11 @@ pub struct FeedSubscribeArgs {
     /// tell). Committed records still come as usual and are the truth.
     #[arg(long)]
     pub speculative: bool,
+    /// Open a sealed cluster's payloads with its key file (mode 0600; its data keys are read
+    /// from the log) [default: the dev cluster's txlog-dev-data/cluster.key, if it exists; else
+    /// sealed payloads print as <sealed, N bytes>].
+    #[arg(long, env = "TXLOG_FEED_KEY_FILE")]
+    pub key_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }

@@ -19,6 +19,7 @@ use txlog_client::FeedSubscriberOptions;
 use crate::args::FeedCommand;
 use crate::args::FeedStatusArgs;
 use crate::args::FeedSubscribeArgs;
+use crate::feed_open::PayloadOpener;
 
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 
@@ -58,6 +59,17 @@ async fn subscribe(args: FeedSubscribeArgs) -> anyhow::Result<()> {
         speculative: args.speculative.then(SpeculativeConfig::default),
         drop_datagram: None,
     };
+    let key_file = args
+        .key_file
+        .clone()
+        .or_else(|| crate::records::dev_file(txlog_testkit::KEY_FILE));
+    let mut opener = match (key_file, &client) {
+        (Some(path), Some(client)) => Some(PayloadOpener::new(&path, client.clone()).await?),
+        (Some(_), None) if args.key_file.is_some() => {
+            anyhow::bail!("--key-file needs the log (its data keys are there): drop --no-log")
+        }
+        _ => None,
+    };
     let mut subscriber = FeedSubscriber::join(options, client)?;
     eprintln!("txlog feed: listening on {feed}");
     let mut printed = 0u64;
@@ -71,7 +83,7 @@ async fn subscribe(args: FeedSubscribeArgs) -> anyhow::Result<()> {
         let next = match next {
             Some(FeedEvent::Speculative(event)) => {
                 if !args.quiet {
-                    print_speculative(&event);
+                    print_speculative(&event, opener.as_mut()).await;
                 }
                 None
             }
@@ -83,10 +95,10 @@ async fn subscribe(args: FeedSubscribeArgs) -> anyhow::Result<()> {
             printed += 1;
             if !args.quiet {
                 let r = &delivered.record;
-                let payload = if r.sealed {
-                    format!("<sealed, {} bytes>", r.payload.len())
-                } else {
-                    String::from_utf8_lossy(&r.payload).into_owned()
+                let payload = match (r.sealed, opener.as_mut()) {
+                    (false, _) => String::from_utf8_lossy(&r.payload).into_owned(),
+                    (true, None) => format!("<sealed, {} bytes>", r.payload.len()),
+                    (true, Some(opener)) => shown(opener.open_committed(r.seq, &r.payload).await, r.payload.len()),
                 };
                 let via = match delivered.via {
                     Via::Live => "live",
@@ -117,13 +129,24 @@ async fn subscribe(args: FeedSubscribeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_speculative(event: &SpeculativeEvent) {
+/// An opened payload as text, or why it could not be opened.
+fn shown(opened: anyhow::Result<Vec<u8>>, sealed_bytes: usize) -> String {
+    match opened {
+        Ok(plain) => String::from_utf8_lossy(&plain).into_owned(),
+        Err(err) => format!("<sealed, {sealed_bytes} bytes; cannot open: {err:#}>"),
+    }
+}
+
+async fn print_speculative(event: &SpeculativeEvent, opener: Option<&mut PayloadOpener>) {
     match event {
         SpeculativeEvent::Record(r) => {
-            let payload = if r.sealed {
-                format!("<sealed, {} bytes>", r.payload.len())
-            } else {
-                String::from_utf8_lossy(&r.payload).into_owned()
+            let payload = match (r.sealed, opener) {
+                (false, _) => String::from_utf8_lossy(&r.payload).into_owned(),
+                (true, None) => format!("<sealed, {} bytes>", r.payload.len()),
+                (true, Some(opener)) => shown(
+                    opener.open_speculative(r.term, r.index, r.position, &r.payload).await,
+                    r.payload.len(),
+                ),
             };
             println!(
                 "speculative term={} index={} position={} channel={} txid={} payload={payload}",

@@ -49,7 +49,7 @@ fn tls_files(args: &ClusterArgs) -> anyhow::Result<Option<TlsFiles>> {
 }
 
 /// `name` in the directory `txlog dev` keeps its cluster in, if it exists.
-fn dev_file(name: &str) -> Option<std::path::PathBuf> {
+pub fn dev_file(name: &str) -> Option<std::path::PathBuf> {
     let dir = std::env::var_os("TXLOG_DEV_DATA_DIR").map_or_else(|| "txlog-dev-data".into(), std::path::PathBuf::from);
     let path = dir.join(name);
     path.exists().then_some(path)
