@@ -133,7 +133,10 @@ async fn only_the_clusters_certificates_connect_and_only_nodes_speak_raft() {
         .append_one("orders", b"plain", b"x")
         .await
         .expect_err("plain refused");
-    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    // The transport fails either way: the connection is refused
+    // (Unavailable), or the TLS server drops the HTTP/2 preface and the
+    // stream dies under the client (Cancelled), as one CI run saw.
+    assert!(matches!(err.code(), Code::Unavailable | Code::Cancelled), "{err}");
 
     // Another cluster's CA and client certificate: refused both ways (the
     // node is not trusted by it, and its certificate is not trusted here).
