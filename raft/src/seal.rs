@@ -120,10 +120,7 @@ pub struct SpeculativeKey {
 
 impl SpeculativeKey {
     pub fn seal(&self, index: u64, position: u32, payload: &[u8], out: &mut Vec<u8>) {
-        let mut nonce = [0u8; NONCE_BYTES];
-        nonce[..8].copy_from_slice(&index.to_be_bytes());
-        nonce[8..].copy_from_slice(&position.to_be_bytes());
-        seal_payload(&self.cipher, self.id, &nonce, payload, out);
+        seal_payload(&self.cipher, self.id, &speculative_nonce(index, position), payload, out);
     }
 
     /// Open what [`SpeculativeKey::seal`] sealed for (`index`, `position`).
@@ -132,20 +129,22 @@ impl SpeculativeKey {
         if sealed.len() < AT_REST_OVERHEAD_BYTES {
             return Err(bad("shorter than its seal"));
         }
-        let (header, rest) = sealed.split_at(AT_REST_HEADER_BYTES);
-        if header[..4] != self.id.to_le_bytes() || header[4] != 0 {
+        if sealed[..4] != self.id.to_le_bytes() || sealed[4] != 0 {
             return Err(bad("sealed under another key"));
         }
-        let (ciphertext, tag) = rest.split_last_chunk::<TAG_BYTES>().expect("length checked above");
-        let mut nonce = [0u8; NONCE_BYTES];
-        nonce[..8].copy_from_slice(&index.to_be_bytes());
-        nonce[8..].copy_from_slice(&position.to_be_bytes());
-        let mut plain = ciphertext.to_vec();
-        self.cipher
-            .decrypt_inout_detached((&nonce).into(), header, (&mut plain[..]).into(), tag.into())
-            .map_err(|_| bad("tag mismatch"))?;
+        let mut plain = sealed.to_vec();
+        open_payload_in_place(&self.cipher, &speculative_nonce(index, position), &mut plain)
+            .map_err(|()| bad("tag mismatch"))?;
         Ok(plain)
     }
+}
+
+/// A speculative payload's nonce: its entry's index and its position in it.
+fn speculative_nonce(index: u64, position: u32) -> [u8; NONCE_BYTES] {
+    let mut nonce = [0u8; NONCE_BYTES];
+    nonce[..8].copy_from_slice(&index.to_be_bytes());
+    nonce[8..].copy_from_slice(&position.to_be_bytes());
+    nonce
 }
 
 /// `data key id u32 LE | flags u8 (0; none defined)`: the head of a payload
@@ -197,6 +196,21 @@ fn seal_payload(cipher: &Aes256Gcm, id: u32, nonce: &[u8; NONCE_BYTES], payload:
         .encrypt_inout_detached(nonce.into(), header, plain.into())
         .expect("AES-GCM seals any record under the frame limit");
     out.extend_from_slice(&tag);
+}
+
+/// Check and decrypt, in `payload` itself, what [`seal_payload`] wrote:
+/// it becomes the plaintext. The caller has checked the length and the
+/// header (the associated data).
+fn open_payload_in_place(cipher: &Aes256Gcm, nonce: &[u8; NONCE_BYTES], payload: &mut Vec<u8>) -> Result<(), ()> {
+    let tag_at = payload.len() - TAG_BYTES;
+    let tag: [u8; TAG_BYTES] = payload[tag_at..].try_into().expect("16 bytes");
+    let (header, body) = payload[..tag_at].split_at_mut(AT_REST_HEADER_BYTES);
+    cipher
+        .decrypt_inout_detached(nonce.into(), header, body.into(), (&tag).into())
+        .map_err(|_| ())?;
+    payload.truncate(tag_at);
+    payload.drain(..AT_REST_HEADER_BYTES);
+    Ok(())
 }
 
 fn at_rest_nonce(seq: u64) -> [u8; NONCE_BYTES] {
@@ -305,19 +319,8 @@ impl Keyring {
         let key = self
             .at_rest_key(id)
             .ok_or_else(|| Error::Unauthorized(format!("record {seq} is sealed under unknown data key {id}")))?;
-        let tag_at = payload.len() - TAG_BYTES;
-        let tag: [u8; TAG_BYTES] = payload[tag_at..].try_into().expect("16 bytes");
-        key.cipher
-            .decrypt_inout_detached(
-                (&at_rest_nonce(seq)).into(),
-                &header,
-                (&mut payload[AT_REST_HEADER_BYTES..tag_at]).into(),
-                (&tag).into(),
-            )
-            .map_err(|_| bad(format!("authentication tag does not match under data key {id}")))?;
-        payload.truncate(tag_at);
-        payload.drain(..AT_REST_HEADER_BYTES);
-        Ok(())
+        open_payload_in_place(&key.cipher, &at_rest_nonce(seq), payload)
+            .map_err(|()| bad(format!("authentication tag does not match under data key {id}")))
     }
 }
 
