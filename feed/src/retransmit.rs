@@ -234,10 +234,20 @@ impl RetransmitService {
 
 /// A re-request for `count` messages of `class` from `first_seq` in `session`.
 pub fn rerequest(session: u64, class: u8, first_seq: u64, count: u16) -> Vec<u8> {
+    rerequest_flagged(0, session, class, first_seq, count)
+}
+
+/// [`rerequest`] for a speculative stream's messages, flagged as its
+/// packets are (the service answers by the class slot either way).
+pub fn speculative_rerequest(session: u64, class: u8, first_seq: u64, count: u16) -> Vec<u8> {
+    rerequest_flagged(crate::packet::FLAG_SPECULATIVE, session, class, first_seq, count)
+}
+
+fn rerequest_flagged(flags: u8, session: u64, class: u8, first_seq: u64, count: u16) -> Vec<u8> {
     PacketHeader {
         kind: PacketKind::ReRequest,
         class,
-        flags: 0,
+        flags,
         count,
         session,
         first_seq,

@@ -354,11 +354,7 @@ impl SpeculativeReceiver {
     fn rerequest(&mut self, first: u64, end: u64, actions: &mut Vec<Action>) {
         let Some(follow) = self.follow.as_ref() else { return };
         let count = (end - first).min(u16::MAX as u64) as u16;
-        let mut packet = crate::retransmit::rerequest(follow.session, follow.class, first, count);
-        // The re-request names the speculative stream, so a "not available"
-        // answer comes back flagged for this receiver.
-        packet[5] = crate::packet::FLAG_SPECULATIVE;
-        crate::packet::finish(&mut packet);
+        let packet = crate::retransmit::speculative_rerequest(follow.session, follow.class, first, count);
         self.counters.rerequests += 1;
         actions.push(Action::Send {
             to: follow.source,
