@@ -16,7 +16,6 @@
 //! then hands out its records and resolutions between the committed
 //! records, as they arrive.
 
-use std::collections::BTreeMap;
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::net::SocketAddr;
@@ -32,6 +31,7 @@ use txlog_feed::ReceiverConfig;
 use txlog_feed::ReceiverCounters;
 use txlog_feed::SpeculativeConfig;
 use txlog_feed::SpeculativeCounters;
+use txlog_feed::SpeculativeDelivered;
 use txlog_feed::SpeculativeEvent;
 use txlog_feed::SpeculativeReceiver;
 
@@ -90,9 +90,6 @@ pub struct FeedSubscriber {
     socket: UdpSocket,
     receiver: Receiver,
     speculative: Option<SpeculativeReceiver>,
-    /// Speculative entries whose records were handed out, by index, with
-    /// their term: only their resolutions are handed out.
-    shown: BTreeMap<u64, u64>,
     client: Option<Client>,
     options: FeedSubscriberOptions,
     ready: VecDeque<FeedEvent>,
@@ -123,7 +120,6 @@ impl FeedSubscriber {
             socket,
             receiver: Receiver::new(options.receiver.clone()),
             speculative: options.speculative.clone().map(SpeculativeReceiver::new),
-            shown: BTreeMap::new(),
             client,
             options,
             ready: VecDeque::new(),
@@ -202,12 +198,14 @@ impl FeedSubscriber {
                 _ = tokio::time::sleep_until(wake) => {
                     let now = Instant::now();
                     self.receiver.tick(now, &mut actions);
-                    if let Some(receiver) = self.speculative.as_mut() {
-                        receiver.tick(now, &mut speculative, &mut actions);
+                    if let Some(speculative_receiver) = self.speculative.as_mut() {
+                        let (options, receiver) = (&self.options, &self.receiver);
+                        let keep = |r: &SpeculativeDelivered| selected(options, receiver, &r.channel, r.class);
+                        speculative_receiver.tick(now, &keep, &mut speculative, &mut actions);
                     }
                 }
             }
-            self.accept_speculative(speculative);
+            self.ready.extend(speculative.into_iter().map(FeedEvent::Speculative));
             self.act(actions, &mut out).await?;
             self.accept(out);
         }
@@ -230,36 +228,10 @@ impl FeedSubscriber {
         let now = Instant::now();
         let datagram = &self.buffer[..len];
         self.receiver.on_datagram(datagram, from, now, out, actions);
-        if let Some(receiver) = self.speculative.as_mut() {
-            receiver.on_datagram(datagram, from, now, speculative, actions);
-        }
-    }
-
-    /// Hand out the speculative events the selection keeps: records of the
-    /// channel and classes asked for, and the resolutions of their entries.
-    fn accept_speculative(&mut self, events: Vec<SpeculativeEvent>) {
-        for event in events {
-            match &event {
-                SpeculativeEvent::Record(record) => {
-                    if self.options.channel.as_ref().is_some_and(|c| c != &record.channel) {
-                        continue;
-                    }
-                    if let Some(names) = &self.options.classes {
-                        let name = self.receiver.class_name(record.class);
-                        if !name.is_some_and(|n| names.iter().any(|w| w == n)) {
-                            continue;
-                        }
-                    }
-                    self.shown.insert(record.index, record.term);
-                }
-                SpeculativeEvent::Resolved(resolution) => {
-                    if self.shown.get(&resolution.index) != Some(&resolution.term) {
-                        continue;
-                    }
-                    self.shown.remove(&resolution.index);
-                }
-            }
-            self.ready.push_back(FeedEvent::Speculative(event));
+        if let Some(speculative_receiver) = self.speculative.as_mut() {
+            let (options, receiver) = (&self.options, &self.receiver);
+            let keep = |r: &SpeculativeDelivered| selected(options, receiver, &r.channel, r.class);
+            speculative_receiver.on_datagram(datagram, from, now, &keep, speculative, actions);
         }
     }
 
@@ -275,18 +247,14 @@ impl FeedSubscriber {
 
     fn accept(&mut self, out: Vec<Delivered>) {
         for delivered in out {
-            if let Some(channel) = &self.options.channel {
-                if &delivered.record.channel != channel {
-                    continue;
-                }
+            if selected(
+                &self.options,
+                &self.receiver,
+                &delivered.record.channel,
+                delivered.class,
+            ) {
+                self.ready.push_back(FeedEvent::Committed(delivered));
             }
-            if let Some(names) = &self.options.classes {
-                let name = self.receiver.class_name(delivered.class);
-                if !name.is_some_and(|n| names.iter().any(|w| w == n)) {
-                    continue;
-                }
-            }
-            self.ready.push_back(FeedEvent::Committed(delivered));
         }
     }
 
@@ -318,6 +286,20 @@ impl FeedSubscriber {
             }
         }
         Ok(())
+    }
+}
+
+/// A record of `channel` in `class` is in the selection (`channel`,
+/// `classes` by name, as the followed publisher names them).
+fn selected(options: &FeedSubscriberOptions, receiver: &Receiver, channel: &str, class: u8) -> bool {
+    if options.channel.as_ref().is_some_and(|c| c != channel) {
+        return false;
+    }
+    match &options.classes {
+        None => true,
+        Some(names) => receiver
+            .class_name(class)
+            .is_some_and(|name| names.iter().any(|n| n == name)),
     }
 }
 

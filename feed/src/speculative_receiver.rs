@@ -31,16 +31,14 @@ use crate::packet::PacketKind;
 use crate::packet::Resolution;
 use crate::receiver::Action;
 
-/// Entries shown and not yet resolved, at most; past it the oldest are
-/// resolved unknown.
-const PENDING_ENTRIES_MAX: usize = 1 << 16;
+/// Entries shown and not yet resolved, at most (the publisher's bound);
+/// past it the oldest are resolved unknown.
+use crate::speculative::PENDING_ENTRIES_MAX;
 /// Other sessions remembered as candidates to follow next.
 const OTHER_SESSIONS_MAX: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct SpeculativeConfig {
-    /// Classes to hand out, by index; `None`: all.
-    pub classes: Option<Vec<u8>>,
     pub rerequest_timeout: Duration,
     pub rerequest_attempts_max: u32,
     pub session_timeout: Duration,
@@ -51,7 +49,6 @@ pub struct SpeculativeConfig {
 impl Default for SpeculativeConfig {
     fn default() -> SpeculativeConfig {
         SpeculativeConfig {
-            classes: None,
             rerequest_timeout: Duration::from_millis(20),
             rerequest_attempts_max: 3,
             session_timeout: Duration::from_secs(3),
@@ -76,6 +73,10 @@ pub struct SpeculativeDelivered {
     /// When the packet carrying it was first sent.
     pub send_time_ns: u64,
 }
+
+/// Which records the caller wants (its channel and class selection): only
+/// those, and the resolutions of their entries, are handed out.
+pub type Keep<'a> = &'a dyn Fn(&SpeculativeDelivered) -> bool;
 
 /// What the speculative stream hands out, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +167,7 @@ impl SpeculativeReceiver {
         datagram: &[u8],
         from: SocketAddr,
         now: Instant,
+        keep: Keep<'_>,
         out: &mut Vec<SpeculativeEvent>,
         actions: &mut Vec<Action>,
     ) {
@@ -264,13 +266,8 @@ impl SpeculativeReceiver {
             }
             _ => {}
         }
-        self.drain(now, out, actions);
-        self.tick_at(now, out, actions);
-    }
-
-    /// Timers: re-ask for a gap, give it up, or move to another session.
-    pub fn tick(&mut self, now: Instant, out: &mut Vec<SpeculativeEvent>, actions: &mut Vec<Action>) {
-        self.tick_at(now, out, actions);
+        self.drain(now, keep, out, actions);
+        self.tick(now, keep, out, actions);
     }
 
     /// When [`tick`](Self::tick) next has work.
@@ -283,7 +280,8 @@ impl SpeculativeReceiver {
         })
     }
 
-    fn tick_at(&mut self, now: Instant, out: &mut Vec<SpeculativeEvent>, actions: &mut Vec<Action>) {
+    /// Timers: re-ask for a gap, give it up, or move to another session.
+    pub fn tick(&mut self, now: Instant, keep: Keep<'_>, out: &mut Vec<SpeculativeEvent>, actions: &mut Vec<Action>) {
         let Some(follow) = self.follow.as_mut() else { return };
         let mut ask_again = None;
         let mut give_up = false;
@@ -304,7 +302,7 @@ impl SpeculativeReceiver {
             self.rerequest(first, end, actions);
         }
         if give_up {
-            self.give_up_gap(now, out, actions);
+            self.give_up_gap(now, keep, out, actions);
         }
         let Some(follow) = self.follow.as_ref() else { return };
         let silent = now.saturating_duration_since(follow.last_heard) >= self.config.session_timeout;
@@ -363,7 +361,13 @@ impl SpeculativeReceiver {
     }
 
     /// Skip the gap under way: its messages are lost to this subscriber.
-    fn give_up_gap(&mut self, now: Instant, out: &mut Vec<SpeculativeEvent>, actions: &mut Vec<Action>) {
+    fn give_up_gap(
+        &mut self,
+        now: Instant,
+        keep: Keep<'_>,
+        out: &mut Vec<SpeculativeEvent>,
+        actions: &mut Vec<Action>,
+    ) {
         let Some(follow) = self.follow.as_mut() else { return };
         let Some(gap) = follow.gap.take() else { return };
         let resume = follow
@@ -375,13 +379,13 @@ impl SpeculativeReceiver {
             .max(follow.next_seq);
         self.counters.lost += resume - follow.next_seq;
         follow.next_seq = resume;
-        self.drain(now, out, actions);
+        self.drain(now, keep, out, actions);
     }
 
     /// Hand out what is contiguous from the next seq; open a gap at the
     /// first hole, or skip it when more than the buffer's bound waits
     /// behind it.
-    fn drain(&mut self, now: Instant, out: &mut Vec<SpeculativeEvent>, actions: &mut Vec<Action>) {
+    fn drain(&mut self, now: Instant, keep: Keep<'_>, out: &mut Vec<SpeculativeEvent>, actions: &mut Vec<Action>) {
         let buffer_max = self.config.buffer_messages_max;
         loop {
             let Some(follow) = self.follow.as_mut() else { return };
@@ -389,7 +393,7 @@ impl SpeculativeReceiver {
                 follow.next_seq += 1;
                 match message {
                     Owned::Record(record) => {
-                        if self.config.classes.as_ref().is_some_and(|c| !c.contains(&record.class)) {
+                        if !keep(&record) {
                             continue;
                         }
                         self.counters.records += 1;
@@ -449,6 +453,8 @@ mod tests {
     use crate::packet::SpeculativeRef;
 
     const SOURCE: &str = "127.0.0.1:9000";
+    /// Every record wanted.
+    const ALL: Keep<'static> = &|_| true;
 
     fn record(index: u64, position: u32, class: u8) -> SpeculativeRef<'static> {
         SpeculativeRef {
@@ -481,10 +487,26 @@ mod tests {
         packets: &[Packet],
         order: impl IntoIterator<Item = usize>,
     ) -> (Vec<SpeculativeEvent>, Vec<Action>) {
+        receive_keeping(receiver, packets, order, ALL)
+    }
+
+    fn receive_keeping(
+        receiver: &mut SpeculativeReceiver,
+        packets: &[Packet],
+        order: impl IntoIterator<Item = usize>,
+        keep: Keep<'_>,
+    ) -> (Vec<SpeculativeEvent>, Vec<Action>) {
         let (mut out, mut actions) = (Vec::new(), Vec::new());
         let now = Instant::now();
         for i in order {
-            receiver.on_datagram(&packets[i].bytes, SOURCE.parse().unwrap(), now, &mut out, &mut actions);
+            receiver.on_datagram(
+                &packets[i].bytes,
+                SOURCE.parse().unwrap(),
+                now,
+                keep,
+                &mut out,
+                &mut actions,
+            );
         }
         (out, actions)
     }
@@ -570,7 +592,14 @@ mod tests {
         let mut out = Vec::new();
         let mut actions = Vec::new();
         let now = Instant::now();
-        lossy.on_datagram(&more[2].bytes, SOURCE.parse().unwrap(), now, &mut out, &mut actions);
+        lossy.on_datagram(
+            &more[2].bytes,
+            SOURCE.parse().unwrap(),
+            now,
+            ALL,
+            &mut out,
+            &mut actions,
+        );
         assert!(out.is_empty());
         let not_available = crate::packet::PacketHeader {
             kind: PacketKind::NotAvailable,
@@ -582,7 +611,14 @@ mod tests {
             send_time_ns: 0,
         }
         .packet(&[]);
-        lossy.on_datagram(&not_available, SOURCE.parse().unwrap(), now, &mut out, &mut actions);
+        lossy.on_datagram(
+            &not_available,
+            SOURCE.parse().unwrap(),
+            now,
+            ALL,
+            &mut out,
+            &mut actions,
+        );
         assert_eq!(out.len(), 1, "the message after the gap arrives");
         assert_eq!(lossy.counters().lost, 1);
     }
@@ -613,10 +649,11 @@ mod tests {
             &heartbeat,
             "127.0.0.1:9001".parse().unwrap(),
             now,
+            ALL,
             &mut out,
             &mut actions,
         );
-        receiver.on_datagram(&end, SOURCE.parse().unwrap(), now, &mut out, &mut actions);
+        receiver.on_datagram(&end, SOURCE.parse().unwrap(), now, ALL, &mut out, &mut actions);
         assert_eq!(
             out,
             [SpeculativeEvent::Resolved(Resolution {
@@ -633,6 +670,7 @@ mod tests {
             &next[0].bytes,
             "127.0.0.1:9001".parse().unwrap(),
             now,
+            ALL,
             &mut out,
             &mut actions,
         );
@@ -674,11 +712,8 @@ mod tests {
             resolution(Outcome::Committed, 1),
             resolution(Outcome::Committed, 2),
         ]);
-        let mut receiver = SpeculativeReceiver::new(SpeculativeConfig {
-            classes: Some(vec![3]),
-            ..SpeculativeConfig::default()
-        });
-        let (out, _) = receive(&mut receiver, &packets, 0..4);
+        let mut receiver = SpeculativeReceiver::new(SpeculativeConfig::default());
+        let (out, _) = receive_keeping(&mut receiver, &packets, 0..4, &|r| r.class == 3);
         assert_eq!(out.len(), 2);
         assert!(matches!(&out[0], SpeculativeEvent::Record(r) if r.index == 2));
         assert!(matches!(&out[1], SpeculativeEvent::Resolved(r) if r.index == 2));

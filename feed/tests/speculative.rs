@@ -167,7 +167,7 @@ fn run(seed: u64, loss: u64, duplicate: u64) -> (Vec<SpeculativeEvent>, Speculat
                    now: Instant,
                    out: &mut Vec<SpeculativeEvent>| {
         let mut actions = Vec::new();
-        receiver.on_datagram(datagram, node, now, out, &mut actions);
+        receiver.on_datagram(datagram, node, now, &|_| true, out, &mut actions);
         while let Some(action) = actions.pop() {
             let Action::Send { packet, .. } = action else {
                 panic!("a speculative receiver never reads the log");
@@ -176,7 +176,7 @@ fn run(seed: u64, loss: u64, duplicate: u64) -> (Vec<SpeculativeEvent>, Speculat
             service.handle(&packet, subscriber, now, &mut replies);
             for reply in replies {
                 if !rng.chance(loss) {
-                    receiver.on_datagram(&reply, node, now, out, &mut actions);
+                    receiver.on_datagram(&reply, node, now, &|_| true, out, &mut actions);
                 }
             }
         }
@@ -206,7 +206,7 @@ fn run(seed: u64, loss: u64, duplicate: u64) -> (Vec<SpeculativeEvent>, Speculat
             }
         }
         let mut actions = Vec::new();
-        receiver.tick(now, &mut out, &mut actions);
+        receiver.tick(now, &|_| true, &mut out, &mut actions);
         for action in actions {
             if let Action::Send { packet, .. } = action {
                 let mut replies = Vec::new();
