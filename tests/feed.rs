@@ -42,9 +42,11 @@ fn feed_cluster(ids: &[u64], subscriber_port: u16, extra: &[&str]) -> (TestClust
     (cluster, ports)
 }
 
-fn subscriber(cluster: &TestCluster, port: u16, drop: impl Fn(u64) -> bool + Send + Sync + 'static) -> FeedSubscriber {
-    let options = FeedSubscriberOptions {
-        listen: SocketAddr::from(([127, 0, 0, 1], port)),
+/// A subscriber on `listen` of every class from seq 1, moving to another
+/// session after 1 s of silence, dropping the datagrams `drop` picks.
+fn options(listen: SocketAddr, drop: impl Fn(u64) -> bool + Send + Sync + 'static) -> FeedSubscriberOptions {
+    FeedSubscriberOptions {
+        listen,
         group: None,
         classes: None,
         channel: None,
@@ -55,7 +57,11 @@ fn subscriber(cluster: &TestCluster, port: u16, drop: impl Fn(u64) -> bool + Sen
         },
         speculative: None,
         drop_datagram: Some(Arc::new(drop)),
-    };
+    }
+}
+
+fn subscriber(cluster: &TestCluster, port: u16, drop: impl Fn(u64) -> bool + Send + Sync + 'static) -> FeedSubscriber {
+    let options = options(SocketAddr::from(([127, 0, 0, 1], port)), drop);
     FeedSubscriber::join(options, Some(cluster.client())).expect("subscriber joins")
 }
 
@@ -302,21 +308,9 @@ async fn dpdk_backend_publishes_over_a_veth_to_a_subscriber_in_a_namespace() {
         },
     );
     cluster.wait_for_leader(WAIT).await;
-    let options = FeedSubscriberOptions {
-        listen: SocketAddr::from((INNER_ADDRESS, subscriber_port)),
-        group: None,
-        classes: None,
-        channel: None,
-        receiver: ReceiverConfig {
-            from_seq: Some(1),
-            session_timeout: Duration::from_secs(1),
-            ..ReceiverConfig::default()
-        },
-        speculative: None,
-        drop_datagram: Some(Arc::new(|i| {
-            i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32 & 0xFFFF < 1300
-        })),
-    };
+    let options = options(SocketAddr::from((INNER_ADDRESS, subscriber_port)), |i| {
+        i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32 & 0xFFFF < 1300
+    });
     let client = cluster.client();
     let runtime = tokio::runtime::Handle::current();
     let mut subscriber = veth
@@ -382,13 +376,10 @@ async fn speculative_stream_previews_appends_then_commits_and_rolls_back() {
         });
     let leader = cluster.wait_for_leader(WAIT).await;
     let options = FeedSubscriberOptions {
-        listen: SocketAddr::from(([127, 0, 0, 1], subscriber_ports[&leader])),
-        group: None,
-        classes: None,
-        channel: None,
         receiver: ReceiverConfig::default(),
         speculative: Some(SpeculativeConfig::default()),
         drop_datagram: None,
+        ..options(SocketAddr::from(([127, 0, 0, 1], subscriber_ports[&leader])), |_| false)
     };
     let mut subscriber = FeedSubscriber::join(options, Some(cluster.client())).expect("subscriber joins");
     let client = cluster.client();

@@ -4,15 +4,15 @@
 //! checks that each class gets exactly the log's records of that class,
 //! once each, in order.
 
+mod common;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
+use common::Capture;
 use txlog_feed::Action;
-use txlog_feed::Backend;
 use txlog_feed::Classes;
 use txlog_feed::Delivered;
 use txlog_feed::FeedRecord;
@@ -23,21 +23,6 @@ use txlog_feed::ReceiverConfig;
 use txlog_feed::RetransmitLimits;
 use txlog_feed::RetransmitService;
 use txlog_feed::Via;
-
-/// Packets a publisher sent, in order.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<Vec<u8>>>>);
-
-impl Backend for Capture {
-    fn send(&mut self, packets: &[&[u8]]) -> std::io::Result<u64> {
-        self.0.lock().unwrap().extend(packets.iter().map(|p| p.to_vec()));
-        Ok(0)
-    }
-
-    fn name(&self) -> &'static str {
-        "capture"
-    }
-}
 
 const CHANNELS: [&str; 5] = ["market-data", "order-book", "execution", "orders", "market-data.eurex"];
 

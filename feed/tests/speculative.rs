@@ -5,17 +5,17 @@
 //! previewed reaches the receiver once, in stream order, and that each
 //! entry is resolved once with the outcome the log gave it.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
+use common::Capture;
 use txlog_feed::packet::Outcome;
 use txlog_feed::Action;
 use txlog_feed::AppendedEntry;
-use txlog_feed::Backend;
 use txlog_feed::Classes;
 use txlog_feed::LogEvent;
 use txlog_feed::Publisher;
@@ -27,20 +27,6 @@ use txlog_feed::SpeculativeEvent;
 use txlog_feed::SpeculativeReceiver;
 use txlog_feed::SpeculativeRecord;
 use txlog_feed::SpeculativeUpdate;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<Vec<u8>>>>);
-
-impl Backend for Capture {
-    fn send(&mut self, packets: &[&[u8]]) -> std::io::Result<u64> {
-        self.0.lock().unwrap().extend(packets.iter().map(|p| p.to_vec()));
-        Ok(0)
-    }
-
-    fn name(&self) -> &'static str {
-        "capture"
-    }
-}
 
 const CHANNELS: [&str; 4] = ["market-data", "order-book", "execution", "orders"];
 
