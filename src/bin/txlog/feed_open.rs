@@ -90,13 +90,15 @@ impl PayloadOpener {
             .first_chunk::<4>()
             .map(|id| u32::from_le_bytes(*id))
             .with_context(|| format!("speculative record {index}.{position}: shorter than its seal"))?;
-        if self.keys.speculative_key(id, term).is_none() {
-            self.refresh().await?;
-        }
-        let key = self
-            .keys
-            .speculative_key(id, term)
-            .with_context(|| format!("speculative record {index}.{position}: data key {id} is not in the log"))?;
+        let key = match self.keys.speculative_key(id, term) {
+            Some(key) => key,
+            None => {
+                self.refresh().await?;
+                self.keys.speculative_key(id, term).with_context(|| {
+                    format!("speculative record {index}.{position}: data key {id} is not in the log")
+                })?
+            }
+        };
         Ok(key.open(index, position, sealed)?)
     }
 }
