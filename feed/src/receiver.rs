@@ -403,8 +403,31 @@ impl Receiver {
         let follow = state.follow.as_mut().expect("followed");
         let next = follow.next_seq.expect("placed");
         let mut fresh = 0;
-        for (i, message) in messages.into_iter().enumerate() {
-            let seq = header.first_seq + i as u64;
+        let mut messages = messages.into_iter();
+        let mut seq = header.first_seq;
+        if state.fill.is_none() && follow.buffer.is_empty() && seq == next {
+            // In order with nothing held (the common case): deliver straight
+            // from the packet, without a pass through the reorder buffer.
+            for message in messages.by_ref() {
+                let buffered = Buffered {
+                    message,
+                    recovered: follow.gap.as_ref().is_some_and(|g| (g.first..g.end).contains(&seq)),
+                    send_time_ns: header.send_time_ns,
+                };
+                take(
+                    follow,
+                    &mut state.last_delivered,
+                    &mut self.counters,
+                    class,
+                    buffered,
+                    out,
+                );
+                seq += 1;
+                fresh += 1;
+            }
+            follow.next_seq = Some(seq);
+        }
+        for (seq, message) in (seq..).zip(messages) {
             if seq < next || follow.buffer.contains_key(&seq) {
                 continue;
             }
@@ -476,45 +499,14 @@ impl Receiver {
                 continue;
             }
             next += 1;
-            let via = if buffered.recovered { Via::Retransmit } else { Via::Live };
-            let delivered = match buffered.message {
-                Owned::Record(record) => {
-                    follow.partial = None;
-                    Some(record)
-                }
-                Owned::FragmentStart { record, payload_bytes } => {
-                    follow.partial = Some((record, payload_bytes));
-                    None
-                }
-                Owned::FragmentMore { seq, offset, chunk } => match follow.partial.as_mut() {
-                    Some((record, total)) if record.seq == seq && record.payload.len() == offset as usize => {
-                        record.payload.extend_from_slice(&chunk);
-                        if record.payload.len() >= *total as usize {
-                            follow.partial.take().map(|(record, _)| record)
-                        } else {
-                            None
-                        }
-                    }
-                    // The start was delivered from the log, or is older
-                    // than where this stream was placed.
-                    _ => None,
-                },
-            };
-            if let Some(record) = delivered {
-                if state.last_delivered.is_none_or(|last| record.seq > last) {
-                    state.last_delivered = Some(record.seq);
-                    if via == Via::Retransmit {
-                        self.counters.recovered += 1;
-                    }
-                    self.counters.delivered += 1;
-                    out.push(Delivered {
-                        class,
-                        record,
-                        via,
-                        send_time_ns: buffered.send_time_ns,
-                    });
-                }
-            }
+            take(
+                follow,
+                &mut state.last_delivered,
+                &mut self.counters,
+                class,
+                buffered,
+                out,
+            );
         }
         follow.next_seq = Some(next);
         // A gap: before the first message held, or before the announced end.
@@ -788,4 +780,56 @@ impl Receiver {
             .and_then(|s| s.follow.as_ref())
             .map(|f| (f.session, f.source))
     }
+}
+
+/// Hand on the next message of `class` in stream order: a record, or the
+/// fragment that completes one, unless it was delivered already (from the
+/// log, or before a session switch).
+fn take(
+    follow: &mut Follow,
+    last_delivered: &mut Option<u64>,
+    counters: &mut ReceiverCounters,
+    class: u8,
+    buffered: Buffered,
+    out: &mut Vec<Delivered>,
+) {
+    let via = if buffered.recovered { Via::Retransmit } else { Via::Live };
+    let delivered = match buffered.message {
+        Owned::Record(record) => {
+            follow.partial = None;
+            Some(record)
+        }
+        Owned::FragmentStart { record, payload_bytes } => {
+            follow.partial = Some((record, payload_bytes));
+            None
+        }
+        Owned::FragmentMore { seq, offset, chunk } => match follow.partial.as_mut() {
+            Some((record, total)) if record.seq == seq && record.payload.len() == offset as usize => {
+                record.payload.extend_from_slice(&chunk);
+                if record.payload.len() >= *total as usize {
+                    follow.partial.take().map(|(record, _)| record)
+                } else {
+                    None
+                }
+            }
+            // The start was delivered from the log, or is older than where
+            // this stream was placed.
+            _ => None,
+        },
+    };
+    let Some(record) = delivered else { return };
+    if last_delivered.is_some_and(|last| record.seq <= last) {
+        return;
+    }
+    *last_delivered = Some(record.seq);
+    if via == Via::Retransmit {
+        counters.recovered += 1;
+    }
+    counters.delivered += 1;
+    out.push(Delivered {
+        class,
+        record,
+        via,
+        send_time_ns: buffered.send_time_ns,
+    });
 }

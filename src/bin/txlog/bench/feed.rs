@@ -6,7 +6,8 @@
 //!   thread's CPU time (so "one core" is measured, not assumed);
 //! * **latency**: N subscribers (`FeedSubscriber`, multicast on loopback)
 //!   at a steady rate; latency from the publisher's hand-off (the moment
-//!   a node's applied records reach it) to each subscriber's delivery;
+//!   a node's applied records reach it) to each subscriber's delivery,
+//!   with subscribers busy-polled (`poll_event`) and then waiting in tokio;
 //! * **priority**: egress paced to a link's packets/s; the highest class's
 //!   latency with the link at half load and at 2× overload;
 //! * **loss**: 1 % of datagrams dropped at a subscriber; every record must
@@ -56,6 +57,16 @@ pub struct FeedBenchArgs {
     /// Subscribers in the latency phase.
     #[arg(long, default_value_t = 64)]
     pub subscribers: usize,
+    /// How latency-phase subscribers wait: `busy` (polled without waiting,
+    /// `FeedSubscriber::poll_event`, by --poll-threads threads over an
+    /// epoll set), `async` (each a tokio task in `next`), or `both`, one
+    /// run each.
+    #[arg(long, default_value = "both", value_parser = ["busy", "async", "both"])]
+    pub wait: String,
+    /// Threads polling the latency phase's subscribers with --wait busy
+    /// (each spins on a core).
+    #[arg(long, default_value_t = 1)]
+    pub poll_threads: usize,
     /// Records per second in the latency and loss phases.
     #[arg(long, default_value_t = 20_000)]
     pub rate: u64,
@@ -99,7 +110,11 @@ pub async fn run(args: FeedBenchArgs) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || throughput(&a)).await??;
     }
     if wants("latency") {
-        latency(&args).await?;
+        for wait in ["busy", "async"] {
+            if args.wait == wait || args.wait == "both" {
+                latency(&args, wait == "busy").await?;
+            }
+        }
     }
     if wants("priority") {
         priority(&args).await?;
@@ -295,35 +310,55 @@ fn subscriber_options(listen: SocketAddr, group: Option<(Ipv4Addr, Ipv4Addr)>) -
     }
 }
 
-async fn latency(args: &FeedBenchArgs) -> anyhow::Result<()> {
+/// One latency-phase subscriber's latencies and the records it got.
+type Followed = (Histogram<u64>, u64);
+
+async fn latency(args: &FeedBenchArgs, busy: bool) -> anyhow::Result<()> {
     let port = txlog_testkit::free_port()?;
     let group = Ipv4Addr::new(239, 192, 77, 1);
-    let mut tasks = Vec::new();
+    let mut subscribers = Vec::new();
     for _ in 0..args.subscribers {
-        let mut subscriber = FeedSubscriber::join(
+        subscribers.push(FeedSubscriber::join(
             subscriber_options(
                 SocketAddr::from(([0, 0, 0, 0], port)),
                 Some((group, Ipv4Addr::LOCALHOST)),
             ),
             None,
-        )?;
-        let seconds = args.seconds;
-        tasks.push(tokio::spawn(async move {
-            let mut h = Histogram::<u64>::new(3).expect("histogram");
-            let deadline = Instant::now() + Duration::from_secs(seconds + 2);
-            let mut count = 0u64;
-            while Instant::now() < deadline {
-                if let Ok(Some(d)) = subscriber.next(Duration::from_millis(100)).await {
-                    // The first 100 ms warm up (joins, describes).
-                    count += 1;
-                    if count > 100 {
-                        let _ = h.record(latency_of(&d));
-                    }
-                }
-            }
-            (h, count, subscriber.counters().clone())
-        }));
+        )?);
     }
+    // Each subscriber is followed until this deadline and yields its
+    // latencies (the first 100 records warm up: joins, describes) and count.
+    let deadline = Instant::now() + Duration::from_secs(args.seconds + 2);
+    let followed: Vec<tokio::task::JoinHandle<anyhow::Result<Vec<Followed>>>> = if busy {
+        let threads = args.poll_threads.clamp(1, subscribers.len().max(1));
+        let mut shares: Vec<Vec<FeedSubscriber>> = (0..threads).map(|_| Vec::new()).collect();
+        for (i, subscriber) in subscribers.into_iter().enumerate() {
+            shares[i % threads].push(subscriber);
+        }
+        shares
+            .into_iter()
+            .map(|share| tokio::task::spawn_blocking(move || busy_poll(share, deadline)))
+            .collect()
+    } else {
+        subscribers
+            .into_iter()
+            .map(|mut subscriber| {
+                tokio::spawn(async move {
+                    let mut h = Histogram::<u64>::new(3)?;
+                    let mut count = 0u64;
+                    while Instant::now() < deadline {
+                        if let Some(d) = subscriber.next(Duration::from_millis(100)).await? {
+                            count += 1;
+                            if count > 100 {
+                                h.record(latency_of(&d))?;
+                            }
+                        }
+                    }
+                    Ok(vec![(h, count)])
+                })
+            })
+            .collect()
+    };
     tokio::time::sleep(Duration::from_millis(200)).await;
     let per_ms = (args.rate / 1000).max(1);
     let publisher = start_publisher(
@@ -339,17 +374,26 @@ async fn latency(args: &FeedBenchArgs) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("publisher panicked"))??;
     let mut all = Histogram::<u64>::new(3)?;
     let mut short = 0;
-    for task in tasks {
-        let (h, count, _) = task.await?;
-        all.add(&h)?;
-        if count < published {
-            short += 1;
+    for task in followed {
+        for (h, count) in task.await?? {
+            all.add(&h)?;
+            if count < published {
+                short += 1;
+            }
         }
     }
     let p50 = all.value_at_quantile(0.5) as f64 / 1000.0;
     let p99 = all.value_at_quantile(0.99) as f64 / 1000.0;
+    let waiting = if busy {
+        format!(
+            "busy-polled by {} thread(s)",
+            args.poll_threads.clamp(1, args.subscribers.max(1))
+        )
+    } else {
+        "async".to_string()
+    };
     println!(
-        "latency     {} subscribers, {} records/s: {}  targets p50 ≤ {LATENCY_P50_TARGET_US} µs, p99 ≤ {LATENCY_P99_TARGET_US} µs: {}{}",
+        "latency     {} subscribers ({waiting}), {} records/s: {}  targets p50 ≤ {LATENCY_P50_TARGET_US} µs, p99 ≤ {LATENCY_P99_TARGET_US} µs: {}{}",
         args.subscribers,
         args.rate,
         summary(&all),
@@ -357,6 +401,78 @@ async fn latency(args: &FeedBenchArgs) -> anyhow::Result<()> {
         if short > 0 { format!("; {short} subscribers got fewer than all {published} records") } else { String::new() }
     );
     Ok(())
+}
+
+/// Poll `subscribers` on this thread until `deadline` without waiting: an
+/// epoll set (never blocked on) says whose socket holds datagrams, and
+/// every subscriber is polled each `TIMERS_EVERY` for its timers.
+fn busy_poll(mut subscribers: Vec<FeedSubscriber>, deadline: Instant) -> anyhow::Result<Vec<Followed>> {
+    use std::os::fd::AsRawFd;
+    const TIMERS_EVERY: Duration = Duration::from_millis(5);
+    let mut followed = Vec::new();
+    for _ in &subscribers {
+        followed.push((Histogram::<u64>::new(3)?, 0u64));
+    }
+    // SAFETY: epoll_create1 makes a new fd, closed below.
+    let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    anyhow::ensure!(epoll >= 0, "epoll_create1: {}", std::io::Error::last_os_error());
+    struct Close(i32);
+    impl Drop for Close {
+        fn drop(&mut self) {
+            // SAFETY: the fd is ours and closed once.
+            unsafe { libc::close(self.0) };
+        }
+    }
+    let _close = Close(epoll);
+    for (i, subscriber) in subscribers.iter().enumerate() {
+        let mut event = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: i as u64,
+        };
+        // SAFETY: both fds are open; the event is read during the call.
+        let added = unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, subscriber.as_raw_fd(), &mut event) };
+        anyhow::ensure!(added == 0, "epoll_ctl: {}", std::io::Error::last_os_error());
+    }
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; subscribers.len()];
+    let mut timers_at = Instant::now();
+    let mut poll = |i: usize, subscribers: &mut Vec<FeedSubscriber>| -> anyhow::Result<()> {
+        while let Some(event) = subscribers[i].poll_event()? {
+            if let txlog_client::FeedEvent::Committed(d) = event {
+                let (h, count) = &mut followed[i];
+                *count += 1;
+                if *count > 100 {
+                    h.record(latency_of(&d))?;
+                }
+            }
+        }
+        Ok(())
+    };
+    loop {
+        // SAFETY: `events` has room for `events.len()` entries.
+        let ready = unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), events.len() as i32, 0) };
+        if ready < 0 {
+            let err = std::io::Error::last_os_error();
+            anyhow::ensure!(err.kind() == std::io::ErrorKind::Interrupted, "epoll_wait: {err}");
+            continue;
+        }
+        for event in &events[..ready as usize] {
+            poll(event.u64 as usize, &mut subscribers)?;
+        }
+        if ready == 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            if now >= timers_at {
+                timers_at = now + TIMERS_EVERY;
+                for i in 0..subscribers.len() {
+                    poll(i, &mut subscribers)?;
+                }
+            }
+            std::hint::spin_loop();
+        }
+    }
+    Ok(followed)
 }
 
 async fn priority(args: &FeedBenchArgs) -> anyhow::Result<()> {
