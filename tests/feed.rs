@@ -152,9 +152,12 @@ fn check(delivered: &[Delivered], appended: &BTreeMap<String, (u64, String)>) {
     }
 }
 
-/// Loss injected at the subscriber (1 %, pseudo-random) is recovered from
+/// Loss injected at the subscriber (3 %, pseudo-random) is recovered from
 /// the ring; killing the publisher it follows mid-stream moves it to
-/// another node's feed with nothing lost or repeated.
+/// another node's feed with nothing lost or repeated. (3 %, not the
+/// bench's 1 %: the subscriber hears all three nodes and follows one, so
+/// most drops hit heartbeats or feeds it does not follow, and at 1 % a run
+/// now and then lost no packet that needed recovering.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loss_and_a_killed_publisher_lose_and_repeat_nothing() {
     let _serial = SERIAL.lock().await;
@@ -162,7 +165,7 @@ async fn loss_and_a_killed_publisher_lose_and_repeat_nothing() {
     let (mut cluster, feed_ports) = feed_cluster(&[7, 70, 700], port, &[]);
     cluster.wait_for_leader(WAIT).await;
     let mut subscriber = subscriber(&cluster, port, |i| {
-        i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32 & 0xFFFF < 655
+        i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32 & 0xFFFF < 1966
     });
     let client = cluster.client();
     let mut delivered = Vec::new();
