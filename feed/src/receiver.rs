@@ -402,18 +402,21 @@ impl Receiver {
         let state = &mut self.classes[class as usize];
         let follow = state.follow.as_mut().expect("followed");
         let next = follow.next_seq.expect("placed");
+        // In order with nothing held (the common case): the packet's
+        // messages are handed out straight, without the reorder buffer.
+        let in_order = state.fill.is_none() && follow.buffer.is_empty() && header.first_seq == next;
         let mut fresh = 0;
-        let mut messages = messages.into_iter();
-        let mut seq = header.first_seq;
-        if state.fill.is_none() && follow.buffer.is_empty() && seq == next {
-            // In order with nothing held (the common case): deliver straight
-            // from the packet, without a pass through the reorder buffer.
-            for message in messages.by_ref() {
-                let buffered = Buffered {
-                    message,
-                    recovered: follow.gap.as_ref().is_some_and(|g| (g.first..g.end).contains(&seq)),
-                    send_time_ns: header.send_time_ns,
-                };
+        for (seq, message) in (header.first_seq..).zip(messages) {
+            if seq < next || follow.buffer.contains_key(&seq) {
+                continue;
+            }
+            let buffered = Buffered {
+                message,
+                recovered: follow.gap.as_ref().is_some_and(|g| (g.first..g.end).contains(&seq)),
+                send_time_ns: header.send_time_ns,
+            };
+            fresh += 1;
+            if in_order {
                 take(
                     follow,
                     &mut state.last_delivered,
@@ -422,25 +425,10 @@ impl Receiver {
                     buffered,
                     out,
                 );
-                seq += 1;
-                fresh += 1;
+                follow.next_seq = Some(seq + 1);
+            } else {
+                follow.buffer.insert(seq, buffered);
             }
-            follow.next_seq = Some(seq);
-        }
-        for (seq, message) in (seq..).zip(messages) {
-            if seq < next || follow.buffer.contains_key(&seq) {
-                continue;
-            }
-            let recovered = follow.gap.as_ref().is_some_and(|g| (g.first..g.end).contains(&seq));
-            follow.buffer.insert(
-                seq,
-                Buffered {
-                    message,
-                    recovered,
-                    send_time_ns: header.send_time_ns,
-                },
-            );
-            fresh += 1;
         }
         if fresh == 0 {
             self.counters.duplicate_packets += 1;
