@@ -36,6 +36,7 @@ use std::os::fd::RawFd;
 
 use tokio::io::unix::AsyncFd;
 use txlog_feed::Action;
+use txlog_feed::Classes;
 use txlog_feed::Delivered;
 use txlog_feed::FeedRecord;
 use txlog_feed::Receiver;
@@ -237,19 +238,26 @@ impl FeedSubscriber {
             self.tick(now, &mut speculative, &mut actions);
         }
         self.ready.extend(speculative.into_iter().map(FeedEvent::Speculative));
-        if !actions.is_empty() {
-            match self.runtime.clone() {
-                Some(runtime) if self.client.is_some() => {
-                    // A scoped thread, so this works whatever thread calls it.
-                    std::thread::scope(|scope| {
-                        scope
-                            .spawn(|| runtime.block_on(self.act(actions, &mut out)))
-                            .join()
-                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                    })?;
-                }
-                _ => self.act_without_log(actions, &mut out),
-            }
+        let can_read = self.client.is_some() && self.runtime.is_some();
+        while let Some(read) = self.act_now(&mut actions, &mut out, can_read) {
+            let (Some(client), Some(runtime)) = (&self.client, &self.runtime) else {
+                unreachable!("reads are asked for only with a client and a runtime")
+            };
+            // A scoped thread, so this works whatever thread calls it.
+            let records = std::thread::scope(|scope| {
+                scope
+                    .spawn(|| runtime.block_on(read.run(client)))
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })?;
+            self.receiver.filled(
+                read.class,
+                read.fill_id,
+                records,
+                Instant::now(),
+                &mut out,
+                &mut actions,
+            );
         }
         self.accept(out);
         Ok(self.ready.pop_front())
@@ -339,6 +347,19 @@ impl FeedSubscriber {
     }
 
     async fn act(&mut self, mut actions: Vec<Action>, out: &mut Vec<Delivered>) -> Result<(), ClientError> {
+        while let Some(read) = self.act_now(&mut actions, out, self.client.is_some()) {
+            let client = self.client.as_ref().expect("reads are asked for only with a client");
+            let records = read.run(client).await?;
+            self.receiver
+                .filled(read.class, read.fill_id, records, Instant::now(), out, &mut actions);
+        }
+        Ok(())
+    }
+
+    /// Do the actions that need no waiting (sends; fills, when the log
+    /// cannot be read: skipped and counted) until one is a log read that
+    /// can be done (`can_read`): that one is returned, the rest stay.
+    fn act_now(&mut self, actions: &mut Vec<Action>, out: &mut Vec<Delivered>, can_read: bool) -> Option<LogRead> {
         while let Some(action) = actions.pop() {
             match action {
                 Action::Send { to, packet } => self.send(&packet, to),
@@ -349,32 +370,20 @@ impl FeedSubscriber {
                     before,
                     classes,
                 } => {
-                    let Some(client) = &self.client else {
-                        self.receiver
-                            .fill_failed(class, fill_id, Instant::now(), out, &mut actions);
-                        continue;
-                    };
-                    let records =
-                        read_range(client, after, before, |r| classes.classify(&r.channel) == Some(class)).await?;
-                    self.receiver
-                        .filled(class, fill_id, records, Instant::now(), out, &mut actions);
+                    if can_read {
+                        return Some(LogRead {
+                            class,
+                            fill_id,
+                            after,
+                            before,
+                            classes,
+                        });
+                    }
+                    self.receiver.fill_failed(class, fill_id, Instant::now(), out, actions);
                 }
             }
         }
-        Ok(())
-    }
-
-    /// `act` with no log to read: gaps the ring cannot fill are skipped.
-    fn act_without_log(&mut self, mut actions: Vec<Action>, out: &mut Vec<Delivered>) {
-        while let Some(action) = actions.pop() {
-            match action {
-                Action::Send { to, packet } => self.send(&packet, to),
-                Action::ReadLog { class, fill_id, .. } => {
-                    self.receiver
-                        .fill_failed(class, fill_id, Instant::now(), out, &mut actions);
-                }
-            }
-        }
+        None
     }
 
     /// Send a request to a publisher. A UDP send on a nonblocking socket
@@ -440,6 +449,25 @@ fn selected(options: &FeedSubscriberOptions, receiver: &Receiver, channel: &str,
         Some(names) => receiver
             .class_name(class)
             .is_some_and(|name| names.iter().any(|n| n == name)),
+    }
+}
+
+/// A log read the receiver asked for ([`Action::ReadLog`]).
+struct LogRead {
+    class: u8,
+    fill_id: u64,
+    after: u64,
+    before: u64,
+    classes: Classes,
+}
+
+impl LogRead {
+    /// The records of the read's class, from the log.
+    async fn run(&self, client: &Client) -> Result<Vec<FeedRecord>, ClientError> {
+        read_range(client, self.after, self.before, |r| {
+            self.classes.classify(&r.channel) == Some(self.class)
+        })
+        .await
     }
 }
 

@@ -329,8 +329,8 @@ async fn latency(args: &FeedBenchArgs, busy: bool) -> anyhow::Result<()> {
     // Each subscriber is followed until this deadline and yields its
     // latencies (the first 100 records warm up: joins, describes) and count.
     let deadline = Instant::now() + Duration::from_secs(args.seconds + 2);
+    let threads = args.poll_threads.clamp(1, args.subscribers.max(1));
     let followed: Vec<tokio::task::JoinHandle<anyhow::Result<Vec<Followed>>>> = if busy {
-        let threads = args.poll_threads.clamp(1, subscribers.len().max(1));
         let mut shares: Vec<Vec<FeedSubscriber>> = (0..threads).map(|_| Vec::new()).collect();
         for (i, subscriber) in subscribers.into_iter().enumerate() {
             shares[i % threads].push(subscriber);
@@ -385,10 +385,7 @@ async fn latency(args: &FeedBenchArgs, busy: bool) -> anyhow::Result<()> {
     let p50 = all.value_at_quantile(0.5) as f64 / 1000.0;
     let p99 = all.value_at_quantile(0.99) as f64 / 1000.0;
     let waiting = if busy {
-        format!(
-            "busy-polled by {} thread(s)",
-            args.poll_threads.clamp(1, args.subscribers.max(1))
-        )
+        format!("busy-polled by {threads} thread(s)")
     } else {
         "async".to_string()
     };
@@ -408,22 +405,19 @@ async fn latency(args: &FeedBenchArgs, busy: bool) -> anyhow::Result<()> {
 /// every subscriber is polled each `TIMERS_EVERY` for its timers.
 fn busy_poll(mut subscribers: Vec<FeedSubscriber>, deadline: Instant) -> anyhow::Result<Vec<Followed>> {
     use std::os::fd::AsRawFd;
+    use std::os::fd::FromRawFd;
+    use std::os::fd::OwnedFd;
     const TIMERS_EVERY: Duration = Duration::from_millis(5);
     let mut followed = Vec::new();
     for _ in &subscribers {
         followed.push((Histogram::<u64>::new(3)?, 0u64));
     }
-    // SAFETY: epoll_create1 makes a new fd, closed below.
-    let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    anyhow::ensure!(epoll >= 0, "epoll_create1: {}", std::io::Error::last_os_error());
-    struct Close(i32);
-    impl Drop for Close {
-        fn drop(&mut self) {
-            // SAFETY: the fd is ours and closed once.
-            unsafe { libc::close(self.0) };
-        }
-    }
-    let _close = Close(epoll);
+    // SAFETY: epoll_create1 makes a new fd.
+    let created = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    anyhow::ensure!(created >= 0, "epoll_create1: {}", std::io::Error::last_os_error());
+    // SAFETY: the fd is open and owned by nothing else; it closes on drop.
+    let epoll_fd = unsafe { OwnedFd::from_raw_fd(created) };
+    let epoll = epoll_fd.as_raw_fd();
     for (i, subscriber) in subscribers.iter().enumerate() {
         let mut event = libc::epoll_event {
             events: libc::EPOLLIN as u32,
