@@ -5,7 +5,8 @@
 //! **What it owns.** [`LocalCluster`] spawns, signals and reaps node
 //! processes described by [`NodeSpec`]s; [`free_port`] finds ports for them;
 //! [`catch_up_with_trickle`] waits for a restarted node to reach the
-//! others; [`REGIONS`] names the regions local clusters use. It talks to
+//! others; [`REGIONS`] names the regions local clusters use;
+//! [`RegionLinks`] puts a [`LatencyModel`] between them. It talks to
 //! nodes only through `txlog-client` and knows nothing of the server's
 //! code: it runs the `txlog` binary ([`txlog_binary`], or one the caller
 //! names, as tests do with `env!("CARGO_BIN_EXE_txlog")`).
@@ -35,6 +36,7 @@
 mod catch_up;
 mod local_cluster;
 mod ports;
+mod region_latency;
 
 pub use catch_up::catch_up_with_trickle;
 pub use catch_up::wait_for_seq;
@@ -54,8 +56,17 @@ pub use local_cluster::ROOT_KEY_FILE;
 pub use local_cluster::ROOT_KEY_ID;
 pub use ports::free_port;
 pub use ports::free_port_on;
+pub use region_latency::iptables;
+pub use region_latency::LatencyModel;
+pub use region_latency::RegionLinks;
 
 /// Regions of local clusters, by node position: a three-node cluster (`txlog
 /// dev`, the benches) is paris, frankfurt, lyon; five-node test clusters add
 /// london and milan.
 pub const REGIONS: [&str; 5] = ["paris", "frankfurt", "lyon", "london", "milan"];
+
+/// The loopback IP of node `i` when its peer links carry the region
+/// latency model (each node needs an IP of its own; see [`RegionLinks`]).
+pub fn region_node_ip(i: usize) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(127, 0, 0, 11 + i as u8)
+}

@@ -504,6 +504,13 @@ pub struct DevArgs {
     /// All three publish to the multicast group 239.192.74.1:7410 on loopback (0 = no feed).
     #[arg(long, default_value_t = 7411)]
     pub feed_base_port: u16,
+    /// Put the region latency model on the links between the nodes: `default` (one way
+    /// paris-frankfurt 4.5 ms, paris-lyon 2.2 ms, frankfurt-lyon 4 ms, jitter 10 %) or items
+    /// that change it, e.g. `paris-lyon=3ms,jitter=5%`. The nodes then listen on 127.0.0.11-13
+    /// (each link is told apart by its IPs), so point the CLI at them with the TXLOG_CLUSTER the
+    /// banner prints. Client calls are not delayed. Needs root (iptables and NFQUEUE).
+    #[arg(long, num_args = 0..=1, default_missing_value = "default", value_name = "MODEL")]
+    pub regions_latency: Option<String>,
 }
 
 #[derive(Args)]

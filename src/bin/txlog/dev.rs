@@ -10,8 +10,10 @@ use tokio_util::sync::CancellationToken;
 
 use txlog_client::ClientOptions;
 use txlog_client::ClusterStatus;
+use txlog_testkit::LatencyModel;
 use txlog_testkit::LocalCluster;
 use txlog_testkit::NodeSpec;
+use txlog_testkit::RegionLinks;
 use txlog_testkit::REGIONS;
 
 use crate::args::DevArgs;
@@ -24,7 +26,23 @@ const UP_WAIT: Duration = Duration::from_secs(30);
 const RESTARTS_MAX: u32 = 20;
 
 pub async fn run(options: DevArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let mut nodes = LocalCluster::new(node_specs(&options))?;
+    let model = options
+        .regions_latency
+        .as_deref()
+        .map(LatencyModel::parse)
+        .transpose()?;
+    let specs = node_specs(&options);
+    // Removed (rules and held packets let go) when `run` returns.
+    let _links = match &model {
+        Some(model) => {
+            let nodes: Vec<_> = (0..NODES)
+                .map(|i| (txlog_testkit::region_node_ip(i), REGIONS[i].to_string()))
+                .collect();
+            Some(RegionLinks::install(model, &nodes)?)
+        }
+        None => None,
+    };
+    let mut nodes = LocalCluster::new(specs)?;
     for i in 0..nodes.nodes.len() {
         nodes.start(i)?;
     }
@@ -61,7 +79,10 @@ fn node_specs(options: &DevArgs) -> Vec<NodeSpec> {
         .map(|i| NodeSpec {
             id: i as u64 + 1,
             region: REGIONS[i].to_string(),
-            address: format!("127.0.0.1:{}", options.base_port + i as u16),
+            address: match options.regions_latency {
+                Some(_) => format!("{}:{}", txlog_testkit::region_node_ip(i), options.base_port + i as u16),
+                None => format!("127.0.0.1:{}", options.base_port + i as u16),
+            },
             listen: None,
             metrics: (options.metrics_base_port != 0)
                 .then(|| format!("127.0.0.1:{}", options.metrics_base_port + i as u16)),
@@ -110,6 +131,13 @@ fn print_banner(nodes: &LocalCluster, status: &ClusterStatus, took: Duration, op
         println!(
             "  node {} {:<10} {}  pid {:<7} {:<8}{}",
             node.id, node.region, node.address, pid, role, metrics
+        );
+    }
+    if let Some(model) = &options.regions_latency {
+        println!("  region latency model on the links between the nodes: {model}");
+        println!(
+            "  point the CLI at the nodes with: export TXLOG_CLUSTER={}",
+            nodes.addresses()
         );
     }
     if let Some(key_file) = nodes.key_file() {

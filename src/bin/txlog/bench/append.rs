@@ -141,7 +141,8 @@ pub struct BenchArgs {
     /// Comma-separated node addresses (ignored with --local).
     #[arg(long, env = "TXLOG_CLUSTER", default_value = txlog_client::DEV_CLUSTER)]
     pub cluster: String,
-    /// Start a local three-node cluster (LAN timing) for this run, and stop it afterwards.
+    /// Start a local three-node cluster for this run (--timing, --regions-latency apply), and stop
+    /// it afterwards.
     #[arg(long)]
     pub local: bool,
     #[command(flatten)]

@@ -13,8 +13,10 @@ use txlog_client::ClientOptions;
 use txlog_client::ClusterStatus;
 use txlog_client::ResyncSent;
 use txlog_proto::Record;
+use txlog_testkit::LatencyModel;
 use txlog_testkit::LocalCluster;
 use txlog_testkit::NodeSpec;
+use txlog_testkit::RegionLinks;
 use txlog_testkit::REGIONS;
 
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -42,6 +44,16 @@ pub struct ClusterBenchArgs {
     /// what access control (mutual TLS and tokens) costs against the same command without it.
     #[arg(long)]
     pub insecure: bool,
+    /// Timing profile of the nodes: lan, wan or regional (see `txlog node --help`).
+    #[arg(long, default_value = "lan")]
+    pub timing: String,
+    /// Put the region latency model on the links between the nodes (paris, frankfurt, lyon,
+    /// each on its own loopback IP): `default` (one way paris-frankfurt 4.5 ms, paris-lyon
+    /// 2.2 ms, frankfurt-lyon 4 ms, jitter 10 %) or items that change it, e.g.
+    /// `paris-lyon=3ms,jitter=5%`. The bench's own calls are not delayed. Needs root (iptables
+    /// and NFQUEUE).
+    #[arg(long, num_args = 0..=1, default_missing_value = "default", value_name = "MODEL")]
+    pub regions_latency: Option<String>,
 }
 
 /// How a cluster bench fills the cluster: `clients` appenders, each sending
@@ -84,6 +96,8 @@ pub struct BenchCluster {
     pub client: Client,
     dir: PathBuf,
     keep: bool,
+    /// The region latency model on the nodes' links, while it lasts.
+    _links: Option<RegionLinks>,
 }
 
 impl BenchCluster {
@@ -108,13 +122,32 @@ impl BenchCluster {
             ids.len() == 3 && distinct.len() == 3 && !ids.contains(&0),
             "--node-ids needs three distinct non-zero ids, got {ids:?}"
         );
+        let model = common.regions_latency.as_deref().map(LatencyModel::parse).transpose()?;
         let mut specs = Vec::new();
-        for (&id, region) in ids.iter().zip(REGIONS) {
-            specs.push(NodeSpec {
+        for (i, (&id, region)) in ids.iter().zip(REGIONS).enumerate() {
+            let mut spec = NodeSpec {
                 extra_args: extra_args.clone(),
                 ..NodeSpec::loopback(id, region, dir.join(region))?
-            });
+            };
+            spec.extra_args.extend(["--timing".into(), common.timing.clone()]);
+            if model.is_some() {
+                // Each node on an IP of its own: its links are told apart by IP.
+                let ip = txlog_testkit::region_node_ip(i);
+                spec.address = format!("{ip}:{}", txlog_testkit::free_port_on(ip.into())?);
+            }
+            specs.push(spec);
         }
+        let links = match &model {
+            Some(model) => {
+                let nodes: Vec<_> = (0..3)
+                    .map(|i| (txlog_testkit::region_node_ip(i), REGIONS[i].to_string()))
+                    .collect();
+                let links = RegionLinks::install(model, &nodes)?;
+                eprintln!("region latency model on the peer links: {model}");
+                Some(links)
+            }
+            None => None,
+        };
         let mut nodes = LocalCluster::new(specs)?;
         if common.no_seal {
             nodes = nodes.unsealed();
@@ -147,6 +180,7 @@ impl BenchCluster {
             client,
             dir,
             keep,
+            _links: links,
         })
     }
 

@@ -17,9 +17,6 @@ pub struct FailoverArgs {
     /// Leader kills to measure.
     #[arg(long, default_value_t = 20)]
     pub rounds: u32,
-    /// Timing profile of the nodes: lan or wan.
-    #[arg(long, default_value = "lan")]
-    pub timing: String,
     #[command(flatten)]
     pub common: ClusterBenchArgs,
 }
@@ -28,6 +25,7 @@ pub struct FailoverArgs {
 struct FailoverReport {
     rounds: u32,
     timing: String,
+    regions_latency: Option<String>,
     failover_ms: Vec<f64>,
     p50_ms: f64,
     p99_ms: f64,
@@ -37,7 +35,7 @@ struct FailoverReport {
 
 pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.rounds >= 1 && args.rounds <= 1000, "--rounds must be 1..=1000");
-    let mut cluster = BenchCluster::start("failover", &args.common, vec!["--timing".into(), args.timing.clone()])?;
+    let mut cluster = BenchCluster::start("failover", &args.common, Vec::new())?;
     let result = failover_rounds(&mut cluster, &args).await;
     cluster.finish().await;
     let times = result?;
@@ -47,7 +45,8 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
     }
     let report = FailoverReport {
         rounds: args.rounds,
-        timing: args.timing.clone(),
+        timing: args.common.timing.clone(),
+        regions_latency: args.common.regions_latency.clone(),
         failover_ms: times.iter().map(|t| (ms(*t) * 10.0).round() / 10.0).collect(),
         p50_ms: histogram.value_at_quantile(0.50) as f64 / 1000.0,
         p99_ms: histogram.value_at_quantile(0.99) as f64 / 1000.0,
@@ -58,8 +57,13 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "failover ({} timing, {} rounds): kill -9 of the leader -> first append committed by a new leader",
-            report.timing, report.rounds
+            "failover ({} timing, {} rounds{}): kill -9 of the leader -> first append committed by a new leader",
+            report.timing,
+            report.rounds,
+            match &report.regions_latency {
+                Some(model) => format!(", region latency {model}"),
+                None => String::new(),
+            }
         );
         println!(
             "  p50 {:.1} ms   p99 {:.1} ms   max {:.1} ms   min {:.1} ms",
