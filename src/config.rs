@@ -17,10 +17,11 @@
 //! # allow_admin = ["10.1.9.0/24"]    # AdminService
 //! # allow_peers = ["10.1.0.11", "10.2.0.11", "10.3.0.11"]  # RaftService
 //! metrics_listen = "127.0.0.1:9401"
-//! timing = "lan"            # or "wan"; the *_ms fields below override it
+//! timing = "regional"       # or "lan", "wan"; the *_ms fields below override it
 //! # heartbeat_interval_ms = 10
 //! # election_timeout_ms_min = 25
 //! # election_timeout_ms_max = 50
+//! # rpc_deadline_ms_min = 40
 //! payload_bytes_max = 1048576
 //! batch_bytes_max = 4194304
 //! batch_records_max = 8192
@@ -110,7 +111,7 @@ pub const REGION_DEFAULT: &str = "default";
 /// Listen address of a node that names none.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7401";
 /// Timing profile of a node that names none.
-pub const TIMING_DEFAULT: &str = "lan";
+pub const TIMING_DEFAULT: &str = "regional";
 /// Most bytes of records grouped into one Raft entry.
 pub const BATCH_BYTES_MAX_DEFAULT: usize = 4 * 1024 * 1024;
 /// Largest `batch_bytes_max` accepted: half the batch frame's limit.
@@ -190,8 +191,10 @@ pub struct NodeSettings {
     /// Address for the Prometheus /metrics endpoint ("off" to disable) [default: off].
     #[arg(long, env = "TXLOG_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
-    /// Timing profile: lan (10 ms heartbeat, 25-50 ms election timeout, a dead leader
-    /// noticed 50-60 ms after its last heartbeat) or wan (100 ms, 500-1000 ms) [default: lan].
+    /// Timing profile: regional (10 ms heartbeat, 25-50 ms election timeout, a dead leader
+    /// noticed 50-60 ms after its last heartbeat, and no heartbeat or vote given less than
+    /// 40 ms to be answered: for one site and for regions a few ms apart), lan (the same
+    /// without that floor) or wan (100 ms, 500-1000 ms) [default: regional].
     #[arg(long, env = "TXLOG_TIMING")]
     pub timing: Option<String>,
     /// Heartbeat interval, overriding the profile's.
@@ -203,6 +206,10 @@ pub struct NodeSettings {
     /// Longest election timeout, overriding the profile's.
     #[arg(long, env = "TXLOG_ELECTION_TIMEOUT_MS_MAX")]
     pub election_timeout_ms_max: Option<u64>,
+    /// Shortest deadline of a heartbeat or vote RPC (0: openraft's, the heartbeat interval
+    /// and the shortest election timeout), overriding the profile's.
+    #[arg(long, env = "TXLOG_RPC_DEADLINE_MS_MIN")]
+    pub rpc_deadline_ms_min: Option<u64>,
     /// Largest record payload accepted, bytes [default: 1048576; at most 16777216].
     #[arg(long, env = "TXLOG_PAYLOAD_BYTES_MAX")]
     pub payload_bytes_max: Option<usize>,
@@ -338,6 +345,7 @@ impl NodeSettings {
             heartbeat_interval_ms,
             election_timeout_ms_min,
             election_timeout_ms_max,
+            rpc_deadline_ms_min,
             payload_bytes_max,
             batch_bytes_max,
             batch_records_max,
@@ -820,7 +828,7 @@ fn metrics_listen_of(s: &NodeSettings) -> Result<Option<SocketAddr>> {
 fn timing_of(s: &NodeSettings) -> Result<Timing> {
     let profile = s.timing.clone().unwrap_or_else(|| TIMING_DEFAULT.to_string());
     let mut timing = Timing::profile(&profile)
-        .ok_or_else(|| Error::Config(format!("unknown timing profile {profile:?}; use lan or wan")))?;
+        .ok_or_else(|| Error::Config(format!("unknown timing profile {profile:?}; use {}", Timing::PROFILES)))?;
     if let Some(v) = s.heartbeat_interval_ms {
         timing.heartbeat_interval_ms = v;
     }
@@ -829,6 +837,9 @@ fn timing_of(s: &NodeSettings) -> Result<Timing> {
     }
     if let Some(v) = s.election_timeout_ms_max {
         timing.election_timeout_ms_max = v;
+    }
+    if let Some(v) = s.rpc_deadline_ms_min {
+        timing.rpc_deadline_ms_min = v;
     }
     timing.validate().map_err(|e| Error::Config(e.to_string()))?;
     Ok(timing)
@@ -1057,8 +1068,8 @@ mod tests {
         let config = NodeConfig::resolve(file.clone(), NodeSettings::default()).unwrap();
         assert_eq!(
             config.timing,
-            Timing::LAN,
-            "the example's timing comments match the LAN profile"
+            Timing::REGIONAL,
+            "the example's timing comments match the regional profile"
         );
         use clap::Parser;
         #[derive(clap::Parser)]

@@ -59,6 +59,7 @@ pub mod log_throttle;
 pub mod metrics;
 pub mod node;
 pub mod peer_dial;
+mod peer_ping;
 pub mod prefer_region;
 mod raft_runtime;
 pub mod snapshot_trigger;

@@ -101,11 +101,14 @@ impl Node {
         let network = Network::new(reader.clone(), resync_stats.clone())
             .with_source_address(dial.source)
             .with_tls(dial.tls.clone())
-            .with_data_runtime(tokio::runtime::Handle::current());
+            .with_data_runtime(tokio::runtime::Handle::current())
+            .with_deadline_min(Duration::from_millis(config.timing.rpc_deadline_ms_min));
+        let pinger = network.clone();
         let raft_runtime = RaftRuntime::start()?;
         let raft = build_raft(&raft_runtime, &config, network, log_store, state_machine).await?;
 
         let tracker = TaskTracker::new();
+        tracker.spawn(crate::peer_ping::run(raft.clone(), config.id, pinger, shutdown.clone()));
         let contact = txlog_raft::LeaderContact::default();
         let audit = Arc::new(crate::audit::Auditor::new(config.id, metrics.clone()));
         let guard = Arc::new(crate::access_guard::Guard::new(

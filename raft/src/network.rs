@@ -9,7 +9,15 @@
 //! lane's, which encode and copy the entries of a replication stream (a
 //! lone request with entries is encoded in openraft's task), on the runtime
 //! given by [`Network::with_data_runtime`]. Every unary RPC runs under the deadline
-//! openraft passes in `RPCOption`.
+//! openraft passes in `RPCOption`, or [`Network::with_deadline_min`]'s
+//! floor when that is longer: openraft gives a heartbeat the heartbeat
+//! interval and a vote the shortest election timeout, less than a few
+//! round trips between regions.
+//!
+//! [`Network::ping`] keeps a peer's two connections open (the node pings
+//! every other member each second), so a vote after a leader dies, and the
+//! new leader's first replication, cost one round trip, not a TCP, TLS and
+//! h2 handshake first.
 //!
 //! Replication is pipelined: openraft's `stream_append` runs over one
 //! bidirectional `StreamAppend` call per replication session, so the leader
@@ -89,6 +97,8 @@ pub struct Network {
     stats: Arc<ResyncStats>,
     /// Local address outgoing peer connections are bound to (see `with_source_address`).
     source_address: Option<IpAddr>,
+    /// No unary RPC gets a shorter deadline than this (see `with_deadline_min`).
+    deadline_min: Duration,
 }
 
 impl Network {
@@ -104,7 +114,34 @@ impl Network {
             reader,
             stats,
             source_address: None,
+            deadline_min: Duration::ZERO,
         }
+    }
+
+    /// Give every unary RPC (heartbeats, votes) at least `deadline` to be
+    /// answered, whatever openraft asks (`Timing::rpc_deadline_ms_min`).
+    pub fn with_deadline_min(mut self, deadline: Duration) -> Self {
+        self.deadline_min = deadline;
+        self
+    }
+
+    /// Ping the peer at `address` on both its connections (control and
+    /// data), connecting either if it is not: a node that becomes leader
+    /// replicates at once, without a handshake first. The control
+    /// connection's round trip, or why there was none within `timeout`.
+    pub async fn ping(&self, address: &str, timeout: Duration) -> Result<Duration, Error> {
+        let ping = |lane| async move {
+            let mut client = self.client(address, lane)?;
+            let started = std::time::Instant::now();
+            match tokio::time::timeout(timeout, client.ping(txlog_proto::RaftMessage::default())).await {
+                Ok(Ok(_)) => Ok(started.elapsed()),
+                Ok(Err(status)) => Err(Error::Peer(status)),
+                Err(_) => Err(Error::Unavailable(format!("no answer to a ping within {timeout:?}"))),
+            }
+        };
+        let (control, data) = tokio::join!(ping(Lane::Control), ping(Lane::Data));
+        data?;
+        control
     }
 
     /// Bind outgoing peer connections to `address` (the node's listen IP), so
@@ -197,6 +234,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             control: self.client(&node.address, Lane::Control),
             data: self.client(&node.address, Lane::Data),
+            deadline_min: self.deadline_min,
             reader: self.reader.clone(),
             stats: self.stats.clone(),
         }
@@ -210,6 +248,7 @@ pub struct PeerClient {
     /// (reported on every call).
     control: Result<RaftServiceClient<Channel>, Error>,
     data: Result<RaftServiceClient<Channel>, Error>,
+    deadline_min: Duration,
     reader: StateMachineReader,
     stats: Arc<ResyncStats>,
 }
@@ -254,7 +293,7 @@ impl PeerClient {
         Fut: Future<Output = Result<tonic::Response<txlog_proto::RaftMessage>, tonic::Status>>,
     {
         let client = self.client(lane).map_err(|e| e.to_rpc())?;
-        let ttl = option.hard_ttl();
+        let ttl = option.hard_ttl().max(self.deadline_min);
         let message = codec::encode(req);
         match tokio::time::timeout(ttl, call(client, message)).await {
             Ok(Ok(response)) => codec::decode(response.get_ref()).map_err(|e| e.to_rpc()),

@@ -327,6 +327,10 @@ impl RaftService for RaftServer {
         reply(decode(&request).and_then(|req| self.resync.answer_probe(&req)))
     }
 
+    async fn ping(&self, _request: Request<RaftMessage>) -> RpcResult {
+        Ok(Response::new(RaftMessage::default()))
+    }
+
     async fn install_delta(&self, request: Request<Streaming<SnapshotChunk>>) -> RpcResult {
         reply(resync::receive_delta(&self.raft, &self.resync, request.into_inner()).await)
     }

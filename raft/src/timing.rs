@@ -1,6 +1,13 @@
 //! Raft timing profiles. All durations carry their unit in the name.
 //!
-//! * **LAN** (default): heartbeat every 10 ms, election timeout 25–50 ms.
+//! * **Regional** (default): heartbeat every 10 ms, election timeout
+//!   25–50 ms, and no heartbeat or vote given less than 40 ms to be
+//!   answered. For one site and for the three regions (round trips of
+//!   4–10 ms): openraft gives a heartbeat the heartbeat interval (10 ms)
+//!   and a vote the shortest election timeout (25 ms) as deadlines, under
+//!   a Paris–Frankfurt round trip with jitter, or a reconnect's handshakes.
+//! * **LAN**: the same without the deadline floor (what txlog ran before
+//!   the regional profile; kept to compare).
 //! * **WAN**: heartbeat 100 ms, election timeout 500–1000 ms, for links
 //!   with tens of milliseconds of latency and jitter.
 //!
@@ -21,27 +28,42 @@ use serde::Serialize;
 
 use crate::error::Error;
 
+/// Longest `rpc_deadline_ms_min` accepted.
+const RPC_DEADLINE_MS_MIN_MAX: u64 = 10_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timing {
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms_min: u64,
     pub election_timeout_ms_max: u64,
+    /// No heartbeat or vote RPC gets a shorter deadline (0: openraft's).
+    #[serde(default)]
+    pub rpc_deadline_ms_min: u64,
 }
 
 impl Timing {
+    pub const REGIONAL: Timing = Timing {
+        rpc_deadline_ms_min: 40,
+        ..Self::LAN
+    };
     pub const LAN: Timing = Timing {
         heartbeat_interval_ms: 10,
         election_timeout_ms_min: 25,
         election_timeout_ms_max: 50,
+        rpc_deadline_ms_min: 0,
     };
     pub const WAN: Timing = Timing {
         heartbeat_interval_ms: 100,
         election_timeout_ms_min: 500,
         election_timeout_ms_max: 1000,
+        rpc_deadline_ms_min: 0,
     };
+    /// The profile names [`Timing::profile`] knows.
+    pub const PROFILES: &'static str = "regional, lan or wan";
 
     pub fn profile(name: &str) -> Option<Timing> {
         match name {
+            "regional" => Some(Self::REGIONAL),
             "lan" => Some(Self::LAN),
             "wan" => Some(Self::WAN),
             _ => None,
@@ -67,6 +89,9 @@ impl Timing {
         }
         if self.election_timeout_ms_max <= self.election_timeout_ms_min {
             return invalid("election_timeout_ms_max must exceed election_timeout_ms_min");
+        }
+        if self.rpc_deadline_ms_min > RPC_DEADLINE_MS_MIN_MAX {
+            return invalid("rpc_deadline_ms_min must be at most 10000");
         }
         Ok(())
     }
@@ -108,7 +133,7 @@ mod tests {
     /// Both profiles validate and map onto openraft; inverted timings are rejected.
     #[test]
     fn profiles_validate() {
-        for t in [Timing::LAN, Timing::WAN] {
+        for t in [Timing::REGIONAL, Timing::LAN, Timing::WAN] {
             let c = t.to_openraft_config(1_000).unwrap();
             assert_eq!(c.heartbeat_interval, t.heartbeat_interval_ms);
         }
@@ -116,6 +141,7 @@ mod tests {
             heartbeat_interval_ms: 100,
             election_timeout_ms_min: 50,
             election_timeout_ms_max: 100,
+            rpc_deadline_ms_min: 0,
         };
         assert!(bad.validate().is_err());
     }
