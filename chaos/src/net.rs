@@ -24,6 +24,8 @@ use std::time::Instant;
 use anyhow::bail;
 use anyhow::Context;
 
+/// Prefix of this harness's iptables chains (then the pid).
+const CHAIN_PREFIX: &str = "TXLOG-CHAOS-";
 /// The NFQUEUE number delayed packets go through.
 const DELAY_QUEUE: u16 = 4711;
 /// Packets held at once; beyond this the queue lets packets through.
@@ -92,9 +94,9 @@ impl Firewall {
     /// runs that were killed outright (named after a pid that is gone) are
     /// removed first.
     pub fn install(place: RulePlace, ips: Vec<Ipv4Addr>) -> anyhow::Result<Firewall> {
-        let chain = format!("TXLOG-CHAOS-{}", std::process::id());
+        let chain = format!("{CHAIN_PREFIX}{}", std::process::id());
         if matches!(place, RulePlace::Loopback) {
-            remove_stale_chains();
+            txlog_testkit::remove_stale_chains(CHAIN_PREFIX);
         }
         let firewall = Firewall {
             chain,
@@ -172,27 +174,6 @@ impl Drop for Firewall {
             let _ = iptables(ns, &["-D", "INPUT", "-j", &self.chain]);
             let _ = iptables(ns, &["-F", &self.chain]);
             let _ = iptables(ns, &["-X", &self.chain]);
-        }
-    }
-}
-
-fn remove_stale_chains() {
-    let Ok(output) = Command::new("iptables").args(["-w", "5", "-S"]).output() else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
-        let Some(chain) = line.strip_prefix("-N ") else {
-            continue;
-        };
-        let Some(pid) = chain.strip_prefix("TXLOG-CHAOS-").and_then(|p| p.parse::<i32>().ok()) else {
-            continue;
-        };
-        // SAFETY: signal 0 only checks whether the pid exists.
-        let alive = unsafe { libc::kill(pid, 0) } == 0;
-        if !alive {
-            let _ = iptables(None, &["-D", "INPUT", "-j", chain]);
-            let _ = iptables(None, &["-F", chain]);
-            let _ = iptables(None, &["-X", chain]);
         }
     }
 }

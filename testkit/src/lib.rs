@@ -56,7 +56,7 @@ pub use local_cluster::ROOT_KEY_FILE;
 pub use local_cluster::ROOT_KEY_ID;
 pub use ports::free_port;
 pub use ports::free_port_on;
-pub use region_latency::iptables;
+pub use region_latency::remove_stale_chains;
 pub use region_latency::LatencyModel;
 pub use region_latency::RegionLinks;
 

@@ -175,7 +175,7 @@ impl RegionLinks {
                 }
             }
         }
-        remove_stale_chains();
+        remove_stale_chains(CHAIN_PREFIX);
         let mut queue = nfq::Queue::open().context("region latency: open an NFQUEUE socket (needs root)")?;
         queue.bind(QUEUE).with_context(|| {
             format!("region latency: bind NFQUEUE {QUEUE} (needs the nfnetlink_queue module; is another run using it?)")
@@ -316,7 +316,7 @@ fn xorshift(mut x: u64) -> u64 {
 }
 
 /// Run `iptables -w 5 ARGS…`; a failure carries its stderr.
-pub fn iptables(args: &[&str]) -> anyhow::Result<()> {
+fn iptables(args: &[&str]) -> anyhow::Result<()> {
     let output = Command::new("iptables")
         .args(["-w", "5"])
         .args(args)
@@ -338,8 +338,9 @@ fn remove_chain(chain: &str) {
     let _ = iptables(&["-X", chain]);
 }
 
-/// Remove chains of ours whose process is gone (killed outright).
-fn remove_stale_chains() {
+/// Remove the INPUT-hooked chains named `prefix` + pid whose process is
+/// gone (killed outright before it could remove them).
+pub fn remove_stale_chains(prefix: &str) {
     let Ok(output) = Command::new("iptables").args(["-w", "5", "-S"]).output() else {
         return;
     };
@@ -347,7 +348,7 @@ fn remove_stale_chains() {
         let Some(chain) = line.strip_prefix("-N ") else {
             continue;
         };
-        let Some(pid) = chain.strip_prefix(CHAIN_PREFIX).and_then(|p| p.parse::<i32>().ok()) else {
+        let Some(pid) = chain.strip_prefix(prefix).and_then(|p| p.parse::<i32>().ok()) else {
             continue;
         };
         // SAFETY: signal 0 only checks whether the pid exists.
