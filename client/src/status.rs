@@ -254,8 +254,22 @@ impl Client {
             .or_else(|| reachable.iter().max_by_key(|s| s.term))
             .copied();
         let Some(view) = view else {
-            let last = answers.into_iter().last().and_then(|(_, a)| a.err());
-            return Err(last.unwrap_or_else(|| ClientError::BadCluster("no nodes".into())));
+            // Every node refused: the leader's refusal is the current one (a
+            // follower may not have applied an access change yet, and name a
+            // new key unknown), so it wins over the others.
+            let leader = self.leader_route().ok().map(|route| route.address);
+            let mut refusals: Vec<(String, ClientError)> = answers
+                .into_iter()
+                .filter_map(|(a, answer)| Some((a, answer.err()?)))
+                .collect();
+            let pick = refusals
+                .iter()
+                .position(|(a, _)| Some(a) == leader.as_ref())
+                .or(refusals.len().checked_sub(1));
+            return Err(match pick {
+                Some(i) => refusals.swap_remove(i).1,
+                None => ClientError::BadCluster("no nodes".into()),
+            });
         };
         let nodes = view
             .members
