@@ -23,6 +23,11 @@ pub const FAKETIME_LIBRARY: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketi
 /// frankfurt), so a region can hold more than one node, as in production.
 const REGIONS_USED: usize = 3;
 
+/// Node `i`'s region.
+pub fn region_of(i: usize) -> &'static str {
+    REGIONS[i % REGIONS_USED]
+}
+
 /// Where each node lives.
 #[derive(Debug, Clone)]
 pub struct Placement {
@@ -101,7 +106,7 @@ impl Cluster {
         let specs: Vec<NodeSpec> = (0..nodes)
             .map(|i| NodeSpec {
                 id: ids[i],
-                region: REGIONS[i % REGIONS_USED].to_string(),
+                region: region_of(i).to_string(),
                 address: format!("{}:{}", placement.ips[i], placement.ports[i]),
                 listen: placement
                     .backend_ports

@@ -99,9 +99,17 @@ struct RunArgs {
     /// How partitions and latency are made on loopback: iptables (root), a user-space proxy in front of each node, or auto (iptables when usable).
     #[arg(long, default_value = "auto", value_parser = ["auto", "iptables", "proxy"])]
     link_faults: String,
-    /// The nodes' timing profile: lan (10 ms heartbeat, 25-50 ms elections) or wan (100 ms, 500-1000 ms).
-    #[arg(long, default_value = "lan", value_parser = ["lan", "wan"])]
+    /// The nodes' timing profile: regional (10 ms heartbeat, 25-50 ms elections, no heartbeat or
+    /// vote deadline under 40 ms; txlog's default), lan (the same without the floor) or wan
+    /// (100 ms, 500-1000 ms).
+    #[arg(long, default_value = "regional", value_parser = ["regional", "lan", "wan"])]
     timing: String,
+    /// Delay the links between nodes by the region latency model for the whole run, under the
+    /// faults: without a value the defaults (paris-frankfurt 4.5 ms, paris-lyon 2.2 ms,
+    /// frankfurt-lyon 4 ms one way, jitter 10 %), or items that change them, e.g.
+    /// `paris-lyon=3ms,jitter=5%`. Loopback only; needs root (iptables and NFQUEUE).
+    #[arg(long, num_args = 0..=1, default_missing_value = "default", value_name = "MODEL")]
+    regions_latency: Option<String>,
     /// The txlog binary to run; default: `txlog` next to this program.
     #[arg(long)]
     txlog: Option<PathBuf>,
@@ -236,6 +244,11 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             _ => LinkFaults::Auto,
         },
         timing: args.timing.clone(),
+        regions_latency: args
+            .regions_latency
+            .as_deref()
+            .map(txlog_testkit::LatencyModel::parse)
+            .transpose()?,
         keep_data: args.keep_data,
     };
     if outer {

@@ -6,7 +6,11 @@
 //! Rules go in a chain of their own, hooked into INPUT: a cut drops
 //! packets silently at the receiver (peers see timeouts, not resets).
 //! Latency sends a link's packets through NFQUEUE to a thread here that
-//! holds each packet for the delay before accepting it.
+//! holds each packet for the delay, marks it ([`DELAYED_MARK`]) and sends
+//! it through INPUT again (verdict repeat) rather than accepting it, so
+//! the rules after this chain still see it: the region latency model's
+//! chain (`txlog_testkit::RegionLinks`, appended to INPUT) adds its own
+//! delay on top instead of being skipped.
 //!
 //! The chain (and its hook) is removed when the [`Firewall`] is dropped —
 //! at the end of a run, on an error, and while unwinding from a panic.
@@ -30,6 +34,9 @@ const CHAIN_PREFIX: &str = "TXLOG-CHAOS-";
 const DELAY_QUEUE: u16 = 4711;
 /// Packets held at once; beyond this the queue lets packets through.
 const DELAY_QUEUE_PACKETS_MAX: u32 = 65_536;
+/// The packet mark (one bit) of a packet this harness has delayed once:
+/// its delay rule skips such packets when they come through INPUT again.
+const DELAYED_MARK: u32 = 0x0040_0000;
 
 /// Where the rules live: one chain in this namespace (loopback placement),
 /// or one chain per node namespace.
@@ -150,8 +157,10 @@ impl Firewall {
         }
         let (ns, matches) = self.rule(from, to);
         let queue = DELAY_QUEUE.to_string();
+        let unmarked = format!("0/{DELAYED_MARK:#x}");
         let mut args = vec!["-A", &self.chain];
         args.extend(matches.iter().map(String::as_str));
+        args.extend(["-m", "mark", "--mark", &unmarked]);
         args.extend(["-j", "NFQUEUE", "--queue-num", &queue, "--queue-bypass"]);
         iptables(ns, &args)
     }
@@ -212,7 +221,8 @@ impl Delayer {
                             break;
                         }
                         let (_, mut message) = held.pop_front().expect("front exists");
-                        message.set_verdict(nfq::Verdict::Accept);
+                        message.set_nfmark(message.get_nfmark() | DELAYED_MARK);
+                        message.set_verdict(nfq::Verdict::Repeat);
                         let _ = queue.verdict(message);
                     }
                     if stopping {

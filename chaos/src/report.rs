@@ -29,6 +29,8 @@ pub struct RunFacts {
     /// iptables, proxy, or none (no fault needed link control).
     pub link_faults: String,
     pub timing: String,
+    /// The region latency model under the run, if one was.
+    pub regions_latency: Option<String>,
     pub faults_injected: usize,
     /// Faults that could not be injected or healed cleanly, with the reason.
     pub fault_errors: Vec<String>,
@@ -171,6 +173,9 @@ pub fn summary(facts: &RunFacts, verdict: &Verdict, dir: &Path) -> String {
         &mut out,
         format!("node ids   {}", crate::node_ids::describe(&facts.node_ids)),
     );
+    if let Some(model) = &facts.regions_latency {
+        line(&mut out, format!("latency    region model under the run: {model}"));
+    }
     line(
         &mut out,
         format!(

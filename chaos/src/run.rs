@@ -16,6 +16,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use txlog_client::Client;
 use txlog_client::ClientOptions;
+use txlog_testkit::RegionLinks;
 
 use crate::checker::check;
 use crate::checker::Verdict;
@@ -81,8 +82,10 @@ pub struct RunOptions {
     pub read_fraction: f64,
     pub net: Net,
     pub link_faults: LinkFaults,
-    /// The nodes' timing profile: lan or wan.
+    /// The nodes' timing profile: regional, lan or wan.
     pub timing: String,
+    /// The region latency model under the whole run (loopback only).
+    pub regions_latency: Option<txlog_testkit::LatencyModel>,
     pub keep_data: bool,
 }
 
@@ -153,6 +156,12 @@ pub fn preflight(options: &RunOptions) -> anyhow::Result<()> {
     if options.nemesis.contains(&FaultKind::Latency) && options.net != Net::Loopback {
         bail!("the latency fault works with --net loopback only");
     }
+    if options.regions_latency.is_some() && options.net != Net::Loopback {
+        bail!("--regions-latency works with --net loopback only");
+    }
+    if options.regions_latency.is_some() && !crate::net::iptables_usable() {
+        bail!("--regions-latency needs iptables and NFQUEUE (root and the iptables package)");
+    }
     if options.link_faults == LinkFaults::Proxy && options.net != Net::Loopback {
         bail!("--link-faults proxy works with --net loopback only");
     }
@@ -169,7 +178,8 @@ pub async fn run(options: RunOptions, interrupt: CancellationToken) -> anyhow::R
     preflight(&options)?;
     let steps = prepare_report_dir(&options)?;
     let link_faults = options.resolved_link_faults();
-    let (mut cluster, mut firewall) = start_cluster(&options, link_faults).await?;
+    // `_regions` delays the links until the run is over (dropped at the end).
+    let (mut cluster, mut firewall, _regions) = start_cluster(&options, link_faults).await?;
 
     let recorder = Arc::new(Recorder::new(HistoryWriter::create(
         &options.out.join("history.jsonl"),
@@ -269,7 +279,7 @@ fn prepare_report_dir(options: &RunOptions) -> anyhow::Result<Vec<nemesis::Step>
 async fn start_cluster(
     options: &RunOptions,
     link_faults: Option<LinkFaults>,
-) -> anyhow::Result<(Cluster, Option<Links>)> {
+) -> anyhow::Result<(Cluster, Option<Links>, Option<RegionLinks>)> {
     let (placement, place) = match &options.net {
         Net::Netns(names) => (netns::placement(names), RulePlace::Namespaces(names.clone())),
         Net::Loopback => (
@@ -294,6 +304,21 @@ async fn start_cluster(
             }
         ));
     }
+    // Installed after the fault chain (which sits at the top of INPUT): a
+    // packet is cut or delayed by a fault first, then delayed by the model.
+    let regions = match &options.regions_latency {
+        Some(model) => {
+            let nodes: Vec<(std::net::Ipv4Addr, String)> = placement
+                .ips
+                .iter()
+                .enumerate()
+                .map(|(i, ip)| (*ip, crate::cluster::region_of(i).to_string()))
+                .collect();
+            progress(&format!("region latency model under the run: {model}"));
+            Some(RegionLinks::install(model, &nodes)?)
+        }
+        None => None,
+    };
     let mut cluster = Cluster::new(
         options.txlog.clone(),
         placement,
@@ -314,7 +339,7 @@ async fn start_cluster(
         .wait_for_leader(SETTLE_TIMEOUT)
         .await
         .context("the cluster elected no leader")?;
-    Ok((cluster, firewall))
+    Ok((cluster, firewall, regions))
 }
 
 /// One workload task per client, each with its own connection.
@@ -367,6 +392,7 @@ fn run_facts(options: &RunOptions, link_faults: Option<LinkFaults>) -> RunFacts 
             None => "none".into(),
         },
         timing: options.timing.clone(),
+        regions_latency: options.regions_latency.as_ref().map(ToString::to_string),
         faults_injected: 0,
         fault_errors: Vec::new(),
         interrupted: false,
