@@ -95,7 +95,7 @@ impl LogServer {
             .map_err(fail)?;
         self.authorize_append(caller, &records)
             .map_err(|status| failed(id, status))?;
-        self.check_leader().map_err(fail)?;
+        self.leader.leader().await.map_err(fail)?;
         let committed = self.batcher.submit(records).await.map_err(fail)?;
         let server = self.clone();
         Ok(Box::pin(async move {

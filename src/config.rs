@@ -12,7 +12,8 @@
 //! data_dir = "/var/lib/txlog"
 //! peers = ["1=paris@127.0.0.1:7401", "2=frankfurt@127.0.0.1:7402", "3=lyon@127.0.0.1:7403"]
 //! # join = "127.0.0.1:7401"  # instead of peers: join a running cluster through any member
-//! # prefer_region = "paris"  # move leadership back to this region when it is healthy
+//! # prefer_region = "paris"  # move leadership back to this region when it is healthy;
+//! #                          # "auto": to the voter whose commit quorum is nearest
 //! # allow_clients = ["10.1.0.0/16"]  # who may call LogService; absent: any address
 //! # allow_admin = ["10.1.9.0/24"]    # AdminService
 //! # allow_peers = ["10.1.0.11", "10.2.0.11", "10.3.0.11"]  # RaftService
@@ -174,7 +175,9 @@ pub struct NodeSettings {
     #[arg(long, env = "TXLOG_LEARNER", num_args = 0..=1, default_missing_value = "true")]
     pub learner: Option<bool>,
     /// Hand leadership back to a healthy voter in this region (e.g. paris) whenever
-    /// another region leads.
+    /// another region leads; `auto`: to the voter whose commit quorum is nearest (the smallest
+    /// quorum round trip, measured by the nodes' pings), when it is at least 20 % and 0.5 ms
+    /// nearer than the leader's.
     #[arg(long, env = "TXLOG_PREFER_REGION")]
     pub prefer_region: Option<String>,
     /// Addresses that may call LogService, health and reflection: comma-separated CIDR blocks
@@ -400,7 +403,8 @@ pub struct NodeConfig {
     pub join: Option<String>,
     /// Join as a learner and stay one (`--learner`).
     pub learner: bool,
-    /// Leadership is handed back to a healthy voter of this region.
+    /// Leadership is handed back to a healthy voter of this region, or, set
+    /// to `auto`, to the voter whose commit quorum is nearest.
     pub prefer_region: Option<String>,
     /// Who may call which services (`allowlist.rs`).
     pub allowlist: crate::allowlist::Allowlist,

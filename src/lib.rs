@@ -12,7 +12,8 @@
 //!   and new data keys through the log when they are due; the batcher seals
 //!   every batch under the applied ones (`txlog_raft::Sealer`).
 //! * `log_service`, `admin_service` — the gRPC `LogService` (clients) and
-//!   `AdminService` (operators).
+//!   `AdminService` (operators); [`leader_wait`] — a follower holds an append
+//!   while its leader is in doubt and redirects it once a live one is known.
 //! * [`access_guard`] — who may call what: request tokens checked
 //!   (`token_check`), the caller's roles against the policy kept in the log
 //!   (`access_policy`); [`allowlist`] — which addresses may connect;
@@ -54,6 +55,7 @@ pub mod health;
 pub mod join;
 mod key_file_watch;
 mod key_rotation;
+pub mod leader_wait;
 pub mod log_service;
 pub mod log_throttle;
 pub mod metrics;

@@ -3,7 +3,9 @@
 //! * `Append` validates every record, then (on the leader) hands them to the
 //!   [`Batcher`]; the reply carries one committed `seq` per record. A
 //!   follower answers `UNAVAILABLE` with the leader's address in the
-//!   `txlog-leader` metadata; the client library retries there.
+//!   `txlog-leader` metadata; the client library retries there. While the
+//!   leader is in doubt (gone quiet, or an election on) the follower holds
+//!   the call until one is known (`leader_wait.rs`).
 //! * `AppendStream` does the same per call over one long-lived stream
 //!   (`append_stream.rs`); the client library sends every append that way.
 //! * `Read` / `Lookup` confirm leadership through a read index first
@@ -52,6 +54,7 @@ use crate::access_policy::Operation;
 use crate::append_stream::STREAM_REPLY_MESSAGES_MAX;
 use crate::batcher::Batcher;
 use crate::error::raft_error;
+use crate::leader_wait::LeaderWait;
 use crate::metrics::Metrics;
 use crate::validate;
 use crate::Error;
@@ -73,6 +76,8 @@ pub struct LogServer {
     pub shutdown: CancellationToken,
     /// Admits every call (`access_guard.rs`).
     pub guard: Arc<Guard>,
+    /// Where appends go; holds them while an election settles.
+    pub leader: LeaderWait,
 }
 
 /// A record as clients are served it. An access record's payload (it holds
@@ -130,18 +135,6 @@ impl LogServer {
             self.metrics.rejected_requests.inc();
         }
         err.to_status()
-    }
-
-    pub(crate) fn check_leader(&self) -> Result<()> {
-        match known_leader(&self.raft) {
-            Some((id, _)) if id == self.node_id => Ok(()),
-            Some((_, address)) => Err(Error::NotLeader {
-                leader: Some(address).filter(|a| !a.is_empty()),
-            }),
-            None => Err(Error::Unavailable(
-                "no leader is known yet (election in progress)".into(),
-            )),
-        }
     }
 
     /// Wait until this node may serve a linearizable read.
@@ -242,7 +235,7 @@ impl LogService for LogServer {
             .authenticate_metadata(request.metadata(), request.get_ref(), methods::APPEND)?;
         let records = self.validate_append(request.into_inner()).map_err(|e| self.reject(e))?;
         self.authorize_append(caller.as_ref(), &records)?;
-        self.check_leader().map_err(|e| self.reject(e))?;
+        self.leader.leader().await.map_err(|e| self.reject(e))?;
         let outcomes = self.batcher.append(records).await.map_err(|e| self.reject(e))?;
         Ok(Response::new(AppendResponse {
             results: append_results(outcomes),

@@ -31,11 +31,15 @@ pub struct Metrics {
     pub duplicate_records: Counter,
     pub append_batches: Counter,
     pub rejected_requests: Counter,
+    /// Appends a node held because its leader was in doubt (`leader_wait.rs`).
+    pub calls_held_for_leader: Counter,
     pub batch_records: Histogram,
     pub commit_latency_seconds: Histogram,
     pub wal_fsync_seconds: Histogram,
     pub append_streams: Gauge,
     pub term: Gauge,
+    /// This node's quorum RTT (`txlog_raft::PeerLatency`), from its pings.
+    pub quorum_rtt_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub leader_changes: Counter,
     pub is_leader: Gauge,
     pub commit_index: Gauge,
@@ -120,11 +124,13 @@ impl Metrics {
             duplicate_records: Counter::default(),
             append_batches: Counter::default(),
             rejected_requests: Counter::default(),
+            calls_held_for_leader: Counter::default(),
             batch_records: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             commit_latency_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             wal_fsync_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 18)),
             append_streams: Gauge::default(),
             term: Gauge::default(),
+            quorum_rtt_seconds: Gauge::default(),
             leader_changes: Counter::default(),
             is_leader: Gauge::default(),
             commit_index: Gauge::default(),
@@ -262,6 +268,11 @@ impl Metrics {
             self.rejected_requests.clone(),
         );
         registry.register(
+            "calls_held_for_leader",
+            "Appends held until an election settled (the leader had gone quiet or none was known)",
+            self.calls_held_for_leader.clone(),
+        );
+        registry.register(
             "batch_records",
             "Records per proposed batch",
             self.batch_records.clone(),
@@ -286,6 +297,11 @@ impl Metrics {
     /// Raft's term, leadership and indexes.
     fn register_raft(&self, registry: &mut Registry) {
         registry.register("raft_term", "Current Raft term", self.term.clone());
+        registry.register(
+            "quorum_rtt_seconds",
+            "Median round trip to the voter that completes a commit quorum with this node (from peer pings)",
+            self.quorum_rtt_seconds.clone(),
+        );
         registry.register(
             "raft_leader_changes",
             "Times the known leader changed",

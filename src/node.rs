@@ -108,7 +108,14 @@ impl Node {
         let raft = build_raft(&raft_runtime, &config, network, log_store, state_machine).await?;
 
         let tracker = TaskTracker::new();
-        tracker.spawn(crate::peer_ping::run(raft.clone(), config.id, pinger, shutdown.clone()));
+        let latency = txlog_raft::PeerLatency::new(config.id);
+        tracker.spawn(crate::peer_ping::run(
+            raft.clone(),
+            pinger,
+            latency.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
         let contact = txlog_raft::LeaderContact::default();
         let audit = Arc::new(crate::audit::Auditor::new(config.id, metrics.clone()));
         let guard = Arc::new(crate::access_guard::Guard::new(
@@ -132,6 +139,7 @@ impl Node {
             metrics: &metrics,
             resync: &resync_stats,
             contact: &contact,
+            latency: &latency,
             keys: keys.as_ref(),
             tap: tap.clone(),
             sealer: sealer.as_ref(),
@@ -307,6 +315,8 @@ struct Parts<'a> {
     metrics: &'a Arc<Metrics>,
     resync: &'a Arc<txlog_raft::ResyncStats>,
     contact: &'a txlog_raft::LeaderContact,
+    /// Member round trips and quorum RTTs (peer pings), for leader placement.
+    latency: &'a txlog_raft::PeerLatency,
     keys: Option<&'a Arc<txlog_raft::Keys>>,
     /// The log's tap for the speculative feed, when it is on.
     tap: Option<Arc<crate::feed_tap::LogTap>>,
@@ -374,6 +384,7 @@ impl Parts<'_> {
             self.contact.clone(),
             Duration::from_millis(self.config.timing.election_timeout_ms_max),
             self.keys.cloned(),
+            self.latency.clone(),
         );
         let log_server = self.log_server();
         let batcher = log_server.batcher.clone();
@@ -453,6 +464,13 @@ impl Parts<'_> {
             payload_bytes_max: config.payload_bytes_max,
             shutdown: self.shutdown.clone(),
             guard: self.guard.clone(),
+            leader: crate::leader_wait::LeaderWait::new(
+                self.raft.clone(),
+                config.id,
+                self.contact.clone(),
+                &config.timing,
+                self.metrics.calls_held_for_leader.clone(),
+            ),
         }
     }
 
@@ -554,11 +572,12 @@ impl Parts<'_> {
             self.metrics.clone(),
             shutdown.clone(),
         ));
-        if let Some(region) = config.prefer_region.clone() {
+        if let Some(setting) = config.prefer_region.as_deref() {
             self.tracker.spawn(crate::prefer_region::prefer_region(
                 raft.clone(),
                 config.id,
-                region,
+                crate::prefer_region::Placement::parse(setting),
+                self.latency.clone(),
                 config.timing,
                 shutdown.clone(),
             ));

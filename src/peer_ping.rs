@@ -4,20 +4,35 @@
 //! that follow a leader's death each cost one round trip rather than a TCP,
 //! TLS and h2 handshake first — three or four round trips between regions,
 //! more than a vote's deadline.
+//!
+//! The round trips measured are kept in [`PeerLatency`] (this node's
+//! quorum RTT, exported as `txlog_quorum_rtt_seconds`), and each ping
+//! carries this node's quorum RTT to the peer, for leader placement
+//! (`prefer_region.rs`).
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use txlog_raft::openraft::type_config::async_runtime::WatchReceiver;
 use txlog_raft::Network;
+use txlog_raft::PeerLatency;
 use txlog_raft::Raft;
+
+use crate::metrics::Metrics;
 
 /// How often each member is pinged.
 const PING_EVERY: Duration = Duration::from_secs(1);
 /// How long a ping may take, connecting included.
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
-pub async fn run(raft: Raft, self_id: u64, network: Network, shutdown: CancellationToken) {
+pub async fn run(
+    raft: Raft,
+    network: Network,
+    latency: PeerLatency,
+    metrics: std::sync::Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let self_id = latency.self_id();
     let mut tick = tokio::time::interval(PING_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -25,26 +40,37 @@ pub async fn run(raft: Raft, self_id: u64, network: Network, shutdown: Cancellat
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let members: Vec<(u64, String)> = {
+        let (members, voters): (Vec<(u64, String)>, Vec<u64>) = {
             let metrics = raft.metrics();
             let metrics = metrics.borrow_watched();
-            metrics
-                .membership_config
-                .membership()
-                .nodes()
-                .filter(|(id, _)| **id != self_id)
-                .map(|(id, node)| (*id, node.address.clone()))
-                .collect()
+            let membership = metrics.membership_config.membership();
+            (
+                membership
+                    .nodes()
+                    .filter(|(id, _)| **id != self_id)
+                    .map(|(id, node)| (*id, node.address.clone()))
+                    .collect(),
+                membership.voter_ids().collect(),
+            )
         };
+        let ids: Vec<u64> = members.iter().map(|(id, _)| *id).collect();
+        latency.retain(&ids);
+        let report = latency.report(&voters);
         let pings = members.iter().map(|(id, address)| {
             let network = &network;
-            async move { (*id, network.ping(address, PING_TIMEOUT).await) }
+            async move { (*id, network.ping(address, &report, PING_TIMEOUT).await) }
         });
         for (id, outcome) in futures::future::join_all(pings).await {
             match outcome {
-                Ok(rtt) => tracing::trace!(peer = id, ?rtt, "ping"),
+                Ok(rtt) => {
+                    tracing::trace!(peer = id, ?rtt, "ping");
+                    latency.sample(id, rtt);
+                }
                 Err(err) => tracing::debug!(peer = id, %err, "ping unanswered"),
             }
+        }
+        if let Some(rtt) = latency.quorum_rtt(&voters) {
+            metrics.quorum_rtt_seconds.set(rtt.as_secs_f64());
         }
     }
 }

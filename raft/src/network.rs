@@ -129,14 +129,18 @@ impl Network {
     /// data), connecting either if it is not: a node that becomes leader
     /// replicates at once, without a handshake first. The control
     /// connection's round trip, or why there was none within `timeout`.
-    pub async fn ping(&self, address: &str, timeout: Duration) -> Result<Duration, Error> {
-        let ping = |lane| async move {
-            let mut client = self.client(address, lane)?;
-            let started = std::time::Instant::now();
-            match tokio::time::timeout(timeout, client.ping(txlog_proto::RaftMessage::default())).await {
-                Ok(Ok(_)) => Ok(started.elapsed()),
-                Ok(Err(status)) => Err(Error::Peer(status)),
-                Err(_) => Err(Error::Unavailable(format!("no answer to a ping within {timeout:?}"))),
+    pub async fn ping(&self, address: &str, report: &crate::PingReport, timeout: Duration) -> Result<Duration, Error> {
+        let message = crate::codec::encode(report);
+        let ping = |lane| {
+            let message = message.clone();
+            async move {
+                let mut client = self.client(address, lane)?;
+                let started = std::time::Instant::now();
+                match tokio::time::timeout(timeout, client.ping(message)).await {
+                    Ok(Ok(_)) => Ok(started.elapsed()),
+                    Ok(Err(status)) => Err(Error::Peer(status)),
+                    Err(_) => Err(Error::Unavailable(format!("no answer to a ping within {timeout:?}"))),
+                }
             }
         };
         let (control, data) = tokio::join!(ping(Lane::Control), ping(Lane::Data));

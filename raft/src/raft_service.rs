@@ -52,6 +52,8 @@ pub struct RaftServer {
     keys: Option<Arc<Keys>>,
     resync: ResyncFollower,
     contact: LeaderContact,
+    /// Where the quorum RTTs that peers' pings report are kept.
+    latency: crate::PeerLatency,
     /// Votes and pre-votes are refused until then (see `RaftServer::new`).
     votes_from: std::time::Instant,
 }
@@ -100,12 +102,14 @@ impl RaftServer {
         contact: LeaderContact,
         lease: std::time::Duration,
         keys: Option<Arc<Keys>>,
+        latency: crate::PeerLatency,
     ) -> Self {
         RaftServer {
             raft,
             keys,
             resync: ResyncFollower::new(reader),
             contact,
+            latency,
             votes_from: std::time::Instant::now() + lease,
         }
     }
@@ -327,7 +331,13 @@ impl RaftService for RaftServer {
         reply(decode(&request).and_then(|req| self.resync.answer_probe(&req)))
     }
 
-    async fn ping(&self, _request: Request<RaftMessage>) -> RpcResult {
+    /// A ping has no effect beyond keeping the connection warm and telling
+    /// this node the sender's quorum RTT.
+    async fn ping(&self, request: Request<RaftMessage>) -> RpcResult {
+        if !request.get_ref().body.is_empty() {
+            let report: crate::PingReport = decode(&request).map_err(Status::from)?;
+            self.latency.receive(report);
+        }
         Ok(Response::new(RaftMessage::default()))
     }
 

@@ -511,6 +511,10 @@ pub struct DevArgs {
     /// banner prints. Client calls are not delayed. Needs root (iptables and NFQUEUE).
     #[arg(long, num_args = 0..=1, default_missing_value = "default", value_name = "MODEL")]
     pub regions_latency: Option<String>,
+    /// Where leadership goes back to once healthy: a region, or `auto` (the voter whose commit
+    /// quorum is nearest, by the round trips the nodes measure; try it with --regions-latency).
+    #[arg(long, default_value = "paris", value_name = "REGION|auto")]
+    pub prefer_region: String,
 }
 
 #[derive(Args)]

@@ -89,8 +89,8 @@ fn node_specs(options: &DevArgs) -> Vec<NodeSpec> {
             data_dir: options.data_dir.join(REGIONS[i]),
             join: None,
             extra_args: {
-                // Leadership returns to paris when it is healthy again.
-                let mut args = vec!["--prefer-region".into(), REGIONS[0].into()];
+                // Leadership returns to paris (by default) when it is healthy again.
+                let mut args = vec!["--prefer-region".into(), options.prefer_region.clone()];
                 if options.feed_base_port != 0 {
                     args.extend([
                         "--feed-listen".into(),

@@ -44,8 +44,8 @@ pub struct ClusterBenchArgs {
     /// what access control (mutual TLS and tokens) costs against the same command without it.
     #[arg(long)]
     pub insecure: bool,
-    /// Timing profile of the nodes: lan, wan or regional (see `txlog node --help`).
-    #[arg(long, default_value = "lan")]
+    /// Timing profile of the nodes: regional (txlog's default), lan or wan (see `txlog node --help`).
+    #[arg(long, default_value = "regional")]
     pub timing: String,
     /// Put the region latency model on the links between the nodes (paris, frankfurt, lyon,
     /// each on its own loopback IP): `default` (one way paris-frankfurt 4.5 ms, paris-lyon

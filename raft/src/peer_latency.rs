@@ -1,0 +1,224 @@
+//! Round trips between members, and how far each member is from a commit
+//! quorum.
+//!
+//! Every node pings each other member once a second (the node's
+//! `peer_ping` task, over [`crate::Network::ping`]) and keeps the last
+//! [`SAMPLES_KEPT`] round trips per peer; their median is the peer's RTT.
+//! A node's **quorum RTT** is how long a commit it leads waits for the
+//! network: the RTT to the voter that completes a majority with it (with
+//! three voters, the nearest other voter).
+//!
+//! Each ping carries the sender's own quorum RTT ([`PingReport`]), so every
+//! node — the leader included — learns every member's quorum RTT without a
+//! message of its own. Leader placement (`--prefer-region auto`) moves the
+//! leadership to the member with the smallest one.
+
+use std::collections::HashMap;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use std::time::Instant;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+/// Round trips kept per peer; the median of these is its RTT, so one
+/// delayed ping (a GC pause, a busy core) does not move it.
+pub const SAMPLES_KEPT: usize = 5;
+/// A report older than this is not used (the member may be down).
+pub const REPORT_FRESH_FOR: Duration = Duration::from_secs(5);
+
+/// What a ping tells its receiver about the sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingReport {
+    pub from: u64,
+    /// The sender's quorum RTT in microseconds; `None` while it has too few
+    /// measurements.
+    pub quorum_rtt_us: Option<u64>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Own round trips to each peer, newest last.
+    samples: HashMap<u64, VecDeque<Duration>>,
+    /// Quorum RTTs members reported in their pings, with when.
+    reported: HashMap<u64, (Duration, Instant)>,
+}
+
+/// This node's view of member round trips; cheap to clone (shared).
+#[derive(Clone)]
+pub struct PeerLatency {
+    self_id: u64,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl PeerLatency {
+    pub fn new(self_id: u64) -> Self {
+        PeerLatency {
+            self_id,
+            inner: Arc::default(),
+        }
+    }
+
+    pub fn self_id(&self) -> u64 {
+        self.self_id
+    }
+
+    /// Record one round trip to `peer`.
+    pub fn sample(&self, peer: u64, rtt: Duration) {
+        let mut inner = self.inner.lock().expect("peer latency lock poisoned");
+        let samples = inner.samples.entry(peer).or_default();
+        if samples.len() == SAMPLES_KEPT {
+            samples.pop_front();
+        }
+        samples.push_back(rtt);
+    }
+
+    /// Forget a peer that left the membership.
+    pub fn retain(&self, members: &[u64]) {
+        let mut inner = self.inner.lock().expect("peer latency lock poisoned");
+        inner.samples.retain(|id, _| members.contains(id));
+        inner.reported.retain(|id, _| members.contains(id));
+    }
+
+    /// The median of the round trips kept for `peer`.
+    pub fn rtt(&self, peer: u64) -> Option<Duration> {
+        let inner = self.inner.lock().expect("peer latency lock poisoned");
+        median(inner.samples.get(&peer)?)
+    }
+
+    /// This node's quorum RTT among `voters` (this node may or may not be
+    /// one): the RTT to the voter that completes a majority with this node.
+    /// `None` while some needed peer has no measurement.
+    pub fn quorum_rtt(&self, voters: &[u64]) -> Option<Duration> {
+        let inner = self.inner.lock().expect("peer latency lock poisoned");
+        let majority = voters.len() / 2 + 1;
+        let self_votes = usize::from(voters.contains(&self.self_id));
+        let others_needed = majority.saturating_sub(self_votes);
+        if others_needed == 0 {
+            return Some(Duration::ZERO);
+        }
+        let mut rtts: Vec<Duration> = voters
+            .iter()
+            .filter(|&&v| v != self.self_id)
+            .filter_map(|v| median(inner.samples.get(v)?))
+            .collect();
+        rtts.sort();
+        rtts.get(others_needed - 1).copied()
+    }
+
+    /// What this node's pings carry.
+    pub fn report(&self, voters: &[u64]) -> PingReport {
+        PingReport {
+            from: self.self_id,
+            quorum_rtt_us: self.quorum_rtt(voters).map(|d| d.as_micros() as u64),
+        }
+    }
+
+    /// Keep what a peer's ping said.
+    pub fn receive(&self, report: PingReport) {
+        if report.from == self.self_id {
+            return;
+        }
+        let mut inner = self.inner.lock().expect("peer latency lock poisoned");
+        match report.quorum_rtt_us {
+            Some(us) => {
+                inner
+                    .reported
+                    .insert(report.from, (Duration::from_micros(us), Instant::now()));
+            }
+            None => {
+                inner.reported.remove(&report.from);
+            }
+        }
+    }
+
+    /// The quorum RTT `member` reported lately (this node's own for itself).
+    pub fn member_quorum_rtt(&self, member: u64, voters: &[u64]) -> Option<Duration> {
+        if member == self.self_id {
+            return self.quorum_rtt(voters);
+        }
+        let inner = self.inner.lock().expect("peer latency lock poisoned");
+        let (rtt, at) = inner.reported.get(&member)?;
+        (at.elapsed() < REPORT_FRESH_FOR).then_some(*rtt)
+    }
+}
+
+fn median(samples: &VecDeque<Duration>) -> Option<Duration> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut sorted: Vec<Duration> = samples.iter().copied().collect();
+    sorted.sort();
+    Some(sorted[sorted.len() / 2])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// With three voters the quorum RTT is the nearest other voter's; the
+    /// median ignores one outlier; nothing is claimed before a measurement.
+    #[test]
+    fn quorum_rtt_is_the_majority_completing_peer() {
+        let paris = PeerLatency::new(10);
+        let voters = [10, 20, 30];
+        assert_eq!(paris.quorum_rtt(&voters), None);
+        for rtt in [9, 9, 40, 9, 10] {
+            paris.sample(20, ms(rtt)); // frankfurt
+        }
+        assert_eq!(paris.quorum_rtt(&voters), Some(ms(9)));
+        for rtt in [4, 5, 4] {
+            paris.sample(30, ms(rtt)); // lyon
+        }
+        assert_eq!(paris.rtt(30), Some(ms(4)));
+        assert_eq!(paris.quorum_rtt(&voters), Some(ms(4)));
+        // Five voters: this node needs two others, so the second nearest.
+        paris.sample(40, ms(1));
+        paris.sample(50, ms(20));
+        assert_eq!(paris.quorum_rtt(&[10, 20, 30, 40, 50]), Some(ms(4)));
+        // A single voter commits alone.
+        assert_eq!(paris.quorum_rtt(&[10]), Some(Duration::ZERO));
+        // Samples beyond SAMPLES_KEPT push the oldest out.
+        for _ in 0..SAMPLES_KEPT {
+            paris.sample(20, ms(2));
+        }
+        assert_eq!(paris.rtt(20), Some(ms(2)));
+    }
+
+    /// Reports from peers are kept per member and replaced; a report
+    /// without a value withdraws the old one; a node's own id is ignored.
+    #[test]
+    fn reports_are_kept_per_member() {
+        let lyon = PeerLatency::new(30);
+        let voters = [10, 20, 30];
+        lyon.receive(PingReport {
+            from: 10,
+            quorum_rtt_us: Some(4_400),
+        });
+        lyon.receive(PingReport {
+            from: 30,
+            quorum_rtt_us: Some(1),
+        });
+        assert_eq!(lyon.member_quorum_rtt(10, &voters), Some(Duration::from_micros(4_400)));
+        assert_eq!(
+            lyon.member_quorum_rtt(30, &voters),
+            None,
+            "own value is measured, not reported"
+        );
+        lyon.receive(PingReport {
+            from: 10,
+            quorum_rtt_us: None,
+        });
+        assert_eq!(lyon.member_quorum_rtt(10, &voters), None);
+        lyon.sample(10, ms(4));
+        assert_eq!(lyon.report(&voters).quorum_rtt_us, Some(4_000));
+        lyon.retain(&[30]);
+        assert_eq!(lyon.rtt(10), None);
+    }
+}
