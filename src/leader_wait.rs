@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
-use txlog_raft::openraft::type_config::async_runtime::WatchReceiver;
 use txlog_raft::timing::Timing;
 use txlog_raft::LeaderContact;
 use txlog_raft::Raft;
@@ -50,6 +49,7 @@ pub struct LeaderWait {
 }
 
 /// What this node knows of the leader right now.
+#[derive(Debug, PartialEq, Eq)]
 enum Leader {
     /// This node leads: the call goes ahead.
     Here,
@@ -93,26 +93,12 @@ impl LeaderWait {
     }
 
     fn look(&self) -> Leader {
-        let receiver = self.raft.metrics();
-        let metrics = receiver.borrow_watched();
-        let Some(leader) = metrics.current_leader else {
-            return Leader::InDoubt;
-        };
-        if leader == self.node_id {
-            return Leader::Here;
-        }
-        let address = metrics
-            .membership_config
-            .membership()
-            .get_node(&leader)
-            .map(|n| n.address.clone())
-            .unwrap_or_default();
-        let live = self.contact.silence().is_some_and(|s| s < self.silent_after);
-        if live && !address.is_empty() {
-            Leader::There(address)
-        } else {
-            Leader::InDoubt
-        }
+        classify(
+            crate::log_service::known_leader(&self.raft),
+            self.node_id,
+            self.contact.silence(),
+            self.silent_after,
+        )
     }
 
     /// The answer without waiting: the leader this node names, if any.
@@ -126,5 +112,46 @@ impl LeaderWait {
                 "no leader is known yet (election in progress)".into(),
             )),
         }
+    }
+}
+
+/// Where a call goes, from the leader this node names (`known`), and how
+/// long ago it last heard from a leader (`silence`).
+fn classify(known: Option<(u64, String)>, self_id: u64, silence: Option<Duration>, silent_after: Duration) -> Leader {
+    match known {
+        None => Leader::InDoubt,
+        Some((id, _)) if id == self_id => Leader::Here,
+        Some((_, address)) => {
+            let live = silence.is_some_and(|s| s < silent_after);
+            if live && !address.is_empty() {
+                Leader::There(address)
+            } else {
+                Leader::InDoubt
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A leader heard from within 1.5 heartbeats gets the redirect; a quiet
+    /// one, an unknown one, or one without an address holds the call; this
+    /// node leading lets it through whatever the silence.
+    #[test]
+    fn calls_are_held_only_while_the_leader_is_in_doubt() {
+        let after = Duration::from_millis(15);
+        let ms = |n| Some(Duration::from_millis(n));
+        let other = || Some((2, "10.0.0.2:7401".to_string()));
+        assert_eq!(
+            classify(other(), 1, ms(3), after),
+            Leader::There("10.0.0.2:7401".into())
+        );
+        assert_eq!(classify(other(), 1, ms(20), after), Leader::InDoubt);
+        assert_eq!(classify(other(), 1, None, after), Leader::InDoubt, "never heard from");
+        assert_eq!(classify(None, 1, ms(1), after), Leader::InDoubt);
+        assert_eq!(classify(Some((2, String::new())), 1, ms(1), after), Leader::InDoubt);
+        assert_eq!(classify(Some((1, "self".into())), 1, ms(500), after), Leader::Here);
     }
 }
