@@ -175,6 +175,10 @@ pub struct Guard {
     metrics: Arc<Metrics>,
     /// Where refusals are recorded (the `_audit` channel).
     audit: Arc<crate::audit::Auditor>,
+    /// Set while this node's wall clock disagrees with most of its peers'
+    /// (`clock_guard.rs`): a token refused for its times is then this
+    /// node's fault, answered `UNAVAILABLE` so the client tries another.
+    pub clock_off: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Guard {
@@ -185,6 +189,7 @@ impl Guard {
             policy: Arc::default(),
             metrics,
             audit,
+            clock_off: Arc::default(),
         }
     }
 
@@ -301,8 +306,12 @@ impl Guard {
         {
             Ok(caller) => Ok(Some(caller)),
             Err(refusal) => {
+                let clock_off = self.clock_off.load(std::sync::atomic::Ordering::Relaxed);
                 let err = match refusal.code() {
                     tonic::Code::ResourceExhausted => Error::Exhausted(refusal.to_string()),
+                    _ if clock_off && refusal.is_about_time() => Error::Unavailable(format!(
+                        "{refusal}; this node's clock disagrees with its peers', so it cannot judge token times: try another node"
+                    )),
                     _ => Error::Unauthenticated(refusal.to_string()),
                 };
                 Err(self.refuse_token(&token.key_id, err))

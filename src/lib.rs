@@ -21,6 +21,10 @@
 //!   files change ([`certs`] makes them); [`audit`] — security events,
 //!   hash-chained in the `_audit` channel; [`peer_dial`] — how a node
 //!   reaches its peers' admin services.
+//! * [`drift_repair`] — a record store that fails its start-up check is
+//!   replaced by a full copy from a peer, without an operator.
+//! * `clock_guard` — a leader whose wall clock disagrees with most of its
+//!   peers' (request tokens are checked against it) hands leadership on.
 //! * [`config`] — node configuration: TOML file, flags, `TXLOG_*` variables.
 //! * [`metrics`] — Prometheus metrics and the `/metrics` endpoint.
 //! * [`health`] — `grpc.health.v1`: `SERVING` only with a leader and caught up;
@@ -46,7 +50,9 @@ pub mod append_stream;
 pub mod audit;
 pub mod batcher;
 pub mod certs;
+mod clock_guard;
 pub mod config;
+pub mod drift_repair;
 mod error;
 pub mod failure_detector;
 pub mod feed_publisher;

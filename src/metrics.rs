@@ -40,6 +40,8 @@ pub struct Metrics {
     pub term: Gauge,
     /// This node's quorum RTT (`txlog_raft::PeerLatency`), from its pings.
     pub quorum_rtt_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// This node's wall clock minus the median of its peers' (from pings).
+    pub clock_offset_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub leader_changes: Counter,
     pub is_leader: Gauge,
     pub commit_index: Gauge,
@@ -53,6 +55,8 @@ pub struct Metrics {
     pub resync_delta_transfers: Counter,
     pub resync_full_transfers: Counter,
     pub resync_delta_refused: Counter,
+    /// Record stores replaced at start-up by a full copy (`drift_repair.rs`).
+    pub drift_repairs: Counter,
     /// AppendEntries a follower refused as damaged on the way; resent.
     pub appends_refused: Counter,
     /// Connections closed at accept: the address is in no allowlist.
@@ -131,6 +135,7 @@ impl Metrics {
             append_streams: Gauge::default(),
             term: Gauge::default(),
             quorum_rtt_seconds: Gauge::default(),
+            clock_offset_seconds: Gauge::default(),
             leader_changes: Counter::default(),
             is_leader: Gauge::default(),
             commit_index: Gauge::default(),
@@ -144,6 +149,7 @@ impl Metrics {
             resync_delta_transfers: Counter::default(),
             resync_full_transfers: Counter::default(),
             resync_delta_refused: Counter::default(),
+            drift_repairs: Counter::default(),
             appends_refused: Counter::default(),
             connections_refused: Counter::default(),
             calls_refused: Counter::default(),
@@ -303,6 +309,11 @@ impl Metrics {
             self.quorum_rtt_seconds.clone(),
         );
         registry.register(
+            "clock_offset_seconds",
+            "This node's wall clock minus the median of its peers' clocks, from peer pings",
+            self.clock_offset_seconds.clone(),
+        );
+        registry.register(
             "raft_leader_changes",
             "Times the known leader changed",
             self.leader_changes.clone(),
@@ -370,6 +381,11 @@ impl Metrics {
             "resync_delta_refused",
             "Deltas refused by a follower whose records diverged (a full snapshot followed)",
             self.resync_delta_refused.clone(),
+        );
+        registry.register(
+            "drift_repairs",
+            "Record stores found damaged or diverged at start-up and replaced by a full copy from a peer",
+            self.drift_repairs.clone(),
         );
         registry.register(
             "appends_refused",

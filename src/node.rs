@@ -59,7 +59,24 @@ impl Node {
     pub async fn start(config: NodeConfig, shutdown: CancellationToken) -> Result<Node> {
         let metrics = Arc::new(Metrics::new());
         let keys = open_keys(&config)?;
-        let (mut log_store, state_machine) = open_storage(&config, &metrics, keys.clone())?;
+        let resync_stats = txlog_raft::ResyncStats::new();
+        let tls = open_tls(&config)?;
+        // Peer traffic leaves from the listen IP unless the node listens on all interfaces.
+        let dial = crate::peer_dial::PeerDial {
+            source: Some(config.listen.ip()).filter(|ip| !ip.is_unspecified()),
+            tls: match &tls {
+                Some((_, in_force)) => in_force.client.subscribe(),
+                None => crate::peer_dial::PeerDial::plain(None).tls,
+            },
+        };
+        let peer_network = |state_machine: &StateMachine| {
+            Network::new(state_machine.reader(), resync_stats.clone())
+                .with_source_address(dial.source)
+                .with_tls(dial.tls.clone())
+                .with_data_runtime(tokio::runtime::Handle::current())
+                .with_deadline_min(Duration::from_millis(config.timing.rpc_deadline_ms_min))
+        };
+        let (mut log_store, state_machine) = open_storage(&config, &metrics, keys.clone(), &peer_network).await?;
         let reader = state_machine.reader();
         // Set before Raft starts, so the speculative feed sees every append.
         let tap = config.feed.as_ref().filter(|feed| feed.speculative).map(|_| {
@@ -88,21 +105,7 @@ impl Node {
                 None
             }
         };
-        let resync_stats = txlog_raft::ResyncStats::new();
-        let tls = open_tls(&config)?;
-        // Peer traffic leaves from the listen IP unless the node listens on all interfaces.
-        let dial = crate::peer_dial::PeerDial {
-            source: Some(config.listen.ip()).filter(|ip| !ip.is_unspecified()),
-            tls: match &tls {
-                Some((_, in_force)) => in_force.client.subscribe(),
-                None => crate::peer_dial::PeerDial::plain(None).tls,
-            },
-        };
-        let network = Network::new(reader.clone(), resync_stats.clone())
-            .with_source_address(dial.source)
-            .with_tls(dial.tls.clone())
-            .with_data_runtime(tokio::runtime::Handle::current())
-            .with_deadline_min(Duration::from_millis(config.timing.rpc_deadline_ms_min));
+        let network = peer_network(&state_machine);
         let pinger = network.clone();
         let raft_runtime = RaftRuntime::start()?;
         let raft = build_raft(&raft_runtime, &config, network, log_store, state_machine).await?;
@@ -122,6 +125,13 @@ impl Node {
             access_mode(&config)?,
             metrics.clone(),
             audit.clone(),
+        ));
+        tracker.spawn(crate::clock_guard::run(
+            raft.clone(),
+            latency.clone(),
+            metrics.clone(),
+            guard.clock_off.clone(),
+            shutdown.clone(),
         ));
         if !guard.is_enforced() {
             tracing::warn!("access control is off (--insecure): every call is accepted without a token or role check");
@@ -271,10 +281,14 @@ fn open_keys(config: &NodeConfig) -> Result<Option<Arc<txlog_raft::Keys>>> {
 
 /// The WAL (recovering a torn tail) and the state machine (rebuilding the
 /// record store from the newest snapshot if it is behind it).
-fn open_storage(
+/// Open the WAL and the state machine; a record store that fails its
+/// check (or does not open for damage) is replaced by a full copy from a
+/// peer before anything else runs (`drift_repair.rs`).
+async fn open_storage(
     config: &NodeConfig,
     metrics: &Metrics,
     keys: Option<Arc<txlog_raft::Keys>>,
+    peer_network: &dyn Fn(&StateMachine) -> Network,
 ) -> Result<(LogStore, StateMachine)> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| Error::Config(format!("cannot create data dir {}: {e}", config.data_dir.display())))?;
@@ -283,9 +297,42 @@ fn open_storage(
         segment_bytes_max: config.segment_bytes_max,
         fsync_observer: Some(Arc::new(move |d: Duration| fsync_hist.observe(d.as_secs_f64()))),
     };
-    let log_store = LogStore::open(config.data_dir.join("wal"), wal_options)?;
-    let state_machine = StateMachine::open_with_keys(config.data_dir.join("state"), keys)?;
-    Ok((log_store, state_machine))
+    let mut log_store = LogStore::open(config.data_dir.join("wal"), wal_options)?;
+    let (state_machine, damage) = match StateMachine::open_with_keys(config.data_dir.join("state"), keys.clone()) {
+        Ok(state_machine) => {
+            let damage = crate::drift_repair::check(config, &state_machine, &mut log_store).await?;
+            (Some(state_machine), damage)
+        }
+        // Damaged data (not a missing permission or a full disk): repairable.
+        Err(err) if err.kind() == std::io::ErrorKind::InvalidData => (None, Some(err.to_string())),
+        Err(err) => return Err(err.into()),
+    };
+    let Some(why) = damage else {
+        return Ok((log_store, state_machine.expect("opened when undamaged")));
+    };
+    let known = state_machine.as_ref().map(|s| s.reader().members()).unwrap_or_default();
+    let configured: Vec<(u64, String)> = config
+        .peers
+        .iter()
+        .map(|(id, info)| (*id, info.address.clone()))
+        .collect();
+    let leader = {
+        use txlog_raft::openraft::storage::RaftLogReader;
+        log_store
+            .read_vote()
+            .await?
+            .filter(|vote| vote.is_committed())
+            .map(|vote| vote.leader_id().node_id)
+    };
+    let repair = crate::drift_repair::Repair {
+        config,
+        metrics,
+        keys,
+        network: peer_network,
+        peers: crate::drift_repair::peer_addresses(config.id, &known, &configured, config.join.as_deref(), leader),
+    };
+    let repaired = crate::drift_repair::repair(repair, &why, state_machine, &mut log_store).await?;
+    Ok((log_store, repaired))
 }
 
 /// Start Raft on `runtime`, where openraft then spawns all its tasks.
@@ -385,6 +432,7 @@ impl Parts<'_> {
             Duration::from_millis(self.config.timing.election_timeout_ms_max),
             self.keys.cloned(),
             self.latency.clone(),
+            self.resync.clone(),
         );
         let log_server = self.log_server();
         let batcher = log_server.batcher.clone();

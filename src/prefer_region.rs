@@ -192,6 +192,7 @@ mod tests {
         PingReport {
             from,
             quorum_rtt_us: Some(ms * 1000),
+            wall_clock_ns: txlog_raft::wall_clock_ns(),
         }
     }
 
@@ -240,6 +241,7 @@ mod tests {
         local.receive(PingReport {
             from: 20,
             quorum_rtt_us: Some(20),
+            wall_clock_ns: txlog_raft::wall_clock_ns(),
         });
         assert!(better_voters(&auto, 10, &voters(), &local).is_empty());
     }

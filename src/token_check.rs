@@ -84,6 +84,12 @@ impl TokenRefusal {
             _ => tonic::Code::Unauthenticated,
         }
     }
+
+    /// Refused for its times against this node's clock (expired, or
+    /// issued in the future), not for what it is.
+    pub fn is_about_time(&self) -> bool {
+        matches!(self, TokenRefusal::Expired { .. } | TokenRefusal::FromTheFuture { .. })
+    }
 }
 
 /// Who made an accepted request, as the token says.

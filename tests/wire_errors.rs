@@ -4,6 +4,8 @@
 //! the leader through a follower's `txlog-leader` hint, and one throttled
 //! warning line for a joined node that never comes up.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -140,22 +142,9 @@ impl Cluster {
     /// [`Self::metric`], or what came back instead (a node starting up may
     /// not serve metrics yet).
     async fn try_metric(&self, id: u64, name: &str) -> Result<f64, String> {
-        use tokio::io::AsyncReadExt;
-        use tokio::io::AsyncWriteExt;
         let node = self.local.nodes.iter().find(|n| n.spec.id == id).expect("node id");
         let address = node.spec.metrics.as_deref().expect("metrics address");
-        let mut stream = tokio::net::TcpStream::connect(address)
-            .await
-            .map_err(|e| e.to_string())?;
-        stream
-            .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text).await.map_err(|e| e.to_string())?;
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .ok_or(text)
+        common::scrape_metric(address, name).await
     }
 
     fn address(&self, id: u64) -> String {

@@ -19,10 +19,12 @@
 //! * [`Network`] (`network.rs`) / [`RaftServer`] (`raft_service.rs`) — the
 //!   peer transport over tonic: one cached channel per peer, CRC32 on every
 //!   message (`codec.rs`), a deadline on every RPC, unary appends.
+//!   [`PeerLatency`] (`peer_latency.rs`) — member round trips from the
+//!   nodes' pings, and each member's quorum RTT, which the pings carry.
 //! * Resync (`resync/`) — catching up a follower past the purge point:
 //!   probe, plan delta or full, send, receive, merge. Its module doc is the
 //!   design of that protocol.
-//! * [`timing`] — the LAN and WAN timing profiles.
+//! * [`timing`] — the regional, LAN and WAN timing profiles.
 //! * [`Error`] (`error.rs`) — this crate's errors; `From<Error> for
 //!   tonic::Status` is the one place they become a peer's gRPC status.
 //!

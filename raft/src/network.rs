@@ -148,6 +148,18 @@ impl Network {
         control
     }
 
+    /// Ask the node at `address` for a full copy covering log index
+    /// `min_index` (`FetchSnapshot`); it is staged in this node's snapshot
+    /// directory and verified. Returns its metadata and the staged file.
+    pub async fn fetch_snapshot(
+        &self,
+        address: &str,
+        min_index: u64,
+    ) -> Result<(crate::type_config::SnapshotMeta, std::path::PathBuf), Error> {
+        let client = self.client(address, Lane::Data)?;
+        crate::resync::fetch_full(client, &self.reader, min_index).await
+    }
+
     /// Bind outgoing peer connections to `address` (the node's listen IP), so
     /// peers — and firewall rules — see this node's traffic come from the
     /// address it listens on, also when several nodes share a host.

@@ -12,6 +12,12 @@
 //! node — the leader included — learns every member's quorum RTT without a
 //! message of its own. Leader placement (`--prefer-region auto`) moves the
 //! leadership to the member with the smallest one.
+//!
+//! Each ping also carries the sender's wall clock, so every node knows how
+//! far its clock is from each peer's ([`PeerLatency::clock_offsets`]); a
+//! node whose clock disagrees with most of its peers is the one that is
+//! off (the node's `clock_guard` moves leadership away from it: request
+//! tokens are checked against the clock of the node that receives them).
 
 use std::collections::HashMap;
 use std::collections::VecDeque;
@@ -36,6 +42,8 @@ pub struct PingReport {
     /// The sender's quorum RTT in microseconds; `None` while it has too few
     /// measurements.
     pub quorum_rtt_us: Option<u64>,
+    /// The sender's wall clock when it sent the ping (ns since the epoch).
+    pub wall_clock_ns: u64,
 }
 
 #[derive(Default)]
@@ -44,6 +52,8 @@ struct Inner {
     samples: HashMap<u64, VecDeque<Duration>>,
     /// Quorum RTTs members reported in their pings, with when.
     reported: HashMap<u64, (Duration, Instant)>,
+    /// Each peer's wall clock minus this node's (ns), from its last ping, with when.
+    clock_offsets: HashMap<u64, (i64, Instant)>,
 }
 
 /// This node's view of member round trips; cheap to clone (shared).
@@ -80,6 +90,7 @@ impl PeerLatency {
         let mut inner = self.inner.lock().expect("peer latency lock poisoned");
         inner.samples.retain(|id, _| members.contains(id));
         inner.reported.retain(|id, _| members.contains(id));
+        inner.clock_offsets.retain(|id, _| members.contains(id));
     }
 
     /// The median of the round trips kept for `peer`.
@@ -113,6 +124,7 @@ impl PeerLatency {
         PingReport {
             from: self.self_id,
             quorum_rtt_us: self.quorum_rtt(voters).map(|d| d.as_micros() as u64),
+            wall_clock_ns: wall_clock_ns(),
         }
     }
 
@@ -121,7 +133,11 @@ impl PeerLatency {
         if report.from == self.self_id {
             return;
         }
+        // The ping's one-way delay (milliseconds) is noise next to the
+        // seconds of skew this is for.
+        let offset = report.wall_clock_ns as i64 - wall_clock_ns() as i64;
         let mut inner = self.inner.lock().expect("peer latency lock poisoned");
+        inner.clock_offsets.insert(report.from, (offset, Instant::now()));
         match report.quorum_rtt_us {
             Some(us) => {
                 inner
@@ -143,6 +159,36 @@ impl PeerLatency {
         let (rtt, at) = inner.reported.get(&member)?;
         (at.elapsed() < REPORT_FRESH_FOR).then_some(*rtt)
     }
+}
+
+impl PeerLatency {
+    /// Each peer's wall clock minus this node's, from pings received lately.
+    pub fn clock_offsets(&self) -> Vec<(u64, Duration, bool)> {
+        let inner = self.inner.lock().expect("peer latency lock poisoned");
+        inner
+            .clock_offsets
+            .iter()
+            .filter(|(_, (_, at))| at.elapsed() < REPORT_FRESH_FOR)
+            .map(|(id, (ns, _))| (*id, Duration::from_nanos(ns.unsigned_abs()), *ns >= 0))
+            .collect()
+    }
+
+    /// Whether this node's clock is off: more than `tolerance` from the
+    /// clocks of more than half of `others` (the other members). With three
+    /// members, one peer disagreeing means that peer is off, both means this
+    /// node is.
+    pub fn clock_is_off(&self, others: usize, tolerance: Duration) -> bool {
+        let disagreeing = self
+            .clock_offsets()
+            .iter()
+            .filter(|(_, offset, _)| *offset > tolerance)
+            .count();
+        others > 0 && disagreeing * 2 > others
+    }
+}
+
+fn wall_clock_ns() -> u64 {
+    crate::state_machine::wall_clock_ns()
 }
 
 fn median(samples: &VecDeque<Duration>) -> Option<Duration> {
@@ -197,13 +243,16 @@ mod tests {
     fn reports_are_kept_per_member() {
         let lyon = PeerLatency::new(30);
         let voters = [10, 20, 30];
+        let now = wall_clock_ns();
         lyon.receive(PingReport {
             from: 10,
             quorum_rtt_us: Some(4_400),
+            wall_clock_ns: now,
         });
         lyon.receive(PingReport {
             from: 30,
             quorum_rtt_us: Some(1),
+            wall_clock_ns: now,
         });
         assert_eq!(lyon.member_quorum_rtt(10, &voters), Some(Duration::from_micros(4_400)));
         assert_eq!(
@@ -214,11 +263,38 @@ mod tests {
         lyon.receive(PingReport {
             from: 10,
             quorum_rtt_us: None,
+            wall_clock_ns: now,
         });
         assert_eq!(lyon.member_quorum_rtt(10, &voters), None);
         lyon.sample(10, ms(4));
         assert_eq!(lyon.report(&voters).quorum_rtt_us, Some(4_000));
         lyon.retain(&[30]);
         assert_eq!(lyon.rtt(10), None);
+    }
+
+    /// A node whose clock is minutes off both peers knows it is the one off;
+    /// one peer off is that peer's problem; seconds of drift are tolerated.
+    #[test]
+    fn a_clock_off_from_most_peers_is_this_nodes() {
+        let tolerance = Duration::from_secs(10);
+        let now = wall_clock_ns();
+        let ping = |from: u64, offset_s: i64| PingReport {
+            from,
+            quorum_rtt_us: None,
+            wall_clock_ns: (now as i64 + offset_s * 1_000_000_000) as u64,
+        };
+        let skewed = PeerLatency::new(1);
+        assert!(!skewed.clock_is_off(2, tolerance), "nothing heard yet");
+        skewed.receive(ping(2, 586));
+        assert!(!skewed.clock_is_off(2, tolerance), "one of two peers disagrees");
+        skewed.receive(ping(3, 586));
+        assert!(skewed.clock_is_off(2, tolerance));
+        let offsets = skewed.clock_offsets();
+        assert!(offsets.iter().all(|(_, d, ahead)| *ahead && d.as_secs() >= 585));
+
+        let fine = PeerLatency::new(2);
+        fine.receive(ping(1, -586));
+        fine.receive(ping(3, 2));
+        assert!(!fine.clock_is_off(2, tolerance));
     }
 }

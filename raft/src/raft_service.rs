@@ -54,6 +54,8 @@ pub struct RaftServer {
     contact: LeaderContact,
     /// Where the quorum RTTs that peers' pings report are kept.
     latency: crate::PeerLatency,
+    /// Serves full copies to nodes that ask for one (`FetchSnapshot`).
+    fetch: resync::FetchServer,
     /// Votes and pre-votes are refused until then (see `RaftServer::new`).
     votes_from: std::time::Instant,
 }
@@ -103,8 +105,10 @@ impl RaftServer {
         lease: std::time::Duration,
         keys: Option<Arc<Keys>>,
         latency: crate::PeerLatency,
+        stats: Arc<resync::ResyncStats>,
     ) -> Self {
         RaftServer {
+            fetch: resync::FetchServer::new(raft.clone(), reader.clone(), stats),
             raft,
             keys,
             resync: ResyncFollower::new(reader),
@@ -197,6 +201,7 @@ impl Refused {
 
 type RpcResult = std::result::Result<Response<RaftMessage>, Status>;
 type ReplyStream = Pin<Box<dyn Stream<Item = std::result::Result<RaftMessage, Status>> + Send>>;
+type ChunkStream = Pin<Box<dyn Stream<Item = std::result::Result<SnapshotChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl RaftService for RaftServer {
@@ -339,6 +344,18 @@ impl RaftService for RaftServer {
             self.latency.receive(report);
         }
         Ok(Response::new(RaftMessage::default()))
+    }
+
+    type FetchSnapshotStream = ChunkStream;
+
+    async fn fetch_snapshot(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> std::result::Result<Response<ChunkStream>, Status> {
+        let wanted: resync::FetchRequest = decode(&request).map_err(Status::from)?;
+        tracing::info!(min_index = wanted.min_index, "a node asks for a full copy");
+        let chunks = self.fetch.serve(wanted).await.map_err(Status::from)?;
+        Ok(Response::new(Box::pin(chunks)))
     }
 
     async fn install_delta(&self, request: Request<Streaming<SnapshotChunk>>) -> RpcResult {

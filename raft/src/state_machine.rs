@@ -149,6 +149,38 @@ impl StateMachineReader {
         self.shared.applied.lock().expect("sm lock poisoned").last_applied
     }
 
+    /// Check every record against its frame checksum and the hash chain,
+    /// from the first to the last applied: `Some(what is wrong)` when the
+    /// store no longer holds what it applied (a damaged disk, an edited
+    /// file). Reads the whole record file (about a second per million
+    /// records of 256 B).
+    pub fn check_records(&self) -> io::Result<Option<String>> {
+        let store = &self.shared.store;
+        let last_seq = store.last_seq()?;
+        match store.verify_chain(last_seq, |_| Ok(())) {
+            Ok(Ok(_)) => Ok(None),
+            Ok(Err(differs)) => Ok(Some(differs)),
+            Err(err @ txlog_storage::Error::Corruption { .. }) => Ok(Some(err.to_string())),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// The members as of the last applied membership: `(id, address)`.
+    pub fn members(&self) -> Vec<(u64, String)> {
+        let applied = self.shared.applied.lock().expect("sm lock poisoned");
+        applied
+            .membership
+            .membership()
+            .nodes()
+            .map(|(id, node)| (*id, node.address.clone()))
+            .collect()
+    }
+
+    /// The snapshot openraft would send now: its metadata and file.
+    pub fn current_snapshot(&self) -> Option<(SnapshotMeta, PathBuf)> {
+        self.shared.current_snapshot.lock().expect("sm lock poisoned").clone()
+    }
+
     /// Snapshot files and staged transfers.
     pub fn snapshot_dir(&self) -> &SnapshotDir {
         &self.shared.snapshots
@@ -224,6 +256,30 @@ impl StateMachine {
         Ok(sm)
     }
 
+    /// Replace the store's contents with the verified snapshot staged at
+    /// `path` (a full copy fetched from a peer), keep the file as this
+    /// node's snapshot and remove the staged one. Blocking work runs on a
+    /// blocking thread.
+    pub async fn install_fetched(&self, meta: SnapshotMeta, path: PathBuf) -> io::Result<()> {
+        let _guard = self.shared.snapshot_lock.lock().await;
+        let machine = StateMachine {
+            shared: self.shared.clone(),
+        };
+        tokio::task::spawn_blocking(move || {
+            let installed = machine.install(
+                &meta,
+                &SnapshotFile {
+                    path: path.clone(),
+                    delta_base: None,
+                },
+            );
+            machine.shared.snapshots.remove(&path);
+            installed
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
     pub fn reader(&self) -> StateMachineReader {
         StateMachineReader {
             shared: self.shared.clone(),
@@ -283,7 +339,7 @@ impl StateMachine {
                     io::ErrorKind::InvalidData,
                     format!(
                         "records lost on this disk: the record store is behind the newest snapshot {} and that snapshot is damaged ({err}); \
-                         move this node's data dir away and start it empty to copy the records from the cluster",
+                         a node replaces such a store with a full copy from a peer at start-up",
                         path.display()
                     ),
                 ));

@@ -56,6 +56,20 @@ impl TestCluster {
         Self::launch_with(ids, extra_args, sealed, |_| Vec::new())
     }
 
+    /// [`TestCluster::start_with_ids`] with each node serving `/metrics` on a
+    /// free loopback port (`node(id).metrics`).
+    pub fn start_with_metrics(ids: &[u64], extra_args: &[&str]) -> TestCluster {
+        let ports: Vec<String> = ids
+            .iter()
+            .map(|_| format!("127.0.0.1:{}", txlog_testkit::free_port().expect("free port")))
+            .collect();
+        let mut cluster = Self::launch_specs(ids, extra_args, true, |_| Vec::new(), Some(&ports));
+        for &id in ids {
+            cluster.start_node(id);
+        }
+        cluster
+    }
+
     /// [`TestCluster::start_with_ids`] where each node also gets `node_args(id)`.
     pub fn start_with_node_args(
         ids: &[u64],
@@ -71,13 +85,30 @@ impl TestCluster {
         sealed: bool,
         node_args: impl Fn(u64) -> Vec<String>,
     ) -> TestCluster {
+        let mut cluster = Self::launch_specs(ids, extra_args, sealed, node_args, None);
+        for &id in ids {
+            cluster.start_node(id);
+        }
+        cluster
+    }
+
+    /// The cluster's node specs (metrics on `metrics[i]` when given), no node started.
+    fn launch_specs(
+        ids: &[u64],
+        extra_args: &[&str],
+        sealed: bool,
+        node_args: impl Fn(u64) -> Vec<String>,
+        metrics: Option<&[String]>,
+    ) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
         let specs = ids
             .iter()
             .zip(REGIONS)
-            .map(|(&id, region)| NodeSpec {
+            .enumerate()
+            .map(|(i, (&id, region))| NodeSpec {
                 extra_args: extra_args.iter().cloned().chain(node_args(id)).collect(),
+                metrics: metrics.map(|m| m[i].clone()),
                 ..NodeSpec::loopback(id, region, dir.path().join(region)).expect("free port")
             })
             .collect();
@@ -86,7 +117,7 @@ impl TestCluster {
         if !sealed {
             local = local.unsealed();
         }
-        let mut cluster = TestCluster {
+        TestCluster {
             local,
             dir,
             launch: Launch {
@@ -94,11 +125,7 @@ impl TestCluster {
                 ..Launch::default()
             },
             extra_args,
-        };
-        for &id in ids {
-            cluster.start_node(id);
         }
-        cluster
     }
 
     fn position(&self, id: u64) -> usize {
@@ -417,4 +444,24 @@ impl CliTarget for Cli {
     fn certs_dir(&self) -> Option<&std::path::Path> {
         self.certs_dir.as_deref()
     }
+}
+
+/// The value of the unlabelled metric `name` at the metrics endpoint
+/// `address`, or what came back instead (a node starting up may not serve
+/// metrics yet).
+pub async fn scrape_metric(address: &str, name: &str) -> Result<f64, String> {
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.map_err(|e| e.to_string())?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .ok_or(text)
 }

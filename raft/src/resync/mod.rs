@@ -47,15 +47,22 @@
 //! * Every chunk and message carries a CRC; a received snapshot is bounded
 //!   by `SNAPSHOT_BYTES_MAX`; every stream is bounded on the sending side.
 //!
+//! A node can also ask for a full copy itself (`fetch.rs`): one whose own
+//! record store failed its start-up check, before its Raft starts.
+//!
 //! The file formats (snapshot file, delta file, snapshot directory) live in
 //! `txlog-storage`; this module moves them between nodes.
 
+mod fetch;
 mod follower;
 mod messages;
 mod probe;
 mod receive;
 mod send;
 
+pub use fetch::fetch_full;
+pub use fetch::FetchRequest;
+pub use fetch::FetchServer;
 pub use follower::ResyncFollower;
 pub use messages::ProbeRequest;
 pub use messages::ProbeResponse;

@@ -97,7 +97,7 @@ where
 }
 
 /// Write the chunks to `incoming`, checking order, CRCs and size; verify the file.
-async fn stage_full<S>(chunks: &mut S, mut incoming: IncomingSnapshot) -> Result<FullHeader>
+pub(super) async fn stage_full<S>(chunks: &mut S, mut incoming: IncomingSnapshot) -> Result<FullHeader>
 where
     S: Stream<Item = std::result::Result<SnapshotChunk, Status>> + Unpin,
 {

@@ -267,7 +267,7 @@ fn read_delta_chunks(
 
 /// Stream the file at `path` in [`SNAPSHOT_CHUNK_BYTES`] chunks, the first
 /// carrying `header`; returns the bytes read. Runs on a blocking thread.
-fn read_file_chunks(
+pub(super) fn read_file_chunks(
     path: &std::path::Path,
     header: Vec<u8>,
     sent_bytes: &AtomicU64,
