@@ -8,7 +8,7 @@
 //! cluster is up and serves nobody.
 //!
 //! Every ping carries its sender's wall clock (`txlog_raft::PeerLatency`),
-//! so each node knows its offset to each peer. Once a second this task
+//! so each node knows its offset to each peer. Every 200 ms this task
 //! exports the median offset (`txlog_clock_offset_seconds`), and a node
 //! whose clock is more than [`CLOCK_TOLERANCE`] from most of its peers'
 //! logs it (once per episode), answers calls whose tokens it refuses for
@@ -32,7 +32,7 @@ use crate::token_check::CLOCK_SKEW_MAX;
 /// A clock this far from most peers' counts as off: a third of what token
 /// checks allow, so leadership moves before calls start failing.
 pub const CLOCK_TOLERANCE: Duration = Duration::from_secs(CLOCK_SKEW_MAX.as_secs() / 3);
-const CHECK_EVERY: Duration = Duration::from_secs(1);
+const CHECK_EVERY: Duration = Duration::from_millis(200);
 /// At most one transfer per this interval.
 const TRANSFER_INTERVAL_MIN: Duration = Duration::from_secs(5);
 

@@ -62,9 +62,12 @@ pub async fn run(
         });
         for (id, outcome) in futures::future::join_all(pings).await {
             match outcome {
-                Ok(rtt) => {
+                Ok((rtt, answer)) => {
                     tracing::trace!(peer = id, ?rtt, "ping");
                     latency.sample(id, rtt);
+                    if let Some(answer) = answer.filter(|a| a.from == id) {
+                        latency.receive_clock(answer);
+                    }
                 }
                 Err(err) => tracing::debug!(peer = id, %err, "ping unanswered"),
             }

@@ -128,8 +128,14 @@ impl Network {
     /// Ping the peer at `address` on both its connections (control and
     /// data), connecting either if it is not: a node that becomes leader
     /// replicates at once, without a handshake first. The control
-    /// connection's round trip, or why there was none within `timeout`.
-    pub async fn ping(&self, address: &str, report: &crate::PingReport, timeout: Duration) -> Result<Duration, Error> {
+    /// connection's round trip and what the peer said of itself, or why
+    /// there was none within `timeout`.
+    pub async fn ping(
+        &self,
+        address: &str,
+        report: &crate::PingReport,
+        timeout: Duration,
+    ) -> Result<(Duration, Option<crate::PingReport>), Error> {
         let message = crate::codec::encode(report);
         let ping = |lane| {
             let message = message.clone();
@@ -137,7 +143,7 @@ impl Network {
                 let mut client = self.client(address, lane)?;
                 let started = std::time::Instant::now();
                 match tokio::time::timeout(timeout, client.ping(message)).await {
-                    Ok(Ok(_)) => Ok(started.elapsed()),
+                    Ok(Ok(answer)) => Ok((started.elapsed(), answer.into_inner())),
                     Ok(Err(status)) => Err(Error::Peer(status)),
                     Err(_) => Err(Error::Unavailable(format!("no answer to a ping within {timeout:?}"))),
                 }
@@ -145,7 +151,12 @@ impl Network {
         };
         let (control, data) = tokio::join!(ping(Lane::Control), ping(Lane::Data));
         data?;
-        control
+        let (rtt, answer) = control?;
+        // The answer carries the peer's wall clock (empty from older nodes).
+        let peer = (!answer.body.is_empty())
+            .then(|| crate::codec::decode::<crate::PingReport>(&answer).ok())
+            .flatten();
+        Ok((rtt, peer))
     }
 
     /// Ask the node at `address` for a full copy covering log index

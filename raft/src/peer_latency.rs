@@ -13,8 +13,9 @@
 //! message of its own. Leader placement (`--prefer-region auto`) moves the
 //! leadership to the member with the smallest one.
 //!
-//! Each ping also carries the sender's wall clock, so every node knows how
-//! far its clock is from each peer's ([`PeerLatency::clock_offsets`]); a
+//! Each ping, and each ping's answer, also carries the sender's wall clock,
+//! so every node knows how far its clock is from each peer's, from its own
+//! first round of pings on ([`PeerLatency::clock_offsets`]); a
 //! node whose clock disagrees with most of its peers is the one that is
 //! off (the node's `clock_guard` moves leadership away from it: request
 //! tokens are checked against the clock of the node that receives them).
@@ -126,6 +127,26 @@ impl PeerLatency {
             quorum_rtt_us: self.quorum_rtt(voters).map(|d| d.as_micros() as u64),
             wall_clock_ns: wall_clock_ns(),
         }
+    }
+
+    /// What a ping's answer carries: this node's clock, no quorum RTT.
+    pub fn clock_report(&self) -> PingReport {
+        PingReport {
+            from: self.self_id,
+            quorum_rtt_us: None,
+            wall_clock_ns: wall_clock_ns(),
+        }
+    }
+
+    /// Keep the clock a peer's ping answer carried (its quorum RTT, which
+    /// answers do not carry, stays as its own pings last said).
+    pub fn receive_clock(&self, report: PingReport) {
+        if report.from == self.self_id {
+            return;
+        }
+        let offset = report.wall_clock_ns as i64 - wall_clock_ns() as i64;
+        let mut inner = self.inner.lock().expect("peer latency lock poisoned");
+        inner.clock_offsets.insert(report.from, (offset, Instant::now()));
     }
 
     /// Keep what a peer's ping said.
@@ -296,5 +317,20 @@ mod tests {
         fine.receive(ping(1, -586));
         fine.receive(ping(3, 2));
         assert!(!fine.clock_is_off(2, tolerance));
+
+        // A ping's answer tells the clock and leaves the quorum RTT alone.
+        let restarted = PeerLatency::new(3);
+        restarted.receive(PingReport {
+            from: 1,
+            quorum_rtt_us: Some(4_000),
+            wall_clock_ns: now,
+        });
+        restarted.receive_clock(ping(1, -600));
+        restarted.receive_clock(ping(2, -600));
+        assert!(restarted.clock_is_off(2, tolerance));
+        assert_eq!(
+            restarted.member_quorum_rtt(1, &[1, 2, 3]),
+            Some(Duration::from_micros(4_000))
+        );
     }
 }

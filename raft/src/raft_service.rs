@@ -337,13 +337,15 @@ impl RaftService for RaftServer {
     }
 
     /// A ping has no effect beyond keeping the connection warm and telling
-    /// this node the sender's quorum RTT.
+    /// each side the other's clock (and this node the sender's quorum RTT).
     async fn ping(&self, request: Request<RaftMessage>) -> RpcResult {
         if !request.get_ref().body.is_empty() {
             let report: crate::PingReport = decode(&request).map_err(Status::from)?;
             self.latency.receive(report);
         }
-        Ok(Response::new(RaftMessage::default()))
+        // This node's clock, so the pinger learns its offset on its own
+        // first ping round (a restarted node with a clock off knows at once).
+        Ok(Response::new(codec::encode(&self.latency.clock_report())))
     }
 
     type FetchSnapshotStream = ChunkStream;
