@@ -15,22 +15,25 @@
 //! 1. a marker file (`REPAIR_MARKER`) is written: a repair cut short by a
 //!    crash is done again from the start on the next start-up;
 //! 2. the state directory is moved aside (`state.damaged-<unix seconds>`,
-//!    kept for a post-mortem, never read again) and an empty one opened;
+//!    kept for a post-mortem, never read again; the newest
+//!    [`DAMAGED_KEPT_MAX`] are kept) and an empty one opened (a repair
+//!    started again removes the partial copy instead);
 //! 3. a full copy is fetched from a peer (`FetchSnapshot`; the leader
 //!    first when this node knows it): a snapshot of committed records that
 //!    covers the WAL's purge point, verified end to end on arrival;
 //! 4. it is installed as the store and as this node's snapshot;
-//! 5. the WAL is purged up to the copy's last log id: entries there are in
-//!    the copy, and an uncommitted entry of an old term left there would
-//!    otherwise sit below the applied index, where openraft cannot replace
-//!    it;
+//! 5. the WAL is aligned with the copy: if it holds another term's entry
+//!    at the copy's last index, that entry and those after it (uncommitted)
+//!    are cut; then it is purged up to the copy's last log id (an
+//!    uncommitted entry of an old term left below the applied index could
+//!    never be replaced by openraft);
 //! 6. the marker is removed; Raft starts from the copy, and the WAL's
 //!    committed entries after it are applied on top.
 //!
 //! The WAL and the vote are never touched beyond step 5, so what this node
 //! acknowledged after the copy's end is still on its disk. Peers are asked
-//! in turn, every [`RETRY_EVERY`], for at most [`REPAIR_WAIT_MAX`]: a node
-//! whose peers are all down cannot repair, and says so.
+//! in turn, every [`RETRY_EVERY`], for at most [`REPAIR_WAIT_MAX`] in all:
+//! a node whose peers are all down cannot repair, and says so.
 
 use std::path::Path;
 use std::path::PathBuf;
@@ -38,7 +41,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use txlog_raft::openraft::storage::RaftLogReader;
 use txlog_raft::openraft::storage::RaftLogStorage;
+use txlog_raft::LogId;
 use txlog_raft::LogStore;
 use txlog_raft::Network;
 use txlog_raft::StateMachine;
@@ -48,6 +53,8 @@ use crate::metrics::Metrics;
 use crate::Error;
 use crate::Result;
 
+/// Damaged state directories kept aside; older ones are removed.
+pub const DAMAGED_KEPT_MAX: usize = 2;
 /// Present in the data dir while a repair is under way.
 pub const REPAIR_MARKER: &str = "repair-in-progress";
 /// How long a node keeps asking its peers for a copy.
@@ -125,6 +132,9 @@ pub struct Repair<'a> {
     pub network: &'a dyn Fn(&StateMachine) -> Network,
     /// Peers to ask, best first.
     pub peers: Vec<String>,
+    /// The node's shutdown: a repair stops waiting on it (and resumes on the
+    /// next start).
+    pub shutdown: &'a tokio_util::sync::CancellationToken,
 }
 
 /// Replace the damaged store with a copy fetched from a peer (see the module
@@ -143,24 +153,51 @@ pub async fn repair(
         %why,
         "record store does not match what this node applied; replacing it with a full copy from the cluster"
     );
-    repair.metrics.drift_repairs.inc();
-    write_marker(&config.data_dir)?;
-    drop(state_machine);
-    let aside = quarantine(&state_dir)?;
-    tracing::warn!(moved_to = %aside.display(), "damaged state directory kept aside for inspection");
-    let fresh = StateMachine::open_with_keys(&state_dir, repair.keys.clone())?;
-    let network = (repair.network)(&fresh);
-    let log_state = log_store.get_log_state().await?;
-    let min_index = log_state.last_purged_log_id.map_or(0, |l| l.index);
     if repair.peers.is_empty() {
         return Err(Error::Config(
             "the record store is damaged and this node knows no peer to copy it from (no --peers, no --join)".into(),
         ));
     }
+    repair.metrics.drift_repairs.inc();
+    let resumed = config.data_dir.join(REPAIR_MARKER).exists();
+    write_marker(&config.data_dir)?;
+    drop(state_machine);
+    if resumed {
+        // What is there is a copy cut short, not the damaged store (kept
+        // aside by the first attempt): nothing to keep.
+        if state_dir.exists() {
+            std::fs::remove_dir_all(&state_dir)?;
+        }
+        tracing::warn!("an earlier repair was cut short; starting it again");
+    } else {
+        let aside = quarantine(&state_dir)?;
+        tracing::warn!(moved_to = %aside.display(), "damaged state directory kept aside for inspection");
+    }
+    let fresh = StateMachine::open_with_keys(&state_dir, repair.keys.clone())?;
+    let network = (repair.network)(&fresh);
+    let log_state = log_store.get_log_state().await?;
+    let min_index = log_state.last_purged_log_id.map_or(0, |l| l.index);
     let deadline = Instant::now() + REPAIR_WAIT_MAX;
+    let gave_up = || {
+        Error::Unavailable(format!(
+            "the record store is damaged and no peer sent a full copy within {REPAIR_WAIT_MAX:?}; asked {}",
+            repair.peers.join(", ")
+        ))
+    };
     let (meta, staged) = 'fetched: loop {
         for address in &repair.peers {
-            match tokio::time::timeout(FETCH_TIMEOUT, network.fetch_snapshot(address, min_index)).await {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(gave_up());
+            }
+            let fetch = tokio::time::timeout(FETCH_TIMEOUT.min(left), network.fetch_snapshot(address, min_index));
+            let fetched = tokio::select! {
+                _ = repair.shutdown.cancelled() => {
+                    return Err(Error::Unavailable("stopped while repairing the record store; it resumes on the next start".into()));
+                }
+                fetched = fetch => fetched,
+            };
+            match fetched {
                 Ok(Ok(copy)) => {
                     tracing::info!(peer = %address, last_log_id = ?copy.0.last_log_id, "full copy received");
                     break 'fetched copy;
@@ -170,18 +207,18 @@ pub async fn repair(
             }
         }
         if Instant::now() >= deadline {
-            return Err(Error::Unavailable(format!(
-                "the record store is damaged and no peer sent a full copy within {REPAIR_WAIT_MAX:?}; asked {}",
-                repair.peers.join(", ")
-            )));
+            return Err(gave_up());
         }
-        tokio::time::sleep(RETRY_EVERY).await;
+        tokio::select! {
+            _ = repair.shutdown.cancelled() => {
+                return Err(Error::Unavailable("stopped while repairing the record store; it resumes on the next start".into()));
+            }
+            _ = tokio::time::sleep(RETRY_EVERY) => {}
+        }
     };
     fresh.install_fetched(meta.clone(), staged).await?;
     if let Some(copied) = meta.last_log_id {
-        if log_state.last_log_id.is_some_and(|last| copied <= last) {
-            log_store.purge(copied).await?;
-        }
+        align_wal(log_store, copied).await?;
     }
     remove_marker(&config.data_dir)?;
     tracing::info!(
@@ -190,6 +227,37 @@ pub async fn repair(
         "record store repaired from a full copy"
     );
     Ok(fresh)
+}
+
+/// Make the WAL agree with a copy of the committed log up to `copied`. If
+/// the WAL holds another term's entry at `copied.index`, that entry and
+/// everything after it are uncommitted (the committed one is in the copy)
+/// and are cut; then everything up to `copied` is purged (it is in the
+/// copy), also when `copied` is past the WAL's end.
+async fn align_wal(log_store: &mut LogStore, copied: LogId) -> Result<()> {
+    let state = log_store.get_log_state().await?;
+    if state.last_log_id.is_some_and(|last| last.index >= copied.index) {
+        let at = log_store.try_get_log_entries(copied.index..=copied.index).await?;
+        if at.first().is_none_or(|entry| entry.log_id != copied) {
+            let keep = match copied.index.checked_sub(1) {
+                Some(before) => log_store
+                    .try_get_log_entries(before..=before)
+                    .await?
+                    .first()
+                    .map(|entry| entry.log_id)
+                    .or(state.last_purged_log_id),
+                None => None,
+            };
+            tracing::warn!(
+                copied = ?copied,
+                wal_last = ?state.last_log_id,
+                "the WAL holds uncommitted entries of another term from the copy's end on; cutting them"
+            );
+            log_store.truncate_after(keep).await?;
+        }
+    }
+    log_store.purge(copied).await?;
+    Ok(())
 }
 
 fn write_marker(data_dir: &Path) -> Result<()> {
@@ -224,6 +292,18 @@ fn quarantine(state_dir: &Path) -> Result<PathBuf> {
         std::fs::rename(state_dir, &aside)?;
         sync_dir(parent)?;
     }
+    let mut kept: Vec<PathBuf> = std::fs::read_dir(parent)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("state.damaged-"))
+        .map(|e| e.path())
+        .collect();
+    // Named by time: oldest first.
+    kept.sort();
+    while kept.len() > DAMAGED_KEPT_MAX {
+        let old = kept.remove(0);
+        tracing::warn!(removed = %old.display(), "removing an old damaged state directory");
+        std::fs::remove_dir_all(&old)?;
+    }
     Ok(aside)
 }
 
@@ -235,6 +315,71 @@ fn sync_dir(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use txlog_raft::openraft::entry::RaftEntry;
+    use txlog_raft::openraft::storage::IOFlushed;
+    use txlog_raft::openraft::type_config::TypeConfigExt;
+    use txlog_raft::Entry;
+    use txlog_raft::TypeConfig;
+
+    fn log_id(term: u64, index: u64) -> LogId {
+        LogId::new(
+            txlog_raft::openraft::vote::leader_id_adv::LeaderId { term, node_id: 1 },
+            index,
+        )
+    }
+
+    async fn wal_with(dir: &Path, ids: &[LogId]) -> LogStore {
+        let mut wal = LogStore::open(dir, txlog_storage::WalOptions::default()).expect("open wal");
+        let entries: Vec<Entry> = ids.iter().map(|id| Entry::new_blank(*id)).collect();
+        let (tx, rx) = TypeConfig::oneshot();
+        wal.append(entries, IOFlushed::signal(tx)).await.expect("append");
+        rx.await.expect("flushed").expect("io ok");
+        wal
+    }
+
+    async fn wal_ids(wal: &mut LogStore) -> Vec<LogId> {
+        wal.try_get_log_entries(0..u64::MAX)
+            .await
+            .expect("read")
+            .into_iter()
+            .map(|e| e.log_id)
+            .collect()
+    }
+
+    /// A WAL that agrees with the copy is purged up to its end; one that
+    /// holds another term's entries from the copy's last index on (a deposed
+    /// leader's, uncommitted) loses them first, also when its last log id
+    /// sorts after the copy's (a higher term at a lower index); a WAL that
+    /// ends before the copy ends empty at the copy's log id.
+    #[tokio::test]
+    async fn the_wal_is_aligned_with_the_copy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let same: Vec<LogId> = (1..=10).map(|i| log_id(2, i)).collect();
+        let mut wal = wal_with(&dir.path().join("same"), &same).await;
+        align_wal(&mut wal, log_id(2, 6)).await.expect("align");
+        assert_eq!(
+            wal_ids(&mut wal).await,
+            (7..=10).map(|i| log_id(2, i)).collect::<Vec<_>>()
+        );
+
+        // Entries 1..=5 of term 2, then 6..=10 of a deposed leader's term 3;
+        // the cluster committed 6 in term 4.
+        let mut diverged: Vec<LogId> = (1..=5).map(|i| log_id(2, i)).collect();
+        diverged.extend((6..=10).map(|i| log_id(3, i)));
+        let mut wal = wal_with(&dir.path().join("diverged"), &diverged).await;
+        align_wal(&mut wal, log_id(4, 6)).await.expect("align");
+        assert_eq!(wal_ids(&mut wal).await, Vec::<LogId>::new());
+        let state = wal.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id, Some(log_id(4, 6)));
+        assert_eq!(state.last_log_id, Some(log_id(4, 6)));
+
+        let short: Vec<LogId> = (1..=3).map(|i| log_id(2, i)).collect();
+        let mut wal = wal_with(&dir.path().join("short"), &short).await;
+        align_wal(&mut wal, log_id(2, 8)).await.expect("align");
+        let state = wal.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id, Some(log_id(2, 8)));
+        assert_eq!(wal_ids(&mut wal).await, Vec::<LogId>::new());
+    }
 
     /// The leader comes first, this node and duplicates never, the join
     /// address last.

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
+use txlog_raft::openraft::type_config::async_runtime::WatchReceiver;
 use txlog_raft::timing::Timing;
 use txlog_raft::LeaderContact;
 use txlog_raft::Raft;
@@ -29,8 +30,10 @@ use txlog_raft::Raft;
 use crate::Error;
 use crate::Result;
 
-/// How often a held call looks again.
-const POLL: Duration = Duration::from_millis(1);
+/// A held call looks again when Raft's metrics change (a new leader is
+/// announced there) and at least this often (a quiet leader heard from
+/// again shows only in the contact time).
+const RECHECK_EVERY: Duration = Duration::from_millis(5);
 
 /// Where a call that needs the leader should go, waiting out an election.
 #[derive(Clone)]
@@ -46,6 +49,11 @@ pub struct LeaderWait {
     wait_max: Duration,
     /// Calls that were held (the leader was in doubt when they arrived).
     held: Counter,
+    /// When a hold last ran out: until `wait_max` after it, calls are
+    /// answered at once, so a stream of calls (an append stream checks
+    /// its calls one after another) is not held `wait_max` each while the
+    /// cluster has no leader.
+    gave_up_at: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 /// What this node knows of the leader right now.
@@ -68,6 +76,7 @@ impl LeaderWait {
             silent_after: Duration::from_millis(timing.heartbeat_interval_ms * 3 / 2),
             wait_max: Duration::from_millis(timing.election_timeout_ms_max * 3),
             held,
+            gave_up_at: Default::default(),
         }
     }
 
@@ -76,19 +85,32 @@ impl LeaderWait {
     /// `wait_max`, whatever this node knows then.
     pub async fn leader(&self) -> Result<()> {
         let started = Instant::now();
+        let recently_gave_up = self
+            .gave_up_at
+            .lock()
+            .expect("leader wait lock poisoned")
+            .is_some_and(|at| started.duration_since(at) < self.wait_max);
+        let mut metrics = self.raft.metrics();
         let mut counted = false;
         loop {
             match self.look() {
                 Leader::Here => return Ok(()),
                 Leader::There(address) => return Err(Error::NotLeader { leader: Some(address) }),
-                Leader::InDoubt if started.elapsed() >= self.wait_max => return self.answer_now(),
+                Leader::InDoubt if recently_gave_up => return self.answer_now(),
+                Leader::InDoubt if started.elapsed() >= self.wait_max => {
+                    *self.gave_up_at.lock().expect("leader wait lock poisoned") = Some(Instant::now());
+                    return self.answer_now();
+                }
                 Leader::InDoubt => {}
             }
             if !counted {
                 counted = true;
                 self.held.inc();
             }
-            tokio::time::sleep(POLL).await;
+            tokio::select! {
+                Ok(()) = metrics.changed() => {}
+                _ = tokio::time::sleep(RECHECK_EVERY) => {}
+            }
         }
     }
 

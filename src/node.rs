@@ -76,7 +76,8 @@ impl Node {
                 .with_data_runtime(tokio::runtime::Handle::current())
                 .with_deadline_min(Duration::from_millis(config.timing.rpc_deadline_ms_min))
         };
-        let (mut log_store, state_machine) = open_storage(&config, &metrics, keys.clone(), &peer_network).await?;
+        let (mut log_store, state_machine) =
+            open_storage(&config, &metrics, keys.clone(), &peer_network, &shutdown).await?;
         let reader = state_machine.reader();
         // Set before Raft starts, so the speculative feed sees every append.
         let tap = config.feed.as_ref().filter(|feed| feed.speculative).map(|_| {
@@ -280,15 +281,15 @@ fn open_keys(config: &NodeConfig) -> Result<Option<Arc<txlog_raft::Keys>>> {
 }
 
 /// The WAL (recovering a torn tail) and the state machine (rebuilding the
-/// record store from the newest snapshot if it is behind it).
-/// Open the WAL and the state machine; a record store that fails its
-/// check (or does not open for damage) is replaced by a full copy from a
-/// peer before anything else runs (`drift_repair.rs`).
+/// record store from the newest snapshot if it is behind it). A record
+/// store that fails its check, or does not open for damage, is replaced
+/// by a full copy from a peer before anything else runs (`drift_repair.rs`).
 async fn open_storage(
     config: &NodeConfig,
     metrics: &Metrics,
     keys: Option<Arc<txlog_raft::Keys>>,
     peer_network: &dyn Fn(&StateMachine) -> Network,
+    shutdown: &CancellationToken,
 ) -> Result<(LogStore, StateMachine)> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| Error::Config(format!("cannot create data dir {}: {e}", config.data_dir.display())))?;
@@ -330,6 +331,7 @@ async fn open_storage(
         keys,
         network: peer_network,
         peers: crate::drift_repair::peer_addresses(config.id, &known, &configured, config.join.as_deref(), leader),
+        shutdown,
     };
     let repaired = crate::drift_repair::repair(repair, &why, state_machine, &mut log_store).await?;
     Ok((log_store, repaired))

@@ -134,7 +134,13 @@ pub async fn prefer_region(
                 )
             })
             .collect();
-        let candidates = better_voters(&placement, self_id, &voters, &latency);
+        // Never towards a voter whose clock is off from this one's: the
+        // clock guard would hand leadership straight back (and if this
+        // node's clock is the one off, the clock guard moves it anyway).
+        let candidates: Vec<u64> = better_voters(&placement, self_id, &voters, &latency)
+            .into_iter()
+            .filter(|id| !latency.clock_differs(*id, crate::clock_guard::CLOCK_TOLERANCE))
+            .collect();
         if candidates.is_empty() {
             healthy_since.clear();
             continue;

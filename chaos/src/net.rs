@@ -36,6 +36,9 @@ const DELAY_QUEUE: u16 = 4711;
 const DELAY_QUEUE_PACKETS_MAX: u32 = 65_536;
 /// The packet mark (one bit) of a packet this harness has delayed once:
 /// its delay rule skips such packets when they come through INPUT again.
+/// Only loopback traffic between the run's own node IPs is marked, on a
+/// test machine; a host whose firewall uses this bit (some CNI plugins do)
+/// is not one to run chaos on.
 const DELAYED_MARK: u32 = 0x0040_0000;
 
 /// Where the rules live: one chain in this namespace (loopback placement),

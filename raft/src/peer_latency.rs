@@ -144,7 +144,7 @@ impl PeerLatency {
         if report.from == self.self_id {
             return;
         }
-        let offset = report.wall_clock_ns as i64 - wall_clock_ns() as i64;
+        let offset = clock_offset_ns(report.wall_clock_ns);
         let mut inner = self.inner.lock().expect("peer latency lock poisoned");
         inner.clock_offsets.insert(report.from, (offset, Instant::now()));
     }
@@ -156,7 +156,7 @@ impl PeerLatency {
         }
         // The ping's one-way delay (milliseconds) is noise next to the
         // seconds of skew this is for.
-        let offset = report.wall_clock_ns as i64 - wall_clock_ns() as i64;
+        let offset = clock_offset_ns(report.wall_clock_ns);
         let mut inner = self.inner.lock().expect("peer latency lock poisoned");
         inner.clock_offsets.insert(report.from, (offset, Instant::now()));
         match report.quorum_rtt_us {
@@ -195,17 +195,43 @@ impl PeerLatency {
     }
 
     /// Whether this node's clock is off: more than `tolerance` from the
-    /// clocks of more than half of `others` (the other members). With three
-    /// members, one peer disagreeing means that peer is off, both means this
-    /// node is.
+    /// clocks of more than half of `others` (the other members), which
+    /// themselves agree within `tolerance`. With three members, one peer
+    /// disagreeing means that peer is off, both (agreeing with each other)
+    /// means this node is; with two members neither can tell, and clocks
+    /// spread every way mark no one.
     pub fn clock_is_off(&self, others: usize, tolerance: Duration) -> bool {
-        let disagreeing = self
+        let disagreeing: Vec<i128> = self
             .clock_offsets()
             .iter()
             .filter(|(_, offset, _)| *offset > tolerance)
-            .count();
-        others > 0 && disagreeing * 2 > others
+            .map(|(_, offset, ahead)| {
+                let ns = offset.as_nanos() as i128;
+                if *ahead {
+                    ns
+                } else {
+                    -ns
+                }
+            })
+            .collect();
+        let (Some(low), Some(high)) = (disagreeing.iter().min(), disagreeing.iter().max()) else {
+            return false;
+        };
+        others >= 2 && disagreeing.len() * 2 > others && high - low <= tolerance.as_nanos() as i128
     }
+
+    /// Whether `peer`'s clock is more than `tolerance` from this node's.
+    pub fn clock_differs(&self, peer: u64, tolerance: Duration) -> bool {
+        self.clock_offsets()
+            .iter()
+            .any(|(id, offset, _)| *id == peer && *offset > tolerance)
+    }
+}
+
+/// A peer's clock minus this node's, in ns; any u64 from the wire fits.
+fn clock_offset_ns(peer_wall_clock_ns: u64) -> i64 {
+    let offset = i128::from(peer_wall_clock_ns) - i128::from(wall_clock_ns());
+    offset.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
 fn wall_clock_ns() -> u64 {
@@ -317,6 +343,23 @@ mod tests {
         fine.receive(ping(1, -586));
         fine.receive(ping(3, 2));
         assert!(!fine.clock_is_off(2, tolerance));
+
+        // Two members cannot tell whose clock is off; clocks spread every
+        // way (0, +600 s, -600 s) mark no one; a wild value from the wire
+        // does not overflow.
+        let pair = PeerLatency::new(1);
+        pair.receive(ping(2, 600));
+        assert!(!pair.clock_is_off(1, tolerance));
+        let spread = PeerLatency::new(1);
+        spread.receive(ping(2, 600));
+        spread.receive(ping(3, -600));
+        assert!(!spread.clock_is_off(2, tolerance));
+        assert!(spread.clock_differs(2, tolerance) && !spread.clock_differs(4, tolerance));
+        spread.receive(PingReport {
+            from: 4,
+            quorum_rtt_us: None,
+            wall_clock_ns: u64::MAX,
+        });
 
         // A ping's answer tells the clock and leaves the quorum RTT alone.
         let restarted = PeerLatency::new(3);

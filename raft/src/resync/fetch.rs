@@ -41,6 +41,9 @@ pub const BUILD_WAIT_MAX: Duration = Duration::from_secs(60);
 pub const FETCHES_SERVED_MAX: usize = 1;
 /// Chunks read ahead of the network.
 const CHUNKS_IN_FLIGHT_MAX: usize = 4;
+/// Longest one fetch is served; past it the stream is cut and the permit
+/// freed (a stalled reader cannot keep this node from serving others).
+const SERVE_TIME_MAX: Duration = Duration::from_secs(600);
 
 /// What the asking node needs.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -92,18 +95,35 @@ impl FetchServer {
         let stats = self.stats.clone();
         let path = snapshot.snapshot.path.clone();
         let meta = snapshot.meta.clone();
+        let file_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         tokio::spawn(async move {
             let _permit = permit;
+            let counted = stats.clone();
             let producer =
                 tokio::task::spawn_blocking(move || read_file_chunks(&path, header, &stats.full_bytes, &chunks_tx));
             let mut chunks_rx = chunks_rx;
-            while let Some(chunk) = chunks_rx.recv().await {
-                if tx.send(Ok(chunk)).await.is_err() {
-                    break; // the asking node went away; the producer stops on its closed channel
+            let forwarded = tokio::time::timeout(SERVE_TIME_MAX, async {
+                while let Some(chunk) = chunks_rx.recv().await {
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        return false; // the asking node went away
+                    }
                 }
-            }
+                true
+            })
+            .await
+            .unwrap_or(false);
+            // Closing our end stops a producer blocked on a full channel.
+            drop(chunks_rx);
             match producer.await {
-                Ok(Ok(bytes)) => tracing::info!(last_log_id = ?meta.last_log_id, bytes, "full copy served"),
+                Ok(Ok(bytes)) if forwarded && bytes == file_bytes => {
+                    counted.full_transfers.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(last_log_id = ?meta.last_log_id, bytes, "full copy served");
+                }
+                Ok(Ok(bytes)) => tracing::warn!(
+                    bytes,
+                    file_bytes,
+                    "full copy cut short: the asking node went away or took too long"
+                ),
                 Ok(Err(err)) => {
                     tracing::warn!(%err, "full copy not served");
                     let _ = tx.send(Err(Status::from(err))).await;
@@ -111,7 +131,6 @@ impl FetchServer {
                 Err(err) => tracing::warn!(%err, "full copy reader failed"),
             }
         });
-        self.stats.full_transfers.fetch_add(1, Ordering::Relaxed);
         Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
     }
 
@@ -122,6 +141,12 @@ impl FetchServer {
                 .is_some_and(|(meta, _)| meta.last_log_id.map_or(0, |l| l.index) >= min_index)
         };
         let mut current = self.reader.current_snapshot();
+        let applied = self.reader.last_applied().map_or(0, |l| l.index);
+        if !covers(&current) && applied < min_index {
+            return Err(Error::Unavailable(format!(
+                "this node has applied up to log index {applied}, short of {min_index}: ask another"
+            )));
+        }
         if !covers(&current) {
             tracing::info!(min_index, "building a snapshot for a node that asked for a full copy");
             self.raft
@@ -163,19 +188,21 @@ pub async fn fetch_full(
         .await
         .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))??;
     let staging = incoming.path().to_path_buf();
+    let discard = |staging: std::path::PathBuf| {
+        let dir = reader.snapshot_dir().clone();
+        tokio::task::spawn_blocking(move || dir.remove(&staging))
+    };
     match stage_full(&mut chunks, incoming).await {
-        Ok((_, meta)) => {
-            if meta.last_log_id.map_or(0, |l| l.index) < min_index {
-                reader.snapshot_dir().remove(&staging);
-                return Err(Error::InvalidInput(format!(
-                    "the copy ends at {:?}, before log index {min_index}",
-                    meta.last_log_id
-                )));
-            }
-            Ok((meta, staging))
+        Ok((_, meta)) if meta.last_log_id.map_or(0, |l| l.index) < min_index => {
+            let _ = discard(staging).await;
+            Err(Error::InvalidInput(format!(
+                "the copy ends at {:?}, before log index {min_index}",
+                meta.last_log_id
+            )))
         }
+        Ok((_, meta)) => Ok((meta, staging)),
         Err(err) => {
-            reader.snapshot_dir().remove(&staging);
+            let _ = discard(staging).await;
             Err(err)
         }
     }
