@@ -13,7 +13,8 @@
 //! whose clock is more than [`CLOCK_TOLERANCE`] from most of its peers'
 //! logs it (once per episode), answers calls whose tokens it refuses for
 //! their times with `UNAVAILABLE` instead of `UNAUTHENTICATED` (the fault
-//! is its own; the client library tries another node), and, while it
+//! is its own; the client library tries another node; so does a node that
+//! has not yet compared its clock with most of its peers'), and, while it
 //! leads, hands leadership to a caught-up voter. It does not try to fix
 //! the clock.
 
@@ -36,13 +37,14 @@ const CHECK_EVERY: Duration = Duration::from_millis(200);
 /// At most one transfer per this interval.
 const TRANSFER_INTERVAL_MIN: Duration = Duration::from_secs(5);
 
-/// `clock_off` is the access guard's flag (set while this node's clock is
-/// off: its token-time refusals are then answered `UNAVAILABLE`).
+/// `clock_suspect` is the access guard's flag: set while this node's clock
+/// is off, or not yet compared with most of its peers' (its token-time
+/// refusals are then answered `UNAVAILABLE`).
 pub async fn run(
     raft: Raft,
     latency: PeerLatency,
     metrics: std::sync::Arc<Metrics>,
-    clock_off: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    clock_suspect: std::sync::Arc<std::sync::atomic::AtomicBool>,
     shutdown: CancellationToken,
 ) {
     let self_id = latency.self_id();
@@ -60,16 +62,18 @@ pub async fn run(
             .iter()
             .map(|(_, d, ahead)| if *ahead { d.as_secs_f64() } else { -d.as_secs_f64() })
             .collect();
-        if offsets.is_empty() {
-            continue;
-        }
         offsets.sort_by(f64::total_cmp);
-        // Peers' clocks minus ours, so ours minus theirs is the negation.
-        metrics.clock_offset_seconds.set(-offsets[offsets.len() / 2]);
         let metrics_now = raft.metrics().borrow_watched().clone();
         let membership = metrics_now.membership_config.membership();
         let others = membership.nodes().filter(|(id, _)| **id != self_id).count();
+        // Until it has the clocks of most of its peers (just started, or cut
+        // off), a node cannot tell whether its own is right.
+        let verified = others == 0 || offsets.len() * 2 > others;
         let now_off = latency.clock_is_off(others, CLOCK_TOLERANCE);
+        if let Some(median) = offsets.get(offsets.len() / 2) {
+            // Peers' clocks minus ours, so ours minus theirs is the negation.
+            metrics.clock_offset_seconds.set(-median);
+        }
         if now_off && !off {
             tracing::error!(
                 median_offset_s = -offsets[offsets.len() / 2],
@@ -80,7 +84,7 @@ pub async fn run(
             tracing::info!("this node's wall clock agrees with its peers' again");
         }
         off = now_off;
-        clock_off.store(off, std::sync::atomic::Ordering::Relaxed);
+        clock_suspect.store(off || !verified, std::sync::atomic::Ordering::Relaxed);
         if !off || metrics_now.state != ServerState::Leader {
             continue;
         }

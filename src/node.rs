@@ -131,7 +131,7 @@ impl Node {
             raft.clone(),
             latency.clone(),
             metrics.clone(),
-            guard.clock_off.clone(),
+            guard.clock_suspect.clone(),
             shutdown.clone(),
         ));
         if !guard.is_enforced() {
