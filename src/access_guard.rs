@@ -175,10 +175,10 @@ pub struct Guard {
     metrics: Arc<Metrics>,
     /// Where refusals are recorded (the `_audit` channel).
     audit: Arc<crate::audit::Auditor>,
-    /// Set while this node's wall clock disagrees with most of its peers',
-    /// or has not been compared with them yet (`clock_guard.rs`): a token
-    /// refused for its times may then be this node's fault, answered
-    /// `UNAVAILABLE` so the client tries another node (with a fresh token).
+    /// Set while this node's wall clock disagrees with most of its peers'
+    /// (`clock_guard.rs`): a token refused for its times is then this
+    /// node's fault, answered `UNAVAILABLE` so the client tries another
+    /// node (with a fresh token).
     pub clock_suspect: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -190,8 +190,7 @@ impl Guard {
             policy: Arc::default(),
             metrics,
             audit,
-            // Suspect until the clock guard has compared it with the peers'.
-            clock_suspect: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            clock_suspect: Arc::default(),
         }
     }
 
@@ -312,7 +311,7 @@ impl Guard {
                 let err = match refusal.code() {
                     tonic::Code::ResourceExhausted => Error::Exhausted(refusal.to_string()),
                     _ if clock_suspect && refusal.is_about_time() => Error::Unavailable(format!(
-                        "{refusal}; this node's clock disagrees with its peers' (or is not yet compared with them), so it cannot judge token times: try another node"
+                        "{refusal}; this node's clock disagrees with its peers', so it cannot judge token times: try another node"
                     )),
                     _ => Error::Unauthenticated(refusal.to_string()),
                 };

@@ -13,8 +13,7 @@
 //! whose clock is more than [`CLOCK_TOLERANCE`] from most of its peers'
 //! logs it (once per episode), answers calls whose tokens it refuses for
 //! their times with `UNAVAILABLE` instead of `UNAUTHENTICATED` (the fault
-//! is its own; the client library tries another node; so does a node that
-//! has not yet compared its clock with most of its peers'), and, while it
+//! is its own; the client library tries another node), and, while it
 //! leads, hands leadership to a caught-up voter. It does not try to fix
 //! the clock.
 
@@ -38,8 +37,7 @@ const CHECK_EVERY: Duration = Duration::from_millis(200);
 const TRANSFER_INTERVAL_MIN: Duration = Duration::from_secs(5);
 
 /// `clock_suspect` is the access guard's flag: set while this node's clock
-/// is off, or not yet compared with most of its peers' (its token-time
-/// refusals are then answered `UNAVAILABLE`).
+/// is off (its token-time refusals are then answered `UNAVAILABLE`).
 pub async fn run(
     raft: Raft,
     latency: PeerLatency,
@@ -66,9 +64,6 @@ pub async fn run(
         let metrics_now = raft.metrics().borrow_watched().clone();
         let membership = metrics_now.membership_config.membership();
         let others = membership.nodes().filter(|(id, _)| **id != self_id).count();
-        // Until it has the clocks of most of its peers (just started, or cut
-        // off), a node cannot tell whether its own is right.
-        let verified = others == 0 || offsets.len() * 2 > others;
         let now_off = latency.clock_is_off(others, CLOCK_TOLERANCE);
         if let Some(median) = offsets.get(offsets.len() / 2) {
             // Peers' clocks minus ours, so ours minus theirs is the negation.
@@ -84,7 +79,7 @@ pub async fn run(
             tracing::info!("this node's wall clock agrees with its peers' again");
         }
         off = now_off;
-        clock_suspect.store(off || !verified, std::sync::atomic::Ordering::Relaxed);
+        clock_suspect.store(off, std::sync::atomic::Ordering::Relaxed);
         if !off || metrics_now.state != ServerState::Leader {
             continue;
         }

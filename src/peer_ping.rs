@@ -22,6 +22,10 @@ use crate::metrics::Metrics;
 
 /// How often each member is pinged.
 const PING_EVERY: Duration = Duration::from_secs(1);
+/// Until every member has answered once (a node just started, its peers
+/// maybe not yet), rounds come this often: a node learns its peers' clocks
+/// and round trips within its first moments, not a second later.
+const PING_FIRST_ROUND_EVERY: Duration = Duration::from_millis(100);
 /// How long a ping may take, connecting included.
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -33,12 +37,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let self_id = latency.self_id();
-    let mut tick = tokio::time::interval(PING_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pause = Duration::ZERO;
+    let mut everyone_answered = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep(pause) => {}
         }
         let (members, voters): (Vec<(u64, String)>, Vec<u64>) = {
             let metrics = raft.metrics();
@@ -60,7 +64,9 @@ pub async fn run(
             let network = &network;
             async move { (*id, network.ping(address, &report, PING_TIMEOUT).await) }
         });
+        let mut answered = 0;
         for (id, outcome) in futures::future::join_all(pings).await {
+            answered += usize::from(outcome.is_ok());
             match outcome {
                 Ok((rtt, answer)) => {
                     tracing::trace!(peer = id, ?rtt, "ping");
@@ -75,5 +81,11 @@ pub async fn run(
         if let Some(rtt) = latency.quorum_rtt(&voters) {
             metrics.quorum_rtt_seconds.set(rtt.as_secs_f64());
         }
+        everyone_answered |= !members.is_empty() && answered == members.len();
+        pause = if everyone_answered {
+            PING_EVERY
+        } else {
+            PING_FIRST_ROUND_EVERY
+        };
     }
 }
