@@ -152,12 +152,12 @@ impl StateMachineReader {
     /// Check every record against its frame checksum and the hash chain,
     /// from the first to the last applied: `Some(what is wrong)` when the
     /// store no longer holds what it applied (a damaged disk, an edited
-    /// file). Reads the whole record file (about a second per million
-    /// records of 256 B).
+    /// file). Reads the whole record file, decoding nothing (about 0.3 s
+    /// per million records of 256 B).
     pub fn check_records(&self) -> io::Result<Option<String>> {
         let store = &self.shared.store;
         let last_seq = store.last_seq()?;
-        match store.verify_chain(last_seq, |_| Ok(())) {
+        match store.check_chain(last_seq) {
             Ok(Ok(_)) => Ok(None),
             Ok(Err(differs)) => Ok(Some(differs)),
             Err(err @ txlog_storage::Error::Corruption { .. }) => Ok(Some(err.to_string())),

@@ -322,6 +322,39 @@ struct Span {
 
 impl Span {
     /// Read the span and visit each record in it, checking every frame.
+    /// Like [`Self::visit`], with each record's encoded bytes instead of
+    /// the decoded record: what the hash chain is computed over, without
+    /// decoding (checking the chain of a whole store at start-up).
+    fn visit_encoded(&self, mut visit: impl FnMut(ChainHash, &[u8]) -> Result<()>) -> Result<()> {
+        let mut buf = vec![0u8; (self.end - self.start) as usize];
+        self.file
+            .read_exact_at(&mut buf, self.start)
+            .map_err(|e| Error::io(&self.path, e))?;
+        let mut at = 0usize;
+        for i in 0..self.count {
+            let seq = self.first_seq + i;
+            match frame::decode(&buf[at..]) {
+                frame::Decoded::Frame { body, frame_bytes } => {
+                    let Some((chain, encoded)) = body.split_first_chunk::<CHAIN_BYTES>() else {
+                        return Err(Error::corruption(
+                            &self.path,
+                            "record frame shorter than its chain value",
+                        ));
+                    };
+                    visit(*chain, encoded)?;
+                    at += frame_bytes;
+                }
+                frame::Decoded::Incomplete => {
+                    return Err(Error::corruption(&self.path, format!("record {seq} is cut short")));
+                }
+                frame::Decoded::Invalid { detail, .. } => {
+                    return Err(Error::corruption(&self.path, format!("record {seq}: {detail}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn visit(&self, mut visit: impl FnMut(ChainHash, StoredRecord) -> Result<()>) -> Result<()> {
         let mut buf = vec![0u8; (self.end - self.start) as usize];
         self.file
@@ -692,6 +725,35 @@ impl RecordFile {
             let mut stop = false;
             span.visit(|chain, record| {
                 if !stop && !visit(chain, record)? {
+                    stop = true;
+                }
+                Ok(())
+            })?;
+            if stop {
+                return Ok(());
+            }
+            next += span.count;
+        }
+        Ok(())
+    }
+
+    /// [`Self::for_each`] with each record's encoded bytes (see
+    /// `Span::visit_encoded`); `visit` returns false to stop.
+    pub(crate) fn for_each_encoded(
+        &self,
+        from: u64,
+        upto: u64,
+        chunk_bytes: u64,
+        mut visit: impl FnMut(ChainHash, &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        let mut next = from.max(1);
+        while next <= upto {
+            let Some(span) = self.span(next, upto, chunk_bytes) else {
+                return Ok(());
+            };
+            let mut stop = false;
+            span.visit_encoded(|chain, encoded| {
+                if !stop && !visit(chain, encoded)? {
                     stop = true;
                 }
                 Ok(())
