@@ -144,6 +144,8 @@ impl PeerLatency {
         if report.from == self.self_id {
             return;
         }
+        // The ping's one-way delay (milliseconds) is noise next to the
+        // seconds of skew this is for.
         let offset = clock_offset_ns(report.wall_clock_ns);
         let mut inner = self.inner.lock().expect("peer latency lock poisoned");
         inner.clock_offsets.insert(report.from, (offset, Instant::now()));
@@ -154,11 +156,8 @@ impl PeerLatency {
         if report.from == self.self_id {
             return;
         }
-        // The ping's one-way delay (milliseconds) is noise next to the
-        // seconds of skew this is for.
-        let offset = clock_offset_ns(report.wall_clock_ns);
+        self.receive_clock(report);
         let mut inner = self.inner.lock().expect("peer latency lock poisoned");
-        inner.clock_offsets.insert(report.from, (offset, Instant::now()));
         match report.quorum_rtt_us {
             Some(us) => {
                 inner

@@ -321,11 +321,10 @@ struct Span {
 }
 
 impl Span {
-    /// Read the span and visit each record in it, checking every frame.
-    /// Like [`Self::visit`], with each record's encoded bytes instead of
-    /// the decoded record: what the hash chain is computed over, without
-    /// decoding (checking the chain of a whole store at start-up).
-    fn visit_encoded(&self, mut visit: impl FnMut(ChainHash, &[u8]) -> Result<()>) -> Result<()> {
+    /// Read the span and visit each record's seq, stored chain value and
+    /// encoded bytes (what the hash chain is computed over), checking
+    /// every frame; nothing is decoded.
+    fn visit_encoded(&self, mut visit: impl FnMut(u64, ChainHash, &[u8]) -> Result<()>) -> Result<()> {
         let mut buf = vec![0u8; (self.end - self.start) as usize];
         self.file
             .read_exact_at(&mut buf, self.start)
@@ -341,7 +340,7 @@ impl Span {
                             "record frame shorter than its chain value",
                         ));
                     };
-                    visit(*chain, encoded)?;
+                    visit(seq, *chain, encoded)?;
                     at += frame_bytes;
                 }
                 frame::Decoded::Incomplete => {
@@ -355,36 +354,23 @@ impl Span {
         Ok(())
     }
 
+    /// [`Self::visit_encoded`] with each record decoded.
     fn visit(&self, mut visit: impl FnMut(ChainHash, StoredRecord) -> Result<()>) -> Result<()> {
-        let mut buf = vec![0u8; (self.end - self.start) as usize];
-        self.file
-            .read_exact_at(&mut buf, self.start)
-            .map_err(|e| Error::io(&self.path, e))?;
-        let mut at = 0usize;
-        for i in 0..self.count {
-            let seq = self.first_seq + i;
-            match frame::decode(&buf[at..]) {
-                frame::Decoded::Frame { body, frame_bytes } => {
-                    let (chain, record) = decode_body(&self.path, body)?;
-                    if record.seq != seq {
-                        return Err(Error::corruption(
-                            &self.path,
-                            format!("frame for seq {seq} holds seq {}", record.seq),
-                        ));
-                    }
-                    visit(chain, record)?;
-                    at += frame_bytes;
-                }
-                frame::Decoded::Incomplete => {
-                    return Err(Error::corruption(&self.path, format!("record {seq} is cut short")));
-                }
-                frame::Decoded::Invalid { detail, .. } => {
-                    return Err(Error::corruption(&self.path, format!("record {seq}: {detail}")));
-                }
-            }
-        }
-        Ok(())
+        self.visit_encoded(|seq, chain, encoded| visit(chain, decode_record(&self.path, seq, encoded)?))
     }
+}
+
+/// Decode the record stored for `seq` (in the segment at `path`), checking
+/// it is that seq's.
+pub(crate) fn decode_record(path: &Path, seq: u64, encoded: &[u8]) -> Result<StoredRecord> {
+    let record = StoredRecord::decode(encoded)?;
+    if record.seq != seq {
+        return Err(Error::corruption(
+            path,
+            format!("frame for seq {seq} holds seq {}", record.seq),
+        ));
+    }
+    Ok(record)
 }
 
 /// The record file of one store.
@@ -717,34 +703,19 @@ impl RecordFile {
         chunk_bytes: u64,
         mut visit: impl FnMut(ChainHash, StoredRecord) -> Result<bool>,
     ) -> Result<()> {
-        let mut next = from.max(1);
-        while next <= upto {
-            let Some(span) = self.span(next, upto, chunk_bytes) else {
-                return Ok(());
-            };
-            let mut stop = false;
-            span.visit(|chain, record| {
-                if !stop && !visit(chain, record)? {
-                    stop = true;
-                }
-                Ok(())
-            })?;
-            if stop {
-                return Ok(());
-            }
-            next += span.count;
-        }
-        Ok(())
+        self.for_each_encoded(from, upto, chunk_bytes, |path, seq, chain, encoded| {
+            visit(chain, decode_record(path, seq, encoded)?)
+        })
     }
 
-    /// [`Self::for_each`] with each record's encoded bytes (see
-    /// `Span::visit_encoded`); `visit` returns false to stop.
+    /// [`Self::for_each`] with each record's seq and encoded bytes, not
+    /// decoded (see `Span::visit_encoded`), and the path of its segment.
     pub(crate) fn for_each_encoded(
         &self,
         from: u64,
         upto: u64,
         chunk_bytes: u64,
-        mut visit: impl FnMut(ChainHash, &[u8]) -> Result<bool>,
+        mut visit: impl FnMut(&Path, u64, ChainHash, &[u8]) -> Result<bool>,
     ) -> Result<()> {
         let mut next = from.max(1);
         while next <= upto {
@@ -752,8 +723,8 @@ impl RecordFile {
                 return Ok(());
             };
             let mut stop = false;
-            span.visit_encoded(|chain, encoded| {
-                if !stop && !visit(chain, encoded)? {
+            span.visit_encoded(|seq, chain, encoded| {
+                if !stop && !visit(&span.path, seq, chain, encoded)? {
                     stop = true;
                 }
                 Ok(())
