@@ -56,6 +56,8 @@ async fn refusals_and_admin_calls_are_chained_in_the_audit_channel() {
     let leader = cluster.wait_for_leader(WAIT).await;
     let cli = cluster.cli();
     let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    // Two nodes elect a leader; the third may not listen yet.
+    cluster.wait_for_seq(follower, 0, WAIT).await;
     let tls = cluster
         .local_client_tls()
         .expect("a secured cluster has a client certificate");
