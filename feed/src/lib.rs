@@ -22,7 +22,9 @@
 //! [`retransmit_ring`] and [`retransmit`] service answer re-requests;
 //! [`publisher`] ties them to a [`Backend`] ([`kernel`]: UDP with
 //! `sendmmsg`); [`receiver`] is the subscriber's logic without I/O (the
-//! client library's `FeedSubscriber` drives it).
+//! client library's `FeedSubscriber` drives it); the [`host_ring`] hands
+//! one host's received records to any number of local readers through
+//! shared memory, so a host pays for each packet once, not per reader.
 //!
 //! **Speculative stream (opt-in).** Besides its class streams a publisher
 //! may run one more stream of records as its node's log appends them,
@@ -38,6 +40,7 @@ pub mod describe;
 pub mod dpdk;
 pub mod error;
 pub mod frame;
+pub mod host_ring;
 pub mod kernel;
 pub mod packer;
 pub mod packet;
@@ -62,6 +65,10 @@ pub use dpdk::DpdkBackend;
 #[cfg(feature = "dpdk")]
 pub use dpdk::DpdkConfig;
 pub use error::Error;
+pub use host_ring::HostRingCounters;
+pub use host_ring::HostRingError;
+pub use host_ring::HostRingReader;
+pub use host_ring::HostRingWriter;
 pub use kernel::KernelBackend;
 pub use publisher::Publisher;
 pub use publisher::PublisherConfig;

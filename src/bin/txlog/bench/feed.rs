@@ -7,7 +7,9 @@
 //! * **latency**: N subscribers (`FeedSubscriber`, multicast on loopback)
 //!   at a steady rate; latency from the publisher's hand-off (the moment
 //!   a node's applied records reach it) to each subscriber's delivery,
-//!   with subscribers busy-polled (`poll_event`) and then waiting in tokio;
+//!   with subscribers busy-polled (`poll_event`) and then waiting in tokio,
+//!   and then with one hub receiving for the host and the subscribers
+//!   reading its host ring;
 //! * **priority**: egress paced to a link's packets/s; the highest class's
 //!   latency with the link at half load and at 2× overload;
 //! * **loss**: 1 % of datagrams dropped at a subscriber; every record must
@@ -67,6 +69,16 @@ pub struct FeedBenchArgs {
     /// (each spins on a core).
     #[arg(long, default_value_t = 1)]
     pub poll_threads: usize,
+    /// How latency-phase subscribers get the feed: `socket` (each its own
+    /// socket, as --wait says), `ring` (one hub receives for the host and
+    /// subscribers read its host ring in shared memory, busy-polled by
+    /// --poll-threads threads), or `both`.
+    #[arg(long, default_value = "both", value_parser = ["socket", "ring", "both"])]
+    pub fanout: String,
+    /// How the ring run's hub waits for datagrams: `block` (poll(2)) or
+    /// `spin` (a core of its own).
+    #[arg(long, default_value = "block", value_parser = ["block", "spin"])]
+    pub hub_wait: String,
     /// Records per second in the latency and loss phases.
     #[arg(long, default_value_t = 20_000)]
     pub rate: u64,
@@ -110,10 +122,15 @@ pub async fn run(args: FeedBenchArgs) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || throughput(&a)).await??;
     }
     if wants("latency") {
-        for wait in ["busy", "async"] {
-            if args.wait == wait || args.wait == "both" {
-                latency(&args, wait == "busy").await?;
+        if args.fanout != "ring" {
+            for wait in ["busy", "async"] {
+                if args.wait == wait || args.wait == "both" {
+                    latency(&args, wait == "busy").await?;
+                }
             }
+        }
+        if args.fanout != "socket" {
+            latency_ring(&args).await?;
         }
     }
     if wants("priority") {
@@ -398,6 +415,141 @@ async fn latency(args: &FeedBenchArgs, busy: bool) -> anyhow::Result<()> {
         if short > 0 { format!("; {short} subscribers got fewer than all {published} records") } else { String::new() }
     );
     Ok(())
+}
+
+/// The latency phase with one hub per host: a `FeedHub` receives the feed
+/// once and writes a host ring; `args.subscribers` readers of that ring are
+/// busy-polled by `args.poll_threads` threads.
+async fn latency_ring(args: &FeedBenchArgs) -> anyhow::Result<()> {
+    use txlog_client::feed::HostRingReader;
+    let port = txlog_testkit::free_port()?;
+    let group = Ipv4Addr::new(239, 192, 77, 2);
+    let shm = std::path::Path::new("/dev/shm");
+    let ring_dir = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let ring_path = ring_dir.join(format!("txlog-bench-feed-{}.ring", std::process::id()));
+    // The ring file goes with the phase, however it ends.
+    struct RemoveOnDrop(std::path::PathBuf);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _ring_file = RemoveOnDrop(ring_path.clone());
+    let subscriber = FeedSubscriber::join(
+        subscriber_options(
+            SocketAddr::from(([0, 0, 0, 0], port)),
+            Some((group, Ipv4Addr::LOCALHOST)),
+        ),
+        None,
+    )?;
+    let mut hub = txlog_client::FeedHub::new(
+        subscriber,
+        &ring_path,
+        txlog_client::feed::host_ring::HOST_RING_BYTES_DEFAULT,
+    )?;
+    let mut readers = Vec::new();
+    for _ in 0..args.subscribers {
+        readers.push(HostRingReader::open(&ring_path, None)?);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let hub_stop = stop.clone();
+    let wait = if args.hub_wait == "spin" {
+        txlog_client::HubWait::Spin
+    } else {
+        txlog_client::HubWait::Block
+    };
+    let hub_thread = std::thread::Builder::new()
+        .name("bench-hub".into())
+        .spawn(move || hub.run(&hub_stop, wait, |_| {}).map(|()| hub.counters()))?;
+    let deadline = Instant::now() + Duration::from_secs(args.seconds + 2);
+    let threads = args.poll_threads.clamp(1, args.subscribers.max(1));
+    let mut shares: Vec<Vec<HostRingReader>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, reader) in readers.into_iter().enumerate() {
+        shares[i % threads].push(reader);
+    }
+    let followed: Vec<tokio::task::JoinHandle<anyhow::Result<Vec<Followed>>>> = shares
+        .into_iter()
+        .map(|share| tokio::task::spawn_blocking(move || busy_poll_ring(share, deadline)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let per_ms = (args.rate / 1000).max(1);
+    let publisher = start_publisher(
+        args,
+        vec![SocketAddr::from((group, port))],
+        0,
+        per_ms,
+        args.record_bytes,
+        |_| "market-data",
+    )?;
+    let published = tokio::task::spawn_blocking(move || publisher.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("publisher panicked"))??;
+    let mut all = Histogram::<u64>::new(3)?;
+    let mut short = 0;
+    for task in followed {
+        for (h, count) in task.await?? {
+            all.add(&h)?;
+            if count < published {
+                short += 1;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let hub_counters = hub_thread.join().map_err(|_| anyhow::anyhow!("hub panicked"))??;
+    let p50 = all.value_at_quantile(0.5) as f64 / 1000.0;
+    let p99 = all.value_at_quantile(0.99) as f64 / 1000.0;
+    println!(
+        "latency     {} subscribers (host ring, hub {}, readers busy-polled by {threads} thread(s)), {} records/s: {}  targets p50 ≤ {LATENCY_P50_TARGET_US} µs, p99 ≤ {LATENCY_P99_TARGET_US} µs: {}; hub moved {} records{}",
+        args.subscribers,
+        args.hub_wait,
+        args.rate,
+        summary(&all),
+        if p50 <= LATENCY_P50_TARGET_US && p99 <= LATENCY_P99_TARGET_US { "met" } else { "MISSED" },
+        hub_counters.records,
+        if short > 0 { format!("; {short} subscribers got fewer than all {published} records") } else { String::new() }
+    );
+    Ok(())
+}
+
+/// Poll host-ring `readers` on this thread until `deadline`, spinning.
+fn busy_poll_ring(
+    mut readers: Vec<txlog_client::feed::HostRingReader>,
+    deadline: Instant,
+) -> anyhow::Result<Vec<Followed>> {
+    let mut followed = Vec::new();
+    for _ in &readers {
+        followed.push((Histogram::<u64>::new(3)?, 0u64));
+    }
+    let mut polls = 0u32;
+    let mut sent = Vec::new();
+    loop {
+        for (reader, (h, count)) in readers.iter_mut().zip(followed.iter_mut()) {
+            // One clock read per reader per pass, taken once the pass has
+            // read everything: each record is charged at least its latency.
+            sent.clear();
+            while let Some(r) = reader.poll_ref()? {
+                *count += 1;
+                if *count > 100 {
+                    sent.push(u64::from_le_bytes(r.record.payload[..8].try_into().expect("8 bytes")));
+                }
+            }
+            if !sent.is_empty() {
+                let now = wall_clock_ns();
+                for at in &sent {
+                    h.record(now.saturating_sub(*at))?;
+                }
+            }
+        }
+        polls = polls.wrapping_add(1);
+        if polls.is_multiple_of(1024) && Instant::now() >= deadline {
+            return Ok(followed);
+        }
+        std::hint::spin_loop();
+    }
 }
 
 /// Poll `subscribers` on this thread until `deadline` without waiting: an
