@@ -591,3 +591,124 @@ async fn the_cli_opens_sealed_payloads_on_both_streams() {
     }
     assert!(!out.contains("<sealed"), "every payload opened:\n{out}");
 }
+
+/// One hub per host, end to end (ids 9/90/900): a `FeedHub` whose
+/// subscriber loses 3 % of datagrams and has its publisher killed
+/// mid-stream writes a host ring; a reader of every channel in this
+/// process and a `txlog feed subscribe --ring --channel orders` process
+/// get every record once, in order per class.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_ring_hands_every_record_to_local_readers() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::AtomicU16;
+    use std::sync::atomic::Ordering;
+    use txlog_client::feed::HostRingReader;
+
+    let _serial = SERIAL.lock().await;
+    let port = txlog_testkit::free_port().expect("free port");
+    let (mut cluster, feed_ports) = feed_cluster(&[9, 90, 900], port, &[]);
+    cluster.wait_for_leader(WAIT).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ring = dir.path().join("feed.ring");
+    let loss = |i: u64| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32 & 0xFFFF < 1966;
+    let mut hub = txlog_client::FeedHub::new(subscriber(&cluster, port, loss), &ring, 1 << 20).expect("hub");
+    let mut reader = HostRingReader::open(&ring, None).expect("reader opens");
+    let stop = Arc::new(AtomicBool::new(false));
+    let followed_port = Arc::new(AtomicU16::new(0));
+    let hub_thread = {
+        let (stop, followed_port) = (stop.clone(), followed_port.clone());
+        tokio::task::spawn_blocking(move || {
+            hub.run(&stop, txlog_client::HubWait::Block, |hub| {
+                if let Some((_, source)) = hub.subscriber().following(0) {
+                    followed_port.store(source.port(), Ordering::Relaxed);
+                }
+            })
+            .expect("hub runs");
+            hub
+        })
+    };
+    let cli = common::Cli {
+        cluster: cluster.addresses(),
+        secret_file: cluster.root_key_file().map(|p| p.to_path_buf()),
+        certs_dir: cluster.certs_dir().map(|p| p.to_path_buf()),
+    };
+    let ring_arg = ring.display().to_string();
+    let orders = std::thread::spawn(move || {
+        txlog(
+            &cli,
+            &[
+                "feed",
+                "subscribe",
+                "--ring",
+                &ring_arg,
+                "--channel",
+                "orders",
+                "--count",
+                "500",
+                "--no-log",
+                "--idle-exit",
+                "60s",
+            ],
+        )
+    });
+    // Read on a thread of its own until `want` records are in.
+    let read = |mut reader: HostRingReader, mut delivered: Vec<Delivered>, want: usize| {
+        tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + WAIT;
+            while delivered.len() < want && Instant::now() < deadline {
+                match reader.poll().expect("ring read") {
+                    Some(d) => delivered.push(d),
+                    None => std::thread::sleep(Duration::from_micros(100)),
+                }
+            }
+            (reader, delivered)
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let client = cluster.client();
+    let mut appended = append(&client, "a", 1000).await;
+    let (reader_back, delivered) = read(reader, Vec::new(), 1000).await.expect("reader");
+    reader = reader_back;
+    assert_eq!(delivered.len(), 1000, "{}", cluster.logs());
+
+    // Kill the node whose feed the hub follows.
+    let source = followed_port.load(Ordering::Relaxed);
+    let followed = *feed_ports
+        .iter()
+        .find(|(_, &p)| p == source)
+        .map(|(id, _)| id)
+        .expect("the hub follows a node's feed");
+    cluster.kill(followed);
+    appended.extend(append(&client, "b", 1000).await);
+    let (reader, delivered) = read(reader, delivered, 2000).await.expect("reader");
+    stop.store(true, Ordering::Relaxed);
+    let hub = hub_thread.await.expect("hub thread");
+    check(&delivered, &appended);
+    assert_eq!(reader.counters().laps, 0);
+    let counters = hub.subscriber().counters().clone();
+    assert!(
+        hub.subscriber().dropped() > 0 && counters.recovered > 0,
+        "the hub recovered lost packets: {counters:?}"
+    );
+    assert!(counters.session_switches >= 1, "the hub moved feeds: {counters:?}");
+    assert_eq!(hub.counters().records, 2000);
+
+    let (ok, out, err) = tokio::task::spawn_blocking(move || orders.join().expect("subscriber thread"))
+        .await
+        .expect("join");
+    assert!(ok, "feed subscribe --ring: {err}");
+    let want: Vec<u64> = appended
+        .values()
+        .filter(|(_, channel)| channel == "orders")
+        .map(|(seq, _)| *seq)
+        .collect::<std::collections::BTreeSet<u64>>()
+        .into_iter()
+        .collect();
+    let got: Vec<u64> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("seq="))
+        .map(|l| l.split(' ').next().expect("seq").parse().expect("a seq"))
+        .collect();
+    assert_eq!(got, want, "the orders channel once, in order, through the ring:\n{err}");
+    assert!(out.lines().all(|l| l.contains(" channel=orders ")), "{out}");
+}

@@ -676,7 +676,11 @@ mod tests {
                 payload: (0..payload_bytes).map(|i| (i as u64 ^ seq) as u8).collect(),
                 sealed: seq.is_multiple_of(2),
             },
-            via: if seq.is_multiple_of(5) { Via::Retransmit } else { Via::Live },
+            via: if seq.is_multiple_of(5) {
+                Via::Retransmit
+            } else {
+                Via::Live
+            },
             send_time_ns: 1_000 + seq,
         }
     }

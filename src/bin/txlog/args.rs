@@ -586,8 +586,42 @@ pub enum FeedCommand {
     /// from the publisher's retransmit ring or, past it, from the log. A status line of
     /// packets, gaps, recovered records and fallback reads goes to stderr every second.
     Subscribe(Box<FeedSubscribeArgs>),
+    /// Receive the feed once for this host and hand every record to local subscribers
+    /// through a host ring in shared memory (`txlog feed subscribe --ring`): many
+    /// subscribers on one host then cost one receive per packet, not one each. Gaps are
+    /// recovered as `subscribe` does. Runs until Ctrl-C or SIGTERM; a status line goes to
+    /// stderr every second.
+    Hub(Box<FeedHubArgs>),
     /// Ask each node's feed for its session, classes and publisher counters.
     Status(FeedStatusArgs),
+}
+
+#[derive(Args)]
+pub struct FeedHubArgs {
+    /// The feed's address: a multicast group and port, or (unicast) the local port the nodes
+    /// send to [default: the dev cluster's 239.192.74.1:7410].
+    #[arg(long, env = "TXLOG_FEED", default_value = txlog_client::DEV_FEED_GROUP)]
+    pub feed: String,
+    /// Local interface address to join a multicast group on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub interface: std::net::Ipv4Addr,
+    /// The ring file; an older ring there is replaced [default: /dev/shm/txlog-feed-PORT.ring,
+    /// PORT the feed's].
+    #[arg(long)]
+    pub ring: Option<std::path::PathBuf>,
+    /// Ring size in bytes: a power of two from 1 MiB to 1 GiB. 64 MiB holds ~190,000 records
+    /// of 256 B; a subscriber further behind than the ring is told it was lapped.
+    #[arg(long, default_value_t = txlog_client::feed::host_ring::HOST_RING_BYTES_DEFAULT)]
+    pub ring_bytes: usize,
+    /// Spin instead of blocking while no datagram arrives: the lowest latency, at the cost
+    /// of one core kept busy.
+    #[arg(long)]
+    pub spin: bool,
+    /// Never read the log: gaps the publisher's ring cannot fill are skipped and counted.
+    #[arg(long)]
+    pub no_log: bool,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 #[derive(Args)]
@@ -599,6 +633,12 @@ pub struct FeedSubscribeArgs {
     /// Local interface address to join a multicast group on.
     #[arg(long, default_value = "127.0.0.1")]
     pub interface: std::net::Ipv4Addr,
+    /// Read from this host's hub (`txlog feed hub`) instead of the network: its ring file
+    /// [default with no value: /dev/shm/txlog-feed-PORT.ring, PORT the --feed port]. Records
+    /// from the moment it opens; not with --from, --class or --speculative.
+    #[arg(long, num_args = 0..=1, value_name = "PATH")]
+    #[allow(clippy::option_option)]
+    pub ring: Option<Option<std::path::PathBuf>>,
     /// Print only this channel.
     #[arg(long)]
     pub channel: Option<String>,

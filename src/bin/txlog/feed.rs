@@ -1,5 +1,7 @@
-//! `txlog feed subscribe | status`: the UDP feed from a subscriber's side.
+//! `txlog feed subscribe | status`: the UDP feed from a subscriber's side
+//! (`hub` and `subscribe --ring`: `feed_hub.rs`).
 
+use std::net::Ipv4Addr;
 use std::net::SocketAddr;
 use std::net::UdpSocket;
 use std::time::Duration;
@@ -7,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use txlog_client::feed::packet::Outcome;
+use txlog_client::feed::Delivered;
 use txlog_client::feed::Description;
 use txlog_client::feed::ReceiverConfig;
 use txlog_client::feed::SpeculativeConfig;
@@ -26,22 +29,34 @@ const STATUS_EVERY: Duration = Duration::from_secs(1);
 pub async fn run(command: FeedCommand) -> anyhow::Result<()> {
     match command {
         FeedCommand::Subscribe(args) => subscribe(*args).await,
+        FeedCommand::Hub(args) => crate::feed_hub::hub(*args).await,
         FeedCommand::Status(args) => status(args),
     }
 }
 
-async fn subscribe(args: FeedSubscribeArgs) -> anyhow::Result<()> {
-    let feed: SocketAddr = args
-        .feed
+/// The feed address given, the local address to receive it on, and the
+/// multicast group to join (with the interface), if it is one.
+pub(crate) type FeedAddress = (SocketAddr, SocketAddr, Option<(Ipv4Addr, Ipv4Addr)>);
+
+pub(crate) fn feed_address(feed: &str, interface: Ipv4Addr) -> anyhow::Result<FeedAddress> {
+    let address: SocketAddr = feed
         .parse()
-        .with_context(|| format!("--feed {:?} is not IP:PORT", args.feed))?;
-    let (listen, group) = match feed {
+        .with_context(|| format!("--feed {feed:?} is not IP:PORT"))?;
+    Ok(match address {
         SocketAddr::V4(v4) if v4.ip().is_multicast() => (
+            address,
             SocketAddr::from(([0, 0, 0, 0], v4.port())),
-            Some((*v4.ip(), args.interface)),
+            Some((*v4.ip(), interface)),
         ),
-        other => (other, None),
-    };
+        other => (other, other, None),
+    })
+}
+
+async fn subscribe(args: FeedSubscribeArgs) -> anyhow::Result<()> {
+    if args.ring.is_some() {
+        return crate::feed_hub::subscribe_ring(args).await;
+    }
+    let (feed, listen, group) = feed_address(&args.feed, args.interface)?;
     let client = if args.no_log {
         None
     } else {
@@ -59,17 +74,7 @@ async fn subscribe(args: FeedSubscribeArgs) -> anyhow::Result<()> {
         speculative: args.speculative.then(SpeculativeConfig::default),
         drop_datagram: None,
     };
-    let key_file = args
-        .key_file
-        .clone()
-        .or_else(|| crate::records::dev_file(txlog_testkit::KEY_FILE));
-    let mut opener = match (key_file, &client) {
-        (Some(path), Some(client)) => Some(PayloadOpener::new(&path, client.clone()).await?),
-        (Some(_), None) if args.key_file.is_some() => {
-            anyhow::bail!("--key-file needs the log (its data keys are there): drop --no-log")
-        }
-        _ => None,
-    };
+    let mut opener = payload_opener(&args, client.as_ref()).await?;
     let mut subscriber = FeedSubscriber::join(options, client)?;
     eprintln!("txlog feed: listening on {feed}");
     let mut printed = 0u64;
@@ -94,24 +99,7 @@ async fn subscribe(args: FeedSubscribeArgs) -> anyhow::Result<()> {
             last_record = Instant::now();
             printed += 1;
             if !args.quiet {
-                let r = &delivered.record;
-                let payload = match (r.sealed, opener.as_mut()) {
-                    (false, _) => String::from_utf8_lossy(&r.payload).into_owned(),
-                    (true, None) => format!("<sealed, {} bytes>", r.payload.len()),
-                    (true, Some(opener)) => shown(opener.open_committed(r.seq, &r.payload).await, r.payload.len()),
-                };
-                let via = match delivered.via {
-                    Via::Live => "live",
-                    Via::Retransmit => "retransmit",
-                    Via::Log => "log",
-                };
-                println!(
-                    "seq={} channel={} channel_seq={} txid={} via={via} payload={payload}",
-                    r.seq,
-                    r.channel,
-                    r.channel_seq,
-                    String::from_utf8_lossy(&r.txid)
-                );
+                print_committed(&delivered, opener.as_mut()).await;
             }
             if args.count.is_some_and(|c| printed >= c) {
                 break;
@@ -127,6 +115,48 @@ async fn subscribe(args: FeedSubscribeArgs) -> anyhow::Result<()> {
     }
     eprintln!("{}", status_line(&subscriber, printed));
     Ok(())
+}
+
+/// The opener of a sealed cluster's payloads: with `--key-file`, or the dev
+/// cluster's key file when there is one; `None` without either.
+pub(crate) async fn payload_opener(
+    args: &FeedSubscribeArgs,
+    client: Option<&txlog_client::Client>,
+) -> anyhow::Result<Option<PayloadOpener>> {
+    let key_file = args
+        .key_file
+        .clone()
+        .or_else(|| crate::records::dev_file(txlog_testkit::KEY_FILE));
+    Ok(match (key_file, client) {
+        (Some(path), Some(client)) => Some(PayloadOpener::new(&path, client.clone()).await?),
+        (Some(_), None) if args.key_file.is_some() => {
+            anyhow::bail!("--key-file needs the log (its data keys are there): drop --no-log")
+        }
+        _ => None,
+    })
+}
+
+/// Print one committed record, its payload opened when it is sealed and
+/// there is an opener.
+pub(crate) async fn print_committed(delivered: &Delivered, opener: Option<&mut PayloadOpener>) {
+    let r = &delivered.record;
+    let payload = match (r.sealed, opener) {
+        (false, _) => String::from_utf8_lossy(&r.payload).into_owned(),
+        (true, None) => format!("<sealed, {} bytes>", r.payload.len()),
+        (true, Some(opener)) => shown(opener.open_committed(r.seq, &r.payload).await, r.payload.len()),
+    };
+    let via = match delivered.via {
+        Via::Live => "live",
+        Via::Retransmit => "retransmit",
+        Via::Log => "log",
+    };
+    println!(
+        "seq={} channel={} channel_seq={} txid={} via={via} payload={payload}",
+        r.seq,
+        r.channel,
+        r.channel_seq,
+        String::from_utf8_lossy(&r.txid)
+    );
 }
 
 /// An opened payload as text, or why it could not be opened.
@@ -178,7 +208,7 @@ fn status_line(subscriber: &FeedSubscriber, printed: u64) -> String {
     status_counters(subscriber, printed) + &speculative
 }
 
-fn status_counters(subscriber: &FeedSubscriber, printed: u64) -> String {
+pub(crate) fn status_counters(subscriber: &FeedSubscriber, printed: u64) -> String {
     let c = subscriber.counters();
     format!(
         "feed: records {printed}, packets {}, gaps {}, re-requests {}, recovered {}, fallback reads {} ({} records), duplicates {}, malformed {}, session switches {}, unfilled {}",

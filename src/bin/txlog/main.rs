@@ -17,6 +17,7 @@ mod certs;
 mod dev;
 mod duration;
 mod feed;
+mod feed_hub;
 mod feed_open;
 mod keys;
 mod process;
