@@ -637,7 +637,6 @@ pub struct FeedSubscribeArgs {
     /// [default with no value: /dev/shm/txlog-feed-PORT.ring, PORT the --feed port]. Records
     /// from the moment it opens; not with --from, --class or --speculative.
     #[arg(long, num_args = 0..=1, value_name = "PATH")]
-    #[allow(clippy::option_option)]
     pub ring: Option<Option<std::path::PathBuf>>,
     /// Print only this channel.
     #[arg(long)]
