@@ -78,6 +78,35 @@ pub struct FeedSubscriberOptions {
     pub drop_datagram: Option<std::sync::Arc<dyn Fn(u64) -> bool + Send + Sync>>,
 }
 
+impl FeedSubscriberOptions {
+    /// Every class and channel from the first record after joining, with
+    /// the receiver's defaults: the options of a plain subscriber.
+    pub fn new(listen: SocketAddr, group: Option<(Ipv4Addr, Ipv4Addr)>) -> FeedSubscriberOptions {
+        FeedSubscriberOptions {
+            listen,
+            group,
+            classes: None,
+            channel: None,
+            receiver: ReceiverConfig::default(),
+            speculative: None,
+            drop_datagram: None,
+        }
+    }
+}
+
+/// A record read from the log, as the feed hands it out (opened: the log
+/// serves payloads in the clear).
+pub fn feed_record(record: txlog_proto::CommittedRecord) -> FeedRecord {
+    FeedRecord {
+        seq: record.seq,
+        channel_seq: record.channel_seq,
+        channel: record.channel,
+        txid: record.txid.to_vec(),
+        payload: record.payload.to_vec(),
+        sealed: false,
+    }
+}
+
 impl std::fmt::Debug for FeedSubscriberOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FeedSubscriberOptions")
@@ -491,14 +520,7 @@ async fn read_range(
             if record.seq >= before {
                 break;
             }
-            let record = FeedRecord {
-                seq: record.seq,
-                channel_seq: record.channel_seq,
-                channel: record.channel,
-                txid: record.txid.to_vec(),
-                payload: record.payload.to_vec(),
-                sealed: false,
-            };
+            let record = feed_record(record);
             if keep(&record) {
                 records.push(record);
             }

@@ -64,6 +64,7 @@ pub use error::ClientError;
 pub use feed_hub::FeedHub;
 pub use feed_hub::HubCounters;
 pub use feed_hub::HubWait;
+pub use feed_subscriber::feed_record;
 pub use feed_subscriber::FeedEvent;
 pub use feed_subscriber::FeedSubscriber;
 pub use feed_subscriber::FeedSubscriberOptions;

@@ -13,10 +13,8 @@ use std::time::Instant;
 use anyhow::Context;
 use txlog_client::feed::host_ring::WriterState;
 use txlog_client::feed::Delivered;
-use txlog_client::feed::FeedRecord;
 use txlog_client::feed::HostRingError;
 use txlog_client::feed::HostRingReader;
-use txlog_client::feed::ReceiverConfig;
 use txlog_client::feed::Via;
 use txlog_client::Client;
 use txlog_client::FeedHub;
@@ -71,18 +69,7 @@ pub async fn hub(args: FeedHubArgs) -> anyhow::Result<()> {
     } else {
         Some(crate::records::client(&args.cluster)?)
     };
-    let subscriber = FeedSubscriber::join(
-        FeedSubscriberOptions {
-            listen,
-            group,
-            classes: None,
-            channel: None,
-            receiver: ReceiverConfig::default(),
-            speculative: None,
-            drop_datagram: None,
-        },
-        client,
-    )?;
+    let subscriber = FeedSubscriber::join(FeedSubscriberOptions::new(listen, group), client)?;
     let mut hub = FeedHub::new(subscriber, &ring, args.ring_bytes)?;
     eprintln!(
         "txlog feed hub: receiving {feed}, writing the host ring {} ({} bytes); subscribers: txlog feed subscribe --ring {}",
@@ -212,14 +199,7 @@ async fn read_one(client: &Client, seq: u64) -> anyhow::Result<Delivered> {
         .with_context(|| format!("the log has no record {seq}, which the feed published"))?;
     Ok(Delivered {
         class: 0,
-        record: FeedRecord {
-            seq: record.seq,
-            channel_seq: record.channel_seq,
-            channel: record.channel,
-            txid: record.txid.to_vec(),
-            payload: record.payload.to_vec(),
-            sealed: false,
-        },
+        record: txlog_client::feed_record(record),
         via: Via::Log,
         send_time_ns: 0,
     })

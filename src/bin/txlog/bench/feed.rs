@@ -31,7 +31,6 @@ use txlog_client::feed::FeedRecord;
 use txlog_client::feed::KernelBackend;
 use txlog_client::feed::Publisher;
 use txlog_client::feed::PublisherConfig;
-use txlog_client::feed::ReceiverConfig;
 use txlog_client::feed::RetransmitLimits;
 use txlog_client::feed::RetransmitService;
 use txlog_client::feed::Via;
@@ -315,18 +314,6 @@ pub(super) fn summary(h: &Histogram<u64>) -> String {
     )
 }
 
-fn subscriber_options(listen: SocketAddr, group: Option<(Ipv4Addr, Ipv4Addr)>) -> FeedSubscriberOptions {
-    FeedSubscriberOptions {
-        listen,
-        group,
-        classes: None,
-        channel: None,
-        receiver: ReceiverConfig::default(),
-        speculative: None,
-        drop_datagram: None,
-    }
-}
-
 /// One latency-phase subscriber's latencies and the records it got.
 type Followed = (Histogram<u64>, u64);
 
@@ -336,7 +323,7 @@ async fn latency(args: &FeedBenchArgs, busy: bool) -> anyhow::Result<()> {
     let mut subscribers = Vec::new();
     for _ in 0..args.subscribers {
         subscribers.push(FeedSubscriber::join(
-            subscriber_options(
+            FeedSubscriberOptions::new(
                 SocketAddr::from(([0, 0, 0, 0], port)),
                 Some((group, Ipv4Addr::LOCALHOST)),
             ),
@@ -376,29 +363,7 @@ async fn latency(args: &FeedBenchArgs, busy: bool) -> anyhow::Result<()> {
             })
             .collect()
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let per_ms = (args.rate / 1000).max(1);
-    let publisher = start_publisher(
-        args,
-        vec![SocketAddr::from((group, port))],
-        0,
-        per_ms,
-        args.record_bytes,
-        |_| "market-data",
-    )?;
-    let published = tokio::task::spawn_blocking(move || publisher.join())
-        .await?
-        .map_err(|_| anyhow::anyhow!("publisher panicked"))??;
-    let mut all = Histogram::<u64>::new(3)?;
-    let mut short = 0;
-    for task in followed {
-        for (h, count) in task.await?? {
-            all.add(&h)?;
-            if count < published {
-                short += 1;
-            }
-        }
-    }
+    let (all, short, published) = publish_and_collect(args, SocketAddr::from((group, port)), followed).await?;
     let p50 = all.value_at_quantile(0.5) as f64 / 1000.0;
     let p99 = all.value_at_quantile(0.99) as f64 / 1000.0;
     let waiting = if busy {
@@ -440,7 +405,7 @@ async fn latency_ring(args: &FeedBenchArgs) -> anyhow::Result<()> {
     }
     let _ring_file = RemoveOnDrop(ring_path.clone());
     let subscriber = FeedSubscriber::join(
-        subscriber_options(
+        FeedSubscriberOptions::new(
             SocketAddr::from(([0, 0, 0, 0], port)),
             Some((group, Ipv4Addr::LOCALHOST)),
         ),
@@ -475,29 +440,7 @@ async fn latency_ring(args: &FeedBenchArgs) -> anyhow::Result<()> {
         .into_iter()
         .map(|share| tokio::task::spawn_blocking(move || busy_poll_ring(share, deadline)))
         .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let per_ms = (args.rate / 1000).max(1);
-    let publisher = start_publisher(
-        args,
-        vec![SocketAddr::from((group, port))],
-        0,
-        per_ms,
-        args.record_bytes,
-        |_| "market-data",
-    )?;
-    let published = tokio::task::spawn_blocking(move || publisher.join())
-        .await?
-        .map_err(|_| anyhow::anyhow!("publisher panicked"))??;
-    let mut all = Histogram::<u64>::new(3)?;
-    let mut short = 0;
-    for task in followed {
-        for (h, count) in task.await?? {
-            all.add(&h)?;
-            if count < published {
-                short += 1;
-            }
-        }
-    }
+    let (all, short, published) = publish_and_collect(args, SocketAddr::from((group, port)), followed).await?;
     stop.store(true, Ordering::Relaxed);
     let hub_counters = hub_thread.join().map_err(|_| anyhow::anyhow!("hub panicked"))??;
     let p50 = all.value_at_quantile(0.5) as f64 / 1000.0;
@@ -513,6 +456,33 @@ async fn latency_ring(args: &FeedBenchArgs) -> anyhow::Result<()> {
         if short > 0 { format!("; {short} subscribers got fewer than all {published} records") } else { String::new() }
     );
     Ok(())
+}
+
+/// Publish at `args.rate` to `target` once the followers have had 200 ms
+/// to start, then gather their latencies: all of them, how many followers
+/// got fewer records than were published, and how many were.
+async fn publish_and_collect(
+    args: &FeedBenchArgs,
+    target: SocketAddr,
+    followed: Vec<tokio::task::JoinHandle<anyhow::Result<Vec<Followed>>>>,
+) -> anyhow::Result<(Histogram<u64>, usize, u64)> {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let per_ms = (args.rate / 1000).max(1);
+    let publisher = start_publisher(args, vec![target], 0, per_ms, args.record_bytes, |_| "market-data")?;
+    let published = tokio::task::spawn_blocking(move || publisher.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("publisher panicked"))??;
+    let mut all = Histogram::<u64>::new(3)?;
+    let mut short = 0;
+    for task in followed {
+        for (h, count) in task.await?? {
+            all.add(&h)?;
+            if count < published {
+                short += 1;
+            }
+        }
+    }
+    Ok((all, short, published))
 }
 
 /// Poll host-ring `readers` on this thread until `deadline`, spinning.
@@ -630,8 +600,10 @@ async fn priority(args: &FeedBenchArgs) -> anyhow::Result<()> {
         let total_per_ms = ((link as f64 * load) / 1000.0) as u64;
         let low_per_ms = total_per_ms.saturating_sub(high_per_ms);
         let port = txlog_testkit::free_port()?;
-        let mut subscriber =
-            FeedSubscriber::join(subscriber_options(SocketAddr::from(([127, 0, 0, 1], port)), None), None)?;
+        let mut subscriber = FeedSubscriber::join(
+            FeedSubscriberOptions::new(SocketAddr::from(([127, 0, 0, 1], port)), None),
+            None,
+        )?;
         let per_ms = high_per_ms + low_per_ms;
         let publisher = start_publisher(
             args,
@@ -672,7 +644,7 @@ async fn priority(args: &FeedBenchArgs) -> anyhow::Result<()> {
 
 async fn loss(args: &FeedBenchArgs) -> anyhow::Result<()> {
     let port = txlog_testkit::free_port()?;
-    let mut options = subscriber_options(SocketAddr::from(([127, 0, 0, 1], port)), None);
+    let mut options = FeedSubscriberOptions::new(SocketAddr::from(([127, 0, 0, 1], port)), None);
     options.receiver.from_seq = None;
     options.drop_datagram = Some(Arc::new(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 100 == 0));
     let mut subscriber = FeedSubscriber::join(options, None)?;
