@@ -390,6 +390,23 @@ impl AdminServer {
         if id == self.node_id {
             return Ok(self.membership_response(format!("node {id} already leads")));
         }
+        // openraft hands over only if the target has flushed the leader's
+        // last log within election_timeout_min of the request, and a target
+        // even one entry behind (an audit record in flight) lets the
+        // transfer lapse in silence: wait until it has the log first.
+        let has_leader_log = |m: &Metrics| {
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&id))
+                .and_then(|l| l.map(|l| l.index));
+            matched.is_some() && matched >= m.last_log_index
+        };
+        if !self.wait_for(LEADER_CHANGE_WAIT, has_leader_log).await {
+            return Err(Error::DeadlineExceeded(format!(
+                "node {id} has not caught up with the leader's log within {LEADER_CHANGE_WAIT:?}; is it reachable?"
+            )));
+        }
         self.raft
             .trigger()
             .transfer_leader(id)

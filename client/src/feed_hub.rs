@@ -20,6 +20,8 @@ use crate::ClientError;
 use crate::FeedEvent;
 use crate::FeedSubscriber;
 
+/// Records one `pump` moves at most.
+const PUMP_RECORDS_MAX: u64 = 4096;
 /// How often the hub tells its readers it is alive.
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(100);
 /// Longest wait for the socket when nothing is ready, so the receiver's
@@ -81,11 +83,16 @@ impl FeedHub {
         self.ring.path()
     }
 
-    /// Move what has arrived into the ring, without waiting; returns the
-    /// records moved. Speculative events are not carried by the ring.
+    /// Move what has arrived into the ring, without waiting, up to
+    /// `PUMP_RECORDS_MAX`; returns the records moved. Speculative events
+    /// are not carried by the ring.
     pub fn pump(&mut self) -> Result<u64, ClientError> {
         let mut moved = 0;
-        while let Some(event) = self.subscriber.poll_event()? {
+        // Bounded, so `run` sees its stop flag and heartbeats under any load.
+        while moved < PUMP_RECORDS_MAX {
+            let Some(event) = self.subscriber.poll_event()? else {
+                break;
+            };
             if let FeedEvent::Committed(delivered) = event {
                 if !self.ring.append(&delivered) {
                     self.counters.omitted += 1;

@@ -53,6 +53,8 @@
 
 use std::fs::File;
 use std::fs::OpenOptions;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::atomic::fence;
@@ -119,7 +121,6 @@ unsafe impl Sync for Mapping {}
 
 impl Mapping {
     fn map(file: &File, bytes: usize, writable: bool, path: &Path) -> Result<Mapping, HostRingError> {
-        use std::os::fd::AsRawFd;
         let protection = if writable {
             libc::PROT_READ | libc::PROT_WRITE
         } else {
@@ -150,8 +151,10 @@ impl Mapping {
 
     fn words(&self) -> &[AtomicU64] {
         // SAFETY: the mapping is page-aligned, `bytes` long and lives as
-        // long as `self`; `AtomicU64` has the layout of `u64`. Loads on a
-        // read-only mapping are sound for lock-free atomics of this size.
+        // long as `self`; `AtomicU64` has the layout of `u64`. A reader's
+        // mapping is read-only, and readers only ever do `Relaxed` loads
+        // (ordering comes from fences), which are sound on read-only
+        // memory for lock-free atomics of this size.
         unsafe { std::slice::from_raw_parts(self.ptr as *const AtomicU64, self.bytes / 8) }
     }
 }
@@ -207,15 +210,24 @@ impl HostRingWriter {
         let mut temporary = path.as_os_str().to_owned();
         temporary.push(format!(".tmp-{}", std::process::id()));
         let temporary = PathBuf::from(temporary);
+        // Mode 0600: the ring holds payloads (sealed ones stay sealed).
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(&temporary)
             .map_err(io)?;
         let bytes = HEADER_BYTES + capacity;
-        file.set_len(bytes as u64).map_err(io)?;
+        // Allocated now, not on first write: a sparse file on a full tmpfs
+        // would end the hub with SIGBUS the first time the ring filled.
+        // SAFETY: a plain call on an open fd.
+        let allocated = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, bytes as libc::off_t) };
+        if allocated != 0 {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(io(std::io::Error::from_raw_os_error(allocated)));
+        }
         let map = Mapping::map(&file, bytes, true, path)?;
         let words = map.words();
         words[WORD_VERSION].store(u64::from(VERSION) | ((HEADER_BYTES as u64) << 32), Ordering::Relaxed);
@@ -256,11 +268,14 @@ impl HostRingWriter {
     /// body was written.
     pub fn append(&mut self, delivered: &Delivered) -> bool {
         let r = &delivered.record;
-        let channel = &r.channel.as_bytes()[..r.channel.len().min(u16::MAX as usize)];
-        let txid = &r.txid[..r.txid.len().min(u16::MAX as usize)];
+        let (channel, txid) = (r.channel.as_bytes(), r.txid.as_slice());
         let body_bytes = channel.len() + txid.len() + r.payload.len();
         let whole = ENTRY_HEADER_BYTES + body_bytes;
-        let fits = (align8(whole) as u64) <= self.capacity / 2 && r.payload.len() <= u32::MAX as usize;
+        // A field too long for its length (channels and txids are far
+        // shorter in any log) is omitted too, never cut.
+        let fits = (align8(whole) as u64) <= self.capacity / 2
+            && channel.len() <= u16::MAX as usize
+            && txid.len() <= u16::MAX as usize;
         let (kind, bytes) = if fits {
             (KIND_RECORD, whole)
         } else {
@@ -288,8 +303,9 @@ impl HostRingWriter {
         } else {
             body_bytes.min(u32::MAX as usize)
         };
+        let (channel_field, txid_field) = if fits { (channel.len(), txid.len()) } else { (0, 0) };
         self.scratch
-            .push(channel.len() as u64 | ((txid.len() as u64) << 16) | ((payload_field as u64) << 32));
+            .push(channel_field as u64 | ((txid_field as u64) << 16) | ((payload_field as u64) << 32));
         if fits {
             pack_bytes(&mut self.scratch, &[channel, txid, &r.payload]);
         }
@@ -435,7 +451,9 @@ impl HostRingReader {
         }
         let map = Mapping::map(&file, len as usize, false, path)?;
         let words = map.words();
-        if words[WORD_MAGIC].load(Ordering::Acquire) != MAGIC {
+        let magic = words[WORD_MAGIC].load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        if magic != MAGIC {
             return Err(invalid("not a txlog host ring (bad magic)".into()));
         }
         let version = words[WORD_VERSION].load(Ordering::Relaxed);
@@ -455,7 +473,7 @@ impl HostRingReader {
                 "capacity {capacity} does not match the file's {len} bytes"
             )));
         }
-        let cursor = words[WORD_TAIL].load(Ordering::Acquire);
+        let cursor = words[WORD_TAIL].load(Ordering::Relaxed);
         let writer_id = words[WORD_WRITER_ID].load(Ordering::Relaxed);
         Ok(HostRingReader {
             map,
@@ -484,7 +502,7 @@ impl HostRingReader {
 
     pub fn writer_state(&self) -> WriterState {
         let words = self.map.words();
-        if words[WORD_CLOSED].load(Ordering::Acquire) != 0 {
+        if words[WORD_CLOSED].load(Ordering::Relaxed) != 0 {
             return WriterState::Closed;
         }
         let heartbeat = words[WORD_HEARTBEAT].load(Ordering::Relaxed);
@@ -496,7 +514,7 @@ impl HostRingReader {
     /// Bytes the writer is ahead of this reader.
     pub fn behind_bytes(&self) -> u64 {
         self.map.words()[WORD_TAIL]
-            .load(Ordering::Acquire)
+            .load(Ordering::Relaxed)
             .saturating_sub(self.cursor)
     }
 
@@ -547,7 +565,8 @@ impl HostRingReader {
     /// against the writer's intent after it is taken (module docs).
     fn copy_next(&mut self) -> Result<Option<(u8, u64)>, HostRingError> {
         let words = self.map.words();
-        let tail = words[WORD_TAIL].load(Ordering::Acquire);
+        let tail = words[WORD_TAIL].load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
         if self.cursor >= tail {
             return Ok(None);
         }
@@ -576,13 +595,19 @@ impl HostRingReader {
         } else {
             1
         };
+        // Word 0 as checked above, not loaded again: `decode` must see the
+        // lengths the copy was sized by.
         self.entry.resize(words_to_copy * 8, 0);
-        for (bytes, word) in self.entry.chunks_exact_mut(8).zip(&data[first..first + words_to_copy]) {
+        self.entry[..8].copy_from_slice(&word0.to_le_bytes());
+        for (bytes, word) in self.entry[8..]
+            .chunks_exact_mut(8)
+            .zip(&data[first + 1..first + words_to_copy])
+        {
             bytes.copy_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
         }
         fence(Ordering::Acquire);
         let intent = words[WORD_TAIL_INTENT].load(Ordering::Relaxed);
-        if intent > self.cursor + self.capacity {
+        if intent > self.cursor.saturating_add(self.capacity) {
             return Err(self.lapped(intent));
         }
         if !sane {
@@ -592,17 +617,21 @@ impl HostRingReader {
             });
         }
         let position = self.cursor;
-        self.cursor += if kind == KIND_PADDING {
+        let step = if kind == KIND_PADDING {
             bytes
         } else {
             align8(bytes as usize) as u64
         };
+        self.cursor = self.cursor.checked_add(step).ok_or_else(|| HostRingError::Damaged {
+            position,
+            detail: "positions run past 2^64".into(),
+        })?;
         Ok(Some((kind, position)))
     }
 
     /// Count a lap and move to the writer's tail.
     fn lapped(&mut self, ahead: u64) -> HostRingError {
-        let tail = self.map.words()[WORD_TAIL].load(Ordering::Acquire);
+        let tail = self.map.words()[WORD_TAIL].load(Ordering::Relaxed);
         let behind_bytes = ahead.max(tail) - self.cursor;
         self.counters.laps += 1;
         self.counters.lapped_bytes += tail.saturating_sub(self.cursor);
@@ -647,11 +676,15 @@ fn decode(entry: &[u8], kind: u8, position: u64) -> Result<RingRecord<'_>, HostR
         if ENTRY_HEADER_BYTES + channel_bytes + txid_bytes + payload_bytes != whole {
             return Err(damaged("field lengths do not add up to the entry"));
         }
-        let (channel, rest) = entry[ENTRY_HEADER_BYTES..].split_at(channel_bytes);
-        let (txid, rest) = rest.split_at(txid_bytes);
+        let field = |from: usize, bytes: usize| {
+            entry
+                .get(from..from + bytes)
+                .ok_or_else(|| damaged("a field runs past the entry"))
+        };
+        let channel = field(ENTRY_HEADER_BYTES, channel_bytes)?;
+        record.txid = field(ENTRY_HEADER_BYTES + channel_bytes, txid_bytes)?;
+        record.payload = field(ENTRY_HEADER_BYTES + channel_bytes + txid_bytes, payload_bytes)?;
         record.channel = std::str::from_utf8(channel).map_err(|_| damaged("channel is not UTF-8"))?;
-        record.txid = txid;
-        record.payload = &rest[..payload_bytes];
     }
     Ok(RingRecord {
         class,
@@ -832,7 +865,8 @@ mod tests {
         done.store(true, Ordering::Release);
         for reader in readers {
             let (records, laps) = reader.join().expect("reader");
-            assert!(records > 0);
+            // A reader scheduled only after the writer lapped it may get
+            // nothing; what it must never do is miss records untold.
             assert!(laps > 0 || records == total, "a reader that missed records was told");
         }
     }

@@ -34,6 +34,8 @@ const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// between polls (a printing CLI needs no lower latency than this).
 const SPIN_AFTER_RECORD: Duration = Duration::from_millis(1);
 const IDLE_SLEEP: Duration = Duration::from_micros(200);
+/// A hub silent this long (it heartbeats every 100 ms) is taken for gone.
+const HUB_SILENT_MS: u64 = 2_000;
 
 /// Where a hub for feed port `port` puts its ring unless told.
 fn default_ring_path(port: u16) -> PathBuf {
@@ -168,8 +170,14 @@ pub async fn subscribe_ring(args: FeedSubscribeArgs) -> anyhow::Result<()> {
         if last_status.elapsed() >= STATUS_EVERY {
             last_status = Instant::now();
             eprintln!("{}", ring_status(&reader, printed));
-            if reader.writer_state() == WriterState::Closed {
-                // A new hub replaces the file; follow it once it is there.
+            let gone = match reader.writer_state() {
+                WriterState::Closed => true,
+                WriterState::Alive { heartbeat_age_ms } => heartbeat_age_ms > HUB_SILENT_MS,
+            };
+            if gone && reader.behind_bytes() == 0 {
+                // A new hub replaces the file (a killed one never marks its
+                // ring closed, so silence counts too); follow it once it is
+                // there and this ring is read to its end.
                 if let Ok(next) = open(&path) {
                     if next.writer_id() != reader.writer_id() {
                         eprintln!(
@@ -209,7 +217,7 @@ fn ring_status(reader: &HostRingReader, printed: u64) -> String {
     let c = reader.counters();
     let hub = match reader.writer_state() {
         WriterState::Closed => "stopped".to_string(),
-        WriterState::Alive { heartbeat_age_ms } if heartbeat_age_ms > 2_000 => {
+        WriterState::Alive { heartbeat_age_ms } if heartbeat_age_ms > HUB_SILENT_MS => {
             format!("silent for {:.1} s", heartbeat_age_ms as f64 / 1000.0)
         }
         WriterState::Alive { .. } => "running".to_string(),
