@@ -30,7 +30,7 @@ const IDLE_WAIT_MS_MAX: i32 = 1;
 /// How long a blocking hub keeps spinning after it last moved a record: a
 /// publisher sends a burst's packets some µs apart (a loopback send costs
 /// ~7 µs here), and a wake-up per packet was most of the hub's latency.
-pub const HUB_SPIN_AFTER_RECORDS: Duration = Duration::from_micros(100);
+const HUB_SPIN_AFTER_RECORDS: Duration = Duration::from_micros(100);
 
 /// How the hub waits when nothing has arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,10 +77,6 @@ impl FeedHub {
 
     pub fn counters(&self) -> HubCounters {
         self.counters
-    }
-
-    pub fn ring_path(&self) -> &Path {
-        self.ring.path()
     }
 
     /// Move what has arrived into the ring, without waiting, up to

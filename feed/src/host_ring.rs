@@ -91,6 +91,17 @@ pub const HOST_RING_BYTES_MAX: usize = 1 << 30;
 /// Default ring: 64 MiB, ~190,000 records of 256 B.
 pub const HOST_RING_BYTES_DEFAULT: usize = 64 << 20;
 
+/// Where ring files go unless a path is given: shared memory (`/dev/shm`)
+/// where the host has it, else the temporary directory.
+pub fn ring_dir() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HostRingError {
     #[error("host ring {path}: {detail}")]
@@ -298,12 +309,12 @@ impl HostRingWriter {
         self.scratch.push(r.seq);
         self.scratch.push(r.channel_seq);
         self.scratch.push(delivered.send_time_ns);
-        let payload_field = if fits {
-            r.payload.len()
+        // An omitted entry's payload field holds the body's size, for the report.
+        let (channel_field, txid_field, payload_field) = if fits {
+            (channel.len(), txid.len(), r.payload.len())
         } else {
-            body_bytes.min(u32::MAX as usize)
+            (0, 0, body_bytes.min(u32::MAX as usize))
         };
-        let (channel_field, txid_field) = if fits { (channel.len(), txid.len()) } else { (0, 0) };
         self.scratch
             .push(channel_field as u64 | ((txid_field as u64) << 16) | ((payload_field as u64) << 32));
         if fits {

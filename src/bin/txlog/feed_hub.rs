@@ -39,13 +39,7 @@ const HUB_SILENT_MS: u64 = 2_000;
 
 /// Where a hub for feed port `port` puts its ring unless told.
 fn default_ring_path(port: u16) -> PathBuf {
-    let shm = Path::new("/dev/shm");
-    let dir = if shm.is_dir() {
-        shm.to_path_buf()
-    } else {
-        std::env::temp_dir()
-    };
-    dir.join(format!("txlog-feed-{port}.ring"))
+    txlog_client::feed::host_ring::ring_dir().join(format!("txlog-feed-{port}.ring"))
 }
 
 /// Set once Ctrl-C or SIGTERM arrives.
@@ -144,8 +138,10 @@ pub async fn subscribe_ring(args: FeedSubscribeArgs) -> anyhow::Result<()> {
                 eprintln!("txlog feed: {err}");
                 None
             }
+            // The ring's entry has no channel: the filter applies to the log's record.
             Err(HostRingError::Omitted { seq, bytes }) => match &client {
-                Some(client) => Some(read_one(client, seq).await?),
+                Some(client) => Some(read_one(client, seq).await?)
+                    .filter(|d| args.channel.as_ref().is_none_or(|c| *c == d.record.channel)),
                 None => {
                     eprintln!("txlog feed: record seq {seq} ({bytes} bytes) is too large for the hub's ring and --no-log keeps it from the log");
                     None
@@ -154,15 +150,13 @@ pub async fn subscribe_ring(args: FeedSubscribeArgs) -> anyhow::Result<()> {
             Err(err) => return Err(err.into()),
         };
         if let Some(delivered) = delivered {
-            if args.channel.as_ref().is_none_or(|c| *c == delivered.record.channel) {
-                last_record = Instant::now();
-                printed += 1;
-                if !args.quiet {
-                    print_committed(&delivered, opener.as_mut()).await;
-                }
-                if args.count.is_some_and(|c| printed >= c) {
-                    break;
-                }
+            last_record = Instant::now();
+            printed += 1;
+            if !args.quiet {
+                print_committed(&delivered, opener.as_mut()).await;
+            }
+            if args.count.is_some_and(|c| printed >= c) {
+                break;
             }
         } else if last_record.elapsed() >= SPIN_AFTER_RECORD {
             tokio::time::sleep(IDLE_SLEEP).await;
