@@ -67,13 +67,24 @@ fn subscriber(cluster: &TestCluster, port: u16, drop: impl Fn(u64) -> bool + Sen
 
 /// Append `count` records over [`CHANNELS`] in batches of 20; returns txid → (seq, channel).
 async fn append(client: &txlog_client::Client, prefix: &str, count: usize) -> BTreeMap<String, (u64, String)> {
+    append_padded(client, prefix, count, 0).await
+}
+
+/// As [`append`], each payload padded with `pad_bytes` more bytes.
+async fn append_padded(
+    client: &txlog_client::Client,
+    prefix: &str,
+    count: usize,
+    pad_bytes: usize,
+) -> BTreeMap<String, (u64, String)> {
+    let pad = ".".repeat(pad_bytes);
     let mut appended = BTreeMap::new();
     for start in (0..count).step_by(20) {
         let records: Vec<txlog_proto::Record> = (start..(start + 20).min(count))
             .map(|i| txlog_proto::Record {
                 txid: format!("{prefix}-{i}").into_bytes().into(),
                 channel: CHANNELS[i % CHANNELS.len()].into(),
-                payload: format!("payload {prefix} {i}").into_bytes().into(),
+                payload: format!("payload {prefix} {i}{pad}").into_bytes().into(),
                 client_time_ns: 0,
             })
             .collect();
@@ -86,6 +97,17 @@ async fn append(client: &txlog_client::Client, prefix: &str, count: usize) -> BT
         }
     }
     appended
+}
+
+/// Sets its flag when dropped: a hub thread stops even when an assertion
+/// fails first (the runtime waits for blocking threads before the test
+/// can end).
+struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Receive until every appended record arrived (or `WAIT` passes).
@@ -614,6 +636,7 @@ async fn a_host_ring_hands_every_record_to_local_readers() {
     let mut hub = txlog_client::FeedHub::new(subscriber(&cluster, port, loss), &ring, 1 << 20).expect("hub");
     let mut reader = HostRingReader::open(&ring, None).expect("reader opens");
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_drop = StopOnDrop(stop.clone());
     let followed_port = Arc::new(AtomicU16::new(0));
     let hub_thread = {
         let (stop, followed_port) = (stop.clone(), followed_port.clone());
@@ -711,4 +734,112 @@ async fn a_host_ring_hands_every_record_to_local_readers() {
         .collect();
     assert_eq!(got, want, "the orders channel once, in order, through the ring:\n{err}");
     assert!(out.lines().all(|l| l.contains(" channel=orders ")), "{out}");
+}
+
+/// A `RingSubscriber` loses nothing to its ring: it is lapped (a 1 MiB ring,
+/// not polled while 2,000 records of 1 KiB go through), then its hub is
+/// stopped and 300 records commit before a new hub starts; it gets every
+/// record from its first on once, in order per class, the missed ones from
+/// the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ring_subscriber_fills_laps_and_hub_changes_from_the_log() {
+    use std::sync::atomic::AtomicBool;
+    use txlog_client::RingEvent;
+
+    let _serial = SERIAL.lock().await;
+    let port = txlog_testkit::free_port().expect("free port");
+    let (cluster, _) = feed_cluster(&[4, 44, 4444], port, &[]);
+    cluster.wait_for_leader(WAIT).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ring = dir.path().join("feed.ring");
+    // A hub of the live feed (no history) on a thread of its own.
+    let start_hub = || {
+        let mut options = options(SocketAddr::from(([127, 0, 0, 1], port)), |_| false);
+        options.receiver.from_seq = None;
+        let subscriber = FeedSubscriber::join(options, Some(cluster.client())).expect("subscriber joins");
+        let mut hub = txlog_client::FeedHub::new(subscriber, &ring, 1 << 20).expect("hub");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = tokio::task::spawn_blocking(move || {
+            hub.run(&flag, txlog_client::HubWait::Block, |_| {}).expect("hub runs");
+            hub
+        });
+        (StopOnDrop(stop), thread)
+    };
+    let (stop, hub) = start_hub();
+    let mut ring_subscriber =
+        txlog_client::RingSubscriber::open(&ring, None, Some(cluster.client())).expect("subscriber");
+    let client = cluster.client();
+    let mut delivered: Vec<Delivered> = Vec::new();
+    let mut events: Vec<RingEvent> = Vec::new();
+    // Poll until `want` records are in (or `WAIT` passes).
+    async fn poll_until(
+        subscriber: &mut txlog_client::RingSubscriber,
+        want: usize,
+        delivered: &mut Vec<Delivered>,
+        events: &mut Vec<RingEvent>,
+    ) {
+        let deadline = Instant::now() + WAIT;
+        while delivered.len() < want && Instant::now() < deadline {
+            match subscriber.poll().await.expect("ring subscriber") {
+                Some(RingEvent::Record(d)) => delivered.push(d),
+                Some(event) => events.push(event),
+                None => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        }
+    }
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut appended = append(&client, "a", 100).await;
+    poll_until(&mut ring_subscriber, 100, &mut delivered, &mut events).await;
+    assert_eq!(delivered.len(), 100, "{}", cluster.logs());
+
+    // Not polled while more than the ring goes through: lapped.
+    appended.extend(append_padded(&client, "b", 2000, 1000).await);
+    poll_until(&mut ring_subscriber, 2100, &mut delivered, &mut events).await;
+    assert!(
+        matches!(
+            events.first(),
+            Some(RingEvent::Lapped {
+                filled_from_log: true,
+                ..
+            })
+        ),
+        "{events:?}"
+    );
+    assert_eq!(ring_subscriber.reader().counters().laps, 1);
+
+    // The hub stops; records commit with no hub; a new hub replaces the ring.
+    drop(stop);
+    hub.await.expect("hub thread");
+    appended.extend(append(&client, "c", 300).await);
+    let (stop, hub) = start_hub();
+    appended.extend(append(&client, "d", 300).await);
+    poll_until(&mut ring_subscriber, 2700, &mut delivered, &mut events).await;
+    // Once the new ring is followed, records come through it again.
+    let after = append(&client, "e", 100).await;
+    appended.extend(after.clone());
+    poll_until(&mut ring_subscriber, 2800, &mut delivered, &mut events).await;
+    drop(stop);
+    hub.await.expect("hub thread");
+    check(&delivered, &appended);
+    assert!(
+        events.contains(&RingEvent::NewHub { filled_from_log: true }),
+        "{events:?}"
+    );
+    let counters = ring_subscriber.counters();
+    assert_eq!(counters.new_hubs, 1);
+    assert_eq!(counters.fills, 2);
+    assert!(
+        counters.from_log >= 300,
+        "the 300 records no hub saw, and those the lap lost, came from the log: {counters:?}"
+    );
+    let after_seqs: std::collections::BTreeSet<u64> = after.values().map(|(seq, _)| *seq).collect();
+    assert!(
+        delivered
+            .iter()
+            .filter(|d| after_seqs.contains(&d.record.seq))
+            .all(|d| d.via != Via::Log),
+        "records appended after the fill came through the new hub's ring"
+    );
 }

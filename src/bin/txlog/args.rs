@@ -635,7 +635,9 @@ pub struct FeedSubscribeArgs {
     pub interface: std::net::Ipv4Addr,
     /// Read from this host's hub (`txlog feed hub`) instead of the network: its ring file
     /// [default with no value: /dev/shm/txlog-feed-PORT.ring, PORT the --feed port]. Records
-    /// from the moment it opens; not with --from, --class or --speculative.
+    /// from the moment it opens; what the ring loses (this reader lapped, a record too large
+    /// for it, records while no hub ran) is read from the log unless --no-log. Not with
+    /// --from, --class or --speculative.
     #[arg(long, num_args = 0..=1, value_name = "PATH")]
     pub ring: Option<Option<std::path::PathBuf>>,
     /// Print only this channel.

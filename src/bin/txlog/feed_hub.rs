@@ -2,7 +2,6 @@
 //! feed per host, and subscribers that read what it received from its
 //! host ring in shared memory.
 
-use std::path::Path;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
@@ -12,15 +11,12 @@ use std::time::Instant;
 
 use anyhow::Context;
 use txlog_client::feed::host_ring::WriterState;
-use txlog_client::feed::Delivered;
-use txlog_client::feed::HostRingError;
-use txlog_client::feed::HostRingReader;
-use txlog_client::feed::Via;
-use txlog_client::Client;
 use txlog_client::FeedHub;
 use txlog_client::FeedSubscriber;
 use txlog_client::FeedSubscriberOptions;
 use txlog_client::HubWait;
+use txlog_client::RingEvent;
+use txlog_client::RingSubscriber;
 
 use crate::args::FeedHubArgs;
 use crate::args::FeedSubscribeArgs;
@@ -34,8 +30,6 @@ const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// between polls (a printing CLI needs no lower latency than this).
 const SPIN_AFTER_RECORD: Duration = Duration::from_millis(1);
 const IDLE_SLEEP: Duration = Duration::from_micros(200);
-/// A hub silent this long (it heartbeats every 100 ms) is taken for gone.
-const HUB_SILENT_MS: u64 = 2_000;
 
 /// Where a hub for feed port `port` puts its ring unless told.
 fn default_ring_path(port: u16) -> PathBuf {
@@ -121,106 +115,88 @@ pub async fn subscribe_ring(args: FeedSubscribeArgs) -> anyhow::Result<()> {
         Some(crate::records::client(&args.cluster)?)
     };
     let mut opener = payload_opener(&args, client.as_ref()).await?;
-    let open = |path: &Path| {
-        HostRingReader::open(path, args.channel.clone())
-            .with_context(|| format!("is `txlog feed hub` running for {feed}?"))
-    };
-    let mut reader = open(&path)?;
+    let mut subscriber = RingSubscriber::open(&path, args.channel.clone(), client)
+        .with_context(|| format!("is `txlog feed hub` running for {feed}?"))?;
     eprintln!("txlog feed: reading the host ring {}", path.display());
     let stop = stop_on_signal()?;
     let mut printed = 0u64;
     let mut last_record = Instant::now();
     let mut last_status = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        let delivered = match reader.poll() {
-            Ok(found) => found,
-            Err(err @ HostRingError::Lapped { .. }) => {
-                eprintln!("txlog feed: {err}");
-                None
-            }
-            // The ring's entry has no channel: the filter applies to the log's record.
-            Err(HostRingError::Omitted { seq, bytes }) => match &client {
-                Some(client) => Some(read_one(client, seq).await?)
-                    .filter(|d| args.channel.as_ref().is_none_or(|c| *c == d.record.channel)),
-                None => {
-                    eprintln!("txlog feed: record seq {seq} ({bytes} bytes) is too large for the hub's ring and --no-log keeps it from the log");
-                    None
+        match subscriber.poll().await? {
+            Some(RingEvent::Record(delivered)) => {
+                last_record = Instant::now();
+                printed += 1;
+                if !args.quiet {
+                    print_committed(&delivered, opener.as_mut()).await;
                 }
-            },
-            Err(err) => return Err(err.into()),
-        };
-        if let Some(delivered) = delivered {
-            last_record = Instant::now();
-            printed += 1;
-            if !args.quiet {
-                print_committed(&delivered, opener.as_mut()).await;
+                if args.count.is_some_and(|c| printed >= c) {
+                    break;
+                }
             }
-            if args.count.is_some_and(|c| printed >= c) {
-                break;
+            Some(RingEvent::Lapped {
+                behind_bytes,
+                filled_from_log,
+            }) => eprintln!(
+                "txlog feed: this reader fell {behind_bytes} bytes behind the hub's ring; {}",
+                if filled_from_log {
+                    "the records it missed follow from the log"
+                } else {
+                    "the records it missed are lost to it (--no-log)"
+                }
+            ),
+            Some(RingEvent::NewHub { filled_from_log }) => eprintln!(
+                "txlog feed: a new hub took over {}; {}",
+                path.display(),
+                if filled_from_log {
+                    "records between the two hubs follow from the log"
+                } else {
+                    "records between the two hubs are not in either ring (--no-log)"
+                }
+            ),
+            Some(RingEvent::Omitted { seq, bytes }) => eprintln!(
+                "txlog feed: record seq {seq} ({bytes} bytes) is too large for the hub's ring and --no-log keeps it from the log"
+            ),
+            None => {
+                if last_record.elapsed() >= SPIN_AFTER_RECORD {
+                    tokio::time::sleep(IDLE_SLEEP).await;
+                }
             }
-        } else if last_record.elapsed() >= SPIN_AFTER_RECORD {
-            tokio::time::sleep(IDLE_SLEEP).await;
         }
         if last_status.elapsed() >= STATUS_EVERY {
             last_status = Instant::now();
-            eprintln!("{}", ring_status(&reader, printed));
-            let gone = match reader.writer_state() {
-                WriterState::Closed => true,
-                WriterState::Alive { heartbeat_age_ms } => heartbeat_age_ms > HUB_SILENT_MS,
-            };
-            if gone && reader.behind_bytes() == 0 {
-                // A new hub replaces the file (a killed one never marks its
-                // ring closed, so silence counts too); follow it once it is
-                // there and this ring is read to its end.
-                if let Ok(next) = open(&path) {
-                    if next.writer_id() != reader.writer_id() {
-                        eprintln!(
-                            "txlog feed: a new hub took over {}; records between the two hubs are not in either ring",
-                            path.display()
-                        );
-                        reader = next;
-                    }
-                }
-            }
+            eprintln!("{}", ring_status(&subscriber, printed));
         }
         if args.idle_exit.is_some_and(|idle| last_record.elapsed() >= idle) {
             break;
         }
     }
-    eprintln!("{}", ring_status(&reader, printed));
+    eprintln!("{}", ring_status(&subscriber, printed));
     Ok(())
 }
 
-/// Record `seq` from the log (one the hub's ring could not hold).
-async fn read_one(client: &Client, seq: u64) -> anyhow::Result<Delivered> {
-    let response = client.read(seq, 1, None, false).await?;
-    let record = response
-        .records
-        .into_iter()
-        .find(|r| r.seq == seq)
-        .with_context(|| format!("the log has no record {seq}, which the feed published"))?;
-    Ok(Delivered {
-        class: 0,
-        record: txlog_client::feed_record(record),
-        via: Via::Log,
-        send_time_ns: 0,
-    })
-}
-
-fn ring_status(reader: &HostRingReader, printed: u64) -> String {
+fn ring_status(subscriber: &RingSubscriber, printed: u64) -> String {
+    let reader = subscriber.reader();
     let c = reader.counters();
+    let s = subscriber.counters();
     let hub = match reader.writer_state() {
         WriterState::Closed => "stopped".to_string(),
-        WriterState::Alive { heartbeat_age_ms } if heartbeat_age_ms > HUB_SILENT_MS => {
+        WriterState::Alive { heartbeat_age_ms } if heartbeat_age_ms > txlog_client::HUB_SILENT_MS => {
             format!("silent for {:.1} s", heartbeat_age_ms as f64 / 1000.0)
         }
         WriterState::Alive { .. } => "running".to_string(),
     };
     format!(
-        "ring: records {printed}, laps {}, lapped bytes {}, omitted {}, behind {} bytes; hub {hub}",
+        "ring: records {printed} ({} from the log), laps {}, lapped bytes {}, omitted {}, behind {} bytes; hub {hub}{}",
+        s.from_log,
         c.laps,
         c.lapped_bytes,
         c.omitted,
-        reader.behind_bytes()
+        reader.behind_bytes(),
+        if subscriber.filling() {
+            "; filling from the log"
+        } else {
+            ""
+        }
     )
 }
