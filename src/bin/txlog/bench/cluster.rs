@@ -102,6 +102,16 @@ pub struct BenchCluster {
 
 impl BenchCluster {
     pub fn start(name: &str, common: &ClusterBenchArgs, extra_args: Vec<String>) -> anyhow::Result<Self> {
+        Self::start_with_node_args(name, common, extra_args, |_| Vec::new())
+    }
+
+    /// As [`BenchCluster::start`], node `i` (0..3) also given `node_args(i)`.
+    pub fn start_with_node_args(
+        name: &str,
+        common: &ClusterBenchArgs,
+        extra_args: Vec<String>,
+        node_args: impl Fn(usize) -> Vec<String>,
+    ) -> anyhow::Result<Self> {
         let keep = common.keep_data;
         let dir = match common.data_dir.clone() {
             Some(d) => d,
@@ -130,6 +140,7 @@ impl BenchCluster {
                 ..NodeSpec::loopback(id, region, dir.join(region))?
             };
             spec.extra_args.extend(["--timing".into(), common.timing.clone()]);
+            spec.extra_args.extend(node_args(i));
             if model.is_some() {
                 // Each node on an IP of its own: its links are told apart by IP.
                 let ip = txlog_testkit::region_node_ip(i);

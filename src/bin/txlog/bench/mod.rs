@@ -1,6 +1,7 @@
 //! `txlog bench`: append load against a running cluster (the default mode),
 //! and the benches that start their own local cluster because they kill and
-//! restart nodes (`failover`, `resync`, `startup`), and `seal`, `token` and `feed`,
+//! restart nodes (`failover`, `resync`, `startup`) or publish their feed
+//! (`speculative`), and `seal`, `token` and `feed`,
 //! which measure a batch seal, a request token and the UDP feed in one process.
 
 mod append;
@@ -11,10 +12,11 @@ mod feed;
 mod feed_dpdk;
 mod resync;
 mod seal;
+mod speculative;
 mod startup;
 mod token;
 
-/// `txlog bench [append] …`, `txlog bench failover …`, `txlog bench resync …`, `txlog bench startup …`, `txlog bench seal …`, `txlog bench token …`.
+/// `txlog bench [append] …`, `txlog bench failover …`, `txlog bench resync …`, `txlog bench startup …`, `txlog bench seal …`, `txlog bench token …`, `txlog bench feed …`, `txlog bench speculative …`.
 #[derive(clap::Args, Debug, Clone)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct BenchCommand {
@@ -40,6 +42,9 @@ pub enum BenchMode {
     Token(token::TokenArgs),
     /// The UDP feed on loopback: publisher throughput, latency to N subscribers, priority under overload, loss recovery.
     Feed(feed::FeedBenchArgs),
+    /// A local 3-node cluster with the feed's speculative stream on: per record, append -> ack,
+    /// -> speculative copy and -> committed copy at a feed subscriber.
+    Speculative(speculative::SpeculativeArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -52,5 +57,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         Some(BenchMode::Seal(args)) => seal::run(args).await,
         Some(BenchMode::Token(args)) => token::run(args).await,
         Some(BenchMode::Feed(args)) => feed::run(args).await,
+        Some(BenchMode::Speculative(args)) => speculative::run(args).await,
     }
 }
