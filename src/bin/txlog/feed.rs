@@ -97,11 +97,7 @@ async fn subscribe(args: FeedSubscribeArgs) -> anyhow::Result<()> {
         };
         if let Some(delivered) = next {
             last_record = Instant::now();
-            printed += 1;
-            if !args.quiet {
-                print_committed(&delivered, opener.as_mut()).await;
-            }
-            if args.count.is_some_and(|c| printed >= c) {
+            if print_and_count(&args, &delivered, opener.as_mut(), &mut printed).await {
                 break;
             }
         }
@@ -136,9 +132,24 @@ pub(crate) async fn payload_opener(
     })
 }
 
+/// Count a committed record and print it unless `--quiet`: true once
+/// `--count` records are in.
+pub(crate) async fn print_and_count(
+    args: &FeedSubscribeArgs,
+    delivered: &Delivered,
+    opener: Option<&mut PayloadOpener>,
+    printed: &mut u64,
+) -> bool {
+    *printed += 1;
+    if !args.quiet {
+        print_committed(delivered, opener).await;
+    }
+    args.count.is_some_and(|c| *printed >= c)
+}
+
 /// Print one committed record, its payload opened when it is sealed and
 /// there is an opener.
-pub(crate) async fn print_committed(delivered: &Delivered, opener: Option<&mut PayloadOpener>) {
+async fn print_committed(delivered: &Delivered, opener: Option<&mut PayloadOpener>) {
     let r = &delivered.record;
     let payload = match (r.sealed, opener) {
         (false, _) => String::from_utf8_lossy(&r.payload).into_owned(),

@@ -22,7 +22,7 @@ use crate::args::FeedHubArgs;
 use crate::args::FeedSubscribeArgs;
 use crate::feed::feed_address;
 use crate::feed::payload_opener;
-use crate::feed::print_committed;
+use crate::feed::print_and_count;
 use crate::feed::status_counters;
 
 const STATUS_EVERY: Duration = Duration::from_secs(1);
@@ -126,11 +126,7 @@ pub async fn subscribe_ring(args: FeedSubscribeArgs) -> anyhow::Result<()> {
         match subscriber.poll().await? {
             Some(RingEvent::Record(delivered)) => {
                 last_record = Instant::now();
-                printed += 1;
-                if !args.quiet {
-                    print_committed(&delivered, opener.as_mut()).await;
-                }
-                if args.count.is_some_and(|c| printed >= c) {
+                if print_and_count(&args, &delivered, opener.as_mut(), &mut printed).await {
                     break;
                 }
             }
